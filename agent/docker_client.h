@@ -1,0 +1,111 @@
+// Docker Engine API client over the unix socket (libcurl; cpp-httplib has no
+// unix-socket client). Negotiates the API version once per connection epoch,
+// and keeps the /events stream open with reconnects (exponential backoff with
+// full jitter) across dockerd restarts.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/result.h"
+
+namespace dockquota {
+
+struct DockerReply {
+  long status = 0;   // HTTP status
+  std::string body;  // raw body
+};
+
+class DockerClient {
+ public:
+  // The highest API version we speak; the client uses min(this, daemon's).
+  static constexpr const char* kMaxApiVersion = "1.45";
+
+  explicit DockerClient(std::string socket_path,
+                        std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  ~DockerClient();
+  DockerClient(const DockerClient&) = delete;
+  DockerClient& operator=(const DockerClient&) = delete;
+
+  // GET /version; sets apiVersion(). Called lazily by request(); call again after a reconnect.
+  Result<std::string> negotiate();
+  std::string apiVersion() const;
+  const std::string& socketPath() const { return socket_; }
+
+  // One request; `path` has no version prefix ("/containers/json?all=1").
+  // Transport failures are errors; any HTTP status is a reply.
+  Result<DockerReply> request(const std::string& method, const std::string& path,
+                              const std::string& body = "");
+  // GET that expects 200 and a JSON body; 404 is Error{ENOENT, ...}.
+  Result<nlohmann::json> getJson(const std::string& path);
+
+  Result<nlohmann::json> inspectContainer(const std::string& id);  // /containers/{id}/json
+  Result<nlohmann::json> inspectImage(const std::string& ref);     // /images/{ref}/json
+  Result<nlohmann::json> inspectVolume(const std::string& name);   // /volumes/{name}
+  Result<nlohmann::json> listContainers();                         // all=1
+  Result<nlohmann::json> listImages();                             // all=0
+  Result<nlohmann::json> listVolumes();                            // the "Volumes" array
+  Result<nlohmann::json> systemDf();                               // /system/df
+
+ private:
+  std::string socket_;
+  std::chrono::milliseconds timeout_;
+  mutable std::mutex mu_;  // guards curl_ and version_
+  void* curl_ = nullptr;   // CURL*, reused for keep-alive
+  std::string version_;
+};
+
+// Reconnect delays: full jitter over min(cap, base * 2^attempt) (AWS architecture blog).
+class Backoff {
+ public:
+  Backoff(std::chrono::milliseconds base, std::chrono::milliseconds cap, uint64_t seed = 0);
+  std::chrono::milliseconds next();  // grows until reset()
+  void reset();
+  unsigned attempt() const { return attempt_; }
+
+ private:
+  std::chrono::milliseconds base_, cap_;
+  unsigned attempt_ = 0;
+  uint64_t state_;
+};
+
+// GET /events, kept open. Calls on_event for every JSON message; on_connected
+// after each (re)connect, before any event of that connection (callers reconcile
+// there); on_disconnected with the reason. Runs its own thread.
+class DockerEventStream {
+ public:
+  struct Callbacks {
+    std::function<void(const nlohmann::json&)> on_event;
+    std::function<void()> on_connected;
+    std::function<void(const std::string&)> on_disconnected;
+  };
+
+  DockerEventStream(std::string socket_path, Callbacks callbacks,
+                    std::chrono::milliseconds backoff_base = std::chrono::milliseconds(250),
+                    std::chrono::milliseconds backoff_cap = std::chrono::seconds(30));
+  ~DockerEventStream();  // stops
+  void start();
+  void stop();  // returns within ~1 s
+  bool connected() const { return connected_.load(); }
+  uint64_t reconnects() const { return reconnects_.load(); }
+
+ private:
+  void run();
+  std::string socket_;
+  Callbacks cb_;
+  Backoff backoff_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> reconnects_{0};
+  std::thread thread_;
+};
+
+}  // namespace dockquota

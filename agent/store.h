@@ -1,0 +1,115 @@
+// The attribution store: who owns each container, image and volume, kept in
+// SQLite (WAL, versioned migrations) so nothing is lost across restarts.
+//
+// Join rules (decide()) are pure and live here too: kernel evidence outranks
+// labels, an admin override outranks kernel evidence, and objects seen without
+// evidence are "unattributed", never guessed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "agent/result.h"
+
+struct sqlite3;
+
+namespace dockquota {
+
+enum class ObjectKind { Container, Image, Volume };
+const char* toString(ObjectKind k);  // "container", "image", "volume"
+std::optional<ObjectKind> parseObjectKind(const std::string& s);
+
+// Where an owner came from, strongest last. Stored as text.
+enum class Source { None, Label, Audit, Bpf, Admin };
+const char* toString(Source s);  // "unattributed", "label", "audit", "bpf", "admin"
+std::optional<Source> parseSource(const std::string& s);
+
+// Who asked Docker for something, as the kernel saw it.
+struct Evidence {
+  Source source = Source::Bpf;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::optional<uint32_t> login_uid;  // unset when the kernel says (uid_t)-1
+  uint32_t pid = 0;
+  std::string comm;
+  std::string exe;
+  std::string method;    // "container_create", "image_pull", ... (ApiAction name) or "anonymous_volume"
+  double request_time = 0;  // unix seconds: first byte of the request
+  double time = 0;          // unix seconds: Docker's reply (attribution time)
+};
+
+struct ObjectRecord {
+  ObjectKind kind = ObjectKind::Container;
+  std::string id;           // container id (64 hex), image id ("sha256:..."), volume name
+  std::string name;         // container name, first image tag, volume name
+  std::string parent;       // container: image id; volume: container that made it; image: ""
+  std::optional<Evidence> owner;  // nullopt = unattributed
+  std::optional<std::string> label_user;  // qman.user label as set by the creator: recorded, never trusted
+  double first_seen = 0;    // unix seconds the agent first knew of it
+  std::optional<double> gone_at;  // set when Docker no longer has it
+  uint64_t size_bytes = 0;  // last measured size (later issues)
+
+  bool attributed() const { return owner.has_value(); }
+};
+
+// Pure join rule: should `ev` become the owner of `existing` (nullptr = not in
+// the store yet)? `brings_new` says the call can only have made a new object
+// (container create, commit, build, import, volume create); for calls that may
+// find the object already there (pull, load, tag), the object is credited only
+// if it was unknown, or first seen no earlier than the request began.
+enum class Decision { Attribute, Keep };
+Decision decide(const ObjectRecord* existing, const Evidence& ev, bool brings_new);
+
+struct ReconcileResult {
+  size_t added = 0;   // present in Docker, unknown to the store: inserted unattributed
+  size_t gone = 0;    // in the store, not in Docker: marked gone
+  size_t revived = 0; // a gone id that Docker has again (a volume name reused): reset, unattributed
+};
+
+class Store {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens (creating if needed) and migrates. Refuses a file whose schema is
+  // newer than this build knows, naming both versions.
+  static Result<std::unique_ptr<Store>> open(const std::string& path);
+  ~Store();
+
+  int schemaVersion() const;
+  const std::string& path() const { return path_; }
+
+  // Inserts an unattributed record if the id is unknown (or gone: then it is a
+  // new object with a reused name). Updates name/parent/label when given.
+  Status noteSeen(ObjectKind kind, const std::string& id, const std::string& name,
+                  const std::string& parent, const std::optional<std::string>& label_user, double now);
+  // Applies decide(); records the evidence row either way. Returns true if the owner changed.
+  Result<bool> attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new);
+  // Admin override (Source::Admin) and its removal (back to the best automatic evidence).
+  Status setOverride(ObjectKind kind, const std::string& id, const Evidence& ev);
+  Status clearOverride(ObjectKind kind, const std::string& id);
+  Status markGone(ObjectKind kind, const std::string& id, double now);
+  // One transaction: `present` is every id Docker has of this kind now.
+  Result<ReconcileResult> reconcile(ObjectKind kind, const std::set<std::string>& present, double now);
+
+  Result<std::optional<ObjectRecord>> get(ObjectKind kind, const std::string& id) const;
+  // Live objects (gone_at unset), ordered by first_seen then id.
+  Result<std::vector<ObjectRecord>> list(ObjectKind kind, bool include_gone = false) const;
+  // Resolves a name, a unique id prefix or a full id to the full id of a live object.
+  Result<std::optional<std::string>> resolve(ObjectKind kind, const std::string& ref) const;
+
+  // Every evidence row for an object, oldest first (the attribution-detail view).
+  Result<std::vector<Evidence>> evidence(ObjectKind kind, const std::string& id) const;
+
+ private:
+  Store(sqlite3* db, std::string path);
+  sqlite3* db_;
+  std::string path_;
+  mutable std::mutex mu_;
+};
+
+}  // namespace dockquota
