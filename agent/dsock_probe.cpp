@@ -1,0 +1,162 @@
+#include "agent/dsock_probe.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "agent/log.h"
+#include "agent/probe_util.h"
+#include "dsock.skel.h"
+
+namespace dockquota {
+namespace {
+
+constexpr const char* kSub = "dsock-probe";
+
+int onRingEvent(void* ctx, void* data, size_t size) {
+  auto* self = static_cast<DsockProbe::Handler*>(ctx);
+  if (size < offsetof(dsock_event, data)) return 0;
+  const auto* ev = static_cast<const dsock_event*>(data);
+  if (offsetof(dsock_event, data) + ev->cap_len > size) return 0;
+  // Never let an exception unwind through libbpf's C frames.
+  try {
+    (*self)(DsockEventView{ev});
+  } catch (const std::exception& e) {
+    LOG_ERROR(kSub, "event handler failed: %s", e.what());
+  }
+  return 0;
+}
+
+}  // namespace
+
+DsockProbe::DsockProbe(const Options& o, Handler h) : options_(o), handler_(std::move(h)) {}
+
+DsockProbe::~DsockProbe() {
+  if (ring_) ring_buffer__free(ring_);
+  if (skel_) dsock_bpf__destroy(skel_);
+}
+
+Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Handler handler) {
+  if (options.capture_bytes == 0 || options.capture_bytes > DSOCK_CAP_BYTES) {
+    return Error{EINVAL, std::string(kSub) + ": capture_bytes must be 1.." + std::to_string(DSOCK_CAP_BYTES)};
+  }
+  std::unique_ptr<DsockProbe> p(new DsockProbe(options, std::move(handler)));
+  p->skel_ = dsock_bpf__open();
+  if (!p->skel_) return osError(errno, std::string(kSub) + ": open BPF object");
+
+  p->skel_->rodata->targ_cap_bytes = options.capture_bytes;
+  p->skel_->rodata->targ_wakeup_bytes = options.ringbuf_bytes / 8;
+  // One bit per tgid.
+  bpf_map__set_max_entries(p->skel_->maps.tracked_tgids, pidMax() / 64 + 1);
+  if (int err = bpf_map__set_max_entries(p->skel_->maps.events, options.ringbuf_bytes)) {
+    return osError(err, std::string(kSub) + ": ring buffer size " + std::to_string(options.ringbuf_bytes));
+  }
+  if (int err = dsock_bpf__load(p->skel_)) return osError(err, std::string(kSub) + ": load BPF programs");
+
+  // Attach one by one so the log names the program that failed.
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, p->skel_->obj) {
+    bpf_link* link = bpf_program__attach(prog);
+    if (!link) {
+      return osError(errno, std::string(kSub) + ": attach " + bpf_program__name(prog));
+    }
+    // The skeleton destroys links it owns; keep ours in the skeleton's slots.
+    const char* name = bpf_program__name(prog);
+    for (int i = 0; i < p->skel_->skeleton->prog_cnt; i++) {
+      if (strcmp(p->skel_->skeleton->progs[i].name, name) == 0) *p->skel_->skeleton->progs[i].link = link;
+    }
+    p->attached_.push_back(name);
+  }
+
+  if (auto st = p->refreshSockets(); !st) return st.error();
+
+  p->ring_ = ring_buffer__new(bpf_map__fd(p->skel_->maps.events), onRingEvent, &p->handler_, nullptr);
+  if (!p->ring_) return osError(errno, std::string(kSub) + ": ring buffer");
+  LOG_INFO(kSub, "attached %zu programs; capturing %u bytes per call; ring %u KiB", p->attached_.size(),
+           options.capture_bytes, options.ringbuf_bytes / 1024);
+  return p;
+}
+
+Status DsockProbe::refreshSockets() {
+  int inodes = bpf_map__fd(skel_->maps.watched_socks);
+  int paths = bpf_map__fd(skel_->maps.watched_paths);
+  // Drop stale inode entries: a re-created socket has a new inode.
+  dsock_sock_key key{}, next{};
+  std::vector<dsock_sock_key> old;
+  void* prev = nullptr;
+  while (bpf_map_get_next_key(inodes, prev, &next) == 0) {
+    old.push_back(next);
+    key = next;
+    prev = &key;
+  }
+  for (auto& k : old) bpf_map_delete_elem(inodes, &k);
+
+  for (uint32_t i = 0; i < options_.socket_paths.size() && i < DSOCK_MAX_SOCKS; i++) {
+    const std::string& path = options_.socket_paths[i];
+    dsock_sock_val val{i, 0};
+    dsock_path_key pk{};
+    if (path.size() >= sizeof pk.path) {
+      return Error{ENAMETOOLONG, std::string(kSub) + ": socket path longer than sun_path: " + path};
+    }
+    memcpy(pk.path, path.data(), path.size());
+    if (bpf_map_update_elem(paths, &pk, &val, BPF_ANY) != 0) {
+      return osError(errno, std::string(kSub) + ": watch path " + path);
+    }
+    auto id = fileId(path);
+    if (!id) {
+      LOG_DEBUG(kSub, "%s", id.error().message.c_str());
+      continue;
+    }
+    dsock_sock_key sk{id->ino, id->kdev, 0};
+    if (bpf_map_update_elem(inodes, &sk, &val, BPF_ANY) != 0) {
+      return osError(errno, std::string(kSub) + ": watch inode of " + path);
+    }
+  }
+  return {};
+}
+
+Result<int> DsockProbe::poll(int timeout_ms) {
+  int n = ring_buffer__poll(ring_, timeout_ms);
+  if (n == -EINTR) return 0;
+  if (n < 0) return osError(n, std::string(kSub) + ": ring buffer poll");
+  return n;
+}
+
+int DsockProbe::epollFd() const { return ring_buffer__epoll_fd(ring_); }
+
+Result<int> DsockProbe::consume() {
+  int n = ring_buffer__consume(ring_);
+  if (n < 0 && n != -EINTR) return osError(n, std::string(kSub) + ": ring buffer");
+  return n < 0 ? 0 : n;
+}
+
+void DsockProbe::mute(uint32_t tgid, uint32_t fd, uint32_t bits) {
+  dsock_key key{tgid, fd};
+  dsock_conn conn;
+  int map = bpf_map__fd(skel_->maps.conns);
+  if (bpf_map_lookup_elem(map, &key, &conn) != 0) return;
+  conn.mute |= bits;
+  bpf_map_update_elem(map, &key, &conn, BPF_EXIST);
+}
+
+void DsockProbe::untrack(uint32_t tgid, uint32_t fd) {
+  dsock_key key{tgid, fd};
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.conns), &key);
+}
+
+std::array<uint64_t, DSOCK_CTR_MAX> DsockProbe::counters() const {
+  std::array<uint64_t, DSOCK_CTR_MAX> out{};
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0) return out;
+  std::vector<uint64_t> per(ncpu);
+  int fd = bpf_map__fd(skel_->maps.counters);
+  for (uint32_t i = 0; i < DSOCK_CTR_MAX; i++) {
+    if (bpf_map_lookup_elem(fd, &i, per.data()) != 0) continue;
+    for (uint64_t v : per) out[i] += v;
+  }
+  return out;
+}
+
+}  // namespace dockquota

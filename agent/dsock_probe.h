@@ -1,0 +1,63 @@
+// Owns the dsock BPF skeleton: tracks connections to the Docker socket(s) and
+// delivers the bytes their clients send and receive.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/dsock_event.hpp"
+#include "agent/result.h"
+
+struct dsock_bpf;
+struct ring_buffer;
+
+namespace dockquota {
+
+class DsockProbe {
+ public:
+  struct Options {
+    std::vector<std::string> socket_paths;      // e.g. /var/run/docker.sock, /run/docker.sock
+    uint32_t capture_bytes = DSOCK_CAP_BYTES;   // per call, <= DSOCK_CAP_BYTES
+    uint32_t ringbuf_bytes = 8u << 20;          // power of two
+  };
+  using Handler = std::function<void(const DsockEventView&)>;
+
+  // Open, set rodata and map sizes, load, attach (libbpf-tools order).
+  static Result<std::unique_ptr<DsockProbe>> open(const Options& options, Handler handler);
+  ~DsockProbe();
+
+  // Re-reads the socket paths' inodes into the kernel map (dockerd re-creates
+  // its socket on restart). Paths that do not exist yet are skipped; their
+  // bound-path entry still matches.
+  Status refreshSockets();
+
+  // Consumes ready events; waits up to timeout_ms (0 = just drain). Returns
+  // the number of events handled or an error (EINTR is not an error).
+  Result<int> poll(int timeout_ms);
+  // For callers that wait themselves (to drain the exec ring first).
+  int epollFd() const;
+  Result<int> consume();
+
+  // Stop copying one direction of a connection (see DSOCK_MUTE_*), or stop
+  // tracking it entirely (after it became a raw hijacked stream).
+  void mute(uint32_t tgid, uint32_t fd, uint32_t bits);
+  void untrack(uint32_t tgid, uint32_t fd);
+
+  std::array<uint64_t, DSOCK_CTR_MAX> counters() const;
+  const std::vector<std::string>& attached() const { return attached_; }
+  const std::vector<std::string>& socketPaths() const { return options_.socket_paths; }
+
+ private:
+  DsockProbe(const Options& o, Handler h);
+  Options options_;
+  Handler handler_;
+  dsock_bpf* skel_ = nullptr;
+  ring_buffer* ring_ = nullptr;
+  std::vector<std::string> attached_;
+};
+
+}  // namespace dockquota

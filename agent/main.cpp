@@ -1,0 +1,328 @@
+// dockquotad: attributes Docker containers, images and volumes to the Linux
+// uid that asked for them, and serves what it knows over HTTP.
+//
+// Start-up order matters: the probes attach before the first reconcile with
+// Docker, so nothing created during start-up is missed; anything Docker has
+// that the probes did not see is recorded as unattributed.
+#include <getopt.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+
+#include "agent/attributor.h"
+#include "agent/config.h"
+#include "agent/conn_tracker.h"
+#include "agent/docker_client.h"
+#include "agent/dsock_probe.h"
+#include "agent/exec_probe.h"
+#include "agent/log.h"
+#include "agent/probe_util.h"
+#include "agent/store.h"
+#include "exporter/http_api.h"
+
+using namespace dockquota;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kSub = "dockquotad";
+constexpr const char* kDefaultConfig = "/etc/dockquota/config.json";
+constexpr auto kRefreshEvery = std::chrono::seconds(30);
+
+void usage(FILE* out) {
+  fprintf(out,
+          "usage: dockquotad [--config FILE] [-v] [--check-config] [--version]\n"
+          "  --config FILE    JSON config (default %s; built-in defaults if it is missing)\n"
+          "  -v, --verbose    debug logging (overrides log_level)\n"
+          "  --check-config   validate the config and exit\n",
+          kDefaultConfig);
+}
+
+// systemd Type=notify without libsystemd: one datagram to $NOTIFY_SOCKET.
+void sdNotify(const char* state) {
+  const char* path = getenv("NOTIFY_SOCKET");
+  if (!path || (path[0] != '/' && path[0] != '@')) return;
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
+  if (path[0] == '@') sa.sun_path[0] = '\0';
+  sendto(fd, state, strlen(state), 0, reinterpret_cast<sockaddr*>(&sa),
+         offsetof(sockaddr_un, sun_path) + strlen(path));
+  close(fd);
+}
+
+std::string kernelRelease() {
+  utsname u;
+  return uname(&u) == 0 ? u.release : "unknown";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path = kDefaultConfig;
+  bool config_given = false, verbose = false, check_only = false;
+  static const option kOptions[] = {{"config", required_argument, nullptr, 'c'},
+                                    {"verbose", no_argument, nullptr, 'v'},
+                                    {"check-config", no_argument, nullptr, 'C'},
+                                    {"version", no_argument, nullptr, 'V'},
+                                    {"help", no_argument, nullptr, 'h'},
+                                    {nullptr, 0, nullptr, 0}};
+  for (int c; (c = getopt_long(argc, argv, "c:vh", kOptions, nullptr)) != -1;) {
+    switch (c) {
+      case 'c': config_path = optarg; config_given = true; break;
+      case 'v': verbose = true; break;
+      case 'C': check_only = true; break;
+      case 'V': printf("dockquotad 0.1.0\n"); return 0;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+
+  auto cfg = loadConfig(config_path, /*optional=*/!config_given);
+  if (!cfg) {
+    LOG_ERROR(kSub, "%s", cfg.error().message.c_str());
+    return 2;
+  }
+  Config& config = *cfg;
+  log::Level level;
+  log::parseLevel(config.log_level, &level);
+  log::setLevel(verbose ? log::Level::Debug : level);
+  if (check_only) {
+    printf("config ok\n");
+    return 0;
+  }
+  if (config.api_key.empty()) {
+    LOG_WARN(kSub, "no api_key or api_key_file configured: authenticated routes answer 500 until one is set");
+  }
+
+  // Signals arrive through a signalfd in the main loop; block them before any
+  // thread starts so every thread inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  int sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  installLibbpfLogger();
+
+  // --- store ---------------------------------------------------------------
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(config.database).parent_path(), ec);
+  auto store_r = Store::open(config.database);
+  if (!store_r) {
+    LOG_ERROR(kSub, "%s", store_r.error().message.c_str());
+    return 1;
+  }
+  Store& store = **store_r;
+  LOG_INFO(kSub, "store %s (schema v%d)", store.path().c_str(), store.schemaVersion());
+
+  DockerClient docker(config.docker_socket);
+  Attributor attributor(store, docker);
+  attributor.start();
+
+  // --- probes: attach before the first reconcile ----------------------------
+  std::vector<std::string> degraded;
+  std::mutex tracker_mu;  // the main loop feeds it; /healthz reads its stats
+  std::unique_ptr<DsockProbe> dsock;
+  std::unique_ptr<ExecProbe> exec;
+  ConnTracker tracker({
+      .on_call = [&](const ApiCall& call, const ClientInfo& who) { attributor.onApiCall(call, who); },
+      .mute = [&](uint32_t tgid, uint32_t fd, uint32_t bits) { if (dsock) dsock->mute(tgid, fd, bits); },
+      .untrack = [&](uint32_t tgid, uint32_t fd) { if (dsock) dsock->untrack(tgid, fd); },
+      .exe_of = nullptr,
+  });
+
+  if (auto tracefs = ensureTracefs(); !tracefs) {
+    LOG_WARN(kSub, "%s; tracepoint probes will fail to attach", tracefs.error().message.c_str());
+  }
+  auto exec_r = ExecProbe::open(config.docker_binaries, [&](const ExecRecord& r) { tracker.onExec(r); });
+  if (exec_r) {
+    exec = std::move(*exec_r);
+  } else {
+    LOG_WARN(kSub, "%s; docker CLI executions will not be recorded (socket attribution still works)",
+             exec_r.error().message.c_str());
+    degraded.push_back("exec probe unavailable: " + exec_r.error().message);
+  }
+  DsockProbe::Options dopt;
+  dopt.socket_paths = config.watch_sockets;
+  dopt.capture_bytes = config.capture_bytes;
+  dopt.ringbuf_bytes = config.ringbuf_kib * 1024;
+  auto dsock_r = DsockProbe::open(dopt, [&](const DsockEventView& ev) { tracker.onEvent(*ev.raw); });
+  if (dsock_r) {
+    dsock = std::move(*dsock_r);
+  } else {
+    LOG_ERROR(kSub, "%s; NEW OBJECTS WILL BE UNATTRIBUTED until the probe can attach",
+              dsock_r.error().message.c_str());
+    degraded.push_back("docker.sock probe unavailable: " + dsock_r.error().message);
+  }
+
+  // --- Docker events: reconcile on every (re)connect ------------------------
+  std::atomic<bool> reconciled{false};
+  std::mutex docker_err_mu;
+  std::string docker_error;
+  DockerEventStream events(config.docker_socket, {
+      .on_event = [&](const json& e) { attributor.onDockerEvent(e); },
+      .on_connected =
+          [&] {
+            if (dsock) dsock->refreshSockets();
+            docker.negotiate();
+            if (auto st = attributor.reconcile(); !st) {
+              LOG_WARN(kSub, "%s", st.error().message.c_str());
+              std::lock_guard<std::mutex> l(docker_err_mu);
+              docker_error = st.error().message;
+            } else {
+              reconciled = true;
+              std::lock_guard<std::mutex> l(docker_err_mu);
+              docker_error.clear();
+            }
+          },
+      .on_disconnected =
+          [&](const std::string& why) {
+            LOG_WARN(kSub, "docker events stream lost: %s; reconnecting with backoff", why.c_str());
+            std::lock_guard<std::mutex> l(docker_err_mu);
+            docker_error = why;
+          },
+  });
+  events.start();
+
+  // --- HTTP -----------------------------------------------------------------
+  const std::string kernel = kernelRelease();
+  auto health = [&]() -> json {
+    json h;
+    std::vector<std::string> reasons = degraded;
+    json probes = json::object();
+    probes["exec"] = {{"attached", exec != nullptr}, {"hook", "tracepoint"},
+                      {"programs", exec ? json::array({"tp/sched/sched_process_exec"}) : json::array()},
+                      {"binaries", config.docker_binaries}, {"lost_events", exec ? exec->lost() : 0}};
+    json dj = {{"attached", dsock != nullptr}, {"hook", "tracepoint"}, {"sockets", config.watch_sockets}};
+    if (dsock) {
+      dj["programs"] = dsock->attached();
+      auto ctr = dsock->counters();
+      json kc = json::object();
+      for (int i = 0; i < DSOCK_CTR_MAX; i++) kc[kDsockCounterNames[i]] = ctr[i];
+      dj["kernel_counters"] = kc;
+      if (ctr[DSOCK_CTR_RINGBUF_FULL] || ctr[DSOCK_CTR_TRACK_FULL] || ctr[DSOCK_CTR_INFLIGHT_FULL]) {
+        reasons.push_back("the docker.sock probe dropped events (see kernel_counters)");
+      }
+    }
+    probes["docker_sock"] = dj;
+    TrackerStats ts;
+    {
+      std::lock_guard<std::mutex> l(tracker_mu);
+      ts = tracker.stats();
+    }
+    h["stream"] = {{"connections", ts.connections}, {"open", ts.open}, {"evicted", ts.evicted},
+                   {"orphan_events", ts.orphan_events}, {"exchanges", ts.http.exchanges},
+                   {"parse_errors", ts.http.parse_errors}, {"resyncs", ts.http.resyncs},
+                   {"gap_bytes", ts.http.gap_bytes}, {"discarded_bytes", ts.http.discarded_bytes},
+                   {"orphan_responses", ts.http.orphan_responses}, {"api_calls", ts.calls},
+                   {"docker_execs", ts.execs}};
+    const auto& as = attributor.stats();
+    h["attribution"] = {{"calls", as.calls.load()}, {"failed_calls", as.failed_calls.load()},
+                        {"attributed", as.attributed.load()}, {"docker_errors", as.docker_errors.load()},
+                        {"store_errors", as.store_errors.load()}, {"reconciles", as.reconciles.load()}};
+    std::string derr;
+    {
+      std::lock_guard<std::mutex> l(docker_err_mu);
+      derr = docker_error;
+    }
+    const bool connected = events.connected();
+    h["docker"] = {{"socket", config.docker_socket}, {"connected", connected},
+                   {"api_version", docker.apiVersion()}, {"reconnects", events.reconnects()},
+                   {"reconciled", reconciled.load()},
+                   {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
+    if (!connected) reasons.push_back("not connected to Docker at " + config.docker_socket);
+    h["store"] = {{"path", store.path()}, {"schema_version", store.schemaVersion()},
+                  {"errors", as.store_errors.load()}};
+    if (as.store_errors.load() > 0) reasons.push_back("store writes failed (see logs)");
+    h["probes"] = probes;
+    h["kernel"] = kernel;
+    h["degraded"] = reasons;
+    h["status"] = reasons.empty() ? "ok" : "degraded";
+    return h;
+  };
+  ApiServer api({.address = config.listen_address, .port = config.listen_port, .api_key = config.api_key,
+                 .bill_root_to_login_uid = config.bill_root_to_login_uid, .threads = 4},
+                store, health);
+  auto port = api.start();
+  if (!port) {
+    LOG_ERROR(kSub, "%s", port.error().message.c_str());
+    events.stop();
+    attributor.stop();
+    return 1;
+  }
+  sdNotify("READY=1");
+  LOG_NOTICE(kSub, "running: kernel %s, %s", kernel.c_str(),
+             degraded.empty() ? "all probes attached" : "DEGRADED (see /healthz)");
+
+  // --- main loop: probe events ------------------------------------------------
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event e{};
+  e.events = EPOLLIN;
+  e.data.fd = sig_fd;
+  epoll_ctl(ep, EPOLL_CTL_ADD, sig_fd, &e);
+  if (dsock) {
+    e.data.fd = dsock->epollFd();
+    epoll_ctl(ep, EPOLL_CTL_ADD, dsock->epollFd(), &e);
+  }
+  if (exec) {
+    e.data.fd = exec->fd();
+    epoll_ctl(ep, EPOLL_CTL_ADD, exec->fd(), &e);
+  }
+  auto next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;
+  bool running = true;
+  while (running) {
+    // Events are written without wake-ups (cheaper for clients): poll on a
+    // short timer while connections are open; a connect wakes us when idle.
+    int timeout = tracker.openConnections() > 0 ? static_cast<int>(config.poll_interval_ms) : 1000;
+    epoll_event out[4];
+    int n = epoll_wait(ep, out, 4, timeout);
+    for (int i = 0; i < n; i++) {
+      if (out[i].data.fd == sig_fd) {
+        signalfd_siginfo si;
+        if (read(sig_fd, &si, sizeof si) == sizeof si) {
+          LOG_NOTICE(kSub, "signal %u: stopping", si.ssi_signo);
+          running = false;
+        }
+      }
+    }
+    {
+      // Exec events first: a docker CLI's exec precedes its connect.
+      std::lock_guard<std::mutex> l(tracker_mu);
+      if (exec) exec->consume();
+      if (dsock) {
+        if (auto r = dsock->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
+      }
+    }
+    if (std::chrono::steady_clock::now() >= next_refresh) {
+      next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;
+      if (dsock) dsock->refreshSockets();
+      if (exec) exec->refreshBinaries();
+    }
+  }
+
+  sdNotify("STOPPING=1");
+  api.stop();
+  events.stop();
+  attributor.stop();
+  close(ep);
+  LOG_NOTICE(kSub, "stopped");
+  return 0;
+}

@@ -1,0 +1,78 @@
+#include "agent/probe_util.h"
+
+#include <bpf/libbpf.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+
+#include "agent/log.h"
+
+namespace dockquota {
+namespace {
+
+int libbpfPrint(enum libbpf_print_level level, const char* fmt, va_list ap) {
+  log::Level l = level == LIBBPF_WARN ? log::Level::Warning
+                 : level == LIBBPF_INFO ? log::Level::Info
+                                        : log::Level::Debug;
+  if (!log::enabled(l)) return 0;
+  char buf[1024];
+  int n = vsnprintf(buf, sizeof buf, fmt, ap);
+  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[n - 1] == '\n') buf[n - 1] = 0;
+  log::write(l, "libbpf", "%s", buf);
+  return 0;
+}
+
+constexpr long kTracefsMagic = 0x74726163;
+
+}  // namespace
+
+void installLibbpfLogger() { libbpf_set_print(libbpfPrint); }
+
+Result<std::string> ensureTracefs() {
+  for (const char* dir : {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}) {
+    struct statfs sfs;
+    if (statfs(dir, &sfs) == 0 && sfs.f_type == kTracefsMagic) return std::string(dir);
+  }
+  const char* dir = "/sys/kernel/tracing";
+  if (mount("none", dir, "tracefs", 0, nullptr) != 0) {
+    return osError(errno, std::string("mount tracefs on ") + dir);
+  }
+  LOG_NOTICE("probe", "mounted tracefs on %s (it was not mounted; libbpf needs it for tracepoints)", dir);
+  return std::string(dir);
+}
+
+uint32_t kernelDev(dev_t d) { return (static_cast<uint32_t>(major(d)) << 20) | static_cast<uint32_t>(minor(d)); }
+
+Result<FileId> fileId(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return osError(errno, "stat " + path);
+  return FileId{kernelDev(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
+double unixNow() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double monoToUnix(uint64_t mono_ns) {
+  timespec rt, mono;
+  clock_gettime(CLOCK_REALTIME, &rt);
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  double offset = (rt.tv_sec - mono.tv_sec) + (rt.tv_nsec - mono.tv_nsec) / 1e9;
+  return mono_ns / 1e9 + offset;
+}
+
+uint32_t pidMax() {
+  std::ifstream f("/proc/sys/kernel/pid_max");
+  uint64_t v = 0;
+  if (f >> v && v > 0 && v <= (1u << 22)) return static_cast<uint32_t>(v);
+  return 1u << 22;
+}
+
+}  // namespace dockquota

@@ -1,0 +1,532 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Connections to the Docker socket, and the bytes their clients move.
+ *
+ * Programs:
+ *   tp__syscalls__sys_enter_connect / sys_exit_connect
+ *       track a connect() whose peer is a watched socket inode
+ *   tp__syscalls__sys_enter_{write,read,writev,readv,sendto,recvfrom,sendmsg,recvmsg}
+ *       remember the buffer of a call on a tracked connection
+ *   tp__syscalls__sys_exit_{...same 8...}
+ *       copy up to targ_cap_bytes of what the call moved into the ring buffer
+ *   tp__syscalls__sys_enter_close   forget a tracked connection
+ *   tp__sched__sched_process_exit   forget a process's connections
+ *
+ * Cost design (filter first, copy second): the enter/exit programs run for every
+ * read and write on the host, so their first step is one bit test in an array
+ * map indexed by tgid (the verifier inlines array lookups). Only processes that
+ * connected to the Docker socket have their bit set; for every other process a
+ * read or write costs the tracepoint entry and a handful of instructions. The
+ * bit is set with an atomic add guarded by a NOEXIST insert into tgid_refs, so
+ * no fetch-atomics are needed (5.10 lacks them).
+ *
+ * Wake-ups: events are written with BPF_RB_NO_WAKEUP and the agent polls on a
+ * short timer while connections are open; only a connect (rare, and the moment
+ * the agent must start polling) or a filling ring forces a wake-up. Waking the
+ * consumer on every event made docker.sock round trips 2.6x slower here.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "dsock.h"
+#include "lib/task.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_UNIX 1
+#define DIR_TX 0
+#define DIR_RX 1
+
+/* Bytes copied per call (<= DSOCK_CAP_BYTES); set by the agent before load. */
+const volatile __u32 targ_cap_bytes = DSOCK_CAP_BYTES;
+/* Force a consumer wake-up once this much data waits in the ring. */
+const volatile __u64 targ_wakeup_bytes = 512 * 1024;
+
+/* One bit per tgid; max_entries = pid_max / 64 + 1, set by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} tracked_tgids SEC(".maps");
+
+/* tgids whose bit is set: the NOEXIST insert makes exactly one CPU set it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} tgid_refs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); /* open docker.sock connections on one host */
+	__type(key, struct dsock_key);
+	__type(value, struct dsock_conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DSOCK_MAX_SOCKS);
+	__type(key, struct dsock_sock_key);
+	__type(value, struct dsock_sock_val);
+} watched_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DSOCK_MAX_SOCKS);
+	__type(key, struct dsock_path_key);
+	__type(value, struct dsock_sock_val);
+} watched_paths SEC(".maps");
+
+/* connect() in flight: pid_tgid -> fd (AF_UNIX only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, __u32);
+} connect_args SEC(".maps");
+
+struct call_args {
+	__u64 buf;    /* user buffer, or user iovec array when is_iov */
+	__u32 fd;
+	__u32 iovcnt;
+	__u32 is_iov;
+	__u32 dir;    /* DIR_TX / DIR_RX */
+};
+
+/* read/write calls in flight on tracked connections: pid_tgid -> args. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct call_args);
+} inflight SEC(".maps");
+
+/* The event is built here, then copied into the ring at its real length. The
+ * spill area lets the verifier prove every copy (offset < CAP, size < 2*CAP)
+ * stays inside the value. */
+struct scratch {
+	struct dsock_event ev;
+	__u8 spill[2 * DSOCK_CAP_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_buf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024); /* set by the agent */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DSOCK_CTR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &reason);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int tgid_tracked(__u32 tgid)
+{
+	__u32 idx = tgid >> 6;
+	__u64 *w = bpf_map_lookup_elem(&tracked_tgids, &idx);
+
+	return w && (*w & (1ULL << (tgid & 63)));
+}
+
+static __always_inline void tgid_mark(__u32 tgid)
+{
+	__u32 one = 1, idx = tgid >> 6;
+	__u64 *w;
+	long err = bpf_map_update_elem(&tgid_refs, &tgid, &one, BPF_NOEXIST);
+
+	if (err) {
+		if (err != -17 /* EEXIST: already marked */)
+			count(DSOCK_CTR_TRACK_FULL);
+		return;
+	}
+	w = bpf_map_lookup_elem(&tracked_tgids, &idx);
+	if (w)
+		__sync_fetch_and_add(w, 1ULL << (tgid & 63));
+}
+
+static __always_inline void tgid_unmark(__u32 tgid)
+{
+	__u32 idx = tgid >> 6;
+	__u64 *w;
+
+	if (bpf_map_delete_elem(&tgid_refs, &tgid))
+		return;
+	w = bpf_map_lookup_elem(&tracked_tgids, &idx);
+	if (w)
+		__sync_fetch_and_add(w, -(1ULL << (tgid & 63)));
+}
+
+static __always_inline struct scratch *event_start(__u32 type, __u32 fd, const struct dsock_conn *conn)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ug = bpf_get_current_uid_gid();
+
+	if (!s)
+		return NULL;
+	s->ev.ts_ns = bpf_ktime_get_ns();
+	s->ev.conn_id = conn ? conn->conn_id : 0;
+	s->ev.sock = conn ? conn->sock : 0;
+	s->ev.len = 0;
+	s->ev.type = type;
+	s->ev.tgid = id >> 32;
+	s->ev.pid = (__u32)id;
+	s->ev.uid = (__u32)ug;
+	s->ev.gid = ug >> 32;
+	s->ev.loginuid = task_loginuid(task);
+	s->ev.fd = fd;
+	s->ev.cap_len = 0;
+	s->ev.pad = 0;
+	bpf_get_current_comm(s->ev.comm, sizeof(s->ev.comm));
+	return s;
+}
+
+static __always_inline void event_send(struct scratch *s, __u32 cap, int wake)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (wake || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= targ_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	s->ev.cap_len = cap;
+	if (bpf_ringbuf_output(&events, &s->ev,
+			       __builtin_offsetof(struct dsock_event, data) + (cap & (2 * DSOCK_CAP_BYTES - 1)),
+			       flags))
+		count(DSOCK_CTR_RINGBUF_FULL);
+	else
+		count(DSOCK_CTR_EVENTS);
+}
+
+static __always_inline void send_control(__u32 type, __u32 fd, const struct dsock_conn *conn, int wake)
+{
+	struct scratch *s = event_start(type, fd, conn);
+
+	if (s)
+		event_send(s, 0, wake);
+}
+
+/* ---- connect ------------------------------------------------------------ */
+
+SEC("tp/syscalls/sys_enter_connect")
+int tp__syscalls__sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 fd = (__u32)ctx->args[0];
+	__u16 family = 0;
+
+	if (bpf_probe_read_user(&family, sizeof(family), (void *)ctx->args[1]) || family != AF_UNIX)
+		return 0;
+	bpf_map_update_elem(&connect_args, &id, &fd, BPF_ANY);
+	return 0;
+}
+
+/* Second chance for a socket whose inode the agent has not seen yet (dockerd
+ * re-created it): the address it was bound to. Only runs on connects to
+ * unwatched unix sockets, and only when the inode lookup missed. */
+static __always_inline struct dsock_sock_val *lookup_bound_path(struct unix_sock *peer)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct dsock_path_key *key;
+	struct unix_address *addr = BPF_CORE_READ(peer, addr);
+
+	if (!s || !addr)
+		return NULL;
+	/* The scratch event's data area doubles as a zeroed key buffer. */
+	key = (struct dsock_path_key *)s->ev.data;
+	__builtin_memset(key, 0, sizeof(*key));
+	if (bpf_probe_read_kernel_str(key->path, sizeof(key->path),
+				      __builtin_preserve_access_index(&addr->name[0].sun_path)) <= 1)
+		return NULL;
+	return bpf_map_lookup_elem(&watched_paths, key);
+}
+
+SEC("tp/syscalls/sys_exit_connect")
+int tp__syscalls__sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task;
+	struct dsock_sock_key skey = {};
+	struct dsock_sock_val *watched;
+	struct dsock_conn conn = {};
+	struct dsock_key key = {};
+	struct file *file;
+	struct socket *sock;
+	struct sock *sk, *peer;
+	struct inode *inode;
+	__u32 *fdp, fd;
+
+	fdp = bpf_map_lookup_elem(&connect_args, &id);
+	if (!fdp)
+		return 0;
+	fd = *fdp;
+	bpf_map_delete_elem(&connect_args, &id);
+	if (ctx->ret != 0)
+		return 0;
+
+	task = (struct task_struct *)bpf_get_current_task();
+	file = task_fd_file(task, fd);
+	if (!file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+		return 0;
+	/* unix_stream_connect() gives the new server-side socket a reference to
+	 * the listener's path (newu->path = otheru->path), so the peer's dentry is
+	 * the socket file dockerd bound, however the client named it. */
+	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	if (!peer)
+		return 0;
+	inode = BPF_CORE_READ((struct unix_sock *)peer, path.dentry, d_inode);
+	if (!inode)
+		return 0; /* abstract or unbound socket */
+	skey.ino = BPF_CORE_READ(inode, i_ino);
+	skey.dev = inode_dev(inode);
+	watched = bpf_map_lookup_elem(&watched_socks, &skey);
+	if (!watched)
+		watched = lookup_bound_path((struct unix_sock *)peer);
+	if (!watched)
+		return 0;
+
+	key.tgid = id >> 32;
+	key.fd = fd;
+	conn.conn_id = (bpf_ktime_get_ns() << 6) | (bpf_get_smp_processor_id() & 63);
+	conn.file = (__u64)file;
+	conn.sock = watched->index;
+	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY)) {
+		count(DSOCK_CTR_TRACK_FULL);
+		return 0;
+	}
+	tgid_mark(key.tgid);
+	count(DSOCK_CTR_CONNECTS);
+	send_control(DSOCK_EV_CONNECT, fd, &conn, 1);
+	return 0;
+}
+
+/* ---- read / write ------------------------------------------------------- */
+
+static __always_inline int call_enter(__u32 fd, __u64 buf, __u32 iovcnt, __u32 is_iov, __u32 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct dsock_key key = {.tgid = id >> 32, .fd = fd};
+	struct call_args args = {.buf = buf, .fd = fd, .iovcnt = iovcnt, .is_iov = is_iov, .dir = dir};
+	struct dsock_conn *conn;
+	struct file *file;
+
+	if (!tgid_tracked(key.tgid))
+		return 0;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	if (!conn)
+		return 0;
+	/* The fd may have been closed and reused without close() (dup2, close_range,
+	 * exec of a CLOEXEC fd): the struct file tells. */
+	file = task_fd_file((struct task_struct *)bpf_get_current_task(), fd);
+	if ((__u64)file != conn->file) {
+		struct dsock_conn gone = *conn;
+
+		count(DSOCK_CTR_STALE_FD);
+		bpf_map_delete_elem(&conns, &key);
+		send_control(DSOCK_EV_CLOSE, fd, &gone, 0);
+		return 0;
+	}
+	if (bpf_map_update_elem(&inflight, &id, &args, BPF_ANY))
+		count(DSOCK_CTR_INFLIGHT_FULL);
+	return 0;
+}
+
+static __always_inline int msg_enter(__u32 fd, __u64 umsg, __u32 dir)
+{
+	struct user_msghdr msg;
+
+	if (!tgid_tracked(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)umsg))
+		return 0;
+	return call_enter(fd, (__u64)msg.msg_iov, (__u32)msg.msg_iovlen, 1, dir);
+}
+
+static __always_inline __u32 copy_iov(struct scratch *s, __u64 uiov, __u32 iovcnt, __u64 len, __u32 cap)
+{
+	__u32 off = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < DSOCK_MAX_IOV; i++) {
+		struct iovec iov;
+		__u64 n;
+
+		if (i >= iovcnt || off >= cap || off >= len)
+			break;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(uiov + i * sizeof(iov))))
+			break;
+		n = iov.iov_len;
+		if (n > cap - off)
+			n = cap - off;
+		if (n > len - off)
+			n = len - off;
+		if (bpf_probe_read_user(&s->ev.data[off & (DSOCK_CAP_BYTES - 1)], n & (2 * DSOCK_CAP_BYTES - 1),
+					iov.iov_base)) {
+			count(DSOCK_CTR_READ_FAIL);
+			break;
+		}
+		off += n;
+	}
+	return off;
+}
+
+static __always_inline int call_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct dsock_key key = {.tgid = id >> 32};
+	struct call_args *in, args;
+	struct dsock_conn *conn;
+	struct scratch *s;
+	__u32 cap = targ_cap_bytes, copied = 0, muted;
+
+	if (!tgid_tracked(key.tgid))
+		return 0;
+	in = bpf_map_lookup_elem(&inflight, &id);
+	if (!in)
+		return 0;
+	args = *in;
+	bpf_map_delete_elem(&inflight, &id);
+	if (ret <= 0)
+		return 0; /* EAGAIN from Go's netpoller, EOF, errors: nothing moved */
+	key.fd = args.fd;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	if (!conn)
+		return 0;
+
+	/* A response starting ends an upload the agent muted, and vice versa. */
+	if (args.dir == DIR_RX) {
+		muted = conn->mute & DSOCK_MUTE_RX;
+		if (conn->mute & DSOCK_MUTE_TX)
+			conn->mute &= ~DSOCK_MUTE_TX;
+	} else {
+		muted = conn->mute & DSOCK_MUTE_TX;
+		if (conn->mute & DSOCK_MUTE_RX)
+			conn->mute &= ~DSOCK_MUTE_RX;
+	}
+
+	s = event_start(args.dir == DIR_TX ? DSOCK_EV_TX : DSOCK_EV_RX, args.fd, conn);
+	if (!s)
+		return 0;
+	s->ev.len = ret;
+	if (cap > DSOCK_CAP_BYTES)
+		cap = DSOCK_CAP_BYTES;
+	if (!muted) {
+		if ((__u64)ret > cap)
+			count(DSOCK_CTR_TRUNCATED);
+		if (args.is_iov) {
+			copied = copy_iov(s, args.buf, args.iovcnt, ret, cap);
+		} else {
+			copied = (__u64)ret < cap ? (__u32)ret : cap;
+			if (bpf_probe_read_user(s->ev.data, copied & (2 * DSOCK_CAP_BYTES - 1), (void *)args.buf)) {
+				count(DSOCK_CTR_READ_FAIL);
+				copied = 0;
+			}
+		}
+	}
+	event_send(s, copied, 0);
+	return 0;
+}
+
+#define SIMPLE_CALL(name, dir)                                                      \
+	SEC("tp/syscalls/sys_enter_" #name)                                         \
+	int tp__syscalls__sys_enter_##name(struct trace_event_raw_sys_enter *ctx)  \
+	{                                                                           \
+		return call_enter((__u32)ctx->args[0], ctx->args[1], 0, 0, dir);    \
+	}                                                                           \
+	SEC("tp/syscalls/sys_exit_" #name)                                          \
+	int tp__syscalls__sys_exit_##name(struct trace_event_raw_sys_exit *ctx)    \
+	{                                                                           \
+		return call_exit(ctx->ret);                                         \
+	}
+
+#define IOV_CALL(name, dir)                                                         \
+	SEC("tp/syscalls/sys_enter_" #name)                                         \
+	int tp__syscalls__sys_enter_##name(struct trace_event_raw_sys_enter *ctx)  \
+	{                                                                           \
+		return call_enter((__u32)ctx->args[0], ctx->args[1], (__u32)ctx->args[2], 1, dir); \
+	}                                                                           \
+	SEC("tp/syscalls/sys_exit_" #name)                                          \
+	int tp__syscalls__sys_exit_##name(struct trace_event_raw_sys_exit *ctx)    \
+	{                                                                           \
+		return call_exit(ctx->ret);                                         \
+	}
+
+#define MSG_CALL(name, dir)                                                         \
+	SEC("tp/syscalls/sys_enter_" #name)                                         \
+	int tp__syscalls__sys_enter_##name(struct trace_event_raw_sys_enter *ctx)  \
+	{                                                                           \
+		return msg_enter((__u32)ctx->args[0], ctx->args[1], dir);           \
+	}                                                                           \
+	SEC("tp/syscalls/sys_exit_" #name)                                          \
+	int tp__syscalls__sys_exit_##name(struct trace_event_raw_sys_exit *ctx)    \
+	{                                                                           \
+		return call_exit(ctx->ret);                                         \
+	}
+
+/* DSOCK_SYSCALLS: keep agent/dsock_probe.cpp in step. */
+SIMPLE_CALL(write, DIR_TX)
+SIMPLE_CALL(read, DIR_RX)
+SIMPLE_CALL(sendto, DIR_TX)   /* send() is sendto(); curl, Python, most SDKs */
+SIMPLE_CALL(recvfrom, DIR_RX) /* recv() is recvfrom() */
+IOV_CALL(writev, DIR_TX)
+IOV_CALL(readv, DIR_RX)
+MSG_CALL(sendmsg, DIR_TX)
+MSG_CALL(recvmsg, DIR_RX)
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+SEC("tp/syscalls/sys_enter_close")
+int tp__syscalls__sys_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	struct dsock_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = (__u32)ctx->args[0]};
+	struct dsock_conn *conn, gone;
+
+	if (!tgid_tracked(key.tgid))
+		return 0;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	if (!conn)
+		return 0;
+	gone = *conn;
+	bpf_map_delete_elem(&conns, &key);
+	send_control(DSOCK_EV_CLOSE, key.fd, &gone, 0);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exit")
+int tp__sched__sched_process_exit(void *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!tgid_tracked(tgid))
+		return 0;
+	/* do_exit() drops signal->live before this tracepoint: 0 = last thread. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	tgid_unmark(tgid);
+	send_control(DSOCK_EV_EXIT, 0, NULL, 0);
+	return 0;
+}

@@ -1,0 +1,94 @@
+/* Types shared by bpf/dsock.bpf.c and agent/dsock_probe.cpp: connections to
+ * the Docker socket and the bytes their clients send and receive.
+ * No includes: vmlinux.h or <linux/types.h> comes first. */
+#ifndef DOCKQUOTA_DSOCK_H
+#define DOCKQUOTA_DSOCK_H
+
+/* Bytes copied per syscall. 4096 = the docker CLI's (Go net/http) read and
+ * write buffer, so one docker CLI call is captured whole; an Engine API create
+ * response with its headers is ~350 bytes, a request line with headers < 1 KiB.
+ * Larger calls are uploads (build contexts, image loads) whose bodies
+ * attribution never needs; their true length is still reported. Power of two. */
+#define DSOCK_CAP_BYTES 4096
+/* iovecs looked at per writev/readv/sendmsg/recvmsg (Go and curl use 1-2). */
+#define DSOCK_MAX_IOV 8
+#define DSOCK_COMM_LEN 16
+/* Watched socket inodes (docker.sock paths; /var/run and /run are one inode). */
+#define DSOCK_MAX_SOCKS 16
+
+/* dsock_event.type */
+#define DSOCK_EV_CONNECT 1 /* a client connected to a watched socket */
+#define DSOCK_EV_TX 2      /* the client wrote (request direction) */
+#define DSOCK_EV_RX 3      /* the client read (response direction) */
+#define DSOCK_EV_CLOSE 4   /* the client closed the fd */
+#define DSOCK_EV_EXIT 5    /* the client process exited: all its connections are gone */
+
+/* dsock_conn.mute, set by userspace to stop copying bytes it does not need.
+ * The event still reports the length, so stream framing stays exact. */
+#define DSOCK_MUTE_TX 1 /* cleared by the kernel side when the response starts */
+#define DSOCK_MUTE_RX 2 /* cleared by the kernel side when the next request starts */
+
+/* Per-CPU counters, indexed by reason (tetragon-style error metrics).
+ * DSOCK_CTR_LIST: keep agent/dsock_probe.cpp kCounterNames in the same order. */
+#define DSOCK_CTR_RINGBUF_FULL 0   /* event lost: ring buffer full */
+#define DSOCK_CTR_READ_FAIL 1      /* event sent without data: user memory unreadable */
+#define DSOCK_CTR_TRACK_FULL 2     /* connection not tracked: map full */
+#define DSOCK_CTR_INFLIGHT_FULL 3  /* call not captured: in-flight map full */
+#define DSOCK_CTR_TRUNCATED 4      /* calls longer than the copy limit (not a loss) */
+#define DSOCK_CTR_STALE_FD 5       /* fd no longer the tracked socket (dup2/close_range) */
+#define DSOCK_CTR_EVENTS 6         /* events sent */
+#define DSOCK_CTR_CONNECTS 7       /* connections tracked */
+#define DSOCK_CTR_MAX 8
+
+/* Key of a tracked connection: the client's process and fd. */
+struct dsock_key {
+	__u32 tgid; /* process (thread group) id, init pid namespace */
+	__u32 fd;   /* the connected socket's descriptor in that process */
+};
+
+struct dsock_conn {
+	__u64 conn_id; /* unique per agent lifetime, assigned at connect */
+	__u64 file;    /* struct file * of the fd at connect: detects fd reuse */
+	__u32 mute;    /* DSOCK_MUTE_* bits */
+	__u32 sock;    /* index of the watched socket (dsock_sock_val.index) */
+};
+
+/* Identity of a watched socket file: the listener's inode, however the client
+ * spelled the path (symlinks, /var/run vs /run, relative paths). */
+struct dsock_sock_key {
+	__u64 ino; /* inode number */
+	__u32 dev; /* kernel dev_t of the filesystem: MAJOR << 20 | MINOR */
+	__u32 pad; /* zero */
+};
+
+/* The path dockerd bound (unix_address.name.sun_path), zero-padded. Matches a
+ * socket dockerd re-created after a restart before the agent re-reads inodes. */
+#define DSOCK_PATH_LEN 108
+struct dsock_path_key {
+	char path[DSOCK_PATH_LEN]; /* sun_path as bound, NUL-padded */
+};
+
+struct dsock_sock_val {
+	__u32 index; /* position in the agent's configured socket list */
+	__u32 pad;
+};
+
+struct dsock_event {
+	__u64 ts_ns;    /* bpf_ktime_get_ns() when the call returned */
+	__u64 conn_id;  /* dsock_conn.conn_id; 0 for DSOCK_EV_EXIT */
+	__u64 len;      /* bytes the syscall moved (>= cap_len) */
+	__u32 type;     /* DSOCK_EV_* */
+	__u32 tgid;     /* process id */
+	__u32 pid;      /* thread id */
+	__u32 uid;      /* real uid of the caller (init user namespace) */
+	__u32 gid;      /* real gid */
+	__u32 loginuid; /* audit login uid; (__u32)-1 when unset */
+	__u32 fd;       /* the socket fd */
+	__u32 cap_len;  /* bytes in data[] */
+	__u32 sock;     /* index of the watched socket */
+	__u32 pad;
+	char comm[DSOCK_COMM_LEN]; /* task comm */
+	__u8 data[DSOCK_CAP_BYTES]; /* first cap_len bytes of the call (only cap_len are sent) */
+};
+
+#endif /* DOCKQUOTA_DSOCK_H */

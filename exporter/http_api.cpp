@@ -1,0 +1,194 @@
+#include "exporter/http_api.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <pwd.h>
+
+#include <ctime>
+#include <httplib.h>
+
+#include "agent/attributor.h"
+#include "agent/log.h"
+
+namespace dockquota {
+namespace {
+
+constexpr const char* kSub = "http";
+using json = nlohmann::json;
+
+std::string base64Decode(const std::string& in) {
+  if (in.empty() || in.size() % 4 != 0 || in.size() > 4096) return {};
+  std::string out(in.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
+  if (n < 0) return {};
+  // EVP_DecodeBlock keeps the bytes that '=' padding stands for.
+  size_t pad = 0;
+  if (in[in.size() - 1] == '=') pad++;
+  if (in[in.size() - 2] == '=') pad++;
+  out.resize(static_cast<size_t>(n) - pad);
+  return out;
+}
+
+}  // namespace
+
+std::string isoTime(double t) {
+  time_t secs = static_cast<time_t>(t);
+  int ms = static_cast<int>((t - static_cast<double>(secs)) * 1000);
+  tm tmv;
+  gmtime_r(&secs, &tmv);
+  char buf[40];
+  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tmv);
+  snprintf(buf + n, sizeof buf - n, ".%03dZ", ms);
+  return buf;
+}
+
+std::string userName(uint32_t uid) {
+  passwd pw, *out = nullptr;
+  char buf[4096];
+  if (getpwuid_r(uid, &pw, buf, sizeof buf, &out) == 0 && out) return out->pw_name;
+  return "user_" + std::to_string(uid);
+}
+
+void sendJson(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void sendError(httplib::Response& res, int status, const std::string& msg) { sendJson(res, status, json{{"msg", msg}}); }
+
+int ApiServer::checkBasicAuth(const std::string& header, const std::string& key) {
+  if (key.empty()) return 500;
+  static const std::string kBasic = "Basic ";
+  if (header.size() <= kBasic.size() || header.compare(0, kBasic.size(), kBasic) != 0) return 401;
+  const std::string given = base64Decode(header.substr(kBasic.size()));
+  const std::string want = "api:" + key;
+  // Constant time in the key: compare equal-length buffers with CRYPTO_memcmp,
+  // and fold the length check in rather than returning early on it.
+  std::string padded = given;
+  padded.resize(want.size(), '\0');
+  const bool same_bytes = CRYPTO_memcmp(padded.data(), want.data(), want.size()) == 0;
+  return (same_bytes && given.size() == want.size()) ? 0 : 403;
+}
+
+ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
+    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(new httplib::Server) {
+  routes();
+}
+
+ApiServer::~ApiServer() { stop(); }
+
+bool ApiServer::authorize(const httplib::Request& req, httplib::Response& res) const {
+  switch (checkBasicAuth(req.get_header_value("Authorization"), opt_.api_key)) {
+    case 0: return true;
+    case 401: sendError(res, 401, "authorization required"); return false;
+    case 403: sendError(res, 403, "access forbidden"); return false;
+    default: sendError(res, 500, "api key not specified in app config"); return false;
+  }
+}
+
+json ApiServer::objectJson(const ObjectRecord& r) const {
+  json j = {{"id", r.id}, {"name", r.name}, {"first_seen", isoTime(r.first_seen)}};
+  if (r.kind == ObjectKind::Container) j["image"] = r.parent;
+  if (r.kind == ObjectKind::Volume) j["container"] = r.parent.empty() ? json(nullptr) : json(r.parent);
+  j["label_user"] = r.label_user ? json(*r.label_user) : json(nullptr);
+  j["gone_at"] = r.gone_at ? json(isoTime(*r.gone_at)) : json(nullptr);
+  if (!r.owner) {
+    j["source"] = "unattributed";
+    for (const char* k : {"uid", "user", "login_uid", "billed_uid", "billed_user", "pid", "comm", "exe", "method",
+                          "attributed_at"}) {
+      j[k] = nullptr;
+    }
+    return j;
+  }
+  const Evidence& ev = *r.owner;
+  const uint32_t billed = billedUid(ev, opt_.bill_root_to_login_uid);
+  j["source"] = toString(ev.source);
+  j["uid"] = ev.uid;
+  j["user"] = userName(ev.uid);
+  j["login_uid"] = ev.login_uid ? json(*ev.login_uid) : json(nullptr);
+  j["billed_uid"] = billed;
+  j["billed_user"] = userName(billed);
+  j["pid"] = ev.pid;
+  j["comm"] = ev.comm;
+  j["exe"] = ev.exe;
+  j["method"] = ev.method;
+  j["attributed_at"] = isoTime(ev.time);
+  return j;
+}
+
+void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const {
+  auto rows = store_.list(kind);
+  if (!rows) {
+    LOG_ERROR(kSub, "%s", rows.error().message.c_str());
+    sendError(res, 500, rows.error().message);
+    return;
+  }
+  json arr = json::array();
+  for (const auto& r : *rows) arr.push_back(objectJson(r));
+  sendJson(res, 200, json{{plural, std::move(arr)}, {"count", rows->size()}});
+}
+
+void ApiServer::routes() {
+  auto& s = *server_;
+  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    json h = health_ ? health_() : json{{"status", "ok"}};
+    sendJson(res, h.value("status", "ok") == "failing" ? 503 : 200, h);
+  });
+  struct Listing {
+    const char* path;
+    ObjectKind kind;
+    const char* plural;
+  };
+  for (const Listing& l : {Listing{"/api/v1/containers", ObjectKind::Container, "containers"},
+                           Listing{"/api/v1/images", ObjectKind::Image, "images"},
+                           Listing{"/api/v1/volumes", ObjectKind::Volume, "volumes"}}) {
+    s.Get(l.path, [this, l](const httplib::Request& req, httplib::Response& res) {
+      if (authorize(req, res)) listObjects(l.kind, l.plural, res);
+    });
+  }
+  // Every error is JSON {"msg": ...}: the qman master calls .json() on all answers.
+  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    sendError(res, res.status, res.status == 404 ? "not found" : "HTTP " + std::to_string(res.status));
+  });
+  s.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "internal error";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), req.path.c_str(), what.c_str());
+    sendError(res, 500, "internal error");
+  });
+  s.set_payload_max_length(1 << 20);
+  s.set_read_timeout(10, 0);
+  s.set_write_timeout(10, 0);
+  const int threads = opt_.threads;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+}
+
+Result<int> ApiServer::start() {
+  int port = opt_.port;
+  if (port == 0) {
+    port = server_->bind_to_any_port(opt_.address);
+  } else if (!server_->bind_to_port(opt_.address, port)) {
+    port = -1;
+  }
+  if (port < 0) {
+    return osError(errno ? errno : EADDRINUSE,
+                   std::string(kSub) + ": cannot listen on " + opt_.address + ":" + std::to_string(opt_.port));
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  LOG_INFO(kSub, "listening on http://%s:%d", opt_.address.c_str(), port);
+  return port;
+}
+
+void ApiServer::stop() {
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace dockquota

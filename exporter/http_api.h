@@ -1,0 +1,67 @@
+// The agent's HTTP surface (cpp-httplib): /healthz without auth, /api/v1/*
+// behind HTTP Basic `api` + the configured key. Reads agent state through the
+// Store and a health callback; never touches libbpf or Docker.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/result.h"
+#include "agent/store.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace dockquota {
+
+struct ApiServerOptions {
+  std::string address = "127.0.0.1";
+  uint16_t port = 8436;  // 0 = pick a free port (tests)
+  std::string api_key;   // empty: every authenticated route answers 500, as qman does
+  bool bill_root_to_login_uid = true;
+  int threads = 4;
+};
+
+// Health as JSON: {"status": "ok"|"degraded"|"failing", ...}. Called per request.
+using HealthFn = std::function<nlohmann::json()>;
+
+class ApiServer {
+ public:
+  ApiServer(ApiServerOptions options, Store& store, HealthFn health);
+  ~ApiServer();
+
+  // Binds and serves on a thread; returns the bound port.
+  Result<int> start();
+  void stop();
+
+  // Constant-time check of an Authorization header value against `api:<key>`.
+  // 0 = ok, 401 = missing/not Basic, 403 = wrong, 500 = no key configured.
+  static int checkBasicAuth(const std::string& header, const std::string& key);
+
+ private:
+  void routes();
+  bool authorize(const httplib::Request& req, httplib::Response& res) const;
+  nlohmann::json objectJson(const ObjectRecord& r) const;
+  void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
+
+  ApiServerOptions opt_;
+  Store& store_;
+  HealthFn health_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+};
+
+// Shared JSON helpers (also for later routes).
+std::string isoTime(double unix_seconds);  // "2026-11-22T08:20:00.123Z"
+std::string userName(uint32_t uid);        // passwd name, else "user_<uid>" (as qman)
+void sendJson(httplib::Response& res, int status, const nlohmann::json& body);
+void sendError(httplib::Response& res, int status, const std::string& msg);
+
+}  // namespace dockquota
