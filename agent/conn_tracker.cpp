@@ -71,6 +71,8 @@ void ConnTracker::onEvent(const dsock_event& ev) {
       ci.argv = it->second.argv;
     } else {
       ci.exe = hooks_.exe_of(ev.tgid);
+      // Gone already (short-lived client): the kernel's name of its executable.
+      if (ci.exe.empty()) ci.exe.assign(reinterpret_cast<const char*>(ev.data), ev.cap_len);
     }
     const uint64_t conn_id = ev.conn_id;
     const uint32_t tgid = ev.tgid, fd = ev.fd;

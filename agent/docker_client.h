@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -106,6 +107,10 @@ class DockerEventStream {
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> reconnects_{0};
   std::thread thread_;
+  // stop() must not wait out a backoff sleep or an idle stream: it wakes both.
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;  // the backoff sleep waits here
+  void* multi_ = nullptr;            // CURLM*; curl_multi_wakeup() ends an idle poll
 };
 
 }  // namespace dockquota

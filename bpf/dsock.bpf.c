@@ -259,6 +259,22 @@ static __always_inline struct dsock_sock_val *lookup_bound_path(struct unix_sock
 	return bpf_map_lookup_elem(&watched_paths, key);
 }
 
+/* The connect event carries the name of the client's executable in data[]:
+ * short-lived clients (curl) are often gone before the agent could read
+ * /proc/<pid>/exe. (bpf_d_path is not allowed in tracepoints; the name is.) */
+static __always_inline void connect_event(__u32 fd, const struct dsock_conn *conn, struct task_struct *task)
+{
+	struct scratch *s = event_start(DSOCK_EV_CONNECT, fd, conn);
+	const unsigned char *name;
+	long n;
+
+	if (!s)
+		return;
+	name = BPF_CORE_READ(task, mm, exe_file, f_path.dentry, d_name.name);
+	n = name ? bpf_probe_read_kernel_str(s->ev.data, 256, name) : 0;
+	event_send(s, n > 1 ? n - 1 : 0, 1);
+}
+
 SEC("tp/syscalls/sys_exit_connect")
 int tp__syscalls__sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
@@ -318,7 +334,7 @@ int tp__syscalls__sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	}
 	tgid_mark(key.tgid);
 	count(DSOCK_CTR_CONNECTS);
-	send_control(DSOCK_EV_CONNECT, fd, &conn, 1);
+	connect_event(fd, &conn, task);
 	return 0;
 }
 

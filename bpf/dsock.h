@@ -17,7 +17,7 @@
 #define DSOCK_MAX_SOCKS 16
 
 /* dsock_event.type */
-#define DSOCK_EV_CONNECT 1 /* a client connected to a watched socket */
+#define DSOCK_EV_CONNECT 1 /* a client connected to a watched socket; data = exe name */
 #define DSOCK_EV_TX 2      /* the client wrote (request direction) */
 #define DSOCK_EV_RX 3      /* the client read (response direction) */
 #define DSOCK_EV_CLOSE 4   /* the client closed the fd */

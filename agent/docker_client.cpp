@@ -1,0 +1,711 @@
+// Docker Engine API client over the unix socket, with libcurl.
+//
+// DockerClient: one easy handle, reused under a mutex so requests share one
+// keep-alive connection. The API version is negotiated lazily (GET /version,
+// min(kMaxApiVersion, daemon's ApiVersion)) and forgotten on any transport error,
+// because the next connection may reach a restarted dockerd of another version.
+//
+// DockerEventStream: its own thread and easy handle, driven through a multi
+// handle so stop() can interrupt an idle stream at once (curl_multi_wakeup)
+// instead of waiting for a progress callback.
+#include "agent/docker_client.h"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <string_view>
+
+#include "agent/log.h"
+
+namespace dockquota {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kLog = "docker";
+// Largest reply we buffer. /containers/json or /system/df on a host with
+// thousands of objects are a few MiB; the bound keeps a runaway peer from
+// exhausting the agent's memory.
+constexpr curl_off_t kMaxBody = 256LL << 20;
+// Longest event message. Real ones are under 4 KiB; labels can grow them, but
+// not to a MiB.
+constexpr size_t kMaxEventLine = 1u << 20;
+// Kept from a non-200 events reply, for the error message.
+constexpr size_t kMaxErrorBody = 64u << 10;
+// A local unix socket connects at once or fails at once; 2 s only matters when
+// dockerd's accept backlog is full (a wedged daemon).
+constexpr long kConnectTimeoutMs = 2000;
+// GET /version by the event stream, which has no caller-configured timeout.
+constexpr long kStreamNegotiateTimeoutMs = 10000;
+// A connection that lived this long was healthy: the next failure starts the
+// backoff from the beginning.
+constexpr auto kHealthyConnection = std::chrono::seconds(10);
+// Only what takes disk: the agent reconciles containers, images and volumes.
+constexpr const char* kEventsFilter = R"({"type":["container","image","volume"]})";
+
+void globalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+// RFC 3986 unreserved characters pass, everything else is %XX. dockerd decodes
+// %2F and %3A in path variables (verified on 20.10 for /images/{name}/json with
+// "registry.local:5000/ns/img:2"), so refs are escaped whole.
+std::string escape(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '.' || c == '_' || c == '~';
+    if (plain) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// A user-supplied id, name or ref as one path segment. "." and ".." survive
+// escaping and curl would resolve them as dot segments, so they are refused.
+Result<std::string> pathSegment(const char* what, const std::string& s) {
+  if (s.empty() || s == "." || s == "..")
+    return Error{EINVAL, std::string("docker: invalid ") + what + " \"" + s + "\""};
+  return escape(s);
+}
+
+// Errors start with "docker: " for callers; log lines get that from the logger.
+const char* forLog(const std::string& message) {
+  return message.rfind("docker: ", 0) == 0 ? message.c_str() + 8 : message.c_str();
+}
+
+std::string snippet(std::string_view body, size_t max = 200) {
+  std::string s(body.substr(0, max));
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  if (body.size() > max) s += "...";
+  return s;
+}
+
+// Docker's error bodies are {"message": "..."}; a few early rejections (API
+// version too old) are plain text.
+std::string dockerMessage(const std::string& body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_object()) {
+    auto it = j.find("message");
+    if (it != j.end() && it->is_string()) return it->get<std::string>();
+  }
+  std::string s = snippet(body);
+  return s.empty() ? "(empty reply)" : s;
+}
+
+std::string stringField(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// "1.41" -> {1, 41}; compared numerically, so 1.9 < 1.10.
+bool parseApiVersion(const std::string& s, int* major, int* minor) {
+  int consumed = 0;
+  if (std::sscanf(s.c_str(), "%d.%d%n", major, minor, &consumed) != 2) return false;
+  return consumed == static_cast<int>(s.size()) && *major >= 0 && *minor >= 0;
+}
+
+int compareApiVersions(int amaj, int amin, int bmaj, int bmin) {
+  if (amaj != bmaj) return amaj < bmaj ? -1 : 1;
+  if (amin != bmin) return amin < bmin ? -1 : 1;
+  return 0;
+}
+
+// The version we speak with a daemon whose GET /version reply is `body`.
+Result<std::string> chooseApiVersion(long status, const std::string& body) {
+  if (status != 200)
+    return Error{EIO, "HTTP " + std::to_string(status) + ": " + dockerMessage(body)};
+  json j = json::parse(body, nullptr, false);
+  if (!j.is_object()) return Error{EPROTO, "reply is not a JSON object: " + snippet(body)};
+  std::string api = stringField(j, "ApiVersion");
+  int dmaj, dmin, kmaj, kmin;
+  if (!parseApiVersion(api, &dmaj, &dmin))
+    return Error{EPROTO, "no usable ApiVersion in reply: " + snippet(body)};
+  parseApiVersion(DockerClient::kMaxApiVersion, &kmaj, &kmin);
+  std::string chosen = compareApiVersions(kmaj, kmin, dmaj, dmin) < 0 ? DockerClient::kMaxApiVersion : api;
+  int cmaj, cmin, mmaj, mmin;
+  parseApiVersion(chosen, &cmaj, &cmin);
+  std::string min_api = stringField(j, "MinAPIVersion");
+  if (parseApiVersion(min_api, &mmaj, &mmin) && compareApiVersions(cmaj, cmin, mmaj, mmin) < 0)
+    return Error{EPROTONOSUPPORT, "dockerd speaks API " + min_api + ".." + api + ", we speak up to " +
+                                      DockerClient::kMaxApiVersion};
+  return chosen;
+}
+
+bool versionTooNew(long status, const std::string& body) {
+  // dockerd's version middleware: "client version 1.45 is too new. Maximum
+  // supported API version is 1.41" (400), before any handler runs.
+  return status == 400 && dockerMessage(body).find("is too new") != std::string::npos;
+}
+
+struct Body {
+  std::string data;
+  size_t limit = static_cast<size_t>(kMaxBody);
+  bool overflow = false;
+};
+
+size_t writeBody(char* p, size_t size, size_t n, void* ud) noexcept {
+  auto* b = static_cast<Body*>(ud);
+  size_t len = size * n;
+  if (b->data.size() + len > b->limit) {
+    b->overflow = true;
+    return 0;  // CURLE_WRITE_ERROR
+  }
+  try {
+    b->data.append(p, len);
+  } catch (...) {
+    b->overflow = true;
+    return 0;
+  }
+  return len;
+}
+
+// Transport failure -> errno + text, without the "docker: GET /x" prefix the
+// caller adds: "cannot connect to /var/run/docker.sock: No such file or directory".
+Error transportError(CURL* h, CURLcode rc, const char* errbuf, const std::string& socket, bool overflow,
+                     long timeout_ms) {
+  long os = 0;
+  curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &os);
+  std::string detail = errbuf && *errbuf ? errbuf : curl_easy_strerror(rc);
+  switch (rc) {
+    case CURLE_COULDNT_CONNECT: {
+      int e = os > 0 ? static_cast<int>(os) : ECONNREFUSED;
+      return Error{e, "cannot connect to " + socket + ": " + std::strerror(e)};
+    }
+    case CURLE_OPERATION_TIMEDOUT: {
+      double connect_s = 0;
+      curl_easy_getinfo(h, CURLINFO_CONNECT_TIME, &connect_s);
+      if (connect_s <= 0)
+        return Error{ETIMEDOUT, "cannot connect to " + socket + ": no answer within " +
+                                    std::to_string(kConnectTimeoutMs) + " ms"};
+      return Error{ETIMEDOUT, "no complete reply within " + std::to_string(timeout_ms) + " ms"};
+    }
+    case CURLE_FILESIZE_EXCEEDED:
+      return Error{EMSGSIZE, "reply larger than " + std::to_string(kMaxBody >> 20) + " MiB, refused"};
+    case CURLE_WRITE_ERROR:
+      if (overflow) return Error{EMSGSIZE, "reply larger than " + std::to_string(kMaxBody >> 20) + " MiB, refused"};
+      return Error{EIO, detail};
+    case CURLE_ABORTED_BY_CALLBACK:
+      return Error{ECANCELED, "stopped"};
+    case CURLE_GOT_NOTHING:
+      return Error{EIO, "connection closed without a reply (dockerd restarting?)"};
+    case CURLE_PARTIAL_FILE:
+      return Error{EIO, "connection closed in the middle of the reply (dockerd restarting?)"};
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+      if (os > 0) return Error{static_cast<int>(os), "connection lost: " + std::string(std::strerror(os))};
+      return Error{EIO, "connection lost: " + detail};
+    case CURLE_OUT_OF_MEMORY:
+      return Error{ENOMEM, detail};
+    default:
+      return Error{EIO, detail};
+  }
+}
+
+// Options every request shares. curl copies string options.
+void setCommon(CURL* h, const std::string& socket, const std::string& url, char* errbuf) {
+  curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket.c_str());
+  curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, kConnectTimeoutMs);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_USERAGENT, "dockquota");
+  curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, kMaxBody);
+  errbuf[0] = '\0';
+}
+
+std::string baseUrl(const std::string& version) {
+  return version.empty() ? "http://localhost" : "http://localhost/v" + version;
+}
+
+// One blocking request on a (reused) easy handle.
+Result<DockerReply> perform(CURL* h, const std::string& socket, long timeout_ms, const std::string& method,
+                            const std::string& url, const std::string& body) {
+  curl_easy_reset(h);  // keeps the live connection
+  char errbuf[CURL_ERROR_SIZE];
+  setCommon(h, socket, url, errbuf);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+  Body reply;
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, writeBody);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
+  struct curl_slist* headers = nullptr;
+  if (method == "GET") {
+    curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+  } else if (method == "HEAD") {
+    curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+  } else {
+    if (!body.empty() || method == "POST" || method == "PUT") {
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
+      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+      if (!body.empty()) headers = curl_slist_append(headers, "Content-Type: application/json");
+      headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
+    }
+    if (method != "POST") curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str());
+  }
+  if (headers) curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+  CURLcode rc = curl_easy_perform(h);
+  curl_slist_free_all(headers);
+  if (rc != CURLE_OK) return transportError(h, rc, errbuf, socket, reply.overflow, timeout_ms);
+  DockerReply r;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
+  r.body = std::move(reply.data);
+  return r;
+}
+
+// GET /version (unversioned) on `h`. Errors have no prefix; *transport tells
+// a daemon that is not there from one that answered something unusable.
+Result<std::string> negotiateOn(CURL* h, const std::string& socket, long timeout_ms, bool* transport) {
+  auto r = perform(h, socket, timeout_ms, "GET", baseUrl("") + "/version", "");
+  *transport = !r.ok();
+  if (!r) return r.error();
+  return chooseApiVersion(r->status, r->body);
+}
+
+}  // namespace
+
+// --- DockerClient -------------------------------------------------------------
+
+DockerClient::DockerClient(std::string socket_path, std::chrono::milliseconds timeout)
+    : socket_(std::move(socket_path)), timeout_(timeout) {
+  globalInit();
+  curl_ = curl_easy_init();
+}
+
+DockerClient::~DockerClient() {
+  if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
+}
+
+Result<std::string> DockerClient::negotiate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto* h = static_cast<CURL*>(curl_);
+  if (!h) return Error{ENOMEM, "docker: cannot create a curl handle"};
+  version_.clear();
+  bool transport = false;
+  auto v = negotiateOn(h, socket_, timeout_.count(), &transport);
+  if (!v) return v.error().context("docker: GET /version");
+  version_ = *v;
+  LOG_DEBUG(kLog, "speaking API %s with %s", version_.c_str(), socket_.c_str());
+  return v;
+}
+
+std::string DockerClient::apiVersion() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return version_;
+}
+
+Result<DockerReply> DockerClient::request(const std::string& method, const std::string& path,
+                                          const std::string& body) {
+  const std::string what = "docker: " + method + " " + path;
+  if (path.empty() || path[0] != '/') return Error{EINVAL, what + ": path must start with /"};
+  std::lock_guard<std::mutex> lock(mu_);
+  auto* h = static_cast<CURL*>(curl_);
+  if (!h) return Error{ENOMEM, what + ": cannot create a curl handle"};
+  for (int attempt = 0;; ++attempt) {
+    if (version_.empty()) {
+      bool transport = false;
+      auto v = negotiateOn(h, socket_, timeout_.count(), &transport);
+      if (!v) {
+        // A daemon that is not there fails the caller's request as such
+        // ("cannot connect"); an unusable /version reply is named.
+        return v.error().context(transport ? what : what + ": API version negotiation: GET /version");
+      }
+      version_ = *v;
+      LOG_DEBUG(kLog, "speaking API %s with %s", version_.c_str(), socket_.c_str());
+    }
+    auto r = perform(h, socket_, timeout_.count(), method, baseUrl(version_) + path, body);
+    if (!r) {
+      version_.clear();  // the next connection may reach another dockerd
+      return r.error().context(what);
+    }
+    if (attempt == 0 && versionTooNew(r->status, r->body)) {
+      // curl reconnected transparently to a restarted, older dockerd; the
+      // version check runs before any handler, so repeating is safe.
+      LOG_INFO(kLog, "%s: dockerd refused API %s (%s); renegotiating", forLog(what), version_.c_str(),
+               dockerMessage(r->body).c_str());
+      version_.clear();
+      continue;
+    }
+    return r;
+  }
+}
+
+Result<nlohmann::json> DockerClient::getJson(const std::string& path) {
+  auto r = request("GET", path);
+  if (!r) return r.error();
+  const std::string what = "docker: GET " + path;
+  if (r->status == 200) {
+    json j = json::parse(r->body, nullptr, false);
+    if (j.is_discarded()) return Error{EPROTO, what + ": reply is not JSON: " + snippet(r->body)};
+    return j;
+  }
+  if (r->status == 404) return Error{ENOENT, what + ": not found: " + dockerMessage(r->body)};
+  return Error{EIO, what + ": HTTP " + std::to_string(r->status) + ": " + dockerMessage(r->body)};
+}
+
+Result<nlohmann::json> DockerClient::inspectContainer(const std::string& id) {
+  auto seg = pathSegment("container id", id);
+  if (!seg) return seg.error();
+  return getJson("/containers/" + *seg + "/json");
+}
+
+Result<nlohmann::json> DockerClient::inspectImage(const std::string& ref) {
+  auto seg = pathSegment("image reference", ref);
+  if (!seg) return seg.error();
+  return getJson("/images/" + *seg + "/json");
+}
+
+Result<nlohmann::json> DockerClient::inspectVolume(const std::string& name) {
+  auto seg = pathSegment("volume name", name);
+  if (!seg) return seg.error();
+  return getJson("/volumes/" + *seg);
+}
+
+namespace {
+Result<json> expect(Result<json> r, bool array, const char* path) {
+  if (!r) return r;
+  if (array ? !r->is_array() : !r->is_object())
+    return Error{EPROTO, std::string("docker: GET ") + path + ": expected a JSON " + (array ? "array" : "object") +
+                             ", got " + snippet(r->dump())};
+  return r;
+}
+}  // namespace
+
+Result<nlohmann::json> DockerClient::listContainers() {
+  return expect(getJson("/containers/json?all=1"), true, "/containers/json?all=1");
+}
+
+Result<nlohmann::json> DockerClient::listImages() {
+  return expect(getJson("/images/json"), true, "/images/json");
+}
+
+Result<nlohmann::json> DockerClient::listVolumes() {
+  auto r = expect(getJson("/volumes"), false, "/volumes");
+  if (!r) return r;
+  auto it = r->find("Volumes");
+  if (it == r->end() || it->is_null()) return json::array();  // older daemons send null when empty
+  if (!it->is_array()) return Error{EPROTO, "docker: GET /volumes: \"Volumes\" is not an array"};
+  return std::move(*it);
+}
+
+Result<nlohmann::json> DockerClient::systemDf() { return expect(getJson("/system/df"), false, "/system/df"); }
+
+// --- Backoff ----------------------------------------------------------------
+
+namespace {
+uint64_t splitmix64(uint64_t* state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+// seed 0 means "seed from std::random_device": agents restarted together by a
+// dockerd restart must not reconnect in lockstep.
+Backoff::Backoff(std::chrono::milliseconds base, std::chrono::milliseconds cap, uint64_t seed)
+    : base_(std::max(base, std::chrono::milliseconds(0))),
+      cap_(std::max(cap, std::chrono::milliseconds(0))),
+      state_(seed) {
+  if (state_ == 0) {
+    std::random_device rd;
+    state_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }
+}
+
+std::chrono::milliseconds Backoff::next() {
+  const uint64_t base = static_cast<uint64_t>(base_.count());
+  const uint64_t cap = static_cast<uint64_t>(cap_.count());
+  uint64_t ceiling = cap;  // min(cap, base * 2^attempt) without overflowing
+  if (attempt_ < 63 && base <= (cap >> attempt_)) ceiling = base << attempt_;
+  // Lemire's multiply-shift maps 64 random bits onto [0, ceiling].
+  uint64_t r = splitmix64(&state_);
+  uint64_t v = static_cast<uint64_t>((static_cast<unsigned __int128>(r) * (ceiling + 1)) >> 64);
+  if (attempt_ < 1000) ++attempt_;
+  return std::chrono::milliseconds(static_cast<int64_t>(v));
+}
+
+void Backoff::reset() { attempt_ = 0; }
+
+// --- DockerEventStream -------------------------------------------------------
+
+namespace {
+
+// State of one GET /events connection, shared with curl's callbacks. Nothing
+// may throw out of a callback: user callbacks are wrapped, the rest is noexcept.
+struct StreamConn {
+  const DockerEventStream::Callbacks* cb = nullptr;
+  std::atomic<bool>* connected = nullptr;
+  std::atomic<uint64_t>* reconnects = nullptr;  // set when this is not the first connection
+  CURL* h = nullptr;
+  const char* version = "";
+  const char* socket = "";
+  long status = 0;
+  bool headers_done = false;
+  std::string line;        // partial message carried across callbacks
+  bool skipping = false;   // inside a message longer than kMaxEventLine
+  uint64_t events = 0;
+  uint64_t skipped = 0;
+  std::string error_body;  // of a non-200 reply
+};
+
+template <typename F>
+void guarded(const char* which, F&& f) noexcept {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    LOG_ERROR(kLog, "events: %s callback threw: %s", which, e.what());
+  } catch (...) {
+    LOG_ERROR(kLog, "events: %s callback threw a non-exception", which);
+  }
+}
+
+size_t streamHeader(char* p, size_t size, size_t n, void* ud) noexcept {
+  auto* c = static_cast<StreamConn*>(ud);
+  size_t len = size * n;
+  std::string_view line(p, len);
+  if (line == "\r\n" || line == "\n") {
+    long status = 0;
+    curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200 && !c->headers_done) {  // 1xx blocks are followed by the real one
+      c->status = status;
+      c->headers_done = true;
+      if (status == 200) {
+        LOG_INFO(kLog, "events: connected to %s (API %s)", c->socket, c->version);
+        c->connected->store(true);
+        if (c->reconnects) c->reconnects->fetch_add(1);
+        if (c->cb->on_connected) guarded("on_connected", [&] { c->cb->on_connected(); });
+      }
+    }
+  }
+  return len;
+}
+
+void deliver(StreamConn* c, std::string_view msg) noexcept {
+  while (!msg.empty() && (msg.back() == '\r' || msg.back() == ' ')) msg.remove_suffix(1);
+  if (msg.empty()) return;
+  json j = json::parse(msg.begin(), msg.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    ++c->skipped;
+    LOG_WARN(kLog, "events: skipping a message that is not a JSON object: %s", snippet(msg).c_str());
+    return;
+  }
+  ++c->events;
+  if (c->cb->on_event) guarded("on_event", [&] { c->cb->on_event(j); });
+}
+
+size_t streamBody(char* p, size_t size, size_t n, void* ud) noexcept {
+  auto* c = static_cast<StreamConn*>(ud);
+  size_t len = size * n;
+  if (c->status != 200) {
+    size_t room = kMaxErrorBody > c->error_body.size() ? kMaxErrorBody - c->error_body.size() : 0;
+    try {
+      c->error_body.append(p, std::min(room, len));
+    } catch (...) {
+    }
+    return len;
+  }
+  std::string_view data(p, len);
+  try {
+    while (!data.empty()) {
+      size_t nl = data.find('\n');
+      std::string_view part = data.substr(0, nl);  // npos: all of it
+      if (!c->skipping) {
+        if (c->line.size() + part.size() > kMaxEventLine) {
+          c->skipping = true;
+          c->line.clear();
+          c->line.shrink_to_fit();
+          ++c->skipped;
+          LOG_WARN(kLog, "events: skipping a message longer than %zu bytes", kMaxEventLine);
+        } else if (nl != std::string_view::npos && c->line.empty()) {
+          deliver(c, part);  // the common case: a whole message in one callback
+        } else {
+          c->line.append(part);
+          if (nl != std::string_view::npos) {
+            deliver(c, c->line);
+            c->line.clear();
+          }
+        }
+      }
+      if (nl == std::string_view::npos) break;
+      c->skipping = false;
+      data.remove_prefix(nl + 1);
+    }
+  } catch (...) {
+    return 0;  // bad_alloc: fail the transfer, the stream reconnects
+  }
+  return len;
+}
+
+// Runs one transfer to completion on the multi handle; returns early with
+// CURLE_ABORTED_BY_CALLBACK when `stop` is set (stop() wakes the poll).
+CURLcode runTransfer(CURLM* m, CURL* h, const std::atomic<bool>& stop) {
+  if (curl_multi_add_handle(m, h) != CURLM_OK) return CURLE_FAILED_INIT;
+  CURLcode result = CURLE_OK;
+  for (;;) {
+    int running = 0;
+    if (curl_multi_perform(m, &running) != CURLM_OK) {
+      result = CURLE_FAILED_INIT;
+      break;
+    }
+    bool done = false;
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(m, &left)) {
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
+        result = msg->data.result;
+        done = true;
+      }
+    }
+    if (done) break;
+    if (stop.load()) {
+      result = CURLE_ABORTED_BY_CALLBACK;
+      break;
+    }
+    // 1 s is only a safety net: curl_multi_wakeup ends the poll at once.
+    if (curl_multi_poll(m, nullptr, 0, 1000, nullptr) != CURLM_OK) {
+      result = CURLE_FAILED_INIT;
+      break;
+    }
+  }
+  curl_multi_remove_handle(m, h);
+  return result;
+}
+
+}  // namespace
+
+DockerEventStream::DockerEventStream(std::string socket_path, Callbacks callbacks,
+                                     std::chrono::milliseconds backoff_base,
+                                     std::chrono::milliseconds backoff_cap)
+    : socket_(std::move(socket_path)), cb_(std::move(callbacks)), backoff_(backoff_base, backoff_cap) {
+  globalInit();
+  multi_ = curl_multi_init();
+}
+
+DockerEventStream::~DockerEventStream() {
+  stop();
+  if (multi_) curl_multi_cleanup(static_cast<CURLM*>(multi_));
+}
+
+void DockerEventStream::start() {
+  if (thread_.joinable()) return;
+  stop_.store(false);
+  thread_ = std::thread([this] { run(); });
+}
+
+void DockerEventStream::stop() {
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);  // no lost wakeup against the backoff wait
+    stop_.store(true);
+  }
+  wait_cv_.notify_all();
+  if (multi_) curl_multi_wakeup(static_cast<CURLM*>(multi_));
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void DockerEventStream::run() {
+  auto* m = static_cast<CURLM*>(multi_);
+  CURL* h = curl_easy_init();
+  if (!m || !h) {
+    LOG_ERROR(kLog, "events: cannot create curl handles; no Docker events");
+    if (h) curl_easy_cleanup(h);
+    return;
+  }
+  const std::string filters = escape(kEventsFilter);
+  bool ever_connected = false;
+  std::string last_failure;
+  char errbuf[CURL_ERROR_SIZE];
+
+  while (!stop_.load()) {
+    std::string reason;      // why this round ended
+    bool was_connected = false;
+    uint64_t delivered = 0;
+    Clock::time_point connected_at;
+
+    // Negotiate on every (re)connect: a restarted dockerd may speak another version.
+    Body vbody;
+    curl_easy_reset(h);
+    setCommon(h, socket_, "http://localhost/version", errbuf);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, kStreamNegotiateTimeoutMs);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, writeBody);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &vbody);
+    CURLcode rc = runTransfer(m, h, stop_);
+    Result<std::string> version = Error{};
+    if (rc != CURLE_OK) {
+      version = transportError(h, rc, errbuf, socket_, vbody.overflow, kStreamNegotiateTimeoutMs)
+                    .context("docker: GET /events");
+    } else {
+      long status = 0;
+      curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+      version = chooseApiVersion(status, vbody.data);
+      if (!version) version = version.error().context("docker: GET /events: API version negotiation: GET /version");
+    }
+
+    if (version && !stop_.load()) {
+      StreamConn conn;
+      conn.cb = &cb_;
+      conn.connected = &connected_;
+      conn.reconnects = ever_connected ? &reconnects_ : nullptr;
+      conn.h = h;
+      conn.version = version->c_str();
+      conn.socket = socket_.c_str();
+      curl_easy_reset(h);
+      setCommon(h, socket_, baseUrl(*version) + "/events?filters=" + filters, errbuf);
+      curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(0));  // endless by design
+      curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, streamHeader);
+      curl_easy_setopt(h, CURLOPT_HEADERDATA, &conn);
+      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, streamBody);
+      curl_easy_setopt(h, CURLOPT_WRITEDATA, &conn);
+      auto t0 = Clock::now();
+      rc = runTransfer(m, h, stop_);
+      was_connected = conn.status == 200;
+      connected_at = t0;
+      delivered = conn.events;
+      connected_.store(false);
+      if (stop_.load()) {
+        reason = "stopped";
+      } else if (rc != CURLE_OK) {
+        reason = transportError(h, rc, errbuf, socket_, false, 0).context("docker: GET /events").message;
+      } else if (conn.status != 200) {
+        reason = "docker: GET /events: HTTP " + std::to_string(conn.status) + ": " + dockerMessage(conn.error_body);
+      } else {
+        reason = "docker: GET /events: dockerd ended the stream";
+      }
+      if (was_connected) {
+        ever_connected = true;
+        last_failure.clear();
+        if (cb_.on_disconnected) guarded("on_disconnected", [&] { cb_.on_disconnected(reason); });
+      }
+    } else if (!version) {
+      reason = version.error().message;
+    }
+    if (stop_.load()) break;
+
+    auto lived = Clock::now() - connected_at;
+    if (was_connected && (delivered > 0 || lived > kHealthyConnection)) backoff_.reset();
+    auto delay = backoff_.next();
+    if (was_connected || reason != last_failure) {
+      LOG_WARN(kLog, "%s; reconnecting in %lld ms", forLog(reason), static_cast<long long>(delay.count()));
+    } else {
+      LOG_DEBUG(kLog, "%s; reconnecting in %lld ms", forLog(reason), static_cast<long long>(delay.count()));
+    }
+    if (!was_connected) last_failure = reason;
+    std::unique_lock<std::mutex> lock(wait_mu_);
+    wait_cv_.wait_for(lock, delay, [this] { return stop_.load(); });
+  }
+  curl_easy_cleanup(h);
+}
+
+}  // namespace dockquota

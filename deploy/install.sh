@@ -1,0 +1,59 @@
+#!/bin/sh
+# One command: install the Debian packages, build, install and start dockquota
+# against the local Docker with the default config.
+#   sudo deploy/install.sh
+# Idempotent: re-running rebuilds and restarts; an existing config and API key are kept.
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root (sudo)" >&2; exit 1; }
+
+echo "==> packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq $(grep -v '^#' "$here/deploy/packages.txt") >/dev/null
+
+echo "==> build"
+cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$here/build" -j"$(nproc)" --target dockquotad
+
+echo "==> install"
+install -D -m 0755 "$here/build/dockquotad" /usr/local/sbin/dockquotad
+install -D -m 0644 "$here/README.md" /usr/local/share/doc/dockquota/README.md
+install -d -m 0700 /etc/dockquota /var/lib/dockquota
+[ -f /etc/dockquota/config.json ] || install -m 0600 "$here/deploy/config.default.json" /etc/dockquota/config.json
+if [ ! -s /etc/dockquota/api-key ]; then
+  umask 077
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > /etc/dockquota/api-key
+  echo "    generated API key in /etc/dockquota/api-key"
+fi
+/usr/local/sbin/dockquotad --config /etc/dockquota/config.json --check-config
+
+if [ -d /run/systemd/system ]; then
+  echo "==> systemd"
+  install -D -m 0644 "$here/deploy/systemd/dockquota.service" /etc/systemd/system/dockquota.service
+  systemctl daemon-reload
+  systemctl enable --now docker.service >/dev/null 2>&1 || true
+  systemctl enable dockquota.service >/dev/null
+  systemctl restart dockquota.service
+else
+  # No systemd (containers, minimal VMs): run Docker and the agent directly.
+  echo "==> no systemd: starting processes directly"
+  if ! curl -sf --unix-socket /var/run/docker.sock http://d/_ping >/dev/null 2>&1; then
+    # Without systemd there is usually no network setup either (see README).
+    nohup dockerd --iptables=false --bridge=none >/var/log/dockerd.log 2>&1 &
+    i=0; until curl -sf --unix-socket /var/run/docker.sock http://d/_ping >/dev/null 2>&1; do
+      i=$((i + 1)); [ $i -lt 300 ] || { echo "dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }; sleep 0.1
+    done
+  fi
+  if [ -f /run/dockquotad.pid ] && kill "$(cat /run/dockquotad.pid)" 2>/dev/null; then sleep 1; fi
+  nohup /usr/local/sbin/dockquotad --config /etc/dockquota/config.json >>/var/log/dockquota.log 2>&1 &
+  echo $! > /run/dockquotad.pid
+  echo "    logs: /var/log/dockquota.log"
+fi
+
+port=$(sed -n 's/.*"listen_port": *\([0-9]*\).*/\1/p' /etc/dockquota/config.json); port=${port:-8436}
+i=0; until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 100 ] || { echo "dockquotad did not answer on :$port" >&2; exit 1; }; sleep 0.2
+done
+echo "==> running: http://127.0.0.1:$port/healthz"
+curl -s "http://127.0.0.1:$port/healthz" | python3 -c 'import json,sys; h=json.load(sys.stdin); print("    status:", h["status"], *h["degraded"], sep="\n      ")'

@@ -1,0 +1,215 @@
+"""Shared pieces of the end-to-end tests: a real dockerd, real users in its
+socket group, the real agent, and its HTTP API over loopback.
+
+Prerequisites (root, dockerd, busybox) missing: the test SKIPs outside CI and
+FAILS with CI=true, so a green CI run means it really ran."""
+import base64
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+DOCKERD_SH = os.path.join(ROOT, "tests", "tools", "dockerd.sh")
+GROUP = "dqdocker"
+USERS = {"alice": 2001, "bob": 2002, "carol": 2003}
+API_KEY = "e2e-test-key"
+
+
+def in_ci():
+    return os.environ.get("CI") == "true"
+
+
+def require_prerequisites():
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    for tool in ("dockerd", "docker", "curl", "useradd"):
+        if not shutil.which(tool):
+            missing.append(tool)
+    if not os.path.exists("/bin/busybox"):
+        missing.append("/bin/busybox (busybox-static)")
+    if not missing:
+        return
+    msg = "end-to-end prerequisites missing: " + ", ".join(missing)
+    if in_ci():
+        print("FAIL: " + msg, file=sys.stderr)
+        sys.exit(1)
+    print("SKIPPED: " + msg, file=sys.stderr)
+    sys.exit(0)
+
+
+def ensure_users():
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", "-g", "2990", GROUP], check=True)
+    for name, uid in USERS.items():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-u", str(uid), "-U", "-G", GROUP, "-M", "-s", "/bin/sh", name], check=True)
+        subprocess.run(["usermod", "-a", "-G", GROUP, name], check=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Env:
+    """One dockerd + one agent, in a temp dir."""
+
+    def __init__(self, agent_bin):
+        self.agent_bin = agent_bin
+        self.dir = tempfile.mkdtemp(prefix="dq-e2e-")
+        os.chmod(self.dir, 0o755)
+        self.sock = os.path.join(self.dir, "docker.sock")
+        self.db = os.path.join(self.dir, "state", "dockquota.db")
+        self.port = free_port()
+        self.agent = None
+        self.agent_log = os.path.join(self.dir, "agent.log")
+        self.homes = {}
+        for name in USERS:
+            home = os.path.join(self.dir, "home-" + name)
+            os.makedirs(home)
+            os.chown(home, USERS[name], USERS[name])
+            self.homes[name] = home
+
+    # -- dockerd -----------------------------------------------------------
+    def start_dockerd(self):
+        subprocess.run([DOCKERD_SH, "start", self.dir, GROUP], check=True, stdout=subprocess.DEVNULL)
+
+    def stop_dockerd(self):
+        subprocess.run([DOCKERD_SH, "stop", self.dir], check=False)
+
+    # -- agent -------------------------------------------------------------
+    def write_config(self, **extra):
+        cfg = {
+            "listen_address": "127.0.0.1",
+            "listen_port": self.port,
+            "api_key": API_KEY,
+            "docker_socket": self.sock,
+            "watch_sockets": [self.sock],
+            "database": self.db,
+            "log_level": "debug",
+        }
+        cfg.update(extra)
+        path = os.path.join(self.dir, "config.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        return path
+
+    def start_agent(self, **extra):
+        cfg = self.write_config(**extra)
+        log = open(self.agent_log, "a")
+        self.agent = subprocess.Popen([self.agent_bin, "--config", cfg], stdout=log, stderr=log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.agent.poll() is not None:
+                raise AssertionError("agent exited with %s; log:\n%s" % (self.agent.returncode, self.tail_log()))
+            try:
+                h = self.health()
+                if h.get("docker", {}).get("reconciled"):
+                    return h
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError("agent did not become ready; log:\n" + self.tail_log())
+
+    def stop_agent(self, sig=signal.SIGTERM):
+        if self.agent and self.agent.poll() is None:
+            self.agent.send_signal(sig)
+            self.agent.wait(timeout=20)
+        rc = self.agent.returncode if self.agent else None
+        self.agent = None
+        return rc
+
+    def tail_log(self, n=60):
+        try:
+            with open(self.agent_log) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    # -- HTTP API ----------------------------------------------------------
+    def http(self, path, auth=True, method="GET"):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method)
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(("api:" + API_KEY).encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def health(self):
+        return self.http("/healthz", auth=False)[1]
+
+    def listing(self, kind):
+        status, body = self.http("/api/v1/" + kind)
+        assert status == 200, (status, body)
+        return {o["id"]: o for o in body[kind]}
+
+    def wait_listed(self, kind, match, timeout=1.0):
+        """Polls until an object satisfying match(obj) is listed; returns (obj, seconds)."""
+        start = time.time()
+        while True:
+            for o in self.listing(kind).values():
+                if match(o):
+                    return o, time.time() - start
+            if time.time() - start > timeout:
+                return None, time.time() - start
+            time.sleep(0.01)
+
+    # -- clients -----------------------------------------------------------
+    def run_as(self, user, argv, input=None, check=True, env_extra=None, loginuid=None):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_HOST": "unix://" + self.sock,
+               "HOME": self.homes.get(user, self.dir)}
+        env.update(env_extra or {})
+        kwargs = {}
+        if user != "root":
+            uid = USERS[user]
+            kwargs = dict(user=uid, group=uid, extra_groups=[GROUP])
+        if loginuid is not None:
+            argv = ["sh", "-c", 'echo %d > /proc/self/loginuid && exec "$@"' % loginuid, "sh"] + argv
+        p = subprocess.run(argv, input=input, capture_output=True, env=env, **kwargs)
+        if check and p.returncode != 0:
+            raise AssertionError("%s as %s failed (%d): %s" % (argv, user, p.returncode, p.stderr.decode(errors="replace")))
+        return p.stdout.decode(errors="replace").strip()
+
+    def docker(self, user, *args, **kw):
+        return self.run_as(user, ["docker"] + list(args), **kw)
+
+    def cleanup(self):
+        self.stop_agent()
+        self.stop_dockerd()
+        if os.environ.get("DQ_KEEP"):
+            print("kept " + self.dir)
+        else:
+            subprocess.run(["rm", "-rf", self.dir], check=False)
+
+
+def busybox_rootfs_tar():
+    """A tar (bytes) of a folder holding /bin/busybox and a few applet links."""
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    for a in ("sh", "ls", "cat", "echo", "dd", "sleep", "true", "mkdir", "rm", "sync", "head"):
+        os.symlink("busybox", os.path.join(root, "bin", a))
+    tar = subprocess.run(["tar", "-C", root, "-cf", "-", "."], capture_output=True, check=True).stdout
+    shutil.rmtree(root)
+    return tar

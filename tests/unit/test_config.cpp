@@ -1,0 +1,71 @@
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+
+#include "agent/config.h"
+
+using namespace dockquota;
+
+TEST_CASE("config: empty object gives documented defaults", "[config]") {
+  auto c = parseConfig("{}", "t.json");
+  REQUIRE(c.ok());
+  CHECK(c->listen_address == "127.0.0.1");
+  CHECK(c->listen_port == 8436);
+  CHECK(c->watch_sockets == std::vector<std::string>{"/var/run/docker.sock", "/run/docker.sock"});
+  CHECK(c->docker_binaries == std::vector<std::string>{"/usr/bin/docker", "/usr/local/bin/docker"});
+  CHECK(c->capture_bytes == 4096);
+  CHECK(c->bill_root_to_login_uid);
+}
+
+TEST_CASE("config: unknown keys and wrong types are refused, naming the key", "[config]") {
+  struct Case {
+    const char* text;
+    const char* needle;
+  } cases[] = {
+      {R"({"listen_prot": 1})", "key \"listen_prot\": unknown key"},
+      {R"({"listen_port": "8436"})", "key \"listen_port\": must be a non-negative integer"},
+      {R"({"listen_port": 70000})", "key \"listen_port\": must be between 1 and 65535"},
+      {R"({"listen_port": -1})", "key \"listen_port\": must be a non-negative integer"},
+      {R"({"watch_sockets": "/var/run/docker.sock"})", "key \"watch_sockets\": must be an array"},
+      {R"({"watch_sockets": ["relative.sock"]})", "key \"watch_sockets\": must be an array of absolute paths"},
+      {R"({"capture_bytes": 8192})", "key \"capture_bytes\": must be between 512 and 4096"},
+      {R"({"ringbuf_kib": 1000})", "key \"ringbuf_kib\": must be a power of two"},
+      {R"({"bill_root_to_login_uid": 1})", "key \"bill_root_to_login_uid\": must be true or false"},
+      {R"({"log_level": "loud"})", "key \"log_level\": must be one of"},
+      {R"({"api_key": ""})", "key \"api_key\": must not be empty"},
+      {R"({"api_key": "a", "api_key_file": "/x"})", "not both"},
+      {R"({"api_key_file": "/nonexistent/dq-key"})", "key \"api_key_file\": cannot read /nonexistent/dq-key"},
+      {R"([1,2])", "must be a JSON object"},
+      {R"({"listen_port": )", "not valid JSON"},
+  };
+  for (const auto& tc : cases) {
+    INFO(tc.text);
+    auto c = parseConfig(tc.text, "t.json");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.error().message, Catch::Contains(tc.needle));
+    CHECK_THAT(c.error().message, Catch::StartsWith("config t.json: "));
+  }
+}
+
+TEST_CASE("config: the API key can come from a file, trimmed", "[config]") {
+  char path[] = "/tmp/dq-key-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::ofstream(path) << "  s3cret\n";
+  auto c = parseConfig(std::string(R"({"api_key_file": ")") + path + "\"}", "t.json");
+  REQUIRE(c.ok());
+  CHECK(c->api_key == "s3cret");
+  std::ofstream(path) << "\n";
+  auto empty = parseConfig(std::string(R"({"api_key_file": ")") + path + "\"}", "t.json");
+  CHECK_FALSE(empty.ok());
+  std::remove(path);
+}
+
+TEST_CASE("config: a missing file is an error unless optional", "[config]") {
+  CHECK_FALSE(loadConfig("/nonexistent/dq.json").ok());
+  auto d = loadConfig("/nonexistent/dq.json", /*optional=*/true);
+  REQUIRE(d.ok());
+  CHECK(d->listen_port == 8436);
+}
