@@ -48,6 +48,7 @@ Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Han
 
   p->skel_->rodata->targ_cap_bytes = options.capture_bytes;
   p->skel_->rodata->targ_wakeup_bytes = options.ringbuf_bytes / 8;
+  p->skel_->rodata->targ_self_tgid = options.ignore_self ? static_cast<uint32_t>(getpid()) : 0;
   // One bit per tgid.
   bpf_map__set_max_entries(p->skel_->maps.tracked_tgids, pidMax() / 64 + 1);
   if (int err = bpf_map__set_max_entries(p->skel_->maps.events, options.ringbuf_bytes)) {

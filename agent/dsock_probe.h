@@ -23,6 +23,7 @@ class DsockProbe {
     std::vector<std::string> socket_paths;      // e.g. /var/run/docker.sock, /run/docker.sock
     uint32_t capture_bytes = DSOCK_CAP_BYTES;   // per call, <= DSOCK_CAP_BYTES
     uint32_t ringbuf_bytes = 8u << 20;          // power of two
+    bool ignore_self = true;                    // do not capture this process's own Docker calls
   };
   using Handler = std::function<void(const DsockEventView&)>;
 

@@ -99,6 +99,9 @@ class HttpConnection {
   // HTTP on it, and the probe may stop copying both directions.
   bool raw() const;
   const HttpStreamStats& stats() const;
+  // Bytes held in buffers and queued requests, bounded whatever the input
+  // (queued requests are capped at 8 MiB). For tests and per-connection accounting.
+  size_t bufferedBytes() const;
 
  private:
   struct Impl;

@@ -80,6 +80,14 @@ class Store {
   static Result<std::unique_ptr<Store>> open(const std::string& path);
   ~Store();
 
+  // Schema migrations, in order: step i takes PRAGMA user_version from i to i+1,
+  // in one transaction. A new schema version is one more string at the end of
+  // the list in store.cpp (and kSchemaVersion + 1).
+  static const std::vector<std::string>& migrations();
+  // open() with an explicit step list instead of migrations(): "newer than this
+  // build" then means newer than steps.size(). For tests of the migration runner.
+  static Result<std::unique_ptr<Store>> open(const std::string& path, const std::vector<std::string>& steps);
+
   int schemaVersion() const;
   const std::string& path() const { return path_; }
 

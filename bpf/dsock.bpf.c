@@ -38,6 +38,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Bytes copied per call (<= DSOCK_CAP_BYTES); set by the agent before load. */
 const volatile __u32 targ_cap_bytes = DSOCK_CAP_BYTES;
+/* The agent's own tgid: its Docker API client is not a user to attribute,
+ * and capturing it would only feed the agent its own traffic. */
+const volatile __u32 targ_self_tgid = 0;
 /* Force a consumer wake-up once this much data waits in the ring. */
 const volatile __u64 targ_wakeup_bytes = 512 * 1024;
 
@@ -208,7 +211,7 @@ static __always_inline void event_send(struct scratch *s, __u32 cap, int wake)
 		flags = BPF_RB_FORCE_WAKEUP;
 	s->ev.cap_len = cap;
 	if (bpf_ringbuf_output(&events, &s->ev,
-			       __builtin_offsetof(struct dsock_event, data) + (cap & (2 * DSOCK_CAP_BYTES - 1)),
+			       __builtin_offsetof(struct dsock_event, data) + BOUND(cap, 2 * DSOCK_CAP_BYTES - 1),
 			       flags))
 		count(DSOCK_CTR_RINGBUF_FULL);
 	else
@@ -295,7 +298,7 @@ int tp__syscalls__sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	fd = *fdp;
 	bpf_map_delete_elem(&connect_args, &id);
-	if (ctx->ret != 0)
+	if (ctx->ret != 0 || (id >> 32) == targ_self_tgid)
 		return 0;
 
 	task = (struct task_struct *)bpf_get_current_task();
@@ -399,8 +402,8 @@ static __always_inline __u32 copy_iov(struct scratch *s, __u64 uiov, __u32 iovcn
 			n = cap - off;
 		if (n > len - off)
 			n = len - off;
-		if (bpf_probe_read_user(&s->ev.data[off & (DSOCK_CAP_BYTES - 1)], n & (2 * DSOCK_CAP_BYTES - 1),
-					iov.iov_base)) {
+		if (bpf_probe_read_user(&s->ev.data[BOUND(off, DSOCK_CAP_BYTES - 1)],
+					BOUND(n, 2 * DSOCK_CAP_BYTES - 1), iov.iov_base)) {
 			count(DSOCK_CTR_READ_FAIL);
 			break;
 		}
@@ -456,7 +459,7 @@ static __always_inline int call_exit(long ret)
 			copied = copy_iov(s, args.buf, args.iovcnt, ret, cap);
 		} else {
 			copied = (__u64)ret < cap ? (__u32)ret : cap;
-			if (bpf_probe_read_user(s->ev.data, copied & (2 * DSOCK_CAP_BYTES - 1), (void *)args.buf)) {
+			if (bpf_probe_read_user(s->ev.data, BOUND(copied, 2 * DSOCK_CAP_BYTES - 1), (void *)args.buf)) {
 				count(DSOCK_CTR_READ_FAIL);
 				copied = 0;
 			}

@@ -90,8 +90,9 @@ int tp__sched__sched_process_exec(struct trace_event_raw_sched_process_exec *ctx
 	arg_start = BPF_CORE_READ(task, mm, arg_start);
 	arg_end = BPF_CORE_READ(task, mm, arg_end);
 	n = arg_end - arg_start;
-	if (n > EXEC_ARGS_LEN)
-		n = EXEC_ARGS_LEN;
+	if (n > EXEC_ARGS_LEN - 1)
+		n = EXEC_ARGS_LEN - 1; /* a power-of-two mask below keeps the verifier sure */
+	n = BOUND(n, EXEC_ARGS_LEN - 1);
 	e->args_len = 0;
 	if (bpf_probe_read_user(e->args, n, (void *)arg_start) == 0)
 		e->args_len = n;

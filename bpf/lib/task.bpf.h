@@ -34,4 +34,13 @@ static __always_inline __u32 inode_dev(struct inode *inode)
 	return BPF_CORE_READ(inode, i_sb, s_dev);
 }
 
+/* v & mask, as an instruction the verifier sees. clang drops a plain `&` when
+ * it can prove the bound itself, and verifiers before ~6.2 then lose the bound
+ * across the clamp ("R2 unbounded memory access" on 5.10 and 6.1). */
+#define BOUND(v, mask) ({                                     \
+	__u64 __b = (__u64)(v);                               \
+	asm volatile("%[b] &= %[m]" : [b] "+r"(__b) : [m] "i"(mask)); \
+	__b;                                                  \
+})
+
 #endif /* DOCKQUOTA_TASK_BPF_H */

@@ -12,6 +12,7 @@
 // (tests/bench/run.sh starts a throwaway dockerd and calls this.)
 #include <fcntl.h>
 #include <signal.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -59,8 +60,8 @@ struct Agent {
   void start() {
     pid = fork();
     if (pid == 0) {
-      int devnull = open("/dev/null", O_WRONLY);
-      dup2(devnull, 2);
+      int log = open((dir + "/agent.log").c_str(), O_CREAT | O_APPEND | O_WRONLY | O_CLOEXEC, 0600);
+      dup2(log, 2);
       execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -80,6 +81,24 @@ struct Agent {
     pid = -1;
   }
 };
+
+// A free loopback port: bind to 0, read it back, close. (An httplib::Server
+// that binds but never listens keeps its socket, and with SO_REUSEPORT the
+// kernel would then split connections between it and the agent.)
+int freePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    perror("bench: free port");
+    exit(1);
+  }
+  close(fd);
+  return ntohs(sa.sin_port);
+}
 
 // ---- workloads ----------------------------------------------------------------
 double nullSyscallNs() {
@@ -156,8 +175,8 @@ double dockerRttNs(const std::string& sock) {
 
 // Creates containers over a raw connection (a client the agent sees like any
 // other) and times Docker's reply -> the id listed by the agent.
-std::vector<double> attributionLatencyMs(const std::string& sock, int port, int creates, std::vector<std::string>* ids) {
-  httplib::Client api("127.0.0.1", port);
+std::vector<double> attributionLatencyMs(const std::string& sock, const Agent& agent, int creates, std::vector<std::string>* ids) {
+  httplib::Client api("127.0.0.1", agent.port);
   api.set_basic_auth("api", kKey);
   std::vector<double> out;
   for (int i = 0; i < creates; i++) {
@@ -177,6 +196,8 @@ std::vector<double> attributionLatencyMs(const std::string& sock, int port, int 
     ids->push_back(id);
     for (;;) {
       auto r = api.Get("/api/v1/containers");
+      if (!r) fprintf(stderr, "bench: GET failed: %s\n", httplib::to_string(r.error()).c_str());
+      else if (r->status != 200) fprintf(stderr, "bench: GET %d %s\n", r->status, r->body.c_str());
       bool found = false;
       if (r && r->status == 200) {
         for (const auto& c : json::parse(r->body)["containers"]) {
@@ -185,8 +206,8 @@ std::vector<double> attributionLatencyMs(const std::string& sock, int port, int 
       }
       if (found) break;
       if (nowNs() - replied > 5e9) {
-        fprintf(stderr, "bench: %s not attributed after 5 s\n", id.c_str());
-        break;
+        fprintf(stderr, "bench: %s not attributed after 5 s; agent log in %s/agent.log\n", id.c_str(), agent.dir.c_str());
+        exit(1);
       }
     }
     out.push_back((nowNs() - replied) / 1e6);
@@ -225,13 +246,10 @@ int main(int argc, char** argv) {
   }
   char tmpl[] = "/tmp/dq-bench-XXXXXX";
   agent.dir = mkdtemp(tmpl);
-  {
-    httplib::Server probe;
-    agent.port = probe.bind_to_any_port("127.0.0.1");
-  }
+  agent.port = freePort();
   agent.config = agent.dir + "/config.json";
   json cfg = {{"listen_port", agent.port}, {"api_key", kKey}, {"docker_socket", sock},
-              {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "warning"}};
+              {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "debug"}};
   FILE* f = fopen(agent.config.c_str(), "w");
   fputs(cfg.dump().c_str(), f);
   fclose(f);
@@ -257,7 +275,7 @@ int main(int argc, char** argv) {
   }
   agent.start();
   std::vector<std::string> ids;
-  auto lat = attributionLatencyMs(sock, agent.port, creates, &ids);
+  auto lat = attributionLatencyMs(sock, agent, creates, &ids);
   long rss_kib = 0;
   {
     FILE* s = fopen(("/proc/" + std::to_string(agent.pid) + "/status").c_str(), "r");

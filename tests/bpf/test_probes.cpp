@@ -120,6 +120,7 @@ struct Harness {
     ensureTracefs();
     DsockProbe::Options o;
     o.socket_paths = paths;
+    o.ignore_self = false;  // this process is the client under test
     auto p = DsockProbe::open(o, [this](const DsockEventView& v) {
       const dsock_event& e = *v.raw;
       events.push_back({e.type, e.tgid, e.uid, e.gid, e.loginuid, e.fd, e.conn_id, e.len, std::string(v.data())});
@@ -326,4 +327,24 @@ TEST_CASE("exec probe reports executions of watched binaries only", "[bpf]") {
     }
   }
   CHECK(found);
+}
+
+TEST_CASE("dsock probe ignores the agent's own connections", "[bpf]") {
+  if (!prerequisites()) return;
+  EchoServer srv;
+  std::vector<uint32_t> types;
+  ensureTracefs();
+  DsockProbe::Options o;
+  o.socket_paths = {srv.path};  // ignore_self defaults to true
+  auto p = DsockProbe::open(o, [&](const DsockEventView& v) {
+    if (v.raw->tgid == static_cast<uint32_t>(getpid())) types.push_back(v.raw->type);
+  });
+  if (!p) FAIL(p.error().message);
+  int fd = connectTo(srv.path);
+  REQUIRE(write(fd, "x", 1) == 1);
+  readN(fd, 1);
+  close(fd);
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  while (std::chrono::steady_clock::now() < until) (*p)->poll(20);
+  CHECK(types.empty());
 }

@@ -1,0 +1,941 @@
+// The attribution store on SQLite: see store.h for the model.
+//
+// Tables (schema v1):
+//   objects    one row per (kind, id): names, the automatic owner (strongest
+//              evidence so far; source NULL = unattributed), label, lifetime.
+//   overrides  the admin owner of an object, kept apart from `objects` so that
+//              clearOverride() falls back to the automatic owner underneath.
+//   evidence   every attribution attempt, applied or not (the detail view).
+//   meta       key/value facts about the file itself.
+//
+// Every statement is prepared with bound parameters. The one exception is
+// `PRAGMA user_version = N`, which takes no parameters; N is our own counter.
+#include "agent/store.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iterator>
+#include <map>
+#include <string_view>
+
+#include "agent/log.h"
+
+namespace dockquota {
+namespace {
+
+// Schema migrations, oldest first. Step i takes user_version i to i+1 and runs
+// in one transaction with that bump. Never edit a step that has shipped: add a
+// new one (e.g. "ALTER TABLE objects ADD COLUMN ...;") and bump kSchemaVersion.
+// A step that rebuilds a table must turn foreign keys off around it itself
+// (https://sqlite.org/lang_altertable.html#otheralter).
+const char* const kMigrations[] = {
+    // v1: the initial schema.
+    R"sql(
+CREATE TABLE objects (
+  kind          TEXT    NOT NULL,            -- 'container', 'image', 'volume'
+  id            TEXT    NOT NULL,            -- container id, 'sha256:...', volume name
+  name          TEXT    NOT NULL DEFAULT '',
+  parent        TEXT    NOT NULL DEFAULT '',
+  -- Automatic owner: the evidence that won decide(). source NULL = unattributed.
+  source        TEXT,                        -- 'label', 'audit', 'bpf'
+  uid           INTEGER,
+  gid           INTEGER,
+  login_uid     INTEGER,                     -- NULL: the kernel said (uid_t)-1
+  pid           INTEGER,
+  comm          TEXT,
+  exe           TEXT,
+  method        TEXT,
+  request_time  REAL,                        -- unix seconds
+  attributed_at REAL,                        -- unix seconds (Evidence::time)
+  label_user    TEXT,                        -- qman.user label: recorded, never trusted
+  first_seen    REAL    NOT NULL,
+  gone_at       REAL,                        -- NULL while Docker has it
+  size_bytes    INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE INDEX objects_by_first_seen ON objects (kind, first_seen, id);
+CREATE INDEX objects_by_name ON objects (kind, name);
+
+CREATE TABLE overrides (
+  kind          TEXT    NOT NULL,
+  id            TEXT    NOT NULL,
+  uid           INTEGER NOT NULL,
+  gid           INTEGER NOT NULL,
+  login_uid     INTEGER,
+  pid           INTEGER NOT NULL,
+  comm          TEXT    NOT NULL,
+  exe           TEXT    NOT NULL,
+  method        TEXT    NOT NULL,
+  request_time  REAL    NOT NULL,
+  set_at        REAL    NOT NULL,            -- Evidence::time of the override
+  PRIMARY KEY (kind, id),
+  FOREIGN KEY (kind, id) REFERENCES objects (kind, id) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE evidence (
+  seq           INTEGER PRIMARY KEY,         -- the rowid: insertion (decision) order
+  kind          TEXT    NOT NULL,
+  id            TEXT    NOT NULL,
+  source        TEXT    NOT NULL,            -- 'label', 'audit', 'bpf', 'admin'
+  uid           INTEGER NOT NULL,
+  gid           INTEGER NOT NULL,
+  login_uid     INTEGER,
+  pid           INTEGER NOT NULL,
+  comm          TEXT    NOT NULL,
+  exe           TEXT    NOT NULL,
+  method        TEXT    NOT NULL,
+  request_time  REAL    NOT NULL,
+  time          REAL    NOT NULL,
+  FOREIGN KEY (kind, id) REFERENCES objects (kind, id) ON DELETE CASCADE
+);
+CREATE INDEX evidence_by_object ON evidence (kind, id);
+
+CREATE TABLE meta (
+  key           TEXT    PRIMARY KEY,
+  value         TEXT    NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('created_at', CAST(strftime('%s', 'now') AS TEXT));
+)sql",
+};
+static_assert(std::size(kMigrations) == Store::kSchemaVersion,
+              "kSchemaVersion must equal the number of migration steps");
+
+// --- SQLite plumbing ---------------------------------------------------------
+
+// "store: <what>: <sqlite message>", with errno when SQLite got one from the OS.
+Error sqlError(sqlite3* db, int rc, const std::string& what) {
+  int code = 0;
+  switch (rc & 0xff) {
+    case SQLITE_CANTOPEN:
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+      code = db ? sqlite3_system_errno(db) : 0;
+      break;
+    default:
+      break;
+  }
+  std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (code != 0) msg += std::string(" (") + std::strerror(code) + ")";
+  return Error{code, "store: " + what + ": " + msg};
+}
+
+// One prepared statement. Binds are 1-based; bind failures (misuse only) are
+// kept and reported by the next run()/next().
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &st_, nullptr);
+    if (rc_ != SQLITE_OK) prepare_msg_ = sqlite3_errmsg(db);
+  }
+  Stmt(sqlite3* db, const std::string& sql) : Stmt(db, sql.c_str()) {}
+  ~Stmt() { sqlite3_finalize(st_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  void bind(int i, const std::string& v) {
+    note(sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
+  void bind(int i, const char* v) { note(sqlite3_bind_text(st_, i, v, -1, SQLITE_STATIC)); }
+  void bind(int i, int64_t v) { note(sqlite3_bind_int64(st_, i, v)); }
+  void bind(int i, uint32_t v) { bind(i, static_cast<int64_t>(v)); }
+  void bind(int i, double v) { note(sqlite3_bind_double(st_, i, v)); }
+  void bindNull(int i) { note(sqlite3_bind_null(st_, i)); }
+  void bind(int i, const std::optional<std::string>& v) { v ? bind(i, *v) : bindNull(i); }
+  void bind(int i, const std::optional<uint32_t>& v) { v ? bind(i, *v) : bindNull(i); }
+
+  // Steps once: true = a row is ready, false = done.
+  Result<bool> next(const std::string& what) {
+    if (rc_ != SQLITE_OK) return failed(what);
+    int rc = sqlite3_step(st_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    last_error_ = rc;
+    Error e = sqlError(db_, rc, what);
+    sqlite3_reset(st_);
+    return e;
+  }
+  // Runs a statement that returns no rows (or whose rows we ignore).
+  Status run(const std::string& what) {
+    auto r = next(what);
+    if (!r) return r.error();
+    return {};
+  }
+  int params() const { return st_ ? sqlite3_bind_parameter_count(st_) : 0; }
+
+  // The primary SQLite result code of the last failure (prepare or step), or SQLITE_OK.
+  int lastError() const { return (rc_ != SQLITE_OK ? rc_ : last_error_) & 0xff; }
+
+  // Ready for new binds and a new run.
+  void reset() {
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+  }
+
+  bool isNull(int col) const { return sqlite3_column_type(st_, col) == SQLITE_NULL; }
+  int64_t i64(int col) const { return sqlite3_column_int64(st_, col); }
+  uint32_t u32(int col) const { return static_cast<uint32_t>(sqlite3_column_int64(st_, col)); }
+  double f64(int col) const { return sqlite3_column_double(st_, col); }
+  std::string text(int col) const {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, col));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(st_, col))) : std::string();
+  }
+  void textInto(int col, std::string& out) const {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, col));
+    if (p) {
+      out.assign(p, static_cast<size_t>(sqlite3_column_bytes(st_, col)));
+    } else {
+      out.clear();
+    }
+  }
+  // Valid until the next step/reset.
+  std::string_view view(int col) const {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, col));
+    return p ? std::string_view(p, static_cast<size_t>(sqlite3_column_bytes(st_, col))) : std::string_view();
+  }
+
+ private:
+  void note(int rc) {
+    if (rc != SQLITE_OK && rc_ == SQLITE_OK) {
+      rc_ = rc;
+      prepare_msg_ = sqlite3_errmsg(db_);
+    }
+  }
+  Error failed(const std::string& what) const { return Error{0, "store: " + what + ": " + prepare_msg_}; }
+
+  sqlite3* db_;
+  sqlite3_stmt* st_ = nullptr;
+  int rc_ = SQLITE_OK;  // prepare or bind failure
+  int last_error_ = SQLITE_OK;
+  std::string prepare_msg_;
+};
+
+// Runs SQL text we own (migration steps, transaction control, pragmas).
+Status execSql(sqlite3* db, const char* sql, const std::string& what) {
+  char* msg = nullptr;
+  int rc = sqlite3_exec(db, sql, nullptr, nullptr, &msg);
+  if (rc == SQLITE_OK) return {};
+  Error e{0, "store: " + what + ": " + (msg ? msg : sqlite3_errstr(rc))};
+  if ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_FULL) e.code = sqlite3_system_errno(db);
+  sqlite3_free(msg);
+  return e;
+}
+
+// BEGIN IMMEDIATE (take the write lock up front, so busy_timeout applies to
+// BEGIN rather than failing mid-transaction) ... COMMIT, or ROLLBACK on scope exit.
+class Txn {
+ public:
+  explicit Txn(sqlite3* db) : db_(db) {}
+  ~Txn() {
+    if (open_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+
+  Status begin(const std::string& what) {
+    auto st = execSql(db_, "BEGIN IMMEDIATE", what);
+    if (st) open_ = true;
+    return st;
+  }
+  Status commit(const std::string& what) {
+    auto st = execSql(db_, "COMMIT", what);
+    if (st) open_ = false;
+    return st;  // on failure the destructor rolls back
+  }
+
+ private:
+  sqlite3* db_;
+  bool open_ = false;
+};
+
+// `sqlite_rc` (optional) gets the primary result code of a failure.
+Result<int> userVersion(sqlite3* db, const std::string& what, int* sqlite_rc = nullptr) {
+  Stmt st(db, "PRAGMA user_version");
+  auto r = st.next(what);
+  if (sqlite_rc) *sqlite_rc = st.lastError();
+  if (!r) return r.error();
+  if (!*r) return Error{0, "store: " + what + ": PRAGMA user_version returned no row"};
+  return static_cast<int>(st.i64(0));
+}
+
+std::string describe(ObjectKind kind, const std::string& id) { return std::string(toString(kind)) + " " + id; }
+
+// --- rows ---------------------------------------------------------------------
+
+// Evidence fields in column/parameter order after (kind, id[, source]):
+// uid, gid, login_uid, pid, comm, exe, method, request_time, time.
+void bindEvidence(Stmt& st, int first, const Evidence& ev) {
+  st.bind(first + 0, ev.uid);
+  st.bind(first + 1, ev.gid);
+  st.bind(first + 2, ev.login_uid);
+  st.bind(first + 3, ev.pid);
+  st.bind(first + 4, ev.comm);
+  st.bind(first + 5, ev.exe);
+  st.bind(first + 6, ev.method);
+  st.bind(first + 7, ev.request_time);
+  st.bind(first + 8, ev.time);
+}
+
+void readEvidence(const Stmt& st, int first, Source source, Evidence& ev) {
+  ev.source = source;
+  ev.uid = st.u32(first + 0);
+  ev.gid = st.u32(first + 1);
+  if (st.isNull(first + 2)) {
+    ev.login_uid.reset();
+  } else {
+    ev.login_uid = st.u32(first + 2);
+  }
+  ev.pid = st.u32(first + 3);
+  st.textInto(first + 4, ev.comm);
+  st.textInto(first + 5, ev.exe);
+  st.textInto(first + 6, ev.method);
+  ev.request_time = st.f64(first + 7);
+  ev.time = st.f64(first + 8);
+}
+
+// Columns 0..2 id, name, parent; 3 source; 4..12 automatic evidence;
+// 13 label_user; 14 first_seen; 15 gone_at; 16 size_bytes; 17..25 override.
+// Every query on it selects one kind, so the kind is not read back.
+const std::string kSelectObject =
+    "SELECT o.id, o.name, o.parent, o.source, o.uid, o.gid, o.login_uid, o.pid, o.comm, o.exe, "
+    "o.method, o.request_time, o.attributed_at, o.label_user, o.first_seen, o.gone_at, o.size_bytes, "
+    "v.uid, v.gid, v.login_uid, v.pid, v.comm, v.exe, v.method, v.request_time, v.set_at "
+    "FROM objects o LEFT JOIN overrides v ON v.kind = o.kind AND v.id = o.id ";
+
+// Fills `r` in place from a kSelectObject row (list() reads 10,000 of these:
+// no temporaries). `automatic`, when given, gets the owner under an override.
+Status readObject(const Stmt& st, ObjectKind kind, ObjectRecord& r, std::optional<Evidence>* automatic) {
+  r.kind = kind;
+  st.textInto(0, r.id);
+  st.textInto(1, r.name);
+  st.textInto(2, r.parent);
+  std::optional<Source> src;
+  if (!st.isNull(3)) {
+    const std::string_view text = st.view(3);
+    if (text == "bpf") {
+      src = Source::Bpf;
+    } else if (text == "audit") {
+      src = Source::Audit;
+    } else if (text == "label") {
+      src = Source::Label;
+    } else {
+      return Error{0, "store: " + describe(kind, r.id) + ": bad owner source '" + std::string(text) +
+                          "' in the database"};
+    }
+  }
+  if (st.isNull(13)) {
+    r.label_user.reset();
+  } else {
+    st.textInto(13, r.label_user.emplace());
+  }
+  r.first_seen = st.f64(14);
+  if (st.isNull(15)) {
+    r.gone_at.reset();
+  } else {
+    r.gone_at = st.f64(15);
+  }
+  r.size_bytes = static_cast<uint64_t>(st.i64(16));
+
+  const bool overridden = !st.isNull(17);
+  if (overridden) {
+    readEvidence(st, 17, Source::Admin, r.owner.emplace());
+  } else if (src) {
+    readEvidence(st, 4, *src, r.owner.emplace());
+  } else {
+    r.owner.reset();
+  }
+  if (automatic) {
+    if (!src) {
+      automatic->reset();
+    } else if (overridden) {
+      readEvidence(st, 4, *src, automatic->emplace());
+    } else {
+      *automatic = r.owner;
+    }
+  }
+  return {};
+}
+
+// An object as stored: the effective record plus the layer under an override.
+struct Row {
+  ObjectRecord rec;  // owner = override if any, else automatic
+  std::optional<Evidence> automatic;
+  bool overridden() const { return rec.owner && rec.owner->source == Source::Admin; }
+};
+
+Result<std::optional<Row>> loadRow(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& what) {
+  static const std::string sql = kSelectObject + "WHERE o.kind = ?1 AND o.id = ?2";
+  Stmt st(db, sql);
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  auto r = st.next(what);
+  if (!r) return r.error();
+  std::optional<Row> row;
+  if (!*r) return row;
+  if (auto s = readObject(st, kind, row.emplace().rec, &row->automatic); !s) return s.error();
+  return row;
+}
+
+Status insertObject(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& name,
+                    const std::string& parent, const std::optional<std::string>& label, double first_seen,
+                    const std::string& what) {
+  Stmt st(db,
+          "INSERT INTO objects (kind, id, name, parent, label_user, first_seen) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  st.bind(3, name);
+  st.bind(4, parent);
+  st.bind(5, label);
+  st.bind(6, first_seen);
+  return st.run(what);
+}
+
+// A gone id that Docker has again is a new object with a reused name: forget
+// the old one's owner, override and evidence, keep nothing but the key.
+Status resetObject(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& name,
+                   const std::string& parent, const std::optional<std::string>& label, double first_seen,
+                   const std::string& what) {
+  {
+    Stmt st(db,
+            "UPDATE objects SET name = ?3, parent = ?4, label_user = ?5, first_seen = ?6, gone_at = NULL, "
+            "size_bytes = 0, source = NULL, uid = NULL, gid = NULL, login_uid = NULL, pid = NULL, "
+            "comm = NULL, exe = NULL, method = NULL, request_time = NULL, attributed_at = NULL "
+            "WHERE kind = ?1 AND id = ?2");
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    st.bind(3, name);
+    st.bind(4, parent);
+    st.bind(5, label);
+    st.bind(6, first_seen);
+    if (auto s = st.run(what); !s) return s;
+  }
+  for (const char* sql : {"DELETE FROM overrides WHERE kind = ?1 AND id = ?2",
+                          "DELETE FROM evidence WHERE kind = ?1 AND id = ?2"}) {
+    Stmt st(db, sql);
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    if (auto s = st.run(what); !s) return s;
+  }
+  return {};
+}
+
+Status insertEvidence(sqlite3* db, ObjectKind kind, const std::string& id, const Evidence& ev,
+                      const std::string& what) {
+  Stmt st(db,
+          "INSERT INTO evidence (kind, id, source, uid, gid, login_uid, pid, comm, exe, method, request_time, time) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  st.bind(3, toString(ev.source));
+  bindEvidence(st, 4, ev);
+  return st.run(what);
+}
+
+Status upsertOverride(sqlite3* db, ObjectKind kind, const std::string& id, const Evidence& ev,
+                      const std::string& what) {
+  Stmt st(db,
+          "INSERT INTO overrides (kind, id, uid, gid, login_uid, pid, comm, exe, method, request_time, set_at) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+          "ON CONFLICT (kind, id) DO UPDATE SET uid = excluded.uid, gid = excluded.gid, "
+          "login_uid = excluded.login_uid, pid = excluded.pid, comm = excluded.comm, exe = excluded.exe, "
+          "method = excluded.method, request_time = excluded.request_time, set_at = excluded.set_at");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  bindEvidence(st, 3, ev);
+  return st.run(what);
+}
+
+// --- join rules ----------------------------------------------------------------
+
+bool isKernel(Source s) { return s == Source::Bpf || s == Source::Audit; }
+
+// None < Label < kernel (Audit = Bpf: the first of the two stays) < Admin.
+int rank(Source s) {
+  switch (s) {
+    case Source::None: return 0;
+    case Source::Label: return 1;
+    case Source::Audit:
+    case Source::Bpf: return 2;
+    case Source::Admin: return 3;
+  }
+  return 0;
+}
+
+// Clock granularity between the request probe and the store's first_seen.
+constexpr double kSeenSlackSeconds = 1.0;
+
+}  // namespace
+
+// --- enums ----------------------------------------------------------------------
+
+const char* toString(ObjectKind k) {
+  switch (k) {
+    case ObjectKind::Container: return "container";
+    case ObjectKind::Image: return "image";
+    case ObjectKind::Volume: return "volume";
+  }
+  return "?";
+}
+
+std::optional<ObjectKind> parseObjectKind(const std::string& s) {
+  if (s == "container") return ObjectKind::Container;
+  if (s == "image") return ObjectKind::Image;
+  if (s == "volume") return ObjectKind::Volume;
+  return std::nullopt;
+}
+
+const char* toString(Source s) {
+  switch (s) {
+    case Source::None: return "unattributed";
+    case Source::Label: return "label";
+    case Source::Audit: return "audit";
+    case Source::Bpf: return "bpf";
+    case Source::Admin: return "admin";
+  }
+  return "?";
+}
+
+std::optional<Source> parseSource(const std::string& s) {
+  if (s == "unattributed") return Source::None;
+  if (s == "label") return Source::Label;
+  if (s == "audit") return Source::Audit;
+  if (s == "bpf") return Source::Bpf;
+  if (s == "admin") return Source::Admin;
+  return std::nullopt;
+}
+
+// --- decide ---------------------------------------------------------------------
+
+Decision decide(const ObjectRecord* existing, const Evidence& ev, bool brings_new) {
+  if (ev.source == Source::Admin) return Decision::Attribute;
+  if (ev.source == Source::None) return Decision::Keep;  // "no evidence" attributes nothing
+  if (existing == nullptr) return Decision::Attribute;
+
+  // An owner whose source is None is as good as none.
+  const Source owner = existing->owner ? existing->owner->source : Source::None;
+  if (owner == Source::Admin) return Decision::Keep;
+
+  if (brings_new) {
+    // Only this call can have made it: stronger evidence wins, equal keeps the
+    // first (Bpf vs Audit, two labels, or a kernel conflict the caller logs).
+    return rank(ev.source) > rank(owner) ? Decision::Attribute : Decision::Keep;
+  }
+
+  // pull/load/tag may find the object already there: credit the caller only if
+  // the object appeared while its request ran. An object owned only by a label
+  // is treated like an unattributed one for kernel evidence (kernel beats label,
+  // but only when this request could have brought the object).
+  if (rank(ev.source) <= rank(owner)) return Decision::Keep;
+  return existing->first_seen >= ev.request_time - kSeenSlackSeconds ? Decision::Attribute : Decision::Keep;
+}
+
+// --- Store ------------------------------------------------------------------------
+
+const std::vector<std::string>& Store::migrations() {
+  static const std::vector<std::string> steps(std::begin(kMigrations), std::end(kMigrations));
+  return steps;
+}
+
+Store::Store(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+
+Store::~Store() {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Cheap, and keeps the query planner's statistics fresh across restarts.
+  sqlite3_exec(db_, "PRAGMA optimize", nullptr, nullptr, nullptr);
+  sqlite3_close_v2(db_);
+}
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& path) { return open(path, migrations()); }
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::vector<std::string>& steps) {
+  const std::string what = "open " + path;
+
+  // SQLite would say "unable to open database file"; name the real problem.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return osError(errno, "store: " + what + ": directory " + dir);
+  if (!S_ISDIR(st.st_mode)) return osError(ENOTDIR, "store: " + what + ": " + dir);
+
+  sqlite3* raw = nullptr;
+  // NOMUTEX: every use of the handle is under Store::mu_.
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
+  std::unique_ptr<sqlite3, int (*)(sqlite3*)> db(raw, sqlite3_close_v2);
+  if (rc != SQLITE_OK) return sqlError(raw, rc, what);
+  sqlite3_busy_timeout(raw, 5000);  // another dockquotad or the CLI holding the write lock
+  // SQLite silently opens a write-protected file read-only; say so now rather
+  // than at the first write.
+  if (sqlite3_db_readonly(raw, "main") == 1)
+    return Error{EACCES, "store: " + what + ": the file is read-only to this process"};
+
+  // Read before writing anything: a newer schema or a file that is not a
+  // database must be left exactly as found (journal_mode=WAL rewrites the header).
+  int version_rc = SQLITE_OK;
+  auto version = userVersion(raw, what, &version_rc);
+  if (!version) {
+    if (version_rc == SQLITE_NOTADB)
+      return Error{0, "store: " + what + ": file is not a SQLite database; leaving it untouched"};
+    return version.error();
+  }
+  const int known = static_cast<int>(steps.size());
+  if (*version > known)
+    return Error{0, "store: " + path + " has schema version " + std::to_string(*version) +
+                        ", this dockquotad knows up to " + std::to_string(known) + "; refusing to downgrade"};
+  if (*version < 0) return Error{0, "store: " + path + " has invalid schema version " + std::to_string(*version)};
+
+  {
+    Stmt wal(raw, "PRAGMA journal_mode = WAL");
+    auto r = wal.next(what + ": journal_mode=WAL");
+    if (!r) return r.error();
+    std::string mode = *r ? wal.text(0) : "";
+    if (mode != "wal")
+      LOG_WARN("store", "%s: journal_mode is '%s', not 'wal' (no shared memory on this filesystem?); continuing",
+               path.c_str(), mode.c_str());
+  }
+  // NORMAL in WAL: a power cut may lose the last commits, never corrupts.
+  if (auto s = execSql(raw, "PRAGMA synchronous = NORMAL", what); !s) return s.error();
+  if (auto s = execSql(raw, "PRAGMA foreign_keys = ON", what); !s) return s.error();
+
+  for (int v = *version; v < known; ++v) {
+    const std::string step_what = path + ": migration to schema version " + std::to_string(v + 1);
+    Txn txn(raw);
+    if (auto s = txn.begin(step_what); !s) return s.error();
+    // Another process may have migrated while we waited for the write lock.
+    auto now = userVersion(raw, step_what);
+    if (!now) return now.error();
+    if (*now > v) {
+      if (*now > known)
+        return Error{0, "store: " + path + " has schema version " + std::to_string(*now) +
+                            ", this dockquotad knows up to " + std::to_string(known) + "; refusing to downgrade"};
+      if (auto s = txn.commit(step_what); !s) return s.error();
+      v = *now - 1;
+      continue;
+    }
+    if (auto s = execSql(raw, steps[static_cast<size_t>(v)].c_str(), step_what); !s) return s.error();
+    // PRAGMA takes no bound parameters; the number is our loop counter.
+    const std::string bump = "PRAGMA user_version = " + std::to_string(v + 1);
+    if (auto s = execSql(raw, bump.c_str(), step_what); !s) return s.error();
+    if (auto s = txn.commit(step_what); !s) return s.error();
+    LOG_INFO("store", "%s: migrated to schema version %d", path.c_str(), v + 1);
+  }
+
+  return std::unique_ptr<Store>(new Store(db.release(), path));
+}
+
+int Store::schemaVersion() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto v = userVersion(db_, "schema version of " + path_);
+  return v ? *v : -1;
+}
+
+Status Store::noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
+                       const std::optional<std::string>& label_user, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "note " + describe(kind, id);
+  // An empty label is "no label", as Docker reports it.
+  std::optional<std::string> label = label_user && !label_user->empty() ? label_user : std::nullopt;
+
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s;
+  std::optional<bool> live;  // unset: unknown
+  {
+    Stmt st(db_, "SELECT gone_at IS NULL FROM objects WHERE kind = ?1 AND id = ?2");
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (*r) live = st.i64(0) != 0;
+  }
+  if (!live) {
+    if (auto s = insertObject(db_, kind, id, name, parent, label, now, what); !s) return s;
+  } else if (!*live) {
+    if (auto s = resetObject(db_, kind, id, name, parent, label, now, what); !s) return s;
+  } else {
+    Stmt st(db_,
+            "UPDATE objects SET name = CASE WHEN ?3 = '' THEN name ELSE ?3 END, "
+            "parent = CASE WHEN ?4 = '' THEN parent ELSE ?4 END, label_user = COALESCE(?5, label_user) "
+            "WHERE kind = ?1 AND id = ?2");
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    st.bind(3, name);
+    st.bind(4, parent);
+    st.bind(5, label);
+    if (auto s = st.run(what); !s) return s;
+  }
+  return txn.commit(what);
+}
+
+Result<bool> Store::attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "attribute " + describe(kind, id);
+
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s.error();
+  auto loaded = loadRow(db_, kind, id, what);
+  if (!loaded) return loaded.error();
+  std::optional<Row>& row = *loaded;
+
+  // A gone id whose request began after it went is a new object with a reused
+  // name (volume, re-pulled image). Evidence whose request began earlier is
+  // late news about the old object: record it there.
+  bool fresh = !row;
+  if (!row) {
+    if (auto s = insertObject(db_, kind, id, "", "", std::nullopt, ev.time, what); !s) return s.error();
+  } else if (row->rec.gone_at && ev.request_time >= *row->rec.gone_at) {
+    if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, ev.time, what); !s) return s.error();
+    fresh = true;
+  }
+
+  bool changed = false;
+  if (ev.source == Source::Admin) {
+    if (auto s = upsertOverride(db_, kind, id, ev, what); !s) return s.error();
+    changed = true;
+  } else {
+    // Decide on the automatic layer, so that an override in force still lets
+    // it improve underneath (clearOverride() returns to it).
+    ObjectRecord automatic;
+    if (!fresh) {
+      automatic = row->rec;
+      automatic.owner = row->automatic;
+    }
+    Decision d = decide(fresh ? nullptr : &automatic, ev, brings_new);
+    if (d == Decision::Attribute) {
+      Stmt st(db_,
+              "UPDATE objects SET source = ?3, uid = ?4, gid = ?5, login_uid = ?6, pid = ?7, comm = ?8, "
+              "exe = ?9, method = ?10, request_time = ?11, attributed_at = ?12 WHERE kind = ?1 AND id = ?2");
+      st.bind(1, toString(kind));
+      st.bind(2, id);
+      st.bind(3, toString(ev.source));
+      bindEvidence(st, 4, ev);
+      if (auto s = st.run(what); !s) return s.error();
+      changed = fresh || !row->overridden();
+    } else if (brings_new && !fresh && automatic.owner && isKernel(automatic.owner->source) &&
+               isKernel(ev.source) && automatic.owner->uid != ev.uid) {
+      // Ids of new objects are unique, so two creators means a probe bug or a
+      // reused volume name we did not see go.
+      LOG_WARN("store", "%s: %s evidence for uid %u (pid %u %s, %s) ignored: already owned by uid %u (%s, %s)",
+               describe(kind, id).c_str(), toString(ev.source), ev.uid, ev.pid, ev.comm.c_str(), ev.method.c_str(),
+               automatic.owner->uid, toString(automatic.owner->source), automatic.owner->method.c_str());
+    }
+  }
+
+  if (auto s = insertEvidence(db_, kind, id, ev, what); !s) return s.error();
+  if (auto s = txn.commit(what); !s) return s.error();
+  return changed;
+}
+
+Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence& ev) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "set override on " + describe(kind, id);
+  Evidence admin = ev;
+  admin.source = Source::Admin;
+
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s;
+  auto row = loadRow(db_, kind, id, what);
+  if (!row) return row.error();
+  if (!*row) return osError(ENOENT, "store: " + what + ": no such object");
+  if (auto s = upsertOverride(db_, kind, id, admin, what); !s) return s;
+  if (auto s = insertEvidence(db_, kind, id, admin, what); !s) return s;
+  return txn.commit(what);
+}
+
+Status Store::clearOverride(ObjectKind kind, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "clear override on " + describe(kind, id);
+
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s;
+  auto row = loadRow(db_, kind, id, what);
+  if (!row) return row.error();
+  if (!*row) return osError(ENOENT, "store: " + what + ": no such object");
+  Stmt st(db_, "DELETE FROM overrides WHERE kind = ?1 AND id = ?2");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  if (auto s = st.run(what); !s) return s;
+  return txn.commit(what);
+}
+
+Status Store::markGone(ObjectKind kind, const std::string& id, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt st(db_, "UPDATE objects SET gone_at = ?3 WHERE kind = ?1 AND id = ?2 AND gone_at IS NULL");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  st.bind(3, now);
+  return st.run("mark " + describe(kind, id) + " gone");
+}
+
+Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::string>& present, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = std::string("reconcile ") + toString(kind) + "s";
+  ReconcileResult out;
+
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s.error();
+
+  std::map<std::string, bool> known;  // id -> live
+  {
+    Stmt st(db_, "SELECT id, gone_at IS NULL FROM objects WHERE kind = ?1");
+    st.bind(1, toString(kind));
+    for (;;) {
+      auto r = st.next(what);
+      if (!r) return r.error();
+      if (!*r) break;
+      known.emplace(st.text(0), st.i64(1) != 0);
+    }
+  }
+
+  Stmt gone(db_, "UPDATE objects SET gone_at = ?3 WHERE kind = ?1 AND id = ?2");
+  for (const auto& [id, live] : known) {
+    if (!live || present.count(id)) continue;
+    gone.reset();
+    gone.bind(1, toString(kind));
+    gone.bind(2, id);
+    gone.bind(3, now);
+    if (auto s = gone.run(what + ": " + id); !s) return s.error();
+    ++out.gone;
+  }
+
+  Stmt insert(db_, "INSERT INTO objects (kind, id, first_seen) VALUES (?1, ?2, ?3)");
+  for (const auto& id : present) {
+    auto it = known.find(id);
+    if (it == known.end()) {
+      insert.reset();
+      insert.bind(1, toString(kind));
+      insert.bind(2, id);
+      insert.bind(3, now);
+      if (auto s = insert.run(what + ": " + id); !s) return s.error();
+      ++out.added;
+    } else if (!it->second) {
+      if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, now, what + ": " + id); !s) return s.error();
+      ++out.revived;
+    }
+  }
+
+  if (auto s = txn.commit(what); !s) return s.error();
+  return out;
+}
+
+Result<std::optional<ObjectRecord>> Store::get(ObjectKind kind, const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto row = loadRow(db_, kind, id, "get " + describe(kind, id));
+  if (!row) return row.error();
+  if (!*row) return std::optional<ObjectRecord>();
+  return std::optional<ObjectRecord>(std::move((*row)->rec));
+}
+
+Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  static const std::string sql =
+      kSelectObject + "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) ORDER BY o.first_seen, o.id";
+  const std::string what = std::string("list ") + toString(kind) + "s";
+  Stmt st(db_, sql);
+  st.bind(1, toString(kind));
+  st.bind(2, static_cast<int64_t>(include_gone));
+  std::vector<ObjectRecord> out;
+  {
+    // Sized up front: growing a vector of ObjectRecord moves every record ~14 times.
+    Stmt count(db_, "SELECT count(*) FROM objects WHERE kind = ?1 AND (?2 OR gone_at IS NULL)");
+    count.bind(1, toString(kind));
+    count.bind(2, static_cast<int64_t>(include_gone));
+    auto r = count.next(what);
+    if (!r) return r.error();
+    if (*r) out.reserve(static_cast<size_t>(count.i64(0)));
+  }
+  for (;;) {
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (!*r) break;
+    if (auto s = readObject(st, kind, out.emplace_back(), nullptr); !s) return s.error();
+  }
+  return out;
+}
+
+Result<std::optional<std::string>> Store::resolve(ObjectKind kind, const std::string& ref) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = std::string("resolve ") + toString(kind) + " '" + ref + "'";
+  using Found = std::optional<std::string>;
+  if (ref.empty()) return Found();
+
+  // Up to two live ids matching `sql` with ?2 = ref and ?3 = alt: one is an
+  // answer, two is ambiguous.
+  auto lookup = [&](const char* sql, const std::optional<std::string>& alt) -> Result<std::vector<std::string>> {
+    Stmt st(db_, sql);
+    st.bind(1, toString(kind));
+    st.bind(2, ref);
+    if (st.params() >= 3) st.bind(3, alt);
+    std::vector<std::string> ids;
+    for (;;) {
+      auto r = st.next(what);
+      if (!r) return r.error();
+      if (!*r) break;
+      ids.push_back(st.text(0));
+    }
+    return ids;
+  };
+
+  // Docker's order: full id, then name, then a unique id prefix.
+  auto exact = lookup("SELECT id FROM objects WHERE kind = ?1 AND id = ?2 AND gone_at IS NULL", std::nullopt);
+  if (!exact) return exact.error();
+  if (!exact->empty()) return Found(exact->front());
+
+  auto named = lookup("SELECT id FROM objects WHERE kind = ?1 AND name = ?2 AND gone_at IS NULL LIMIT 2",
+                      std::nullopt);
+  if (!named) return named.error();
+  if (named->size() == 1) return Found(named->front());
+  if (named->size() > 1) return Found();
+
+  // Images: "sha256:abcd" and "abcd" both name the digest. The 4-character
+  // minimum counts digest characters, and a piece of "sha256:" itself ("sha2")
+  // is no digest prefix, or it would match every image.
+  static const std::string kDigest = "sha256:";
+  std::optional<std::string> alt;
+  size_t significant = ref.size();
+  if (kind == ObjectKind::Image) {
+    if (ref.compare(0, kDigest.size(), kDigest) == 0) {
+      significant = ref.size() - kDigest.size();
+    } else if (kDigest.compare(0, ref.size(), ref) == 0) {
+      return Found();
+    } else {
+      alt = kDigest + ref;
+    }
+  }
+  if (significant < 4) return Found();
+  // Prefix by substr(), not LIKE/GLOB, so '%', '_', '*' in a ref are literal.
+  auto prefixed = lookup(
+      "SELECT id FROM objects WHERE kind = ?1 AND gone_at IS NULL "
+      "AND (substr(id, 1, length(?2)) = ?2 OR substr(id, 1, length(?3)) = ?3) LIMIT 2",
+      alt);
+  if (!prefixed) return prefixed.error();
+  if (prefixed->size() == 1) return Found(prefixed->front());
+  return Found();
+}
+
+Result<std::vector<Evidence>> Store::evidence(ObjectKind kind, const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "evidence for " + describe(kind, id);
+  Stmt st(db_,
+          "SELECT source, uid, gid, login_uid, pid, comm, exe, method, request_time, time "
+          "FROM evidence WHERE kind = ?1 AND id = ?2 ORDER BY seq");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  std::vector<Evidence> out;
+  for (;;) {
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (!*r) break;
+    auto src = parseSource(st.text(0));
+    if (!src) return Error{0, "store: " + what + ": bad source '" + st.text(0) + "' in the database"};
+    readEvidence(st, 1, *src, out.emplace_back());
+  }
+  return out;
+}
+
+}  // namespace dockquota
