@@ -163,6 +163,16 @@ void ApiServer::routes() {
     LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), req.path.c_str(), what.c_str());
     sendError(res, 500, "internal error");
   });
+  // cpp-httplib 0.11 sets SO_REUSEPORT by default: a second agent (or a stale
+  // one still shutting down) would then silently share the port and answer
+  // half the requests from another database. SO_REUSEADDR only: a second
+  // instance fails to bind, loudly.
+  s.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  // Idle keep-alive connections hold a worker; keep them short so a stop is quick.
+  s.set_keep_alive_timeout(2);
   s.set_payload_max_length(1 << 20);
   s.set_read_timeout(10, 0);
   s.set_write_timeout(10, 0);

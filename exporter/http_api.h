@@ -37,6 +37,13 @@ class ApiServer {
   ApiServer(ApiServerOptions options, Store& store, HealthFn health);
   ~ApiServer();
 
+  // More routes (the qman /remote-api surface): installed before start().
+  // They share the server, its JSON error handlers and authorize().
+  httplib::Server& server() { return *server_; }
+  // Writes the 401/403/500 JSON error and returns false unless `req` carries
+  // HTTP Basic api:<key>.
+  bool authorize(const httplib::Request& req, httplib::Response& res) const;
+
   // Binds and serves on a thread; returns the bound port.
   Result<int> start();
   void stop();
@@ -47,7 +54,6 @@ class ApiServer {
 
  private:
   void routes();
-  bool authorize(const httplib::Request& req, httplib::Response& res) const;
   nlohmann::json objectJson(const ObjectRecord& r) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -60,6 +61,7 @@ struct Agent {
   void start() {
     pid = fork();
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the bench
       int log = open((dir + "/agent.log").c_str(), O_CREAT | O_APPEND | O_WRONLY | O_CLOEXEC, 0600);
       dup2(log, 2);
       execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), static_cast<char*>(nullptr));
@@ -206,6 +208,11 @@ std::vector<double> attributionLatencyMs(const std::string& sock, const Agent& a
       }
       if (found) break;
       if (nowNs() - replied > 5e9) {
+        if (r) {
+          for (const auto& c : json::parse(r->body)["containers"]) {
+            if (c["id"] == id) fprintf(stderr, "bench: listed as %s\n", c.dump().c_str());
+          }
+        }
         fprintf(stderr, "bench: %s not attributed after 5 s; agent log in %s/agent.log\n", id.c_str(), agent.dir.c_str());
         exit(1);
       }

@@ -124,3 +124,19 @@ TEST_CASE("http api: no key configured answers 500 as qman does", "[http]") {
   CHECK(r->status == 500);
   CHECK(json::parse(r->body) == json{{"msg", "api key not specified in app config"}});
 }
+
+TEST_CASE("http api: a second server on the same port fails to bind (no SO_REUSEPORT)", "[http]") {
+  TempDir dir;
+  auto store = Store::open(dir.path + "/s.db");
+  REQUIRE(store.ok());
+  ApiServer first({.address = "127.0.0.1", .port = 0, .api_key = "k", .bill_root_to_login_uid = true, .threads = 1},
+                  **store, nullptr);
+  auto port = first.start();
+  REQUIRE(port.ok());
+  ApiServer second({.address = "127.0.0.1", .port = static_cast<uint16_t>(*port), .api_key = "k",
+                    .bill_root_to_login_uid = true, .threads = 1},
+                   **store, nullptr);
+  auto again = second.start();
+  REQUIRE_FALSE(again.ok());
+  CHECK_THAT(again.error().message, Catch::Contains("cannot listen on 127.0.0.1:"));
+}
