@@ -96,6 +96,17 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"poll_interval_ms", uintKey(origin, "poll_interval_ms", &Config::poll_interval_ms, 1, 1000)},
       {"bill_root_to_login_uid", boolKey(origin, "bill_root_to_login_uid", &Config::bill_root_to_login_uid)},
       {"log_level", stringKey(origin, "log_level", &Config::log_level)},
+      {"tls_cert_file", stringKey(origin, "tls_cert_file", &Config::tls_cert_file)},
+      {"tls_key_file", stringKey(origin, "tls_key_file", &Config::tls_key_file)},
+      {"docker_quota_enabled", boolKey(origin, "docker_quota_enabled", &Config::docker_quota_enabled)},
+      // 2^62: sums with 9,000 users' limits still fit in 64 bits (saturating anyway).
+      {"docker_quota_reserved_bytes",
+       uintKey(origin, "docker_quota_reserved_bytes", &Config::docker_quota_reserved_bytes, 0, uint64_t(1) << 62)},
+      {"docker_data_root", stringKey(origin, "docker_data_root", &Config::docker_data_root)},
+      // Below 5 s the measurement (one /system/df) would run back to back on a big host.
+      {"usage_interval_s", uintKey(origin, "usage_interval_s", &Config::usage_interval_s, 5, 86400)},
+      {"default_apply_interval_s",
+       uintKey(origin, "default_apply_interval_s", &Config::default_apply_interval_s, 10, 86400)},
   };
 
   Config c;
@@ -115,6 +126,19 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
     ss << f.rdbuf();
     c.api_key = trim(ss.str());
     if (c.api_key.empty()) return keyError(origin, "api_key_file", c.api_key_file + " is empty");
+  }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    return keyError(origin, c.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",
+                    "set both tls_cert_file and tls_key_file, or neither");
+  }
+  for (const auto* key : {"tls_cert_file", "tls_key_file"}) {
+    const std::string& file = std::string(key) == "tls_cert_file" ? c.tls_cert_file : c.tls_key_file;
+    if (file.empty()) continue;
+    std::ifstream f(file);
+    if (!f) return keyError(origin, key, "cannot read " + file + ": " + std::strerror(errno));
+  }
+  if (!c.docker_data_root.empty() && c.docker_data_root[0] != '/') {
+    return keyError(origin, "docker_data_root", "must be an absolute path");
   }
   const uint32_t kib = c.ringbuf_kib;
   if ((kib & (kib - 1)) != 0) return keyError(origin, "ringbuf_kib", "must be a power of two");

@@ -31,6 +31,24 @@ struct Config {
   bool bill_root_to_login_uid = true;
   // Logging
   std::string log_level = "info";
+  // qman slave (/remote-api, issue 3). Not yet in README.md's table:
+  //   tls_cert_file, tls_key_file   PEM paths; both set = serve HTTPS only (the API
+  //                                 key travels in every request), neither = HTTP.
+  //   docker_quota_enabled          false: no "docker" device, Docker pages answer
+  //                                 400 "Docker quota not enabled on this host".
+  //   docker_quota_reserved_bytes   qman DOCKER_QUOTA_RESERVED_BYTES: the device's
+  //                                 usage.total when > 0 (bytes).
+  //   docker_data_root              the device's mount point; "" = Docker's
+  //                                 DockerRootDir, else /var/lib/docker.
+  //   usage_interval_s              how often sizes are measured (Docker figures).
+  //   default_apply_interval_s      qman QUOTA_DEFAULT_APPLY_INTERVAL_SECONDS.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  bool docker_quota_enabled = true;
+  uint64_t docker_quota_reserved_bytes = 0;
+  std::string docker_data_root;
+  uint32_t usage_interval_s = 60;
+  uint32_t default_apply_interval_s = 600;
 };
 
 // Parses and validates; `origin` names the source in errors (the file path).

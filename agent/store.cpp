@@ -7,6 +7,11 @@
 //              clearOverride() falls back to the automatic owner underneath.
 //   evidence   every attribution attempt, applied or not (the detail view).
 //   meta       key/value facts about the file itself.
+// Schema v2 (issue 3):
+//   user_limits      per-uid Docker limit, 1 KiB blocks (no row = no limit).
+//   device_defaults  qman's default quota per device.
+//   layers           image layers by chain id: size, owner, first_seen.
+//   overrides.resolver  who set an admin override.
 //
 // Every statement is prepared with bound parameters. The one exception is
 // `PRAGMA user_version = N`, which takes no parameters; N is our own counter.
@@ -15,6 +20,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -99,6 +105,36 @@ CREATE TABLE meta (
   value         TEXT    NOT NULL
 ) WITHOUT ROWID;
 INSERT INTO meta (key, value) VALUES ('created_at', CAST(strftime('%s', 'now') AS TEXT));
+)sql",
+    // v2: quotas and measured usage (issue 3). Limits are 1 KiB blocks in
+    // 64-bit INTEGER columns; sizes are bytes.
+    R"sql(
+CREATE TABLE user_limits (
+  uid           INTEGER PRIMARY KEY,         -- Linux uid
+  block_hard_kib INTEGER NOT NULL CHECK (block_hard_kib > 0),  -- no row = no limit
+  updated_at    REAL    NOT NULL
+);
+
+CREATE TABLE device_defaults (
+  device        TEXT    PRIMARY KEY,         -- 'docker'
+  block_soft_kib INTEGER NOT NULL,
+  block_hard_kib INTEGER NOT NULL,
+  inode_soft    INTEGER NOT NULL,
+  inode_hard    INTEGER NOT NULL,
+  updated_at    REAL    NOT NULL
+) WITHOUT ROWID;
+
+-- Image layers by chain id, each counted once on the host.
+CREATE TABLE layers (
+  id            TEXT    PRIMARY KEY,         -- chain id 'sha256:...'
+  size_bytes    INTEGER NOT NULL,
+  owner_uid     INTEGER,                     -- NULL = unattributed
+  owner_image   TEXT    NOT NULL DEFAULT '',
+  first_seen    REAL    NOT NULL
+) WITHOUT ROWID;
+
+-- Who set an admin override (qman's manual_resolver).
+ALTER TABLE overrides ADD COLUMN resolver TEXT;
 )sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion,
@@ -732,6 +768,10 @@ Result<bool> Store::attribute(ObjectKind kind, const std::string& id, const Evid
 }
 
 Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence& ev) {
+  return setOverride(kind, id, ev, "");
+}
+
+Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "set override on " + describe(kind, id);
   Evidence admin = ev;
@@ -743,6 +783,13 @@ Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence
   if (!row) return row.error();
   if (!*row) return osError(ENOENT, "store: " + what + ": no such object");
   if (auto s = upsertOverride(db_, kind, id, admin, what); !s) return s;
+  {
+    Stmt st(db_, "UPDATE overrides SET resolver = ?3 WHERE kind = ?1 AND id = ?2");
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    st.bind(3, resolver);
+    if (auto s = st.run(what); !s) return s;
+  }
   if (auto s = insertEvidence(db_, kind, id, admin, what); !s) return s;
   return txn.commit(what);
 }
@@ -934,6 +981,211 @@ Result<std::vector<Evidence>> Store::evidence(ObjectKind kind, const std::string
     auto src = parseSource(st.text(0));
     if (!src) return Error{0, "store: " + what + ": bad source '" + st.text(0) + "' in the database"};
     readEvidence(st, 1, *src, out.emplace_back());
+  }
+  return out;
+}
+
+// --- v2: quotas and usage ------------------------------------------------------
+
+Status Store::setUserLimit(uint32_t uid, uint64_t block_hard_kib, double now) {
+  return setUserLimits({{uid, block_hard_kib}}, now);
+}
+
+Status Store::setUserLimits(const std::map<uint32_t, uint64_t>& kib_by_uid, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "set " + std::to_string(kib_by_uid.size()) + " user limit(s)";
+  if (kib_by_uid.empty()) return {};
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s;
+  Stmt upsert(db_,
+              "INSERT INTO user_limits (uid, block_hard_kib, updated_at) VALUES (?1, ?2, ?3) "
+              "ON CONFLICT (uid) DO UPDATE SET block_hard_kib = excluded.block_hard_kib, "
+              "updated_at = excluded.updated_at");
+  Stmt remove(db_, "DELETE FROM user_limits WHERE uid = ?1");
+  for (const auto& [uid, kib] : kib_by_uid) {
+    // SQLite integers are signed 64-bit: a larger value would wrap.
+    if (kib > static_cast<uint64_t>(INT64_MAX)) return Error{EINVAL, "store: " + what + ": limit out of range"};
+    Stmt& st = kib == 0 ? remove : upsert;
+    st.reset();
+    st.bind(1, uid);
+    if (kib != 0) {
+      st.bind(2, static_cast<int64_t>(kib));
+      st.bind(3, now);
+    }
+    if (auto s = st.run(what + ": uid " + std::to_string(uid)); !s) return s;
+  }
+  return txn.commit(what);
+}
+
+Result<std::map<uint32_t, uint64_t>> Store::userLimits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt st(db_, "SELECT uid, block_hard_kib FROM user_limits ORDER BY uid");
+  std::map<uint32_t, uint64_t> out;
+  for (;;) {
+    auto r = st.next("list user limits");
+    if (!r) return r.error();
+    if (!*r) break;
+    out.emplace_hint(out.end(), st.u32(0), static_cast<uint64_t>(st.i64(1)));
+  }
+  return out;
+}
+
+Status Store::setDeviceDefault(const DeviceDefault& d, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "set default quota of device " + d.device;
+  for (uint64_t v : {d.block_soft_kib, d.block_hard_kib, d.inode_soft, d.inode_hard})
+    if (v > static_cast<uint64_t>(INT64_MAX)) return Error{EINVAL, "store: " + what + ": limit out of range"};
+  Stmt st(db_,
+          "INSERT INTO device_defaults (device, block_soft_kib, block_hard_kib, inode_soft, inode_hard, updated_at) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device) DO UPDATE SET "
+          "block_soft_kib = excluded.block_soft_kib, block_hard_kib = excluded.block_hard_kib, "
+          "inode_soft = excluded.inode_soft, inode_hard = excluded.inode_hard, updated_at = excluded.updated_at");
+  st.bind(1, d.device);
+  st.bind(2, static_cast<int64_t>(d.block_soft_kib));
+  st.bind(3, static_cast<int64_t>(d.block_hard_kib));
+  st.bind(4, static_cast<int64_t>(d.inode_soft));
+  st.bind(5, static_cast<int64_t>(d.inode_hard));
+  st.bind(6, now);
+  return st.run(what);
+}
+
+Result<std::optional<DeviceDefault>> Store::deviceDefault(const std::string& device) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt st(db_,
+          "SELECT block_soft_kib, block_hard_kib, inode_soft, inode_hard FROM device_defaults WHERE device = ?1");
+  st.bind(1, device);
+  auto r = st.next("get default quota of device " + device);
+  if (!r) return r.error();
+  std::optional<DeviceDefault> out;
+  if (!*r) return out;
+  out = DeviceDefault{device, static_cast<uint64_t>(st.i64(0)), static_cast<uint64_t>(st.i64(1)),
+                      static_cast<uint64_t>(st.i64(2)), static_cast<uint64_t>(st.i64(3))};
+  return out;
+}
+
+namespace {
+Result<std::vector<LayerRecord>> readLayers(sqlite3* db, const std::string& what) {
+  Stmt st(db, "SELECT id, size_bytes, owner_uid, owner_image, first_seen FROM layers ORDER BY id");
+  std::vector<LayerRecord> out;
+  for (;;) {
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (!*r) break;
+    LayerRecord& l = out.emplace_back();
+    st.textInto(0, l.id);
+    l.size_bytes = static_cast<uint64_t>(st.i64(1));
+    if (!st.isNull(2)) l.owner_uid = st.u32(2);
+    st.textInto(3, l.owner_image);
+    l.first_seen = st.f64(4);
+  }
+  return out;
+}
+}  // namespace
+
+Result<std::vector<LayerRecord>> Store::syncLayers(const std::vector<LayerRecord>& present, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "sync layers";
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s.error();
+  if (auto s = execSql(db_, "CREATE TEMP TABLE IF NOT EXISTS layers_now (id TEXT PRIMARY KEY); DELETE FROM layers_now",
+                       what);
+      !s)
+    return s.error();
+  Stmt upsert(db_,
+              "INSERT INTO layers (id, size_bytes, owner_uid, owner_image, first_seen) VALUES (?1, ?2, ?3, ?4, ?5) "
+              "ON CONFLICT (id) DO UPDATE SET size_bytes = excluded.size_bytes, owner_uid = excluded.owner_uid, "
+              "owner_image = excluded.owner_image");
+  Stmt mark(db_, "INSERT OR IGNORE INTO layers_now (id) VALUES (?1)");
+  for (const LayerRecord& l : present) {
+    upsert.reset();
+    upsert.bind(1, l.id);
+    upsert.bind(2, static_cast<int64_t>(std::min<uint64_t>(l.size_bytes, INT64_MAX)));
+    l.owner_uid ? upsert.bind(3, *l.owner_uid) : upsert.bindNull(3);
+    upsert.bind(4, l.owner_image);
+    upsert.bind(5, now);
+    if (auto s = upsert.run(what + ": " + l.id); !s) return s.error();
+    mark.reset();
+    mark.bind(1, l.id);
+    if (auto s = mark.run(what + ": " + l.id); !s) return s.error();
+  }
+  if (auto s = execSql(db_, "DELETE FROM layers WHERE id NOT IN (SELECT id FROM layers_now); DELETE FROM layers_now",
+                       what);
+      !s)
+    return s.error();
+  auto rows = readLayers(db_, what);
+  if (!rows) return rows.error();
+  if (auto s = txn.commit(what); !s) return s.error();
+  return rows;
+}
+
+Result<std::vector<LayerRecord>> Store::layers() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return readLayers(db_, "list layers");
+}
+
+Status Store::setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& bytes_by_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = std::string("set sizes of ") + toString(kind) + "s";
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s;
+  Stmt st(db_,
+          "UPDATE objects SET size_bytes = ?3 WHERE kind = ?1 AND id = ?2 AND gone_at IS NULL "
+          "AND size_bytes != ?3");
+  for (const auto& [id, bytes] : bytes_by_id) {
+    st.reset();
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    st.bind(3, static_cast<int64_t>(std::min<uint64_t>(bytes, INT64_MAX)));
+    if (auto s = st.run(what + ": " + id); !s) return s;
+  }
+  return txn.commit(what);
+}
+
+Result<std::optional<AttributionDetail>> Store::detail(ObjectKind kind, const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "attribution detail of " + describe(kind, id);
+  auto row = loadRow(db_, kind, id, what);
+  if (!row) return row.error();
+  std::optional<AttributionDetail> out;
+  if (!*row) return out;
+  AttributionDetail& d = out.emplace();
+  d.record = std::move((*row)->rec);
+  d.automatic = (*row)->automatic;
+  if (d.record.owner && d.record.owner->source == Source::Admin) {
+    d.override_ = d.record.owner;
+    Stmt st(db_, "SELECT resolver FROM overrides WHERE kind = ?1 AND id = ?2");
+    st.bind(1, toString(kind));
+    st.bind(2, id);
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (*r) d.resolver = st.text(0);
+  }
+  return out;
+}
+
+Result<std::vector<EvidenceRow>> Store::evidenceRows(std::optional<ObjectKind> kind, const std::string& id,
+                                                     size_t limit) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "list evidence";
+  Stmt st(db_,
+          "SELECT seq, kind, id, source, uid, gid, login_uid, pid, comm, exe, method, request_time, time "
+          "FROM evidence WHERE (?1 IS NULL OR kind = ?1) AND (?2 = '' OR id = ?2) ORDER BY seq DESC LIMIT ?3");
+  kind ? st.bind(1, toString(*kind)) : st.bindNull(1);
+  st.bind(2, id);
+  st.bind(3, static_cast<int64_t>(std::min<size_t>(limit, INT64_MAX)));
+  std::vector<EvidenceRow> out;
+  for (;;) {
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (!*r) break;
+    auto k = parseObjectKind(st.text(1));
+    auto src = parseSource(st.text(3));
+    if (!k || !src) return Error{0, "store: " + what + ": bad kind or source in the database"};
+    EvidenceRow& e = out.emplace_back();
+    e.seq = st.i64(0);
+    e.kind = *k;
+    st.textInto(2, e.id);
+    readEvidence(st, 4, *src, e.ev);
   }
   return out;
 }

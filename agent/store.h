@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -65,6 +66,42 @@ struct ObjectRecord {
 enum class Decision { Attribute, Keep };
 Decision decide(const ObjectRecord* existing, const Evidence& ev, bool brings_new);
 
+// Schema v2: quotas and measured usage (issue 3).
+
+// One image layer as measured on the host: counted once, whoever shares it.
+struct LayerRecord {
+  std::string id;            // chain id ("sha256:..."): the layer on disk, parent chain included
+  uint64_t size_bytes = 0;   // Docker's DiffSize of this layer alone
+  std::optional<uint32_t> owner_uid;  // billed uid of the image that brought it; nullopt = unattributed
+  std::string owner_image;   // that image's id ("" when unattributed)
+  double first_seen = 0;     // unix seconds the agent first measured it
+};
+
+// A device's default quota (qman DeviceDefaultQuota); limits in 1 KiB blocks.
+struct DeviceDefault {
+  std::string device;
+  uint64_t block_soft_kib = 0;
+  uint64_t block_hard_kib = 0;
+  uint64_t inode_soft = 0;
+  uint64_t inode_hard = 0;
+};
+
+// An object's owner split into its layers (the attribution-detail view).
+struct AttributionDetail {
+  ObjectRecord record;                 // owner = the effective one
+  std::optional<Evidence> automatic;   // best kernel/label evidence, nullopt = none
+  std::optional<Evidence> override_;   // the admin override, if any
+  std::string resolver;                // who set the override ("" unknown)
+};
+
+// One evidence row with its key (the events view).
+struct EvidenceRow {
+  int64_t seq = 0;           // insertion order, stable id
+  ObjectKind kind = ObjectKind::Container;
+  std::string id;
+  Evidence ev;
+};
+
 struct ReconcileResult {
   size_t added = 0;   // present in Docker, unknown to the store: inserted unattributed
   size_t gone = 0;    // in the store, not in Docker: marked gone
@@ -73,7 +110,7 @@ struct ReconcileResult {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens (creating if needed) and migrates. Refuses a file whose schema is
   // newer than this build knows, naming both versions.
@@ -112,6 +149,34 @@ class Store {
 
   // Every evidence row for an object, oldest first (the attribution-detail view).
   Result<std::vector<Evidence>> evidence(ObjectKind kind, const std::string& id) const;
+
+  // --- v2: quotas and usage --------------------------------------------------
+  // Per-uid Docker limit in 1 KiB blocks. 0 removes the row (0 = no limit).
+  Status setUserLimit(uint32_t uid, uint64_t block_hard_kib, double now);
+  // Every stored (non-zero) limit, by uid.
+  Result<std::map<uint32_t, uint64_t>> userLimits() const;
+  // Several limits in one transaction (batch, default application).
+  Status setUserLimits(const std::map<uint32_t, uint64_t>& kib_by_uid, double now);
+
+  Status setDeviceDefault(const DeviceDefault& d, double now);
+  Result<std::optional<DeviceDefault>> deviceDefault(const std::string& device) const;
+
+  // Replaces the layer table with `present` in one transaction: sizes and
+  // owners are updated, first_seen is kept for known layers (now for new ones),
+  // layers no image has any more are deleted. Returns the rows as stored.
+  Result<std::vector<LayerRecord>> syncLayers(const std::vector<LayerRecord>& present, double now);
+  Result<std::vector<LayerRecord>> layers() const;
+
+  // Last measured size of live objects (objects.size_bytes), in one transaction.
+  Status setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& bytes_by_id);
+
+  Result<std::optional<AttributionDetail>> detail(ObjectKind kind, const std::string& id) const;
+  // setOverride() plus who did it (the qman master's manual_resolver).
+  Status setOverride(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver);
+  // Evidence rows, newest first: of one object when `id` is set, else of every
+  // object of `kind` (all kinds when nullopt); at most `limit`.
+  Result<std::vector<EvidenceRow>> evidenceRows(std::optional<ObjectKind> kind, const std::string& id,
+                                                size_t limit) const;
 
  private:
   Store(sqlite3* db, std::string path);

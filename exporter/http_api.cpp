@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <pwd.h>
 
+#include <chrono>
 #include <ctime>
 #include <httplib.h>
 
@@ -192,6 +193,11 @@ Result<int> ApiServer::start() {
                    std::string(kSub) + ": cannot listen on " + opt_.address + ":" + std::to_string(opt_.port));
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // httplib's stop() does nothing until the listen thread has marked itself
+  // running; return only then, so a stop() right after start() cannot hang.
+  for (int i = 0; i < 1000 && !server_->is_running(); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   LOG_INFO(kSub, "listening on http://%s:%d", opt_.address.c_str(), port);
   return port;
 }

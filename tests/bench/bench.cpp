@@ -198,21 +198,17 @@ std::vector<double> attributionLatencyMs(const std::string& sock, const Agent& a
     ids->push_back(id);
     for (;;) {
       auto r = api.Get("/api/v1/containers");
-      if (!r) fprintf(stderr, "bench: GET failed: %s\n", httplib::to_string(r.error()).c_str());
-      else if (r->status != 200) fprintf(stderr, "bench: GET %d %s\n", r->status, r->body.c_str());
       bool found = false;
       if (r && r->status == 200) {
-        for (const auto& c : json::parse(r->body)["containers"]) {
+        // Keep the parsed document alive: a range-for over a member of a
+        // temporary would read freed memory (C++20 does not extend it).
+        const json listing = json::parse(r->body);
+        for (const auto& c : listing["containers"]) {
           if (c["id"] == id && !c["uid"].is_null()) found = true;
         }
       }
       if (found) break;
       if (nowNs() - replied > 5e9) {
-        if (r) {
-          for (const auto& c : json::parse(r->body)["containers"]) {
-            if (c["id"] == id) fprintf(stderr, "bench: listed as %s\n", c.dump().c_str());
-          }
-        }
         fprintf(stderr, "bench: %s not attributed after 5 s; agent log in %s/agent.log\n", id.c_str(), agent.dir.c_str());
         exit(1);
       }

@@ -69,3 +69,38 @@ TEST_CASE("config: a missing file is an error unless optional", "[config]") {
   REQUIRE(d.ok());
   CHECK(d->listen_port == 8436);
 }
+
+TEST_CASE("config: qman keys (TLS pair, intervals, reserved bytes)", "[config][qman]") {
+  auto d = parseConfig("{}", "t.json");
+  REQUIRE(d.ok());
+  CHECK(d->usage_interval_s == 60);
+  CHECK(d->default_apply_interval_s == 600);
+  CHECK(d->docker_quota_enabled);
+  CHECK(d->docker_quota_reserved_bytes == 0);
+  CHECK(d->tls_cert_file.empty());
+
+  auto ok = parseConfig(R"({"usage_interval_s": 5, "default_apply_interval_s": 3600,
+                            "docker_quota_reserved_bytes": 1099511627776, "docker_quota_enabled": false,
+                            "docker_data_root": "/srv/docker"})",
+                        "t.json");
+  REQUIRE(ok.ok());
+  CHECK(ok->usage_interval_s == 5);
+  CHECK(ok->docker_quota_reserved_bytes == 1099511627776ULL);
+  CHECK_FALSE(ok->docker_quota_enabled);
+  CHECK(ok->docker_data_root == "/srv/docker");
+
+  for (const char* bad : {R"({"usage_interval_s": 1})", R"({"usage_interval_s": "60"})",
+                          R"({"default_apply_interval_s": 0})", R"({"docker_quota_reserved_bytes": -1})",
+                          R"({"docker_quota_reserved_bytes": 1.5})", R"({"docker_data_root": "rel/path"})",
+                          R"({"tls_cert_file": "/etc/hostname"})", R"({"tls_key_file": "/etc/hostname"})",
+                          R"({"tls_cert_file": "/nonexistent.pem", "tls_key_file": "/nonexistent.key"})"}) {
+    INFO(bad);
+    auto c = parseConfig(bad, "t.json");
+    CHECK_FALSE(c.ok());
+  }
+  auto one = parseConfig(R"({"tls_cert_file": "/etc/hostname"})", "t.json");
+  REQUIRE_FALSE(one.ok());
+  CHECK_THAT(one.error().message, Catch::Contains("set both tls_cert_file and tls_key_file"));
+  auto both = parseConfig(R"({"tls_cert_file": "/etc/hostname", "tls_key_file": "/etc/hostname"})", "t.json");
+  CHECK(both.ok());
+}

@@ -133,16 +133,16 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
   TempDir dir;
   const std::string path = dir.file("state.db");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 1);
+  CHECK(store->schemaVersion() == 2);
   CHECK(store->schemaVersion() == Store::kSchemaVersion);
-  CHECK(Store::migrations().size() == 1);
+  CHECK(Store::migrations().size() == 2);
   CHECK(store->path() == path);
 
   RawDb raw(path);
-  CHECK(raw.scalar("PRAGMA user_version") == "1");
+  CHECK(raw.scalar("PRAGMA user_version") == "2");
   CHECK(raw.scalar("PRAGMA journal_mode") == "wal");
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
-        std::vector<std::string>{"evidence", "meta", "objects", "overrides"});
+        std::vector<std::string>{"device_defaults", "evidence", "layers", "meta", "objects", "overrides", "user_limits"});
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name") ==
         std::vector<std::string>{"evidence_by_object", "objects_by_first_seen", "objects_by_name"});
   CHECK(raw.column("SELECT key FROM meta") == std::vector<std::string>{"created_at"});
@@ -161,7 +161,7 @@ TEST_CASE("store: an existing empty file is a new database", "[store]") {
   const std::string path = dir.file("state.db");
   writeBytes(path, "");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 1);
+  CHECK(store->schemaVersion() == 2);
 }
 
 TEST_CASE("store: everything survives a restart", "[store]") {
@@ -182,7 +182,7 @@ TEST_CASE("store: everything survives a restart", "[store]") {
     REQUIRE(store->markGone(ObjectKind::Volume, "old", 60));
   }
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 1);
+  CHECK(store->schemaVersion() == 2);
 
   ObjectRecord r = getOk(*store, ObjectKind::Container, c1);
   CHECK(r.kind == ObjectKind::Container);
@@ -238,7 +238,7 @@ TEST_CASE("store: a file from a newer dockquotad is refused and left untouched",
     RawDb raw(path);
     if (wal) raw.exec("PRAGMA journal_mode = WAL");
     raw.exec("CREATE TABLE objects (kind TEXT, id TEXT, future TEXT); INSERT INTO objects VALUES ('image', 'x', 'y');");
-    raw.exec("PRAGMA user_version = 2");
+    raw.exec("PRAGMA user_version = " + std::to_string(Store::kSchemaVersion + 1));
   }
   const std::string before = readBytes(path);
   REQUIRE(before.size() > 0);
@@ -246,7 +246,8 @@ TEST_CASE("store: a file from a newer dockquotad is refused and left untouched",
   auto s = Store::open(path);
   REQUIRE_FALSE(s.ok());
   CHECK(s.error().message ==
-        "store: " + path + " has schema version 2, this dockquotad knows up to 1; refusing to downgrade");
+        "store: " + path + " has schema version " + std::to_string(Store::kSchemaVersion + 1) +
+            ", this dockquotad knows up to " + std::to_string(Store::kSchemaVersion) + "; refusing to downgrade");
   CHECK(readBytes(path) == before);
   CHECK_FALSE(fs::exists(path + "-wal"));
   CHECK_FALSE(fs::exists(path + "-journal"));
@@ -302,7 +303,7 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
       auto s = Store::open(path, v2);
       INFO((s ? std::string() : s.error().message));
       REQUIRE(s.ok());
-      CHECK((*s)->schemaVersion() == 2);
+      CHECK((*s)->schemaVersion() == Store::kSchemaVersion + 1);
       CHECK(getOk(**s, ObjectKind::Image, "sha256:" + hexId('a')).name == "alpine:3");
     }
     {
@@ -314,24 +315,25 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
       auto s = Store::open(path, v2);  // already at v2: nothing to run
       INFO((s ? std::string() : s.error().message));
       REQUIRE(s.ok());
-      CHECK((*s)->schemaVersion() == 2);
+      CHECK((*s)->schemaVersion() == Store::kSchemaVersion + 1);
     }
     {
       RawDb raw(path);
       CHECK(raw.scalar("SELECT count(*) FROM meta WHERE key = 'fake_v2'") == "1");
-      CHECK(raw.scalar("PRAGMA user_version") == "2");
+      CHECK(raw.scalar("PRAGMA user_version") == std::to_string(Store::kSchemaVersion + 1));
     }
     // And the v1 build now refuses it.
     auto old = Store::open(path);
     REQUIRE_FALSE(old.ok());
     CHECK(old.error().message ==
-          "store: " + path + " has schema version 2, this dockquotad knows up to 1; refusing to downgrade");
+          "store: " + path + " has schema version " + std::to_string(Store::kSchemaVersion + 1) +
+              ", this dockquotad knows up to " + std::to_string(Store::kSchemaVersion) + "; refusing to downgrade");
   }
 
   SECTION("empty file -> v2 in one open") {
     auto s = Store::open(path, v2);
     REQUIRE(s.ok());
-    CHECK((*s)->schemaVersion() == 2);
+    CHECK((*s)->schemaVersion() == Store::kSchemaVersion + 1);
     RawDb raw(path);
     CHECK(raw.scalar("SELECT count(*) FROM meta") == "2");
   }
@@ -343,7 +345,7 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
     other.exec("PRAGMA busy_timeout = 5000");
     other.exec("BEGIN IMMEDIATE");
     other.exec(v2.back());
-    other.exec("PRAGMA user_version = 2");
+    other.exec("PRAGMA user_version = " + std::to_string(Store::kSchemaVersion + 1));
     Result<std::unique_ptr<Store>> ours = Error{0, "not run"};
     std::thread t([&] { ours = Store::open(path, v2); });  // reads v1, then waits for the lock
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -351,7 +353,7 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
     t.join();
     INFO((ours ? std::string() : ours.error().message));
     REQUIRE(ours.ok());
-    CHECK((*ours)->schemaVersion() == 2);
+    CHECK((*ours)->schemaVersion() == Store::kSchemaVersion + 1);
     CHECK(other.scalar("SELECT count(*) FROM meta WHERE key = 'fake_v2'") == "1");
   }
 
@@ -361,9 +363,10 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
     bad.push_back("CREATE TABLE half_done (x); SELECT * FROM no_such_table;");
     auto s = Store::open(path, bad);
     REQUIRE_FALSE(s.ok());
-    CHECK(s.error().message == "store: " + path + ": migration to schema version 2: no such table: no_such_table");
+    CHECK(s.error().message == "store: " + path + ": migration to schema version " + std::to_string(Store::kSchemaVersion + 1) +
+                                   ": no such table: no_such_table");
     RawDb raw(path);
-    CHECK(raw.scalar("PRAGMA user_version") == "1");
+    CHECK(raw.scalar("PRAGMA user_version") == std::to_string(Store::kSchemaVersion));
     CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'") == "0");
   }
 }

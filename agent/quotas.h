@@ -1,0 +1,88 @@
+// Docker quotas as qman keeps them: one hard limit per uid in 1 KiB blocks
+// (0 = no limit), a default per device, and the rules that set limits in bulk
+// (batch, periodic default application). Limits live in the Store and are
+// mirrored in memory, so a request reads them without SQLite.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/result.h"
+#include "agent/store.h"
+
+namespace dockquota {
+
+constexpr const char* kDockerDevice = "docker";  // qman's device name and device= value
+
+// qman's user filter (spec §3.2): 1000 <= uid <= 9999 and not nobody.
+constexpr uint32_t kMinManagedUid = 1000;
+constexpr uint32_t kMaxManagedUid = 9999;
+constexpr uint32_t kNobodyUid = 65534;
+constexpr bool managedUid(uint32_t uid) {
+  return uid >= kMinManagedUid && uid <= kMaxManagedUid && uid != kNobodyUid;
+}
+
+// The largest limit we accept: 1 PiB in KiB blocks. As bytes (2^50) it leaves
+// room for 9,000 users' limits summed in 64 bits (spec L = sum of limits).
+constexpr uint64_t kMaxLimitKiB = uint64_t(1) << 40;
+
+constexpr uint64_t kGiB = uint64_t(1) << 30;
+
+// a + b, stuck at UINT64_MAX instead of wrapping.
+constexpr uint64_t satAdd(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
+// The limit the default gives a user who has none (qman's periodic job): the
+// default itself, or, when usage already exceeds it, usage + 2 GiB rounded up
+// to whole GiB (qman gives soft usage + 1 GiB, hard + 2 GiB; Docker has only hard).
+uint64_t defaultLimitKiB(uint64_t default_kib, uint64_t usage_bytes);
+
+// POST /remote-api/quotas/batch, Docker rules (spec §4.2).
+struct BatchRequest {
+  uint64_t block_hard_kib = 0;
+  bool preserve_if_nonzero = false;
+  bool preserve_if_usage_exceeds = false;
+};
+struct BatchPlan {
+  std::map<uint32_t, uint64_t> set;  // uid -> new limit
+  size_t total_users = 0;
+  size_t skipped_users = 0;
+};
+// `eligible`: managed uids from passwd. `usage_of(uid)`: block_current in bytes.
+BatchPlan planBatch(const std::vector<uint32_t>& eligible, const std::map<uint32_t, uint64_t>& limits,
+                    const std::map<uint32_t, uint64_t>& usage_bytes, const BatchRequest& req);
+
+// Periodic default application: every candidate with no limit gets
+// defaultLimitKiB(); users with a limit are left alone.
+std::map<uint32_t, uint64_t> planDefaults(const std::vector<uint32_t>& candidates,
+                                          const std::map<uint32_t, uint64_t>& limits,
+                                          const std::map<uint32_t, uint64_t>& usage_bytes, uint64_t default_kib);
+
+class QuotaBook {
+ public:
+  using Limits = std::map<uint32_t, uint64_t>;  // uid -> KiB, only non-zero
+
+  static Result<std::unique_ptr<QuotaBook>> load(Store& store);
+
+  // Immutable view; swapped on every write.
+  std::shared_ptr<const Limits> limits() const;
+  uint64_t limitKiB(uint32_t uid) const;
+  // Write-through: the store first, then memory. 0 removes the limit.
+  Status setLimit(uint32_t uid, uint64_t kib);
+  Status setLimits(const Limits& kib_by_uid);
+
+  Result<std::optional<DeviceDefault>> deviceDefault(const std::string& device) const;
+  Status setDeviceDefault(const DeviceDefault& d);
+
+ private:
+  explicit QuotaBook(Store& store, Limits limits);
+  Store& store_;
+  mutable std::mutex mu_;  // serialises writers and guards limits_
+  std::shared_ptr<const Limits> limits_;
+};
+
+}  // namespace dockquota

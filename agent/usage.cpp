@@ -1,0 +1,493 @@
+#include "agent/usage.h"
+
+#include <openssl/evp.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <tuple>
+
+#include "agent/attributor.h"
+#include "agent/log.h"
+#include "agent/quotas.h"
+
+namespace dockquota {
+namespace {
+
+constexpr const char* kSub = "usage";
+using json = nlohmann::json;
+
+double now() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+std::string sha256Hex(const std::string& in) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(in.data(), in.size(), md, &n, EVP_sha256(), nullptr);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < n; i++) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+// Docker sends -1 for "not computed" and sizes as signed 64-bit.
+std::optional<uint64_t> sizeField(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_number_integer()) return std::nullopt;
+  const int64_t v = it->get<int64_t>();
+  if (v < 0) return std::nullopt;
+  return static_cast<uint64_t>(v);
+}
+
+std::string str(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  return it != obj.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// <root>/image/<driver>/layerdb/sha256/<hex>/size: the layer's DiffSize as
+// the layer store recorded it (decimal text).
+std::optional<uint64_t> layerDbSize(const std::string& root, const std::string& driver, const std::string& chain) {
+  static const std::string kPrefix = "sha256:";
+  if (root.empty() || driver.empty() || chain.compare(0, kPrefix.size(), kPrefix) != 0) return std::nullopt;
+  std::ifstream f(root + "/image/" + driver + "/layerdb/sha256/" + chain.substr(kPrefix.size()) + "/size");
+  uint64_t v = 0;
+  if (!(f >> v)) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::vector<std::string> chainIds(const std::vector<std::string>& diff_ids) {
+  std::vector<std::string> out;
+  out.reserve(diff_ids.size());
+  for (const auto& d : diff_ids) out.push_back(out.empty() ? d : "sha256:" + sha256Hex(out.back() + " " + d));
+  return out;
+}
+
+uint64_t directoryBytes(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::set<std::pair<dev_t, ino_t>> seen;
+  uint64_t total = 0;
+  for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
+       !ec && it != end; it.increment(ec)) {
+    struct stat st {};
+    if (lstat(it->path().c_str(), &st) != 0 || S_ISDIR(st.st_mode) || st.st_size == 0) continue;
+    if (!seen.emplace(st.st_dev, st.st_ino).second) continue;
+    total += static_cast<uint64_t>(st.st_size);
+  }
+  return total;
+}
+
+// --- DockerUsageSource ---------------------------------------------------------
+
+DockerUsageSource::DockerUsageSource(DockerClient& docker) : docker_(docker) {}
+
+Result<std::vector<std::string>> DockerUsageSource::chainOf(const std::string& image_id) {
+  if (auto it = chains_.find(image_id); it != chains_.end()) return it->second;
+  auto inspect = docker_.inspectImage(image_id);
+  if (!inspect) return inspect.error();
+  std::vector<std::string> diffs;
+  const json& layers = (*inspect)["RootFS"]["Layers"];
+  if (layers.is_array()) {
+    for (const auto& l : layers)
+      if (l.is_string()) diffs.push_back(l.get<std::string>());
+  }
+  auto chain = chainIds(diffs);
+  chains_[image_id] = chain;
+  return chain;
+}
+
+Result<UsageFigures> DockerUsageSource::measure() {
+  UsageFigures f;
+  f.measured_at = now();
+  auto info = docker_.getJson("/info");
+  if (!info) return info.error().context("usage: docker info");
+  f.data_root = str(*info, "DockerRootDir");
+  const std::string driver = str(*info, "Driver");
+
+  auto df = docker_.systemDf();
+  if (!df) return df.error().context("usage");
+  if (const json& cs = (*df)["Containers"]; cs.is_array()) {
+    for (const auto& c : cs) {
+      ContainerFigure& cf = f.containers.emplace_back();
+      cf.id = str(c, "Id");
+      if (auto n = c.find("Names"); n != c.end() && n->is_array() && !n->empty() && (*n)[0].is_string()) {
+        cf.name = (*n)[0].get<std::string>();
+        if (!cf.name.empty() && cf.name[0] == '/') cf.name.erase(0, 1);
+      }
+      cf.image_id = str(c, "ImageID");
+      cf.status = str(c, "State");
+      cf.size_rw = sizeField(c, "SizeRw").value_or(0);
+    }
+  }
+  if (const json& vs = (*df)["Volumes"]; vs.is_array()) {
+    for (const auto& v : vs) {
+      VolumeFigure& vf = f.volumes.emplace_back();
+      vf.name = str(v, "Name");
+      vf.mountpoint = str(v, "Mountpoint");
+      if (auto u = v.find("UsageData"); u != v.end() && u->is_object()) {
+        vf.reported = sizeField(*u, "Size");
+        vf.ref_count = sizeField(*u, "RefCount").value_or(0);
+      }
+      vf.size = vf.reported ? *vf.reported : (vf.mountpoint.empty() ? 0 : directoryBytes(vf.mountpoint));
+    }
+  }
+
+  auto images = docker_.getJson("/images/json?all=1");
+  if (!images) return images.error().context("usage");
+  std::set<std::string> live;
+  if (images->is_array()) {
+    for (const auto& i : *images) {
+      ImageFigure& img = f.images.emplace_back();
+      img.id = str(i, "Id");
+      live.insert(img.id);
+      if (auto t = i.find("RepoTags"); t != i.end() && t->is_array()) {
+        for (const auto& tag : *t)
+          if (tag.is_string() && tag.get<std::string>() != "<none>:<none>") img.tags.push_back(tag.get<std::string>());
+      }
+      img.size = sizeField(i, "Size").value_or(0);
+      if (auto c = sizeField(i, "Created")) img.created = static_cast<double>(*c);
+      auto chain = chainOf(img.id);
+      if (!chain) {
+        // Removed between the list and the inspect: measured next time.
+        LOG_DEBUG(kSub, "%s", chain.error().message.c_str());
+        f.images.pop_back();
+        continue;
+      }
+      img.layers = *chain;
+    }
+  }
+  // Forget images Docker no longer has (ids are content hashes: never reused for other content).
+  std::erase_if(chains_, [&](const auto& kv) { return !live.count(kv.first); });
+  std::erase_if(history_sizes_, [&](const auto& kv) { return !live.count(kv.first); });
+
+  for (const ImageFigure& img : f.images) {
+    for (size_t i = 0; i < img.layers.size(); i++) {
+      const std::string& chain = img.layers[i];
+      if (f.layer_sizes.count(chain)) continue;
+      if (auto size = layerDbSize(f.data_root, driver, chain)) {
+        f.layer_sizes[chain] = *size;
+        continue;
+      }
+      // Fallback: /images/{id}/history lists one entry per history step,
+      // newest first, with the layer's DiffSize on steps that made a layer.
+      // Empty steps are not flagged; a zero-size step is taken as empty only
+      // when there are more steps than layers left.
+      auto hs = history_sizes_.find(img.id);
+      if (hs == history_sizes_.end()) {
+        auto hist = docker_.getJson("/images/" + img.id + "/history");
+        if (!hist) return hist.error().context("usage");
+        std::vector<uint64_t> sizes;
+        if (hist->is_array()) {
+          for (auto it = hist->rbegin(); it != hist->rend(); ++it) sizes.push_back(sizeField(*it, "Size").value_or(0));
+        }
+        std::map<std::string, uint64_t> by_chain;
+        size_t layer = 0;
+        for (size_t step = 0; step < sizes.size() && layer < img.layers.size(); step++) {
+          const size_t steps_left = sizes.size() - step, layers_left = img.layers.size() - layer;
+          if (sizes[step] == 0 && steps_left > layers_left) continue;
+          by_chain[img.layers[layer++]] = sizes[step];
+        }
+        hs = history_sizes_.emplace(img.id, std::move(by_chain)).first;
+      }
+      auto s = hs->second.find(chain);
+      f.layer_sizes[chain] = s == hs->second.end() ? 0 : s->second;
+    }
+  }
+  return f;
+}
+
+// --- account ---------------------------------------------------------------------
+
+uint64_t UsageSnapshot::attributedTo(const std::function<bool(uint32_t)>& managed) const {
+  uint64_t sum = 0;
+  for (const auto& [uid, u] : users)
+    if (managed(uid)) sum = satAdd(sum, u.total());
+  return sum;
+}
+
+namespace {
+
+void setOwner(UsageRow& row, const ObjectRecord& rec, bool bill_root) {
+  row.known = true;
+  row.first_seen = rec.first_seen;
+  if (!rec.owner) return;
+  row.uid = billedUid(*rec.owner, bill_root);
+  row.source = rec.owner->source;
+  row.method = rec.owner->method;
+  row.attributed_at = rec.owner->time;
+}
+
+template <typename Figure>
+std::map<std::string, const Figure*> indexBy(const std::vector<Figure>& v, std::string Figure::*key) {
+  std::map<std::string, const Figure*> m;
+  for (const auto& f : v) m.emplace(f.*key, &f);
+  return m;
+}
+
+}  // namespace
+
+UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_root) {
+  UsageSnapshot s;
+  s.measured_at = f.measured_at;
+  s.data_root = f.data_root;
+
+  // Containers: the store's, with Docker's sizes, plus any Docker has that we never saw.
+  auto containers = indexBy(f.containers, &ContainerFigure::id);
+  auto addContainer = [&](const ContainerFigure* fig, const ObjectRecord* rec) {
+    UsageRow& r = s.containers.emplace_back();
+    r.kind = ObjectKind::Container;
+    r.id = fig ? fig->id : rec->id;
+    r.name = rec && !rec->name.empty() ? rec->name : (fig ? fig->name : "");
+    r.parent = fig ? fig->image_id : rec->parent;
+    r.status = fig ? fig->status : "";
+    r.size_bytes = fig ? fig->size_rw : 0;
+    if (rec) setOwner(r, *rec, bill_root);
+    s.container_bytes += r.size_bytes;
+    if (r.uid) s.users[*r.uid].container_bytes += r.size_bytes;
+  };
+  for (const auto& rec : owners.containers) {
+    auto it = containers.find(rec.id);
+    addContainer(it == containers.end() ? nullptr : it->second, &rec);
+    if (it != containers.end()) containers.erase(it);
+  }
+  for (const auto& [id, fig] : containers) addContainer(fig, nullptr);
+
+  // Volumes, the same way.
+  auto volumes = indexBy(f.volumes, &VolumeFigure::name);
+  auto addVolume = [&](const VolumeFigure* fig, const ObjectRecord* rec) {
+    UsageRow& r = s.volumes.emplace_back();
+    r.kind = ObjectKind::Volume;
+    r.id = r.name = fig ? fig->name : rec->id;
+    r.parent = rec ? rec->parent : "";
+    r.size_bytes = fig ? fig->size : 0;
+    if (fig) {
+      r.reported_size = fig->reported;
+      r.ref_count = fig->ref_count;
+    }
+    if (rec) setOwner(r, *rec, bill_root);
+    s.volume_bytes += r.size_bytes;
+    if (r.uid) s.users[*r.uid].volume_bytes += r.size_bytes;
+  };
+  for (const auto& rec : owners.volumes) {
+    auto it = volumes.find(rec.id);
+    addVolume(it == volumes.end() ? nullptr : it->second, &rec);
+    if (it != volumes.end()) volumes.erase(it);
+  }
+  for (const auto& [name, fig] : volumes) addVolume(fig, nullptr);
+
+  // Images: the store's (live), plus tagged ones we never saw. Untagged
+  // images unknown to the store are a build's intermediate images: their
+  // layers are counted below, they are not listed.
+  auto images = indexBy(f.images, &ImageFigure::id);
+  std::vector<const ObjectRecord*> by_age;
+  for (const auto& rec : owners.images) by_age.push_back(&rec);
+  std::sort(by_age.begin(), by_age.end(), [](const ObjectRecord* a, const ObjectRecord* b) {
+    return std::tie(a->first_seen, a->id) < std::tie(b->first_seen, b->id);
+  });
+  auto addImage = [&](const ImageFigure* fig, const ObjectRecord* rec) {
+    UsageRow& r = s.images.emplace_back();
+    r.kind = ObjectKind::Image;
+    r.id = fig ? fig->id : rec->id;
+    if (fig) {
+      r.tags = fig->tags;
+      r.size_bytes = fig->size;
+      r.created = fig->created;
+    }
+    r.name = !r.tags.empty() ? r.tags.front() : (rec ? rec->name : "");
+    if (rec) setOwner(r, *rec, bill_root);
+    s.image_bytes += r.size_bytes;
+  };
+  // Layers go to the earliest live image containing them (a layer first
+  // brought by an unattributed image stays unattributed).
+  std::map<std::string, size_t> layer_row;  // chain id -> index in s.layers
+  auto claimLayers = [&](const ImageFigure& fig, const UsageRow& owner) {
+    for (const auto& chain : fig.layers) {
+      if (layer_row.count(chain)) continue;
+      layer_row[chain] = s.layers.size();
+      UsageRow& l = s.layers.emplace_back();
+      l.kind = ObjectKind::Image;
+      l.id = chain;
+      auto sz = f.layer_sizes.find(chain);
+      l.size_bytes = sz == f.layer_sizes.end() ? 0 : sz->second;
+      if (owner.known) {
+        l.parent = owner.id;
+        l.uid = owner.uid;
+        l.source = owner.source;
+        l.method = owner.method;
+        l.known = true;
+      }
+    }
+  };
+  for (const ObjectRecord* rec : by_age) {
+    auto it = images.find(rec->id);
+    const ImageFigure* fig = it == images.end() ? nullptr : it->second;
+    addImage(fig, rec);
+    if (fig) claimLayers(*fig, s.images.back());
+    if (it != images.end()) images.erase(it);
+  }
+  for (const auto& [id, fig] : images) {
+    if (!fig->tags.empty()) addImage(fig, nullptr);
+    claimLayers(*fig, UsageRow{});
+  }
+  for (const UsageRow& l : s.layers) {
+    s.layer_bytes += l.size_bytes;
+    if (l.uid) s.users[*l.uid].image_layer_bytes += l.size_bytes;
+  }
+
+  s.total_bytes = s.container_bytes + s.layer_bytes + s.volume_bytes;
+  for (const auto* list : {&owners.containers, &owners.images, &owners.volumes}) {
+    for (const auto& rec : *list)
+      s.counts[toString(rec.kind)][rec.owner ? toString(rec.owner->source) : "unattributed"]++;
+  }
+  // Zero rows are not users with usage.
+  std::erase_if(s.users, [](const auto& kv) { return kv.second.total() == 0; });
+  return s;
+}
+
+// --- UsageAccountant ------------------------------------------------------------
+
+UsageAccountant::UsageAccountant(Store& store, std::unique_ptr<UsageSource> source, Options options)
+    : store_(store), source_(std::move(source)), opt_(options), snap_(std::make_shared<const UsageSnapshot>()) {}
+
+UsageAccountant::~UsageAccountant() { stop(); }
+
+void UsageAccountant::start() {
+  {
+    std::lock_guard<std::mutex> l(cv_mu_);
+    stop_ = false;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+void UsageAccountant::stop() {
+  {
+    std::lock_guard<std::mutex> l(cv_mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void UsageAccountant::refreshNow() {
+  {
+    std::lock_guard<std::mutex> l(cv_mu_);
+    wake_ = true;
+  }
+  cv_.notify_all();
+}
+
+void UsageAccountant::run() {
+  std::unique_lock<std::mutex> l(cv_mu_);
+  while (!stop_) {
+    wake_ = false;
+    l.unlock();
+    if (auto s = refresh(); !s) LOG_WARN(kSub, "%s", s.error().message.c_str());
+    l.lock();
+    cv_.wait_for(l, opt_.interval, [this] { return stop_ || wake_; });
+  }
+}
+
+Status UsageAccountant::refresh() {
+  std::lock_guard<std::mutex> work(work_mu_);
+  auto figures = source_->measure();
+  {
+    std::lock_guard<std::mutex> l(snap_mu_);
+    figures ? measurements_++ : failures_++;
+  }
+  if (!figures) {
+    // Keep serving the last figures (with owners re-read), and say why they are old.
+    if (auto s = publish(figures_, have_figures_, figures.error().message); !s) return s;
+    return figures.error();
+  }
+  figures_ = std::move(*figures);
+  have_figures_ = true;
+  if (auto s = store_.setSizes(ObjectKind::Container, [&] {
+        std::map<std::string, uint64_t> m;
+        for (const auto& c : figures_.containers) m[c.id] = c.size_rw;
+        return m;
+      }());
+      !s)
+    return s;
+  if (auto s = store_.setSizes(ObjectKind::Volume, [&] {
+        std::map<std::string, uint64_t> m;
+        for (const auto& v : figures_.volumes) m[v.name] = v.size;
+        return m;
+      }());
+      !s)
+    return s;
+  if (auto s = store_.setSizes(ObjectKind::Image, [&] {
+        std::map<std::string, uint64_t> m;
+        for (const auto& i : figures_.images) m[i.id] = i.size;
+        return m;
+      }());
+      !s)
+    return s;
+  return publish(figures_, true, "");
+}
+
+Status UsageAccountant::rejoin() {
+  std::lock_guard<std::mutex> work(work_mu_);
+  std::string error;
+  {
+    std::lock_guard<std::mutex> l(snap_mu_);
+    error = snap_->error;
+  }
+  return publish(figures_, have_figures_, error);
+}
+
+Status UsageAccountant::publish(const UsageFigures& figures, bool measured, const std::string& error) {
+  OwnerView owners;
+  for (auto [kind, out] : {std::pair{ObjectKind::Container, &owners.containers},
+                           std::pair{ObjectKind::Image, &owners.images}, std::pair{ObjectKind::Volume, &owners.volumes}}) {
+    auto rows = store_.list(kind);
+    if (!rows) return rows.error().context(kSub);
+    *out = std::move(*rows);
+  }
+  auto snap = std::make_shared<UsageSnapshot>(account(figures, owners, opt_.bill_root_to_login_uid));
+  snap->measured = measured;
+  snap->error = error;
+  snap->source = source_->name();
+  if (measured) {
+    // Remember each layer's first sighting (and owner) across restarts.
+    std::vector<LayerRecord> rows;
+    rows.reserve(snap->layers.size());
+    for (const auto& l : snap->layers) rows.push_back({l.id, l.size_bytes, l.uid, l.parent, 0});
+    auto stored = store_.syncLayers(rows, figures.measured_at);
+    if (!stored) return stored.error().context(kSub);
+    std::map<std::string, double> first;
+    for (const auto& r : *stored) first[r.id] = r.first_seen;
+    for (auto& l : snap->layers) l.first_seen = first[l.id];
+  }
+  std::lock_guard<std::mutex> l(snap_mu_);
+  snap->generation = snap_->generation + 1;
+  snap_ = std::move(snap);
+  return {};
+}
+
+std::shared_ptr<const UsageSnapshot> UsageAccountant::snapshot() const {
+  std::lock_guard<std::mutex> l(snap_mu_);
+  return snap_;
+}
+
+uint64_t UsageAccountant::measurements() const {
+  std::lock_guard<std::mutex> l(snap_mu_);
+  return measurements_;
+}
+
+uint64_t UsageAccountant::failures() const {
+  std::lock_guard<std::mutex> l(snap_mu_);
+  return failures_;
+}
+
+}  // namespace dockquota

@@ -1,0 +1,208 @@
+// Usage accounting: how many bytes each uid's Docker objects take.
+//
+//   UsageSource     measures raw figures (sizes per container, image layer and
+//                   volume). DockerUsageSource reads Docker's own figures; a
+//                   later issue swaps in kernel project-quota figures behind the
+//                   same interface.
+//   account()       pure: joins figures with the owners in the Store into a
+//                   UsageSnapshot (per-uid sums, device totals, detail rows).
+//   UsageAccountant measures on a thread (every `interval`, or refreshNow())
+//                   and publishes an immutable snapshot; HTTP requests read it
+//                   from memory, never Docker or SQLite.
+//
+// Rules: a container's writable layer (SizeRw) and a volume belong to their
+// owner; an image layer (by chain id) is counted once on the host and belongs
+// to the owner of the earliest-first_seen live image that contains it; if that
+// image is unattributed (it was there before anyone we saw), so is the layer.
+// Owners are billedUid() (root acting for a logged-in user bills that user).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/docker_client.h"
+#include "agent/result.h"
+#include "agent/store.h"
+
+namespace dockquota {
+
+// --- figures: what a source measures -------------------------------------------
+
+struct ContainerFigure {
+  std::string id;        // full id
+  std::string name;      // without the leading '/'
+  std::string image_id;  // "sha256:..."
+  std::string status;    // Docker's State ("running", "exited", ...)
+  uint64_t size_rw = 0;  // writable layer bytes
+};
+
+struct ImageFigure {
+  std::string id;                   // "sha256:..."
+  std::vector<std::string> tags;    // RepoTags without "<none>:<none>"
+  uint64_t size = 0;                // Docker's Size (all its layers)
+  std::optional<double> created;    // Docker's Created, unix seconds
+  std::vector<std::string> layers;  // chain ids, base first
+};
+
+struct VolumeFigure {
+  std::string name;
+  uint64_t size = 0;                 // bytes counted (Docker's figure, else our walk)
+  std::optional<uint64_t> reported;  // Docker's UsageData.Size when it gave one
+  uint64_t ref_count = 0;            // containers using it
+  std::string mountpoint;
+};
+
+struct UsageFigures {
+  std::vector<ContainerFigure> containers;
+  std::vector<ImageFigure> images;               // every image (intermediate ones too)
+  std::map<std::string, uint64_t> layer_sizes;   // chain id -> bytes of that layer alone
+  std::vector<VolumeFigure> volumes;
+  std::string data_root;                          // DockerRootDir ("" unknown)
+  double measured_at = 0;                         // unix seconds
+};
+
+class UsageSource {
+ public:
+  virtual ~UsageSource() = default;
+  virtual const char* name() const = 0;  // for logs and /metrics
+  virtual Result<UsageFigures> measure() = 0;
+};
+
+// Docker's own figures: /system/df (SizeRw, volume UsageData), /images/json?all=1,
+// each new image's RootFS (chain ids), layer sizes from the layer store's
+// `size` files (<root>/image/<driver>/layerdb/sha256/<chain>/size, what
+// `docker system df` sums) or, when unreadable, /images/{id}/history. Volumes
+// without a Docker size are walked (apparent bytes, hard links once).
+class DockerUsageSource : public UsageSource {
+ public:
+  explicit DockerUsageSource(DockerClient& docker);
+  const char* name() const override { return "docker"; }
+  Result<UsageFigures> measure() override;
+
+ private:
+  Result<std::vector<std::string>> chainOf(const std::string& image_id);
+  DockerClient& docker_;
+  std::map<std::string, std::vector<std::string>> chains_;  // image id -> chain ids (images are immutable)
+  std::map<std::string, std::map<std::string, uint64_t>> history_sizes_;  // image id -> chain -> bytes
+};
+
+// Chain id of a layer stack from its diff ids (image-spec: ChainID(L0) = DiffID(L0),
+// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))).
+std::vector<std::string> chainIds(const std::vector<std::string>& diff_ids);
+// Apparent bytes of the files under `dir` (hard links once), like Docker's directory.Size.
+uint64_t directoryBytes(const std::string& dir);
+
+// --- the snapshot ---------------------------------------------------------------
+
+struct UserUsage {
+  uint64_t container_bytes = 0;
+  uint64_t image_layer_bytes = 0;
+  uint64_t volume_bytes = 0;
+  uint64_t total() const { return container_bytes + image_layer_bytes + volume_bytes; }
+};
+
+// One object as the Docker pages show it.
+struct UsageRow {
+  ObjectKind kind = ObjectKind::Container;
+  std::string id;                  // container id, image id, layer chain id, volume name
+  std::string name;                // container name, first tag, volume name
+  std::string parent;              // container: image id; image: ""; layer: owning image
+  std::string status;              // container state
+  std::vector<std::string> tags;   // image
+  uint64_t size_bytes = 0;
+  std::optional<uint32_t> uid;     // billed uid; nullopt = unattributed
+  Source source = Source::None;
+  std::string method;              // evidence method of the owner ("image_pull", ...)
+  std::optional<double> attributed_at;
+  std::optional<double> first_seen;
+  std::optional<double> created;   // image: Docker's Created
+  std::optional<uint64_t> reported_size;  // volume: Docker's own figure
+  uint64_t ref_count = 0;          // volume
+  bool known = false;              // in the store (false: Docker has it, we never saw it)
+};
+
+struct UsageSnapshot {
+  uint64_t generation = 0;         // bumps on every publish
+  bool measured = false;           // false until the first successful measurement
+  double measured_at = 0;
+  std::string source;              // UsageSource::name()
+  std::string error;               // last measurement error ("" ok)
+  std::string data_root;
+
+  std::map<uint32_t, UserUsage> users;  // every billed uid with bytes (filter at serve time)
+  uint64_t total_bytes = 0;             // containers + unique layers + volumes
+  uint64_t container_bytes = 0, layer_bytes = 0, volume_bytes = 0, image_bytes = 0;
+
+  std::vector<UsageRow> containers, images, layers, volumes;
+  // Attribution counts: kind -> source name -> live objects.
+  std::map<std::string, std::map<std::string, uint64_t>> counts;
+
+  // Bytes billed to uids inside `managed` (the qman filter); the rest is U.
+  uint64_t attributedTo(const std::function<bool(uint32_t)>& managed) const;
+};
+
+// Live store objects of each kind (Store::list()).
+struct OwnerView {
+  std::vector<ObjectRecord> containers, images, volumes;
+};
+
+UsageSnapshot account(const UsageFigures& figures, const OwnerView& owners, bool bill_root_to_login_uid);
+
+// --- the accountant ----------------------------------------------------------------
+
+class UsageAccountant {
+ public:
+  struct Options {
+    std::chrono::milliseconds interval = std::chrono::seconds(60);
+    bool bill_root_to_login_uid = true;
+  };
+
+  UsageAccountant(Store& store, std::unique_ptr<UsageSource> source, Options options);
+  ~UsageAccountant();  // stops
+
+  void start();
+  void stop();
+  // Wakes the thread for a measurement now (returns at once).
+  void refreshNow();
+  // Measures and publishes on the caller's thread.
+  Status refresh();
+  // Re-reads owners from the store and publishes with the last figures (after
+  // an admin override, so the answer that follows already shows it).
+  Status rejoin();
+
+  std::shared_ptr<const UsageSnapshot> snapshot() const;
+  uint64_t measurements() const;
+  uint64_t failures() const;
+
+ private:
+  Status publish(const UsageFigures& figures, bool measured, const std::string& error);
+  void run();
+
+  Store& store_;
+  std::unique_ptr<UsageSource> source_;
+  Options opt_;
+
+  std::mutex work_mu_;  // one refresh/rejoin at a time; guards figures_
+  UsageFigures figures_;
+  bool have_figures_ = false;
+
+  mutable std::mutex snap_mu_;
+  std::shared_ptr<const UsageSnapshot> snap_;
+  uint64_t measurements_ = 0, failures_ = 0;
+
+  std::mutex cv_mu_;
+  std::condition_variable cv_;
+  bool stop_ = false, wake_ = false;
+  std::thread thread_;
+};
+
+}  // namespace dockquota

@@ -1,0 +1,113 @@
+#include "exporter/metrics.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <functional>
+
+namespace dockquota {
+
+void RequestMetrics::observe(const std::string& route, const std::string& method, int status, double seconds) {
+  std::lock_guard<std::mutex> l(mu_);
+  counts_[{route, method, status}]++;
+  Histogram& h = latency_[{route, method}];
+  for (size_t i = 0; i < kBuckets.size(); i++)
+    if (seconds <= kBuckets[i]) h.buckets[i]++;
+  h.count++;
+  h.sum += seconds;
+}
+
+void RequestMetrics::render(std::string& out) const {
+  std::lock_guard<std::mutex> l(mu_);
+  promHeader(out, "dockquota_http_requests_total", "counter", "HTTP requests answered, by route pattern and status.");
+  for (const auto& [key, n] : counts_) {
+    const auto& [route, method, status] = key;
+    promSample(out, "dockquota_http_requests_total",
+               "route=\"" + promEscape(route) + "\",method=\"" + promEscape(method) + "\",code=\"" +
+                   std::to_string(status) + "\"",
+               n);
+  }
+  promHeader(out, "dockquota_http_request_duration_seconds", "histogram", "Time spent in the handler.");
+  for (const auto& [key, h] : latency_) {
+    const std::string base = "route=\"" + promEscape(key.first) + "\",method=\"" + promEscape(key.second) + "\"";
+    for (size_t i = 0; i < kBuckets.size(); i++) {
+      char le[32];
+      snprintf(le, sizeof le, "%g", kBuckets[i]);
+      promSample(out, "dockquota_http_request_duration_seconds_bucket", base + ",le=\"" + le + "\"", h.buckets[i]);
+    }
+    promSample(out, "dockquota_http_request_duration_seconds_bucket", base + ",le=\"+Inf\"", h.count);
+    promSample(out, "dockquota_http_request_duration_seconds_sum", base, h.sum);
+    promSample(out, "dockquota_http_request_duration_seconds_count", base, h.count);
+  }
+}
+
+std::string promEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+void promHeader(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+namespace {
+void sampleText(std::string& out, const char* name, const std::string& labels, const char* value) {
+  out += name;
+  if (!labels.empty()) {
+    out += '{';
+    out += labels;
+    out += '}';
+  }
+  out += ' ';
+  out += value;
+  out += '\n';
+}
+}  // namespace
+
+void promSample(std::string& out, const char* name, const std::string& labels, double value) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%.17g", value);
+  sampleText(out, name, labels, buf);
+}
+
+void promSample(std::string& out, const char* name, const std::string& labels, uint64_t value) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%" PRIu64, value);
+  sampleText(out, name, labels, buf);
+}
+
+void promProbeCounters(std::string& out, const nlohmann::json& counters) {
+  promHeader(out, "dockquota_probe_counter", "gauge",
+             "BPF probe counters and state (drops by reason, attached = 1), as the probes report them.");
+  std::function<void(const nlohmann::json&, const std::string&)> walk = [&](const nlohmann::json& j,
+                                                                           const std::string& prefix) {
+    for (const auto& [k, v] : j.items()) {
+      const std::string name = prefix.empty() ? k : prefix + "_" + k;
+      if (v.is_object()) {
+        walk(v, name);
+      } else if (v.is_boolean()) {
+        promSample(out, "dockquota_probe_counter", "name=\"" + promEscape(name) + "\"", uint64_t(v.get<bool>()));
+      } else if (v.is_number_unsigned()) {
+        promSample(out, "dockquota_probe_counter", "name=\"" + promEscape(name) + "\"", v.get<uint64_t>());
+      } else if (v.is_number()) {
+        promSample(out, "dockquota_probe_counter", "name=\"" + promEscape(name) + "\"", v.get<double>());
+      }
+    }
+  };
+  if (counters.is_object()) walk(counters, "");
+}
+
+}  // namespace dockquota
