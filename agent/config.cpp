@@ -94,6 +94,7 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"capture_bytes", uintKey(origin, "capture_bytes", &Config::capture_bytes, 512, 4096)},
       {"ringbuf_kib", uintKey(origin, "ringbuf_kib", &Config::ringbuf_kib, 256, 1 << 20)},
       {"poll_interval_ms", uintKey(origin, "poll_interval_ms", &Config::poll_interval_ms, 1, 1000)},
+      {"probe_hook", stringKey(origin, "probe_hook", &Config::probe_hook)},
       {"bill_root_to_login_uid", boolKey(origin, "bill_root_to_login_uid", &Config::bill_root_to_login_uid)},
       {"log_level", stringKey(origin, "log_level", &Config::log_level)},
       {"tls_cert_file", stringKey(origin, "tls_cert_file", &Config::tls_cert_file)},
@@ -144,6 +145,9 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   if ((kib & (kib - 1)) != 0) return keyError(origin, "ringbuf_kib", "must be a power of two");
   if (c.watch_sockets.size() > 16) return keyError(origin, "watch_sockets", "at most 16 paths");
   if (c.docker_binaries.size() > 16) return keyError(origin, "docker_binaries", "at most 16 paths");
+  if (c.probe_hook != "auto" && c.probe_hook != "fentry" && c.probe_hook != "tracepoint") {
+    return keyError(origin, "probe_hook", "must be one of auto, fentry, tracepoint");
+  }
   log::Level lvl;
   if (!log::parseLevel(c.log_level, &lvl)) {
     return keyError(origin, "log_level", "must be one of error, warning, notice, info, debug");

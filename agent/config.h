@@ -27,6 +27,7 @@ struct Config {
   uint32_t capture_bytes = 4096;
   uint32_t ringbuf_kib = 8192;
   uint32_t poll_interval_ms = 10;
+  std::string probe_hook = "auto";  // auto | fentry | tracepoint
   // Attribution
   bool bill_root_to_login_uid = true;
   // Logging

@@ -42,42 +42,76 @@ Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Han
   if (options.capture_bytes == 0 || options.capture_bytes > DSOCK_CAP_BYTES) {
     return Error{EINVAL, std::string(kSub) + ": capture_bytes must be 1.." + std::to_string(DSOCK_CAP_BYTES)};
   }
+  if (options.hook != "auto" && options.hook != "fentry" && options.hook != "tracepoint") {
+    return Error{EINVAL, std::string(kSub) + ": hook must be auto, fentry or tracepoint"};
+  }
   std::unique_ptr<DsockProbe> p(new DsockProbe(options, std::move(handler)));
-  p->skel_ = dsock_bpf__open();
-  if (!p->skel_) return osError(errno, std::string(kSub) + ": open BPF object");
-
-  p->skel_->rodata->targ_cap_bytes = options.capture_bytes;
-  p->skel_->rodata->targ_wakeup_bytes = options.ringbuf_bytes / 8;
-  p->skel_->rodata->targ_self_tgid = options.ignore_self ? static_cast<uint32_t>(getpid()) : 0;
-  // One bit per tgid.
-  bpf_map__set_max_entries(p->skel_->maps.tracked_tgids, pidMax() / 64 + 1);
-  if (int err = bpf_map__set_max_entries(p->skel_->maps.events, options.ringbuf_bytes)) {
-    return osError(err, std::string(kSub) + ": ring buffer size " + std::to_string(options.ringbuf_bytes));
-  }
-  if (int err = dsock_bpf__load(p->skel_)) return osError(err, std::string(kSub) + ": load BPF programs");
-
-  // Attach one by one so the log names the program that failed.
-  bpf_program* prog;
-  bpf_object__for_each_program(prog, p->skel_->obj) {
-    bpf_link* link = bpf_program__attach(prog);
-    if (!link) {
-      return osError(errno, std::string(kSub) + ": attach " + bpf_program__name(prog));
+  // fexit on the syscall functions is cheaper for everyone (no tracepoint
+  // slow path) but needs a kernel that allows it: lockdown refuses it on
+  // some hosts. Try it first, then fall back to tp_btf/sys_exit, loudly.
+  if (options.hook != "tracepoint") {
+    auto st = p->loadAndAttach(/*fentry=*/true);
+    if (st) {
+      p->hook_ = "fentry";
+    } else if (options.hook == "fentry") {
+      return st.error();
+    } else {
+      p->fentry_error_ = st.error().message;
+      LOG_WARN("dockquotad", "%s; falling back to tp_btf/sys_exit (every syscall pays the tracepoint slow path)",
+               st.error().message.c_str());
     }
-    // The skeleton destroys links it owns; keep ours in the skeleton's slots.
-    const char* name = bpf_program__name(prog);
-    for (int i = 0; i < p->skel_->skeleton->prog_cnt; i++) {
-      if (strcmp(p->skel_->skeleton->progs[i].name, name) == 0) *p->skel_->skeleton->progs[i].link = link;
-    }
-    p->attached_.push_back(name);
   }
-
+  if (p->hook_.empty()) {
+    if (auto st = p->loadAndAttach(/*fentry=*/false); !st) return st.error();
+    p->hook_ = "tracepoint";
+  }
   if (auto st = p->refreshSockets(); !st) return st.error();
-
   p->ring_ = ring_buffer__new(bpf_map__fd(p->skel_->maps.events), onRingEvent, &p->handler_, nullptr);
   if (!p->ring_) return osError(errno, std::string(kSub) + ": ring buffer");
-  LOG_INFO(kSub, "attached %zu programs; capturing %u bytes per call; ring %u KiB", p->attached_.size(),
-           options.capture_bytes, options.ringbuf_bytes / 1024);
+  LOG_INFO(kSub, "attached %zu programs (%s hooks); capturing %u bytes per call; ring %u KiB", p->attached_.size(),
+           p->hook_.c_str(), options.capture_bytes, options.ringbuf_bytes / 1024);
   return p;
+}
+
+// Open, set rodata and map sizes, choose the hook set, load, attach
+// (libbpf-tools order). On failure the skeleton is destroyed again.
+Status DsockProbe::loadAndAttach(bool fentry) {
+  const char* set = fentry ? "fentry" : "tracepoint";
+  auto fail = [&](int err, const std::string& what) -> Status {
+    dsock_bpf__destroy(skel_);
+    skel_ = nullptr;
+    attached_.clear();
+    return osError(err, std::string(kSub) + ": " + set + " hooks: " + what);
+  };
+  skel_ = dsock_bpf__open();
+  if (!skel_) return osError(errno, std::string(kSub) + ": open BPF object");
+  skel_->rodata->targ_cap_bytes = options_.capture_bytes;
+  skel_->rodata->targ_wakeup_bytes = options_.ringbuf_bytes / 8;
+  skel_->rodata->targ_self_tgid = options_.ignore_self ? static_cast<uint32_t>(getpid()) : 0;
+  bpf_map__set_max_entries(skel_->maps.tracked_tgids, pidMax() / 64 + 1);  // one bit per tgid
+  if (int err = bpf_map__set_max_entries(skel_->maps.events, options_.ringbuf_bytes)) {
+    return fail(err, "ring buffer size " + std::to_string(options_.ringbuf_bytes));
+  }
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, skel_->obj) {
+    const std::string name = bpf_program__name(prog);
+    if (name.rfind("fexit__", 0) == 0) bpf_program__set_autoload(prog, fentry);
+    if (name == "tp_btf__sys_exit") bpf_program__set_autoload(prog, !fentry);
+  }
+  if (int err = dsock_bpf__load(skel_)) return fail(err, "load");
+  // Attach one by one so the log names the program that failed.
+  bpf_object__for_each_program(prog, skel_->obj) {
+    if (!bpf_program__autoload(prog)) continue;
+    bpf_link* link = bpf_program__attach(prog);
+    const char* name = bpf_program__name(prog);
+    if (!link) return fail(errno, std::string("attach ") + name);
+    // The skeleton destroys the links it holds; keep ours in its slots.
+    for (int i = 0; i < skel_->skeleton->prog_cnt; i++) {
+      if (strcmp(skel_->skeleton->progs[i].name, name) == 0) *skel_->skeleton->progs[i].link = link;
+    }
+    attached_.push_back(name);
+  }
+  return {};
 }
 
 Status DsockProbe::refreshSockets() {

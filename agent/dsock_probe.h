@@ -24,6 +24,7 @@ class DsockProbe {
     uint32_t capture_bytes = DSOCK_CAP_BYTES;   // per call, <= DSOCK_CAP_BYTES
     uint32_t ringbuf_bytes = 8u << 20;          // power of two
     bool ignore_self = true;                    // do not capture this process's own Docker calls
+    std::string hook = "auto";                  // "auto" (fentry, else tracepoint), "fentry", "tracepoint"
   };
   using Handler = std::function<void(const DsockEventView&)>;
 
@@ -50,15 +51,21 @@ class DsockProbe {
 
   std::array<uint64_t, DSOCK_CTR_MAX> counters() const;
   const std::vector<std::string>& attached() const { return attached_; }
+  // The hook set in use: "fentry" or "tracepoint"; and why fentry was not, if so.
+  const std::string& hook() const { return hook_; }
+  const std::string& fentryError() const { return fentry_error_; }
   const std::vector<std::string>& socketPaths() const { return options_.socket_paths; }
 
  private:
   DsockProbe(const Options& o, Handler h);
+  Status loadAndAttach(bool fentry);
   Options options_;
   Handler handler_;
   dsock_bpf* skel_ = nullptr;
   ring_buffer* ring_ = nullptr;
   std::vector<std::string> attached_;
+  std::string hook_;
+  std::string fentry_error_;
 };
 
 }  // namespace dockquota

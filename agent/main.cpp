@@ -164,6 +164,7 @@ int main(int argc, char** argv) {
   dopt.socket_paths = config.watch_sockets;
   dopt.capture_bytes = config.capture_bytes;
   dopt.ringbuf_bytes = config.ringbuf_kib * 1024;
+  dopt.hook = config.probe_hook;
   auto dsock_r = DsockProbe::open(dopt, [&](const DsockEventView& ev) { tracker.onEvent(*ev.raw); });
   if (dsock_r) {
     dsock = std::move(*dsock_r);
@@ -211,8 +212,10 @@ int main(int argc, char** argv) {
     probes["exec"] = {{"attached", exec != nullptr}, {"hook", "tracepoint"},
                       {"programs", exec ? json::array({"tp/sched/sched_process_exec"}) : json::array()},
                       {"binaries", config.docker_binaries}, {"lost_events", exec ? exec->lost() : 0}};
-    json dj = {{"attached", dsock != nullptr}, {"hook", "tracepoint"}, {"sockets", config.watch_sockets}};
+    json dj = {{"attached", dsock != nullptr}, {"sockets", config.watch_sockets}};
     if (dsock) {
+      dj["hook"] = dsock->hook();
+      if (!dsock->fentryError().empty()) dj["fentry_unavailable"] = dsock->fentryError();
       dj["programs"] = dsock->attached();
       auto ctr = dsock->counters();
       json kc = json::object();

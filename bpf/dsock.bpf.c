@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Connections to the Docker socket, and the bytes their clients move.
  *
- * Programs:
+ * Programs (one of the two hook sets is loaded, see on_sys_exit()):
  *   tp_btf__sys_exit               every syscall's return: connect, close and
  *                                  the eight read/write calls, dispatched by number
+ *   fexit__{read,write,...}        the same ten syscalls, hooked one by one (fentry set;
+ *                                  the socket ones at their __sys_* functions)
  *   tp__sched__sched_process_exit  forget a process's connections
  *
  * Why one raw (BTF) tracepoint on sys_exit, and nothing on sys_enter:
@@ -427,10 +429,10 @@ static __always_inline int on_close(__u32 tgid, __u32 fd, long ret)
 #define NR_sendmsg 46
 #define NR_recvmsg 47
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
+/* Every hook below funnels into this: syscall `nr` returned `ret`; its
+ * arguments are still in regs (x86-64: di, si, dx). */
+static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 {
-	long nr = regs->orig_ax;
 	__u32 tgid, fd;
 	__u64 arg1, arg2;
 
@@ -465,7 +467,72 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 	return 0;
 }
 
-/* ---- lifetime ----------------------------------------------------------- */
+/* Hook set "tracepoint": works wherever BTF does (the host here: lockdown
+ * refuses fentry). Runs on every syscall's return. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
+{
+	return on_sys_exit(regs->orig_ax, regs, ret);
+}
+
+/* Hook set "fentry": fexit on the ten syscall functions themselves, where the
+ * kernel allows it. No syscall tracepoint is attached, so no process pays the
+ * tracepoint slow path, and only these ten syscalls run a program at all. The
+ * agent loads this set first and falls back to tp_btf/sys_exit when refused. */
+#define FEXIT_SYSCALL(name)                                                   \
+	SEC("fexit/__x64_sys_" #name)                                         \
+	int BPF_PROG(fexit__##name, struct pt_regs *regs, long ret)           \
+	{                                                                     \
+		return on_sys_exit(NR_##name, regs, ret);                     \
+	}
+
+FEXIT_SYSCALL(read)
+FEXIT_SYSCALL(write)
+FEXIT_SYSCALL(close)
+FEXIT_SYSCALL(readv)
+FEXIT_SYSCALL(writev)
+
+/* The socket syscalls: in 5.10's BTF, net/socket.c's __x64_sys_* wrappers see
+ * struct pt_regs only as a forward declaration ("arg0 type FWD is not a
+ * struct"), so the verifier refuses to read their argument. The __sys_*
+ * functions they call take plain values, on every kernel. */
+SEC("fexit/__sys_connect")
+int BPF_PROG(fexit__connect, int fd, void *uaddr, int addrlen, int ret)
+{
+	return on_connect((__u32)fd, ret);
+}
+
+SEC("fexit/__sys_sendto")
+int BPF_PROG(fexit__sendto, int fd, void *buf, __u64 len, unsigned int flags, void *addr, int addr_len, int ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return tgid_tracked(tgid) ? on_call(tgid, (__u32)fd, (__u64)buf, 0, 0, DIR_TX, ret) : 0;
+}
+
+SEC("fexit/__sys_recvfrom")
+int BPF_PROG(fexit__recvfrom, int fd, void *buf, __u64 size, unsigned int flags, void *addr, void *addr_len, int ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return tgid_tracked(tgid) ? on_call(tgid, (__u32)fd, (__u64)buf, 0, 0, DIR_RX, ret) : 0;
+}
+
+SEC("fexit/__sys_sendmsg")
+int BPF_PROG(fexit__sendmsg, int fd, void *msg, unsigned int flags, bool forbid_cmsg_compat, long ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_TX, ret) : 0;
+}
+
+SEC("fexit/__sys_recvmsg")
+int BPF_PROG(fexit__recvmsg, int fd, void *msg, unsigned int flags, bool forbid_cmsg_compat, long ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_RX, ret) : 0;
+}
 
 SEC("tp/sched/sched_process_exit")
 int tp__sched__sched_process_exit(void *ctx)

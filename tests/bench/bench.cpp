@@ -8,7 +8,7 @@
 //   docker.sock RTT       GET /_ping keep-alive round trips    target <= 10 %
 //   attribution latency   Docker's create reply -> listed in /api/v1/containers (p50/p99, target p99 <= 50 ms)
 //
-// usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N]
+// usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook auto|fentry|tracepoint]
 // (tests/bench/run.sh starts a throwaway dockerd and calls this.)
 #include <fcntl.h>
 #include <signal.h>
@@ -236,15 +236,17 @@ int main(int argc, char** argv) {
   Agent agent;
   std::string sock;
   int rounds = 3, creates = 100;
+  std::string hook = "auto";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--agent") agent.bin = argv[i + 1];
     else if (a == "--docker-sock") sock = argv[i + 1];
     else if (a == "--rounds") rounds = atoi(argv[i + 1]);
     else if (a == "--creates") creates = atoi(argv[i + 1]);
+    else if (a == "--hook") hook = argv[i + 1];
   }
   if (agent.bin.empty() || sock.empty()) {
-    fprintf(stderr, "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N]\n");
+    fprintf(stderr, "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H]\n");
     return 2;
   }
   char tmpl[] = "/tmp/dq-bench-XXXXXX";
@@ -252,7 +254,8 @@ int main(int argc, char** argv) {
   agent.port = freePort();
   agent.config = agent.dir + "/config.json";
   json cfg = {{"listen_port", agent.port}, {"api_key", kKey}, {"docker_socket", sock},
-              {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "debug"}};
+              {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "debug"},
+              {"probe_hook", hook}};
   FILE* f = fopen(agent.config.c_str(), "w");
   fputs(cfg.dump().c_str(), f);
   fclose(f);
@@ -291,7 +294,8 @@ int main(int argc, char** argv) {
   agent.stop();
   removeContainers(sock, ids);
 
-  printf("\n%-30s %12s %12s %10s %10s\n", "workload (median of rounds)", "without", "with agent", "delta", "ratio");
+  printf("\nagent probe hooks: %s\n", hook.c_str());
+  printf("%-30s %12s %12s %10s %10s\n", "workload (median of rounds)", "without", "with agent", "delta", "ratio");
   for (const auto& m : metrics) {
     double off = median(m.off), on = median(m.on);
     printf("%-30s %9.1f %-2s %9.1f %-2s %+9.1f%s %9.3fx\n", m.name, off, m.unit, on, m.unit, on - off, m.unit, on / off);
