@@ -15,6 +15,7 @@
 
 #include "agent/docker_api.h"
 #include "agent/http_stream.h"
+#include "tests/unit/captures.h"
 
 using dockquota::ApiAction;
 using dockquota::ApiCall;
@@ -27,26 +28,6 @@ using Strings = std::vector<std::string>;
 
 namespace {
 
-const std::string kCaptureDir = std::string(DOCKQUOTA_TEST_DATA) + "/captures";
-
-std::string base64Decode(std::string_view in) {
-  static const std::string kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    size_t v = kAlphabet.find(c);
-    if (v == std::string::npos) continue;
-    acc = acc << 6 | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
 struct Replay {
   nlohmann::json expect;
   std::vector<HttpExchange> exchanges;
@@ -54,20 +35,17 @@ struct Replay {
 
 // Feeds a capture, one call per recorded syscall, and keeps the exchanges.
 Replay replay(const std::string& name) {
-  std::ifstream f(kCaptureDir + "/" + name);
-  REQUIRE(f.good());
-  nlohmann::json j = nlohmann::json::parse(f);
+  const captures::Capture c = captures::load(name);
   Replay r;
-  r.expect = j["expect"];
+  r.expect = c.expect;
   HttpConnection conn([&](const HttpExchange& x) { r.exchanges.push_back(x); });
   uint64_t ts = 0;
-  for (const auto& ch : j["chunks"]) {
-    std::string data = base64Decode(ch["b64"].get<std::string>());
-    ts = ch["t_us"].get<uint64_t>() * 1000 + 1;
-    if (ch["dir"] == "tx") {
-      conn.onSend(data, ch["len"].get<uint64_t>(), ts);
+  for (const auto& ch : c.chunks) {
+    ts = ch.ts;
+    if (ch.tx) {
+      conn.onSend(ch.data, ch.len, ts);
     } else {
-      conn.onRecv(data, ch["len"].get<uint64_t>(), ts);
+      conn.onRecv(ch.data, ch.len, ts);
     }
   }
   conn.onClose(ts + 1);
@@ -201,10 +179,8 @@ TEST_CASE("every real capture is recognised exactly", "[docker_api][captures]") 
   };
 
   size_t files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(kCaptureDir)) {
-    if (e.path().extension() != ".json") continue;
+  for (const std::string& name : captures::names()) {
     files++;
-    const std::string name = e.path().filename().string();
     INFO(name);
     REQUIRE(want.count(name) == 1);
     Replay r = replay(name);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/http_stream.h"
+#include "tests/unit/captures.h"
 
 using dockquota::HttpConnection;
 using dockquota::HttpExchange;
@@ -21,65 +22,11 @@ using dockquota::HttpStreamStats;
 
 namespace {
 
-const std::string kCaptureDir = std::string(DOCKQUOTA_TEST_DATA) + "/captures";
+using captures::Capture;
+using captures::Chunk;
 
-struct Chunk {
-  bool tx = true;
-  uint64_t ts = 0;
-  uint64_t len = 0;   // bytes the syscall moved
-  std::string data;   // what the probe copied (a prefix)
-};
-
-struct Capture {
-  std::string name;
-  nlohmann::json expect;
-  std::vector<Chunk> chunks;
-};
-
-std::string base64Decode(std::string_view in) {
-  static const std::string kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    size_t v = kAlphabet.find(c);
-    if (v == std::string::npos) continue;  // '=' padding
-    acc = acc << 6 | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
-Capture loadCapture(const std::string& name) {
-  std::ifstream f(kCaptureDir + "/" + name);
-  REQUIRE(f.good());
-  nlohmann::json j = nlohmann::json::parse(f);
-  Capture c;
-  c.name = name;
-  c.expect = j["expect"];
-  for (const auto& ch : j["chunks"]) {
-    Chunk k;
-    k.tx = ch["dir"] == "tx";
-    k.ts = ch["t_us"].get<uint64_t>() * 1000 + 1;  // ns, never 0
-    k.len = ch["len"].get<uint64_t>();
-    k.data = base64Decode(ch["b64"].get<std::string>());
-    REQUIRE(k.data.size() <= k.len);
-    c.chunks.push_back(std::move(k));
-  }
-  return c;
-}
-
-std::vector<std::string> captureNames() {
-  std::vector<std::string> names;
-  for (const auto& e : std::filesystem::directory_iterator(kCaptureDir))
-    if (e.path().extension() == ".json") names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+Capture loadCapture(const std::string& name) { return captures::load(name); }
+std::vector<std::string> captureNames() { return captures::names(); }
 
 // Collects what a connection delivers.
 struct Recorder {
