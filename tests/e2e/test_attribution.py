@@ -231,6 +231,21 @@ def run(env):
         time.sleep(0.02)
     check(bid not in env.listing("containers"), "a removed container disappears from the list within 1 s")
 
+    # dockerd restarts under the running agent: a new socket inode, a new
+    # events stream, a reconcile; attribution goes on without a restart of ours.
+    before = env.health()["docker"]["reconnects"]
+    env.stop_dockerd()
+    env.start_dockerd()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        d = env.health()["docker"]
+        if d["connected"] and d["reconnects"] > before:
+            break
+        time.sleep(0.1)
+    check(env.health()["docker"]["reconnects"] > before, "the agent reconnects to a restarted dockerd")
+    again = env.docker("bob", "create", "--network", "none", "base:1", "true")
+    expect_owner(env, "containers", lambda o: o["id"] == again, b, what="attribution after dockerd restarted")
+
     k = env.health()["probes"]["docker_sock"]["kernel_counters"]
     check(k["ringbuf_full"] == 0, "no ring buffer drops (%s)" % json.dumps(k))
 
