@@ -30,6 +30,7 @@
 #include "agent/exec_probe.h"
 #include "agent/log.h"
 #include "agent/probe_util.h"
+#include "agent/qman_wiring.h"
 #include "agent/store.h"
 #include "exporter/http_api.h"
 
@@ -261,12 +262,20 @@ int main(int argc, char** argv) {
     h["status"] = reasons.empty() ? "ok" : "degraded";
     return h;
   };
-  ApiServer api({.address = config.listen_address, .port = config.listen_port, .api_key = config.api_key,
-                 .bill_root_to_login_uid = config.bill_root_to_login_uid, .threads = 4},
-                store, health);
+  ApiServer api(apiServerOptions(config), store, health);
+  // The qman slave surface (/remote-api, /metrics) and the usage accounting behind it.
+  auto qman = QmanServices::create(config, store, api, [&] { return health()["probes"]; });
+  if (!qman) {
+    LOG_ERROR(kSub, "%s", qman.error().message.c_str());
+    events.stop();
+    attributor.stop();
+    return 1;
+  }
+  (*qman)->start();
   auto port = api.start();
   if (!port) {
     LOG_ERROR(kSub, "%s", port.error().message.c_str());
+    (*qman)->stop();
     events.stop();
     attributor.stop();
     return 1;
@@ -323,6 +332,7 @@ int main(int argc, char** argv) {
 
   sdNotify("STOPPING=1");
   api.stop();
+  (*qman)->stop();
   events.stop();
   attributor.stop();
   close(ep);

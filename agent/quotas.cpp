@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <ctime>
 
+#include <pwd.h>
+
 namespace dockquota {
 
 uint64_t defaultLimitKiB(uint64_t default_kib, uint64_t usage_bytes) {
@@ -94,6 +96,77 @@ Result<std::optional<DeviceDefault>> QuotaBook::deviceDefault(const std::string&
 Status QuotaBook::setDeviceDefault(const DeviceDefault& d) {
   std::lock_guard<std::mutex> lock(mu_);
   return store_.setDeviceDefault(d, static_cast<double>(time(nullptr)));
+}
+
+// --- users -----------------------------------------------------------------------
+
+std::vector<PasswdUser> readPasswd() {
+  // getpwent is not reentrant across threads: one enumeration at a time.
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  std::vector<PasswdUser> out;
+  setpwent();
+  passwd pw, *res = nullptr;
+  char buf[4096];
+  while (getpwent_r(&pw, buf, sizeof buf, &res) == 0 && res) out.push_back({res->pw_uid, res->pw_name});
+  endpwent();
+  return out;
+}
+
+UserDirectory::UserDirectory(PasswdFn passwd, std::chrono::seconds ttl) : passwd_(std::move(passwd)), ttl_(ttl) {}
+
+void UserDirectory::refreshLocked() {
+  const auto now = std::chrono::steady_clock::now();
+  if (loaded_once_ && now - loaded_ < ttl_) return;
+  by_uid_.clear();
+  by_name_.clear();
+  for (const auto& u : passwd_()) {
+    by_uid_.emplace(u.uid, u.name);  // the first entry of a uid names it, as getpwuid does
+    by_name_.emplace(u.name, u.uid);
+  }
+  loaded_ = now;
+  loaded_once_ = true;
+}
+
+std::string UserDirectory::name(uint32_t uid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  refreshLocked();
+  auto it = by_uid_.find(uid);
+  return it != by_uid_.end() ? it->second : "user_" + std::to_string(uid);
+}
+
+std::optional<uint32_t> UserDirectory::uid(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  refreshLocked();
+  if (auto it = by_name_.find(name); it != by_name_.end()) return it->second;
+  // The fallback name qman shows for a uid without a passwd entry.
+  static const std::string kPrefix = "user_";
+  if (name.size() > kPrefix.size() && name.size() <= kPrefix.size() + 10 && name.compare(0, kPrefix.size(), kPrefix) == 0 &&
+      name.find_first_not_of("0123456789", kPrefix.size()) == std::string::npos &&
+      (name.size() == kPrefix.size() + 1 || name[kPrefix.size()] != '0')) {
+    const uint64_t v = std::stoull(name.substr(kPrefix.size()));
+    if (v <= UINT32_MAX && !by_uid_.count(static_cast<uint32_t>(v))) return static_cast<uint32_t>(v);
+  }
+  return std::nullopt;
+}
+
+std::vector<PasswdUser> UserDirectory::managed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  refreshLocked();
+  std::vector<PasswdUser> out;
+  for (const auto& [uid, name] : by_uid_)
+    if (managedUid(uid)) out.push_back({uid, name});
+  return out;
+}
+
+Result<size_t> applyDefaults(QuotaBook& book, const std::vector<uint32_t>& candidates,
+                             const std::map<uint32_t, uint64_t>& usage_bytes) {
+  auto d = book.deviceDefault(kDockerDevice);
+  if (!d) return d.error();
+  if (!*d || (*d)->block_hard_kib == 0) return size_t(0);
+  auto plan = planDefaults(candidates, *book.limits(), usage_bytes, (*d)->block_hard_kib);
+  if (auto s = book.setLimits(plan); !s) return s.error();
+  return plan.size();
 }
 
 }  // namespace dockquota

@@ -4,7 +4,9 @@
 // mirrored in memory, so a request reads them without SQLite.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -84,5 +86,42 @@ class QuotaBook {
   mutable std::mutex mu_;  // serialises writers and guards limits_
   std::shared_ptr<const Limits> limits_;
 };
+
+// --- users -----------------------------------------------------------------------
+
+struct PasswdUser {
+  uint32_t uid = 0;
+  std::string name;
+};
+using PasswdFn = std::function<std::vector<PasswdUser>()>;
+// Every passwd entry (getpwent through NSS), in file order.
+std::vector<PasswdUser> readPasswd();
+
+// uid <-> name as qman sees them: passwd, else "user_<uid>". Caches the
+// passwd list for `ttl` so that a request with 1,000 users costs no file reads.
+class UserDirectory {
+ public:
+  explicit UserDirectory(PasswdFn passwd = readPasswd, std::chrono::seconds ttl = std::chrono::seconds(30));
+  std::string name(uint32_t uid);
+  // passwd name, or "user_<uid>" for a uid not in passwd.
+  std::optional<uint32_t> uid(const std::string& name);
+  // Managed passwd users, sorted by uid.
+  std::vector<PasswdUser> managed();
+
+ private:
+  void refreshLocked();
+  PasswdFn passwd_;
+  std::chrono::seconds ttl_;
+  std::mutex mu_;
+  std::chrono::steady_clock::time_point loaded_{};
+  bool loaded_once_ = false;
+  std::map<uint32_t, std::string> by_uid_;
+  std::map<std::string, uint32_t> by_name_;
+};
+
+// The periodic job: every managed uid in `candidates` without a limit gets the
+// docker device's default (defaultLimitKiB). Returns how many were set.
+Result<size_t> applyDefaults(QuotaBook& book, const std::vector<uint32_t>& candidates,
+                             const std::map<uint32_t, uint64_t>& usage_bytes);
 
 }  // namespace dockquota

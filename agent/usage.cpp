@@ -1,5 +1,6 @@
 #include "agent/usage.h"
 
+#include <malloc.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 
@@ -399,8 +400,11 @@ void UsageAccountant::run() {
 }
 
 Status UsageAccountant::refresh() {
-  std::lock_guard<std::mutex> work(work_mu_);
+  // Measuring may take minutes on a big host: do it outside work_mu_, so that
+  // rejoin() (after an admin override) never waits for Docker.
+  std::unique_lock<std::mutex> measuring(measure_mu_);
   auto figures = source_->measure();
+  std::lock_guard<std::mutex> work(work_mu_);
   {
     std::lock_guard<std::mutex> l(snap_mu_);
     figures ? measurements_++ : failures_++;
@@ -469,9 +473,14 @@ Status UsageAccountant::publish(const UsageFigures& figures, bool measured, cons
     for (const auto& r : *stored) first[r.id] = r.first_seen;
     for (auto& l : snap->layers) l.first_seen = first[l.id];
   }
-  std::lock_guard<std::mutex> l(snap_mu_);
-  snap->generation = snap_->generation + 1;
-  snap_ = std::move(snap);
+  {
+    std::lock_guard<std::mutex> l(snap_mu_);
+    snap->generation = snap_->generation + 1;
+    snap_ = std::move(snap);
+  }
+  // The store lists and the previous snapshot (tens of MB at 10,000
+  // containers) are free now; give the pages back rather than keep the peak.
+  malloc_trim(0);
   return {};
 }
 

@@ -191,7 +191,8 @@ class UsageAccountant {
   std::unique_ptr<UsageSource> source_;
   Options opt_;
 
-  std::mutex work_mu_;  // one refresh/rejoin at a time; guards figures_
+  std::mutex measure_mu_;  // one measurement at a time (sources keep caches)
+  std::mutex work_mu_;     // one publish at a time; guards figures_
   UsageFigures figures_;
   bool have_figures_ = false;
 

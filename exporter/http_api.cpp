@@ -5,6 +5,7 @@
 #include <pwd.h>
 
 #include <chrono>
+#include <chrono>
 #include <ctime>
 #include <httplib.h>
 
@@ -72,9 +73,62 @@ int ApiServer::checkBasicAuth(const std::string& header, const std::string& key)
   return (same_bytes && given.size() == want.size()) ? 0 : 403;
 }
 
+namespace {
+std::unique_ptr<httplib::Server> makeServer(const ApiServerOptions& o) {
+  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) return std::make_unique<httplib::Server>();
+  return std::make_unique<httplib::SSLServer>(o.tls_cert_file.c_str(), o.tls_key_file.c_str());
+}
+}  // namespace
+
 ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
-    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(new httplib::Server) {
+    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(makeServer(opt_)) {
   routes();
+}
+
+void ApiServer::route(const std::string& method, const std::string& pattern, Handler handler) {
+  methods_[pattern].insert(method);
+  auto timed = [this, method, pattern, handler = std::move(handler)](const httplib::Request& req,
+                                                                     httplib::Response& res) {
+    const auto t0 = std::chrono::steady_clock::now();
+    handler(req, res);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
+    metrics_.observe(pattern, method, res.status < 0 ? 200 : res.status, took.count());
+  };
+  auto& s = *server_;
+  if (method == "GET") {
+    s.Get(pattern, timed);
+  } else if (method == "PUT") {
+    s.Put(pattern, timed);
+  } else if (method == "POST") {
+    s.Post(pattern, timed);
+  } else if (method == "DELETE") {
+    s.Delete(pattern, timed);
+  } else if (method == "PATCH") {
+    s.Patch(pattern, timed);
+  } else {
+    LOG_ERROR(kSub, "route %s %s: unsupported method", method.c_str(), pattern.c_str());
+  }
+}
+
+// cpp-httplib answers 404 for a known path with another method; qman's
+// master (and HTTP) want 405, as JSON like every error.
+void ApiServer::installMethodNotAllowed() {
+  if (not_allowed_installed_) return;
+  not_allowed_installed_ = true;
+  const auto known = methods_;  // route() below adds to methods_
+  for (const auto& [pattern, allowed] : known) {
+    std::string allow;
+    for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
+    if (allowed.count("GET")) allow += ", HEAD";
+    auto reject = [allow](const httplib::Request&, httplib::Response& res) {
+      res.set_header("Allow", allow);
+      sendError(res, 405, "method not allowed");
+    };
+    for (const char* m : {"GET", "PUT", "POST", "DELETE", "PATCH"}) {
+      if (!allowed.count(m)) route(m, pattern, reject);
+    }
+    server_->Options(pattern, reject);
+  }
 }
 
 ApiServer::~ApiServer() { stop(); }
@@ -132,7 +186,7 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
 
 void ApiServer::routes() {
   auto& s = *server_;
-  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+  route("GET", "/healthz", [this](const httplib::Request&, httplib::Response& res) {
     json h = health_ ? health_() : json{{"status", "ok"}};
     sendJson(res, h.value("status", "ok") == "failing" ? 503 : 200, h);
   });
@@ -144,14 +198,22 @@ void ApiServer::routes() {
   for (const Listing& l : {Listing{"/api/v1/containers", ObjectKind::Container, "containers"},
                            Listing{"/api/v1/images", ObjectKind::Image, "images"},
                            Listing{"/api/v1/volumes", ObjectKind::Volume, "volumes"}}) {
-    s.Get(l.path, [this, l](const httplib::Request& req, httplib::Response& res) {
+    route("GET", l.path, [this, l](const httplib::Request& req, httplib::Response& res) {
       if (authorize(req, res)) listObjects(l.kind, l.plural, res);
     });
   }
   // Every error is JSON {"msg": ...}: the qman master calls .json() on all answers.
-  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (res.status == 404 && res.body.empty()) metrics_.observe("unmatched", req.method, 404, 0);
     if (!res.body.empty()) return;
-    sendError(res, res.status, res.status == 404 ? "not found" : "HTTP " + std::to_string(res.status));
+    switch (res.status) {
+      case 400: sendError(res, 400, "bad request"); break;
+      case 404: sendError(res, 404, "not found"); break;
+      case 405: sendError(res, 405, "method not allowed"); break;
+      case 413: sendError(res, 413, "request body too large"); break;
+      case 414: sendError(res, 414, "request URI too long"); break;
+      default: sendError(res, res.status, "HTTP " + std::to_string(res.status)); break;
+    }
   });
   s.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "internal error";
@@ -182,6 +244,10 @@ void ApiServer::routes() {
 }
 
 Result<int> ApiServer::start() {
+  if (!server_->is_valid())
+    return Error{EINVAL, std::string(kSub) + ": cannot load TLS certificate " + opt_.tls_cert_file + " / key " +
+                             opt_.tls_key_file};
+  installMethodNotAllowed();
   int port = opt_.port;
   if (port == 0) {
     port = server_->bind_to_any_port(opt_.address);
@@ -198,7 +264,7 @@ Result<int> ApiServer::start() {
   for (int i = 0; i < 1000 && !server_->is_running(); i++) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  LOG_INFO(kSub, "listening on http://%s:%d", opt_.address.c_str(), port);
+  LOG_INFO(kSub, "listening on %s://%s:%d", tls() ? "https" : "http", opt_.address.c_str(), port);
   return port;
 }
 

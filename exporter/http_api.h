@@ -4,7 +4,9 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -12,6 +14,7 @@
 
 #include "agent/result.h"
 #include "agent/store.h"
+#include "exporter/metrics.h"
 
 namespace httplib {
 class Server;
@@ -27,6 +30,10 @@ struct ApiServerOptions {
   std::string api_key;   // empty: every authenticated route answers 500, as qman does
   bool bill_root_to_login_uid = true;
   int threads = 4;
+  // Both set: HTTPS only (httplib::SSLServer, PEM files). The API key is sent
+  // with every request, so anything but loopback should use it.
+  std::string tls_cert_file = {};
+  std::string tls_key_file = {};
 };
 
 // Health as JSON: {"status": "ok"|"degraded"|"failing", ...}. Called per request.
@@ -37,9 +44,17 @@ class ApiServer {
   ApiServer(ApiServerOptions options, Store& store, HealthFn health);
   ~ApiServer();
 
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+
   // More routes (the qman /remote-api surface): installed before start().
   // They share the server, its JSON error handlers and authorize().
   httplib::Server& server() { return *server_; }
+  // Registers `handler` for `method` ("GET", "PUT", "POST", "DELETE") on
+  // `pattern` (httplib regex), timed into requestMetrics() under the pattern.
+  // At start(), every other method on a registered pattern answers 405 JSON.
+  void route(const std::string& method, const std::string& pattern, Handler handler);
+  RequestMetrics& requestMetrics() { return metrics_; }
+  bool tls() const { return !opt_.tls_cert_file.empty(); }
   // Writes the 401/403/500 JSON error and returns false unless `req` carries
   // HTTP Basic api:<key>.
   bool authorize(const httplib::Request& req, httplib::Response& res) const;
@@ -54,6 +69,7 @@ class ApiServer {
 
  private:
   void routes();
+  void installMethodNotAllowed();
   nlohmann::json objectJson(const ObjectRecord& r) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 
@@ -62,6 +78,9 @@ class ApiServer {
   HealthFn health_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
+  RequestMetrics metrics_;
+  std::map<std::string, std::set<std::string>> methods_;  // pattern -> methods with a handler
+  bool not_allowed_installed_ = false;
 };
 
 // Shared JSON helpers (also for later routes).

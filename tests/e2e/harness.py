@@ -156,6 +156,28 @@ class Env:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
+    def http_json(self, method, path, body, content_type="application/json"):
+        """A request with a JSON body (PUT/POST), authenticated; returns (status, parsed body)."""
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method,
+                                     data=json.dumps(body).encode())
+        req.add_header("Content-Type", content_type)
+        req.add_header("Authorization", "Basic " + base64.b64encode(("api:" + API_KEY).encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def http_text(self, path):
+        """An authenticated GET returning (status, text): /metrics."""
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path))
+        req.add_header("Authorization", "Basic " + base64.b64encode(("api:" + API_KEY).encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def health(self):
         return self.http("/healthz", auth=False)[1]
 
@@ -203,10 +225,15 @@ class Env:
             subprocess.run(["rm", "-rf", self.dir], check=False)
 
 
-def busybox_rootfs_tar():
-    """A tar (bytes) of a folder holding /bin/busybox and a few applet links."""
+def busybox_rootfs_tar(marker=None):
+    """A tar (bytes) of a folder holding /bin/busybox and a few applet links.
+    `marker`: text written to /marker, so that two images made in the same
+    second get different layers (equal tars are one layer to Docker)."""
     root = tempfile.mkdtemp()
     os.makedirs(os.path.join(root, "bin"))
+    if marker is not None:
+        with open(os.path.join(root, "marker"), "w") as f:
+            f.write(marker)
     shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
     for a in ("sh", "ls", "cat", "echo", "dd", "sleep", "true", "mkdir", "rm", "sync", "head"):
         os.symlink("busybox", os.path.join(root, "bin", a))

@@ -1,0 +1,69 @@
+// Everything the qman slave surface needs, built from the config and started
+// and stopped as one: the usage accountant (its own Docker client), the quota
+// book, the user directory, the /remote-api + /metrics routes on the agent's
+// ApiServer, and the periodic default-quota job.
+//
+// main.cpp, after the ApiServer is constructed and before api.start():
+//   ApiServer api(apiServerOptions(config, 4), store, health);
+//   auto qman = QmanServices::create(config, store, api, [&] { return health()["probes"]; });
+//   if (!qman) { LOG_ERROR(kSub, "%s", qman.error().message.c_str()); return 1; }
+//   (*qman)->start();
+//   ... at shutdown, after api.stop():  (*qman)->stop();
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/config.h"
+#include "agent/docker_client.h"
+#include "agent/quotas.h"
+#include "agent/store.h"
+#include "agent/usage.h"
+#include "exporter/http_api.h"
+#include "exporter/qman_api.h"
+
+namespace dockquota {
+
+// The ApiServer options the config asks for (address, port, key, TLS).
+ApiServerOptions apiServerOptions(const Config& config, int threads = 4);
+
+class QmanServices {
+ public:
+  // Installs the routes on `api` (call before api.start()). `probe_counters`
+  // feeds dockquota_probe_counter in /metrics (may be empty).
+  static Result<std::unique_ptr<QmanServices>> create(const Config& config, Store& store, ApiServer& api,
+                                                      std::function<nlohmann::json()> probe_counters);
+  ~QmanServices();  // stops
+
+  void start();  // the accountant's thread and the defaults job
+  void stop();
+
+  UsageAccountant& usage() { return *usage_; }
+  QuotaBook& quotas() { return *quotas_; }
+  // One run of the periodic default application; returns how many users got a limit.
+  Result<size_t> applyDefaultsNow();
+
+ private:
+  QmanServices() = default;
+  void runDefaults();
+
+  std::chrono::seconds default_interval_{600};
+  std::unique_ptr<DockerClient> measure_client_;  // slow calls (/system/df) off the attributor's client
+  std::unique_ptr<DockerClient> inspect_client_;  // short timeout: a request waits on it
+  std::unique_ptr<QuotaBook> quotas_;
+  std::unique_ptr<UserDirectory> users_;
+  std::unique_ptr<UsageAccountant> usage_;
+  std::unique_ptr<QmanContext> ctx_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread defaults_thread_;
+};
+
+}  // namespace dockquota

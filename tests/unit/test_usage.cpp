@@ -1,0 +1,131 @@
+// Usage accounting with synthetic Docker figures: per-user sums, layer
+// ownership (once per host, first image wins), and the device totals.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include "agent/quotas.h"
+#include "agent/usage.h"
+#include "qman_fixture.h"
+
+using namespace dockquota;
+using namespace dockquota::testing;
+
+TEST_CASE("usage: chain ids follow the image spec", "[qman][usage]") {
+  const std::string a = "sha256:" + std::string(64, 'a'), b = "sha256:" + std::string(64, 'b'),
+                    c = "sha256:" + std::string(64, 'c');
+  // Computed independently: python3 hashlib.sha256(f"{a} {b}").
+  auto ids = chainIds({a, b, c});
+  REQUIRE(ids.size() == 3);
+  CHECK(ids[0] == a);
+  CHECK(ids[1] == "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c");
+  CHECK(ids[2] == "sha256:c1377126441fb2f5ec2c21ae2a60255331d639e830f0ee1b40a36e52d4c40588");
+  CHECK(chainIds({}).empty());
+}
+
+TEST_CASE("usage: directoryBytes counts file bytes, hard links once", "[qman][usage]") {
+  QmanTempDir dir;
+  std::ofstream(dir.path + "/a") << std::string(1000, 'x');
+  std::system(("mkdir -p " + dir.path + "/sub && head -c 4096 /dev/zero > " + dir.path + "/sub/b && ln " + dir.path +
+               "/sub/b " + dir.path + "/sub/b2")
+                  .c_str());
+  CHECK(directoryBytes(dir.path) == 1000 + 4096);
+  CHECK(directoryBytes(dir.path + "/missing") == 0);
+}
+
+TEST_CASE("usage: two users, shared and unshared layers, containers, volumes add up exactly", "[qman][usage]") {
+  QmanTempDir dir;
+  auto store = Store::open(dir.path + "/s.db");
+  REQUIRE(store.ok());
+  Scenario sc;
+  sc.fill(**store);
+  OwnerView owners;
+  owners.containers = *(*store)->list(ObjectKind::Container);
+  owners.images = *(*store)->list(ObjectKind::Image);
+  owners.volumes = *(*store)->list(ObjectKind::Volume);
+  UsageSnapshot s = account(sc.figures(), owners, true);
+
+  CHECK(s.total_bytes == Scenario::kTotal);
+  REQUIRE(s.users.count(kAlice));
+  REQUIRE(s.users.count(kBob));
+  CHECK(s.users[kAlice].container_bytes == 1000);
+  CHECK(s.users[kAlice].image_layer_bytes == Scenario::L1 + Scenario::L2);
+  CHECK(s.users[kAlice].volume_bytes == 0);
+  CHECK(s.users[kBob].container_bytes == 2000);
+  CHECK(s.users[kBob].image_layer_bytes == Scenario::L3);  // the shared base is alice's
+  CHECK(s.users[kBob].volume_bytes == 5000);
+  CHECK(s.users[kCarol].image_layer_bytes == Scenario::L6);  // L5 came with an unattributed image
+  CHECK(s.users[kAlice].total() == Scenario::kAliceBytes);
+  CHECK(s.users[kBob].total() == Scenario::kBobBytes);
+  CHECK(s.users[kCarol].total() == Scenario::kCarolBytes);
+  CHECK(s.users[0].image_layer_bytes == Scenario::L0);
+
+  const uint64_t a = s.attributedTo(managedUid);
+  CHECK(a == Scenario::kAliceBytes + Scenario::kBobBytes + Scenario::kCarolBytes);
+  CHECK(s.total_bytes - a == Scenario::kUnattributed);
+  CHECK(a + Scenario::kUnattributed == Scenario::kTotal);
+
+  // Rows: the Docker-only container is listed unattributed, the intermediate image is not listed.
+  CHECK(s.containers.size() == 4);
+  CHECK(s.images.size() == 5);
+  CHECK(s.layers.size() == 7);
+  CHECK(s.layer_bytes == Scenario::L0 + Scenario::L1 + Scenario::L2 + Scenario::L3 + Scenario::L4 + Scenario::L5 +
+                             Scenario::L6);
+  CHECK(s.counts["container"]["bpf"] == 3);
+  CHECK(s.counts["volume"]["unattributed"] == 1);
+}
+
+TEST_CASE("usage: root acting for a logged-in user bills that user", "[qman][usage]") {
+  QmanTempDir dir;
+  auto store = Store::open(dir.path + "/s.db");
+  REQUIRE(store.ok());
+  const std::string cid(64, 'd');
+  REQUIRE((*store)->noteSeen(ObjectKind::Container, cid, "sudo-c", "", std::nullopt, 1));
+  Evidence ev = evidenceOf(0, 2, "container_create");
+  ev.login_uid = kAlice;
+  REQUIRE((*store)->attribute(ObjectKind::Container, cid, ev, true).ok());
+  UsageFigures f;
+  f.containers = {{cid, "sudo-c", "", "running", 123}};
+  OwnerView owners;
+  owners.containers = *(*store)->list(ObjectKind::Container);
+  CHECK(account(f, owners, true).users[kAlice].container_bytes == 123);
+  CHECK(account(f, owners, false).users[0].container_bytes == 123);
+}
+
+TEST_CASE("usage: the accountant publishes snapshots, keeps the last figures on failure", "[qman][usage]") {
+  QmanTempDir dir;
+  auto store = Store::open(dir.path + "/s.db");
+  REQUIRE(store.ok());
+  Scenario sc;
+  sc.fill(**store);
+  auto src = std::make_unique<FakeSource>(sc.figures());
+  FakeSource* fake = src.get();
+  UsageAccountant acc(**store, std::move(src), {std::chrono::milliseconds(50), true});
+  CHECK_FALSE(acc.snapshot()->measured);
+  REQUIRE(acc.refresh());
+  auto s1 = acc.snapshot();
+  CHECK(s1->measured);
+  CHECK(s1->total_bytes == Scenario::kTotal);
+  CHECK(s1->source == "fake");
+  // Sizes and layers went to the store.
+  CHECK((*store)->get(ObjectKind::Container, sc.c2)->value().size_bytes == 2000);
+  CHECK((*store)->layers()->size() == 7);
+  for (const auto& l : s1->layers) CHECK(l.first_seen == Approx(100));
+
+  fake->fail = true;
+  CHECK_FALSE(acc.refresh().ok());
+  auto s2 = acc.snapshot();
+  CHECK(s2->generation > s1->generation);
+  CHECK(s2->total_bytes == Scenario::kTotal);  // still the last figures
+  CHECK(s2->error == "fake: docker unreachable");
+  CHECK(acc.failures() == 1);
+
+  // The thread measures on its own and on refreshNow().
+  fake->fail = false;
+  acc.start();
+  for (int i = 0; i < 200 && acc.measurements() < 3; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  acc.refreshNow();
+  acc.stop();
+  CHECK(acc.measurements() >= 3);
+  CHECK(acc.snapshot()->error.empty());
+}
