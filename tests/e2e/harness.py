@@ -240,3 +240,25 @@ def busybox_rootfs_tar(marker=None):
     tar = subprocess.run(["tar", "-C", root, "-cf", "-", "."], capture_output=True, check=True).stdout
     shutil.rmtree(root)
     return tar
+
+
+def main(run, failures, summary=None):
+    """The body every e2e test shares: --agent, prerequisites, users, one Env,
+    run(env), the agent log on failure, cleanup, exit status."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agent", required=True)
+    args = ap.parse_args()
+    require_prerequisites()
+    ensure_users()
+    env = Env(args.agent)
+    try:
+        run(env)
+    finally:
+        if failures:
+            print("---- agent log (tail) ----\n" + env.tail_log(80))
+        env.cleanup()
+    if summary:
+        summary()
+    print("%d failure(s)" % len(failures))
+    sys.exit(1 if failures else 0)

@@ -7,7 +7,6 @@ client getting Docker's reply; labels never outrank kernel evidence; hostile
 bytes on the socket are counted and change nothing; objects created while the
 agent was down are unattributed after a restart, removed ones are gone, and
 everything attributed before is unchanged."""
-import argparse
 import http.client
 import json
 import os
@@ -83,25 +82,11 @@ def hostile(env):
     env.run_as("bob", ["python3", "-c", code], input=b"\0SEP\0".join(payloads), check=False)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--agent", required=True)
-    args = ap.parse_args()
-    harness.require_prerequisites()
-    harness.ensure_users()
-    env = harness.Env(args.agent)
-    try:
-        run(env)
-    finally:
-        if failures:
-            print("---- agent log (tail) ----\n" + env.tail_log(80))
-        env.cleanup()
+def summary():
     if latencies:
         latencies.sort()
         print("attribution latency after the client returned: n=%d median %.0f ms max %.0f ms" % (
             len(latencies), latencies[len(latencies) // 2] * 1000, latencies[-1] * 1000))
-    print("%d failure(s)" % len(failures))
-    sys.exit(1 if failures else 0)
 
 
 def run(env):
@@ -251,4 +236,4 @@ def run(env):
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(run, failures, summary)

@@ -11,7 +11,6 @@ with alice's imported image and bob's build FROM it sharing the base layer
 volume with known bytes, and objects made before the agent ran (unattributed).
 Also: the quota PUT round trip, bad input leaving limits unchanged, the Docker
 pages with real objects, inspect, and /metrics."""
-import argparse
 import json
 import os
 import subprocess
@@ -48,22 +47,6 @@ def docker_total(df):
 def image_size(env, ref):
     return int(env.docker("root", "image", "inspect", "-f", "{{.Size}}", ref))
 
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--agent", required=True)
-    args = ap.parse_args()
-    harness.require_prerequisites()
-    harness.ensure_users()
-    env = harness.Env(args.agent)
-    try:
-        run(env)
-    finally:
-        if failures:
-            print("---- agent log (tail) ----\n" + env.tail_log(80))
-        env.cleanup()
-    print("%d failure(s)" % len(failures))
-    sys.exit(1 if failures else 0)
 
 
 def quotas(env):
@@ -214,4 +197,4 @@ def run(env):
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(run, failures)

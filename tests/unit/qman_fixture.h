@@ -2,6 +2,8 @@
 // Docker figures that match them, served through a fake UsageSource.
 #pragma once
 
+#include "tests/unit/temp_dir.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -17,14 +19,7 @@ constexpr uint32_t kAlice = 2001, kBob = 2002, kCarol = 2003;
 inline std::string hex64(char c) { return std::string(64, c); }
 inline std::string img(char c) { return "sha256:" + hex64(c); }
 
-struct QmanTempDir {
-  std::string path;
-  QmanTempDir() {
-    char t[] = "/tmp/dq-qman-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~QmanTempDir() { std::system(("rm -rf " + path).c_str()); }
-};
+using QmanTempDir = TempDir;
 
 class FakeSource : public UsageSource {
  public:

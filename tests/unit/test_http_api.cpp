@@ -8,20 +8,13 @@
 
 #include "agent/store.h"
 #include "exporter/http_api.h"
+#include "tests/unit/temp_dir.h"
 
 using namespace dockquota;
 using json = nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/dq-api-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() { std::system(("rm -rf " + path).c_str()); }
-};
 
 }  // namespace
 

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "agent/store.h"
+#include "tests/unit/temp_dir.h"
 
 using namespace dockquota;
 namespace fs = std::filesystem;
@@ -28,21 +29,6 @@ constexpr uint32_t kBob = 1002;
 constexpr uint32_t kCarol = 1003;
 constexpr uint32_t kDave = 1004;
 
-// mkdtemp under /tmp, removed with everything in it.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/dockquota-store-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
 
 std::string readBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

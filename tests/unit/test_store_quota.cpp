@@ -9,19 +9,13 @@
 
 #include "agent/quotas.h"
 #include "agent/store.h"
+#include "tests/unit/temp_dir.h"
 
 using namespace dockquota;
 
 namespace {
 
-struct QuotaTempDir {
-  std::string path;
-  QuotaTempDir() {
-    char t[] = "/tmp/dq-quota-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~QuotaTempDir() { std::system(("rm -rf " + path).c_str()); }
-};
+using QuotaTempDir = TempDir;
 
 std::unique_ptr<Store> openStore(const std::string& path) {
   auto s = Store::open(path);
