@@ -25,7 +25,7 @@ struct Config {
   std::string database = "/var/lib/dockquota/dockquota.db";
   // Probes
   uint32_t capture_bytes = 4096;
-  uint32_t ringbuf_kib = 8192;
+  uint32_t ringbuf_kib = 4096;  // mapped twice by the kernel: RSS grows by 2x this
   uint32_t poll_interval_ms = 10;
   std::string probe_hook = "auto";  // auto | fentry | tracepoint
   // Attribution

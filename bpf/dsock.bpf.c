@@ -103,7 +103,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 * 1024 * 1024); /* set by the agent */
+	__uint(max_entries, 4 * 1024 * 1024); /* set by the agent (ringbuf_kib) */
 } events SEC(".maps");
 
 struct {
