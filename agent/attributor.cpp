@@ -1,5 +1,7 @@
 #include "agent/attributor.h"
 
+#include <malloc.h>
+
 #include <set>
 
 #include "agent/log.h"
@@ -313,6 +315,7 @@ Status Attributor::reconcile() {
 
   stats_.reconciles++;
   stats_.last_reconcile = now;
+  malloc_trim(0);  // the lists were parsed into short-lived trees; return their pages
   LOG_INFO(kSub, "reconciled with Docker: %zu containers, %zu images, %zu volumes; %zu new (unattributed), %zu gone",
            containers->size(), images->size(), volumes->size(), total.added + total.revived, total.gone);
   return {};

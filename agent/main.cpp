@@ -5,6 +5,7 @@
 // Docker, so nothing created during start-up is missed; anything Docker has
 // that the probes did not see is recorded as unattributed.
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -174,6 +175,10 @@ int main(int argc, char** argv) {
               dsock_r.error().message.c_str());
     degraded.push_back("docker.sock probe unavailable: " + dsock_r.error().message);
   }
+
+  // Loading parsed the kernel's BTF for CO-RE (tens of MiB on a 6.x kernel,
+  // twice when fentry was refused); libbpf freed it, glibc kept the pages.
+  malloc_trim(0);
 
   // --- Docker events: reconcile on every (re)connect ------------------------
   std::atomic<bool> reconciled{false};
