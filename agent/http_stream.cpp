@@ -945,7 +945,59 @@ struct HttpConnection::Impl {
     return n;
   }
 
+  // The probe reports a call when it returns. A client that writes on one
+  // thread and reads on another (the Go CLI) can have its read return, and be
+  // reported, before the write that caused the answer is: the writer was
+  // preempted between queueing the bytes and its exit hook. dockerd never
+  // speaks first, so a response starting with no request pending is early,
+  // not an orphan: hold it (bounded) until the request arrives.
+  static constexpr size_t kMaxEarlyBytes = 256 * 1024;
+  struct Early {
+    std::string data;
+    uint64_t total;
+    uint64_t ts;
+  };
+  std::vector<Early> early_;
+  size_t early_bytes_ = 0;
+
+  void recv(std::string_view data, uint64_t total, uint64_t ts) {
+    // Only a plausible response start, at a boundary, with no request pending
+    // and the request side in sync: after a lost request (tx out of sync) the
+    // response is that request's, and must not be given to the next one.
+    const bool at_boundary = rx_.state == State::Idle || rx_.state == State::Lost;
+    const bool starts_response = data.substr(0, 7) == "HTTP/1.";
+    const bool hold = !early_.empty() || (at_boundary && pending_.empty() && starts_response &&
+                                          tx_.state != State::Lost);
+    if (!raw_ && hold && early_bytes_ + data.size() <= kMaxEarlyBytes) {
+      early_.push_back(Early{std::string(data), total, ts});
+      early_bytes_ += data.size();
+      return;
+    }
+    releaseEarly();
+    feed(rx_, data, total, ts);
+  }
+
+  void send(std::string_view data, uint64_t total, uint64_t ts) {
+    feed(tx_, data, total, ts);
+    if (!early_.empty() && !pending_.empty()) releaseEarly();
+  }
+
+  // Replays held response bytes; a request that came late is still their
+  // request, so they are dated no earlier than it.
+  void releaseEarly() {
+    if (early_.empty()) return;
+    std::vector<Early> held;
+    held.swap(early_);
+    early_bytes_ = 0;
+    const HttpRequest* front = frontRequest();
+    for (const Early& e : held) {
+      const uint64_t ts = front ? std::max(e.ts, front->first_ns) : e.ts;
+      feed(rx_, e.data, e.total, ts);
+    }
+  }
+
   void close(uint64_t ts) {
+    releaseEarly();  // still no request: they are counted as orphans now
     if (closed_) return;
     closed_ = true;
     if (raw_) return;
@@ -987,11 +1039,11 @@ HttpConnection::HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_requ
     : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head))) {}
 
 void HttpConnection::onSend(std::string_view data, uint64_t total, uint64_t ts_ns) {
-  impl_->feed(impl_->tx_, data, std::max<uint64_t>(total, data.size()), ts_ns);
+  impl_->send(data, std::max<uint64_t>(total, data.size()), ts_ns);
 }
 
 void HttpConnection::onRecv(std::string_view data, uint64_t total, uint64_t ts_ns) {
-  impl_->feed(impl_->rx_, data, std::max<uint64_t>(total, data.size()), ts_ns);
+  impl_->recv(data, std::max<uint64_t>(total, data.size()), ts_ns);
 }
 
 void HttpConnection::onClose(uint64_t ts_ns) { impl_->close(ts_ns); }

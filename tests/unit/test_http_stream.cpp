@@ -874,15 +874,34 @@ TEST_CASE("timestamps and pairing sanity", "[http_stream][ts]") {
     CHECK(r.exchanges[0].response.first_ns == 130);
     CHECK(r.exchanges[0].response.last_ns == 140);
   }
-  SECTION("a response that began before its request was sent is an orphan") {
+  SECTION("a response reported before its request pairs with it (exit-hook race)") {
+    // The probe reports calls as they return: a Go client's reader thread can
+    // be reported before its preempted writer thread. dockerd never speaks
+    // first, so the early response is held until its request arrives.
     r.recv("HTTP/1.1 200 OK\r\nContent-", 50);
     r.send(request("GET", "/a"), 60);
     r.recv("Length: 0\r\n\r\n", 70);
-    CHECK(r.exchanges.empty());
-    CHECK(r.stats().orphan_responses == 1);
-    r.recv(response(200, "a"), 80);
     REQUIRE(r.exchanges.size() == 1);
-    CHECK(r.exchanges[0].response.body == "a");
+    CHECK(r.exchanges[0].request.target == "/a");
+    CHECK(r.exchanges[0].response.status == 200);
+    CHECK(r.exchanges[0].response.first_ns == 60);  // dated no earlier than its request
+    CHECK(r.stats().orphan_responses == 0);
+    r.recv(response(200, "b"), 80);  // a second answer to one request: held, then an orphan at close
+    r.conn.onClose(90);
+    CHECK(r.exchanges.size() == 1);
+    CHECK(r.stats().orphan_responses == 1);
+  }
+  SECTION("a whole early response waits for its request; without one it is an orphan at close") {
+    r.recv(response(201, "{\"Id\":\"x\"}"), 10);
+    CHECK(r.exchanges.empty());
+    r.send(request("POST", "/containers/create", "{}"), 20);
+    REQUIRE(r.exchanges.size() == 1);
+    CHECK(r.exchanges[0].response.body == "{\"Id\":\"x\"}");
+    Recorder lone;
+    lone.recv(response(200), 10);
+    lone.conn.onClose(20);
+    CHECK(lone.exchanges.empty());
+    CHECK(lone.stats().orphan_responses == 1);
   }
   SECTION("an early error reply pairs with the upload still in flight") {
     r.send("POST /images/load HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n", 1);
