@@ -17,6 +17,7 @@
 #
 # The guest gets PATH, HOME=/root, CI, LANG, LC_ALL and VMTEST_KERNEL=NAME;
 # VMTEST_PASSENV="VAR1 VAR2" passes more. Serial logs: vmtest/.cache/logs/.
+# VMTEST_APPEND="..." adds kernel arguments (e.g. "loglevel=7 softlockup_all_cpu_backtrace=1").
 set -uo pipefail
 
 VMTEST_DIR=$(cd "$(dirname "$0")" && pwd -P)
@@ -125,7 +126,7 @@ boot() {
 		-kernel "$CACHE/$name/vmlinuz" -initrd "$run_dir/initrd"
 		# panic=-1: a panic reboots at once, which -no-reboot turns into a
 		# QEMU exit instead of a hang until the timeout.
-		-append "console=ttyS0 quiet panic=-1"
+		-append "console=ttyS0 quiet panic=-1 ${VMTEST_APPEND:-}"
 		-device virtio-rng-pci
 		# multidevs=remap: the host root spans several filesystems; keep
 		# their inode numbers apart in the guest.
