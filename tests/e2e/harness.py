@@ -146,27 +146,26 @@ class Env:
             return "(no log)"
 
     # -- HTTP API ----------------------------------------------------------
-    def http(self, path, auth=True, method="GET"):
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method)
+    def _send(self, req, auth=True, timeout=5):
+        """Sends req (Basic auth unless auth=False); returns (status, parsed JSON body)."""
         if auth:
             req.add_header("Authorization", "Basic " + base64.b64encode(("api:" + API_KEY).encode()).decode())
         try:
-            with urllib.request.urlopen(req, timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
+
+    def http(self, path, auth=True, method="GET"):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method)
+        return self._send(req, auth=auth)
 
     def http_json(self, method, path, body, content_type="application/json"):
         """A request with a JSON body (PUT/POST), authenticated; returns (status, parsed body)."""
         req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method,
                                      data=json.dumps(body).encode())
         req.add_header("Content-Type", content_type)
-        req.add_header("Authorization", "Basic " + base64.b64encode(("api:" + API_KEY).encode()).decode())
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+        return self._send(req, timeout=10)
 
     def http_text(self, path):
         """An authenticated GET returning (status, text): /metrics."""

@@ -9,6 +9,7 @@
 
 #include "agent/quotas.h"
 #include "agent/store.h"
+#include "tests/unit/qman_fixture.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;
@@ -25,16 +26,7 @@ std::unique_ptr<Store> openStore(const std::string& path) {
 }
 
 Evidence ev(uint32_t uid, double t, const std::string& method, Source src = Source::Bpf) {
-  Evidence e;
-  e.source = src;
-  e.uid = e.gid = uid;
-  e.pid = 100 + uid;
-  e.comm = "docker";
-  e.exe = "/usr/bin/docker";
-  e.method = method;
-  e.request_time = t - 0.5;
-  e.time = t;
-  return e;
+  return testing::evidenceOf(uid, t, method, src);
 }
 
 }  // namespace
