@@ -491,6 +491,15 @@ struct HttpConnection::Impl {
     s.state = State::Lost;
   }
 
+  // A Content-Length body or a chunk's data ran out (captured or as a gap).
+  void endOfBodyOrChunk(Side& s, uint64_t ts) {
+    if (s.state == State::Body) {
+      finishMessage(s, ts);
+    } else {
+      s.state = State::ChunkEnd;
+    }
+  }
+
   void finishMessage(Side& s, uint64_t ts) {
     if (s.is_request) {
       resetMessage(s);
@@ -852,13 +861,7 @@ struct HttpConnection::Impl {
           appendBodyBytes(s, data.substr(0, n), ts);
           data.remove_prefix(n);
           s.remaining -= n;
-          if (s.remaining == 0) {
-            if (s.state == State::Body) {
-              finishMessage(s, ts);
-            } else {
-              s.state = State::ChunkEnd;
-            }
-          }
+          if (s.remaining == 0) endOfBodyOrChunk(s, ts);
           break;
         }
         case State::ChunkSize:
@@ -892,13 +895,7 @@ struct HttpConnection::Impl {
           appendBodyGap(s, n, ts);
           gap -= n;
           s.remaining -= n;
-          if (s.remaining == 0) {
-            if (s.state == State::Body) {
-              finishMessage(s, ts);
-            } else {
-              s.state = State::ChunkEnd;
-            }
-          }
+          if (s.remaining == 0) endOfBodyOrChunk(s, ts);
           break;
         }
         case State::ChunkEnd: {
