@@ -117,6 +117,7 @@ void Attributor::attribute(ObjectKind kind, const std::string& id, const Evidenc
     stats_.attributed++;
     LOG_INFO(kSub, "%s %s -> uid %u (login uid %d, pid %u, %s, %s)", toString(kind), shortId(id).c_str(), ev.uid,
              ev.login_uid ? static_cast<int>(*ev.login_uid) : -1, ev.pid, ev.comm.c_str(), ev.method.c_str());
+    if (on_owner_) on_owner_(kind, id);
   }
 }
 
@@ -132,7 +133,9 @@ void Attributor::markGone(ObjectKind kind, const std::string& id) {
   if (auto st = store_.markGone(kind, id, unixNow()); !st) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", st.error().message.c_str());
+    return;
   }
+  if (on_gone_) on_gone_(kind, id);
 }
 
 void Attributor::onApiCall(const ApiCall& call, const ClientInfo& client) {

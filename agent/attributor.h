@@ -56,6 +56,12 @@ class Attributor {
   // Adds what Docker has and the store lacks (unattributed), marks the rest gone.
   Status reconcile();
 
+  // Called (on the attributing thread) whenever an object's owner is set or
+  // changes, and when an object is gone. Set before start().
+  using ObjectListener = std::function<void(ObjectKind, const std::string& id)>;
+  void setOwnerListener(ObjectListener f) { on_owner_ = std::move(f); }
+  void setGoneListener(ObjectListener f) { on_gone_ = std::move(f); }
+
   const AttributorStats& stats() const { return stats_; }
   // Blocks until the worker queue is empty (tests, benchmarks).
   void drain();
@@ -73,6 +79,7 @@ class Attributor {
   Store& store_;
   DockerClient& docker_;
   AttributorStats stats_;
+  ObjectListener on_owner_, on_gone_;
 
   std::mutex mu_;
   std::condition_variable cv_;

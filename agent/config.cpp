@@ -108,6 +108,15 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"usage_interval_s", uintKey(origin, "usage_interval_s", &Config::usage_interval_s, 5, 86400)},
       {"default_apply_interval_s",
        uintKey(origin, "default_apply_interval_s", &Config::default_apply_interval_s, 10, 86400)},
+      {"project_quotas", stringKey(origin, "project_quotas", &Config::project_quotas)},
+      {"project_quota_mode", stringKey(origin, "project_quota_mode", &Config::project_quota_mode)},
+      // Id 0 is "no project"; ids are 32-bit, (u32)-1 is reserved by the kernel.
+      {"project_id_min", uintKey(origin, "project_id_min", &Config::project_id_min, 1, UINT32_MAX - 1)},
+      {"project_id_max", uintKey(origin, "project_id_max", &Config::project_id_max, 1, UINT32_MAX - 1)},
+      // 2^40 MiB = 1 EiB: beyond any filesystem, and * 2^20 still fits in 64 bits.
+      {"container_quota_default_mib",
+       uintKey(origin, "container_quota_default_mib", &Config::container_quota_default_mib, 0, uint64_t(1) << 40)},
+      {"project_sync_interval_s", uintKey(origin, "project_sync_interval_s", &Config::project_sync_interval_s, 1, 3600)},
   };
 
   Config c;
@@ -147,6 +156,15 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   if (c.docker_binaries.size() > 16) return keyError(origin, "docker_binaries", "at most 16 paths");
   if (c.probe_hook != "auto" && c.probe_hook != "fentry" && c.probe_hook != "tracepoint") {
     return keyError(origin, "probe_hook", "must be one of auto, fentry, tracepoint");
+  }
+  if (c.project_quotas != "auto" && c.project_quotas != "required" && c.project_quotas != "off") {
+    return keyError(origin, "project_quotas", "must be one of auto, required, off");
+  }
+  if (c.project_quota_mode != "user" && c.project_quota_mode != "container") {
+    return keyError(origin, "project_quota_mode", "must be one of user, container");
+  }
+  if (c.project_id_min > c.project_id_max) {
+    return keyError(origin, "project_id_max", "must not be below project_id_min");
   }
   log::Level lvl;
   if (!log::parseLevel(c.log_level, &lvl)) {

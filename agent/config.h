@@ -50,6 +50,13 @@ struct Config {
   std::string docker_data_root;
   uint32_t usage_interval_s = 60;
   uint32_t default_apply_interval_s = 600;
+  // Kernel project quotas on Docker's storage (issue 4; README "Project quotas").
+  std::string project_quotas = "auto";     // auto | required | off
+  std::string project_quota_mode = "user";  // user | container
+  uint32_t project_id_min = 100000;         // ids we allocate from (inclusive)
+  uint32_t project_id_max = 199999;
+  uint64_t container_quota_default_mib = 0;  // per-container mode: default limit, 0 = none
+  uint32_t project_sync_interval_s = 10;     // full re-check + usage read
 };
 
 // Parses and validates; `origin` names the source in errors (the file path).

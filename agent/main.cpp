@@ -39,6 +39,33 @@ using namespace dockquota;
 using json = nlohmann::json;
 
 namespace {
+// /healthz "project_quotas": the backend's state in words an admin can act on.
+json projectQuotaHealth(const ProjectQuotas& p) {
+  const auto& fs = p.filesystem();
+  const auto& st = p.stats();
+  json j = {{"state", p.active() ? "active" : "degraded"},
+            {"usage_source", p.active() ? "kernel" : "docker"},
+            {"mode", toString(p.options().mode)},
+            {"path", fs.path},
+            {"filesystem", fs.fstype},
+            {"device", fs.device},
+            {"ids", {p.options().id_min, p.options().id_max}}};
+  if (!p.active()) {
+    j["reason"] = fs.reason;
+    return j;
+  }
+  j["syncs"] = st.syncs.load();
+  j["errors"] = st.errors.load();
+  j["ids_allocated"] = st.ids_allocated.load();
+  j["ids_released"] = st.ids_released.load();
+  j["tagged_trees"] = st.tagged_trees.load();
+  j["last_sync"] = st.last_sync.load();
+  j["last_sync_seconds"] = st.last_sync_seconds.load();
+  return j;
+}
+}  // namespace
+
+namespace {
 
 constexpr const char* kSub = "dockquotad";
 constexpr const char* kDefaultConfig = "/etc/dockquota/config.json";
@@ -137,6 +164,15 @@ int main(int argc, char** argv) {
 
   DockerClient docker(config.docker_socket);
   Attributor attributor(store, docker);
+  // The project-quota backend exists once the qman services are up (below);
+  // until then there is nothing to tag.
+  std::atomic<ProjectQuotas*> projects{nullptr};
+  attributor.setOwnerListener([&](ObjectKind kind, const std::string& id) {
+    if (auto* p = projects.load()) p->onOwnerChanged(kind, id);
+  });
+  attributor.setGoneListener([&](ObjectKind, const std::string&) {
+    if (auto* p = projects.load()) p->wake();  // free ids soon
+  });
   attributor.start();
 
   // --- probes: attach before the first reconcile ----------------------------
@@ -261,6 +297,12 @@ int main(int argc, char** argv) {
     h["store"] = {{"path", store.path()}, {"schema_version", store.schemaVersion()},
                   {"errors", as.store_errors.load()}};
     if (as.store_errors.load() > 0) reasons.push_back("store writes failed (see logs)");
+    if (auto* p = projects.load()) {
+      h["project_quotas"] = projectQuotaHealth(*p);
+      if (!p->active()) reasons.push_back("no kernel project quotas: " + p->reason() + " (usage is walk-based)");
+    } else {
+      h["project_quotas"] = {{"state", "off"}, {"usage_source", "docker"}};
+    }
     h["probes"] = probes;
     h["kernel"] = kernel;
     h["degraded"] = reasons;
@@ -276,6 +318,7 @@ int main(int argc, char** argv) {
     attributor.stop();
     return 1;
   }
+  projects = (*qman)->projects();
   (*qman)->start();
   auto port = api.start();
   if (!port) {

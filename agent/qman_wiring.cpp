@@ -13,6 +13,50 @@ constexpr auto kInspectTimeout = std::chrono::seconds(10);
 constexpr auto kMeasureTimeout = std::chrono::seconds(300);
 }  // namespace
 
+namespace {
+// The project-quota backend for Docker's data root (config, else Docker's
+// DockerRootDir, else /var/lib/docker). Degraded (not an error) when the
+// filesystem has no project quotas, unless the config says "required".
+Result<std::pair<std::unique_ptr<ProjectQuotas>, std::unique_ptr<DockerClient>>> openProjectQuotas(
+    const Config& config, Store& store, QuotaBook& book, DockerClient& docker) {
+  std::string root = config.docker_data_root;
+  if (root.empty()) {
+    auto info = docker.getJson("/info");
+    if (info && (*info)["DockerRootDir"].is_string()) root = (*info)["DockerRootDir"].get<std::string>();
+  }
+  if (root.empty()) root = "/var/lib/docker";
+  QuotaFs fs;
+  if (auto probed = probeQuotaFs(root)) {
+    fs = *probed;
+  } else {
+    fs.path = root;
+    fs.reason = probed.error().message;
+  }
+  if (!fs.usable()) {
+    if (config.project_quotas == "required")
+      return Error{ENOTSUP, "prjquota: project quotas are required (config project_quotas) but unavailable under " +
+                                root + ": " + fs.reason};
+    LOG_WARN("prjquota",
+             "DEGRADED: no kernel project quotas under %s: %s. Usage stays walk-based (Docker's figures) and "
+             "limits are not enforced by the kernel",
+             root.c_str(), fs.reason.c_str());
+  } else {
+    LOG_INFO("prjquota", "%s: %s mode, ids %u..%u", fs.describe().c_str(), config.project_quota_mode.c_str(),
+             config.project_id_min, config.project_id_max);
+  }
+  auto client = std::make_unique<DockerClient>(config.docker_socket, kInspectTimeout);
+  ProjectQuotas::Options o;
+  o.mode = config.project_quota_mode == "container" ? ProjectMode::Container : ProjectMode::User;
+  o.id_min = config.project_id_min;
+  o.id_max = config.project_id_max;
+  o.container_default_bytes = config.container_quota_default_mib << 20;
+  o.bill_root_to_login_uid = config.bill_root_to_login_uid;
+  o.interval = std::chrono::seconds(config.project_sync_interval_s);
+  auto p = std::make_unique<ProjectQuotas>(store, book, std::make_unique<DockerLayerLocator>(*client, root), fs, o);
+  return std::make_pair(std::move(p), std::move(client));
+}
+}  // namespace
+
 ApiServerOptions apiServerOptions(const Config& c, int threads) {
   ApiServerOptions o;
   o.address = c.listen_address;
@@ -34,16 +78,31 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
   auto book = QuotaBook::load(store);
   if (!book) return book.error();
   q->quotas_ = std::move(*book);
+  if (config.project_quotas != "off") {
+    auto p = openProjectQuotas(config, store, *q->quotas_, *q->inspect_client_);
+    if (!p) return p.error();
+    q->project_client_ = std::move(p->second);
+    q->projects_ = std::move(p->first);
+  }
+  std::function<std::shared_ptr<const KernelUsage>()> kernel;
+  if (q->projects_ && q->projects_->active()) kernel = [p = q->projects_.get()] { return p->usage(); };
   q->users_ = std::make_unique<UserDirectory>();
   q->usage_ = std::make_unique<UsageAccountant>(
       store, std::make_unique<DockerUsageSource>(*q->measure_client_),
       UsageAccountant::Options{.interval = std::chrono::seconds(config.usage_interval_s),
-                               .bill_root_to_login_uid = config.bill_root_to_login_uid});
+                               .bill_root_to_login_uid = config.bill_root_to_login_uid,
+                               .kernel = kernel});
+  if (q->projects_ && q->projects_->active()) {
+    // Kernel figures are current: re-publish whenever they are read; a limit change goes to the kernel at once.
+    q->projects_->setUsageListener([u = q->usage_.get()] { (void)u->rejoin(); });
+    q->quotas_->setChangeListener([p = q->projects_.get()] { p->wake(); });
+  }
   q->ctx_.reset(new QmanContext{store, *q->quotas_, *q->usage_, *q->users_, q->inspect_client_.get(),
                                 std::move(probe_counters),
                                 QmanOptions{.docker_enabled = config.docker_quota_enabled,
                                             .reserved_bytes = config.docker_quota_reserved_bytes,
                                             .data_root = config.docker_data_root}});
+  q->ctx_->projects = q->projects_.get();
   installQmanRoutes(api, *q->ctx_);
   return q;
 }
@@ -51,6 +110,7 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
 QmanServices::~QmanServices() { stop(); }
 
 void QmanServices::start() {
+  if (projects_) projects_->start();
   usage_->start();
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -67,6 +127,7 @@ void QmanServices::stop() {
   cv_.notify_all();
   if (defaults_thread_.joinable()) defaults_thread_.join();
   if (usage_) usage_->stop();
+  if (projects_) projects_->stop();
 }
 
 Result<size_t> QmanServices::applyDefaultsNow() {

@@ -21,6 +21,7 @@
 
 #include "agent/config.h"
 #include "agent/docker_client.h"
+#include "agent/project_quotas.h"
 #include "agent/quotas.h"
 #include "agent/store.h"
 #include "agent/usage.h"
@@ -45,6 +46,8 @@ class QmanServices {
 
   UsageAccountant& usage() { return *usage_; }
   QuotaBook& quotas() { return *quotas_; }
+  // The kernel project-quota backend; nullptr when the config turns it off.
+  ProjectQuotas* projects() { return projects_.get(); }
   // One run of the periodic default application; returns how many users got a limit.
   Result<size_t> applyDefaultsNow();
 
@@ -58,6 +61,8 @@ class QmanServices {
   std::unique_ptr<QuotaBook> quotas_;
   std::unique_ptr<UserDirectory> users_;
   std::unique_ptr<UsageAccountant> usage_;
+  std::unique_ptr<DockerClient> project_client_;  // inspect for layer roots, never behind a slow /system/df
+  std::unique_ptr<ProjectQuotas> projects_;
   std::unique_ptr<QmanContext> ctx_;
 
   std::mutex mu_;

@@ -86,6 +86,7 @@ Status QuotaBook::setLimits(const Limits& kib_by_uid) {
     }
   }
   limits_ = std::move(next);
+  if (on_change_) on_change_();
   return {};
 }
 

@@ -76,6 +76,8 @@ class QuotaBook {
   // Write-through: the store first, then memory. 0 removes the limit.
   Status setLimit(uint32_t uid, uint64_t kib);
   Status setLimits(const Limits& kib_by_uid);
+  // Called after every successful limit change (e.g. to push it into the kernel). Set before use.
+  void setChangeListener(std::function<void()> f) { on_change_ = std::move(f); }
 
   Result<std::optional<DeviceDefault>> deviceDefault(const std::string& device) const;
   Status setDeviceDefault(const DeviceDefault& d);
@@ -85,6 +87,7 @@ class QuotaBook {
   Store& store_;
   mutable std::mutex mu_;  // serialises writers and guards limits_
   std::shared_ptr<const Limits> limits_;
+  std::function<void()> on_change_;
 };
 
 // --- users -----------------------------------------------------------------------

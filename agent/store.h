@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -108,9 +109,18 @@ struct ReconcileResult {
   size_t revived = 0; // a gone id that Docker has again (a volume name reused): reset, unattributed
 };
 
+// Schema v3: a kernel project-quota id and what it is for (issue 4).
+struct ProjectRecord {
+  uint32_t id = 0;
+  std::string owner_kind;                // "user" (owner = uid) or "container" (owner = container id)
+  std::string owner;
+  std::optional<uint64_t> limit_bytes;   // container projects: own limit; nullopt = the default
+  double created_at = 0;
+};
+
 class Store {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens (creating if needed) and migrates. Refuses a file whose schema is
   // newer than this build knows, naming both versions.
@@ -177,6 +187,16 @@ class Store {
   // object of `kind` (all kinds when nullopt); at most `limit`.
   Result<std::vector<EvidenceRow>> evidenceRows(std::optional<ObjectKind> kind, const std::string& id,
                                                 size_t limit) const;
+
+  // --- v3: project-quota ids ---------------------------------------------------
+  // The project of (kind, owner); a new one takes the lowest id in [lo, hi]
+  // that no row holds and `usable` accepts (ENOSPC when none).
+  Result<ProjectRecord> project(const std::string& kind, const std::string& owner, uint32_t lo, uint32_t hi,
+                                double now, const std::function<bool(uint32_t)>& usable = {});
+  // Frees the id (no-op when there is none).
+  Status releaseProject(const std::string& kind, const std::string& owner);
+  Status setProjectLimit(const std::string& kind, const std::string& owner, std::optional<uint64_t> bytes);
+  Result<std::vector<ProjectRecord>> projects() const;
 
  private:
   Store(sqlite3* db, std::string path);

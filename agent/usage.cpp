@@ -238,7 +238,23 @@ std::map<std::string, const Figure*> indexBy(const std::vector<Figure>& v, std::
 
 }  // namespace
 
-UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_root) {
+namespace {
+// Makes `u` sum to `bytes` (a kernel figure): layers and volumes as measured,
+// the rest is the writable layers'; if the kernel counts less than layers and
+// volumes (sparse files, apparent vs allocated bytes), volumes give way first.
+void fitTo(UserUsage& u, uint64_t bytes) {
+  uint64_t fixed = satAdd(u.image_layer_bytes, u.volume_bytes);
+  if (bytes >= fixed) {
+    u.container_bytes = bytes - fixed;
+    return;
+  }
+  u.container_bytes = 0;
+  u.image_layer_bytes = std::min(u.image_layer_bytes, bytes);
+  u.volume_bytes = bytes - u.image_layer_bytes;
+}
+}  // namespace
+
+UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_root, const KernelUsage* kernel) {
   UsageSnapshot s;
   s.measured_at = f.measured_at;
   s.data_root = f.data_root;
@@ -253,6 +269,10 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
     r.parent = fig ? fig->image_id : rec->parent;
     r.status = fig ? fig->status : "";
     r.size_bytes = fig ? fig->size_rw : 0;
+    if (kernel) {
+      auto k = kernel->containers.find(r.id);
+      if (k != kernel->containers.end()) r.size_bytes = k->second;
+    }
     if (rec) setOwner(r, *rec, bill_root);
     s.container_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].container_bytes += r.size_bytes;
@@ -347,6 +367,23 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   }
 
   s.total_bytes = s.container_bytes + s.layer_bytes + s.volume_bytes;
+  if (kernel) {
+    s.kernel = true;
+    s.kernel_read_at = kernel->read_at;
+  }
+  if (kernel && kernel->per_user) {
+    // Each uid's project is the truth for that uid; what no uid owns keeps
+    // Docker's figure. The device totals move by the same amounts.
+    for (const auto& [uid, bytes] : kernel->users) {
+      UserUsage& u = s.users[uid];
+      UserUsage before = u;
+      fitTo(u, bytes);
+      s.container_bytes = s.container_bytes - before.container_bytes + u.container_bytes;
+      s.layer_bytes = s.layer_bytes - before.image_layer_bytes + u.image_layer_bytes;
+      s.volume_bytes = s.volume_bytes - before.volume_bytes + u.volume_bytes;
+    }
+    s.total_bytes = s.container_bytes + s.layer_bytes + s.volume_bytes;
+  }
   for (const auto* list : {&owners.containers, &owners.images, &owners.volumes}) {
     for (const auto& rec : *list)
       s.counts[toString(rec.kind)][rec.owner ? toString(rec.owner->source) : "unattributed"]++;
@@ -461,10 +498,11 @@ Status UsageAccountant::publish(const UsageFigures& figures, bool measured, cons
     if (!rows) return rows.error().context(kSub);
     *out = std::move(*rows);
   }
-  auto snap = std::make_shared<UsageSnapshot>(account(figures, owners, opt_.bill_root_to_login_uid));
+  auto kernel = opt_.kernel ? opt_.kernel() : nullptr;
+  auto snap = std::make_shared<UsageSnapshot>(account(figures, owners, opt_.bill_root_to_login_uid, kernel.get()));
   snap->measured = measured;
   snap->error = error;
-  snap->source = source_->name();
+  snap->source = std::string(source_->name()) + (kernel ? "+prjquota" : "");
   if (measured) {
     // Remember each layer's first sighting (and owner) across restarts.
     std::vector<LayerRecord> rows;

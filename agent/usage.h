@@ -101,6 +101,15 @@ std::vector<std::string> chainIds(const std::vector<std::string>& diff_ids);
 // Apparent bytes of the files under `dir` (hard links once), like Docker's directory.Size.
 uint64_t directoryBytes(const std::string& dir);
 
+// Figures the kernel keeps (project quotas: a quota read, exact and current)
+// where the ProjectQuotas backend is on. They outrank Docker's figures.
+struct KernelUsage {
+  bool per_user = false;                        // users[] is each uid's whole usage (one project per uid)
+  std::map<uint32_t, uint64_t> users;           // uid -> bytes of the uid's project
+  std::map<std::string, uint64_t> containers;   // container id -> bytes of its own project (per-container mode)
+  double read_at = 0;                           // unix seconds
+};
+
 // --- the snapshot ---------------------------------------------------------------
 
 struct UserUsage {
@@ -134,7 +143,9 @@ struct UsageSnapshot {
   uint64_t generation = 0;         // bumps on every publish
   bool measured = false;           // false until the first successful measurement
   double measured_at = 0;
-  std::string source;              // UsageSource::name()
+  std::string source;              // UsageSource::name(), "+prjquota" when kernel figures are joined in
+  bool kernel = false;             // per-user/per-container bytes come from project-quota reads
+  double kernel_read_at = 0;
   std::string error;               // last measurement error ("" ok)
   std::string data_root;
 
@@ -155,7 +166,11 @@ struct OwnerView {
   std::vector<ObjectRecord> containers, images, volumes;
 };
 
-UsageSnapshot account(const UsageFigures& figures, const OwnerView& owners, bool bill_root_to_login_uid);
+// `kernel` (may be null): project-quota figures that replace Docker's where they
+// exist. A uid's kernel total is split so the three parts still sum to it: the
+// layers and volumes Docker measured, and the rest as container bytes.
+UsageSnapshot account(const UsageFigures& figures, const OwnerView& owners, bool bill_root_to_login_uid,
+                      const KernelUsage* kernel = nullptr);
 
 // --- the accountant ----------------------------------------------------------------
 
@@ -164,6 +179,8 @@ class UsageAccountant {
   struct Options {
     std::chrono::milliseconds interval = std::chrono::seconds(60);
     bool bill_root_to_login_uid = true;
+    // Latest kernel figures (ProjectQuotas::usage()), joined in on every publish.
+    std::function<std::shared_ptr<const KernelUsage>()> kernel;
   };
 
   UsageAccountant(Store& store, std::unique_ptr<UsageSource> source, Options options);

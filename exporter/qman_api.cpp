@@ -762,6 +762,30 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   promHeader(out, "dockquota_usage_measured_timestamp_seconds", "gauge", "When the figures served were measured.");
   promSample(out, "dockquota_usage_measured_timestamp_seconds", "", snap->measured ? snap->measured_at : 0.0);
 
+  promHeader(out, "dockquota_usage_source", "gauge", "Where per-user figures come from: kernel (project-quota reads) or docker (walks, Docker's figures).");
+  promSample(out, "dockquota_usage_source", "source=\"kernel\"", uint64_t(snap->kernel ? 1 : 0));
+  promSample(out, "dockquota_usage_source", "source=\"docker\"", uint64_t(snap->kernel ? 0 : 1));
+  if (const ProjectQuotas* p = ctx.projects) {
+    const auto& st = p->stats();
+    std::string fs = "filesystem=\"" + promEscape(p->filesystem().fstype) + "\",mode=\"" + toString(p->options().mode) + "\"";
+    promHeader(out, "dockquota_project_quota_active", "gauge", "1 when kernel project quotas hold limits on Docker's storage, 0 when degraded (see /healthz).");
+    promSample(out, "dockquota_project_quota_active", fs, uint64_t(p->active() ? 1 : 0));
+    promHeader(out, "dockquota_project_quota_syncs_total", "counter", "Full project-quota passes (tag, limits, usage read).");
+    promSample(out, "dockquota_project_quota_syncs_total", "", st.syncs.load());
+    promHeader(out, "dockquota_project_quota_errors_total", "counter", "Tagging, limit and read failures.");
+    promSample(out, "dockquota_project_quota_errors_total", "", st.errors.load());
+    promHeader(out, "dockquota_project_ids_total", "counter", "Project ids allocated and released.");
+    promSample(out, "dockquota_project_ids_total", "event=\"allocated\"", st.ids_allocated.load());
+    promSample(out, "dockquota_project_ids_total", "event=\"released\"", st.ids_released.load());
+    promHeader(out, "dockquota_project_tagged_inodes_total", "counter", "Inodes given a project id by a (re)tag walk.");
+    promSample(out, "dockquota_project_tagged_inodes_total", "", st.tagged_inodes.load());
+    promHeader(out, "dockquota_project_sync_seconds", "gauge", "Duration of the last pass, and of its usage read alone.");
+    promSample(out, "dockquota_project_sync_seconds", "part=\"all\"", st.last_sync_seconds.load());
+    promSample(out, "dockquota_project_sync_seconds", "part=\"read\"", st.last_read_seconds.load());
+    promHeader(out, "dockquota_project_tag_latency_seconds", "gauge", "Owner known to layer root tagged, for the last container.");
+    promSample(out, "dockquota_project_tag_latency_seconds", "", st.last_tag_latency.load());
+  }
+
   promProbeCounters(out, ctx.probe_counters ? ctx.probe_counters() : json::object());
   api.requestMetrics().render(out);
   res.status = 200;

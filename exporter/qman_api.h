@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/docker_client.h"
+#include "agent/project_quotas.h"
 #include "agent/quotas.h"
 #include "agent/store.h"
 #include "agent/usage.h"
@@ -54,6 +55,7 @@ struct QmanContext {
   std::function<nlohmann::json()> probe_counters;  // BPF counters for /metrics (may be empty)
   QmanOptions options;
   std::shared_ptr<QuotasCache> cache = std::make_shared<QuotasCache>();
+  ProjectQuotas* projects = nullptr;                // kernel project quotas (nullptr: off)
 };
 
 // Registers every route on `api` (before api.start()). `ctx` must outlive it.

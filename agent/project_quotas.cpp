@@ -1,0 +1,434 @@
+#include "agent/project_quotas.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "agent/attributor.h"
+#include "agent/log.h"
+
+namespace dockquota {
+namespace {
+
+constexpr const char* kSub = "prjquota";
+constexpr const char* kUser = "user";
+constexpr const char* kContainer = "container";
+
+double nowUnix() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string parentDir(const std::string& p) {
+  auto slash = p.find_last_of('/');
+  return slash == std::string::npos || slash == 0 ? p : p.substr(0, slash);
+}
+
+bool isDir(const std::string& p) {
+  struct stat st {};
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string key(const std::string& kind, const std::string& owner) { return kind + ":" + owner; }
+
+}  // namespace
+
+const char* toString(ProjectMode m) { return m == ProjectMode::User ? "user" : "container"; }
+
+// --- where things live -------------------------------------------------------------
+
+std::string layerRootFromMounts(const std::string& mountinfo, const std::string& container_id) {
+  std::istringstream in(mountinfo);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string id, parent, majmin, root, mp, opts, tok, fstype, source, super;
+    ls >> id >> parent >> majmin >> root >> mp >> opts;
+    while (ls >> tok && tok != "-") {
+    }
+    ls >> fstype >> source >> super;
+    if (fstype != "overlay" || mp.find(container_id) == std::string::npos) continue;
+    std::istringstream so(super);
+    for (std::string opt; std::getline(so, opt, ',');)
+      if (opt.rfind("upperdir=", 0) == 0) return parentDir(opt.substr(9));
+  }
+  return "";
+}
+
+DockerLayerLocator::DockerLayerLocator(DockerClient& docker, std::string data_root)
+    : docker_(docker), root_(std::move(data_root)) {}
+
+Result<std::vector<std::string>> DockerLayerLocator::container(const std::string& id) {
+  auto j = docker_.inspectContainer(id);
+  if (!j) return j.error();
+  std::string upper;
+  const auto& gd = (*j)["GraphDriver"];
+  if (gd.is_object() && gd["Data"].is_object() && gd["Data"]["UpperDir"].is_string())
+    upper = gd["Data"]["UpperDir"].get<std::string>();
+  std::vector<std::string> dirs;
+  if (!upper.empty()) {
+    std::string layer = parentDir(upper);
+    dirs.push_back(layer);
+    if (isDir(layer + "-init")) dirs.push_back(layer + "-init");  // the container's small init layer
+    return dirs;
+  }
+  // The containerd image store has no GraphDriver: the mounted rootfs says where its upper dir is.
+  std::ifstream in("/proc/self/mountinfo");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string layer = layerRootFromMounts(text.str(), id);
+  if (!layer.empty()) dirs.push_back(layer);
+  return dirs;
+}
+
+Result<std::string> DockerLayerLocator::layer(const std::string& chain_id) {
+  std::string hex = chain_id.rfind("sha256:", 0) == 0 ? chain_id.substr(7) : chain_id;
+  std::ifstream in(root_ + "/image/overlay2/layerdb/sha256/" + hex + "/cache-id");
+  std::string cache;
+  if (!in || !(in >> cache) || cache.find('/') != std::string::npos || cache.find("..") != std::string::npos)
+    return Error{ENOENT, "no overlay2 cache-id for layer " + chain_id};
+  return root_ + "/overlay2/" + cache;
+}
+
+Result<std::string> DockerLayerLocator::volume(const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+    return Error{EINVAL, "bad volume name " + name};
+  std::string dir = root_ + "/volumes/" + name;
+  if (!isDir(dir)) return Error{ENOENT, "no local volume directory " + dir};
+  return dir;
+}
+
+// --- the backend ---------------------------------------------------------------------
+
+ProjectQuotas::ProjectQuotas(Store& store, QuotaBook& book, std::unique_ptr<LayerLocator> locator, QuotaFs fs,
+                             Options options)
+    : store_(store), book_(book), locator_(std::move(locator)), fs_(std::move(fs)), opt_(options) {
+  if (!active()) return;
+  if (auto projects = store_.projects()) {
+    for (const auto& p : *projects) ids_[key(p.owner_kind, p.owner)] = p.id;
+  }
+}
+
+ProjectQuotas::~ProjectQuotas() { stop(); }
+
+void ProjectQuotas::start() {
+  if (!active() || thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = false;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+void ProjectQuotas::stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
+  if (!active()) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    queue_.emplace_back(kind, id);
+    queued_at_.emplace(id, nowUnix());
+  }
+  cv_.notify_all();
+}
+
+void ProjectQuotas::wake() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    wake_ = true;
+  }
+  cv_.notify_all();
+}
+
+void ProjectQuotas::setUsageListener(std::function<void()> f) {
+  std::lock_guard<std::mutex> l(mu_);
+  on_usage_ = std::move(f);
+}
+
+std::shared_ptr<const KernelUsage> ProjectQuotas::usage() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return usage_;
+}
+
+std::optional<uint32_t> ProjectQuotas::projectOfUser(uint32_t uid) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = ids_.find(key(kUser, std::to_string(uid)));
+  return it == ids_.end() ? std::nullopt : std::optional<uint32_t>(it->second);
+}
+
+std::optional<uint32_t> ProjectQuotas::projectOfContainer(const std::string& id) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = ids_.find(key(kContainer, id));
+  return it == ids_.end() ? std::nullopt : std::optional<uint32_t>(it->second);
+}
+
+void ProjectQuotas::run() {
+  auto next_sync = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stop_) {
+    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty(); });
+    if (stop_) break;
+    // New objects first: their layer roots should carry the id before they are written to.
+    while (!queue_.empty()) {
+      auto [kind, id] = queue_.front();
+      queue_.pop_front();
+      l.unlock();
+      {
+        std::lock_guard<std::mutex> s(sync_mu_);
+        auto rec = store_.get(kind, id);
+        if (rec && *rec && !(*rec)->gone_at) {
+          if (auto st = tagObject(kind, **rec); !st) {
+            stats_.errors++;
+            LOG_WARN(kSub, "%s", st.error().message.c_str());
+          }
+        }
+      }
+      l.lock();
+    }
+    bool due = wake_ || std::chrono::steady_clock::now() >= next_sync;
+    if (!due) continue;
+    wake_ = false;
+    l.unlock();
+    if (auto st = sync(); !st) LOG_WARN(kSub, "sync: %s", st.error().message.c_str());
+    l.lock();
+    next_sync = std::chrono::steady_clock::now() + opt_.interval;
+  }
+}
+
+Result<uint32_t> ProjectQuotas::projectFor(const std::string& kind, const std::string& owner) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = ids_.find(key(kind, owner));
+    if (it != ids_.end()) return it->second;
+  }
+  // A free id is one the kernel charges nothing to: not Docker's, not an admin's.
+  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, nowUnix(), [this](uint32_t id) {
+    auto u = readProject(fs_, id);
+    return u && u->bytes == 0 && u->inodes == 0;
+  });
+  if (!p) return p.error();
+  stats_.ids_allocated++;
+  LOG_INFO(kSub, "project %u for %s %s", p->id, kind.c_str(), owner.c_str());
+  // The limit goes on before anything is tagged, so no byte is written unlimited.
+  if (auto s = applyLimits({*p}); !s) return s.error();
+  std::lock_guard<std::mutex> l(mu_);
+  ids_[key(kind, owner)] = p->id;
+  return p->id;
+}
+
+Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id) {
+  for (const auto& dir : dirs) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0) continue;  // removed meanwhile
+    if (st.st_dev != fs_.dev) continue;         // not on the quota filesystem (a bind-mounted volume driver...)
+    auto cur = projectOf(dir);
+    if (cur && *cur == id) continue;  // tagged before; its tree inherited the id since
+    auto r = tagTree(dir, id);
+    if (!r) return r.error();
+    stats_.tagged_trees++;
+    stats_.tagged_inodes += r->tagged;
+    if (r->failed) {
+      stats_.errors++;
+      LOG_WARN(kSub, "tagging %s with project %u: %llu inode(s) failed, first: %s", dir.c_str(), id,
+               (unsigned long long)r->failed, r->error.c_str());
+    }
+    LOG_DEBUG(kSub, "tagged %s with project %u (%llu inodes changed)", dir.c_str(), id, (unsigned long long)r->tagged);
+  }
+  return {};
+}
+
+Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
+  // Which project, if any, should this object's directories carry?
+  std::string pkind, powner;
+  if (kind == ObjectKind::Container && opt_.mode == ProjectMode::Container) {
+    pkind = kContainer, powner = rec.id;
+  } else if ((kind == ObjectKind::Container || kind == ObjectKind::Volume) && opt_.mode == ProjectMode::User &&
+             rec.owner) {
+    pkind = kUser, powner = std::to_string(billedUid(*rec.owner, opt_.bill_root_to_login_uid));
+  } else if (kind == ObjectKind::Image) {
+    return {};  // images are tagged layer by layer (sync())
+  }
+
+  std::vector<std::string> dirs;
+  if (kind == ObjectKind::Container) {
+    auto cached = container_dirs_.find(rec.id);
+    if (cached == container_dirs_.end() || cached->second.empty()) {
+      auto d = locator_->container(rec.id);
+      if (!d) return d.error().context("container " + rec.id.substr(0, 12));
+      cached = container_dirs_.insert_or_assign(rec.id, *d).first;
+    }
+    dirs = cached->second;
+  } else {
+    auto d = locator_->volume(rec.id);
+    if (!d) return {};  // not a local volume on this filesystem: nothing to tag
+    dirs.push_back(*d);
+  }
+  if (dirs.empty()) return {};
+
+  uint32_t id = 0;  // unattributed: back to project 0, but only from one of our ids
+  if (!pkind.empty()) {
+    auto p = projectFor(pkind, powner);
+    if (!p) return p.error();
+    id = *p;
+  } else {
+    auto cur = projectOf(dirs.front());
+    if (!cur || !ours(*cur)) return {};
+  }
+  if (auto s = tagDirs(dirs, id); !s) return s.error().context(std::string(toString(kind)) + " " + rec.id.substr(0, 12));
+
+  std::lock_guard<std::mutex> l(mu_);
+  auto q = queued_at_.find(rec.id);
+  if (q != queued_at_.end()) {
+    stats_.last_tag_latency = nowUnix() - q->second;
+    queued_at_.erase(q);
+  }
+  return {};
+}
+
+Status ProjectQuotas::sync() {
+  if (!active()) return Error{ENOTSUP, "prjquota: " + fs_.reason};
+  std::lock_guard<std::mutex> s(sync_mu_);
+  auto t0 = std::chrono::steady_clock::now();
+  Status first_error;
+  auto note = [&](Status st) {
+    if (st) return;
+    stats_.errors++;
+    LOG_WARN(kSub, "%s", st.error().message.c_str());
+    if (first_error) first_error = st;
+  };
+
+  // 1. Every live container and volume carries its project.
+  std::set<std::string> live_containers, live_users;
+  for (ObjectKind kind : {ObjectKind::Container, ObjectKind::Volume}) {
+    auto rows = store_.list(kind);
+    if (!rows) return rows.error().context(kSub);
+    for (const auto& rec : *rows) {
+      if (kind == ObjectKind::Container) live_containers.insert(rec.id);
+      if (rec.owner) live_users.insert(std::to_string(billedUid(*rec.owner, opt_.bill_root_to_login_uid)));
+      note(tagObject(kind, rec));
+    }
+  }
+  std::erase_if(container_dirs_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+
+  // 2. Per-user mode: each image layer carries the project of the uid it is billed to.
+  if (opt_.mode == ProjectMode::User) {
+    auto layers = store_.layers();
+    if (!layers) return layers.error().context(kSub);
+    for (const auto& l : *layers) {
+      if (!l.owner_uid) continue;
+      auto dir = locator_->layer(l.id);
+      if (!dir) continue;  // not an overlay2 layer we can find: the walk still counts it
+      std::string owner = std::to_string(*l.owner_uid);
+      live_users.insert(owner);
+      auto p = projectFor(kUser, owner);
+      if (!p) {
+        note(p.error());
+        continue;
+      }
+      note(tagDirs({*dir}, *p));
+    }
+  }
+
+  // 3. Ids whose last object is gone are freed (limit cleared first, so the id is clean for reuse).
+  auto projects = store_.projects();
+  if (!projects) return projects.error().context(kSub);
+  std::vector<ProjectRecord> kept;
+  for (const auto& p : *projects) {
+    bool live = p.owner_kind == kUser ? live_users.count(p.owner) > 0 : live_containers.count(p.owner) > 0;
+    bool wrong_mode = (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User);
+    if (live && !wrong_mode) {
+      kept.push_back(p);
+      continue;
+    }
+    if (live && wrong_mode) {  // left from the other mode: keep the row until the object is gone
+      continue;
+    }
+    note(setProjectLimit(fs_, p.id, 0));
+    if (auto st = store_.releaseProject(p.owner_kind, p.owner); !st) {
+      note(st);
+      continue;
+    }
+    applied_.erase(p.id);
+    stats_.ids_released++;
+    LOG_INFO(kSub, "project %u of %s %s released", p.id, p.owner_kind.c_str(), p.owner.c_str());
+    std::lock_guard<std::mutex> l(mu_);
+    ids_.erase(key(p.owner_kind, p.owner));
+  }
+
+  // 4. Limits, then 5. usage.
+  note(applyLimits(kept));
+  auto r0 = std::chrono::steady_clock::now();
+  note(readUsage(kept));
+  auto t1 = std::chrono::steady_clock::now();
+  stats_.last_read_seconds = std::chrono::duration<double>(t1 - r0).count();
+  stats_.last_sync_seconds = std::chrono::duration<double>(t1 - t0).count();
+  stats_.last_sync = nowUnix();
+  stats_.syncs++;
+  return first_error;
+}
+
+uint64_t ProjectQuotas::limitFor(const ProjectRecord& p) const {
+  if (p.owner_kind == kUser) return book_.limitKiB(uint32_t(std::stoul(p.owner))) * 1024;
+  return p.limit_bytes.value_or(opt_.container_default_bytes);
+}
+
+Status ProjectQuotas::applyLimits(const std::vector<ProjectRecord>& projects) {
+  Status first;
+  for (const auto& p : projects) {
+    uint64_t want = limitFor(p);
+    auto it = applied_.find(p.id);
+    if (it != applied_.end() && it->second == want) continue;
+    if (auto s = setProjectLimit(fs_, p.id, want); !s) {
+      if (first) first = s;
+      continue;
+    }
+    applied_[p.id] = want;
+    stats_.limit_sets++;
+    LOG_INFO(kSub, "project %u (%s %s): hard limit %llu bytes", p.id, p.owner_kind.c_str(), p.owner.c_str(),
+             (unsigned long long)want);
+  }
+  return first;
+}
+
+Status ProjectQuotas::readUsage(const std::vector<ProjectRecord>& projects) {
+  auto all = readProjects(fs_);
+  std::map<uint32_t, ProjectUsage> by_id;
+  if (all) {
+    by_id = std::move(*all);
+  } else {
+    // No Q_XGETNEXTQUOTA (pre-4.6 kernels): one read per id we hold.
+    for (const auto& p : projects) {
+      auto u = readProject(fs_, p.id);
+      if (!u) return u.error();
+      by_id[p.id] = *u;
+    }
+  }
+  auto k = std::make_shared<KernelUsage>();
+  k->per_user = opt_.mode == ProjectMode::User;
+  k->read_at = nowUnix();
+  for (const auto& p : projects) {
+    auto it = by_id.find(p.id);
+    uint64_t bytes = it == by_id.end() ? 0 : it->second.bytes;
+    if (p.owner_kind == kUser)
+      k->users[uint32_t(std::stoul(p.owner))] = bytes;
+    else
+      k->containers[p.owner] = bytes;
+  }
+  std::function<void()> listener;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    usage_ = std::move(k);
+    listener = on_usage_;
+  }
+  if (listener) listener();
+  return {};
+}
+
+}  // namespace dockquota
