@@ -1,0 +1,433 @@
+// Project quotas on real filesystems: XFS and ext4 images on loop devices.
+// Needs root. Where the kernel has quota support (the vmtest guests) the
+// limits must hold exactly; where it has none (this host: CONFIG_QUOTA off)
+// the probe must say so, and tagging must still work on XFS. DQ_REQUIRE_PRJQUOTA=1
+// (set in the VM runs) turns "no quota support" into a failure.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/prjquota.h"
+#include "agent/project_quotas.h"
+#include "agent/quotas.h"
+#include "agent/store.h"
+#include "tests/unit/temp_dir.h"
+
+using namespace dockquota;
+
+namespace {
+
+bool ci() { return std::getenv("CI") && std::string(std::getenv("CI")) == "true"; }
+bool requirePrjquota() { return std::getenv("DQ_REQUIRE_PRJQUOTA") && std::string(std::getenv("DQ_REQUIRE_PRJQUOTA")) == "1"; }
+// CONFIG_QUOTA shows itself as /proc/sys/fs/quota.
+bool kernelHasQuota() { return access("/proc/sys/fs/quota", F_OK) == 0; }
+
+bool prerequisites() {
+  std::string why;
+  if (geteuid() != 0) why = "not root";
+  else if (system("command -v mkfs.xfs >/dev/null && command -v mkfs.ext4 >/dev/null") != 0) why = "no mkfs.xfs/mkfs.ext4 (xfsprogs, e2fsprogs)";
+  if (why.empty()) return true;
+  if (ci()) FAIL("real-filesystem test cannot run in CI: " << why);
+  WARN("SKIPPED: " << why);
+  return false;
+}
+
+int sh(const std::string& cmd) { return system((cmd + " >/dev/null 2>&1").c_str()); }
+
+// A filesystem image on a loop device, mounted under a temp dir.
+struct LoopFs {
+  TempDir tmp;
+  std::string image = tmp.file("fs.img"), mnt = tmp.file("mnt");
+  bool quota = false;  // mounted with prjquota
+  LoopFs(const std::string& type, uint64_t mib) {
+    chmod(tmp.path.c_str(), 0755);  // the unprivileged writers below must get through
+    REQUIRE(sh("truncate -s " + std::to_string(mib) + "M " + image) == 0);
+    mkdir(mnt.c_str(), 0755);
+    if (type == "xfs") {
+      REQUIRE(sh("mkfs.xfs -q " + image) == 0);
+      quota = sh("mount -o loop,prjquota " + image + " " + mnt) == 0;
+      if (!quota) REQUIRE(sh("mount -o loop " + image + " " + mnt) == 0);
+    } else {
+      // ext4 project quotas: the quota + project features, then -o prjquota.
+      REQUIRE(sh("mkfs.ext4 -q -I 256 -O quota,project " + image) == 0);
+      quota = sh("mount -o loop,prjquota " + image + " " + mnt) == 0;
+      if (!quota) {  // a kernel without CONFIG_QUOTA refuses the quota feature: a plain ext4 then
+        REQUIRE(sh("mkfs.ext4 -q -F " + image) == 0);
+        REQUIRE(sh("mount -o loop " + image + " " + mnt) == 0);
+      }
+    }
+  }
+  ~LoopFs() { sh("umount " + mnt); }
+  std::string path(const std::string& rel) const { return mnt + "/" + rel; }
+};
+
+void writeFile(const std::string& path, size_t bytes) {
+  std::ofstream f(path, std::ios::binary);
+  std::string chunk(std::min<size_t>(bytes, 1 << 20), 'x');
+  for (size_t left = bytes; left > 0; left -= std::min(left, chunk.size())) f.write(chunk.data(), std::min(left, chunk.size()));
+}
+
+// Writes 1 MiB chunks (fsync'd, so delayed allocation meets the limit now) until
+// the kernel refuses; returns bytes written and the errno that stopped it.
+// Runs as an unprivileged uid, like a container's processes: a writer with
+// CAP_SYS_RESOURCE is allowed past ext4 hard limits (XFS holds even root).
+std::pair<uint64_t, int> fill(const std::string& path, uint64_t max) {
+  chmod(path.substr(0, path.rfind('/')).c_str(), 0777);
+  int p[2];
+  REQUIRE(pipe(p) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(p[0]);
+    uint64_t res[2] = {0, 0};
+    if (setgid(65534) != 0 || setuid(65534) != 0) {
+      res[1] = uint64_t(errno);
+    } else {
+      int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      std::string chunk(1 << 20, 'y');
+      if (fd < 0) res[1] = uint64_t(errno);
+      while (fd >= 0 && res[0] < max) {
+        ssize_t n = write(fd, chunk.data(), chunk.size());
+        if (n < 0 || fsync(fd) != 0) {
+          res[1] = uint64_t(errno);
+          break;
+        }
+        res[0] += uint64_t(n);  // a short write is followed by one that says why
+      }
+    }
+    (void)!write(p[1], res, sizeof res);
+    _exit(0);
+  }
+  close(p[1]);
+  uint64_t res[2] = {0, 0};
+  REQUIRE(read(p[0], res, sizeof res) == sizeof res);
+  close(p[0]);
+  waitpid(pid, nullptr, 0);
+  return {res[0], int(res[1])};
+}
+
+void checkNoQuotaFs(const QuotaFs& fs) {
+  // This kernel or mount cannot do it: the probe must say so in words an admin can act on.
+  CHECK_FALSE(fs.usable());
+  CHECK_FALSE(fs.reason.empty());
+  INFO(fs.describe());
+  if (requirePrjquota()) FAIL("project quotas required (DQ_REQUIRE_PRJQUOTA=1) but: " << fs.reason);
+}
+
+}  // namespace
+
+TEST_CASE("prjquota: probe finds the filesystem, device and quota state", "[prjquota]") {
+  if (!prerequisites()) return;
+  for (std::string type : {"xfs", "ext4"}) {
+    SECTION(type) {
+      LoopFs lfs(type, type == "xfs" ? 320 : 128);  // XFS wants >= 300 MiB
+      mkdir(lfs.path("docker").c_str(), 0755);
+      auto fs = probeQuotaFs(lfs.path("docker"));
+      REQUIRE(fs.ok());
+      CHECK(fs->fstype == type);
+      CHECK(fs->mount_point == lfs.mnt);
+      CHECK(fs->device.rfind("/dev/", 0) == 0);
+      INFO(fs->describe());
+      if (lfs.quota) {
+        CHECK(fs->usable());
+        CHECK(fs->reason.empty());
+      } else {
+        if (!kernelHasQuota()) CHECK(fs->reason.find("no quota support") != std::string::npos);
+        checkNoQuotaFs(*fs);
+      }
+    }
+  }
+  SECTION("tmpfs is named as such") {
+    auto fs = probeQuotaFs("/dev/shm");
+    REQUIRE(fs.ok());
+    CHECK(fs->fstype == "tmpfs");
+    CHECK_FALSE(fs->usable());
+    CHECK(fs->reason.find("needs XFS or ext4") != std::string::npos);
+  }
+  SECTION("a missing path is an error that names it") {
+    auto fs = probeQuotaFs("/nonexistent/dockquota");
+    REQUIRE_FALSE(fs.ok());
+    CHECK(fs.error().message.find("/nonexistent/dockquota") != std::string::npos);
+  }
+}
+
+TEST_CASE("prjquota: tagTree sets the id on a whole tree, inheriting, once", "[prjquota]") {
+  if (!prerequisites()) return;
+  LoopFs lfs("xfs", 320);  // XFS keeps project ids even without quota accounting
+  std::string root = lfs.path("layer");
+  mkdir(root.c_str(), 0755);
+  mkdir((root + "/diff").c_str(), 0755);
+  mkdir((root + "/diff/etc").c_str(), 0755);
+  mkdir((root + "/work").c_str(), 0700);
+  writeFile(root + "/diff/etc/a", 4096);
+  writeFile(root + "/diff/b", 10);
+  chmod((root + "/diff/b").c_str(), 0);  // unreadable: root still tags it
+  REQUIRE(symlink("etc/a", (root + "/diff/link").c_str()) == 0);
+  REQUIRE(mkfifo((root + "/diff/fifo").c_str(), 0600) == 0);
+
+  auto st = tagTree(root, 4242);
+  REQUIRE(st.ok());
+  CHECK(st->tagged == 6);  // 4 directories + 2 files
+  CHECK(st->skipped == 2); // the symlink and the fifo
+  CHECK(st->failed == 0);
+  for (const char* p : {"", "/diff", "/diff/etc", "/work", "/diff/etc/a", "/diff/b"}) {
+    auto id = projectOf(root + p);
+    REQUIRE(id.ok());
+    CHECK(*id == 4242);
+  }
+  // What is created later inherits (PROJINHERIT), with no walk.
+  mkdir((root + "/diff/new").c_str(), 0755);
+  writeFile(root + "/diff/new/file", 100);
+  CHECK(*projectOf(root + "/diff/new/file") == 4242);
+  // A second walk changes nothing.
+  auto again = tagTree(root, 4242);
+  REQUIRE(again.ok());
+  CHECK(again->tagged == 0);
+  CHECK(again->already == 8);
+  // Not a directory, or not there: clear errors.
+  CHECK(tagTree(root + "/diff/b", 1).error().code == ENOTDIR);
+  CHECK(tagTree(root + "/missing", 1).error().code == ENOENT);
+}
+
+TEST_CASE("prjquota: limits stop writes at the limit and reads see every id", "[prjquota]") {
+  if (!prerequisites()) return;
+  for (std::string type : {"xfs", "ext4"}) {
+    SECTION(type) {
+      LoopFs lfs(type, type == "xfs" ? 320 : 160);
+      auto fs = probeQuotaFs(lfs.mnt);
+      REQUIRE(fs.ok());
+      if (!fs->usable()) {
+        checkNoQuotaFs(*fs);
+        // Limits and reads fail with the reason, not silently.
+        CHECK_FALSE(setProjectLimit(*fs, 7, 1 << 20).ok());
+        CHECK_FALSE(readProjects(*fs).ok());
+        return;
+      }
+      std::string limited = lfs.path("limited"), free = lfs.path("free");
+      mkdir(limited.c_str(), 0755);
+      mkdir(free.c_str(), 0755);
+      REQUIRE(tagTree(limited, 101).ok());
+      REQUIRE(tagTree(free, 102).ok());
+      REQUIRE(setProjectLimit(*fs, 101, 8 << 20).ok());
+
+      auto [wrote, err] = fill(limited + "/f", 32 << 20);
+      INFO("wrote " << wrote << " bytes, stopped by errno " << err);
+      CHECK((err == EDQUOT || err == ENOSPC));
+      CHECK(wrote <= (8u << 20));
+      CHECK(wrote >= (7u << 20));
+      auto [wrote_free, err_free] = fill(free + "/f", 24 << 20);
+      CHECK(err_free == 0);
+      CHECK(wrote_free == (24u << 20));
+
+      auto all = readProjects(*fs);
+      REQUIRE(all.ok());
+      REQUIRE(all->count(101));
+      REQUIRE(all->count(102));
+      CHECK(all->at(101).hard_bytes == (8u << 20));
+      CHECK(all->at(101).bytes >= wrote);
+      CHECK(all->at(101).bytes <= (8u << 20));
+      CHECK(all->at(102).bytes >= (24u << 20));
+      CHECK(all->at(102).hard_bytes == 0);
+      auto one = readProject(*fs, 101);
+      REQUIRE(one.ok());
+      CHECK(one->bytes == all->at(101).bytes);
+      CHECK(readProject(*fs, 999)->bytes == 0);  // no record: zeros
+
+      // Moving a tree to another id moves its usage with it.
+      REQUIRE(tagTree(free, 103).ok());
+      auto moved = readProjects(*fs);
+      REQUIRE(moved.ok());
+      CHECK(moved->at(103).bytes >= (24u << 20));
+      CHECK((moved->count(102) == 0 || moved->at(102).bytes == 0));
+      // Lifting the limit lets the writer go on.
+      REQUIRE(setProjectLimit(*fs, 101, 0).ok());
+      auto [more, err_more] = fill(limited + "/g", 4 << 20);
+      CHECK(err_more == 0);
+      CHECK(more == (4u << 20));
+    }
+  }
+}
+
+namespace {
+// Directories standing in for Docker's layout: the backend's logic over real inodes and quotas.
+struct DirLocator : LayerLocator {
+  std::string root;
+  explicit DirLocator(std::string r) : root(std::move(r)) {}
+  Result<std::vector<std::string>> container(const std::string& id) override {
+    return std::vector<std::string>{root + "/overlay2/" + id};
+  }
+  Result<std::string> layer(const std::string& chain) override { return root + "/overlay2/L" + chain.substr(7, 8); }
+  Result<std::string> volume(const std::string& name) override { return root + "/volumes/" + name; }
+};
+
+Evidence ev(uint32_t uid) {
+  Evidence e;
+  e.uid = uid;
+  e.gid = uid;
+  e.pid = 1;
+  e.method = "container_create";
+  e.time = 1;
+  return e;
+}
+}  // namespace
+
+TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and reuses ids", "[prjquota]") {
+  if (!prerequisites()) return;
+  LoopFs lfs("xfs", 320);
+  auto fs = probeQuotaFs(lfs.mnt);
+  REQUIRE(fs.ok());
+  if (!fs->usable()) {
+    checkNoQuotaFs(*fs);
+    return;
+  }
+  std::string root = lfs.path("docker");
+  for (const char* d : {"", "/overlay2", "/volumes", "/overlay2/c1", "/overlay2/c2", "/overlay2/c3", "/volumes/v1"})
+    mkdir((root + d).c_str(), 0755);
+  TempDir dbdir;
+  auto store = Store::open(dbdir.file("dq.db"));
+  REQUIRE(store.ok());
+  Store& s = **store;
+  for (const char* c : {"c1", "c2", "c3"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
+  REQUIRE(s.noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 1).ok());
+  REQUIRE(s.attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
+  REQUIRE(s.attribute(ObjectKind::Container, "c2", ev(2001), true).ok());
+  REQUIRE(s.attribute(ObjectKind::Container, "c3", ev(2002), true).ok());
+  REQUIRE(s.attribute(ObjectKind::Volume, "v1", ev(2002), true).ok());
+  auto book = QuotaBook::load(s);
+  REQUIRE(book.ok());
+  REQUIRE((*book)->setLimit(2001, 16 * 1024).ok());  // 16 MiB in KiB blocks
+
+  ProjectQuotas::Options o;
+  o.id_min = 500;
+  o.id_max = 502;
+  {
+    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+    REQUIRE(pq.active());
+    REQUIRE(pq.sync().ok());
+    auto alice = pq.projectOfUser(2001), bob = pq.projectOfUser(2002);
+    REQUIRE(alice);
+    REQUIRE(bob);
+    CHECK(*alice != *bob);
+    CHECK(*projectOf(root + "/overlay2/c1") == *alice);
+    CHECK(*projectOf(root + "/overlay2/c2") == *alice);
+    CHECK(*projectOf(root + "/overlay2/c3") == *bob);
+    CHECK(*projectOf(root + "/volumes/v1") == *bob);
+
+    // alice's two containers together stop at her 16 MiB; bob is not limited.
+    auto [a1, e1] = fill(root + "/overlay2/c1/f", 12 << 20);
+    auto [a2, e2] = fill(root + "/overlay2/c2/f", 12 << 20);
+    CHECK(e1 == 0);
+    CHECK((e2 == EDQUOT || e2 == ENOSPC));
+    CHECK(a1 + a2 <= (16u << 20));
+    CHECK(a1 + a2 >= (15u << 20));
+    auto [b, eb] = fill(root + "/overlay2/c3/f", 40 << 20);
+    CHECK(eb == 0);
+    CHECK(b == (40u << 20));
+
+    REQUIRE(pq.sync().ok());
+    auto k = pq.usage();
+    REQUIRE(k);
+    CHECK(k->per_user);
+    CHECK(k->users.at(2001) >= a1 + a2);
+    CHECK(k->users.at(2001) <= (16u << 20));
+    CHECK(k->users.at(2002) >= (40u << 20));
+
+    // A limit change reaches the kernel on the next pass.
+    REQUIRE((*book)->setLimit(2001, 32 * 1024).ok());
+    REQUIRE(pq.sync().ok());
+    CHECK(readProject(*fs, *alice)->hard_bytes == (32u << 20));
+  }
+  // A restart keeps the ids.
+  uint32_t alice_id = 0, bob_id = 0;
+  {
+    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+    REQUIRE(pq.sync().ok());
+    alice_id = *pq.projectOfUser(2001);
+    bob_id = *pq.projectOfUser(2002);
+    CHECK(*projectOf(root + "/overlay2/c1") == alice_id);
+    // bob's objects are all gone: his id is freed and his limit cleared; a new user reuses it.
+    REQUIRE(s.markGone(ObjectKind::Container, "c3", 2).ok());
+    REQUIRE(s.markGone(ObjectKind::Volume, "v1", 2).ok());
+    REQUIRE(pq.sync().ok());
+    CHECK_FALSE(pq.projectOfUser(2002));
+    CHECK(pq.stats().ids_released.load() == 1);
+  }
+  {
+    // The freed id still has bob's bytes charged until Docker deletes his layer: here we delete it.
+    std::filesystem::remove_all(root + "/overlay2/c3");
+    std::filesystem::remove_all(root + "/volumes/v1");
+    mkdir((root + "/overlay2/c4").c_str(), 0755);
+    REQUIRE(s.noteSeen(ObjectKind::Container, "c4", "c4", "", std::nullopt, 3).ok());
+    REQUIRE(s.attribute(ObjectKind::Container, "c4", ev(2003), true).ok());
+    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+    REQUIRE(pq.sync().ok());
+    REQUIRE(pq.projectOfUser(2003));
+    CHECK(*pq.projectOfUser(2003) == bob_id);  // the lowest free id again
+    CHECK(*pq.projectOfUser(2001) == alice_id);
+  }
+}
+
+TEST_CASE("prjquota: per-container mode gives each container its own id and the default limit", "[prjquota]") {
+  if (!prerequisites()) return;
+  LoopFs lfs("xfs", 320);
+  auto fs = probeQuotaFs(lfs.mnt);
+  REQUIRE(fs.ok());
+  if (!fs->usable()) {
+    checkNoQuotaFs(*fs);
+    return;
+  }
+  std::string root = lfs.path("docker");
+  for (const char* d : {"", "/overlay2", "/volumes", "/overlay2/k1", "/overlay2/k2"}) mkdir((root + d).c_str(), 0755);
+  TempDir dbdir;
+  auto store = Store::open(dbdir.file("dq.db"));
+  REQUIRE(store.ok());
+  Store& s = **store;
+  for (const char* c : {"k1", "k2"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
+  REQUIRE(s.attribute(ObjectKind::Container, "k1", ev(2001), true).ok());  // k2 stays unattributed: limited all the same
+  auto book = QuotaBook::load(s);
+  REQUIRE(book.ok());
+  ProjectQuotas::Options o;
+  o.mode = ProjectMode::Container;
+  o.id_min = 700;
+  o.id_max = 799;
+  o.container_default_bytes = 8 << 20;
+  ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+  REQUIRE(pq.sync().ok());
+  auto k1 = pq.projectOfContainer("k1"), k2 = pq.projectOfContainer("k2");
+  REQUIRE(k1);
+  REQUIRE(k2);
+  CHECK(*k1 != *k2);
+  auto [w1, e1] = fill(root + "/overlay2/k1/f", 20 << 20);
+  CHECK((e1 == EDQUOT || e1 == ENOSPC));
+  CHECK(w1 <= (8u << 20));
+  CHECK(w1 >= (7u << 20));
+  // A per-container limit outranks the default.
+  REQUIRE(s.setProjectLimit("container", "k2", uint64_t(12) << 20).ok());
+  REQUIRE(pq.sync().ok());
+  auto [w2, e2] = fill(root + "/overlay2/k2/f", 20 << 20);
+  CHECK((e2 == EDQUOT || e2 == ENOSPC));
+  CHECK(w2 > (8u << 20));
+  CHECK(w2 <= (12u << 20));
+  auto k = pq.usage();
+  REQUIRE(k);
+  CHECK_FALSE(k->per_user);
+  CHECK(k->containers.at("k1") >= w1);
+  // Removing a container frees its id.
+  REQUIRE(s.markGone(ObjectKind::Container, "k1", 2).ok());
+  std::filesystem::remove_all(root + "/overlay2/k1");
+  REQUIRE(pq.sync().ok());
+  CHECK_FALSE(pq.projectOfContainer("k1"));
+  CHECK(readProject(*fs, *k1)->hard_bytes == 0);
+}
