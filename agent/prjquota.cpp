@@ -155,7 +155,7 @@ Result<QuotaFs> probeQuotaFs(const std::string& path) {
   sv.qs_version = FS_QSTATV_VERSION1;
   if (quotactlPrj(fs, Q_XGETQSTATV, 0, &sv) != 0) {
     int err = errno;
-    fs.reason = err == ENOSYS ? "the kernel has no quota support (CONFIG_QUOTA)"
+    fs.reason = err == ENOSYS ? "the kernel has no quota support for " + fs.fstype + " (CONFIG_QUOTA, CONFIG_XFS_QUOTA)"
                               : "project quotas are off on " + fs.device + " (" + std::strerror(err) + "; mount " +
                                     (fs.fstype == "xfs" ? "XFS with -o prjquota"
                                                         : "ext4 with the project,quota features and -o prjquota") +

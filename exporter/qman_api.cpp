@@ -726,6 +726,34 @@ void events(QmanContext& ctx, const Req& req, Res& res) {
 
 // --- /metrics ----------------------------------------------------------------------------
 
+// GET /api/v1/projects: {"state", "mode", "projects": [{id, kind, owner, limit_bytes, used_bytes}]}.
+void projectsPage(QmanContext& ctx, const Req&, Res& res) {
+  const ProjectQuotas* p = ctx.projects;
+  if (!p) return sendJson(res, 200, json{{"state", "off"}, {"projects", json::array()}});
+  json out = {{"state", p->active() ? "active" : "degraded"}, {"mode", toString(p->options().mode)}};
+  if (!p->active()) out["reason"] = p->reason();
+  auto rows = ctx.store.projects();
+  if (!rows) return sendError(res, 500, rows.error().message);
+  auto usage = p->usage();
+  json list = json::array();
+  for (const auto& r : *rows) {
+    json j = {{"id", r.id}, {"kind", r.owner_kind}, {"owner", r.owner}, {"created_at", r.created_at}};
+    if (r.limit_bytes) j["limit_bytes"] = *r.limit_bytes;
+    if (usage) {
+      if (r.owner_kind == "user") {
+        auto it = usage->users.find(uint32_t(std::stoul(r.owner)));
+        if (it != usage->users.end()) j["used_bytes"] = it->second;
+      } else {
+        auto it = usage->containers.find(r.owner);
+        if (it != usage->containers.end()) j["used_bytes"] = it->second;
+      }
+    }
+    list.push_back(std::move(j));
+  }
+  out["projects"] = std::move(list);
+  sendJson(res, 200, out);
+}
+
 void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   std::string out;
   auto snap = ctx.usage.snapshot();
@@ -868,6 +896,8 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
   api.route("GET", "/metrics", [&api, &ctx](const Req& req, Res& res) {
     if (api.authorize(req, res)) metrics(ctx, api, res);
   });
+  // The agent's own API: kernel project ids in use, with their limits and usage.
+  api.route("GET", "/api/v1/projects", guarded(projectsPage));
 }
 
 }  // namespace dockquota

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Kernel project quotas on Docker's storage, end to end: a real dockerd whose
+data root is an XFS or ext4 filesystem (a loop image mounted with prjquota),
+alice/bob/carol, the real agent.
+
+Where the kernel has quota support (the vmtest guests; DQ_REQUIRE_PRJQUOTA=1
+makes it mandatory):
+  - alice has 64 MiB; two of her containers writing together stop at 64 MiB
+    (EDQUOT/ENOSPC inside), her imported image counts toward it; bob writes
+    100 MiB unhindered; the agent's figure for alice matches `du` of her
+    directories within 1 % (and xfs_quota's on XFS);
+  - project ids survive an agent restart and are reused after removal;
+  - per-container mode: a container with a 32 MiB default stops at 32 MiB,
+    removing it frees its id.
+Everywhere (the host here has no quota support at all):
+  - a data root without project quotas: the agent runs, says "degraded" in
+    /healthz and /metrics, and serves correct walk-based usage."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import USERS  # noqa: E402
+
+failures = []
+MiB = 1024 * 1024
+ALICE, BOB, CAROL = USERS["alice"], USERS["bob"], USERS["carol"]
+
+
+def check(cond, what):
+    print(("ok    " if cond else "FAIL  ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def sh(cmd, check_rc=True):
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    if check_rc and p.returncode != 0:
+        raise AssertionError("%s failed (%d): %s" % (cmd, p.returncode, p.stderr))
+    return p
+
+
+def prjquota_works():
+    """Can this kernel mount XFS with prjquota? (The host here cannot: no XFS quota support.)"""
+    d = harness.tempfile.mkdtemp(prefix="dq-prjq-")
+    try:
+        sh("truncate -s 320M %s/img && mkfs.xfs -q %s/img && mkdir %s/m" % (d, d, d))
+        ok = sh("mount -o loop,prjquota %s/img %s/m" % (d, d), check_rc=False).returncode == 0
+        if ok:
+            sh("umount %s/m" % d, check_rc=False)
+        return ok
+    finally:
+        sh("rm -rf %s" % d, check_rc=False)
+
+
+def mount_data_root(env, fstype, quota=True):
+    """A fresh filesystem image mounted at the dockerd data root of `env`."""
+    image = os.path.join(env.dir, "fs.img")
+    data = os.path.join(env.dir, "data")
+    os.makedirs(data, exist_ok=True)
+    sh("truncate -s 768M %s" % image)
+    if fstype == "xfs":
+        sh("mkfs.xfs -q %s" % image)
+    else:
+        sh("mkfs.ext4 -q -I 256 %s %s" % ("-O quota,project" if quota else "", image))
+    sh("mount -o loop%s %s %s" % (",prjquota" if quota else "", image, data))
+    env.unmount = data
+    return data
+
+
+def du(paths):
+    """Allocated bytes under the paths (what a quota counts), each inode once."""
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
+        return 0
+    out = sh("du -s -B1 -c %s" % " ".join(paths)).stdout.strip().splitlines()[-1]
+    return int(out.split()[0])
+
+
+def layer_root(env, ref, kind="container"):
+    upper = env.docker("root", kind, "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", ref)
+    return os.path.dirname(upper)
+
+
+def container_dirs(env, ref):
+    root = layer_root(env, ref)
+    return [root, root + "-init"]
+
+
+def projects(env):
+    status, body = env.http("/api/v1/projects")
+    assert status == 200, (status, body)
+    return body
+
+
+def user_project(env, uid):
+    for p in projects(env)["projects"]:
+        if p["kind"] == "user" and p["owner"] == str(uid):
+            return p
+    return None
+
+
+def block_current(env, uid):
+    """The uid's usage on the docker device as the qman master reads it (0 when not listed)."""
+    status, body = env.http("/remote-api/quotas/users/%d" % uid)
+    assert status == 200, (status, body)
+    for dev in body:
+        for u in dev.get("user_quotas", []):
+            if u["uid"] == uid:
+                return u["block_current"]
+    return 0
+
+
+def wait_for(what, fn, timeout=30.0):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(0.25)
+
+
+def set_limit(env, uid, kib):
+    status, body = env.http_json("PUT", "/remote-api/quotas/users/%d?device=docker" % uid, {"block_hard_limit": kib})
+    assert status == 200, (status, body)
+
+
+def run_writer(env, user, name, image, mib, target="/fill"):
+    """A detached container that writes `mib` MiB with dd; returns its name."""
+    env.docker(user, "run", "-d", "--network", "none", "--name", name, image, "sh", "-c",
+               "dd if=/dev/zero of=%s bs=1048576 count=%d 2>/out; rc=$?; sync; cat /out; exit $rc" % (target, mib))
+    return name
+
+
+def finish(env, name):
+    """Waits for a container; returns (exit code, its output)."""
+    rc = int(env.docker("root", "wait", name))
+    out = env.docker("root", "logs", name, check=False)
+    return rc, out
+
+
+# --- scenarios ---------------------------------------------------------------------
+
+def per_user(env, fstype):
+    print("== per-user project quotas on %s" % fstype, flush=True)
+    mount_data_root(env, fstype)
+    env.start_dockerd()
+    cfg = dict(project_quotas="required", project_sync_interval_s=1, usage_interval_s=5)
+    env.start_agent(**cfg)
+    h = env.health()["project_quotas"]
+    check(h["state"] == "active" and h["usage_source"] == "kernel" and h["filesystem"] == fstype,
+          "%s: /healthz says project quotas are active, usage from the kernel: %s" % (fstype, json.dumps(h)))
+
+    # alice's imported image counts toward her usage.
+    env.docker("alice", "import", "-", "alice-img:1", input=harness.busybox_rootfs_tar(marker="alice-" + fstype))
+    env.docker("bob", "import", "-", "bob-img:1", input=harness.busybox_rootfs_tar(marker="bob-" + fstype))
+    img_dir = layer_root(env, "alice-img:1", "image")
+    img_bytes = du([img_dir])
+    got = wait_for("alice's image tagged", lambda: block_current(env, ALICE) >= img_bytes * 0.99 and
+                   (user_project(env, ALICE) or {}).get("used_bytes", 0) > 0)
+    check(bool(got), "%s: alice's imported image counts toward her usage (%d bytes, du %d)" % (
+        fstype, block_current(env, ALICE), img_bytes))
+
+    # 64 MiB for alice; two containers writing 48 MiB each at once.
+    set_limit(env, ALICE, 64 * 1024)
+    time.sleep(1.5)  # the limit reaches the kernel on the woken sync (interval 1 s)
+    t0 = time.time()
+    a1 = run_writer(env, "alice", "alice-w1", "alice-img:1", 48)
+    a2 = run_writer(env, "alice", "alice-w2", "alice-img:1", 48)
+    (rc1, out1), (rc2, out2) = finish(env, a1), finish(env, a2)
+    print("alice-w1 rc=%d %s\nalice-w2 rc=%d %s (%.1f s)" % (rc1, out1, rc2, out2, time.time() - t0))
+    stopped = [o for rc, o in ((rc1, out1), (rc2, out2)) if rc != 0]
+    check(len(stopped) >= 1 and all(("quota" in o.lower() or "no space" in o.lower()) for o in stopped),
+          "%s: alice's writers stopped with EDQUOT/ENOSPC inside the container" % fstype)
+    alice_dirs = container_dirs(env, a1) + container_dirs(env, a2) + [img_dir]
+    time.sleep(2.5)  # one sync reads the quota again
+    independent = du(alice_dirs)
+    agent = block_current(env, ALICE)
+    check(agent <= 64 * MiB, "%s: alice's usage %d <= her 64 MiB limit" % (fstype, agent))
+    check(agent >= 60 * MiB, "%s: alice's writers got close to the limit (%d bytes)" % (fstype, agent))
+    check(abs(agent - independent) <= 0.01 * independent,
+          "%s: agent's figure for alice (%d) matches du of her directories (%d) within 1 %%" % (fstype, agent, independent))
+    pid = user_project(env, ALICE)["id"]
+    if fstype == "xfs":
+        rep = sh("xfs_quota -x -c 'quota -p -N -b -n %d' %s" % (pid, env.unmount)).stdout.split()
+        xq = int(rep[1]) * 1024 if len(rep) > 1 else -1
+        check(abs(agent - xq) <= 0.01 * xq, "xfs: agent's figure (%d) matches xfs_quota's (%d) within 1 %%" % (agent, xq))
+
+    # bob is not limited by alice's quota.
+    b = run_writer(env, "bob", "bob-w", "bob-img:1", 100)
+    rc, out = finish(env, b)
+    check(rc == 0, "%s: bob's container wrote 100 MiB unhindered (rc %d: %s)" % (fstype, rc, out))
+    time.sleep(2.5)
+    check(block_current(env, BOB) >= 100 * MiB, "%s: bob's usage %d >= 100 MiB" % (fstype, block_current(env, BOB)))
+
+    # Project ids survive a restart.
+    before = {(p["kind"], p["owner"]): p["id"] for p in projects(env)["projects"]}
+    env.stop_agent()
+    env.start_agent(**cfg)
+    after = {(p["kind"], p["owner"]): p["id"] for p in projects(env)["projects"]}
+    check(before == after and (("user", str(ALICE)) in after), "%s: project ids survive a restart: %s" % (fstype, after))
+
+    # Removing all of alice's objects frees her id; carol's first object gets it.
+    env.docker("alice", "rm", "-f", a1, a2)
+    env.docker("alice", "rmi", "alice-img:1")
+    gone = wait_for("alice's project released", lambda: user_project(env, ALICE) is None, timeout=30)
+    check(bool(gone), "%s: alice's project id %d is freed once her objects are gone" % (fstype, pid))
+    env.docker("carol", "import", "-", "carol-img:1", input=harness.busybox_rootfs_tar(marker="carol-" + fstype))
+    env.docker("carol", "create", "--network", "none", "--name", "carol-c", "carol-img:1", "true")
+    carol = wait_for("carol's project", lambda: user_project(env, CAROL), timeout=20)
+    check(bool(carol) and carol["id"] == pid, "%s: carol's new project reuses the freed id %d: %s" % (fstype, pid, carol))
+    m = env.http_text("/metrics")[1]
+    check('dockquota_project_quota_active{filesystem="%s",mode="user"} 1' % fstype in m and
+          'dockquota_usage_source{source="kernel"} 1' in m, "%s: /metrics says kernel project quotas" % fstype)
+
+
+def per_container(env):
+    print("== per-container project quotas on xfs", flush=True)
+    mount_data_root(env, "xfs")
+    env.start_dockerd()
+    env.docker("alice", "import", "-", "alice-img:1", input=harness.busybox_rootfs_tar(marker="alice-pc"))
+    env.start_agent(project_quotas="required", project_quota_mode="container", container_quota_default_mib=32,
+                    project_sync_interval_s=1)
+    c = run_writer(env, "alice", "alice-big", "alice-img:1", 64)
+    rc, out = finish(env, c)
+    check(rc != 0 and ("quota" in out.lower() or "no space" in out.lower()),
+          "container mode: the writer stopped with EDQUOT/ENOSPC (rc %d: %s)" % (rc, out))
+    written = du(container_dirs(env, c))
+    check(31 * MiB <= written <= 32 * MiB + 64 * 1024, "container mode: its layer holds ~32 MiB (%d bytes)" % written)
+    cid = env.docker("root", "inspect", "-f", "{{.Id}}", c)
+    mine = [p for p in projects(env)["projects"] if p["kind"] == "container" and p["owner"] == cid]
+    check(len(mine) == 1, "container mode: the container has its own project: %s" % mine)
+    env.docker("alice", "rm", c)
+    freed = wait_for("container project freed", lambda: not any(p["owner"] == cid for p in projects(env)["projects"]))
+    check(bool(freed), "container mode: removing the container frees its id")
+
+
+def degraded(env, fstype=None):
+    where = fstype + " without prjquota" if fstype else "the host's own filesystem"
+    print("== no project quotas: %s" % where, flush=True)
+    if fstype:
+        mount_data_root(env, fstype, quota=False)
+    env.start_dockerd()
+    env.start_agent(usage_interval_s=5)  # project_quotas: auto (the default)
+    env.docker("alice", "import", "-", "alice-img:1", input=harness.busybox_rootfs_tar(marker="alice-deg"))
+    h = env.health()
+    pq = h["project_quotas"]
+    check(pq["state"] == "degraded" and pq["usage_source"] == "docker" and pq.get("reason"),
+          "%s: /healthz names the degraded mode and why: %s" % (where, json.dumps(pq)))
+    check(h["status"] == "degraded" and any("project quotas" in r for r in h["degraded"]),
+          "%s: /healthz status is degraded with the reason listed" % where)
+    m = env.http_text("/metrics")[1]
+    check("dockquota_project_quota_active{" in m and 'dockquota_usage_source{source="docker"} 1' in m and
+          [l for l in m.splitlines() if l.startswith("dockquota_project_quota_active{")][0].endswith(" 0"),
+          "%s: /metrics says degraded, walk-based usage" % where)
+    env.docker("alice", "run", "--network", "none", "--name", "alice-dd", "alice-img:1",
+               "dd", "if=/dev/zero", "of=/fill", "bs=1048576", "count=8")
+    # Walk-based usage is still right: Docker's own figures for alice's container and image.
+    df = json.loads(sh("curl -sS --unix-socket %s http://d/system/df" % env.sock).stdout)
+    want = sum(c.get("SizeRw") or 0 for c in df["Containers"]) + df["LayersSize"]
+    got = wait_for("walk-based usage", lambda: block_current(env, ALICE) == want, timeout=30)
+    check(bool(got), "%s: alice's walk-based usage equals Docker's figures (%d, agent %d)" % (
+        where, want, block_current(env, ALICE)))
+
+
+def run(env):
+    have_quota = prjquota_works()
+    if os.environ.get("DQ_REQUIRE_PRJQUOTA") == "1" and not have_quota:
+        check(False, "project quotas required (DQ_REQUIRE_PRJQUOTA=1) but this kernel has no quota support")
+        return
+    scenarios = [lambda e: degraded(e)]
+    if have_quota:
+        scenarios += [lambda e: per_user(e, "xfs"), lambda e: per_user(e, "ext4"), per_container]
+    else:
+        # The host kernel here (no XFS quota support): XFS mounts without prjquota, and the agent must degrade on it too.
+        scenarios += [lambda e: degraded(e, "xfs")]
+    for i, scenario in enumerate(scenarios):
+        e = env if i == 0 else harness.Env(env.agent_bin)
+        try:
+            scenario(e)
+        except AssertionError as ex:
+            check(False, "scenario raised: %s" % ex)
+            print("---- agent log (tail) ----\n" + e.tail_log(60))
+        finally:
+            if e is not env:
+                e.stop_agent()
+                e.stop_dockerd()
+                if getattr(e, "unmount", None):
+                    sh("umount %s" % e.unmount, check_rc=False)
+                e.cleanup()
+
+
+if __name__ == "__main__":
+    harness.main(run, failures)
