@@ -32,7 +32,7 @@ struct Config {
   bool bill_root_to_login_uid = true;
   // Logging
   std::string log_level = "info";
-  // qman slave (/remote-api, issue 3). Not yet in README.md's table:
+  // qman slave (/remote-api, issue 3):
   //   tls_cert_file, tls_key_file   PEM paths; both set = serve HTTPS only (the API
   //                                 key travels in every request), neither = HTTP.
   //   docker_quota_enabled          false: no "docker" device, Docker pages answer
