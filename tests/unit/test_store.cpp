@@ -119,16 +119,17 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
   TempDir dir;
   const std::string path = dir.file("state.db");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 2);
+  CHECK(store->schemaVersion() == 3);
   CHECK(store->schemaVersion() == Store::kSchemaVersion);
-  CHECK(Store::migrations().size() == 2);
+  CHECK(Store::migrations().size() == 3);
   CHECK(store->path() == path);
 
   RawDb raw(path);
-  CHECK(raw.scalar("PRAGMA user_version") == "2");
+  CHECK(raw.scalar("PRAGMA user_version") == "3");
   CHECK(raw.scalar("PRAGMA journal_mode") == "wal");
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
-        std::vector<std::string>{"device_defaults", "evidence", "layers", "meta", "objects", "overrides", "user_limits"});
+        std::vector<std::string>{"device_defaults", "evidence", "layers", "meta", "objects", "overrides", "projects",
+                                 "user_limits"});
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name") ==
         std::vector<std::string>{"evidence_by_object", "objects_by_first_seen", "objects_by_name"});
   CHECK(raw.column("SELECT key FROM meta") == std::vector<std::string>{"created_at"});
@@ -147,7 +148,7 @@ TEST_CASE("store: an existing empty file is a new database", "[store]") {
   const std::string path = dir.file("state.db");
   writeBytes(path, "");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 2);
+  CHECK(store->schemaVersion() == Store::kSchemaVersion);
 }
 
 TEST_CASE("store: everything survives a restart", "[store]") {
@@ -168,7 +169,7 @@ TEST_CASE("store: everything survives a restart", "[store]") {
     REQUIRE(store->markGone(ObjectKind::Volume, "old", 60));
   }
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 2);
+  CHECK(store->schemaVersion() == Store::kSchemaVersion);
 
   ObjectRecord r = getOk(*store, ObjectKind::Container, c1);
   CHECK(r.kind == ObjectKind::Container);

@@ -37,7 +37,7 @@ TEST_CASE("store v2: user limits are 64-bit KiB, 0 removes, survive a restart", 
   const uint64_t big = uint64_t(1) << 40;  // 1 PiB in KiB: bytes exceed 2^32 many times over
   {
     auto s = openStore(path);
-    CHECK(s->schemaVersion() == 2);
+    CHECK(s->schemaVersion() == Store::kSchemaVersion);
     REQUIRE(s->setUserLimit(2001, 20971520, 1.0));
     REQUIRE(s->setUserLimit(2002, big, 1.0));
     REQUIRE(s->setUserLimit(2003, 5, 1.0));
