@@ -132,6 +132,7 @@ stage2() {
 	rc=$?
 	echo
 	echo "$VMTEST_MARK exit=$rc"
+	$BB sleep 0.5 # let the console drain before the kernel's own "sysrq: Power Off"
 	echo o >/proc/sysrq-trigger
 	$BB sleep 5
 	$BB poweroff -f

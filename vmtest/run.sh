@@ -153,8 +153,13 @@ boot() {
 		wait $!
 		qemu_rc=$(cat "$run_dir/qemu.rc" 2>/dev/null || echo 1)
 	fi
-	# -o: a kernel message may share the marker's line on the console.
-	line=$(grep -ao "$mark exit=[0-9]*" "$log" | tail -n1)
+	# A kernel message may land inside the marker's line on the console
+	# ("VMTEST-EXIT-b61d[  131.58] sysrq: Power Off" + newline + "1fd1... exit=0"):
+	# cut each "[ seconds] message" out and join what was before it with the next line.
+	line=$(awk '{ sub(/\r$/, "")
+	             if (match($0, /\[ *[0-9]+\.[0-9]+\] /)) { buf = buf substr($0, 1, RSTART - 1); next }
+	             print buf $0; buf = "" }
+	           END { if (buf != "") print buf }' "$log" | grep -ao "$mark exit=[0-9]*" | tail -n1)
 	if [ -n "$line" ]; then
 		status=${line##*exit=}
 	elif [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
