@@ -181,6 +181,10 @@ def per_user(env, fstype):
     independent = du(alice_dirs)
     agent = block_current(env, ALICE)
     check(agent <= 64 * MiB, "%s: alice's usage %d <= her 64 MiB limit" % (fstype, agent))
+    m = env.http_text("/metrics")[1]
+    lat = [l for l in m.splitlines() if l.startswith("dockquota_project_tag_latency_seconds ")]
+    print("FIGURES %s: bytes past alice's limit %d; owner known -> layer root tagged %.1f ms (last container)" % (
+        fstype, max(0, agent - 64 * MiB), float(lat[0].split()[1]) * 1000 if lat else -1), flush=True)
     check(agent >= 60 * MiB, "%s: alice's writers got close to the limit (%d bytes)" % (fstype, agent))
     check(abs(agent - independent) <= 0.01 * independent,
           "%s: agent's figure for alice (%d) matches du of her directories (%d) within 1 %%" % (fstype, agent, independent))
