@@ -59,13 +59,25 @@ DockerLayerLocator::DockerLayerLocator(DockerClient& docker, std::string data_ro
     : docker_(docker), root_(std::move(data_root)) {}
 
 Result<std::vector<std::string>> DockerLayerLocator::container(const std::string& id) {
+  std::vector<std::string> dirs;
+  // overlay2's own record of the container's layer (what dockerd reads at
+  // start): a file read, no Engine API round trip while `docker run` goes on.
+  if (id.find('/') == std::string::npos && id.find("..") == std::string::npos) {
+    std::ifstream in(root_ + "/image/overlay2/layerdb/mounts/" + id + "/mount-id");
+    std::string mount_id;
+    if (in >> mount_id && mount_id.find('/') == std::string::npos && mount_id.find("..") == std::string::npos &&
+        isDir(root_ + "/overlay2/" + mount_id)) {
+      dirs.push_back(root_ + "/overlay2/" + mount_id);
+      if (isDir(dirs.back() + "-init")) dirs.push_back(dirs.back() + "-init");
+      return dirs;
+    }
+  }
   auto j = docker_.inspectContainer(id);
   if (!j) return j.error();
   std::string upper;
   const auto& gd = (*j)["GraphDriver"];
   if (gd.is_object() && gd["Data"].is_object() && gd["Data"]["UpperDir"].is_string())
     upper = gd["Data"]["UpperDir"].get<std::string>();
-  std::vector<std::string> dirs;
   if (!upper.empty()) {
     std::string layer = parentDir(upper);
     dirs.push_back(layer);
@@ -133,8 +145,9 @@ void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
   if (!active()) return;
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (kind == ObjectKind::Image) return;  // images are tagged layer by layer, in sync()
     queue_.emplace_back(kind, id);
-    queued_at_.emplace(id, nowUnix());
+    if (kind == ObjectKind::Container) queued_at_.emplace(id, nowUnix());
   }
   cv_.notify_all();
 }
@@ -316,6 +329,10 @@ Status ProjectQuotas::sync() {
     }
   }
   std::erase_if(container_dirs_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    std::erase_if(queued_at_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  }
 
   // 2. Per-user mode: each image layer carries the project of the uid it is billed to.
   if (opt_.mode == ProjectMode::User) {

@@ -55,9 +55,10 @@ const char* toString(ProjectMode m);  // "user", "container"
 class LayerLocator {
  public:
   virtual ~LayerLocator() = default;
-  // A container's layer roots: <root>/overlay2/<x> and <x>-init, from inspect's
-  // GraphDriver, else from the upperdir of its mounted rootfs (containerd
-  // image store). Empty when Docker does not say and it is not mounted.
+  // A container's layer roots: <root>/overlay2/<x> and <x>-init, from the
+  // layer store's mounts/<id>/mount-id, else inspect's GraphDriver, else the
+  // upperdir of its mounted rootfs (containerd image store). Empty when none
+  // of these says (not mounted yet).
   virtual Result<std::vector<std::string>> container(const std::string& id) = 0;
   // An image layer's directory by chain id (overlay2 layer store).
   virtual Result<std::string> layer(const std::string& chain_id) = 0;

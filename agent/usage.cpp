@@ -425,17 +425,35 @@ void UsageAccountant::refreshNow() {
   cv_.notify_all();
 }
 
+void UsageAccountant::rejoinSoon() {
+  {
+    std::lock_guard<std::mutex> l(cv_mu_);
+    rejoin_ = true;
+  }
+  cv_.notify_all();
+}
+
 void UsageAccountant::run() {
   std::unique_lock<std::mutex> l(cv_mu_);
+  auto next = std::chrono::steady_clock::now();
   while (!stop_) {
-    wake_ = false;
-    l.unlock();
-    if (auto s = refresh(); !s) LOG_WARN(kSub, "%s", s.error().message.c_str());
-    // A measurement parses Docker's lists (MBs of JSON on a big host) into
-    // short-lived trees; glibc keeps the freed pages. Hand them back.
-    malloc_trim(0);
-    l.lock();
-    cv_.wait_for(l, opt_.interval, [this] { return stop_ || wake_; });
+    if (std::chrono::steady_clock::now() >= next || wake_) {
+      wake_ = false;
+      rejoin_ = false;  // a measurement publishes with the latest kernel figures too
+      l.unlock();
+      if (auto s = refresh(); !s) LOG_WARN(kSub, "%s", s.error().message.c_str());
+      // A measurement parses Docker's lists (MBs of JSON on a big host) into
+      // short-lived trees; glibc keeps the freed pages. Hand them back.
+      malloc_trim(0);
+      l.lock();
+      next = std::chrono::steady_clock::now() + opt_.interval;
+    } else if (rejoin_) {
+      rejoin_ = false;
+      l.unlock();
+      if (auto s = rejoin(); !s) LOG_WARN(kSub, "%s", s.error().message.c_str());
+      l.lock();
+    }
+    cv_.wait_until(l, next, [this] { return stop_ || wake_ || rejoin_; });
   }
 }
 

@@ -195,6 +195,9 @@ class UsageAccountant {
   // Re-reads owners from the store and publishes with the last figures (after
   // an admin override, so the answer that follows already shows it).
   Status rejoin();
+  // rejoin() on the accountant's thread, soon (new kernel figures: the caller
+  // must not wait for SQLite or a measurement in progress).
+  void rejoinSoon();
 
   std::shared_ptr<const UsageSnapshot> snapshot() const;
   uint64_t measurements() const;
@@ -219,7 +222,7 @@ class UsageAccountant {
 
   std::mutex cv_mu_;
   std::condition_variable cv_;
-  bool stop_ = false, wake_ = false;
+  bool stop_ = false, wake_ = false, rejoin_ = false;
   std::thread thread_;
 };
 

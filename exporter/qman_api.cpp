@@ -754,6 +754,38 @@ void projectsPage(QmanContext& ctx, const Req&, Res& res) {
   sendJson(res, 200, out);
 }
 
+// PUT /api/v1/projects/containers/<id or name> {"limit_bytes": N | null}: a
+// container's own limit in per-container mode (null = back to the default).
+void putContainerLimit(QmanContext& ctx, const Req& req, Res& res) {
+  ProjectQuotas* p = ctx.projects;
+  if (!p || !p->active() || p->options().mode != ProjectMode::Container)
+    return sendError(res, 409, "per-container project quotas are not active on this host (project_quota_mode)");
+  auto body = jsonBody(req, res, ctx.options.max_body_bytes);
+  if (!body) return;
+  if (!body->is_object() || !body->contains("limit_bytes"))
+    return sendError(res, 400, "limit_bytes is required (bytes, or null for the default); nothing was changed");
+  const json& v = (*body)["limit_bytes"];
+  std::optional<uint64_t> bytes;
+  if (!v.is_null()) {
+    if (!v.is_number_unsigned() || v.get<uint64_t>() > (uint64_t(1) << 60))
+      return sendError(res, 400, "limit_bytes must be a non-negative integer up to 2^60, or null");
+    bytes = v.get<uint64_t>();
+  }
+  auto id = ctx.store.resolve(ObjectKind::Container, req.matches[1]);
+  if (!id) return sendError(res, 500, id.error().message);
+  if (!*id) return sendError(res, 404, "no such container: " + std::string(req.matches[1]));
+  if (!p->projectOfContainer(**id)) return sendError(res, 404, "container " + **id + " has no project yet");
+  if (auto s = ctx.store.setProjectLimit("container", **id, bytes); !s)
+    return sendError(res, s.error().code == ENOENT ? 404 : 500, s.error().message);
+  p->wake();  // the kernel gets it on the pass this starts
+  LOG_INFO(kSub, "container %s: own limit %s", id->value().c_str(),
+           bytes ? std::to_string(*bytes).c_str() : "cleared (default)");
+  json out = {{"id", **id}, {"project", *p->projectOfContainer(**id)}};
+  out["limit_bytes"] = bytes ? json(*bytes) : json(p->options().container_default_bytes);
+  out["default"] = !bytes;
+  sendJson(res, 200, out);
+}
+
 void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   std::string out;
   auto snap = ctx.usage.snapshot();
@@ -898,6 +930,7 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
   });
   // The agent's own API: kernel project ids in use, with their limits and usage.
   api.route("GET", "/api/v1/projects", guarded(projectsPage));
+  api.route("PUT", R"(/api/v1/projects/containers/([^/]+))", guarded(putContainerLimit));
 }
 
 }  // namespace dockquota

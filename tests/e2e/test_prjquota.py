@@ -238,6 +238,26 @@ def per_container(env):
     cid = env.docker("root", "inspect", "-f", "{{.Id}}", c)
     mine = [p for p in projects(env)["projects"] if p["kind"] == "container" and p["owner"] == cid]
     check(len(mine) == 1, "container mode: the container has its own project: %s" % mine)
+    # A container's own limit outranks the default; bad input changes nothing.
+    c2 = "alice-own"
+    env.docker("alice", "create", "--network", "none", "--name", c2, "alice-img:1", "sh", "-c",
+               "dd if=/dev/zero of=/fill bs=1048576 count=64 2>&1; rc=$?; sync; exit $rc")
+    wait_for("alice-own's project", lambda: any(p["kind"] == "container" and p["owner"].startswith(
+        env.docker("root", "inspect", "-f", "{{.Id}}", c2)) for p in projects(env)["projects"]))
+    for bad in ({}, {"limit_bytes": -1}, {"limit_bytes": "1"}, {"limit_bytes": 1.5}):
+        status, body = env.http_json("PUT", "/api/v1/projects/containers/" + c2, bad)
+        check(status == 400 and "msg" in body, "container mode: PUT %s -> 400 (%s)" % (json.dumps(bad), body))
+    status, body = env.http_json("PUT", "/api/v1/projects/containers/nope", {"limit_bytes": 1})
+    check(status == 404, "container mode: PUT for an unknown container -> 404")
+    status, body = env.http_json("PUT", "/api/v1/projects/containers/" + c2, {"limit_bytes": 48 * MiB})
+    check(status == 200 and body["limit_bytes"] == 48 * MiB, "container mode: PUT its own 48 MiB limit (%s)" % body)
+    time.sleep(1.5)
+    env.docker("alice", "start", c2)
+    rc2, out2 = finish(env, c2)
+    own = du(container_dirs(env, c2))
+    check(rc2 != 0 and 47 * MiB <= own <= 48 * MiB + 64 * 1024,
+          "container mode: its own 48 MiB limit held (rc %d, %d bytes)" % (rc2, own))
+    env.docker("alice", "rm", c2)
     env.docker("alice", "rm", c)
     freed = wait_for("container project freed", lambda: not any(p["owner"] == cid for p in projects(env)["projects"]))
     check(bool(freed), "container mode: removing the container frees its id")

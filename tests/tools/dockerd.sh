@@ -18,7 +18,8 @@ start)
   i=0
   while ! curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; do
     i=$((i + 1))
-    if [ $i -gt 300 ]; then echo "dockerd did not come up; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1; fi
+    # 60 s: under QEMU TCG on a busy 2-core host dockerd's start takes tens of seconds
+    if [ $i -gt 600 ]; then echo "dockerd did not come up in 60 s; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1; fi
     sleep 0.1
   done
   echo "$sock"
