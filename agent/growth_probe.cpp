@@ -130,6 +130,10 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   }
   if (options.max_containers == 0) return Error{EINVAL, std::string(kSub) + ": max_containers must be > 0"};
   std::unique_ptr<GrowthProbe> p(new GrowthProbe(options));
+  // Tracing and raw tracepoint programs share one helper list (bpf_tracing_func_proto).
+  p->ancestor_helper_ = options.ancestor_helper &&
+                        libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT,
+                                                BPF_FUNC_get_current_ancestor_cgroup_id, nullptr) == 1;
   // fexit programs run only on the calls they hook (only overlay writes,
   // where overlayfs has BTF); the tracepoint puts every syscall of every
   // process on the slow path. Try fentry first, fall back loudly.
@@ -149,8 +153,9 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
     if (auto st = p->loadAndAttach(/*fentry=*/false); !st) return st.error();
     p->hook_ = "tracepoint";
   }
-  LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers", p->attached_.size(),
-           p->hook_.c_str(), p->attached_.front().c_str(), options.max_containers);
+  LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers; cgroup ancestors by %s",
+           p->attached_.size(), p->hook_.c_str(), p->attached_.front().c_str(), options.max_containers,
+           p->ancestor_helper_ ? "helper" : "CO-RE reads");
   return p;
 }
 
@@ -166,13 +171,15 @@ Status GrowthProbe::loadAndAttach(bool fentry) {
   };
   skel_ = growth_bpf__open();
   if (!skel_) return osError(errno, std::string(kSub) + ": open BPF object");
+  skel_->rodata->targ_ancestor_helper = ancestor_helper_;
   if (int err = bpf_map__set_max_entries(skel_->maps.growth, options_.max_containers)) {
     return fail(err, "map size " + std::to_string(options_.max_containers));
   }
   // Within the fentry set: overlayfs's functions when their BTF is there,
   // else the write syscalls (5.10 has no module BTF).
-  const std::vector<std::string> ovl = fentry ? overlayFuncsWithBtf() : std::vector<std::string>{};
-  if (fentry && ovl.empty()) {
+  const std::vector<std::string> ovl =
+      fentry && options_.overlay_functions ? overlayFuncsWithBtf() : std::vector<std::string>{};
+  if (fentry && ovl.empty() && options_.overlay_functions) {
     LOG_INFO(kSub, "no BTF for overlayfs's ovl_write_iter (module BTF needs 5.11+); hooking the write syscalls");
   }
   bpf_program* prog;

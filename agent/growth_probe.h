@@ -61,6 +61,12 @@ class GrowthProbe {
   struct Options {
     std::string hook = "auto";                    // "auto" (fentry, else tracepoint), "fentry", "tracepoint"
     uint32_t max_containers = GROWTH_MAX_CGROUPS;  // watched at once
+    // Use bpf_get_current_ancestor_cgroup_id() where tracing programs may
+    // (5.10 may not: then cgroups are read with CO-RE). false forces CO-RE (tests).
+    bool ancestor_helper = true;
+    // fentry set: hook overlayfs's functions when their BTF is there. false
+    // forces the write syscalls, as on 5.10 (tests).
+    bool overlay_functions = true;
   };
 
   static Result<std::unique_ptr<GrowthProbe>> open(const Options& options);
@@ -82,6 +88,7 @@ class GrowthProbe {
   const std::string& hook() const { return hook_; }
   const std::string& fentryError() const { return fentry_error_; }
   const std::vector<std::string>& attached() const { return attached_; }
+  bool ancestorHelper() const { return ancestor_helper_; }
 
  private:
   explicit GrowthProbe(const Options& o) : options_(o) {}
@@ -95,6 +102,7 @@ class GrowthProbe {
   std::vector<std::string> attached_;
   std::string hook_;
   std::string fentry_error_;
+  bool ancestor_helper_ = false;
 };
 
 // What grew between two read()s: per container, after minus before (a

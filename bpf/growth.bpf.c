@@ -5,7 +5,7 @@
  *   fexit__ovl_{write_iter,splice_write,copy_file_range}
  *                          set "fentry" on kernels with overlayfs BTF (built in,
  *                          or module BTF: 5.11+): overlayfs's own write paths
- *   fexit__{write,pwrite64,...}
+ *   fexit__{write,pwrite64,...,vfs_copy_file_range}
  *                          set "fentry" elsewhere (5.10: no module BTF): the
  *                          eight write syscalls, hooked one by one
  *   tp_btf__sys_exit       set "tracepoint" (kernels that refuse fentry, like
@@ -38,6 +38,11 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* 1: bpf_get_current_ancestor_cgroup_id() is allowed in tracing programs
+ * (not on 5.10: it was only allowed for cgroup/skb programs then). 0: read
+ * the ancestor from task->cgroups->dfl_cgrp. Set by the agent, which probes. */
+const volatile __u8 targ_ancestor_helper = 1;
+
 /* Bit L set = some watched cgroup sits at cgroup v2 level L. Written by the
  * agent through the mmapped .bss: after inserting into `growth`, and cleared
  * before deleting the last cgroup of a level. */
@@ -68,6 +73,35 @@ static __always_inline void count(__u32 reason)
 		*c += 1;
 }
 
+/* Before 6.2 (commit 7f203bc89eb6 "cgroup: Replace cgroup->ancestor_ids[]
+ * with ->ancestors[]") a cgroup held its ancestors' ids, not pointers. */
+struct cgroup___ancestor_ids {
+	int level;
+	__u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
+/* The cgroup v2 id of the current task's ancestor at `level` (its own at its
+ * own level), or 0 when the task sits above it: what the helper returns. */
+static __always_inline __u64 ancestor_cgroup_id(int level)
+{
+	struct task_struct *task;
+	struct cgroup *cgrp, *anc = NULL;
+	__u64 id = 0;
+
+	if (targ_ancestor_helper)
+		return bpf_get_current_ancestor_cgroup_id(level);
+	task = (struct task_struct *)bpf_get_current_task();
+	cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	if (!cgrp || level > BPF_CORE_READ(cgrp, level))
+		return 0;
+	if (bpf_core_field_exists(((struct cgroup___ancestor_ids *)cgrp)->ancestor_ids)) {
+		bpf_probe_read_kernel(&id, sizeof(id), &((struct cgroup___ancestor_ids *)cgrp)->ancestor_ids[level]);
+		return id;
+	}
+	bpf_probe_read_kernel(&anc, sizeof(anc), &cgrp->ancestors[level]);
+	return anc ? BPF_CORE_READ(anc, kn, id) : 0;
+}
+
 /* The counters of the watched cgroup the current task is in (at any depth
  * below it), or NULL. */
 static __always_inline struct growth_val *watched_cgroup(void)
@@ -84,7 +118,7 @@ static __always_inline struct growth_val *watched_cgroup(void)
 		if (!(levels & (1ULL << l)))
 			continue;
 		/* 0 when the task sits above level l: so does every deeper level. */
-		id = bpf_get_current_ancestor_cgroup_id(l);
+		id = ancestor_cgroup_id(l);
 		if (!id)
 			return NULL;
 		v = bpf_map_lookup_elem(&growth, &id);
@@ -103,6 +137,16 @@ static __always_inline void add(struct growth_val *v, long ret)
 }
 
 /* ---- syscall sets ------------------------------------------------------- */
+
+static __always_inline int add_if_overlay(struct growth_val *v, struct file *file, long ret)
+{
+	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != GROWTH_OVERLAYFS_MAGIC) {
+		count(GROWTH_CTR_NOT_OVERLAY);
+		return 0;
+	}
+	add(v, ret);
+	return 0;
+}
 
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
  * GROWTH_SYSCALLS: keep the dispatch below, the fexit list and README in step. */
@@ -150,12 +194,7 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 		count(GROWTH_CTR_NO_FILE);
 		return 0;
 	}
-	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != GROWTH_OVERLAYFS_MAGIC) {
-		count(GROWTH_CTR_NOT_OVERLAY);
-		return 0;
-	}
-	add(v, ret);
-	return 0;
+	return add_if_overlay(v, file, ret);
 }
 
 /* Hook set "tracepoint": works wherever BTF does (the host here: lockdown
@@ -172,8 +211,7 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 
 /* Hook set "fentry" without overlayfs BTF: fexit on the syscall functions.
  * Only these eight syscalls run a program, and no process pays the
- * tracepoint slow path. All live in fs/read_write.c and fs/splice.c, whose
- * BTF has the full struct pt_regs on 5.10 (unlike net/socket.c, see dsock). */
+ * tracepoint slow path. */
 #define FEXIT_SYSCALL(name)                                                   \
 	SEC("fexit/__x64_sys_" #name)                                         \
 	int BPF_PROG(fexit__##name, struct pt_regs *regs, long ret)           \
@@ -188,7 +226,24 @@ FEXIT_SYSCALL(pwritev)
 FEXIT_SYSCALL(pwritev2)
 FEXIT_SYSCALL(sendfile64)
 FEXIT_SYSCALL(splice)
-FEXIT_SYSCALL(copy_file_range)
+
+/* copy_file_range at vfs_copy_file_range: on 5.10 the BTF of
+ * __x64_sys_copy_file_range sees struct pt_regs only as a forward declaration
+ * ("arg0 type FWD is not a struct", as dsock found for net/socket.c). The
+ * out file comes as an argument. overlayfs copies between its upper files
+ * through this function again; those are not overlay files, so they are
+ * skipped and the copy counts once. */
+SEC("fexit/vfs_copy_file_range")
+int BPF_PROG(fexit__vfs_copy_file_range, struct file *file_in, loff_t pos_in, struct file *file_out,
+	     loff_t pos_out, size_t len, unsigned int flags, long ret)
+{
+	struct growth_val *v;
+
+	if (ret <= 0)
+		return 0;
+	v = watched_cgroup();
+	return v ? add_if_overlay(v, file_out, ret) : 0;
+}
 
 /* ---- overlayfs set -------------------------------------------------------- */
 
