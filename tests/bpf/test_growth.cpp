@@ -161,17 +161,22 @@ int writeMix(const Overlay& ov, const std::string& name) {
 }
 
 // Every test runs once per hook set: "tracepoint" everywhere, "fentry" where
-// the kernel allows it. DQ_REQUIRE_FENTRY=1 (the QEMU kernels) makes an
-// unavailable fentry set a failure.
-std::string hookUnderTest() { return GENERATE(as<std::string>{}, "tracepoint", "fentry"); }
+// the kernel allows it (overlayfs's functions where they have BTF, else the
+// syscalls), and "fentry/syscalls", the fentry set as 5.10 gets it, on every
+// kernel. DQ_REQUIRE_FENTRY=1 (the QEMU kernels) makes an unavailable fentry
+// set a failure.
+std::string hookUnderTest() { return GENERATE(as<std::string>{}, "tracepoint", "fentry", "fentry/syscalls"); }
 
-std::unique_ptr<GrowthProbe> openProbe(const std::string& hook, uint32_t max_containers = GROWTH_MAX_CGROUPS) {
+std::unique_ptr<GrowthProbe> openProbe(const std::string& hook, uint32_t max_containers = GROWTH_MAX_CGROUPS,
+                                       bool ancestor_helper = true) {
   GrowthProbe::Options o;
-  o.hook = hook;
+  o.hook = hook.substr(0, hook.find('/'));
+  o.overlay_functions = hook != "fentry/syscalls";
   o.max_containers = max_containers;
+  o.ancestor_helper = ancestor_helper;
   auto p = GrowthProbe::open(o);
   if (!p) {
-    if (hook == "fentry" && !requireFentry()) {
+    if (hook.rfind("fentry", 0) == 0 && !requireFentry()) {
       WARN("fentry hooks not available on this kernel (" << p.error().message << "); tested the tracepoint set only");
       return nullptr;
     }
@@ -269,6 +274,31 @@ TEST_CASE("growth probe counts a watched cgroup's sub-cgroups for the container"
 
   CHECK(figureOf(*p, "cafe01").bytes == 3 * kMiB);
   CHECK(figureOf(*p, "cafe01").writes == 3);
+}
+
+TEST_CASE("growth probe finds cgroup ancestors by CO-RE reads where the helper is not allowed (5.10)",
+          "[bpf][growth]") {
+  if (!prerequisites()) return;
+  Overlay ov;
+  if (!ov.ok) return;
+  Cgroups cg;
+  const std::string a = cg.container("beef01"), b = cg.container("beef02");
+  const std::string a_inner = cg.make(a + "/init.scope");
+  const std::string hook = hookUnderTest();
+  auto p = openProbe(hook, GROWTH_MAX_CGROUPS, /*ancestor_helper=*/false);
+  if (!p) return;
+  INFO("hook set: " << hook);
+  REQUIRE_FALSE(p->ancestorHelper());
+  REQUIRE(p->watch("beef01", cgroupAt(a)));
+  REQUIRE(runIn(a, [&] { return writeMix(ov, "own"); }) == 0);        // at the watched level
+  REQUIRE(runIn(a_inner, [&] { return writeMix(ov, "sub"); }) == 0);  // below it
+  REQUIRE(runIn(b, [&] { return writeMix(ov, "other"); }) == 0);      // a sibling
+  REQUIRE(runIn(cg.base, [&] { return writeMix(ov, "above"); }) == 0);  // above it
+  auto all = p->read();
+  REQUIRE(all);
+  REQUIRE(all->size() == 1);
+  CHECK(all->at("beef01").bytes == 6 * kMiB);
+  CHECK(all->at("beef01").writes == 6);
 }
 
 TEST_CASE("growth probe counts sendfile, splice, copy_file_range and pwritev2 into overlay files", "[bpf][growth]") {
