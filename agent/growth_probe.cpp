@@ -285,6 +285,19 @@ std::array<uint64_t, GROWTH_CTR_MAX> GrowthProbe::counters() const {
   return out;
 }
 
+std::vector<GrowthProbe::ProgramStats> GrowthProbe::programStats() const {
+  std::vector<ProgramStats> out;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, skel_->obj) {
+    if (!bpf_program__autoload(prog)) continue;
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) != 0) continue;
+    out.push_back({bpf_program__name(prog), info.run_cnt, info.run_time_ns});
+  }
+  return out;
+}
+
 const char* GrowthProbe::counterName(size_t i) { return i < GROWTH_CTR_MAX ? kCounterNames[i] : "?"; }
 
 // ---- figures ----------------------------------------------------------------

@@ -90,6 +90,15 @@ class GrowthProbe {
   const std::vector<std::string>& attached() const { return attached_; }
   bool ancestorHelper() const { return ancestor_helper_; }
 
+  // Run counts and time in each attached program, while BPF run-time stats
+  // are on (sysctl kernel.bpf_stats_enabled, or a bpf_enable_stats() fd).
+  struct ProgramStats {
+    std::string name;
+    uint64_t runs = 0;
+    uint64_t run_ns = 0;
+  };
+  std::vector<ProgramStats> programStats() const;
+
  private:
   explicit GrowthProbe(const Options& o) : options_(o) {}
   Status loadAndAttach(bool fentry);
