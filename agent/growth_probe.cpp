@@ -131,9 +131,11 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   if (options.max_containers == 0) return Error{EINVAL, std::string(kSub) + ": max_containers must be > 0"};
   std::unique_ptr<GrowthProbe> p(new GrowthProbe(options));
   // Tracing and raw tracepoint programs share one helper list (bpf_tracing_func_proto).
-  p->ancestor_helper_ = options.ancestor_helper &&
+  p->ancestor_helper_ = !options.force_probe_reads &&
                         libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT,
                                                 BPF_FUNC_get_current_ancestor_cgroup_id, nullptr) == 1;
+  p->task_btf_ = !options.force_probe_reads &&
+                 libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_FUNC_get_current_task_btf, nullptr) == 1;
   // fexit programs run only on the calls they hook (only overlay writes,
   // where overlayfs has BTF); the tracepoint puts every syscall of every
   // process on the slow path. Try fentry first, fall back loudly.
@@ -153,9 +155,9 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
     if (auto st = p->loadAndAttach(/*fentry=*/false); !st) return st.error();
     p->hook_ = "tracepoint";
   }
-  LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers; cgroup ancestors by %s",
+  LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers; cgroup by %s, fd table by %s",
            p->attached_.size(), p->hook_.c_str(), p->attached_.front().c_str(), options.max_containers,
-           p->ancestor_helper_ ? "helper" : "CO-RE reads");
+           p->ancestor_helper_ ? "helper" : "probe reads", p->task_btf_ ? "BTF loads" : "probe reads");
   return p;
 }
 
@@ -172,6 +174,7 @@ Status GrowthProbe::loadAndAttach(bool fentry) {
   skel_ = growth_bpf__open();
   if (!skel_) return osError(errno, std::string(kSub) + ": open BPF object");
   skel_->rodata->targ_ancestor_helper = ancestor_helper_;
+  skel_->rodata->targ_task_btf = task_btf_;
   if (int err = bpf_map__set_max_entries(skel_->maps.growth, options_.max_containers)) {
     return fail(err, "map size " + std::to_string(options_.max_containers));
   }

@@ -61,9 +61,11 @@ class GrowthProbe {
   struct Options {
     std::string hook = "auto";                    // "auto" (fentry, else tracepoint), "fentry", "tracepoint"
     uint32_t max_containers = GROWTH_MAX_CGROUPS;  // watched at once
-    // Use bpf_get_current_ancestor_cgroup_id() where tracing programs may
-    // (5.10 may not: then cgroups are read with CO-RE). false forces CO-RE (tests).
-    bool ancestor_helper = true;
+    // bpf_get_current_ancestor_cgroup_id() and bpf_get_current_task_btf() are
+    // used where tracing programs may call them; 5.10 may not, and reads the
+    // cgroup and the fd table with bpf_probe_read_kernel. true forces that
+    // path everywhere (tests).
+    bool force_probe_reads = false;
     // fentry set: hook overlayfs's functions when their BTF is there. false
     // forces the write syscalls, as on 5.10 (tests).
     bool overlay_functions = true;
@@ -88,7 +90,9 @@ class GrowthProbe {
   const std::string& hook() const { return hook_; }
   const std::string& fentryError() const { return fentry_error_; }
   const std::vector<std::string>& attached() const { return attached_; }
+  // Whether the helpers above are used (see Options::force_probe_reads).
   bool ancestorHelper() const { return ancestor_helper_; }
+  bool taskBtf() const { return task_btf_; }
 
   // Run counts and time in each attached program, while BPF run-time stats
   // are on (sysctl kernel.bpf_stats_enabled, or a bpf_enable_stats() fd).
@@ -112,6 +116,7 @@ class GrowthProbe {
   std::string hook_;
   std::string fentry_error_;
   bool ancestor_helper_ = false;
+  bool task_btf_ = false;
 };
 
 // What grew between two read()s: per container, after minus before (a

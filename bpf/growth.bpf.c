@@ -42,6 +42,9 @@ char LICENSE[] SEC("license") = "GPL";
  * (not on 5.10: it was only allowed for cgroup/skb programs then). 0: read
  * the ancestor from task->cgroups->dfl_cgrp. Set by the agent, which probes. */
 const volatile __u8 targ_ancestor_helper = 1;
+/* 1: bpf_get_current_task_btf() exists (5.11+), so the fd table is walked by
+ * direct loads (see current_fd_file_btf). Set by the agent, which probes. */
+const volatile __u8 targ_task_btf = 1;
 
 /* Bit L set = some watched cgroup sits at cgroup v2 level L. Written by the
  * agent through the mmapped .bss: after inserting into `growth`, and cleared
@@ -189,7 +192,10 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 	v = watched_cgroup();
 	if (!v)
 		return 0;
-	file = task_fd_file((struct task_struct *)bpf_get_current_task(), fd);
+	if (targ_task_btf)
+		file = current_fd_file_btf(fd);
+	else
+		file = task_fd_file((struct task_struct *)bpf_get_current_task(), fd);
 	if (!file) {
 		count(GROWTH_CTR_NO_FILE);
 		return 0;

@@ -168,12 +168,12 @@ int writeMix(const Overlay& ov, const std::string& name) {
 std::string hookUnderTest() { return GENERATE(as<std::string>{}, "tracepoint", "fentry", "fentry/syscalls"); }
 
 std::unique_ptr<GrowthProbe> openProbe(const std::string& hook, uint32_t max_containers = GROWTH_MAX_CGROUPS,
-                                       bool ancestor_helper = true) {
+                                       bool force_probe_reads = false) {
   GrowthProbe::Options o;
   o.hook = hook.substr(0, hook.find('/'));
   o.overlay_functions = hook != "fentry/syscalls";
   o.max_containers = max_containers;
-  o.ancestor_helper = ancestor_helper;
+  o.force_probe_reads = force_probe_reads;
   auto p = GrowthProbe::open(o);
   if (!p) {
     if (hook.rfind("fentry", 0) == 0 && !requireFentry()) {
@@ -276,7 +276,7 @@ TEST_CASE("growth probe counts a watched cgroup's sub-cgroups for the container"
   CHECK(figureOf(*p, "cafe01").writes == 3);
 }
 
-TEST_CASE("growth probe finds cgroup ancestors by CO-RE reads where the helper is not allowed (5.10)",
+TEST_CASE("growth probe finds cgroups and files by probe reads where the helpers are not allowed (5.10)",
           "[bpf][growth]") {
   if (!prerequisites()) return;
   Overlay ov;
@@ -285,10 +285,11 @@ TEST_CASE("growth probe finds cgroup ancestors by CO-RE reads where the helper i
   const std::string a = cg.container("beef01"), b = cg.container("beef02");
   const std::string a_inner = cg.make(a + "/init.scope");
   const std::string hook = hookUnderTest();
-  auto p = openProbe(hook, GROWTH_MAX_CGROUPS, /*ancestor_helper=*/false);
+  auto p = openProbe(hook, GROWTH_MAX_CGROUPS, /*force_probe_reads=*/true);
   if (!p) return;
   INFO("hook set: " << hook);
   REQUIRE_FALSE(p->ancestorHelper());
+  REQUIRE_FALSE(p->taskBtf());
   REQUIRE(p->watch("beef01", cgroupAt(a)));
   REQUIRE(runIn(a, [&] { return writeMix(ov, "own"); }) == 0);        // at the watched level
   REQUIRE(runIn(a_inner, [&] { return writeMix(ov, "sub"); }) == 0);  // below it
