@@ -27,7 +27,9 @@
  * Volumes, bind mounts, tmpfs, pipes and sockets do not grow it.
  *
  * Not counted (see README): shared mmap stores, fallocate/truncate, io_uring
- * and aio writes on the syscall sets, 32-bit (ia32) syscalls on the tracepoint set.
+ * and aio writes on the syscall sets (and async completions on all), 32-bit
+ * (ia32) syscalls on the tracepoint set, and writes into a container's layer
+ * by processes outside its cgroup (docker cp, the host writing into merged/).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -39,8 +41,9 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* 1: bpf_get_current_ancestor_cgroup_id() is allowed in tracing programs
- * (not on 5.10: it was only allowed for cgroup/skb programs then). 0: read
- * the ancestor from task->cgroups->dfl_cgrp. Set by the agent, which probes. */
+ * (5.10 refuses it there: "unknown func bpf_get_current_ancestor_cgroup_id#123").
+ * 0: read the ancestor from task->cgroups->dfl_cgrp. Set by the agent, which
+ * probes. */
 const volatile __u8 targ_ancestor_helper = 1;
 /* 1: bpf_get_current_task_btf() exists (5.11+), so the fd table is walked by
  * direct loads (see current_fd_file_btf). Set by the agent, which probes. */
