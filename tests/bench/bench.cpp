@@ -304,9 +304,10 @@ int growthBench(int rounds) {
     sets.push_back(h);
     hooks.push_back(std::string(h) + " (" + progs + ")");
   }
-  // BPF run-time stats while this fd is open: each program's own time per run,
-  // a figure the machine's load does not blur the way wall-clock loops are.
-  int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  // Each program's own time per run, from BPF run-time stats: a figure the
+  // machine's load does not blur the way wall-clock loops are. Stats make
+  // every run slower, so they are on only in one extra round after the timed ones.
+  int stats_fd = -1;
   std::map<std::string, std::vector<double>> prog_ns;  // "hooks / row / watched?" -> ns per run
   struct Row {
     const char* name;
@@ -323,17 +324,22 @@ int growthBench(int rounds) {
     r.watched.resize(hooks.size());
     r.unwatched.resize(hooks.size());
   }
-  for (int round = 0; round < rounds; round++) {
-    for (auto& r : rows) r.off.push_back(r.run());
+  for (int round = 0; round <= rounds; round++) {
+    const bool stats_round = round == rounds;
+    if (stats_round && (stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME)) < 0) break;
+    for (auto& r : rows) {
+      if (!stats_round) r.off.push_back(r.run());
+    }
     for (size_t h = 0; h < hooks.size(); h++) {
       auto p = GrowthProbe::open(options(sets[h]));
       if (!p) return fprintf(stderr, "bench: %s\n", p.error().message.c_str()), 1;
       // Another container is watched, so the filter runs as on a real host.
       if (auto st = (*p)->watch("other", *other_ref); !st) return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
-      // Runs a row and notes the programs' time per run during it.
+      // Runs a row: timed, or noting the programs' time per run.
       auto measure = [&](Row& r, std::vector<double>& into, const char* what) {
+        if (!stats_round) return into.push_back(r.run());
         auto before = (*p)->programStats();
-        into.push_back(r.run());
+        r.run();
         auto after = (*p)->programStats();
         uint64_t runs = 0, ns = 0;
         for (size_t i = 0; i < after.size() && i < before.size(); i++) {
