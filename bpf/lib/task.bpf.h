@@ -28,6 +28,25 @@ static __always_inline struct file *task_fd_file(struct task_struct *task, __u32
 	return f;
 }
 
+/* task_fd_file() for kernels with bpf_get_current_task_btf() (5.11+; only
+ * in code the verifier can reach there): task->files->fdt is walked by
+ * direct (probe-protected) loads instead of a helper call each, leaving one
+ * bpf_probe_read_kernel for the fd slot, whose variable index the verifier
+ * does not allow on a BTF pointer. Measured on 6.18 (bpf_stats, growth's
+ * tp_btf program on a counted write): 353 -> 249 ns per run. */
+static __always_inline struct file *current_fd_file_btf(__u32 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	struct file *f = NULL;
+
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), (void *)((unsigned long)fdt->fd + fd * sizeof(f))))
+		return NULL;
+	return f;
+}
+
 /* Kernel dev_t of the filesystem holding inode. */
 static __always_inline __u32 inode_dev(struct inode *inode)
 {

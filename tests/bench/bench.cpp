@@ -10,10 +10,17 @@
 //
 // usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook auto|fentry|tracepoint]
 // (tests/bench/run.sh starts a throwaway dockerd and calls this.)
+//
+// dockquota-bench --growth [--rounds N] measures the growth probe alone (no
+// agent, no dockerd): a 4 KiB write() loop to a file on a private overlayfs
+// and to a tmpfs file, and a null syscall, without the probe and with each
+// hook set the kernel allows, the writer's cgroup watched and not.
 #include <fcntl.h>
 #include <signal.h>
 #include <netinet/in.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -25,12 +32,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <bpf/bpf.h>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
+
+#include "agent/growth_probe.h"
 
 namespace {
 
@@ -232,7 +243,158 @@ void removeContainers(const std::string& sock, const std::vector<std::string>& i
 
 }  // namespace
 
+// ---- growth probe alone ------------------------------------------------------
+void moveTo(const std::string& cgroup_dir) {
+  std::string pid = std::to_string(getpid());
+  int fd = open((cgroup_dir + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, pid.data(), pid.size()) != static_cast<ssize_t>(pid.size())) {
+    perror(("bench: join cgroup " + cgroup_dir).c_str());
+    exit(1);
+  }
+  close(fd);
+}
+
+int growthBench(int rounds) {
+  using dockquota::GrowthProbe;
+  char tmpl[] = "/tmp/dq-growth-bench-XXXXXX";
+  const std::string dir = mkdtemp(tmpl), merged = dir + "/merged";
+  if (mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64m") != 0) return perror("bench: tmpfs"), 1;
+  for (const char* d : {"/lower", "/upper", "/work", "/merged"}) mkdir((dir + d).c_str(), 0755);
+  const std::string opts = "lowerdir=" + dir + "/lower,upperdir=" + dir + "/upper,workdir=" + dir + "/work";
+  if (mount("overlay", merged.c_str(), "overlay", 0, opts.c_str()) != 0) return perror("bench: overlay"), 1;
+  auto mnt = dockquota::cgroup2Mount();
+  if (!mnt) return fprintf(stderr, "bench: %s\n", mnt.error().message.c_str()), 1;
+  std::string home;  // this process's cgroup, to go back to
+  {
+    FILE* f = fopen("/proc/self/cgroup", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+      if (strncmp(line, "0::", 3) == 0) home = *mnt + std::string(line + 3, strcspn(line + 3, "\n"));
+    }
+    if (f) fclose(f);
+  }
+  const std::string base = *mnt + "/dq-growth-bench-" + std::to_string(getpid());
+  const std::string cg = base + "/docker-bench.scope", other = base + "/docker-other.scope";
+  mkdir(base.c_str(), 0755);
+  mkdir(cg.c_str(), 0755);
+  mkdir(other.c_str(), 0755);
+  moveTo(cg);  // every loop below runs in the "container"
+  auto ref = dockquota::cgroupOfDir(cg), other_ref = dockquota::cgroupOfDir(other);
+  if (!ref || !other_ref) return fprintf(stderr, "bench: cannot read the bench cgroups\n"), 1;
+
+  // The hook sets: "fentry/syscalls" is the fentry set as kernels without
+  // overlayfs BTF (5.10) get it; where "fentry" hooks the syscalls anyway it is left out.
+  auto options = [](const std::string& set) {
+    GrowthProbe::Options o;
+    o.hook = set.substr(0, set.find('/'));
+    o.overlay_functions = set != "fentry/syscalls";
+    return o;
+  };
+  std::vector<std::string> sets, hooks;  // hooks: the set and its first program, for the table
+  for (const char* h : {"tracepoint", "fentry", "fentry/syscalls"}) {
+    auto p = GrowthProbe::open(options(h));
+    if (!p) {
+      printf("growth probe: %s hooks unavailable: %s\n", h, p.error().message.c_str());
+      continue;
+    }
+    const std::string progs = (*p)->attached().front() + ((*p)->attached().size() > 1 ? ", ..." : "");
+    bool seen = false;
+    for (const auto& l : hooks) seen = seen || l.find("(" + progs + ")") != std::string::npos;
+    if (seen) continue;  // 5.10: "fentry" already is the syscall set
+    sets.push_back(h);
+    hooks.push_back(std::string(h) + " (" + progs + ")");
+  }
+  // Each program's own time per run, from BPF run-time stats: a figure the
+  // machine's load does not blur the way wall-clock loops are. Stats make
+  // every run slower, so they are on only in one extra round after the timed ones.
+  int stats_fd = -1;
+  std::map<std::string, std::vector<double>> prog_ns;  // "hooks / row / watched?" -> ns per run
+  struct Row {
+    const char* name;
+    std::function<double()> run;
+    std::vector<double> off;
+    std::vector<std::vector<double>> watched, unwatched;  // per hook set
+  };
+  std::vector<Row> rows = {
+      {"null syscall (getppid)", nullSyscallNs, {}, {}, {}},
+      {"4 KiB write(), overlay file", [&] { return fileWriteNs(merged + "/f"); }, {}, {}, {}},
+      {"4 KiB write(), tmpfs file", [&] { return fileWriteNs(dir + "/t"); }, {}, {}, {}},
+  };
+  for (auto& r : rows) {
+    r.watched.resize(hooks.size());
+    r.unwatched.resize(hooks.size());
+  }
+  for (int round = 0; round <= rounds; round++) {
+    const bool stats_round = round == rounds;
+    if (stats_round && (stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME)) < 0) break;
+    for (auto& r : rows) {
+      if (!stats_round) r.off.push_back(r.run());
+    }
+    for (size_t h = 0; h < hooks.size(); h++) {
+      auto p = GrowthProbe::open(options(sets[h]));
+      if (!p) return fprintf(stderr, "bench: %s\n", p.error().message.c_str()), 1;
+      // Another container is watched, so the filter runs as on a real host.
+      if (auto st = (*p)->watch("other", *other_ref); !st) return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
+      // Runs a row: timed, or noting the programs' time per run.
+      auto measure = [&](Row& r, std::vector<double>& into, const char* what) {
+        if (!stats_round) return into.push_back(r.run());
+        auto before = (*p)->programStats();
+        r.run();
+        auto after = (*p)->programStats();
+        uint64_t runs = 0, ns = 0;
+        for (size_t i = 0; i < after.size() && i < before.size(); i++) {
+          runs += after[i].runs - before[i].runs;
+          ns += after[i].run_ns - before[i].run_ns;
+        }
+        if (runs) prog_ns[hooks[h] + "|" + r.name + "|" + what].push_back(static_cast<double>(ns) / runs);
+      };
+      for (auto& r : rows) measure(r, r.unwatched[h], "not watched");
+      if (auto st = (*p)->watch("bench", *ref); !st) return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
+      for (auto& r : rows) measure(r, r.watched[h], "watched");
+      auto fig = (*p)->read();
+      if (round == 0 && fig) printf("check: %s counted %.1f MiB in %lu writes\n", hooks[h].c_str(),
+                                    (*fig)["bench"].bytes / 1048576.0, static_cast<unsigned long>((*fig)["bench"].writes));
+    }
+  }
+  moveTo(home);
+  rmdir(cg.c_str());
+  rmdir(other.c_str());
+  rmdir(base.c_str());
+  umount2(merged.c_str(), MNT_DETACH);
+  umount2(dir.c_str(), MNT_DETACH);
+  rmdir(dir.c_str());
+
+  printf("\ngrowth probe, medians of %d alternating rounds (ns per call; ratio to no probe)\n", rounds);
+  for (size_t h = 0; h < hooks.size(); h++) {
+    printf("\nhooks: %s\n%-30s %10s %20s %20s\n", hooks[h].c_str(), "workload", "no probe", "cgroup not watched",
+           "cgroup watched");
+    for (const auto& r : rows) {
+      double off = median(r.off), un = median(r.unwatched[h]), w = median(r.watched[h]);
+      printf("%-30s %10.1f %11.1f %7.3fx %11.1f %7.3fx\n", r.name, off, un, un / off, w, w / off);
+    }
+    if (stats_fd < 0) continue;
+    printf("program time per run (bpf_stats, ns):\n");
+    for (const auto& r : rows) {
+      auto un = prog_ns.find(hooks[h] + "|" + r.name + "|not watched");
+      auto w = prog_ns.find(hooks[h] + "|" + r.name + "|watched");
+      printf("%-30s %10s %20.1f %20.1f\n", r.name, "", un == prog_ns.end() ? 0.0 : median(un->second),
+             w == prog_ns.end() ? 0.0 : median(w->second));
+    }
+  }
+  if (stats_fd >= 0) close(stats_fd);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; i++) {
+    if (std::string(argv[i]) == "--growth") {
+      int rounds = 5;
+      for (int j = 1; j + 1 < argc; j++) {
+        if (std::string(argv[j]) == "--rounds") rounds = atoi(argv[j + 1]);
+      }
+      return growthBench(rounds);
+    }
+  }
   Agent agent;
   std::string sock;
   int rounds = 3, creates = 100;
