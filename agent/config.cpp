@@ -117,6 +117,8 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"container_quota_default_mib",
        uintKey(origin, "container_quota_default_mib", &Config::container_quota_default_mib, 0, uint64_t(1) << 40)},
       {"project_sync_interval_s", uintKey(origin, "project_sync_interval_s", &Config::project_sync_interval_s, 1, 3600)},
+      {"growth_probe", boolKey(origin, "growth_probe", &Config::growth_probe)},
+      {"growth_signal_mib", uintKey(origin, "growth_signal_mib", &Config::growth_signal_mib, 1, 1u << 20)},
   };
 
   Config c;

@@ -57,6 +57,8 @@ struct Config {
   uint32_t project_id_max = 199999;
   uint64_t container_quota_default_mib = 0;  // per-container mode: default limit, 0 = none
   uint32_t project_sync_interval_s = 10;     // full re-check + usage read
+  bool growth_probe = true;                  // live per-container layer growth (BPF)
+  uint32_t growth_signal_mib = 16;           // a container writing this much in 1 s re-reads quotas at once
 };
 
 // Parses and validates; `origin` names the source in errors (the file path).

@@ -31,6 +31,9 @@
 #include "agent/exec_probe.h"
 #include "agent/log.h"
 #include "agent/probe_util.h"
+#include <httplib.h>
+
+#include "agent/growth_monitor.h"
 #include "agent/qman_wiring.h"
 #include "agent/store.h"
 #include "exporter/http_api.h"
@@ -212,6 +215,28 @@ int main(int argc, char** argv) {
     degraded.push_back("docker.sock probe unavailable: " + dsock_r.error().message);
   }
 
+  // Live growth of running containers' layers: an early signal to re-read
+  // project quotas (issue 4). Needs Docker's client for inspect.
+  std::unique_ptr<GrowthMonitor> growth;
+  if (config.growth_probe) {
+    GrowthProbe::Options gopt;
+    gopt.hook = config.probe_hook;
+    auto g = GrowthProbe::open(gopt);
+    if (g) {
+      growth = std::make_unique<GrowthMonitor>(
+          std::move(*g), docker,
+          GrowthMonitor::Options{.interval = std::chrono::seconds(1),
+                                 .signal_bytes = uint64_t(config.growth_signal_mib) << 20,
+                                 .on_growth = [&] {
+                                   if (auto* p = projects.load(); p && p->active()) p->wake();
+                                 }});
+    } else {
+      LOG_WARN(kSub, "%s; live container growth is not watched (quotas are re-read on their interval only)",
+               g.error().message.c_str());
+      degraded.push_back("growth probe unavailable: " + g.error().message);
+    }
+  }
+
   // Loading parsed the kernel's BTF for CO-RE (tens of MiB on a 6.x kernel,
   // twice when fentry was refused); libbpf freed it, glibc kept the pages.
   malloc_trim(0);
@@ -221,7 +246,11 @@ int main(int argc, char** argv) {
   std::mutex docker_err_mu;
   std::string docker_error;
   DockerEventStream events(config.docker_socket, {
-      .on_event = [&](const json& e) { attributor.onDockerEvent(e); },
+      .on_event =
+          [&](const json& e) {
+            attributor.onDockerEvent(e);
+            if (growth) growth->onDockerEvent(e);
+          },
       .on_connected =
           [&] {
             if (dsock) dsock->refreshSockets();
@@ -234,6 +263,9 @@ int main(int argc, char** argv) {
               reconciled = true;
               std::lock_guard<std::mutex> l(docker_err_mu);
               docker_error.clear();
+            }
+            if (growth) {
+              if (auto st = growth->watchRunning(); !st) LOG_WARN(kSub, "growth: %s", st.error().message.c_str());
             }
           },
       .on_disconnected =
@@ -268,6 +300,19 @@ int main(int argc, char** argv) {
       }
     }
     probes["docker_sock"] = dj;
+    json gj = {{"attached", growth != nullptr}};
+    if (growth) {
+      const auto& gp = growth->probe();
+      gj["hook"] = gp.hook();
+      if (!gp.fentryError().empty()) gj["fentry_unavailable"] = gp.fentryError();
+      gj["programs"] = gp.attached();
+      gj["signals"] = growth->signals();
+      auto ctr = gp.counters();
+      json kc = json::object();
+      for (size_t i = 0; i < ctr.size(); i++) kc[GrowthProbe::counterName(i)] = ctr[i];
+      gj["kernel_counters"] = kc;
+    }
+    probes["growth"] = gj;
     TrackerStats ts;
     {
       std::lock_guard<std::mutex> l(tracker_mu);
@@ -319,10 +364,36 @@ int main(int argc, char** argv) {
     return 1;
   }
   projects = (*qman)->projects();
+  // GET /api/v1/growth: bytes each running container wrote into its layer
+  // since it started (the live-growth probe), and the sums per billed uid.
+  api.route("GET", "/api/v1/growth", [&](const httplib::Request& req, httplib::Response& res) {
+    if (!api.authorize(req, res)) return;
+    json out = {{"attached", growth != nullptr}, {"containers", json::array()}, {"users", json::array()}};
+    if (growth) {
+      auto figs = growth->figures();
+      std::map<std::string, std::optional<uint32_t>> owner;
+      for (const auto& [id, g] : figs) {
+        auto rec = store.get(ObjectKind::Container, id);
+        owner[id] = rec && *rec && (*rec)->owner
+                        ? std::optional<uint32_t>(billedUid(*(*rec)->owner, config.bill_root_to_login_uid))
+                        : std::nullopt;
+        json c = {{"id", id}, {"bytes", g.bytes}, {"writes", g.writes}};
+        if (owner[id]) c["uid"] = *owner[id];
+        out["containers"].push_back(c);
+      }
+      for (const auto& [uid, g] : growthByOwner(figs, [&](const std::string& id) { return owner[id]; }))
+        out["users"].push_back({{"uid", uid}, {"bytes", g.bytes}, {"writes", g.writes}});
+    }
+    res.status = 200;
+    res.set_content(out.dump(), "application/json");
+  });
+  if (growth) growth->start();
   (*qman)->start();
   auto port = api.start();
   if (!port) {
     LOG_ERROR(kSub, "%s", port.error().message.c_str());
+    if (growth) growth->stop();
+    projects = nullptr;
     (*qman)->stop();
     events.stop();
     attributor.stop();
@@ -380,6 +451,8 @@ int main(int argc, char** argv) {
 
   sdNotify("STOPPING=1");
   api.stop();
+  if (growth) growth->stop();  // it wakes the project-quota backend, which goes next
+  projects = nullptr;
   (*qman)->stop();
   events.stop();
   attributor.stop();

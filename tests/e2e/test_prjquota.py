@@ -128,11 +128,11 @@ def set_limit(env, uid, kib):
     assert status == 200, (status, body)
 
 
-def run_writer(env, user, name, image, mib, target="/fill"):
-    """A detached container that writes `mib` MiB with dd; returns its name."""
+def run_writer(env, user, name, image, mib, target="/fill", delay=0):
+    """A detached container that writes `mib` MiB with dd (after `delay` s); returns its name."""
     env.docker(user, "run", "-d", "--network", "none", "--name", name, image, "sh", "-c",
                # dd's complaint goes straight to the log: a file in the full layer could not hold it.
-               "dd if=/dev/zero of=%s bs=1048576 count=%d 2>&1; rc=$?; sync; exit $rc" % (target, mib))
+               "sleep %d; dd if=/dev/zero of=%s bs=1048576 count=%d 2>&1; rc=$?; sync; exit $rc" % (delay, target, mib))
     return name
 
 
@@ -195,11 +195,13 @@ def per_user(env, fstype):
         check(abs(agent - xq) <= 0.01 * xq, "xfs: agent's figure (%d) matches xfs_quota's (%d) within 1 %%" % (agent, xq))
 
     # bob is not limited by alice's quota.
-    b = run_writer(env, "bob", "bob-w", "bob-img:1", 100)
+    b = run_writer(env, "bob", "bob-w", "bob-img:1", 100, delay=3)  # after the growth probe watches it
     rc, out = finish(env, b)
     check(rc == 0, "%s: bob's container wrote 100 MiB unhindered (rc %d: %s)" % (fstype, rc, out))
     time.sleep(2.5)
     check(block_current(env, BOB) >= 100 * MiB, "%s: bob's usage %d >= 100 MiB" % (fstype, block_current(env, BOB)))
+    signals = env.health()["probes"]["growth"].get("signals", 0)
+    check(signals >= 1, "%s: bob's burst raised the live-growth signal (re-read quotas at once): %d" % (fstype, signals))
 
     # Project ids survive a restart.
     before = {(p["kind"], p["owner"]): p["id"] for p in projects(env)["projects"]}
@@ -283,6 +285,21 @@ def degraded(env, fstype=None):
           "%s: /metrics says degraded, walk-based usage" % where)
     env.docker("alice", "run", "--network", "none", "--name", "alice-dd", "alice-img:1",
                "dd", "if=/dev/zero", "of=/fill", "bs=1048576", "count=8")
+    # Live growth (BPF): a running container's layer writes, per container and per uid.
+    env.docker("alice", "run", "-d", "--network", "none", "--name", "alice-grow", "alice-img:1", "sh", "-c",
+               # counted from the start event on (the cgroup exists only then): write a moment later
+               "sleep 3; dd if=/dev/zero of=/grow bs=1048576 count=20; echo x > /dev/null; sleep 120")
+    gid = env.docker("root", "inspect", "-f", "{{.Id}}", "alice-grow")
+
+    def grown():
+        status, g = env.http("/api/v1/growth")
+        c = [x for x in g.get("containers", []) if x["id"] == gid]
+        u = [x for x in g.get("users", []) if x["uid"] == ALICE]
+        return (c[0], u[0]) if c and u and c[0]["bytes"] >= 20 * MiB else None
+    g = wait_for("growth", grown, timeout=30)
+    check(bool(g) and g[0]["bytes"] == 20 * MiB and g[0].get("uid") == ALICE and g[1]["bytes"] >= 20 * MiB,
+          "%s: live growth: alice-grow wrote exactly 20 MiB into its layer, billed to alice: %s" % (where, g))
+    env.docker("root", "rm", "-f", "alice-grow")
     # Walk-based usage is still right: Docker's own figures for alice's container and image.
     df = json.loads(sh("curl -sS --unix-socket %s http://d/system/df" % env.sock).stdout)
     want = sum(c.get("SizeRw") or 0 for c in df["Containers"]) + df["LayersSize"]
