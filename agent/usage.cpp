@@ -40,20 +40,6 @@ std::string sha256Hex(const std::string& in) {
   return out;
 }
 
-// Docker sends -1 for "not computed" and sizes as signed 64-bit.
-std::optional<uint64_t> sizeField(const json& obj, const char* key) {
-  auto it = obj.find(key);
-  if (it == obj.end() || !it->is_number_integer()) return std::nullopt;
-  const int64_t v = it->get<int64_t>();
-  if (v < 0) return std::nullopt;
-  return static_cast<uint64_t>(v);
-}
-
-std::string str(const json& obj, const char* key) {
-  auto it = obj.find(key);
-  return it != obj.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 // <root>/image/<driver>/layerdb/sha256/<hex>/size: the layer's DiffSize as
 // the layer store recorded it (decimal text).
 std::optional<uint64_t> layerDbSize(const std::string& root, const std::string& driver, const std::string& chain) {
@@ -113,60 +99,47 @@ Result<UsageFigures> DockerUsageSource::measure() {
   f.measured_at = now();
   auto info = docker_.getJson("/info");
   if (!info) return info.error().context("usage: docker info");
-  f.data_root = str(*info, "DockerRootDir");
-  const std::string driver = str(*info, "Driver");
+  f.data_root = jsonText(*info, "DockerRootDir");
+  const std::string driver = jsonText(*info, "Driver");
 
-  auto df = docker_.systemDf();
-  if (!df) return df.error().context("usage");
-  if (const json& cs = (*df)["Containers"]; cs.is_array()) {
-    for (const auto& c : cs) {
-      ContainerFigure& cf = f.containers.emplace_back();
-      cf.id = str(c, "Id");
-      if (auto n = c.find("Names"); n != c.end() && n->is_array() && !n->empty() && (*n)[0].is_string()) {
-        cf.name = (*n)[0].get<std::string>();
-        if (!cf.name.empty() && cf.name[0] == '/') cf.name.erase(0, 1);
-      }
-      cf.image_id = str(c, "ImageID");
-      cf.status = str(c, "State");
-      cf.size_rw = sizeField(c, "SizeRw").value_or(0);
+  {
+    auto df = docker_.systemDf();
+    if (!df) return df.error().context("usage");
+    f.containers.reserve(df->containers.size());
+    for (auto& c : df->containers) {
+      f.containers.push_back({std::move(c.id), std::move(c.name), std::move(c.image_id), std::move(c.state),
+                              c.size_rw.value_or(0)});
     }
-  }
-  if (const json& vs = (*df)["Volumes"]; vs.is_array()) {
-    for (const auto& v : vs) {
+    f.volumes.reserve(df->volumes.size());
+    for (auto& v : df->volumes) {
       VolumeFigure& vf = f.volumes.emplace_back();
-      vf.name = str(v, "Name");
-      vf.mountpoint = str(v, "Mountpoint");
-      if (auto u = v.find("UsageData"); u != v.end() && u->is_object()) {
-        vf.reported = sizeField(*u, "Size");
-        vf.ref_count = sizeField(*u, "RefCount").value_or(0);
-      }
+      vf.name = std::move(v.name);
+      vf.mountpoint = std::move(v.mountpoint);
+      vf.reported = v.size;
+      vf.ref_count = v.ref_count;
       vf.size = vf.reported ? *vf.reported : (vf.mountpoint.empty() ? 0 : directoryBytes(vf.mountpoint));
     }
-  }
+  }  // the emptied records go before the image list comes
 
-  auto images = docker_.getJson("/images/json?all=1");
+  auto images = docker_.listImages(/*all=*/true);
   if (!images) return images.error().context("usage");
   std::set<std::string> live;
-  if (images->is_array()) {
-    for (const auto& i : *images) {
-      ImageFigure& img = f.images.emplace_back();
-      img.id = str(i, "Id");
-      live.insert(img.id);
-      if (auto t = i.find("RepoTags"); t != i.end() && t->is_array()) {
-        for (const auto& tag : *t)
-          if (tag.is_string() && tag.get<std::string>() != "<none>:<none>") img.tags.push_back(tag.get<std::string>());
-      }
-      img.size = sizeField(i, "Size").value_or(0);
-      if (auto c = sizeField(i, "Created")) img.created = static_cast<double>(*c);
-      auto chain = chainOf(img.id);
-      if (!chain) {
-        // Removed between the list and the inspect: measured next time.
-        LOG_DEBUG(kSub, "%s", chain.error().message.c_str());
-        f.images.pop_back();
-        continue;
-      }
-      img.layers = *chain;
+  for (auto& i : *images) {
+    ImageFigure& img = f.images.emplace_back();
+    img.id = std::move(i.id);
+    live.insert(img.id);
+    for (auto& tag : i.tags)
+      if (tag != "<none>:<none>") img.tags.push_back(std::move(tag));
+    img.size = i.size.value_or(0);
+    if (i.created) img.created = static_cast<double>(*i.created);
+    auto chain = chainOf(img.id);
+    if (!chain) {
+      // Removed between the list and the inspect: measured next time.
+      LOG_DEBUG(kSub, "%s", chain.error().message.c_str());
+      f.images.pop_back();
+      continue;
     }
+    img.layers = *chain;
   }
   // Forget images Docker no longer has (ids are content hashes: never reused for other content).
   std::erase_if(chains_, [&](const auto& kv) { return !live.count(kv.first); });
@@ -190,7 +163,7 @@ Result<UsageFigures> DockerUsageSource::measure() {
         if (!hist) return hist.error().context("usage");
         std::vector<uint64_t> sizes;
         if (hist->is_array()) {
-          for (auto it = hist->rbegin(); it != hist->rend(); ++it) sizes.push_back(sizeField(*it, "Size").value_or(0));
+          for (auto it = hist->rbegin(); it != hist->rend(); ++it) sizes.push_back(jsonSize(*it, "Size").value_or(0));
         }
         std::map<std::string, uint64_t> by_chain;
         size_t layer = 0;
