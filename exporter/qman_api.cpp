@@ -283,13 +283,14 @@ std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
   const auto t = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> l(c.mu);
-    if (c.body && c.snap == snap && c.limits == limits && t - c.at < QuotasCache::kMaxAge) return c.body;
+    if (c.body && c.generation == snap->generation && c.limits == limits && t - c.at < QuotasCache::kMaxAge)
+      return c.body;
   }
   // Built outside the lock; two requests racing both build, the last one stays.
   auto body = std::make_shared<const std::string>(
       ctx.options.docker_enabled ? "[" + dockerDeviceText(ctx, *snap, *limits, std::nullopt) + "]" : "[]");
   std::lock_guard<std::mutex> l(c.mu);
-  c.snap = std::move(snap);
+  c.generation = snap->generation;
   c.limits = std::move(limits);
   c.at = t;
   c.body = body;
