@@ -190,43 +190,73 @@ uint64_t UsageSnapshot::attributedTo(const std::function<bool(uint32_t)>& manage
   return sum;
 }
 
-namespace {
-
-void setOwner(UsageRow& row, const ObjectRecord& rec, bool bill_root) {
-  row.known = true;
-  row.first_seen = rec.first_seen;
-  if (!rec.owner) return;
-  row.uid = billedUid(*rec.owner, bill_root);
-  row.source = rec.owner->source;
-  row.method = rec.owner->method;
-  row.attributed_at = rec.owner->time;
+std::string_view TextPool::add(std::string_view s) {
+  if (s.empty()) return {};
+  if (auto it = index_.find(s); it != index_.end()) return *it;
+  char* p;
+  if (s.size() > kBlock) {
+    // A block of its own, put before the current one, which stays current.
+    auto own = std::unique_ptr<char[]>(new char[s.size()]);
+    p = own.get();
+    blocks_.insert(blocks_.empty() ? blocks_.end() : blocks_.end() - 1, std::move(own));
+  } else {
+    if (s.size() > kBlock - used_) {
+      blocks_.emplace_back(new char[kBlock]);
+      used_ = 0;
+    }
+    p = blocks_.back().get() + used_;
+    used_ += s.size();
+  }
+  std::copy(s.begin(), s.end(), p);
+  return *index_.emplace(p, s.size()).first;
 }
 
+void TextPool::seal() { std::unordered_set<std::string_view>().swap(index_); }
+
+namespace {
+
 template <typename Figure>
-std::map<std::string, const Figure*> indexBy(const std::vector<Figure>& v, std::string Figure::*key) {
-  std::map<std::string, const Figure*> m;
+std::map<std::string_view, const Figure*> indexBy(const std::vector<Figure>& v, std::string Figure::*key) {
+  std::map<std::string_view, const Figure*> m;
   for (const auto& f : v) m.emplace(f.*key, &f);
   return m;
 }
 
 }  // namespace
 
-UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_root) {
+UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners, bool bill_root) {
   UsageSnapshot s;
+  s.figures = figures ? std::move(figures) : std::make_shared<const UsageFigures>();
+  const UsageFigures& f = *s.figures;
   s.measured_at = f.measured_at;
   s.data_root = f.data_root;
+  // The store's text, kept by the snapshot: the figure's copy when it says the same.
+  auto keep = [&](const std::string& text, std::string_view figure_text = {}) {
+    return text == figure_text ? figure_text : s.text.add(text);
+  };
+  auto setOwner = [&](UsageRow& row, const ObjectRecord& rec) {
+    row.known = true;
+    row.first_seen = rec.first_seen;
+    if (!rec.owner) return;
+    row.uid = billedUid(*rec.owner, bill_root);
+    row.source = rec.owner->source;
+    row.method = keep(rec.owner->method);
+    row.attributed_at = rec.owner->time;
+  };
 
   // Containers: the store's, with Docker's sizes, plus any Docker has that we never saw.
   auto containers = indexBy(f.containers, &ContainerFigure::id);
+  s.containers.reserve(owners.containers.size() + f.containers.size() / 16);
   auto addContainer = [&](const ContainerFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.containers.emplace_back();
     r.kind = ObjectKind::Container;
-    r.id = fig ? fig->id : rec->id;
-    r.name = rec && !rec->name.empty() ? rec->name : (fig ? fig->name : "");
-    r.parent = fig ? fig->image_id : rec->parent;
-    r.status = fig ? fig->status : "";
+    r.id = fig ? std::string_view(fig->id) : keep(rec->id);
+    const std::string_view fig_name = fig ? std::string_view(fig->name) : std::string_view();
+    r.name = rec && !rec->name.empty() ? keep(rec->name, fig_name) : fig_name;
+    r.parent = fig ? std::string_view(fig->image_id) : keep(rec->parent);
+    r.status = fig ? std::string_view(fig->status) : std::string_view();
     r.size_bytes = fig ? fig->size_rw : 0;
-    if (rec) setOwner(r, *rec, bill_root);
+    if (rec) setOwner(r, *rec);
     s.container_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].container_bytes += r.size_bytes;
   };
@@ -242,14 +272,14 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   auto addVolume = [&](const VolumeFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.volumes.emplace_back();
     r.kind = ObjectKind::Volume;
-    r.id = r.name = fig ? fig->name : rec->id;
-    r.parent = rec ? rec->parent : "";
+    r.id = r.name = fig ? std::string_view(fig->name) : keep(rec->id);
+    r.parent = rec ? keep(rec->parent) : std::string_view();
     r.size_bytes = fig ? fig->size : 0;
     if (fig) {
       r.reported_size = fig->reported;
       r.ref_count = fig->ref_count;
     }
-    if (rec) setOwner(r, *rec, bill_root);
+    if (rec) setOwner(r, *rec);
     s.volume_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].volume_bytes += r.size_bytes;
   };
@@ -272,23 +302,22 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   auto addImage = [&](const ImageFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.images.emplace_back();
     r.kind = ObjectKind::Image;
-    r.id = fig ? fig->id : rec->id;
+    r.id = fig ? std::string_view(fig->id) : keep(rec->id);
     if (fig) {
       r.tags = fig->tags;
       r.size_bytes = fig->size;
       r.created = fig->created;
     }
-    r.name = !r.tags.empty() ? r.tags.front() : (rec ? rec->name : "");
-    if (rec) setOwner(r, *rec, bill_root);
+    r.name = !r.tags.empty() ? std::string_view(r.tags.front()) : rec ? keep(rec->name) : std::string_view();
+    if (rec) setOwner(r, *rec);
     s.image_bytes += r.size_bytes;
   };
   // Layers go to the earliest live image containing them (a layer first
   // brought by an unattributed image stays unattributed).
-  std::map<std::string, size_t> layer_row;  // chain id -> index in s.layers
+  std::set<std::string_view> claimed;  // chain ids
   auto claimLayers = [&](const ImageFigure& fig, const UsageRow& owner) {
     for (const auto& chain : fig.layers) {
-      if (layer_row.count(chain)) continue;
-      layer_row[chain] = s.layers.size();
+      if (!claimed.insert(chain).second) continue;
       UsageRow& l = s.layers.emplace_back();
       l.kind = ObjectKind::Image;
       l.id = chain;
@@ -326,6 +355,7 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   }
   // Zero rows are not users with usage.
   std::erase_if(s.users, [](const auto& kv) { return kv.second.total() == 0; });
+  s.text.seal();
   return s;
 }
 
@@ -387,33 +417,34 @@ Status UsageAccountant::refresh() {
   }
   if (!figures) {
     // Keep serving the last figures (with owners re-read), and say why they are old.
-    if (auto s = publish(figures_, have_figures_, figures.error().message); !s) return s;
+    if (auto s = publish(have_figures_, figures.error().message); !s) return s;
     return figures.error();
   }
-  figures_ = std::move(*figures);
+  // Shared, not copied, by every snapshot made from them.
+  figures_ = std::make_shared<const UsageFigures>(std::move(*figures));
   have_figures_ = true;
   if (auto s = store_.setSizes(ObjectKind::Container, [&] {
         std::map<std::string, uint64_t> m;
-        for (const auto& c : figures_.containers) m[c.id] = c.size_rw;
+        for (const auto& c : figures_->containers) m[c.id] = c.size_rw;
         return m;
       }());
       !s)
     return s;
   if (auto s = store_.setSizes(ObjectKind::Volume, [&] {
         std::map<std::string, uint64_t> m;
-        for (const auto& v : figures_.volumes) m[v.name] = v.size;
+        for (const auto& v : figures_->volumes) m[v.name] = v.size;
         return m;
       }());
       !s)
     return s;
   if (auto s = store_.setSizes(ObjectKind::Image, [&] {
         std::map<std::string, uint64_t> m;
-        for (const auto& i : figures_.images) m[i.id] = i.size;
+        for (const auto& i : figures_->images) m[i.id] = i.size;
         return m;
       }());
       !s)
     return s;
-  return publish(figures_, true, "");
+  return publish(true, "");
 }
 
 Status UsageAccountant::rejoin() {
@@ -423,10 +454,10 @@ Status UsageAccountant::rejoin() {
     std::lock_guard<std::mutex> l(snap_mu_);
     error = snap_->error;
   }
-  return publish(figures_, have_figures_, error);
+  return publish(have_figures_, error);
 }
 
-Status UsageAccountant::publish(const UsageFigures& figures, bool measured, const std::string& error) {
+Status UsageAccountant::publish(bool measured, const std::string& error) {
   OwnerView owners;
   for (auto [kind, out] : {std::pair{ObjectKind::Container, &owners.containers},
                            std::pair{ObjectKind::Image, &owners.images}, std::pair{ObjectKind::Volume, &owners.volumes}}) {
@@ -434,7 +465,7 @@ Status UsageAccountant::publish(const UsageFigures& figures, bool measured, cons
     if (!rows) return rows.error().context(kSub);
     *out = std::move(*rows);
   }
-  auto snap = std::make_shared<UsageSnapshot>(account(figures, owners, opt_.bill_root_to_login_uid));
+  auto snap = std::make_shared<UsageSnapshot>(account(figures_, owners, opt_.bill_root_to_login_uid));
   snap->measured = measured;
   snap->error = error;
   snap->source = source_->name();
@@ -442,12 +473,15 @@ Status UsageAccountant::publish(const UsageFigures& figures, bool measured, cons
     // Remember each layer's first sighting (and owner) across restarts.
     std::vector<LayerRecord> rows;
     rows.reserve(snap->layers.size());
-    for (const auto& l : snap->layers) rows.push_back({l.id, l.size_bytes, l.uid, l.parent, 0});
-    auto stored = store_.syncLayers(rows, figures.measured_at);
+    for (const auto& l : snap->layers) rows.push_back({std::string(l.id), l.size_bytes, l.uid, std::string(l.parent), 0});
+    auto stored = store_.syncLayers(rows, figures_->measured_at);
     if (!stored) return stored.error().context(kSub);
-    std::map<std::string, double> first;
+    std::map<std::string_view, double> first;
     for (const auto& r : *stored) first[r.id] = r.first_seen;
-    for (auto& l : snap->layers) l.first_seen = first[l.id];
+    for (auto& l : snap->layers) {
+      auto it = first.find(l.id);
+      l.first_seen = it == first.end() ? 0 : it->second;
+    }
   }
   {
     std::lock_guard<std::mutex> l(snap_mu_);

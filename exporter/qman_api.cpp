@@ -676,7 +676,7 @@ void reviewQueue(QmanContext& ctx, const Req& req, Res& res) {
   const size_t first = (*page - 1) * *size;
   for (size_t i = first; i < queue.size() && i < first + *size; i++) {
     const UsageRow& r = *queue[i];
-    auto ev = ctx.store.evidence(r.kind, r.id);
+    auto ev = ctx.store.evidence(r.kind, std::string(r.id));
     items.push_back(json{{"entity_type", toString(r.kind)},
                          {idKey(r.kind), r.id},
                          {"entity_id", r.id},
