@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "agent/docker_lists.h"
 #include "agent/log.h"
 #include "agent/probe_util.h"
 
@@ -11,24 +12,10 @@ namespace dockquota {
 namespace {
 
 constexpr const char* kSub = "attribution";
-constexpr const char* kLabelUser = "qman.user";
 
 std::string shortId(const std::string& id) {
   std::string s = id.rfind("sha256:", 0) == 0 ? id.substr(7) : id;
   return s.substr(0, 12);
-}
-
-std::optional<std::string> labelUser(const nlohmann::json& labels) {
-  if (labels.is_object()) {
-    auto it = labels.find(kLabelUser);
-    if (it != labels.end() && it->is_string()) return it->get<std::string>();
-  }
-  return std::nullopt;
-}
-
-std::string str(const nlohmann::json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
 }  // namespace
@@ -206,7 +193,7 @@ void Attributor::attributeImageRef(const std::string& ref, const Evidence& ev) {
     LOG_WARN(kSub, "cannot resolve image %s for uid %u: %s", ref.c_str(), ev.uid, img.error().message.c_str());
     return;
   }
-  const std::string id = str(*img, "Id");
+  const std::string id = jsonText(*img, "Id");
   if (id.empty()) return;
   attribute(ObjectKind::Image, id, ev, /*brings_new=*/false);
   noteSeen(ObjectKind::Image, id, ref, "", std::nullopt);
@@ -221,16 +208,16 @@ void Attributor::attributeContainerVolumes(const std::string& container_id, cons
     }
     return;
   }
-  std::string name = str(*c, "Name");
+  std::string name = jsonText(*c, "Name");
   if (!name.empty() && name[0] == '/') name.erase(0, 1);
-  noteSeen(ObjectKind::Container, container_id, name, str(*c, "Image"), std::nullopt);
+  noteSeen(ObjectKind::Container, container_id, name, jsonText(*c, "Image"), std::nullopt);
   // Volumes the create made (anonymous ones, and named ones that did not
   // exist) belong to whoever created the container.
   auto mounts = c->find("Mounts");
   if (mounts == c->end() || !mounts->is_array()) return;
   for (const auto& m : *mounts) {
-    if (str(m, "Type") != "volume") continue;
-    const std::string vol = str(m, "Name");
+    if (jsonText(m, "Type") != "volume") continue;
+    const std::string vol = jsonText(m, "Name");
     if (vol.empty()) continue;
     Evidence vev = ev;
     vev.method = "anonymous_volume";
@@ -240,16 +227,16 @@ void Attributor::attributeContainerVolumes(const std::string& container_id, cons
 }
 
 void Attributor::onDockerEvent(const nlohmann::json& e) {
-  const std::string type = str(e, "Type");
-  const std::string action = str(e, "Action");
+  const std::string type = jsonText(e, "Type");
+  const std::string action = jsonText(e, "Action");
   auto actor = e.find("Actor");
   if (actor == e.end() || !actor->is_object()) return;
-  const std::string id = str(*actor, "ID");
+  const std::string id = jsonText(*actor, "ID");
   const nlohmann::json attrs = actor->value("Attributes", nlohmann::json::object());
   if (id.empty()) return;
   if (type == "container") {
     if (action == "create") {
-      noteSeen(ObjectKind::Container, id, str(attrs, "name"), "", labelUser(attrs));
+      noteSeen(ObjectKind::Container, id, jsonText(attrs, "name"), "", labelUser(attrs));
     } else if (action == "destroy") {
       markGone(ObjectKind::Container, id);
     }
@@ -264,7 +251,7 @@ void Attributor::onDockerEvent(const nlohmann::json& e) {
         if (img) {
           auto tags = img->value("RepoTags", nlohmann::json::array());
           std::string name = tags.is_array() && !tags.empty() && tags[0].is_string() ? tags[0].get<std::string>() : "";
-          noteSeen(ObjectKind::Image, str(*img, "Id"), name, "", std::nullopt);
+          noteSeen(ObjectKind::Image, jsonText(*img, "Id"), name, "", std::nullopt);
         }
       });
     }
@@ -287,38 +274,29 @@ Status Attributor::reconcile() {
   if (!volumes) return volumes.error().context("reconcile");
 
   std::set<std::string> ids;
-  for (const auto& c : *containers) ids.insert(str(c, "Id"));
+  for (const auto& c : *containers) ids.insert(c.id);
   auto rc = store_.reconcile(ObjectKind::Container, ids, now);
   if (!rc) return rc.error().context("reconcile");
   ReconcileResult total = *rc;
-  for (const auto& c : *containers) {
-    auto names = c.value("Names", nlohmann::json::array());
-    std::string name = names.is_array() && !names.empty() && names[0].is_string() ? names[0].get<std::string>() : "";
-    if (!name.empty() && name[0] == '/') name.erase(0, 1);
-    noteSeen(ObjectKind::Container, str(c, "Id"), name, str(c, "ImageID"), labelUser(c.value("Labels", nlohmann::json())));
-  }
+  for (const auto& c : *containers) noteSeen(ObjectKind::Container, c.id, c.name, c.image_id, c.label_user);
 
   ids.clear();
-  for (const auto& i : *images) ids.insert(str(i, "Id"));
+  for (const auto& i : *images) ids.insert(i.id);
   rc = store_.reconcile(ObjectKind::Image, ids, now);
   if (!rc) return rc.error().context("reconcile");
   total.added += rc->added, total.gone += rc->gone, total.revived += rc->revived;
-  for (const auto& i : *images) {
-    auto tags = i.value("RepoTags", nlohmann::json::array());
-    std::string name = tags.is_array() && !tags.empty() && tags[0].is_string() ? tags[0].get<std::string>() : "";
-    noteSeen(ObjectKind::Image, str(i, "Id"), name, "", std::nullopt);
-  }
+  for (const auto& i : *images) noteSeen(ObjectKind::Image, i.id, i.tags.empty() ? "" : i.tags.front(), "", std::nullopt);
 
   ids.clear();
-  for (const auto& v : *volumes) ids.insert(str(v, "Name"));
+  for (const auto& v : *volumes) ids.insert(v.name);
   rc = store_.reconcile(ObjectKind::Volume, ids, now);
   if (!rc) return rc.error().context("reconcile");
   total.added += rc->added, total.gone += rc->gone, total.revived += rc->revived;
-  for (const auto& v : *volumes) noteSeen(ObjectKind::Volume, str(v, "Name"), str(v, "Name"), "", labelUser(v.value("Labels", nlohmann::json())));
+  for (const auto& v : *volumes) noteSeen(ObjectKind::Volume, v.name, v.name, "", v.label_user);
 
   stats_.reconciles++;
   stats_.last_reconcile = now;
-  malloc_trim(0);  // the lists were parsed into short-lived trees; return their pages
+  malloc_trim(0);  // the lists and the store's statements were short-lived; return their pages
   LOG_INFO(kSub, "reconciled with Docker: %zu containers, %zu images, %zu volumes; %zu new (unattributed), %zu gone",
            containers->size(), images->size(), volumes->size(), total.added + total.revived, total.gone);
   return {};

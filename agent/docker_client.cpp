@@ -4,6 +4,8 @@
 // keep-alive connection. The API version is negotiated lazily (GET /version,
 // min(kMaxApiVersion, daemon's ApiVersion)) and forgotten on any transport error,
 // because the next connection may reach a restarted dockerd of another version.
+// Requests run on a multi handle driven step by step, so that a big list can
+// be parsed while it arrives (getStreamed) instead of being held whole.
 //
 // DockerEventStream: its own thread and easy handle, driven through a multi
 // handle so stop() can interrupt an idle stream at once (curl_multi_wakeup)
@@ -14,7 +16,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
+#include <optional>
 #include <random>
+#include <streambuf>
 #include <string_view>
 
 #include "agent/log.h"
@@ -232,17 +237,156 @@ std::string baseUrl(const std::string& version) {
   return version.empty() ? "http://localhost" : "http://localhost/v" + version;
 }
 
-// One blocking request on a (reused) easy handle.
-Result<DockerReply> perform(CURL* h, const std::string& socket, long timeout_ms, const std::string& method,
-                            const std::string& url, const std::string& body) {
-  curl_easy_reset(h);  // keeps the live connection
+// One transfer of an easy handle on a multi handle, driven step by step: to
+// its end, or until the caller has what it waits for (the reply's head, the
+// next piece of a streamed body, a stop flag).
+class Transfer {
+ public:
+  Transfer(CURLM* m, CURL* h) : m_(m), h_(h) {
+    if (curl_multi_add_handle(m, h) != CURLM_OK) {
+      ended_ = true;
+      result_ = CURLE_FAILED_INIT;
+    } else {
+      added_ = true;
+    }
+  }
+  // Removing an unfinished transfer closes its connection.
+  ~Transfer() {
+    if (added_) curl_multi_remove_handle(m_, h_);
+  }
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+
+  // Runs until the transfer ends (true) or `enough()` holds (false). Waits
+  // in curl_multi_poll, which curl_multi_wakeup() interrupts.
+  bool run(const std::function<bool()>& enough) {
+    while (!ended_) {
+      if (enough && enough()) return false;
+      int running = 0;
+      if (curl_multi_perform(m_, &running) != CURLM_OK) {
+        end(CURLE_FAILED_INIT);
+        break;
+      }
+      int left = 0;
+      while (CURLMsg* msg = curl_multi_info_read(m_, &left)) {
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == h_) end(msg->data.result);
+      }
+      if (ended_ || (enough && enough())) break;
+      // 1 s is only a safety net: curl wakes the poll for its own timers.
+      if (curl_multi_poll(m_, nullptr, 0, 1000, nullptr) != CURLM_OK) end(CURLE_FAILED_INIT);
+    }
+    return ended_;
+  }
+  bool ended() const { return ended_; }
+  CURLcode result() const { return result_; }
+
+ private:
+  void end(CURLcode rc) {
+    ended_ = true;
+    result_ = rc;
+  }
+  CURLM* m_;
+  CURL* h_;
+  bool added_ = false;
+  bool ended_ = false;
+  CURLcode result_ = CURLE_OK;
+};
+
+// The status of the final reply when `line` ends a head (1xx heads come
+// before it), else 0.
+long finalStatusAt(CURL* h, std::string_view line) {
+  if (line != "\r\n" && line != "\n") return 0;
+  long status = 0;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+  return status >= 200 ? status : 0;
+}
+
+// A streamed body waits here for the reader, at most about this much: beyond
+// it curl is paused and the rest stays in the socket.
+constexpr size_t kStreamChunk = 64u << 10;
+
+// One request's reply as the callbacks fill it in.
+struct Reply {
+  CURL* h = nullptr;
+  bool stream = false;      // a 200 reply's body goes to `pending` for a BodyReader
+  bool drop = false;        // the reader is done: what is left of the body is dropped
+  long status = 0;          // of the final head, once read
+  Body kept;                // any other body, whole
+  std::string pending;      // streamed bytes the reader has not taken yet
+  bool paused = false;      // curl holds bytes back until the reader wants more
+};
+
+size_t replyHeader(char* p, size_t size, size_t n, void* ud) noexcept {
+  auto* r = static_cast<Reply*>(ud);
+  if (r->status == 0) r->status = finalStatusAt(r->h, std::string_view(p, size * n));
+  return size * n;
+}
+
+size_t replyBody(char* p, size_t size, size_t n, void* ud) noexcept {
+  auto* r = static_cast<Reply*>(ud);
+  const size_t len = size * n;
+  if (!r->stream || r->status != 200) return writeBody(p, size, n, &r->kept);
+  if (r->drop) return len;
+  if (!r->pending.empty() && r->pending.size() + len > kStreamChunk) {
+    r->paused = true;
+    return CURL_WRITEFUNC_PAUSE;  // curl keeps this piece and hands it over again
+  }
+  try {
+    r->pending.append(p, len);
+  } catch (...) {
+    return 0;
+  }
+  return len;
+}
+
+// A 200 reply's body as a streambuf: underflow() drives the transfer until
+// curl hands over the next piece.
+class ReplyStream : public std::streambuf {
+ public:
+  ReplyStream(Transfer& t, Reply& r) : t_(t), r_(r) {}
+
+ protected:
+  int_type underflow() override {
+    if (gptr() < egptr()) return traits_type::to_int_type(*gptr());
+    if (eback()) {  // all that was handed over is read (what came with the head was not yet)
+      r_.pending.clear();
+      setg(nullptr, nullptr, nullptr);
+    }
+    if (r_.paused) {
+      r_.paused = false;
+      curl_easy_pause(r_.h, CURLPAUSE_CONT);  // may hand the held piece over at once
+    }
+    t_.run([this] { return !r_.pending.empty(); });
+    if (r_.pending.empty()) return traits_type::eof();
+    char* p = r_.pending.data();
+    setg(p, p, p + r_.pending.size());
+    return traits_type::to_int_type(*p);
+  }
+
+ private:
+  Transfer& t_;
+  Reply& r_;
+};
+
+// One blocking request on a (reused) easy handle, driven by the multi handle
+// `m`. Errors are the transport's. With `read`, a 200 reply's body goes to it
+// as it arrives, and what it returns is put in *read_status.
+Result<DockerReply> perform(CURLM* m, CURL* h, const std::string& socket, long timeout_ms,
+                            const std::string& method, const std::string& url, const std::string& body,
+                            const BodyReader* read = nullptr, Status* read_status = nullptr) {
+  curl_easy_reset(h);
   char errbuf[CURL_ERROR_SIZE];
   setCommon(h, socket, url, errbuf);
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
-  Body reply;
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, writeBody);
+  Reply reply;
+  reply.h = h;
+  reply.stream = read != nullptr;
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, replyHeader);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, &reply);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, replyBody);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
-  struct curl_slist* headers = nullptr;
+  std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(nullptr, curl_slist_free_all);
+  auto addHeader = [&](const char* line) { headers.reset(curl_slist_append(headers.release(), line)); };
   if (method == "GET") {
     curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
   } else if (method == "HEAD") {
@@ -251,25 +395,42 @@ Result<DockerReply> perform(CURL* h, const std::string& socket, long timeout_ms,
     if (!body.empty() || method == "POST" || method == "PUT") {
       curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
       curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-      if (!body.empty()) headers = curl_slist_append(headers, "Content-Type: application/json");
-      headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
+      if (!body.empty()) addHeader("Content-Type: application/json");
+      addHeader("Expect:");  // no 100-continue round trip
     }
     if (method != "POST") curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str());
   }
-  if (headers) curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-  CURLcode rc = curl_easy_perform(h);
-  curl_slist_free_all(headers);
-  if (rc != CURLE_OK) return transportError(h, rc, errbuf, socket, reply.overflow, timeout_ms);
-  DockerReply r;
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
-  r.body = std::move(reply.data);
-  return r;
+  if (headers) curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get());
+
+  Transfer t(m, h);
+  bool read_failed = false;
+  if (read) {
+    t.run([&] { return reply.status != 0; });
+    if (reply.status == 200) {
+      ReplyStream buf(t, reply);
+      std::istream in(&buf);
+      *read_status = (*read)(in);
+      read_failed = !read_status->ok();
+      reply.drop = true;
+      std::string().swap(reply.pending);
+      if (reply.paused) curl_easy_pause(h, CURLPAUSE_CONT);
+    }
+  }
+  // The rest of the reply (after a reader that took it all: nothing, but
+  // finishing keeps the connection for the next request). After a reader
+  // that gave up, the transfer is dropped with its connection.
+  if (!read_failed) t.run(nullptr);
+  // A connection lost in the middle of a body fails the reader too; the
+  // transport's reason is the one to give.
+  if (t.ended() && t.result() != CURLE_OK)
+    return transportError(h, t.result(), errbuf, socket, reply.kept.overflow, timeout_ms);
+  return DockerReply{reply.status, std::move(reply.kept.data)};
 }
 
 // GET /version (unversioned) on `h`. Errors have no prefix; *transport tells
 // a daemon that is not there from one that answered something unusable.
-Result<std::string> negotiateOn(CURL* h, const std::string& socket, long timeout_ms, bool* transport) {
-  auto r = perform(h, socket, timeout_ms, "GET", baseUrl("") + "/version", "");
+Result<std::string> negotiateOn(CURLM* m, CURL* h, const std::string& socket, long timeout_ms, bool* transport) {
+  auto r = perform(m, h, socket, timeout_ms, "GET", baseUrl("") + "/version", "");
   *transport = !r.ok();
   if (!r) return r.error();
   return chooseApiVersion(r->status, r->body);
@@ -283,19 +444,22 @@ DockerClient::DockerClient(std::string socket_path, std::chrono::milliseconds ti
     : socket_(std::move(socket_path)), timeout_(timeout) {
   globalInit();
   curl_ = curl_easy_init();
+  multi_ = curl_multi_init();
 }
 
 DockerClient::~DockerClient() {
   if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
+  if (multi_) curl_multi_cleanup(static_cast<CURLM*>(multi_));
 }
 
 Result<std::string> DockerClient::negotiate() {
   std::lock_guard<std::mutex> lock(mu_);
   auto* h = static_cast<CURL*>(curl_);
-  if (!h) return Error{ENOMEM, "docker: cannot create a curl handle"};
+  auto* m = static_cast<CURLM*>(multi_);
+  if (!h || !m) return Error{ENOMEM, "docker: cannot create a curl handle"};
   version_.clear();
   bool transport = false;
-  auto v = negotiateOn(h, socket_, timeout_.count(), &transport);
+  auto v = negotiateOn(m, h, socket_, timeout_.count(), &transport);
   if (!v) return v.error().context("docker: GET /version");
   version_ = *v;
   LOG_DEBUG(kLog, "speaking API %s with %s", version_.c_str(), socket_.c_str());
@@ -309,15 +473,21 @@ std::string DockerClient::apiVersion() const {
 
 Result<DockerReply> DockerClient::request(const std::string& method, const std::string& path,
                                           const std::string& body) {
+  return exchange(method, path, body, nullptr);
+}
+
+Result<DockerReply> DockerClient::exchange(const std::string& method, const std::string& path,
+                                           const std::string& body, const BodyReader* read) {
   const std::string what = "docker: " + method + " " + path;
   if (path.empty() || path[0] != '/') return Error{EINVAL, what + ": path must start with /"};
   std::lock_guard<std::mutex> lock(mu_);
   auto* h = static_cast<CURL*>(curl_);
-  if (!h) return Error{ENOMEM, what + ": cannot create a curl handle"};
+  auto* m = static_cast<CURLM*>(multi_);
+  if (!h || !m) return Error{ENOMEM, what + ": cannot create a curl handle"};
   for (int attempt = 0;; ++attempt) {
     if (version_.empty()) {
       bool transport = false;
-      auto v = negotiateOn(h, socket_, timeout_.count(), &transport);
+      auto v = negotiateOn(m, h, socket_, timeout_.count(), &transport);
       if (!v) {
         // A daemon that is not there fails the caller's request as such
         // ("cannot connect"); an unusable /version reply is named.
@@ -326,11 +496,13 @@ Result<DockerReply> DockerClient::request(const std::string& method, const std::
       version_ = *v;
       LOG_DEBUG(kLog, "speaking API %s with %s", version_.c_str(), socket_.c_str());
     }
-    auto r = perform(h, socket_, timeout_.count(), method, baseUrl(version_) + path, body);
+    Status read_status;
+    auto r = perform(m, h, socket_, timeout_.count(), method, baseUrl(version_) + path, body, read, &read_status);
     if (!r) {
       version_.clear();  // the next connection may reach another dockerd
       return r.error().context(what);
     }
+    if (!read_status) return read_status.error().context(what);
     if (attempt == 0 && versionTooNew(r->status, r->body)) {
       // curl reconnected transparently to a restarted, older dockerd; the
       // version check runs before any handler, so repeating is safe.
@@ -343,17 +515,42 @@ Result<DockerReply> DockerClient::request(const std::string& method, const std::
   }
 }
 
+namespace {
+// A GET's reply that is not 200.
+Error statusError(const std::string& path, const DockerReply& r) {
+  const std::string what = "docker: GET " + path;
+  if (r.status == 404) return Error{ENOENT, what + ": not found: " + dockerMessage(r.body)};
+  return Error{EIO, what + ": HTTP " + std::to_string(r.status) + ": " + dockerMessage(r.body)};
+}
+}  // namespace
+
 Result<nlohmann::json> DockerClient::getJson(const std::string& path) {
   auto r = request("GET", path);
   if (!r) return r.error();
-  const std::string what = "docker: GET " + path;
-  if (r->status == 200) {
-    json j = json::parse(r->body, nullptr, false);
-    if (j.is_discarded()) return Error{EPROTO, what + ": reply is not JSON: " + snippet(r->body)};
-    return j;
-  }
-  if (r->status == 404) return Error{ENOENT, what + ": not found: " + dockerMessage(r->body)};
-  return Error{EIO, what + ": HTTP " + std::to_string(r->status) + ": " + dockerMessage(r->body)};
+  if (r->status != 200) return statusError(path, *r);
+  json j = json::parse(r->body, nullptr, false);
+  if (j.is_discarded()) return Error{EPROTO, "docker: GET " + path + ": reply is not JSON: " + snippet(r->body)};
+  return j;
+}
+
+Status DockerClient::getStreamed(const std::string& path, const BodyReader& read) {
+  auto r = exchange("GET", path, "", &read);
+  if (!r) return r.error();
+  if (r->status != 200) return statusError(path, *r);
+  return {};
+}
+
+template <typename T>
+Result<T> DockerClient::getParsed(const std::string& path, Result<T> (*parse)(std::istream&)) {
+  std::optional<T> out;
+  auto st = getStreamed(path, [&](std::istream& in) -> Status {
+    auto r = parse(in);
+    if (!r) return r.error();
+    out = std::move(*r);
+    return {};
+  });
+  if (!st) return st.error();
+  return std::move(*out);
 }
 
 Result<nlohmann::json> DockerClient::inspectContainer(const std::string& id) {
@@ -374,34 +571,17 @@ Result<nlohmann::json> DockerClient::inspectVolume(const std::string& name) {
   return getJson("/volumes/" + *seg);
 }
 
-namespace {
-Result<json> expect(Result<json> r, bool array, const char* path) {
-  if (!r) return r;
-  if (array ? !r->is_array() : !r->is_object())
-    return Error{EPROTO, std::string("docker: GET ") + path + ": expected a JSON " + (array ? "array" : "object") +
-                             ", got " + snippet(r->dump())};
-  return r;
-}
-}  // namespace
-
-Result<nlohmann::json> DockerClient::listContainers() {
-  return expect(getJson("/containers/json?all=1"), true, "/containers/json?all=1");
+Result<std::vector<DockerContainer>> DockerClient::listContainers() {
+  return getParsed("/containers/json?all=1", parseContainerList);
 }
 
-Result<nlohmann::json> DockerClient::listImages() {
-  return expect(getJson("/images/json"), true, "/images/json");
+Result<std::vector<DockerImage>> DockerClient::listImages(bool all) {
+  return getParsed(all ? "/images/json?all=1" : "/images/json", parseImageList);
 }
 
-Result<nlohmann::json> DockerClient::listVolumes() {
-  auto r = expect(getJson("/volumes"), false, "/volumes");
-  if (!r) return r;
-  auto it = r->find("Volumes");
-  if (it == r->end() || it->is_null()) return json::array();  // older daemons send null when empty
-  if (!it->is_array()) return Error{EPROTO, "docker: GET /volumes: \"Volumes\" is not an array"};
-  return std::move(*it);
-}
+Result<std::vector<DockerVolume>> DockerClient::listVolumes() { return getParsed("/volumes", parseVolumeList); }
 
-Result<nlohmann::json> DockerClient::systemDf() { return expect(getJson("/system/df"), false, "/system/df"); }
+Result<DockerDiskUsage> DockerClient::systemDf() { return getParsed("/system/df", parseDiskUsage); }
 
 // --- Backoff ----------------------------------------------------------------
 
@@ -476,19 +656,15 @@ void guarded(const char* which, F&& f) noexcept {
 size_t streamHeader(char* p, size_t size, size_t n, void* ud) noexcept {
   auto* c = static_cast<StreamConn*>(ud);
   size_t len = size * n;
-  std::string_view line(p, len);
-  if (line == "\r\n" || line == "\n") {
-    long status = 0;
-    curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
-    if (status >= 200 && !c->headers_done) {  // 1xx blocks are followed by the real one
-      c->status = status;
-      c->headers_done = true;
-      if (status == 200) {
-        LOG_INFO(kLog, "events: connected to %s (API %s)", c->socket, c->version);
-        c->connected->store(true);
-        if (c->reconnects) c->reconnects->fetch_add(1);
-        if (c->cb->on_connected) guarded("on_connected", [&] { c->cb->on_connected(); });
-      }
+  if (c->headers_done) return len;
+  if (long status = finalStatusAt(c->h, std::string_view(p, len))) {
+    c->status = status;
+    c->headers_done = true;
+    if (status == 200) {
+      LOG_INFO(kLog, "events: connected to %s (API %s)", c->socket, c->version);
+      c->connected->store(true);
+      if (c->reconnects) c->reconnects->fetch_add(1);
+      if (c->cb->on_connected) guarded("on_connected", [&] { c->cb->on_connected(); });
     }
   }
   return len;
@@ -553,35 +729,8 @@ size_t streamBody(char* p, size_t size, size_t n, void* ud) noexcept {
 // Runs one transfer to completion on the multi handle; returns early with
 // CURLE_ABORTED_BY_CALLBACK when `stop` is set (stop() wakes the poll).
 CURLcode runTransfer(CURLM* m, CURL* h, const std::atomic<bool>& stop) {
-  if (curl_multi_add_handle(m, h) != CURLM_OK) return CURLE_FAILED_INIT;
-  CURLcode result = CURLE_OK;
-  for (;;) {
-    int running = 0;
-    if (curl_multi_perform(m, &running) != CURLM_OK) {
-      result = CURLE_FAILED_INIT;
-      break;
-    }
-    bool done = false;
-    int left = 0;
-    while (CURLMsg* msg = curl_multi_info_read(m, &left)) {
-      if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
-        result = msg->data.result;
-        done = true;
-      }
-    }
-    if (done) break;
-    if (stop.load()) {
-      result = CURLE_ABORTED_BY_CALLBACK;
-      break;
-    }
-    // 1 s is only a safety net: curl_multi_wakeup ends the poll at once.
-    if (curl_multi_poll(m, nullptr, 0, 1000, nullptr) != CURLM_OK) {
-      result = CURLE_FAILED_INIT;
-      break;
-    }
-  }
-  curl_multi_remove_handle(m, h);
-  return result;
+  Transfer t(m, h);
+  return t.run([&] { return stop.load(); }) ? t.result() : CURLE_ABORTED_BY_CALLBACK;
 }
 
 }  // namespace

@@ -9,21 +9,27 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <istream>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/docker_lists.h"
 #include "agent/result.h"
 
 namespace dockquota {
 
 struct DockerReply {
   long status = 0;   // HTTP status
-  std::string body;  // raw body
+  std::string body;  // raw body ("" when a BodyReader read it)
 };
+
+// Reads a 200 reply's body from `in` as it arrives (to the end, or fails).
+using BodyReader = std::function<Status(std::istream& in)>;
 
 class DockerClient {
  public:
@@ -47,20 +53,30 @@ class DockerClient {
                               const std::string& body = "");
   // GET that expects 200 and a JSON body; 404 is Error{ENOENT, ...}.
   Result<nlohmann::json> getJson(const std::string& path);
+  // GET that expects 200, whose body `read` takes as it arrives: the reply is
+  // never held whole (big lists). Errors as getJson; `read`'s get the prefix.
+  Status getStreamed(const std::string& path, const BodyReader& read);
 
   Result<nlohmann::json> inspectContainer(const std::string& id);  // /containers/{id}/json
   Result<nlohmann::json> inspectImage(const std::string& ref);     // /images/{ref}/json
   Result<nlohmann::json> inspectVolume(const std::string& name);   // /volumes/{name}
-  Result<nlohmann::json> listContainers();                         // all=1
-  Result<nlohmann::json> listImages();                             // all=0
-  Result<nlohmann::json> listVolumes();                            // the "Volumes" array
-  Result<nlohmann::json> systemDf();                               // /system/df
+  // Lists, streamed into compact records (agent/docker_lists.h).
+  Result<std::vector<DockerContainer>> listContainers();        // /containers/json?all=1
+  Result<std::vector<DockerImage>> listImages(bool all = false);  // /images/json, intermediate ones with all
+  Result<std::vector<DockerVolume>> listVolumes();              // /volumes
+  Result<DockerDiskUsage> systemDf();                           // /system/df: sizes of containers and volumes
 
  private:
+  Result<DockerReply> exchange(const std::string& method, const std::string& path, const std::string& body,
+                               const BodyReader* read);
+  template <typename T>
+  Result<T> getParsed(const std::string& path, Result<T> (*parse)(std::istream&));
+
   std::string socket_;
   std::chrono::milliseconds timeout_;
-  mutable std::mutex mu_;  // guards curl_ and version_
+  mutable std::mutex mu_;  // guards curl_, multi_ and version_
   void* curl_ = nullptr;   // CURL*, reused for keep-alive
+  void* multi_ = nullptr;  // CURLM* that drives curl_ (and holds its connection), so a body can be read as it comes
   std::string version_;
 };
 

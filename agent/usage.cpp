@@ -40,20 +40,6 @@ std::string sha256Hex(const std::string& in) {
   return out;
 }
 
-// Docker sends -1 for "not computed" and sizes as signed 64-bit.
-std::optional<uint64_t> sizeField(const json& obj, const char* key) {
-  auto it = obj.find(key);
-  if (it == obj.end() || !it->is_number_integer()) return std::nullopt;
-  const int64_t v = it->get<int64_t>();
-  if (v < 0) return std::nullopt;
-  return static_cast<uint64_t>(v);
-}
-
-std::string str(const json& obj, const char* key) {
-  auto it = obj.find(key);
-  return it != obj.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 // <root>/image/<driver>/layerdb/sha256/<hex>/size: the layer's DiffSize as
 // the layer store recorded it (decimal text).
 std::optional<uint64_t> layerDbSize(const std::string& root, const std::string& driver, const std::string& chain) {
@@ -113,60 +99,47 @@ Result<UsageFigures> DockerUsageSource::measure() {
   f.measured_at = now();
   auto info = docker_.getJson("/info");
   if (!info) return info.error().context("usage: docker info");
-  f.data_root = str(*info, "DockerRootDir");
-  const std::string driver = str(*info, "Driver");
+  f.data_root = jsonText(*info, "DockerRootDir");
+  const std::string driver = jsonText(*info, "Driver");
 
-  auto df = docker_.systemDf();
-  if (!df) return df.error().context("usage");
-  if (const json& cs = (*df)["Containers"]; cs.is_array()) {
-    for (const auto& c : cs) {
-      ContainerFigure& cf = f.containers.emplace_back();
-      cf.id = str(c, "Id");
-      if (auto n = c.find("Names"); n != c.end() && n->is_array() && !n->empty() && (*n)[0].is_string()) {
-        cf.name = (*n)[0].get<std::string>();
-        if (!cf.name.empty() && cf.name[0] == '/') cf.name.erase(0, 1);
-      }
-      cf.image_id = str(c, "ImageID");
-      cf.status = str(c, "State");
-      cf.size_rw = sizeField(c, "SizeRw").value_or(0);
+  {
+    auto df = docker_.systemDf();
+    if (!df) return df.error().context("usage");
+    f.containers.reserve(df->containers.size());
+    for (auto& c : df->containers) {
+      f.containers.push_back({std::move(c.id), std::move(c.name), std::move(c.image_id), std::move(c.state),
+                              c.size_rw.value_or(0)});
     }
-  }
-  if (const json& vs = (*df)["Volumes"]; vs.is_array()) {
-    for (const auto& v : vs) {
+    f.volumes.reserve(df->volumes.size());
+    for (auto& v : df->volumes) {
       VolumeFigure& vf = f.volumes.emplace_back();
-      vf.name = str(v, "Name");
-      vf.mountpoint = str(v, "Mountpoint");
-      if (auto u = v.find("UsageData"); u != v.end() && u->is_object()) {
-        vf.reported = sizeField(*u, "Size");
-        vf.ref_count = sizeField(*u, "RefCount").value_or(0);
-      }
+      vf.name = std::move(v.name);
+      vf.mountpoint = std::move(v.mountpoint);
+      vf.reported = v.size;
+      vf.ref_count = v.ref_count;
       vf.size = vf.reported ? *vf.reported : (vf.mountpoint.empty() ? 0 : directoryBytes(vf.mountpoint));
     }
-  }
+  }  // the emptied records go before the image list comes
 
-  auto images = docker_.getJson("/images/json?all=1");
+  auto images = docker_.listImages(/*all=*/true);
   if (!images) return images.error().context("usage");
   std::set<std::string> live;
-  if (images->is_array()) {
-    for (const auto& i : *images) {
-      ImageFigure& img = f.images.emplace_back();
-      img.id = str(i, "Id");
-      live.insert(img.id);
-      if (auto t = i.find("RepoTags"); t != i.end() && t->is_array()) {
-        for (const auto& tag : *t)
-          if (tag.is_string() && tag.get<std::string>() != "<none>:<none>") img.tags.push_back(tag.get<std::string>());
-      }
-      img.size = sizeField(i, "Size").value_or(0);
-      if (auto c = sizeField(i, "Created")) img.created = static_cast<double>(*c);
-      auto chain = chainOf(img.id);
-      if (!chain) {
-        // Removed between the list and the inspect: measured next time.
-        LOG_DEBUG(kSub, "%s", chain.error().message.c_str());
-        f.images.pop_back();
-        continue;
-      }
-      img.layers = *chain;
+  for (auto& i : *images) {
+    ImageFigure& img = f.images.emplace_back();
+    img.id = std::move(i.id);
+    live.insert(img.id);
+    for (auto& tag : i.tags)
+      if (tag != "<none>:<none>") img.tags.push_back(std::move(tag));
+    img.size = i.size.value_or(0);
+    if (i.created) img.created = static_cast<double>(*i.created);
+    auto chain = chainOf(img.id);
+    if (!chain) {
+      // Removed between the list and the inspect: measured next time.
+      LOG_DEBUG(kSub, "%s", chain.error().message.c_str());
+      f.images.pop_back();
+      continue;
     }
+    img.layers = *chain;
   }
   // Forget images Docker no longer has (ids are content hashes: never reused for other content).
   std::erase_if(chains_, [&](const auto& kv) { return !live.count(kv.first); });
@@ -190,7 +163,7 @@ Result<UsageFigures> DockerUsageSource::measure() {
         if (!hist) return hist.error().context("usage");
         std::vector<uint64_t> sizes;
         if (hist->is_array()) {
-          for (auto it = hist->rbegin(); it != hist->rend(); ++it) sizes.push_back(sizeField(*it, "Size").value_or(0));
+          for (auto it = hist->rbegin(); it != hist->rend(); ++it) sizes.push_back(jsonSize(*it, "Size").value_or(0));
         }
         std::map<std::string, uint64_t> by_chain;
         size_t layer = 0;
@@ -217,21 +190,34 @@ uint64_t UsageSnapshot::attributedTo(const std::function<bool(uint32_t)>& manage
   return sum;
 }
 
-namespace {
-
-void setOwner(UsageRow& row, const ObjectRecord& rec, bool bill_root) {
-  row.known = true;
-  row.first_seen = rec.first_seen;
-  if (!rec.owner) return;
-  row.uid = billedUid(*rec.owner, bill_root);
-  row.source = rec.owner->source;
-  row.method = rec.owner->method;
-  row.attributed_at = rec.owner->time;
+std::string_view TextPool::add(std::string_view s) {
+  if (s.empty()) return {};
+  if (auto it = index_.find(s); it != index_.end()) return *it;
+  char* p;
+  if (s.size() > kBlock) {
+    // A block of its own, put before the current one, which stays current.
+    auto own = std::unique_ptr<char[]>(new char[s.size()]);
+    p = own.get();
+    blocks_.insert(blocks_.empty() ? blocks_.end() : blocks_.end() - 1, std::move(own));
+  } else {
+    if (s.size() > kBlock - used_) {
+      blocks_.emplace_back(new char[kBlock]);
+      used_ = 0;
+    }
+    p = blocks_.back().get() + used_;
+    used_ += s.size();
+  }
+  std::copy(s.begin(), s.end(), p);
+  return *index_.emplace(p, s.size()).first;
 }
 
+void TextPool::seal() { std::unordered_set<std::string_view>().swap(index_); }
+
+namespace {
+
 template <typename Figure>
-std::map<std::string, const Figure*> indexBy(const std::vector<Figure>& v, std::string Figure::*key) {
-  std::map<std::string, const Figure*> m;
+std::map<std::string_view, const Figure*> indexBy(const std::vector<Figure>& v, std::string Figure::*key) {
+  std::map<std::string_view, const Figure*> m;
   for (const auto& f : v) m.emplace(f.*key, &f);
   return m;
 }
@@ -254,26 +240,44 @@ void fitTo(UserUsage& u, uint64_t bytes) {
 }
 }  // namespace
 
-UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_root, const KernelUsage* kernel) {
+UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners, bool bill_root,
+                      const KernelUsage* kernel) {
   UsageSnapshot s;
+  s.figures = figures ? std::move(figures) : std::make_shared<const UsageFigures>();
+  const UsageFigures& f = *s.figures;
   s.measured_at = f.measured_at;
   s.data_root = f.data_root;
+  // The store's text, kept by the snapshot: the figure's copy when it says the same.
+  auto keep = [&](const std::string& text, std::string_view figure_text = {}) {
+    return text == figure_text ? figure_text : s.text.add(text);
+  };
+  auto setOwner = [&](UsageRow& row, const ObjectRecord& rec) {
+    row.known = true;
+    row.first_seen = rec.first_seen;
+    if (!rec.owner) return;
+    row.uid = billedUid(*rec.owner, bill_root);
+    row.source = rec.owner->source;
+    row.method = keep(rec.owner->method);
+    row.attributed_at = rec.owner->time;
+  };
 
   // Containers: the store's, with Docker's sizes, plus any Docker has that we never saw.
   auto containers = indexBy(f.containers, &ContainerFigure::id);
+  s.containers.reserve(owners.containers.size() + f.containers.size() / 16);
   auto addContainer = [&](const ContainerFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.containers.emplace_back();
     r.kind = ObjectKind::Container;
-    r.id = fig ? fig->id : rec->id;
-    r.name = rec && !rec->name.empty() ? rec->name : (fig ? fig->name : "");
-    r.parent = fig ? fig->image_id : rec->parent;
-    r.status = fig ? fig->status : "";
+    r.id = fig ? std::string_view(fig->id) : keep(rec->id);
+    const std::string_view fig_name = fig ? std::string_view(fig->name) : std::string_view();
+    r.name = rec && !rec->name.empty() ? keep(rec->name, fig_name) : fig_name;
+    r.parent = fig ? std::string_view(fig->image_id) : keep(rec->parent);
+    r.status = fig ? std::string_view(fig->status) : std::string_view();
     r.size_bytes = fig ? fig->size_rw : 0;
     if (kernel) {
-      auto k = kernel->containers.find(r.id);
+      auto k = kernel->containers.find(std::string(r.id));
       if (k != kernel->containers.end()) r.size_bytes = k->second;
     }
-    if (rec) setOwner(r, *rec, bill_root);
+    if (rec) setOwner(r, *rec);
     s.container_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].container_bytes += r.size_bytes;
   };
@@ -289,14 +293,14 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   auto addVolume = [&](const VolumeFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.volumes.emplace_back();
     r.kind = ObjectKind::Volume;
-    r.id = r.name = fig ? fig->name : rec->id;
-    r.parent = rec ? rec->parent : "";
+    r.id = r.name = fig ? std::string_view(fig->name) : keep(rec->id);
+    r.parent = rec ? keep(rec->parent) : std::string_view();
     r.size_bytes = fig ? fig->size : 0;
     if (fig) {
       r.reported_size = fig->reported;
       r.ref_count = fig->ref_count;
     }
-    if (rec) setOwner(r, *rec, bill_root);
+    if (rec) setOwner(r, *rec);
     s.volume_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].volume_bytes += r.size_bytes;
   };
@@ -319,23 +323,22 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   auto addImage = [&](const ImageFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.images.emplace_back();
     r.kind = ObjectKind::Image;
-    r.id = fig ? fig->id : rec->id;
+    r.id = fig ? std::string_view(fig->id) : keep(rec->id);
     if (fig) {
       r.tags = fig->tags;
       r.size_bytes = fig->size;
       r.created = fig->created;
     }
-    r.name = !r.tags.empty() ? r.tags.front() : (rec ? rec->name : "");
-    if (rec) setOwner(r, *rec, bill_root);
+    r.name = !r.tags.empty() ? std::string_view(r.tags.front()) : rec ? keep(rec->name) : std::string_view();
+    if (rec) setOwner(r, *rec);
     s.image_bytes += r.size_bytes;
   };
   // Layers go to the earliest live image containing them (a layer first
   // brought by an unattributed image stays unattributed).
-  std::map<std::string, size_t> layer_row;  // chain id -> index in s.layers
+  std::set<std::string_view> claimed;  // chain ids
   auto claimLayers = [&](const ImageFigure& fig, const UsageRow& owner) {
     for (const auto& chain : fig.layers) {
-      if (layer_row.count(chain)) continue;
-      layer_row[chain] = s.layers.size();
+      if (!claimed.insert(chain).second) continue;
       UsageRow& l = s.layers.emplace_back();
       l.kind = ObjectKind::Image;
       l.id = chain;
@@ -390,6 +393,7 @@ UsageSnapshot account(const UsageFigures& f, const OwnerView& owners, bool bill_
   }
   // Zero rows are not users with usage.
   std::erase_if(s.users, [](const auto& kv) { return kv.second.total() == 0; });
+  s.text.seal();
   return s;
 }
 
@@ -469,33 +473,34 @@ Status UsageAccountant::refresh() {
   }
   if (!figures) {
     // Keep serving the last figures (with owners re-read), and say why they are old.
-    if (auto s = publish(figures_, have_figures_, figures.error().message); !s) return s;
+    if (auto s = publish(have_figures_, figures.error().message); !s) return s;
     return figures.error();
   }
-  figures_ = std::move(*figures);
+  // Shared, not copied, by every snapshot made from them.
+  figures_ = std::make_shared<const UsageFigures>(std::move(*figures));
   have_figures_ = true;
   if (auto s = store_.setSizes(ObjectKind::Container, [&] {
         std::map<std::string, uint64_t> m;
-        for (const auto& c : figures_.containers) m[c.id] = c.size_rw;
+        for (const auto& c : figures_->containers) m[c.id] = c.size_rw;
         return m;
       }());
       !s)
     return s;
   if (auto s = store_.setSizes(ObjectKind::Volume, [&] {
         std::map<std::string, uint64_t> m;
-        for (const auto& v : figures_.volumes) m[v.name] = v.size;
+        for (const auto& v : figures_->volumes) m[v.name] = v.size;
         return m;
       }());
       !s)
     return s;
   if (auto s = store_.setSizes(ObjectKind::Image, [&] {
         std::map<std::string, uint64_t> m;
-        for (const auto& i : figures_.images) m[i.id] = i.size;
+        for (const auto& i : figures_->images) m[i.id] = i.size;
         return m;
       }());
       !s)
     return s;
-  return publish(figures_, true, "");
+  return publish(true, "");
 }
 
 Status UsageAccountant::rejoin() {
@@ -505,10 +510,10 @@ Status UsageAccountant::rejoin() {
     std::lock_guard<std::mutex> l(snap_mu_);
     error = snap_->error;
   }
-  return publish(figures_, have_figures_, error);
+  return publish(have_figures_, error);
 }
 
-Status UsageAccountant::publish(const UsageFigures& figures, bool measured, const std::string& error) {
+Status UsageAccountant::publish(bool measured, const std::string& error) {
   OwnerView owners;
   for (auto [kind, out] : {std::pair{ObjectKind::Container, &owners.containers},
                            std::pair{ObjectKind::Image, &owners.images}, std::pair{ObjectKind::Volume, &owners.volumes}}) {
@@ -517,7 +522,7 @@ Status UsageAccountant::publish(const UsageFigures& figures, bool measured, cons
     *out = std::move(*rows);
   }
   auto kernel = opt_.kernel ? opt_.kernel() : nullptr;
-  auto snap = std::make_shared<UsageSnapshot>(account(figures, owners, opt_.bill_root_to_login_uid, kernel.get()));
+  auto snap = std::make_shared<UsageSnapshot>(account(figures_, owners, opt_.bill_root_to_login_uid, kernel.get()));
   snap->measured = measured;
   snap->error = error;
   snap->source = std::string(source_->name()) + (kernel ? "+prjquota" : "");
@@ -525,12 +530,15 @@ Status UsageAccountant::publish(const UsageFigures& figures, bool measured, cons
     // Remember each layer's first sighting (and owner) across restarts.
     std::vector<LayerRecord> rows;
     rows.reserve(snap->layers.size());
-    for (const auto& l : snap->layers) rows.push_back({l.id, l.size_bytes, l.uid, l.parent, 0});
-    auto stored = store_.syncLayers(rows, figures.measured_at);
+    for (const auto& l : snap->layers) rows.push_back({std::string(l.id), l.size_bytes, l.uid, std::string(l.parent), 0});
+    auto stored = store_.syncLayers(rows, figures_->measured_at);
     if (!stored) return stored.error().context(kSub);
-    std::map<std::string, double> first;
+    std::map<std::string_view, double> first;
     for (const auto& r : *stored) first[r.id] = r.first_seen;
-    for (auto& l : snap->layers) l.first_seen = first[l.id];
+    for (auto& l : snap->layers) {
+      auto it = first.find(l.id);
+      l.first_seen = it == first.end() ? 0 : it->second;
+    }
   }
   {
     std::lock_guard<std::mutex> l(snap_mu_);

@@ -25,8 +25,11 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "agent/docker_client.h"
@@ -119,27 +122,54 @@ struct UserUsage {
   uint64_t total() const { return container_bytes + image_layer_bytes + volume_bytes; }
 };
 
-// One object as the Docker pages show it.
+// Text kept for a snapshot's rows: copied once into blocks that never move
+// (views stay valid when the pool is moved), each distinct string once.
+class TextPool {
+ public:
+  TextPool() = default;
+  TextPool(TextPool&&) = default;
+  TextPool& operator=(TextPool&&) = default;
+  std::string_view add(std::string_view s);
+  // Drops the index of what is in the pool (the text stays): no more add()s.
+  void seal();
+
+ private:
+  static constexpr size_t kBlock = 16 << 10;
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  size_t used_ = kBlock;  // in the last block
+  std::unordered_set<std::string_view> index_;
+};
+
+// One object as the Docker pages show it. Rows are served for as long as a
+// snapshot lives, 10,000 and more of them: their text is not copied into
+// each row but points into the snapshot's figures (Docker's fields) or its
+// pool (the store's), so a row lives no longer than its snapshot.
 struct UsageRow {
-  ObjectKind kind = ObjectKind::Container;
-  std::string id;                  // container id, image id, layer chain id, volume name
-  std::string name;                // container name, first tag, volume name
-  std::string parent;              // container: image id; image: ""; layer: owning image
-  std::string status;              // container state
-  std::vector<std::string> tags;   // image
+  std::string_view id;                // container id, image id, layer chain id, volume name
+  std::string_view name;              // container name, first tag, volume name
+  std::string_view parent;            // container: image id; image: ""; layer: owning image
+  std::string_view status;            // container state
+  std::string_view method;            // evidence method of the owner ("image_pull", ...)
+  std::span<const std::string> tags;  // image
   uint64_t size_bytes = 0;
-  std::optional<uint32_t> uid;     // billed uid; nullopt = unattributed
-  Source source = Source::None;
-  std::string method;              // evidence method of the owner ("image_pull", ...)
+  uint64_t ref_count = 0;             // volume
+  std::optional<uint64_t> reported_size;  // volume: Docker's own figure
   std::optional<double> attributed_at;
   std::optional<double> first_seen;
-  std::optional<double> created;   // image: Docker's Created
-  std::optional<uint64_t> reported_size;  // volume: Docker's own figure
-  uint64_t ref_count = 0;          // volume
-  bool known = false;              // in the store (false: Docker has it, we never saw it)
+  std::optional<double> created;      // image: Docker's Created
+  std::optional<uint32_t> uid;        // billed uid; nullopt = unattributed
+  ObjectKind kind = ObjectKind::Container;
+  Source source = Source::None;
+  bool known = false;                 // in the store (false: Docker has it, we never saw it)
 };
 
 struct UsageSnapshot {
+  UsageSnapshot() = default;
+  UsageSnapshot(UsageSnapshot&&) = default;  // moving keeps the rows' text where it is
+  UsageSnapshot& operator=(UsageSnapshot&&) = default;
+  UsageSnapshot(const UsageSnapshot&) = delete;  // a copy's rows would point into the original
+  UsageSnapshot& operator=(const UsageSnapshot&) = delete;
+
   uint64_t generation = 0;         // bumps on every publish
   bool measured = false;           // false until the first successful measurement
   double measured_at = 0;
@@ -157,6 +187,11 @@ struct UsageSnapshot {
   // Attribution counts: kind -> source name -> live objects.
   std::map<std::string, std::map<std::string, uint64_t>> counts;
 
+  // What the rows' text points into: the figures (shared with the accountant
+  // and the other snapshots made from them) and the store's text.
+  std::shared_ptr<const UsageFigures> figures;
+  TextPool text;
+
   // Bytes billed to uids inside `managed` (the qman filter); the rest is U.
   uint64_t attributedTo(const std::function<bool(uint32_t)>& managed) const;
 };
@@ -169,8 +204,8 @@ struct OwnerView {
 // `kernel` (may be null): project-quota figures that replace Docker's where they
 // exist. A uid's kernel total is split so the three parts still sum to it: the
 // layers and volumes Docker measured, and the rest as container bytes.
-UsageSnapshot account(const UsageFigures& figures, const OwnerView& owners, bool bill_root_to_login_uid,
-                      const KernelUsage* kernel = nullptr);
+UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners,
+                      bool bill_root_to_login_uid, const KernelUsage* kernel = nullptr);
 
 // --- the accountant ----------------------------------------------------------------
 
@@ -204,7 +239,7 @@ class UsageAccountant {
   uint64_t failures() const;
 
  private:
-  Status publish(const UsageFigures& figures, bool measured, const std::string& error);
+  Status publish(bool measured, const std::string& error);
   void run();
 
   Store& store_;
@@ -213,7 +248,7 @@ class UsageAccountant {
 
   std::mutex measure_mu_;  // one measurement at a time (sources keep caches)
   std::mutex work_mu_;     // one publish at a time; guards figures_
-  UsageFigures figures_;
+  std::shared_ptr<const UsageFigures> figures_ = std::make_shared<const UsageFigures>();  // the last ones
   bool have_figures_ = false;
 
   mutable std::mutex snap_mu_;

@@ -52,12 +52,45 @@ std::string userName(uint32_t uid) {
   return "user_" + std::to_string(uid);
 }
 
-void sendJson(httplib::Response& res, int status, const json& body) {
+void sendJson(httplib::Response& res, int status, const json& body) { sendJsonText(res, status, body.dump()); }
+
+void sendJsonText(httplib::Response& res, int status, std::string body) {
+  // set_content() would copy the body; a listing of 10,000 objects is MiBs.
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.body = std::move(body);
+  res.headers.erase("Content-Type");
+  res.set_header("Content-Type", "application/json");
 }
 
 void sendError(httplib::Response& res, int status, const std::string& msg) { sendJson(res, status, json{{"msg", msg}}); }
+
+std::string jsonObjectText(const json& members, const std::map<std::string, JsonRows>& arrays) {
+  std::string out = "{";
+  auto key = [&](const std::string& k) {
+    if (out.size() > 1) out += ',';
+    out += json(k).dump();
+    out += ':';
+  };
+  auto array = [&](const std::string& k, const JsonRows& rows) {
+    key(k);
+    out += '[';
+    const size_t start = out.size();
+    rows([&](const json& row) {
+      if (out.size() > start) out += ',';
+      out += row.dump();
+    });
+    out += ']';
+  };
+  auto a = arrays.begin();
+  for (auto m = members.begin(); m != members.end(); ++m) {
+    for (; a != arrays.end() && a->first < m.key(); ++a) array(a->first, a->second);
+    key(m.key());
+    out += m.value().dump();
+  }
+  for (; a != arrays.end(); ++a) array(a->first, a->second);
+  out += '}';
+  return out;
+}
 
 int ApiServer::checkBasicAuth(const std::string& header, const std::string& key) {
   if (key.empty()) return 500;
@@ -179,9 +212,9 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
     sendError(res, 500, rows.error().message);
     return;
   }
-  json arr = json::array();
-  for (const auto& r : *rows) arr.push_back(objectJson(r));
-  sendJson(res, 200, json{{plural, std::move(arr)}, {"count", rows->size()}});
+  sendJsonText(res, 200, jsonObjectText({{"count", rows->size()}}, {{plural, [&](const JsonRowSink& add) {
+                                                                       for (const auto& r : *rows) add(objectJson(r));
+                                                                     }}}));
 }
 
 void ApiServer::routes() {

@@ -89,4 +89,14 @@ std::string userName(uint32_t uid);        // passwd name, else "user_<uid>" (as
 void sendJson(httplib::Response& res, int status, const nlohmann::json& body);
 void sendError(httplib::Response& res, int status, const std::string& msg);
 
+// A JSON object with long arrays, as text: `members` are the other keys, each
+// array is written one row at a time (`rows` calls `add` per row). A tree of
+// 10,000 listed objects takes ~30 MiB; this holds one row's. Keys come out
+// sorted, as nlohmann dumps objects.
+using JsonRowSink = std::function<void(const nlohmann::json& row)>;
+using JsonRows = std::function<void(const JsonRowSink& add)>;
+std::string jsonObjectText(const nlohmann::json& members, const std::map<std::string, JsonRows>& arrays);
+// sendJson() for a body already written as text (moved in, not copied).
+void sendJsonText(httplib::Response& res, int status, std::string body);
+
 }  // namespace dockquota

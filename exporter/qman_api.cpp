@@ -283,13 +283,14 @@ std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
   const auto t = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> l(c.mu);
-    if (c.body && c.snap == snap && c.limits == limits && t - c.at < QuotasCache::kMaxAge) return c.body;
+    if (c.body && c.generation == snap->generation && c.limits == limits && t - c.at < QuotasCache::kMaxAge)
+      return c.body;
   }
   // Built outside the lock; two requests racing both build, the last one stays.
   auto body = std::make_shared<const std::string>(
       ctx.options.docker_enabled ? "[" + dockerDeviceText(ctx, *snap, *limits, std::nullopt) + "]" : "[]");
   std::lock_guard<std::mutex> l(c.mu);
-  c.snap = std::move(snap);
+  c.generation = snap->generation;
   c.limits = std::move(limits);
   c.at = t;
   c.body = body;
@@ -395,6 +396,13 @@ void ownerNullable(QmanContext& ctx, json& j, const UsageRow& r, const char* nam
   j[uid_key] = r.uid ? json(*r.uid) : json(nullptr);
 }
 
+uint64_t attributedBytes(const std::vector<const UsageRow*>& rows) {
+  uint64_t sum = 0;
+  for (const UsageRow* r : rows)
+    if (r->uid) sum += r->size_bytes;
+  return sum;
+}
+
 // Biggest first, then by id: stable across requests.
 std::vector<const UsageRow*> sorted(const std::vector<UsageRow>& rows) {
   std::vector<const UsageRow*> out;
@@ -406,73 +414,86 @@ std::vector<const UsageRow*> sorted(const std::vector<UsageRow>& rows) {
   return out;
 }
 
-json containersPage(QmanContext& ctx, const UsageSnapshot& snap) {
-  json list = json::array();
-  uint64_t attributed = 0;
-  for (const UsageRow* r : sorted(snap.containers)) {
-    json c = {{"container_id", r->id}, {"name", r->name}, {"image", r->parent}, {"status", r->status},
-              {"size_bytes", r->size_bytes}, {"created_at", isoOrNull(r->attributed_at)}};
-    ownerNullable(ctx, c, *r, "host_user_name", "uid");
-    c["source"] = toString(r->source);  // ours, extra: "bpf", "label", "admin", "unattributed"
-    if (r->uid) attributed += r->size_bytes;
-    list.push_back(std::move(c));
-  }
-  return json{{"containers", std::move(list)}, {"total_bytes", snap.container_bytes},
-              {"attributed_bytes", attributed}, {"unattributed_bytes", snap.container_bytes - attributed}};
+// The pages write their lists row by row (jsonObjectText): 10,000 containers
+// as one tree would take ~30 MiB for the length of a request.
+std::string containersPage(QmanContext& ctx, const UsageSnapshot& snap) {
+  const auto rows = sorted(snap.containers);
+  const uint64_t attributed = attributedBytes(rows);
+  return jsonObjectText({{"total_bytes", snap.container_bytes},
+                         {"attributed_bytes", attributed},
+                         {"unattributed_bytes", snap.container_bytes - attributed}},
+                        {{"containers", [&](const JsonRowSink& add) {
+                            for (const UsageRow* r : rows) {
+                              json c = {{"container_id", r->id}, {"name", r->name},     {"image", r->parent},
+                                        {"status", r->status},    {"size_bytes", r->size_bytes},
+                                        {"created_at", isoOrNull(r->attributed_at)}};
+                              ownerNullable(ctx, c, *r, "host_user_name", "uid");
+                              c["source"] = toString(r->source);  // ours, extra: "bpf", "label", "admin", "unattributed"
+                              add(c);
+                            }
+                          }}});
 }
 
-json imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
-  json images = json::array();
-  for (const UsageRow* r : sorted(snap.images)) {
-    json i = {{"image_id", r->id}, {"tags", r->tags}, {"size_bytes", r->size_bytes}, {"created", isoOrNull(r->created)}};
-    if (r->uid) {  // optional, not nullable
-      i["puller_host_user_name"] = ctx.users.name(*r->uid);
-      i["puller_uid"] = *r->uid;
-    }
-    images.push_back(std::move(i));
-  }
-  json layers = json::array();
+std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
+  const auto layers = sorted(snap.layers);
   json by_user = json::object();
   std::map<uint32_t, uint64_t> per_uid;
   uint64_t attributed = 0;
-  for (const UsageRow* r : sorted(snap.layers)) {
-    json l = {{"layer_id", r->id}, {"size_bytes", r->size_bytes},
-              {"creation_method", r->method.empty() ? json(nullptr) : json(r->method)},
-              {"first_seen_at", r->first_seen && *r->first_seen > 0 ? json(isoTime(*r->first_seen)) : json(nullptr)}};
-    ownerNullable(ctx, l, *r, "first_puller_host_user_name", "first_puller_uid");
+  for (const UsageRow* r : layers) {
     if (r->uid) {
       attributed += r->size_bytes;
       per_uid[*r->uid] += r->size_bytes;
     }
-    layers.push_back(std::move(l));
   }
   for (const auto& [uid, bytes] : per_uid) by_user[std::to_string(uid)] = bytes;
-  return json{{"images", std::move(images)},
-              {"layers", std::move(layers)},
-              {"total_image_bytes", snap.image_bytes},
-              {"total_layer_bytes", snap.layer_bytes},
-              {"attributed_layer_bytes", attributed},
-              {"unattributed_layer_bytes", snap.layer_bytes - attributed},
-              {"layers_by_user", std::move(by_user)}};
+  return jsonObjectText(
+      {{"total_image_bytes", snap.image_bytes},
+       {"total_layer_bytes", snap.layer_bytes},
+       {"attributed_layer_bytes", attributed},
+       {"unattributed_layer_bytes", snap.layer_bytes - attributed},
+       {"layers_by_user", std::move(by_user)}},
+      {{"images",
+        [&](const JsonRowSink& add) {
+          for (const UsageRow* r : sorted(snap.images)) {
+            json i = {{"image_id", r->id}, {"tags", r->tags}, {"size_bytes", r->size_bytes}, {"created", isoOrNull(r->created)}};
+            if (r->uid) {  // optional, not nullable
+              i["puller_host_user_name"] = ctx.users.name(*r->uid);
+              i["puller_uid"] = *r->uid;
+            }
+            add(i);
+          }
+        }},
+       {"layers", [&](const JsonRowSink& add) {
+          for (const UsageRow* r : layers) {
+            json l = {{"layer_id", r->id}, {"size_bytes", r->size_bytes},
+                      {"creation_method", r->method.empty() ? json(nullptr) : json(r->method)},
+                      {"first_seen_at", r->first_seen && *r->first_seen > 0 ? json(isoTime(*r->first_seen)) : json(nullptr)}};
+            ownerNullable(ctx, l, *r, "first_puller_host_user_name", "first_puller_uid");
+            add(l);
+          }
+        }}});
 }
 
-json volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
-  json list = json::array();
-  uint64_t attributed = 0;
-  for (const UsageRow* r : sorted(snap.volumes)) {
-    json v = {{"volume_name", r->id}, {"size_bytes", r->size_bytes}, {"ref_count", r->ref_count},
-              {"first_seen_at", isoOrNull(r->first_seen)}};
-    if (r->reported_size) v["reported_size_bytes"] = *r->reported_size;
-    ownerNullable(ctx, v, *r, "host_user_name", "uid");
-    // qman's enum is "label" | "container"; kernel and admin evidence are the
-    // creating request, which qman calls "container". Ours is in "source".
-    v["attribution_source"] = !r->uid ? json(nullptr) : json(r->source == Source::Label ? "label" : "container");
-    v["source"] = toString(r->source);
-    if (r->uid) attributed += r->size_bytes;
-    list.push_back(std::move(v));
-  }
-  return json{{"volumes", std::move(list)}, {"total_bytes", snap.volume_bytes}, {"attributed_bytes", attributed},
-              {"unattributed_bytes", snap.volume_bytes - attributed}};
+std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
+  const auto rows = sorted(snap.volumes);
+  const uint64_t attributed = attributedBytes(rows);
+  return jsonObjectText({{"total_bytes", snap.volume_bytes},
+                         {"attributed_bytes", attributed},
+                         {"unattributed_bytes", snap.volume_bytes - attributed}},
+                        {{"volumes", [&](const JsonRowSink& add) {
+                            for (const UsageRow* r : rows) {
+                              json v = {{"volume_name", r->id}, {"size_bytes", r->size_bytes}, {"ref_count", r->ref_count},
+                                        {"first_seen_at", isoOrNull(r->first_seen)}};
+                              if (r->reported_size) v["reported_size_bytes"] = *r->reported_size;
+                              ownerNullable(ctx, v, *r, "host_user_name", "uid");
+                              // qman's enum is "label" | "container"; kernel and admin evidence are the
+                              // creating request, which qman calls "container". Ours is in "source".
+                              v["attribution_source"] =
+                                  !r->uid ? json(nullptr) : json(r->source == Source::Label ? "label" : "container");
+                              v["source"] = toString(r->source);
+                              add(v);
+                            }
+                          }}});
 }
 
 void inspect(QmanContext& ctx, const Req& req, Res& res) {
@@ -655,7 +676,7 @@ void reviewQueue(QmanContext& ctx, const Req& req, Res& res) {
   const size_t first = (*page - 1) * *size;
   for (size_t i = first; i < queue.size() && i < first + *size; i++) {
     const UsageRow& r = *queue[i];
-    auto ev = ctx.store.evidence(r.kind, r.id);
+    auto ev = ctx.store.evidence(r.kind, std::string(r.id));
     items.push_back(json{{"entity_type", toString(r.kind)},
                          {idKey(r.kind), r.id},
                          {"entity_id", r.id},
@@ -861,11 +882,11 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
       if (api.authorize(req, res)) fn(ctx, req, res);
     };
   };
-  auto docker = [&api, &ctx](json (*page)(QmanContext&, const UsageSnapshot&)) {
+  auto docker = [&api, &ctx](std::string (*page)(QmanContext&, const UsageSnapshot&)) {
     return [&api, &ctx, page](const Req& req, Res& res) {
       if (!api.authorize(req, res)) return;
       if (!ctx.options.docker_enabled) return sendError(res, 400, kDockerOff);
-      sendJson(res, 200, page(ctx, *ctx.usage.snapshot()));
+      sendJsonText(res, 200, page(ctx, *ctx.usage.snapshot()));
     };
   };
   auto dockerOnly = [&api, &ctx](void (*fn)(QmanContext&, const Req&, Res&)) {

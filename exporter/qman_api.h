@@ -40,7 +40,9 @@ struct QmanOptions {
 struct QuotasCache {
   static constexpr auto kMaxAge = std::chrono::seconds(10);
   std::mutex mu;
-  std::shared_ptr<const UsageSnapshot> snap;
+  // The snapshot it was built from, by generation: holding the snapshot itself
+  // would keep a replaced one (MiBs of rows) alive until the next request.
+  uint64_t generation = 0;
   std::shared_ptr<const QuotaBook::Limits> limits;
   std::chrono::steady_clock::time_point at;
   std::shared_ptr<const std::string> body;

@@ -538,7 +538,6 @@ TEST_CASE("DockerClient: replies map to results", "[docker_client]") {
 
   auto vols = c.listVolumes();
   REQUIRE(vols.ok());
-  CHECK(vols->is_array());
   CHECK(vols->empty());
 
   // User-supplied refs are escaped whole (dockerd decodes %2F and %3A).
@@ -556,6 +555,94 @@ TEST_CASE("DockerClient: replies map to results", "[docker_client]") {
   auto again = c.inspectImage("x");
   REQUIRE(again.ok());
   CHECK(c.apiVersion() == "1.41");
+}
+
+TEST_CASE("DockerClient: lists are parsed as they arrive, never held whole", "[docker_client]") {
+  // 20,000 containers (~2.5 MiB), chunked as dockerd sends big lists.
+  constexpr int kContainers = 20000;
+  std::string list = "[";
+  for (int i = 0; i < kContainers; ++i) {
+    json c = {{"Id", "c" + std::to_string(i)}, {"Names", {"/n" + std::to_string(i)}}, {"State", "exited"},
+              {"Ports", json::array()}, {"Labels", {{"qman.user", "u" + std::to_string(i % 7)}}},
+              {"NetworkSettings", {{"Networks", {{"none", {{"NetworkID", std::string(64, 'f')}}}}}}}};
+    list += (i ? "," : "") + c.dump();
+  }
+  list += "]";
+  auto chunk = [](int fd, std::string_view data) {
+    char len[32];
+    std::snprintf(len, sizeof len, "%zx\r\n", data.size());
+    FakeDocker::send(fd, len + std::string(data) + "\r\n");
+  };
+  const std::string head =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+  FakeDocker fake([&](int fd, const std::string& line) {
+    if (startsWith(line, "GET /version ")) return FakeDocker::send(fd, FakeDocker::version("1.41"));
+    if (line == "GET /v1.41/containers/json?all=1 HTTP/1.1") {
+      // Pieces of every size up to 64 KiB, some split inside a token.
+      FakeDocker::send(fd, head);
+      for (size_t off = 0, k = 1; off < list.size(); k = k * 7919 % 65536 + 1) {
+        const size_t len = std::min(list.size() - off, k);
+        chunk(fd, std::string_view(list).substr(off, len));
+        off += len;
+      }
+      return FakeDocker::send(fd, "0\r\n\r\n");
+    }
+    if (line == "GET /v1.41/images/json?all=1 HTTP/1.1") {
+      // The whole list in one chunk: faster than it is read, so curl is paused.
+      FakeDocker::send(fd, head);
+      std::string images = "[";
+      for (int i = 0; i < kContainers; ++i) images += (i ? "," : "") + json{{"Id", "i" + std::to_string(i)}}.dump();
+      chunk(fd, images + "]");
+      return FakeDocker::send(fd, "0\r\n\r\n");
+    }
+    if (line == "GET /v1.41/volumes HTTP/1.1") {  // dockerd dies inside the list
+      FakeDocker::send(fd, head);
+      return chunk(fd, R"({"Volumes":[{"Name":"a"},{"Na)");
+    }
+    if (line == "GET /v1.41/images/json HTTP/1.1")
+      return FakeDocker::send(fd, FakeDocker::reply(200, R"([{"Id":"a"}, oops])"));
+    if (line == "GET /v1.41/system/df HTTP/1.1")
+      return FakeDocker::send(fd, FakeDocker::reply(500, R"({"message":"df failed"})"));
+    FakeDocker::send(fd, FakeDocker::reply(404, R"({"message":"page not found"})"));
+  });
+  DockerClient c(fake.socket(), 10s);
+
+  auto t0 = Clock::now();
+  auto cs = c.listContainers();
+  REQUIRE(cs.ok());
+  std::printf("[docker_client] %d containers (%.1f MiB) in pieces: %.0f ms\n", kContainers,
+              static_cast<double>(list.size()) / (1 << 20), msSince(t0));
+  REQUIRE(cs->size() == kContainers);
+  for (int i : {0, 1, 4999, kContainers - 1}) {
+    CHECK(cs->at(i).id == "c" + std::to_string(i));
+    CHECK(cs->at(i).name == "n" + std::to_string(i));
+    CHECK(cs->at(i).label_user == "u" + std::to_string(i % 7));
+  }
+
+  auto is = c.listImages(/*all=*/true);
+  REQUIRE(is.ok());
+  REQUIRE(is->size() == kContainers);
+  CHECK(is->back().id == "i" + std::to_string(kContainers - 1));
+
+  // The transport's reason wins over the parser's "unexpected end of input".
+  auto cut = c.listVolumes();
+  REQUIRE_FALSE(cut.ok());
+  CHECK(cut.error().code == EIO);
+  CHECK(cut.error().message == "docker: GET /volumes: connection closed in the middle of the reply (dockerd restarting?)");
+
+  auto garbage = c.listImages();
+  REQUIRE_FALSE(garbage.ok());
+  CHECK(garbage.error().code == EPROTO);
+  CHECK_THAT(garbage.error().message, Catch::StartsWith("docker: GET /images/json: reply is not JSON: parse error at line 1"));
+  CHECK(c.apiVersion() == "1.41");  // an answer that made no sense is not a reason to renegotiate
+
+  auto df = c.systemDf();
+  REQUIRE_FALSE(df.ok());
+  CHECK(df.error().code == EIO);
+  CHECK(df.error().message == "docker: GET /system/df: HTTP 500: df failed");
+
+  // After all that the client still works.
+  REQUIRE(c.listContainers().ok());
 }
 
 TEST_CASE("DockerClient: a daemon that does not answer times out", "[docker_client]") {
@@ -719,23 +806,32 @@ TEST_CASE("DockerClient against a real dockerd", "[docker_client][dockerd]") {
 
   auto cs = c.listContainers();
   REQUIRE(cs.ok());
-  REQUIRE(cs->is_array());
-  CHECK(std::any_of(cs->begin(), cs->end(), [&](const json& x) { return x.at("Id") == id; }));
+  auto listed = std::find_if(cs->begin(), cs->end(), [&](const auto& x) { return x.id == id; });
+  REQUIRE(listed != cs->end());
+  CHECK(listed->name == "dq-inspect");
+  CHECK(listed->image_id == bb->at("Id"));
+  CHECK(listed->state == "created");
+  CHECK_FALSE(listed->size_rw);  // only /system/df computes it
   auto is = c.listImages();
   REQUIRE(is.ok());
-  REQUIRE(is->is_array());
   REQUIRE(is->size() == 1);
-  CHECK(is->at(0).at("RepoTags").size() == 2);
+  CHECK(is->at(0).id == bb->at("Id"));
+  CHECK(is->at(0).tags.size() == 2);
+  CHECK(is->at(0).size.value_or(0) > 0);
+  CHECK(is->at(0).created.value_or(0) > 0);
   auto vs = c.listVolumes();
   REQUIRE(vs.ok());
-  REQUIRE(vs->is_array());
-  CHECK(std::any_of(vs->begin(), vs->end(), [](const json& x) { return x.at("Name") == "dq-vol"; }));
+  CHECK(std::any_of(vs->begin(), vs->end(), [](const auto& x) { return x.name == "dq-vol"; }));
   auto df = c.systemDf();
   REQUIRE(df.ok());
-  CHECK(df->at("LayersSize").is_number());
-  CHECK(df->at("Images").is_array());
-  CHECK(df->at("Containers").is_array());
-  CHECK(df->at("Volumes").is_array());
+  auto in_df = std::find_if(df->containers.begin(), df->containers.end(), [&](const auto& x) { return x.id == id; });
+  REQUIRE(in_df != df->containers.end());
+  CHECK(in_df->name == "dq-inspect");
+  CHECK(in_df->size_rw.value_or(0) == 0u);  // never started: an empty layer (dockerd omits a zero SizeRw)
+  auto vol_df = std::find_if(df->volumes.begin(), df->volumes.end(), [](const auto& x) { return x.name == "dq-vol"; });
+  REQUIRE(vol_df != df->volumes.end());
+  CHECK(vol_df->size == 0u);  // empty, and measured
+  CHECK_FALSE(vol_df->mountpoint.empty());
 
   // Keep-alive: many small requests on one connection are cheap.
   auto t0 = Clock::now();

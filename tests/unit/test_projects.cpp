@@ -65,7 +65,7 @@ TEST_CASE("projects: kernel figures replace Docker's and the parts still sum up"
   owners.containers = *(*store)->list(ObjectKind::Container);
   owners.images = *(*store)->list(ObjectKind::Image);
   owners.volumes = *(*store)->list(ObjectKind::Volume);
-  UsageSnapshot docker = account(sc.figures(), owners, true);
+  UsageSnapshot docker = account(std::make_shared<const UsageFigures>(sc.figures()), owners, true);
 
   SECTION("per user") {
     KernelUsage k;
@@ -73,7 +73,7 @@ TEST_CASE("projects: kernel figures replace Docker's and the parts still sum up"
     k.read_at = 99;
     k.users[kAlice] = Scenario::kAliceBytes + 5000;  // alice's container grew since Docker measured
     k.users[kBob] = 1000;                            // less than bob's layers + volume (allocated < apparent)
-    UsageSnapshot s = account(sc.figures(), owners, true, &k);
+    UsageSnapshot s = account(std::make_shared<const UsageFigures>(sc.figures()), owners, true, &k);
     CHECK(s.kernel);
     CHECK(s.kernel_read_at == 99);
     CHECK(s.users[kAlice].total() == Scenario::kAliceBytes + 5000);
@@ -91,7 +91,7 @@ TEST_CASE("projects: kernel figures replace Docker's and the parts still sum up"
   SECTION("per container") {
     KernelUsage k;
     k.containers[sc.c1] = 7777;
-    UsageSnapshot s = account(sc.figures(), owners, true, &k);
+    UsageSnapshot s = account(std::make_shared<const UsageFigures>(sc.figures()), owners, true, &k);
     CHECK(s.users[kAlice].container_bytes == 7777);
     CHECK(s.users[kBob].total() == docker.users[kBob].total());
     CHECK(s.total_bytes == docker.total_bytes - 1000 + 7777);

@@ -11,6 +11,16 @@
 using namespace dockquota;
 using namespace dockquota::testing;
 
+namespace {
+OwnerView ownersOf(const Store& store) {
+  OwnerView owners;
+  owners.containers = *store.list(ObjectKind::Container);
+  owners.images = *store.list(ObjectKind::Image);
+  owners.volumes = *store.list(ObjectKind::Volume);
+  return owners;
+}
+}  // namespace
+
 TEST_CASE("usage: chain ids follow the image spec", "[qman][usage]") {
   const std::string a = "sha256:" + std::string(64, 'a'), b = "sha256:" + std::string(64, 'b'),
                     c = "sha256:" + std::string(64, 'c');
@@ -39,11 +49,8 @@ TEST_CASE("usage: two users, shared and unshared layers, containers, volumes add
   REQUIRE(store.ok());
   Scenario sc;
   sc.fill(**store);
-  OwnerView owners;
-  owners.containers = *(*store)->list(ObjectKind::Container);
-  owners.images = *(*store)->list(ObjectKind::Image);
-  owners.volumes = *(*store)->list(ObjectKind::Volume);
-  UsageSnapshot s = account(sc.figures(), owners, true);
+  OwnerView owners = ownersOf(**store);
+  UsageSnapshot s = account(std::make_shared<const UsageFigures>(sc.figures()), owners, true);
 
   CHECK(s.total_bytes == Scenario::kTotal);
   REQUIRE(s.users.count(kAlice));
@@ -88,8 +95,9 @@ TEST_CASE("usage: root acting for a logged-in user bills that user", "[qman][usa
   f.containers = {{cid, "sudo-c", "", "running", 123}};
   OwnerView owners;
   owners.containers = *(*store)->list(ObjectKind::Container);
-  CHECK(account(f, owners, true).users[kAlice].container_bytes == 123);
-  CHECK(account(f, owners, false).users[0].container_bytes == 123);
+  auto figures = std::make_shared<const UsageFigures>(std::move(f));
+  CHECK(account(figures, owners, true).users[kAlice].container_bytes == 123);
+  CHECK(account(figures, owners, false).users[0].container_bytes == 123);
 }
 
 TEST_CASE("usage: the accountant publishes snapshots, keeps the last figures on failure", "[qman][usage]") {
@@ -128,4 +136,64 @@ TEST_CASE("usage: the accountant publishes snapshots, keeps the last figures on 
   acc.stop();
   CHECK(acc.measurements() >= 3);
   CHECK(acc.snapshot()->error.empty());
+}
+
+TEST_CASE("usage: rows point at text that lives as long as their snapshot", "[qman][usage]") {
+  QmanTempDir dir;
+  auto store = Store::open(dir.path + "/s.db");
+  REQUIRE(store.ok());
+  Scenario sc;
+  sc.fill(**store);
+  std::shared_ptr<const UsageSnapshot> snap;
+  {
+    OwnerView owners = ownersOf(**store);
+    // A stored name that differs from Docker's, so the snapshot keeps a copy.
+    owners.containers.front().name = std::string(40, 'n');
+    snap = std::make_shared<UsageSnapshot>(account(std::make_shared<const UsageFigures>(sc.figures()), owners, true));
+  }
+  // The owners are gone; churn the heap over what they held.
+  std::vector<std::string> churn(1000, std::string(100, 'x'));
+  auto row = [&](const std::vector<UsageRow>& rows, std::string_view id) -> const UsageRow& {
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const UsageRow& r) { return r.id == id; });
+    REQUIRE(it != rows.end());
+    return *it;
+  };
+  const UsageRow& c1 = row(snap->containers, sc.c1);
+  CHECK(c1.name == std::string(40, 'n'));
+  CHECK(c1.parent == img('a'));
+  CHECK(c1.status == "running");  // short: inside the figure's string itself
+  CHECK(c1.method == "container_create");
+  const UsageRow& stray = row(snap->containers, sc.c4);
+  CHECK(stray.name == "stray");
+  CHECK(stray.status == "created");
+  CHECK(stray.method.empty());
+  CHECK_FALSE(stray.known);
+  const UsageRow& pre = row(snap->images, img('p'));
+  CHECK(pre.name == "pre:1");
+  REQUIRE(pre.tags.size() == 1);
+  CHECK(pre.tags[0] == "pre:1");
+  const UsageRow& l1 = row(snap->layers, "L1");
+  CHECK(l1.parent == img('a'));
+  CHECK(l1.method == "image_import");
+  CHECK(row(snap->volumes, "v2").name == "v2");
+  CHECK(snap->figures.use_count() == 1);  // the snapshot alone keeps its figures now
+}
+
+TEST_CASE("usage: the text pool keeps one copy of each string, in blocks that do not move", "[usage]") {
+  TextPool pool;
+  std::vector<std::pair<std::string, std::string_view>> kept;
+  for (int i = 0; i < 5000; i++) {
+    std::string s = "text-" + std::to_string(i) + std::string(static_cast<size_t>(i % 50), 'y');
+    kept.emplace_back(s, pool.add(s));
+  }
+  const std::string big(40000, 'b');  // longer than a block
+  std::string_view big_view = pool.add(big);
+  std::string_view after = pool.add("after the big one");
+  CHECK(pool.add("text-7" + std::string(7, 'y')).data() == kept[7].second.data());  // one copy
+  CHECK(pool.add("").empty());
+  TextPool moved = std::move(pool);
+  moved.seal();
+  for (const auto& [s, v] : kept) REQUIRE(v == s);
+  CHECK(big_view == big);
+  CHECK(after == "after the big one");
 }
