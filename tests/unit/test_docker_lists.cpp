@@ -99,7 +99,7 @@ TEST_CASE("docker lists: unknown fields, odd types and non-object elements are i
   CHECK(parse(parseContainerList, " \n[ ]\n ")->empty());
 }
 
-TEST_CASE("docker lists: sizes are integers in [0, 2^63), anything else is absent", "[docker_lists]") {
+TEST_CASE("docker lists: sizes are integers from 0 up to 2^63 - 1, anything else is absent", "[docker_lists]") {
   auto sizeOf = [](const std::string& literal) {
     auto r = parse(parseContainerList, R"([{"Id": "a", "SizeRw": )" + literal + "}]");
     REQUIRE(r.ok());
