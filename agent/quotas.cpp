@@ -70,13 +70,27 @@ uint64_t QuotaBook::limitKiB(uint32_t uid) const { return lookup(*limits(), uid)
 Status QuotaBook::setLimit(uint32_t uid, uint64_t kib) { return setLimits({{uid, kib}}); }
 
 Status QuotaBook::setLimits(const Limits& kib_by_uid) {
-  for (const auto& [uid, kib] : kib_by_uid) {
+  auto n = write(kib_by_uid, false);
+  if (!n) return n.error();
+  return {};
+}
+
+Result<size_t> QuotaBook::setLimitsWhereUnset(const Limits& kib_by_uid) { return write(kib_by_uid, true); }
+
+Result<size_t> QuotaBook::write(const Limits& wanted, bool only_unset) {
+  for (const auto& [uid, kib] : wanted) {
     if (kib > kMaxLimitKiB)
       return Error{EINVAL, "quotas: limit " + std::to_string(kib) + " KiB for uid " + std::to_string(uid) +
                                " exceeds the maximum " + std::to_string(kMaxLimitKiB)};
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (auto s = store_.setUserLimits(kib_by_uid, static_cast<double>(time(nullptr))); !s) return s;
+  // Decided under the lock: a limit set since the caller planned (a PUT racing
+  // the defaults job) is never overwritten by a default.
+  Limits kib_by_uid;
+  for (const auto& [uid, kib] : wanted)
+    if (!only_unset || !limits_->count(uid)) kib_by_uid[uid] = kib;
+  if (kib_by_uid.empty()) return size_t(0);
+  if (auto s = store_.setUserLimits(kib_by_uid, static_cast<double>(time(nullptr))); !s) return s.error();
   auto next = std::make_shared<Limits>(*limits_);
   for (const auto& [uid, kib] : kib_by_uid) {
     if (kib == 0) {
@@ -87,7 +101,7 @@ Status QuotaBook::setLimits(const Limits& kib_by_uid) {
   }
   limits_ = std::move(next);
   if (on_change_) on_change_();
-  return {};
+  return kib_by_uid.size();
 }
 
 Result<std::optional<DeviceDefault>> QuotaBook::deviceDefault(const std::string& device) const {
@@ -166,8 +180,7 @@ Result<size_t> applyDefaults(QuotaBook& book, const std::vector<uint32_t>& candi
   if (!d) return d.error();
   if (!*d || (*d)->block_hard_kib == 0) return size_t(0);
   auto plan = planDefaults(candidates, *book.limits(), usage_bytes, (*d)->block_hard_kib);
-  if (auto s = book.setLimits(plan); !s) return s.error();
-  return plan.size();
+  return book.setLimitsWhereUnset(plan);
 }
 
 }  // namespace dockquota

@@ -76,6 +76,9 @@ class QuotaBook {
   // Write-through: the store first, then memory. 0 removes the limit.
   Status setLimit(uint32_t uid, uint64_t kib);
   Status setLimits(const Limits& kib_by_uid);
+  // Only for uids that have no limit when the write happens (default
+  // application: never overwrites a limit set meanwhile). Returns how many were set.
+  Result<size_t> setLimitsWhereUnset(const Limits& kib_by_uid);
   // Called after every successful limit change (e.g. to push it into the kernel). Set before use.
   void setChangeListener(std::function<void()> f) { on_change_ = std::move(f); }
 
@@ -84,6 +87,7 @@ class QuotaBook {
 
  private:
   explicit QuotaBook(Store& store, Limits limits);
+  Result<size_t> write(const Limits& kib_by_uid, bool only_unset);
   Store& store_;
   mutable std::mutex mu_;  // serialises writers and guards limits_
   std::shared_ptr<const Limits> limits_;

@@ -174,6 +174,18 @@ TEST_CASE("QuotaBook: write-through, refuses absurd limits, default application"
   CHECK(*n == 2);
   CHECK(*(*book)->limits() == QuotaBook::Limits{{2001, 100}, {2002, 1024}, {2003, 7 * (kGiB / 1024)}});
   CHECK(*s->userLimits() == *(*book)->limits());
+
+  // The defaults job plans, then a PUT lands before it writes: the PUT stays.
+  auto plan = planDefaults({2004, 2005}, *(*book)->limits(), {}, 1024);
+  REQUIRE(plan.size() == 2);
+  REQUIRE((*book)->setLimit(2004, 4096));
+  auto set = (*book)->setLimitsWhereUnset(plan);
+  REQUIRE(set.ok());
+  CHECK(*set == 1);
+  CHECK((*book)->limitKiB(2004) == 4096);
+  CHECK((*book)->limitKiB(2005) == 1024);
+  CHECK(*s->userLimits() == *(*book)->limits());
+  CHECK(*(*book)->setLimitsWhereUnset({{2004, 1}, {2005, 1}}) == 0);  // nothing unset: nothing written
 }
 
 TEST_CASE("UserDirectory: passwd names, user_<uid> fallback, managed filter", "[qman]") {
