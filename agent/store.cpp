@@ -638,6 +638,12 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::v
   // NORMAL in WAL: a power cut may lose the last commits, never corrupts.
   if (auto s = execSql(raw, "PRAGMA synchronous = NORMAL", what); !s) return s.error();
   if (auto s = execSql(raw, "PRAGMA foreign_keys = ON", what); !s) return s.error();
+  // SQLite caches up to 2 MiB of pages by default, and the listings scan
+  // whole tables, so it fills up and stays full. 512 KiB keeps the B-trees'
+  // inner pages, which is what lookups need; scans read the rest from the
+  // kernel's page cache. Measured with 10,000 containers (qman-bench): lists
+  // and accounting no slower (92 and 69 ms, within noise), 1.8 MiB less RSS.
+  if (auto s = execSql(raw, "PRAGMA cache_size = -512", what); !s) return s.error();
 
   for (int v = *version; v < known; ++v) {
     const std::string step_what = path + ": migration to schema version " + std::to_string(v + 1);
