@@ -177,6 +177,9 @@ class Stmt {
   void bind(int i, const std::string& v) {
     note(sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
   }
+  void bind(int i, std::string_view v) {
+    note(sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
   void bind(int i, const char* v) { note(sqlite3_bind_text(st_, i, v, -1, SQLITE_STATIC)); }
   void bind(int i, int64_t v) { note(sqlite3_bind_int64(st_, i, v)); }
   void bind(int i, uint32_t v) { bind(i, static_cast<int64_t>(v)); }
@@ -1129,7 +1132,7 @@ Result<std::vector<LayerRecord>> Store::layers() const {
   return readLayers(db_, "list layers");
 }
 
-Status Store::setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& bytes_by_id) {
+Status Store::setSizes(ObjectKind kind, const std::vector<std::pair<std::string_view, uint64_t>>& bytes_by_id) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = std::string("set sizes of ") + toString(kind) + "s";
   Txn txn(db_);
@@ -1142,7 +1145,7 @@ Status Store::setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& b
     st.bind(1, toString(kind));
     st.bind(2, id);
     st.bind(3, static_cast<int64_t>(std::min<uint64_t>(bytes, INT64_MAX)));
-    if (auto s = st.run(what + ": " + id); !s) return s;
+    if (auto s = st.run(what + ": " + std::string(id)); !s) return s;
   }
   return txn.commit(what);
 }

@@ -7,12 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/result.h"
@@ -168,7 +170,7 @@ class Store {
   Result<std::vector<LayerRecord>> layers() const;
 
   // Last measured size of live objects (objects.size_bytes), in one transaction.
-  Status setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& bytes_by_id);
+  Status setSizes(ObjectKind kind, const std::vector<std::pair<std::string_view, uint64_t>>& bytes_by_id);
 
   Result<std::optional<AttributionDetail>> detail(ObjectKind kind, const std::string& id) const;
   // setOverride() plus who did it (the qman master's manual_resolver).

@@ -423,27 +423,18 @@ Status UsageAccountant::refresh() {
   // Shared, not copied, by every snapshot made from them.
   figures_ = std::make_shared<const UsageFigures>(std::move(*figures));
   have_figures_ = true;
-  if (auto s = store_.setSizes(ObjectKind::Container, [&] {
-        std::map<std::string, uint64_t> m;
-        for (const auto& c : figures_->containers) m[c.id] = c.size_rw;
-        return m;
-      }());
-      !s)
-    return s;
-  if (auto s = store_.setSizes(ObjectKind::Volume, [&] {
-        std::map<std::string, uint64_t> m;
-        for (const auto& v : figures_->volumes) m[v.name] = v.size;
-        return m;
-      }());
-      !s)
-    return s;
-  if (auto s = store_.setSizes(ObjectKind::Image, [&] {
-        std::map<std::string, uint64_t> m;
-        for (const auto& i : figures_->images) m[i.id] = i.size;
-        return m;
-      }());
-      !s)
-    return s;
+  // The store keeps each object's last size (for the listings): the ids are
+  // the figures' own, not copies.
+  std::vector<std::pair<std::string_view, uint64_t>> sizes;
+  sizes.reserve(figures_->containers.size());
+  for (const auto& c : figures_->containers) sizes.emplace_back(c.id, c.size_rw);
+  if (auto s = store_.setSizes(ObjectKind::Container, sizes); !s) return s;
+  sizes.clear();
+  for (const auto& v : figures_->volumes) sizes.emplace_back(v.name, v.size);
+  if (auto s = store_.setSizes(ObjectKind::Volume, sizes); !s) return s;
+  sizes.clear();
+  for (const auto& i : figures_->images) sizes.emplace_back(i.id, i.size);
+  if (auto s = store_.setSizes(ObjectKind::Image, sizes); !s) return s;
   return publish(true, "");
 }
 
