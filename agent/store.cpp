@@ -887,14 +887,30 @@ Result<std::optional<ObjectRecord>> Store::get(ObjectKind kind, const std::strin
   return std::optional<ObjectRecord>(std::move((*row)->rec));
 }
 
-Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
-  std::lock_guard<std::mutex> lock(mu_);
+namespace {
+// The rows of list() and forEach(): `slot()` gives the record each row is read
+// into, `filled(rec)` is called after.
+Status scanObjects(sqlite3* db, ObjectKind kind, bool include_gone, const std::string& what,
+                   const std::function<ObjectRecord&()>& slot, const std::function<void(ObjectRecord&)>& filled) {
   static const std::string sql =
       kSelectObject + "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) ORDER BY o.first_seen, o.id";
-  const std::string what = std::string("list ") + toString(kind) + "s";
-  Stmt st(db_, sql);
+  Stmt st(db, sql);
   st.bind(1, toString(kind));
   st.bind(2, static_cast<int64_t>(include_gone));
+  for (;;) {
+    auto r = st.next(what);
+    if (!r) return r.error();
+    if (!*r) return {};
+    ObjectRecord& rec = slot();
+    if (auto s = readObject(st, kind, rec, nullptr); !s) return s.error();
+    if (filled) filled(rec);
+  }
+}
+}  // namespace
+
+Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = std::string("list ") + toString(kind) + "s";
   std::vector<ObjectRecord> out;
   {
     // Sized up front: growing a vector of ObjectRecord moves every record ~14 times.
@@ -905,13 +921,17 @@ Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone
     if (!r) return r.error();
     if (*r) out.reserve(static_cast<size_t>(count.i64(0)));
   }
-  for (;;) {
-    auto r = st.next(what);
-    if (!r) return r.error();
-    if (!*r) break;
-    if (auto s = readObject(st, kind, out.emplace_back(), nullptr); !s) return s.error();
-  }
+  if (auto s = scanObjects(db_, kind, include_gone, what, [&]() -> ObjectRecord& { return out.emplace_back(); }, nullptr);
+      !s)
+    return s.error();
   return out;
+}
+
+Status Store::forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn, bool include_gone) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ObjectRecord rec;  // every row is read into it (readObject sets every field)
+  return scanObjects(db_, kind, include_gone, std::string("list ") + toString(kind) + "s",
+                     [&]() -> ObjectRecord& { return rec; }, [&](ObjectRecord& r) { fn(r); });
 }
 
 Result<std::optional<std::string>> Store::resolve(ObjectKind kind, const std::string& ref) const {

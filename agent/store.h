@@ -146,6 +146,10 @@ class Store {
   Result<std::optional<ObjectRecord>> get(ObjectKind kind, const std::string& id) const;
   // Live objects (gone_at unset), ordered by first_seen then id.
   Result<std::vector<ObjectRecord>> list(ObjectKind kind, bool include_gone = false) const;
+  // The same, one record at a time and none kept (10,000 containers are
+  // ~6 MiB as a list). `fn` runs under the store's lock: keep it short.
+  Status forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn,
+                 bool include_gone = false) const;
   // Resolves a name, a unique id prefix or a full id to the full id of a live object.
   Result<std::optional<std::string>> resolve(ObjectKind kind, const std::string& ref) const;
 

@@ -185,11 +185,19 @@ struct UsageSnapshot {
   uint64_t attributedTo(const std::function<bool(uint32_t)>& managed) const;
 };
 
-// Live store objects of each kind (Store::list()).
+// The store's live objects for account(): calls `fn` for each live object of
+// a kind, oldest first (first_seen, then id), as Store::forEach() does. The
+// objects are read one at a time: as a list, 10,000 containers are ~6 MiB.
+using OwnerScan =
+    std::function<Status(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn)>;
+
+Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const OwnerScan& owners,
+                              bool bill_root_to_login_uid);
+
+// The same from lists (each in Store::list()'s order), for tests.
 struct OwnerView {
   std::vector<ObjectRecord> containers, images, volumes;
 };
-
 UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners,
                       bool bill_root_to_login_uid);
 
