@@ -413,9 +413,6 @@ void UsageAccountant::run() {
     wake_ = false;
     l.unlock();
     if (auto s = refresh(); !s) LOG_WARN(kSub, "%s", s.error().message.c_str());
-    // A measurement parses Docker's lists (MBs of JSON on a big host) into
-    // short-lived trees; glibc keeps the freed pages. Hand them back.
-    malloc_trim(0);
     l.lock();
     cv_.wait_for(l, opt_.interval, [this] { return stop_ || wake_; });
   }
