@@ -1,5 +1,8 @@
 #include "exporter/qman_api.h"
 
+#include <malloc.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
@@ -747,6 +750,16 @@ void events(QmanContext& ctx, const Req& req, Res& res) {
 
 // --- /metrics ----------------------------------------------------------------------------
 
+// VmRSS: resident pages (statm's second field) times the page size.
+uint64_t residentBytes() {
+  unsigned long size = 0, resident = 0;
+  FILE* f = fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  const int n = fscanf(f, "%lu %lu", &size, &resident);
+  fclose(f);
+  return n == 2 ? static_cast<uint64_t>(resident) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) : 0;
+}
+
 void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   std::string out;
   auto snap = ctx.usage.snapshot();
@@ -782,6 +795,15 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   promSample(out, "dockquota_usage_measurements_total", "result=\"error\"", ctx.usage.failures());
   promHeader(out, "dockquota_usage_measured_timestamp_seconds", "gauge", "When the figures served were measured.");
   promSample(out, "dockquota_usage_measured_timestamp_seconds", "", snap->measured ? snap->measured_at : 0.0);
+
+  // Memory, for the RSS budget (README: 1,000 users and 10,000 containers).
+  const struct mallinfo2 mi = mallinfo2();
+  promHeader(out, "dockquota_heap_bytes", "gauge",
+             "malloc's heap: bytes in use, and freed bytes it still holds (glibc mallinfo2).");
+  promSample(out, "dockquota_heap_bytes", "state=\"in_use\"", static_cast<uint64_t>(mi.uordblks + mi.hblkhd));
+  promSample(out, "dockquota_heap_bytes", "state=\"free\"", static_cast<uint64_t>(mi.fordblks));
+  promHeader(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+  promSample(out, "process_resident_memory_bytes", "", residentBytes());
 
   promProbeCounters(out, ctx.probe_counters ? ctx.probe_counters() : json::object());
   api.requestMetrics().render(out);
