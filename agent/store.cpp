@@ -888,50 +888,81 @@ Result<std::optional<ObjectRecord>> Store::get(ObjectKind kind, const std::strin
 }
 
 namespace {
-// The rows of list() and forEach(): `slot()` gives the record each row is read
-// into, `filled(rec)` is called after.
-Status scanObjects(sqlite3* db, ObjectKind kind, bool include_gone, const std::string& what,
-                   const std::function<ObjectRecord&()>& slot, const std::function<void(ObjectRecord&)>& filled) {
-  static const std::string sql =
-      kSelectObject + "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) ORDER BY o.first_seen, o.id";
-  Stmt st(db, sql);
+// Rows of list() and forEach(), in their order, after (first_seen, id) `after`
+// when given and at most `limit` of them (0: all): `slot()` gives the record
+// each row is read into. Returns how many were read.
+Result<size_t> scanObjects(sqlite3* db, ObjectKind kind, bool include_gone,
+                           const std::optional<std::pair<double, std::string>>& after, size_t limit,
+                           const std::string& what, const std::function<ObjectRecord&()>& slot) {
+  // Two texts, not one with "(?3 OR (first_seen, id) > ...)": behind an OR
+  // SQLite cannot start the index range there, and every batch would scan
+  // from the first row.
+  static const std::string from_start = kSelectObject +
+                                        "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) "
+                                        "ORDER BY o.first_seen, o.id LIMIT ?3";
+  static const std::string from_after = kSelectObject +
+                                        "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) AND (o.first_seen, o.id) > (?4, ?5) "
+                                        "ORDER BY o.first_seen, o.id LIMIT ?3";
+  Stmt st(db, after ? from_after : from_start);
   st.bind(1, toString(kind));
   st.bind(2, static_cast<int64_t>(include_gone));
-  for (;;) {
+  st.bind(3, limit ? static_cast<int64_t>(limit) : int64_t{-1});
+  if (after) {
+    st.bind(4, after->first);
+    st.bind(5, after->second);
+  }
+  size_t n = 0;
+  for (;; ++n) {
     auto r = st.next(what);
     if (!r) return r.error();
-    if (!*r) return {};
-    ObjectRecord& rec = slot();
-    if (auto s = readObject(st, kind, rec, nullptr); !s) return s.error();
-    if (filled) filled(rec);
+    if (!*r) return n;
+    if (auto s = readObject(st, kind, slot(), nullptr); !s) return s.error();
   }
 }
 }  // namespace
 
-Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
+Result<size_t> Store::count(ObjectKind kind, bool include_gone) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const std::string what = std::string("list ") + toString(kind) + "s";
+  Stmt count(db_, "SELECT count(*) FROM objects WHERE kind = ?1 AND (?2 OR gone_at IS NULL)");
+  count.bind(1, toString(kind));
+  count.bind(2, static_cast<int64_t>(include_gone));
+  auto r = count.next(std::string("count ") + toString(kind) + "s");
+  if (!r) return r.error();
+  return *r ? static_cast<size_t>(count.i64(0)) : 0;
+}
+
+Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
   std::vector<ObjectRecord> out;
-  {
-    // Sized up front: growing a vector of ObjectRecord moves every record ~14 times.
-    Stmt count(db_, "SELECT count(*) FROM objects WHERE kind = ?1 AND (?2 OR gone_at IS NULL)");
-    count.bind(1, toString(kind));
-    count.bind(2, static_cast<int64_t>(include_gone));
-    auto r = count.next(what);
-    if (!r) return r.error();
-    if (*r) out.reserve(static_cast<size_t>(count.i64(0)));
-  }
-  if (auto s = scanObjects(db_, kind, include_gone, what, [&]() -> ObjectRecord& { return out.emplace_back(); }, nullptr);
-      !s)
-    return s.error();
+  // Sized up front: growing a vector of ObjectRecord moves every record ~14
+  // times. (Objects added meanwhile only make it grow once.)
+  auto n = count(kind, include_gone);
+  if (!n) return n.error();
+  out.reserve(*n);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = scanObjects(db_, kind, include_gone, std::nullopt, 0, std::string("list ") + toString(kind) + "s",
+                       [&]() -> ObjectRecord& { return out.emplace_back(); });
+  if (!r) return r.error();
   return out;
 }
 
 Status Store::forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn, bool include_gone) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  ObjectRecord rec;  // every row is read into it (readObject sets every field)
-  return scanObjects(db_, kind, include_gone, std::string("list ") + toString(kind) + "s",
-                     [&]() -> ObjectRecord& { return rec; }, [&](ObjectRecord& r) { fn(r); });
+  // Read under the lock a batch at a time; `fn` runs without it.
+  constexpr size_t kBatch = 256;
+  const std::string what = std::string("list ") + toString(kind) + "s";
+  std::vector<ObjectRecord> batch(kBatch);
+  std::optional<std::pair<double, std::string>> after;
+  for (;;) {
+    size_t i = 0;
+    Result<size_t> n = size_t{0};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      n = scanObjects(db_, kind, include_gone, after, kBatch, what, [&]() -> ObjectRecord& { return batch[i++]; });
+    }
+    if (!n) return n.error();
+    for (size_t j = 0; j < *n; j++) fn(batch[j]);
+    if (*n < kBatch) return {};
+    after.emplace(batch[kBatch - 1].first_seen, batch[kBatch - 1].id);
+  }
 }
 
 Result<std::optional<std::string>> Store::resolve(ObjectKind kind, const std::string& ref) const {

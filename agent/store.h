@@ -146,8 +146,11 @@ class Store {
   Result<std::optional<ObjectRecord>> get(ObjectKind kind, const std::string& id) const;
   // Live objects (gone_at unset), ordered by first_seen then id.
   Result<std::vector<ObjectRecord>> list(ObjectKind kind, bool include_gone = false) const;
+  Result<size_t> count(ObjectKind kind, bool include_gone = false) const;
   // The same, one record at a time and none kept (10,000 containers are
-  // ~6 MiB as a list). `fn` runs under the store's lock: keep it short.
+  // ~6 MiB as a list). Read in batches, each under the store's lock; `fn`
+  // runs without it. Objects changed meanwhile are seen as they are when
+  // their batch is read (one added then comes last, by first_seen).
   Status forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn,
                  bool include_gone = false) const;
   // Resolves a name, a unique id prefix or a full id to the full id of a live object.
