@@ -434,7 +434,8 @@ std::string containersPage(QmanContext& ctx, const UsageSnapshot& snap) {
                               c["source"] = toString(r->source);  // ours, extra: "bpf", "label", "admin", "unattributed"
                               add(c);
                             }
-                          }}});
+                          }}},
+                        rows.size() * 384);
 }
 
 std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
@@ -474,7 +475,8 @@ std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
             ownerNullable(ctx, l, *r, "first_puller_host_user_name", "first_puller_uid");
             add(l);
           }
-        }}});
+        }}},
+      (snap.images.size() + layers.size()) * 384);
 }
 
 std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
@@ -496,7 +498,8 @@ std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
                               v["source"] = toString(r->source);
                               add(v);
                             }
-                          }}});
+                          }}},
+                        rows.size() * 384);
 }
 
 void inspect(QmanContext& ctx, const Req& req, Res& res) {
