@@ -5,7 +5,7 @@ measure dockquotad's RSS (now, peak since start-up, and by kind of mapping)
 and GET /remote-api/quotas latency over loopback, once the agent has measured
 them all, beside `docker system df -v` (what qman's Python slave runs per request).
 
-usage (root): tests/bench/agent_scale.py --agent build/dockquotad [--users 1000] [--per-user 10]
+usage (root): tests/bench/agent_scale.py --agent build/dockquotad [--users 1000] [--per-user 10] [--ringbuf-kib N]
 """
 import argparse
 import base64
@@ -97,6 +97,7 @@ def main():
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--per-user", type=int, default=10)
     ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--ringbuf-kib", type=int, default=0, help="the agent's ringbuf_kib (0: its default)")
     a = ap.parse_args()
     harness.require_prerequisites()
     harness.ensure_users()
@@ -107,7 +108,8 @@ def main():
     try:
         env.start_dockerd()
         env.run_as("root", ["docker", "import", "-", "scale:1"], input=harness.busybox_rootfs_tar())
-        env.start_agent(log_level="warning", usage_interval_s=60)
+        extra = {"ringbuf_kib": a.ringbuf_kib} if a.ringbuf_kib else {}
+        env.start_agent(log_level="warning", usage_interval_s=60, **extra)
         agent_pid = env.agent.pid
         # Loading the probes parses the kernel's BTF (libbpf, MiBs): a peak of
         # its own, before any container. Note it, then count peaks from here.
@@ -130,7 +132,9 @@ def main():
             if len(owned) >= total:
                 break
             time.sleep(1)
-        print("attributed by the probe: %d of %d" % (len(owned), total))
+        counters = env.health()["probes"]["docker_sock"].get("kernel_counters", {})
+        print("attributed by the probe: %d of %d (ring buffer full: %s times)"
+              % (len(owned), total, counters.get("ringbuf_full", "?")))
         # A Docker limit for every uid, as an admin would set: each is then a
         # listed user of the docker device even before their containers run.
         for i in range(a.users):
