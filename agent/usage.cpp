@@ -246,6 +246,20 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
   auto count = [&](const ObjectRecord& rec) {
     s.counts[toString(rec.kind)][rec.owner ? toString(rec.owner->source) : "unattributed"]++;
   };
+  // Rows for the store's objects of `kind`, each with its figure when Docker
+  // has one, then for the figures of objects the store never saw.
+  auto join = [&](ObjectKind kind, auto& figures, auto add) -> Status {
+    if (auto st = owners(kind, [&](const ObjectRecord& rec) {
+          count(rec);
+          auto it = figures.find(rec.id);
+          add(it == figures.end() ? nullptr : it->second, &rec);
+          if (it != figures.end()) figures.erase(it);
+        });
+        !st)
+      return st;
+    for (const auto& [key, fig] : figures) add(fig, nullptr);
+    return {};
+  };
 
   // Containers: the store's, with Docker's sizes, plus any Docker has that we never saw.
   auto containers = indexBy(f.containers, &ContainerFigure::id);
@@ -263,15 +277,7 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
     s.container_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].container_bytes += r.size_bytes;
   };
-  if (auto st = owners(ObjectKind::Container, [&](const ObjectRecord& rec) {
-        count(rec);
-        auto it = containers.find(rec.id);
-        addContainer(it == containers.end() ? nullptr : it->second, &rec);
-        if (it != containers.end()) containers.erase(it);
-      });
-      !st)
-    return st.error();
-  for (const auto& [id, fig] : containers) addContainer(fig, nullptr);
+  if (auto st = join(ObjectKind::Container, containers, addContainer); !st) return st.error();
 
   // Volumes, the same way.
   auto volumes = indexBy(f.volumes, &VolumeFigure::name);
@@ -290,15 +296,7 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
     s.volume_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].volume_bytes += r.size_bytes;
   };
-  if (auto st = owners(ObjectKind::Volume, [&](const ObjectRecord& rec) {
-        count(rec);
-        auto it = volumes.find(rec.id);
-        addVolume(it == volumes.end() ? nullptr : it->second, &rec);
-        if (it != volumes.end()) volumes.erase(it);
-      });
-      !st)
-    return st.error();
-  for (const auto& [name, fig] : volumes) addVolume(fig, nullptr);
+  if (auto st = join(ObjectKind::Volume, volumes, addVolume); !st) return st.error();
 
   // Images: the store's (live), plus tagged ones we never saw. Untagged
   // images unknown to the store are a build's intermediate images: their
