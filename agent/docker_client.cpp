@@ -550,6 +550,7 @@ Result<T> DockerClient::getParsed(const std::string& path, Result<T> (*parse)(st
     return {};
   });
   if (!st) return st.error();
+  if (!out) return Error{EPROTO, "docker: GET " + path + ": no reply body was read"};  // not reached: 200 runs the reader
   return std::move(*out);
 }
 

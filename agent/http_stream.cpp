@@ -986,11 +986,11 @@ struct HttpConnection::Impl {
     std::vector<Early> held;
     held.swap(early_);
     early_bytes_ = 0;
+    // By value: feeding the first piece can complete the exchange and free
+    // that request.
     const HttpRequest* front = frontRequest();
-    for (const Early& e : held) {
-      const uint64_t ts = front ? std::max(e.ts, front->first_ns) : e.ts;
-      feed(rx_, e.data, e.total, ts);
-    }
+    const uint64_t not_before = front ? front->first_ns : 0;
+    for (const Early& e : held) feed(rx_, e.data, e.total, std::max(e.ts, not_before));
   }
 
   void close(uint64_t ts) {

@@ -189,6 +189,9 @@ class Stmt {
   void bind(int i, const std::string& v) {
     note(sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
   }
+  void bind(int i, std::string_view v) {
+    note(sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
   void bind(int i, const char* v) { note(sqlite3_bind_text(st_, i, v, -1, SQLITE_STATIC)); }
   void bind(int i, int64_t v) { note(sqlite3_bind_int64(st_, i, v)); }
   void bind(int i, uint32_t v) { bind(i, static_cast<int64_t>(v)); }
@@ -650,6 +653,12 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::v
   // NORMAL in WAL: a power cut may lose the last commits, never corrupts.
   if (auto s = execSql(raw, "PRAGMA synchronous = NORMAL", what); !s) return s.error();
   if (auto s = execSql(raw, "PRAGMA foreign_keys = ON", what); !s) return s.error();
+  // SQLite caches up to 2 MiB of pages by default, and the listings scan
+  // whole tables, so it fills up and stays full. 512 KiB keeps the B-trees'
+  // inner pages, which is what lookups need; scans read the rest from the
+  // kernel's page cache. Measured with 10,000 containers (qman-bench): lists
+  // and accounting no slower (92 and 69 ms, within noise), 1.8 MiB less RSS.
+  if (auto s = execSql(raw, "PRAGMA cache_size = -512", what); !s) return s.error();
 
   for (int v = *version; v < known; ++v) {
     const std::string step_what = path + ": migration to schema version " + std::to_string(v + 1);
@@ -890,31 +899,82 @@ Result<std::optional<ObjectRecord>> Store::get(ObjectKind kind, const std::strin
   return std::optional<ObjectRecord>(std::move((*row)->rec));
 }
 
-Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  static const std::string sql =
-      kSelectObject + "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) ORDER BY o.first_seen, o.id";
-  const std::string what = std::string("list ") + toString(kind) + "s";
-  Stmt st(db_, sql);
+namespace {
+// Rows of list() and forEach(), in their order, after (first_seen, id) `after`
+// when given and at most `limit` of them (0: all): `slot()` gives the record
+// each row is read into. Returns how many were read.
+Result<size_t> scanObjects(sqlite3* db, ObjectKind kind, bool include_gone,
+                           const std::optional<std::pair<double, std::string>>& after, size_t limit,
+                           const std::string& what, const std::function<ObjectRecord&()>& slot) {
+  // Two texts, not one with "(?3 OR (first_seen, id) > ...)": behind an OR
+  // SQLite cannot start the index range there, and every batch would scan
+  // from the first row.
+  static const std::string from_start = kSelectObject +
+                                        "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) "
+                                        "ORDER BY o.first_seen, o.id LIMIT ?3";
+  static const std::string from_after = kSelectObject +
+                                        "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) AND (o.first_seen, o.id) > (?4, ?5) "
+                                        "ORDER BY o.first_seen, o.id LIMIT ?3";
+  Stmt st(db, after ? from_after : from_start);
   st.bind(1, toString(kind));
   st.bind(2, static_cast<int64_t>(include_gone));
-  std::vector<ObjectRecord> out;
-  {
-    // Sized up front: growing a vector of ObjectRecord moves every record ~14 times.
-    Stmt count(db_, "SELECT count(*) FROM objects WHERE kind = ?1 AND (?2 OR gone_at IS NULL)");
-    count.bind(1, toString(kind));
-    count.bind(2, static_cast<int64_t>(include_gone));
-    auto r = count.next(what);
-    if (!r) return r.error();
-    if (*r) out.reserve(static_cast<size_t>(count.i64(0)));
+  st.bind(3, limit ? static_cast<int64_t>(limit) : int64_t{-1});
+  if (after) {
+    st.bind(4, after->first);
+    st.bind(5, after->second);
   }
-  for (;;) {
+  size_t n = 0;
+  for (;; ++n) {
     auto r = st.next(what);
     if (!r) return r.error();
-    if (!*r) break;
-    if (auto s = readObject(st, kind, out.emplace_back(), nullptr); !s) return s.error();
+    if (!*r) return n;
+    if (auto s = readObject(st, kind, slot(), nullptr); !s) return s.error();
   }
+}
+}  // namespace
+
+Result<size_t> Store::count(ObjectKind kind, bool include_gone) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt count(db_, "SELECT count(*) FROM objects WHERE kind = ?1 AND (?2 OR gone_at IS NULL)");
+  count.bind(1, toString(kind));
+  count.bind(2, static_cast<int64_t>(include_gone));
+  auto r = count.next(std::string("count ") + toString(kind) + "s");
+  if (!r) return r.error();
+  return *r ? static_cast<size_t>(count.i64(0)) : 0;
+}
+
+Result<std::vector<ObjectRecord>> Store::list(ObjectKind kind, bool include_gone) const {
+  std::vector<ObjectRecord> out;
+  // Sized up front: growing a vector of ObjectRecord moves every record ~14
+  // times. (Objects added meanwhile only make it grow once.)
+  auto n = count(kind, include_gone);
+  if (!n) return n.error();
+  out.reserve(*n);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = scanObjects(db_, kind, include_gone, std::nullopt, 0, std::string("list ") + toString(kind) + "s",
+                       [&]() -> ObjectRecord& { return out.emplace_back(); });
+  if (!r) return r.error();
   return out;
+}
+
+Status Store::forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn, bool include_gone) const {
+  // Read under the lock a batch at a time; `fn` runs without it.
+  constexpr size_t kBatch = 256;
+  const std::string what = std::string("list ") + toString(kind) + "s";
+  std::vector<ObjectRecord> batch(kBatch);
+  std::optional<std::pair<double, std::string>> after;
+  for (;;) {
+    size_t i = 0;
+    Result<size_t> n = size_t{0};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      n = scanObjects(db_, kind, include_gone, after, kBatch, what, [&]() -> ObjectRecord& { return batch[i++]; });
+    }
+    if (!n) return n.error();
+    for (size_t j = 0; j < *n; j++) fn(batch[j]);
+    if (*n < kBatch) return {};
+    after.emplace(batch[kBatch - 1].first_seen, batch[kBatch - 1].id);
+  }
 }
 
 Result<std::optional<std::string>> Store::resolve(ObjectKind kind, const std::string& ref) const {
@@ -1237,7 +1297,7 @@ Result<std::vector<LayerRecord>> Store::layers() const {
   return readLayers(db_, "list layers");
 }
 
-Status Store::setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& bytes_by_id) {
+Status Store::setSizes(ObjectKind kind, const std::vector<std::pair<std::string_view, uint64_t>>& bytes_by_id) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = std::string("set sizes of ") + toString(kind) + "s";
   Txn txn(db_);
@@ -1250,7 +1310,7 @@ Status Store::setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& b
     st.bind(1, toString(kind));
     st.bind(2, id);
     st.bind(3, static_cast<int64_t>(std::min<uint64_t>(bytes, INT64_MAX)));
-    if (auto s = st.run(what + ": " + id); !s) return s;
+    if (auto s = st.run(what + ": " + std::string(id)); !s) return s;
   }
   return txn.commit(what);
 }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/result.h"
@@ -154,6 +155,13 @@ class Store {
   Result<std::optional<ObjectRecord>> get(ObjectKind kind, const std::string& id) const;
   // Live objects (gone_at unset), ordered by first_seen then id.
   Result<std::vector<ObjectRecord>> list(ObjectKind kind, bool include_gone = false) const;
+  Result<size_t> count(ObjectKind kind, bool include_gone = false) const;
+  // The same, one record at a time and none kept (10,000 containers are
+  // ~6 MiB as a list). Read in batches, each under the store's lock; `fn`
+  // runs without it. Objects changed meanwhile are seen as they are when
+  // their batch is read (one added then comes last, by first_seen).
+  Status forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn,
+                 bool include_gone = false) const;
   // Resolves a name, a unique id prefix or a full id to the full id of a live object.
   Result<std::optional<std::string>> resolve(ObjectKind kind, const std::string& ref) const;
 
@@ -178,7 +186,7 @@ class Store {
   Result<std::vector<LayerRecord>> layers() const;
 
   // Last measured size of live objects (objects.size_bytes), in one transaction.
-  Status setSizes(ObjectKind kind, const std::map<std::string, uint64_t>& bytes_by_id);
+  Status setSizes(ObjectKind kind, const std::vector<std::pair<std::string_view, uint64_t>>& bytes_by_id);
 
   Result<std::optional<AttributionDetail>> detail(ObjectKind kind, const std::string& id) const;
   // setOverride() plus who did it (the qman master's manual_resolver).

@@ -240,8 +240,8 @@ void fitTo(UserUsage& u, uint64_t bytes) {
 }
 }  // namespace
 
-UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners, bool bill_root,
-                      const KernelUsage* kernel) {
+Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const OwnerScan& owners, bool bill_root,
+                              const KernelUsage* kernel) {
   UsageSnapshot s;
   s.figures = figures ? std::move(figures) : std::make_shared<const UsageFigures>();
   const UsageFigures& f = *s.figures;
@@ -260,10 +260,27 @@ UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerVi
     row.method = keep(rec.owner->method);
     row.attributed_at = rec.owner->time;
   };
+  auto count = [&](const ObjectRecord& rec) {
+    s.counts[toString(rec.kind)][rec.owner ? toString(rec.owner->source) : "unattributed"]++;
+  };
+  // Rows for the store's objects of `kind`, each with its figure when Docker
+  // has one, then for the figures of objects the store never saw.
+  auto join = [&](ObjectKind kind, auto& figures, auto add) -> Status {
+    if (auto st = owners(kind, [&](const ObjectRecord& rec) {
+          count(rec);
+          auto it = figures.find(rec.id);
+          add(it == figures.end() ? nullptr : it->second, &rec);
+          if (it != figures.end()) figures.erase(it);
+        });
+        !st)
+      return st;
+    for (const auto& [key, fig] : figures) add(fig, nullptr);
+    return {};
+  };
 
   // Containers: the store's, with Docker's sizes, plus any Docker has that we never saw.
   auto containers = indexBy(f.containers, &ContainerFigure::id);
-  s.containers.reserve(owners.containers.size() + f.containers.size() / 16);
+  s.containers.reserve(f.containers.size());
   auto addContainer = [&](const ContainerFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.containers.emplace_back();
     r.kind = ObjectKind::Container;
@@ -281,15 +298,11 @@ UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerVi
     s.container_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].container_bytes += r.size_bytes;
   };
-  for (const auto& rec : owners.containers) {
-    auto it = containers.find(rec.id);
-    addContainer(it == containers.end() ? nullptr : it->second, &rec);
-    if (it != containers.end()) containers.erase(it);
-  }
-  for (const auto& [id, fig] : containers) addContainer(fig, nullptr);
+  if (auto st = join(ObjectKind::Container, containers, addContainer); !st) return st.error();
 
   // Volumes, the same way.
   auto volumes = indexBy(f.volumes, &VolumeFigure::name);
+  s.volumes.reserve(f.volumes.size());
   auto addVolume = [&](const VolumeFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.volumes.emplace_back();
     r.kind = ObjectKind::Volume;
@@ -304,22 +317,12 @@ UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerVi
     s.volume_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].volume_bytes += r.size_bytes;
   };
-  for (const auto& rec : owners.volumes) {
-    auto it = volumes.find(rec.id);
-    addVolume(it == volumes.end() ? nullptr : it->second, &rec);
-    if (it != volumes.end()) volumes.erase(it);
-  }
-  for (const auto& [name, fig] : volumes) addVolume(fig, nullptr);
+  if (auto st = join(ObjectKind::Volume, volumes, addVolume); !st) return st.error();
 
   // Images: the store's (live), plus tagged ones we never saw. Untagged
   // images unknown to the store are a build's intermediate images: their
   // layers are counted below, they are not listed.
   auto images = indexBy(f.images, &ImageFigure::id);
-  std::vector<const ObjectRecord*> by_age;
-  for (const auto& rec : owners.images) by_age.push_back(&rec);
-  std::sort(by_age.begin(), by_age.end(), [](const ObjectRecord* a, const ObjectRecord* b) {
-    return std::tie(a->first_seen, a->id) < std::tie(b->first_seen, b->id);
-  });
   auto addImage = [&](const ImageFigure* fig, const ObjectRecord* rec) {
     UsageRow& r = s.images.emplace_back();
     r.kind = ObjectKind::Image;
@@ -334,7 +337,8 @@ UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerVi
     s.image_bytes += r.size_bytes;
   };
   // Layers go to the earliest live image containing them (a layer first
-  // brought by an unattributed image stays unattributed).
+  // brought by an unattributed image stays unattributed): the scan gives the
+  // store's images oldest first.
   std::set<std::string_view> claimed;  // chain ids
   auto claimLayers = [&](const ImageFigure& fig, const UsageRow& owner) {
     for (const auto& chain : fig.layers) {
@@ -353,13 +357,16 @@ UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerVi
       }
     }
   };
-  for (const ObjectRecord* rec : by_age) {
-    auto it = images.find(rec->id);
-    const ImageFigure* fig = it == images.end() ? nullptr : it->second;
-    addImage(fig, rec);
-    if (fig) claimLayers(*fig, s.images.back());
-    if (it != images.end()) images.erase(it);
-  }
+  if (auto st = owners(ObjectKind::Image, [&](const ObjectRecord& rec) {
+        count(rec);
+        auto it = images.find(rec.id);
+        const ImageFigure* fig = it == images.end() ? nullptr : it->second;
+        addImage(fig, &rec);
+        if (fig) claimLayers(*fig, s.images.back());
+        if (it != images.end()) images.erase(it);
+      });
+      !st)
+    return st.error();
   for (const auto& [id, fig] : images) {
     if (!fig->tags.empty()) addImage(fig, nullptr);
     claimLayers(*fig, UsageRow{});
@@ -387,14 +394,22 @@ UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerVi
     }
     s.total_bytes = s.container_bytes + s.layer_bytes + s.volume_bytes;
   }
-  for (const auto* list : {&owners.containers, &owners.images, &owners.volumes}) {
-    for (const auto& rec : *list)
-      s.counts[toString(rec.kind)][rec.owner ? toString(rec.owner->source) : "unattributed"]++;
-  }
   // Zero rows are not users with usage.
   std::erase_if(s.users, [](const auto& kv) { return kv.second.total() == 0; });
   s.text.seal();
   return s;
+}
+
+UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners, bool bill_root,
+                      const KernelUsage* kernel) {
+  auto scan = [&](ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn) -> Status {
+    const auto& list = kind == ObjectKind::Container ? owners.containers
+                       : kind == ObjectKind::Image   ? owners.images
+                                                     : owners.volumes;
+    for (const auto& rec : list) fn(rec);
+    return {};
+  };
+  return std::move(*account(std::move(figures), scan, bill_root, kernel));
 }
 
 // --- UsageAccountant ------------------------------------------------------------
@@ -479,27 +494,18 @@ Status UsageAccountant::refresh() {
   // Shared, not copied, by every snapshot made from them.
   figures_ = std::make_shared<const UsageFigures>(std::move(*figures));
   have_figures_ = true;
-  if (auto s = store_.setSizes(ObjectKind::Container, [&] {
-        std::map<std::string, uint64_t> m;
-        for (const auto& c : figures_->containers) m[c.id] = c.size_rw;
-        return m;
-      }());
-      !s)
-    return s;
-  if (auto s = store_.setSizes(ObjectKind::Volume, [&] {
-        std::map<std::string, uint64_t> m;
-        for (const auto& v : figures_->volumes) m[v.name] = v.size;
-        return m;
-      }());
-      !s)
-    return s;
-  if (auto s = store_.setSizes(ObjectKind::Image, [&] {
-        std::map<std::string, uint64_t> m;
-        for (const auto& i : figures_->images) m[i.id] = i.size;
-        return m;
-      }());
-      !s)
-    return s;
+  // The store keeps each object's last size (for the listings): the ids are
+  // the figures' own, not copies.
+  std::vector<std::pair<std::string_view, uint64_t>> sizes;
+  sizes.reserve(figures_->containers.size());
+  for (const auto& c : figures_->containers) sizes.emplace_back(c.id, c.size_rw);
+  if (auto s = store_.setSizes(ObjectKind::Container, sizes); !s) return s;
+  sizes.clear();
+  for (const auto& v : figures_->volumes) sizes.emplace_back(v.name, v.size);
+  if (auto s = store_.setSizes(ObjectKind::Volume, sizes); !s) return s;
+  sizes.clear();
+  for (const auto& i : figures_->images) sizes.emplace_back(i.id, i.size);
+  if (auto s = store_.setSizes(ObjectKind::Image, sizes); !s) return s;
   return publish(true, "");
 }
 
@@ -514,15 +520,12 @@ Status UsageAccountant::rejoin() {
 }
 
 Status UsageAccountant::publish(bool measured, const std::string& error) {
-  OwnerView owners;
-  for (auto [kind, out] : {std::pair{ObjectKind::Container, &owners.containers},
-                           std::pair{ObjectKind::Image, &owners.images}, std::pair{ObjectKind::Volume, &owners.volumes}}) {
-    auto rows = store_.list(kind);
-    if (!rows) return rows.error().context(kSub);
-    *out = std::move(*rows);
-  }
   auto kernel = opt_.kernel ? opt_.kernel() : nullptr;
-  auto snap = std::make_shared<UsageSnapshot>(account(figures_, owners, opt_.bill_root_to_login_uid, kernel.get()));
+  auto accounted = account(
+      figures_, [this](ObjectKind kind, const auto& fn) { return store_.forEach(kind, fn); },
+      opt_.bill_root_to_login_uid, kernel.get());
+  if (!accounted) return accounted.error().context(kSub);
+  auto snap = std::make_shared<UsageSnapshot>(std::move(*accounted));
   snap->measured = measured;
   snap->error = error;
   snap->source = std::string(source_->name()) + (kernel ? "+prjquota" : "");
@@ -545,8 +548,8 @@ Status UsageAccountant::publish(bool measured, const std::string& error) {
     snap->generation = snap_->generation + 1;
     snap_ = std::move(snap);
   }
-  // The store lists and the previous snapshot (tens of MB at 10,000
-  // containers) are free now; give the pages back rather than keep the peak.
+  // The previous snapshot (MiBs at 10,000 containers) and the measurement's
+  // scratch are free now; give the pages back rather than keep the peak.
   malloc_trim(0);
   return {};
 }

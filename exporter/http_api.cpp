@@ -64,8 +64,10 @@ void sendJsonText(httplib::Response& res, int status, std::string body) {
 
 void sendError(httplib::Response& res, int status, const std::string& msg) { sendJson(res, status, json{{"msg", msg}}); }
 
-std::string jsonObjectText(const json& members, const std::map<std::string, JsonRows>& arrays) {
-  std::string out = "{";
+std::string jsonObjectText(const json& members, const std::map<std::string, JsonRows>& arrays, size_t size_hint) {
+  std::string out;
+  out.reserve(size_hint);
+  out += '{';
   auto key = [&](const std::string& k) {
     if (out.size() > 1) out += ',';
     out += json(k).dump();
@@ -175,7 +177,7 @@ bool ApiServer::authorize(const httplib::Request& req, httplib::Response& res) c
   }
 }
 
-json ApiServer::objectJson(const ObjectRecord& r) const {
+json ApiServer::objectJson(const ObjectRecord& r, const std::function<const std::string&(uint32_t)>& user) const {
   json j = {{"id", r.id}, {"name", r.name}, {"first_seen", isoTime(r.first_seen)}};
   if (r.kind == ObjectKind::Container) j["image"] = r.parent;
   if (r.kind == ObjectKind::Volume) j["container"] = r.parent.empty() ? json(nullptr) : json(r.parent);
@@ -193,10 +195,10 @@ json ApiServer::objectJson(const ObjectRecord& r) const {
   const uint32_t billed = billedUid(ev, opt_.bill_root_to_login_uid);
   j["source"] = toString(ev.source);
   j["uid"] = ev.uid;
-  j["user"] = userName(ev.uid);
+  j["user"] = user(ev.uid);
   j["login_uid"] = ev.login_uid ? json(*ev.login_uid) : json(nullptr);
   j["billed_uid"] = billed;
-  j["billed_user"] = userName(billed);
+  j["billed_user"] = user(billed);
   j["pid"] = ev.pid;
   j["comm"] = ev.comm;
   j["exe"] = ev.exe;
@@ -205,16 +207,36 @@ json ApiServer::objectJson(const ObjectRecord& r) const {
   return j;
 }
 
+// Written row by row as the store reads them (neither a list of records nor
+// a JSON tree of 10,000 objects is held, only the text), with each uid's
+// passwd name looked up once. The rows come before "count", which is known
+// only after them.
 void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const {
-  auto rows = store_.list(kind);
-  if (!rows) {
-    LOG_ERROR(kSub, "%s", rows.error().message.c_str());
-    sendError(res, 500, rows.error().message);
+  std::map<uint32_t, std::string> names;
+  auto user = [&](uint32_t uid) -> const std::string& {
+    auto it = names.find(uid);
+    return it != names.end() ? it->second : names.emplace(uid, userName(uid)).first->second;
+  };
+  constexpr size_t kRowBytes = 640;  // a container with both owners' names is ~450
+  std::string body;
+  if (auto n = store_.count(kind)) body.reserve(*n * kRowBytes + 64);
+  body += '{';
+  body += json(plural).dump();
+  body += ":[";
+  size_t count = 0;
+  auto st = store_.forEach(kind, [&](const ObjectRecord& r) {
+    if (count++) body += ',';
+    body += objectJson(r, user).dump();
+  });
+  if (!st) {
+    LOG_ERROR(kSub, "%s", st.error().message.c_str());
+    sendError(res, 500, st.error().message);
     return;
   }
-  sendJsonText(res, 200, jsonObjectText({{"count", rows->size()}}, {{plural, [&](const JsonRowSink& add) {
-                                                                       for (const auto& r : *rows) add(objectJson(r));
-                                                                     }}}));
+  body += "],\"count\":";
+  body += std::to_string(count);
+  body += '}';
+  sendJsonText(res, 200, std::move(body));
 }
 
 void ApiServer::routes() {

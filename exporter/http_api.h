@@ -70,7 +70,7 @@ class ApiServer {
  private:
   void routes();
   void installMethodNotAllowed();
-  nlohmann::json objectJson(const ObjectRecord& r) const;
+  nlohmann::json objectJson(const ObjectRecord& r, const std::function<const std::string&(uint32_t)>& user) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 
   ApiServerOptions opt_;
@@ -92,10 +92,12 @@ void sendError(httplib::Response& res, int status, const std::string& msg);
 // A JSON object with long arrays, as text: `members` are the other keys, each
 // array is written one row at a time (`rows` calls `add` per row). A tree of
 // 10,000 listed objects takes ~30 MiB; this holds one row's. Keys come out
-// sorted, as nlohmann dumps objects.
+// sorted, as nlohmann dumps objects. `size_hint`: the text's expected size
+// (reserved, so it is not copied as it grows; untouched pages cost nothing).
 using JsonRowSink = std::function<void(const nlohmann::json& row)>;
 using JsonRows = std::function<void(const JsonRowSink& add)>;
-std::string jsonObjectText(const nlohmann::json& members, const std::map<std::string, JsonRows>& arrays);
+std::string jsonObjectText(const nlohmann::json& members, const std::map<std::string, JsonRows>& arrays,
+                           size_t size_hint = 0);
 // sendJson() for a body already written as text (moved in, not copied).
 void sendJsonText(httplib::Response& res, int status, std::string body);
 

@@ -1,5 +1,8 @@
 #include "exporter/qman_api.h"
 
+#include <malloc.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
@@ -431,7 +434,8 @@ std::string containersPage(QmanContext& ctx, const UsageSnapshot& snap) {
                               c["source"] = toString(r->source);  // ours, extra: "bpf", "label", "admin", "unattributed"
                               add(c);
                             }
-                          }}});
+                          }}},
+                        rows.size() * 384);
 }
 
 std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
@@ -471,7 +475,8 @@ std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
             ownerNullable(ctx, l, *r, "first_puller_host_user_name", "first_puller_uid");
             add(l);
           }
-        }}});
+        }}},
+      (snap.images.size() + layers.size()) * 384);
 }
 
 std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
@@ -493,7 +498,8 @@ std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
                               v["source"] = toString(r->source);
                               add(v);
                             }
-                          }}});
+                          }}},
+                        rows.size() * 384);
 }
 
 void inspect(QmanContext& ctx, const Req& req, Res& res) {
@@ -807,6 +813,16 @@ void putContainerLimit(QmanContext& ctx, const Req& req, Res& res) {
   sendJson(res, 200, out);
 }
 
+// VmRSS: resident pages (statm's second field) times the page size.
+uint64_t residentBytes() {
+  unsigned long size = 0, resident = 0;
+  FILE* f = fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  const int n = fscanf(f, "%lu %lu", &size, &resident);
+  fclose(f);
+  return n == 2 ? static_cast<uint64_t>(resident) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) : 0;
+}
+
 void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   std::string out;
   auto snap = ctx.usage.snapshot();
@@ -866,6 +882,14 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
     promHeader(out, "dockquota_project_tag_latency_seconds", "gauge", "Owner known to layer root tagged, for the last container.");
     promSample(out, "dockquota_project_tag_latency_seconds", "", st.last_tag_latency.load());
   }
+  // Memory, for the RSS budget (README: 1,000 users and 10,000 containers).
+  const struct mallinfo2 mi = mallinfo2();
+  promHeader(out, "dockquota_heap_bytes", "gauge",
+             "malloc's heap: bytes in use, and freed bytes it still holds (glibc mallinfo2).");
+  promSample(out, "dockquota_heap_bytes", "state=\"in_use\"", static_cast<uint64_t>(mi.uordblks + mi.hblkhd));
+  promSample(out, "dockquota_heap_bytes", "state=\"free\"", static_cast<uint64_t>(mi.fordblks));
+  promHeader(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+  promSample(out, "process_resident_memory_bytes", "", residentBytes());
 
   promProbeCounters(out, ctx.probe_counters ? ctx.probe_counters() : json::object());
   api.requestMetrics().render(out);
