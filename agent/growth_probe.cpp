@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "agent/log.h"
+#include "agent/mountinfo.h"
 #include "growth.skel.h"
 
 namespace dockquota {
@@ -61,22 +62,17 @@ uint32_t levelOf(const std::string& rel) {
 // ---- cgroups ----------------------------------------------------------------
 
 Result<std::string> cgroup2Mount() {
-  std::ifstream f("/proc/self/mountinfo");
-  // "36 25 0:30 / /sys/fs/cgroup rw,... shared:9 - cgroup2 cgroup2 rw"
-  for (std::string line; std::getline(f, line);) {
-    auto dash = line.find(" - ");
-    if (dash == std::string::npos || line.compare(dash + 3, 8, "cgroup2 ") != 0) continue;
-    std::stringstream ss(line.substr(0, dash));
-    std::string id, parent, dev, root, mnt;
-    if (ss >> id >> parent >> dev >> root >> mnt && root == "/") return mnt;
-  }
+  auto mounts = readMountinfo();
+  if (!mounts) return mounts.error();
+  for (const auto& m : *mounts)
+    if (m.fstype == "cgroup2" && m.root == "/") return m.mount_point;
   return Error{ENOENT, "cgroup2 is not mounted (no cgroup2 line in /proc/self/mountinfo)"};
 }
 
 Result<CgroupRef> cgroupOfDir(const std::string& dir) {
   auto mnt = cgroup2Mount();
   if (!mnt) return mnt.error();
-  if (dir.compare(0, mnt->size(), *mnt) != 0 || (dir.size() > mnt->size() && dir[mnt->size()] != '/')) {
+  if (!underMount(dir, *mnt)) {
     return Error{EINVAL, dir + " is not under the cgroup2 mount " + *mnt};
   }
   struct stat st;

@@ -12,8 +12,8 @@
 
 #include <climits>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+
+#include "agent/mountinfo.h"
 
 namespace dockquota {
 namespace {
@@ -36,25 +36,6 @@ struct Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
 };
-
-// mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescapeMount(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && isdigit(s[i + 1]) && isdigit(s[i + 2]) && isdigit(s[i + 3])) {
-      out += char((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-bool underMount(const std::string& path, const std::string& mp) {
-  if (mp == "/") return true;
-  return path.compare(0, mp.size(), mp) == 0 && (path.size() == mp.size() || path[mp.size()] == '/');
-}
 
 int quotactlPrj(const QuotaFs& fs, int cmd, uint32_t id, void* addr) {
   return quotactl(QCMD(cmd, PRJQUOTA), fs.device.c_str(), int(id), static_cast<caddr_t>(addr));
@@ -109,29 +90,19 @@ Result<QuotaFs> probeQuotaFs(const std::string& path) {
   QuotaFs fs;
   fs.path = real;
   fs.dev = st.st_dev;
-  std::ifstream in("/proc/self/mountinfo");
-  if (!in) return osError(errno, "prjquota: /proc/self/mountinfo");
-  // id parent maj:min root mount-point options [optional...] - fstype source super-options
-  std::string line;
-  size_t best = 0;
-  bool found = false;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, majmin, root, mp, opts, tok;
-    ls >> id >> parent >> majmin >> root >> mp >> opts;
-    while (ls >> tok && tok != "-") {
-    }
-    std::string fstype, source, super;
-    ls >> fstype >> source >> super;
-    unsigned maj = 0, min = 0;
-    if (sscanf(majmin.c_str(), "%u:%u", &maj, &min) != 2 || makedev(maj, min) != st.st_dev) continue;
-    mp = unescapeMount(mp);
-    if (!underMount(fs.path, mp) || (found && mp.size() < best)) continue;
-    found = true;
-    best = mp.size();
-    fs.mount_point = mp;
-    fs.fstype = fstype;
-    fs.device = unescapeMount(source);
+  auto mounts = readMountinfo();
+  if (!mounts) return mounts.error().context("prjquota");
+  // The deepest mount of this device that holds the path (bind mounts repeat the device).
+  const MountEntry* best = nullptr;
+  for (const auto& m : *mounts) {
+    if (m.dev != st.st_dev || !underMount(fs.path, m.mount_point)) continue;
+    if (!best || m.mount_point.size() >= best->mount_point.size()) best = &m;
+  }
+  const bool found = best != nullptr;
+  if (found) {
+    fs.mount_point = best->mount_point;
+    fs.fstype = best->fstype;
+    fs.device = best->source;
   }
   if (!found) return Error{ENOENT, "prjquota: no mount in /proc/self/mountinfo holds " + fs.path};
 

@@ -7,6 +7,7 @@
 
 #include "agent/attributor.h"
 #include "agent/log.h"
+#include "agent/mountinfo.h"
 
 namespace dockquota {
 namespace {
@@ -38,17 +39,9 @@ const char* toString(ProjectMode m) { return m == ProjectMode::User ? "user" : "
 // --- where things live -------------------------------------------------------------
 
 std::string layerRootFromMounts(const std::string& mountinfo, const std::string& container_id) {
-  std::istringstream in(mountinfo);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, majmin, root, mp, opts, tok, fstype, source, super;
-    ls >> id >> parent >> majmin >> root >> mp >> opts;
-    while (ls >> tok && tok != "-") {
-    }
-    ls >> fstype >> source >> super;
-    if (fstype != "overlay" || mp.find(container_id) == std::string::npos) continue;
-    std::istringstream so(super);
+  for (const auto& m : parseMountinfo(mountinfo)) {
+    if (m.fstype != "overlay" || m.mount_point.find(container_id) == std::string::npos) continue;
+    std::istringstream so(m.super_options);
     for (std::string opt; std::getline(so, opt, ',');)
       if (opt.rfind("upperdir=", 0) == 0) return parentDir(opt.substr(9));
   }

@@ -3,7 +3,10 @@
 // (The kernel side is tests/bpf/test_prjquota.cpp, on real XFS and ext4.)
 #include <catch2/catch.hpp>
 
+#include <sys/sysmacros.h>
+
 #include "agent/config.h"
+#include "agent/mountinfo.h"
 #include "agent/project_quotas.h"
 #include "agent/usage.h"
 #include "qman_fixture.h"
@@ -132,4 +135,23 @@ TEST_CASE("projects: config keys are checked", "[projects][config]") {
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message.find("project_") != std::string::npos);
   }
+}
+
+TEST_CASE("mountinfo: fields, octal escapes, optional fields, malformed lines", "[projects]") {
+  auto m = parseMountinfo(
+      "36 25 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n"
+      "40 24 7:0 /sub /mnt/with\\040space rw master:1 shared:2 - xfs /dev/loop0 rw,prjquota\n"
+      "garbage\n"
+      "41 24 7:1 / /no/dash rw\n");
+  REQUIRE(m.size() == 2);
+  CHECK(m[0].fstype == "cgroup2");
+  CHECK(m[0].mount_point == "/sys/fs/cgroup");
+  CHECK(m[1].dev == makedev(7, 0));
+  CHECK(m[1].root == "/sub");
+  CHECK(m[1].mount_point == "/mnt/with space");
+  CHECK(m[1].source == "/dev/loop0");
+  CHECK(m[1].super_options == "rw,prjquota");
+  CHECK(underMount("/mnt/with space/x", "/mnt/with space"));
+  CHECK_FALSE(underMount("/mnt/with spacex", "/mnt/with space"));
+  CHECK(underMount("/anything", "/"));
 }
