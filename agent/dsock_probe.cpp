@@ -42,29 +42,11 @@ Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Han
   if (options.capture_bytes == 0 || options.capture_bytes > DSOCK_CAP_BYTES) {
     return Error{EINVAL, std::string(kSub) + ": capture_bytes must be 1.." + std::to_string(DSOCK_CAP_BYTES)};
   }
-  if (options.hook != "auto" && options.hook != "fentry" && options.hook != "tracepoint") {
-    return Error{EINVAL, std::string(kSub) + ": hook must be auto, fentry or tracepoint"};
-  }
   std::unique_ptr<DsockProbe> p(new DsockProbe(options, std::move(handler)));
-  // fexit on the syscall functions is cheaper for everyone (no tracepoint
-  // slow path) but needs a kernel that allows it: lockdown refuses it on
-  // some hosts. Try it first, then fall back to tp_btf/sys_exit, loudly.
-  if (options.hook != "tracepoint") {
-    auto st = p->loadAndAttach(/*fentry=*/true);
-    if (st) {
-      p->hook_ = "fentry";
-    } else if (options.hook == "fentry") {
-      return st.error();
-    } else {
-      p->fentry_error_ = st.error().message;
-      LOG_WARN("dockquotad", "%s; falling back to tp_btf/sys_exit (every syscall pays the tracepoint slow path)",
-               st.error().message.c_str());
-    }
-  }
-  if (p->hook_.empty()) {
-    if (auto st = p->loadAndAttach(/*fentry=*/false); !st) return st.error();
-    p->hook_ = "tracepoint";
-  }
+  // fexit on the ten syscall functions where the kernel allows it, else tp_btf/sys_exit.
+  auto hook = loadHookSet(kSub, options.hook, [&](bool fentry) { return p->loadAndAttach(fentry); }, p->fentry_error_);
+  if (!hook) return hook.error();
+  p->hook_ = *hook;
   if (auto st = p->refreshSockets(); !st) return st.error();
   p->ring_ = ring_buffer__new(bpf_map__fd(p->skel_->maps.events), onRingEvent, &p->handler_, nullptr);
   if (!p->ring_) return osError(errno, std::string(kSub) + ": ring buffer");
@@ -99,18 +81,7 @@ Status DsockProbe::loadAndAttach(bool fentry) {
     if (name == "tp_btf__sys_exit") bpf_program__set_autoload(prog, !fentry);
   }
   if (int err = dsock_bpf__load(skel_)) return fail(err, "load");
-  // Attach one by one so the log names the program that failed.
-  bpf_object__for_each_program(prog, skel_->obj) {
-    if (!bpf_program__autoload(prog)) continue;
-    bpf_link* link = bpf_program__attach(prog);
-    const char* name = bpf_program__name(prog);
-    if (!link) return fail(errno, std::string("attach ") + name);
-    // The skeleton destroys the links it holds; keep ours in its slots.
-    for (int i = 0; i < skel_->skeleton->prog_cnt; i++) {
-      if (strcmp(skel_->skeleton->progs[i].name, name) == 0) *skel_->skeleton->progs[i].link = link;
-    }
-    attached_.push_back(name);
-  }
+  if (auto st = attachAutoloaded(skel_->skeleton, attached_); !st) return fail(st.error().code, st.error().message);
   return {};
 }
 

@@ -6,12 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "agent/log.h"
 #include "agent/mountinfo.h"
+#include "agent/probe_util.h"
 #include "growth.skel.h"
 
 namespace dockquota {
@@ -121,9 +121,6 @@ GrowthProbe::~GrowthProbe() {
 }
 
 Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
-  if (options.hook != "auto" && options.hook != "fentry" && options.hook != "tracepoint") {
-    return Error{EINVAL, std::string(kSub) + ": hook must be auto, fentry or tracepoint"};
-  }
   if (options.max_containers == 0) return Error{EINVAL, std::string(kSub) + ": max_containers must be > 0"};
   std::unique_ptr<GrowthProbe> p(new GrowthProbe(options));
   // Tracing and raw tracepoint programs share one helper list (bpf_tracing_func_proto).
@@ -135,22 +132,9 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   // fexit programs run only on the calls they hook (only overlay writes,
   // where overlayfs has BTF); the tracepoint puts every syscall of every
   // process on the slow path. Try fentry first, fall back loudly.
-  if (options.hook != "tracepoint") {
-    auto st = p->loadAndAttach(/*fentry=*/true);
-    if (st) {
-      p->hook_ = "fentry";
-    } else if (options.hook == "fentry") {
-      return st.error();
-    } else {
-      p->fentry_error_ = st.error().message;
-      LOG_WARN("dockquotad", "%s; falling back to tp_btf/sys_exit (every syscall pays the tracepoint slow path)",
-               st.error().message.c_str());
-    }
-  }
-  if (p->hook_.empty()) {
-    if (auto st = p->loadAndAttach(/*fentry=*/false); !st) return st.error();
-    p->hook_ = "tracepoint";
-  }
+  auto hook = loadHookSet(kSub, options.hook, [&](bool fentry) { return p->loadAndAttach(fentry); }, p->fentry_error_);
+  if (!hook) return hook.error();
+  p->hook_ = *hook;
   LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers; cgroup by %s, fd table by %s",
            p->attached_.size(), p->hook_.c_str(), p->attached_.front().c_str(), options.max_containers,
            p->ancestor_helper_ ? "helper" : "probe reads", p->task_btf_ ? "BTF loads" : "probe reads");
@@ -195,18 +179,7 @@ Status GrowthProbe::loadAndAttach(bool fentry) {
     bpf_program__set_autoload(prog, load);
   }
   if (int err = growth_bpf__load(skel_)) return fail(err, "load");
-  // Attach one by one so the log names the program that failed.
-  bpf_object__for_each_program(prog, skel_->obj) {
-    if (!bpf_program__autoload(prog)) continue;
-    bpf_link* link = bpf_program__attach(prog);
-    const char* name = bpf_program__name(prog);
-    if (!link) return fail(errno, std::string("attach ") + name);
-    // The skeleton destroys the links it holds; keep ours in its slots.
-    for (int i = 0; i < skel_->skeleton->prog_cnt; i++) {
-      if (strcmp(skel_->skeleton->progs[i].name, name) == 0) *skel_->skeleton->progs[i].link = link;
-    }
-    attached_.push_back(name);
-  }
+  if (auto st = attachAutoloaded(skel_->skeleton, attached_); !st) return fail(st.error().code, st.error().message);
   return {};
 }
 

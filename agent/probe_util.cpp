@@ -7,6 +7,7 @@
 #include <sys/sysmacros.h>
 
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 
@@ -32,6 +33,38 @@ constexpr long kTracefsMagic = 0x74726163;
 }  // namespace
 
 void installLibbpfLogger() { libbpf_set_print(libbpfPrint); }
+
+Result<std::string> loadHookSet(const char* sub, const std::string& hook, const std::function<Status(bool fentry)>& load,
+                                std::string& fentry_error) {
+  if (hook != "auto" && hook != "fentry" && hook != "tracepoint") {
+    return Error{EINVAL, std::string(sub) + ": hook must be auto, fentry or tracepoint"};
+  }
+  if (hook != "tracepoint") {
+    auto st = load(/*fentry=*/true);
+    if (st) return std::string("fentry");
+    if (hook == "fentry") return st.error();
+    fentry_error = st.error().message;
+    LOG_WARN("dockquotad", "%s; falling back to tp_btf/sys_exit (every syscall pays the tracepoint slow path)",
+             st.error().message.c_str());
+  }
+  if (auto st = load(/*fentry=*/false); !st) return st.error();
+  return std::string("tracepoint");
+}
+
+Status attachAutoloaded(bpf_object_skeleton* skeleton, std::vector<std::string>& attached) {
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, *skeleton->obj) {
+    if (!bpf_program__autoload(prog)) continue;
+    bpf_link* link = bpf_program__attach(prog);
+    const char* name = bpf_program__name(prog);
+    if (!link) return Error{errno, std::string("attach ") + name};
+    for (int i = 0; i < skeleton->prog_cnt; i++) {
+      if (strcmp(skeleton->progs[i].name, name) == 0) *skeleton->progs[i].link = link;
+    }
+    attached.push_back(name);
+  }
+  return {};
+}
 
 Result<std::string> ensureTracefs() {
   for (const char* dir : {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}) {

@@ -3,10 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <sys/types.h>
+#include <vector>
 
 #include "agent/result.h"
+
+struct bpf_object_skeleton;
 
 namespace dockquota {
 
@@ -30,6 +34,21 @@ Result<FileId> fileId(const std::string& path);
 // Converts bpf_ktime_get_ns() (CLOCK_MONOTONIC) to unix seconds.
 double monoToUnix(uint64_t mono_ns);
 double unixNow();
+
+// The hook-set choice of the syscall probes (dsock, growth): `hook` is "auto",
+// "fentry" or "tracepoint". fexit on the hooked functions is cheaper for
+// everyone (no tracepoint slow path) but needs a kernel that allows it
+// (lockdown refuses it), so "auto" tries `load(true)` first and falls back to
+// `load(false)` (tp_btf/sys_exit) loudly; "fentry" fails instead. Returns the
+// set in use; `fentry_error` gets why fentry was not used. `sub` names the
+// probe in errors.
+Result<std::string> loadHookSet(const char* sub, const std::string& hook, const std::function<Status(bool fentry)>& load,
+                                std::string& fentry_error);
+
+// Attaches every program set to autoload, one by one so that an error names
+// the program (Error{errno, "attach <name>"}); the links go into the
+// skeleton's slots, which it destroys. Appends the attached names.
+Status attachAutoloaded(bpf_object_skeleton* skeleton, std::vector<std::string>& attached);
 
 // /proc/sys/kernel/pid_max, or 4194304 (the 64-bit maximum) when unreadable.
 uint32_t pidMax();
