@@ -33,6 +33,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "dsock.h"
+#include "lib/probe.bpf.h"
 #include "lib/task.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -106,20 +107,7 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024); /* set by the agent (ringbuf_kib) */
 } events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DSOCK_CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline void count(__u32 reason)
-{
-	__u64 *c = bpf_map_lookup_elem(&counters, &reason);
-
-	if (c)
-		*c += 1;
-}
+DEFINE_COUNTERS(counters, DSOCK_CTR_MAX)
 
 static __always_inline int tgid_tracked(__u32 tgid)
 {
@@ -416,18 +404,7 @@ static __always_inline int on_close(__u32 tgid, __u32 fd, long ret)
 	return 0;
 }
 
-/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
- * DSOCK_SYSCALLS: keep the dispatch below and tests/bpf in step. */
-#define NR_read 0
-#define NR_write 1
-#define NR_close 3
-#define NR_readv 19
-#define NR_writev 20
-#define NR_connect 42
-#define NR_sendto 44 /* send() is sendto(): curl, Python, most SDKs */
-#define NR_recvfrom 45 /* recv() is recvfrom() */
-#define NR_sendmsg 46
-#define NR_recvmsg 47
+/* Syscall numbers: lib/probe.bpf.h (DSOCK_SYSCALLS). */
 
 /* Every hook below funnels into this: syscall `nr` returned `ret`; its
  * arguments are still in regs (x86-64: di, si, dx). */
@@ -479,13 +456,6 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
  * kernel allows it. No syscall tracepoint is attached, so no process pays the
  * tracepoint slow path, and only these ten syscalls run a program at all. The
  * agent loads this set first and falls back to tp_btf/sys_exit when refused. */
-#define FEXIT_SYSCALL(name)                                                   \
-	SEC("fexit/__x64_sys_" #name)                                         \
-	int BPF_PROG(fexit__##name, struct pt_regs *regs, long ret)           \
-	{                                                                     \
-		return on_sys_exit(NR_##name, regs, ret);                     \
-	}
-
 FEXIT_SYSCALL(read)
 FEXIT_SYSCALL(write)
 FEXIT_SYSCALL(close)

@@ -13,6 +13,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "exec.h"
+#include "lib/probe.bpf.h"
 #include "lib/task.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -33,20 +34,7 @@ struct {
 	__uint(max_entries, 256 * 1024); /* ~300 events: docker CLI execs are rare */
 } exec_events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EXEC_CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} exec_counters SEC(".maps");
-
-static __always_inline void count(__u32 reason)
-{
-	__u64 *c = bpf_map_lookup_elem(&exec_counters, &reason);
-
-	if (c)
-		*c += 1;
-}
+DEFINE_COUNTERS(exec_counters, EXEC_CTR_MAX)
 
 SEC("tp/sched/sched_process_exec")
 int tp__sched__sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)

@@ -36,6 +36,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "growth.h"
+#include "lib/probe.bpf.h"
 #include "lib/task.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -64,20 +65,7 @@ struct {
 	__type(value, struct growth_val);
 } growth SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, GROWTH_CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline void count(__u32 reason)
-{
-	__u64 *c = bpf_map_lookup_elem(&counters, &reason);
-
-	if (c)
-		*c += 1;
-}
+DEFINE_COUNTERS(counters, GROWTH_CTR_MAX)
 
 /* Before 6.2 (commit 7f203bc89eb6 "cgroup: Replace cgroup->ancestor_ids[]
  * with ->ancestors[]") a cgroup held its ancestors' ids, not pointers. */
@@ -154,16 +142,8 @@ static __always_inline int add_if_overlay(struct growth_val *v, struct file *fil
 	return 0;
 }
 
-/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
- * GROWTH_SYSCALLS: keep the dispatch below, the fexit list and README in step. */
-#define NR_write 1
-#define NR_pwrite64 18
-#define NR_writev 20
-#define NR_sendfile64 40 /* "sendfile" in the table; the function is __x64_sys_sendfile64 */
-#define NR_splice 275
-#define NR_pwritev 296
-#define NR_copy_file_range 326
-#define NR_pwritev2 328
+/* Syscall numbers: lib/probe.bpf.h (GROWTH_SYSCALLS: keep the dispatch below, the
+ * fexit list and README in step). */
 
 #define USER_CS 0x33 /* __USER_CS: a 64-bit syscall (ia32 entries run with __USER32_CS) */
 
@@ -221,13 +201,6 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 /* Hook set "fentry" without overlayfs BTF: fexit on the syscall functions.
  * Only these eight syscalls run a program, and no process pays the
  * tracepoint slow path. */
-#define FEXIT_SYSCALL(name)                                                   \
-	SEC("fexit/__x64_sys_" #name)                                         \
-	int BPF_PROG(fexit__##name, struct pt_regs *regs, long ret)           \
-	{                                                                     \
-		return on_sys_exit(NR_##name, regs, ret);                     \
-	}
-
 FEXIT_SYSCALL(write)
 FEXIT_SYSCALL(pwrite64)
 FEXIT_SYSCALL(writev)
@@ -263,8 +236,9 @@ int BPF_PROG(fexit__vfs_copy_file_range, struct file *file_in, loff_t pos_in, st
  * The overlay file is the one written; the upper file below it is written
  * through backing-file helpers that do not come back here, so nothing is
  * counted twice. */
-SEC("fexit/ovl_write_iter")
-int BPF_PROG(fexit__ovl_write_iter, struct kiocb *iocb, struct iov_iter *iter, long ret)
+/* These functions only ever see overlay files: a successful write by a
+ * watched writer counts whole. */
+static __always_inline int count_overlay_write(long ret)
 {
 	struct growth_val *v;
 
@@ -276,20 +250,19 @@ int BPF_PROG(fexit__ovl_write_iter, struct kiocb *iocb, struct iov_iter *iter, l
 	return 0;
 }
 
+SEC("fexit/ovl_write_iter")
+int BPF_PROG(fexit__ovl_write_iter, struct kiocb *iocb, struct iov_iter *iter, long ret)
+{
+	return count_overlay_write(ret);
+}
+
 /* sendfile/splice into an overlay file (ovl_splice_write hands the pages to
  * the upper file's splice_write, not to ovl_write_iter). */
 SEC("fexit/ovl_splice_write")
 int BPF_PROG(fexit__ovl_splice_write, struct pipe_inode_info *pipe, struct file *out, loff_t *ppos,
 	     size_t len, unsigned int flags, long ret)
 {
-	struct growth_val *v;
-
-	if (ret <= 0)
-		return 0;
-	v = watched_cgroup();
-	if (v)
-		add(v, ret);
-	return 0;
+	return count_overlay_write(ret);
 }
 
 /* copy_file_range into an overlay file (coreutils cp >= 9 uses it). When it
@@ -299,12 +272,5 @@ SEC("fexit/ovl_copy_file_range")
 int BPF_PROG(fexit__ovl_copy_file_range, struct file *file_in, loff_t pos_in, struct file *file_out,
 	     loff_t pos_out, size_t len, unsigned int flags, long ret)
 {
-	struct growth_val *v;
-
-	if (ret <= 0)
-		return 0;
-	v = watched_cgroup();
-	if (v)
-		add(v, ret);
-	return 0;
+	return count_overlay_write(ret);
 }
