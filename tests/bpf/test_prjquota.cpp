@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -281,24 +283,41 @@ Evidence ev(uint32_t uid) {
   e.time = 1;
   return e;
 }
+// The backend's setting: a quota-enabled XFS holding a Docker-like tree
+// (overlay2/, volumes/ and `dirs` under them) and a fresh store. nullptr,
+// after saying why, where the kernel cannot do project quotas.
+struct QuotaTree {
+  LoopFs lfs{"xfs", 320};
+  std::string root = lfs.path("docker");
+  QuotaFs fs;
+  TempDir dbdir;
+  std::unique_ptr<Store> store;
+};
+std::unique_ptr<QuotaTree> quotaTree(std::initializer_list<const char*> dirs) {
+  auto t = std::make_unique<QuotaTree>();
+  auto fs = probeQuotaFs(t->lfs.mnt);
+  REQUIRE(fs.ok());
+  if (!fs->usable()) {
+    checkNoQuotaFs(*fs);
+    return nullptr;
+  }
+  t->fs = *fs;
+  for (const char* d : {"", "/overlay2", "/volumes"}) mkdir((t->root + d).c_str(), 0755);
+  for (const char* d : dirs) mkdir((t->root + d).c_str(), 0755);
+  auto store = Store::open(t->dbdir.file("dq.db"));
+  REQUIRE(store.ok());
+  t->store = std::move(*store);
+  return t;
+}
 }  // namespace
 
 TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and reuses ids", "[prjquota]") {
   if (!prerequisites()) return;
-  LoopFs lfs("xfs", 320);
-  auto fs = probeQuotaFs(lfs.mnt);
-  REQUIRE(fs.ok());
-  if (!fs->usable()) {
-    checkNoQuotaFs(*fs);
-    return;
-  }
-  std::string root = lfs.path("docker");
-  for (const char* d : {"", "/overlay2", "/volumes", "/overlay2/c1", "/overlay2/c2", "/overlay2/c3", "/volumes/v1"})
-    mkdir((root + d).c_str(), 0755);
-  TempDir dbdir;
-  auto store = Store::open(dbdir.file("dq.db"));
-  REQUIRE(store.ok());
-  Store& s = **store;
+  auto t = quotaTree({"/overlay2/c1", "/overlay2/c2", "/overlay2/c3", "/volumes/v1"});
+  if (!t) return;
+  const QuotaFs& fs = t->fs;
+  const std::string& root = t->root;
+  Store& s = *t->store;
   for (const char* c : {"c1", "c2", "c3"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
   REQUIRE(s.noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 1).ok());
   REQUIRE(s.attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
@@ -313,7 +332,7 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
   o.id_min = 500;
   o.id_max = 502;
   {
-    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), fs, o);
     REQUIRE(pq.active());
     REQUIRE(pq.sync().ok());
     auto alice = pq.projectOfUser(2001), bob = pq.projectOfUser(2002);
@@ -347,12 +366,12 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
     // A limit change reaches the kernel on the next pass.
     REQUIRE((*book)->setLimit(2001, 32 * 1024).ok());
     REQUIRE(pq.sync().ok());
-    CHECK(readProject(*fs, *alice)->hard_bytes == (32u << 20));
+    CHECK(readProject(fs, *alice)->hard_bytes == (32u << 20));
   }
   // A restart keeps the ids.
   uint32_t alice_id = 0, bob_id = 0;
   {
-    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), fs, o);
     REQUIRE(pq.sync().ok());
     alice_id = *pq.projectOfUser(2001);
     bob_id = *pq.projectOfUser(2002);
@@ -373,15 +392,15 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
     // that is still charged, rightly; that is not what this checks).
     ::sync();
     for (int i = 0; i < 100; i++) {
-      auto u = readProject(*fs, bob_id);
+      auto u = readProject(fs, bob_id);
       if (u && u->bytes == 0 && u->inodes == 0) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    REQUIRE(readProject(*fs, bob_id)->inodes == 0);
+    REQUIRE(readProject(fs, bob_id)->inodes == 0);
     mkdir((root + "/overlay2/c4").c_str(), 0755);
     REQUIRE(s.noteSeen(ObjectKind::Container, "c4", "c4", "", std::nullopt, 3).ok());
     REQUIRE(s.attribute(ObjectKind::Container, "c4", ev(2003), true).ok());
-    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+    ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), fs, o);
     REQUIRE(pq.sync().ok());
     REQUIRE(pq.projectOfUser(2003));
     CHECK(*pq.projectOfUser(2003) == bob_id);  // the lowest free id again
@@ -391,19 +410,11 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
 
 TEST_CASE("prjquota: per-container mode gives each container its own id and the default limit", "[prjquota]") {
   if (!prerequisites()) return;
-  LoopFs lfs("xfs", 320);
-  auto fs = probeQuotaFs(lfs.mnt);
-  REQUIRE(fs.ok());
-  if (!fs->usable()) {
-    checkNoQuotaFs(*fs);
-    return;
-  }
-  std::string root = lfs.path("docker");
-  for (const char* d : {"", "/overlay2", "/volumes", "/overlay2/k1", "/overlay2/k2"}) mkdir((root + d).c_str(), 0755);
-  TempDir dbdir;
-  auto store = Store::open(dbdir.file("dq.db"));
-  REQUIRE(store.ok());
-  Store& s = **store;
+  auto t = quotaTree({"/overlay2/k1", "/overlay2/k2"});
+  if (!t) return;
+  const QuotaFs& fs = t->fs;
+  const std::string& root = t->root;
+  Store& s = *t->store;
   for (const char* c : {"k1", "k2"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
   REQUIRE(s.attribute(ObjectKind::Container, "k1", ev(2001), true).ok());  // k2 stays unattributed: limited all the same
   auto book = QuotaBook::load(s);
@@ -413,7 +424,7 @@ TEST_CASE("prjquota: per-container mode gives each container its own id and the 
   o.id_min = 700;
   o.id_max = 799;
   o.container_default_bytes = 8 << 20;
-  ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), *fs, o);
+  ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), fs, o);
   REQUIRE(pq.sync().ok());
   auto k1 = pq.projectOfContainer("k1"), k2 = pq.projectOfContainer("k2");
   REQUIRE(k1);
@@ -439,5 +450,5 @@ TEST_CASE("prjquota: per-container mode gives each container its own id and the 
   std::filesystem::remove_all(root + "/overlay2/k1");
   REQUIRE(pq.sync().ok());
   CHECK_FALSE(pq.projectOfContainer("k1"));
-  CHECK(readProject(*fs, *k1)->hard_bytes == 0);
+  CHECK(readProject(fs, *k1)->hard_bytes == 0);
 }
