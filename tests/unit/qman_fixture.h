@@ -112,4 +112,13 @@ struct Scenario {
   static constexpr uint64_t kUnattributed = 300 + L0 + L4 + L5 + 700;  // stray, root's layer, intermediate, pre, v2
 };
 
+// The store's live objects, as account() takes them.
+inline OwnerView ownersOf(const Store& store) {
+  OwnerView owners;
+  owners.containers = *store.list(ObjectKind::Container);
+  owners.images = *store.list(ObjectKind::Image);
+  owners.volumes = *store.list(ObjectKind::Volume);
+  return owners;
+}
+
 }  // namespace dockquota::testing

@@ -64,10 +64,7 @@ TEST_CASE("projects: kernel figures replace Docker's and the parts still sum up"
   REQUIRE(store.ok());
   Scenario sc;
   sc.fill(**store);
-  OwnerView owners;
-  owners.containers = *(*store)->list(ObjectKind::Container);
-  owners.images = *(*store)->list(ObjectKind::Image);
-  owners.volumes = *(*store)->list(ObjectKind::Volume);
+  OwnerView owners = ownersOf(**store);
   UsageSnapshot docker = account(std::make_shared<const UsageFigures>(sc.figures()), owners, true);
 
   SECTION("per user") {

@@ -11,16 +11,6 @@
 using namespace dockquota;
 using namespace dockquota::testing;
 
-namespace {
-OwnerView ownersOf(const Store& store) {
-  OwnerView owners;
-  owners.containers = *store.list(ObjectKind::Container);
-  owners.images = *store.list(ObjectKind::Image);
-  owners.volumes = *store.list(ObjectKind::Volume);
-  return owners;
-}
-}  // namespace
-
 TEST_CASE("usage: chain ids follow the image spec", "[qman][usage]") {
   const std::string a = "sha256:" + std::string(64, 'a'), b = "sha256:" + std::string(64, 'b'),
                     c = "sha256:" + std::string(64, 'c');
