@@ -5,6 +5,8 @@
 #include <map>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "agent/log.h"
@@ -75,6 +77,17 @@ Reader boolKey(const std::string& origin, const std::string& key, bool Config::*
   };
 }
 
+// A file's content, trimmed; the key names the file in errors.
+Result<std::string> readSecret(const std::string& origin, const std::string& key, const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return keyError(origin, key, "cannot read " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string v = trim(ss.str());
+  if (v.empty()) return keyError(origin, key, path + " is empty");
+  return v;
+}
+
 }  // namespace
 
 Result<Config> parseConfig(const std::string& text, const std::string& origin) {
@@ -119,6 +132,51 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"project_sync_interval_s", uintKey(origin, "project_sync_interval_s", &Config::project_sync_interval_s, 1, 3600)},
       {"growth_probe", boolKey(origin, "growth_probe", &Config::growth_probe)},
       {"growth_signal_mib", uintKey(origin, "growth_signal_mib", &Config::growth_signal_mib, 1, 1u << 20)},
+      {"enforcement", stringKey(origin, "enforcement", &Config::enforcement)},
+      {"enforcement_order", stringKey(origin, "enforcement_order", &Config::enforcement_order)},
+      {"enforcement_grace_s", uintKey(origin, "enforcement_grace_s", &Config::enforcement_grace_s, 0, 30 * 86400)},
+      {"enforcement_stop_timeout_s",
+       uintKey(origin, "enforcement_stop_timeout_s", &Config::enforcement_stop_timeout_s, 0, 3600)},
+      {"enforcement_remove_volumes",
+       boolKey(origin, "enforcement_remove_volumes", &Config::enforcement_remove_volumes)},
+      {"enforcement_interval_s", uintKey(origin, "enforcement_interval_s", &Config::enforcement_interval_s, 1, 86400)},
+      {"enforcement_exempt_users",
+       [origin](const json& v, Config& c) -> Status {
+         const char* why = "must be an array of user names or uids";
+         if (!v.is_array()) return keyError(origin, "enforcement_exempt_users", why);
+         for (const auto& e : v) {
+           if (e.is_number_unsigned()) c.enforcement_exempt_users.push_back(std::to_string(e.get<uint64_t>()));
+           else if (e.is_string() && !e.get<std::string>().empty()) c.enforcement_exempt_users.push_back(e.get<std::string>());
+           else return keyError(origin, "enforcement_exempt_users", why);
+         }
+         return {};
+       }},
+      {"quota_warn_percent", uintKey(origin, "quota_warn_percent", &Config::quota_warn_percent, 1, 99)},
+      {"event_retention_days", uintKey(origin, "event_retention_days", &Config::event_retention_days, 1, 3650)},
+      {"host_id", stringKey(origin, "host_id", &Config::host_id)},
+      {"master_url", stringKey(origin, "master_url", &Config::master_url, /*nonempty=*/false)},
+      {"master_secret", stringKey(origin, "master_secret", &Config::master_secret)},
+      {"master_secret_file", stringKey(origin, "master_secret_file", &Config::master_secret_file)},
+      {"master_ca_file", stringKey(origin, "master_ca_file", &Config::master_ca_file)},
+      {"smtp_url", stringKey(origin, "smtp_url", &Config::smtp_url, /*nonempty=*/false)},
+      {"smtp_from", stringKey(origin, "smtp_from", &Config::smtp_from)},
+      {"smtp_username", stringKey(origin, "smtp_username", &Config::smtp_username)},
+      {"smtp_password_file", stringKey(origin, "smtp_password_file", &Config::smtp_password_file)},
+      {"smtp_starttls", boolKey(origin, "smtp_starttls", &Config::smtp_starttls)},
+      {"email_to", stringKey(origin, "email_to", &Config::email_to, /*nonempty=*/false)},
+      {"email_addresses",
+       [origin](const json& v, Config& c) -> Status {
+         if (!v.is_object()) return keyError(origin, "email_addresses", "must be an object of user name -> address");
+         for (const auto& [user, addr] : v.items()) {
+           if (!addr.is_string() || addr.get<std::string>().find('@') == std::string::npos)
+             return keyError(origin, "email_addresses", "the address of \"" + user + "\" must be a string with an @");
+           c.email_addresses[user] = addr.get<std::string>();
+         }
+         return {};
+       }},
+      {"email_burst_s", uintKey(origin, "email_burst_s", &Config::email_burst_s, 0, 86400)},
+      {"email_interval_s", uintKey(origin, "email_interval_s", &Config::email_interval_s, 0, 7 * 86400)},
+      {"email_max_per_hour", uintKey(origin, "email_max_per_hour", &Config::email_max_per_hour, 1, 100000)},
   };
 
   Config c;
@@ -132,12 +190,9 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
     return keyError(origin, "api_key_file", "set either api_key or api_key_file, not both");
   }
   if (!c.api_key_file.empty()) {
-    std::ifstream f(c.api_key_file);
-    if (!f) return keyError(origin, "api_key_file", "cannot read " + c.api_key_file + ": " + std::strerror(errno));
-    std::stringstream ss;
-    ss << f.rdbuf();
-    c.api_key = trim(ss.str());
-    if (c.api_key.empty()) return keyError(origin, "api_key_file", c.api_key_file + " is empty");
+    auto v = readSecret(origin, "api_key_file", c.api_key_file);
+    if (!v) return v.error();
+    c.api_key = *v;
   }
   if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
     return keyError(origin, c.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",
@@ -167,6 +222,46 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   }
   if (c.project_id_min > c.project_id_max) {
     return keyError(origin, "project_id_max", "must not be below project_id_min");
+  }
+  if (c.enforcement != "off" && c.enforcement != "dry-run" && c.enforcement != "enforce") {
+    return keyError(origin, "enforcement", "must be one of off, dry-run, enforce");
+  }
+  if (c.enforcement_order != "newest" && c.enforcement_order != "oldest" && c.enforcement_order != "largest") {
+    return keyError(origin, "enforcement_order", "must be one of newest, oldest, largest");
+  }
+  if (j.contains("master_secret") && j.contains("master_secret_file")) {
+    return keyError(origin, "master_secret_file", "set either master_secret or master_secret_file, not both");
+  }
+  if (!c.master_secret_file.empty()) {
+    auto v = readSecret(origin, "master_secret_file", c.master_secret_file);
+    if (!v) return v.error();
+    c.master_secret = *v;
+  }
+  if (!c.master_url.empty()) {
+    if (c.master_url.rfind("http://", 0) != 0 && c.master_url.rfind("https://", 0) != 0)
+      return keyError(origin, "master_url", "must start with http:// or https://");
+    if (c.master_secret.empty())
+      return keyError(origin, "master_url", "needs master_secret or master_secret_file (the master's SLAVE_EVENT_SECRET)");
+  }
+  if (!c.smtp_password_file.empty()) {
+    auto v = readSecret(origin, "smtp_password_file", c.smtp_password_file);
+    if (!v) return v.error();
+    c.smtp_password = *v;
+  }
+  if (!c.smtp_url.empty()) {
+    if (c.smtp_url.rfind("smtp://", 0) != 0 && c.smtp_url.rfind("smtps://", 0) != 0)
+      return keyError(origin, "smtp_url", "must start with smtp:// or smtps://");
+    if (c.smtp_from.find('@') == std::string::npos)
+      return keyError(origin, "smtp_from", "smtp_url needs a sender address with an @");
+    if (c.email_to.empty() && c.email_addresses.empty())
+      return keyError(origin, "smtp_url", "needs email_to (e.g. \"{user}@example.org\") or email_addresses");
+  }
+  if (!c.email_to.empty() && c.email_to.find('@') == std::string::npos) {
+    return keyError(origin, "email_to", "must be an address template with an @, e.g. \"{user}@example.org\"");
+  }
+  if (c.host_id.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) == 0) c.host_id = host;
   }
   log::Level lvl;
   if (!log::parseLevel(c.log_level, &lvl)) {

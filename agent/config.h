@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,32 @@ struct Config {
   uint32_t project_sync_interval_s = 10;     // full re-check + usage read
   bool growth_probe = true;                  // live per-container layer growth (BPF)
   uint32_t growth_signal_mib = 16;           // a container writing this much in 1 s re-reads quotas at once
+  // Enforcement and notification (issue 5; README "Enforcement").
+  std::string enforcement = "dry-run";          // off | dry-run | enforce
+  std::string enforcement_order = "newest";     // newest | oldest | largest
+  uint32_t enforcement_grace_s = 300;           // stop -> remove
+  uint32_t enforcement_stop_timeout_s = 10;     // SIGTERM -> SIGKILL
+  bool enforcement_remove_volumes = true;       // anonymous volumes of removed containers
+  uint32_t enforcement_interval_s = 60;         // periodic sweep
+  std::vector<std::string> enforcement_exempt_users;  // names or uids, as given
+  uint32_t quota_warn_percent = 80;             // warning event at this share of the limit
+  uint32_t event_retention_days = 90;           // delivered events are deleted after this
+  std::string host_id;                          // qman SLAVE_HOST_ID; "" = hostname
+  std::string master_url;                       // qman master base URL; "" = no push
+  std::string master_secret;                    // resolved: master_secret or master_secret_file
+  std::string master_secret_file;
+  std::string master_ca_file;
+  std::string smtp_url;                         // "" = no mail
+  std::string smtp_from;
+  std::string smtp_username;
+  std::string smtp_password;                    // resolved from smtp_password_file
+  std::string smtp_password_file;
+  bool smtp_starttls = false;
+  std::string email_to;                         // template: {user}, {uid}
+  std::map<std::string, std::string> email_addresses;  // user name -> address (wins over email_to)
+  uint32_t email_burst_s = 60;
+  uint32_t email_interval_s = 900;
+  uint32_t email_max_per_hour = 100;
 };
 
 // Parses and validates; `origin` names the source in errors (the file path).

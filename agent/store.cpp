@@ -149,6 +149,58 @@ CREATE TABLE projects (
   UNIQUE (owner_kind, owner)
 );
 )sql",
+    // v4: enforcement (issue 5): events and their delivery, the conditions
+    // already announced, the containers acted on, admin exemptions.
+    R"sql(
+-- Delivery state per channel: 0 not for this channel, 1 pending, 2 delivered, 3 given up.
+CREATE TABLE events (
+  seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- the stable id; AUTOINCREMENT: never reused
+  type          TEXT    NOT NULL,
+  uid           INTEGER NOT NULL,
+  user          TEXT    NOT NULL,
+  container_id  TEXT    NOT NULL DEFAULT '',
+  detail        TEXT    NOT NULL,                   -- JSON object
+  created_at    REAL    NOT NULL,
+  master        INTEGER NOT NULL DEFAULT 0,
+  master_at     REAL,
+  mail          INTEGER NOT NULL DEFAULT 0,
+  mail_at       REAL
+);
+CREATE INDEX events_master_pending ON events (seq) WHERE master = 1;
+CREATE INDEX events_mail_pending ON events (seq) WHERE mail = 1;
+CREATE INDEX events_by_uid ON events (uid, seq);
+
+-- Conditions announced and still holding ("warning", "exceeded", ...): not re-announced.
+CREATE TABLE conditions (
+  uid        INTEGER NOT NULL,
+  condition  TEXT    NOT NULL,
+  since      REAL    NOT NULL,
+  event_seq  INTEGER NOT NULL,
+  PRIMARY KEY (uid, condition)
+);
+
+CREATE TABLE enforcement_actions (
+  container_id  TEXT    PRIMARY KEY,
+  uid           INTEGER NOT NULL,
+  name          TEXT    NOT NULL,
+  size_bytes    INTEGER NOT NULL,
+  state         TEXT    NOT NULL CHECK (state IN ('stopping', 'stopped', 'removing', 'removed', 'spared', 'failed')),
+  started_at    REAL    NOT NULL,
+  stopped_at    REAL,
+  remove_after  REAL,
+  finished_at   REAL,
+  error         TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX enforcement_open ON enforcement_actions (state) WHERE state IN ('stopping', 'stopped', 'removing');
+
+CREATE TABLE exemptions (
+  kind    TEXT NOT NULL CHECK (kind IN ('user', 'container')),
+  id      TEXT NOT NULL,
+  reason  TEXT NOT NULL DEFAULT '',
+  set_at  REAL NOT NULL,
+  PRIMARY KEY (kind, id)
+);
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion,
               "kSchemaVersion must equal the number of migration steps");

@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/events.h"
 #include "agent/result.h"
 
 struct sqlite3;
@@ -119,9 +120,63 @@ struct ProjectRecord {
   double created_at = 0;
 };
 
-class Store {
+// Schema v4: enforcement (issue 5).
+
+// A container the enforcer acted on. Written before each Docker call (the
+// intent) and after it (the outcome, with its event in the same transaction),
+// so a crash mid-enforcement is finished, not repeated or forgotten, at the
+// next start.
+enum class ActionState { Stopping, Stopped, Removing, Removed, Spared, Failed };
+const char* toString(ActionState s);  // "stopping", "stopped", ...
+std::optional<ActionState> parseActionState(const std::string& s);
+
+struct EnforcementAction {
+  std::string container_id;
+  uint32_t uid = 0;
+  std::string name;                    // container name when acted on
+  uint64_t size_bytes = 0;             // its writable layer when chosen
+  ActionState state = ActionState::Stopping;
+  double started_at = 0;               // when it was chosen (unix seconds)
+  std::optional<double> stopped_at;
+  std::optional<double> remove_after;  // stopped_at + grace
+  std::optional<double> finished_at;   // removed, spared or failed
+  std::string error;                   // last failure ("" none)
+  bool open() const { return state == ActionState::Stopping || state == ActionState::Stopped ||
+                             state == ActionState::Removing; }
+};
+
+// What an admin exempted from enforcement (never by a label users can set).
+struct Exemption {
+  std::string kind;   // "user" (id = uid) or "container" (id = full container id)
+  std::string id;
+  std::string reason;
+  double set_at = 0;
+};
+
+// The events list of the agent's API: after `after` (the cursor), oldest first.
+struct EventQuery {
+  int64_t after = 0;
+  size_t limit = 100;
+  std::optional<uint32_t> uid;
+  std::string type;  // "" any
+};
+
+// The channels an event is queued on when recorded.
+struct EventRoute {
+  bool master = false;
+  bool mail = false;
+};
+
+// An event as listed, with where it went.
+struct EventRow {
+  Event event;
+  std::string master;  // "pending", "delivered", "given_up", "not_sent"
+  std::string mail;
+};
+
+class Store : public EventSpool {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens (creating if needed) and migrates. Refuses a file whose schema is
   // newer than this build knows, naming both versions.
@@ -205,6 +260,35 @@ class Store {
   Status releaseProject(const std::string& kind, const std::string& owner);
   Status setProjectLimit(const std::string& kind, const std::string& owner, std::optional<uint64_t> bytes);
   Result<std::vector<ProjectRecord>> projects() const;
+
+  // --- v4: enforcement (store_enforcement.cpp) ------------------------------------
+  // Records `e` (seq and detail.event_id are filled in) and queues it on the
+  // channels given. With `condition` set, only if (uid, condition) is not
+  // already announced; the condition is then recorded in the same transaction.
+  // Returns the seq, or nullopt when the condition was already announced.
+  using Route = EventRoute;
+  Result<std::optional<int64_t>> addEvent(Event& e, Route route, const std::string& condition = "");
+  // The condition no longer holds: the next addEvent() with it announces again.
+  Status clearCondition(uint32_t uid, const std::string& condition);
+  // Every announced condition: uid -> conditions.
+  Result<std::map<uint32_t, std::set<std::string>>> conditions() const;
+  Result<std::vector<EventRow>> events(const EventQuery& q) const;
+  // Deletes delivered (or never queued) events older than `before`; never a pending one.
+  Result<size_t> pruneEvents(double before);
+
+  // EventSpool, for MasterSink and MailNotifier.
+  Result<std::vector<Event>> pending(Channel c, size_t max) override;
+  Status delivered(Channel c, const std::vector<int64_t>& seqs, bool ok, double now) override;
+  Result<size_t> pendingCount(Channel c) override;
+
+  // An action's new state; with `event`, the event is recorded in the same transaction.
+  Status putAction(const EnforcementAction& a, Event* event = nullptr, Route route = {});
+  // Open ones (stopping, stopped, removing) or all (newest first, at most `limit`).
+  Result<std::vector<EnforcementAction>> actions(bool open_only, size_t limit = 1000) const;
+
+  Status setExemption(const Exemption& x);
+  Result<bool> clearExemption(const std::string& kind, const std::string& id);  // false: there was none
+  Result<std::vector<Exemption>> exemptions() const;
 
  private:
   Store(sqlite3* db, std::string path);

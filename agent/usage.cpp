@@ -551,6 +551,7 @@ Status UsageAccountant::publish(bool measured, const std::string& error) {
   // The previous snapshot (MiBs at 10,000 containers) and the measurement's
   // scratch are free now; give the pages back rather than keep the peak.
   malloc_trim(0);
+  if (opt_.on_publish) opt_.on_publish();
   return {};
 }
 

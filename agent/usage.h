@@ -224,6 +224,9 @@ class UsageAccountant {
     bool bill_root_to_login_uid = true;
     // Latest kernel figures (ProjectQuotas::usage()), joined in on every publish.
     std::function<std::shared_ptr<const KernelUsage>()> kernel;
+    // Called on the publishing thread after every new snapshot (the enforcer
+    // re-checks users); must not block.
+    std::function<void()> on_publish;
   };
 
   UsageAccountant(Store& store, std::unique_ptr<UsageSource> source, Options options);
