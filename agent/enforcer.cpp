@@ -228,6 +228,15 @@ Result<SweepReport> Enforcer::sweep() {
     next_due_ = next;
   }
 
+  if (t0 - last_prune_ >= 3600) {
+    last_prune_ = t0;
+    if (auto n = store_.pruneEvents(t0 - double(opt_.event_retention.count())); !n)
+      LOG_WARN(kSub, "%s", n.error().message.c_str());
+    else if (*n)
+      LOG_INFO(kSub, "deleted %zu delivered event(s) older than %lld days", *n,
+               (long long)(opt_.event_retention.count() / 86400));
+  }
+
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   stats_.sweeps++;
   stats_.last_sweep_seconds = rep.seconds;

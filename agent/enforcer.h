@@ -67,6 +67,7 @@ struct EnforcerOptions {
   std::string host_id;                     // in logs and event details
   bool to_master = false;                  // queue events for the master / for mail
   bool to_mail = false;
+  std::chrono::seconds event_retention{90 * 86400};  // delivered events older than this are deleted (hourly)
   std::function<double()> clock;           // unix seconds; default: the wall clock
 };
 
@@ -148,6 +149,7 @@ class Enforcer {
     double at;
   };
   std::vector<Freed> recent_removals_;  // until a snapshot measured after them
+  double last_prune_ = 0;
 
   mutable std::mutex state_mu_;
   std::map<uint32_t, UserView> users_seen_;

@@ -33,6 +33,7 @@
 #include "agent/probe_util.h"
 #include <httplib.h>
 
+#include "agent/enforcement_wiring.h"
 #include "agent/growth_monitor.h"
 #include "agent/qman_wiring.h"
 #include "agent/store.h"
@@ -186,8 +187,12 @@ int main(int argc, char** argv) {
   // The project-quota backend exists once the qman services are up (below);
   // until then there is nothing to tag.
   std::atomic<ProjectQuotas*> projects{nullptr};
+  // Set once the qman services exist: a create or pull without kernel
+  // quotas asks the accountant to measure (enforcement's trigger).
+  std::atomic<UsageAccountant*> measure_on_change{nullptr};
   attributor.setOwnerListener([&](ObjectKind kind, const std::string& id) {
     if (auto* p = projects.load()) p->onOwnerChanged(kind, id);
+    if (auto* u = measure_on_change.load(); u && kind != ObjectKind::Volume) u->refreshNow();
   });
   attributor.setGoneListener([&](ObjectKind, const std::string&) {
     if (auto* p = projects.load()) p->wake();  // free ids soon
@@ -245,6 +250,7 @@ int main(int argc, char** argv) {
                                  .signal_bytes = uint64_t(config.growth_signal_mib) << 20,
                                  .on_growth = [&] {
                                    if (auto* p = projects.load(); p && p->active()) p->wake();
+                                   else if (auto* u = measure_on_change.load()) u->refreshNow();
                                  }});
     } else {
       LOG_WARN(kSub, "%s; live container growth is not watched (quotas are re-read on their interval only)",
@@ -295,6 +301,7 @@ int main(int argc, char** argv) {
 
   // --- HTTP -----------------------------------------------------------------
   const std::string kernel = kernelRelease();
+  std::function<json()> enforcement_health;  // set once enforcement exists
   auto health = [&]() -> json {
     json h;
     std::vector<std::string> reasons = degraded;
@@ -365,6 +372,12 @@ int main(int argc, char** argv) {
       h["project_quotas"] = {{"state", "off"}, {"usage_source", "docker"}};
     }
     h["probes"] = probes;
+    if (enforcement_health) {
+      h["enforcement"] = enforcement_health();
+      for (const auto& [channel, d] : h["enforcement"]["delivery"].items())
+        if (d.value("consecutive_failures", 0) > 0)
+          reasons.push_back("event delivery to the " + channel + " is failing: " + d.value("last_error", std::string()));
+    }
     h["kernel"] = kernel;
     h["degraded"] = reasons;
     h["status"] = reasons.empty() ? "ok" : "degraded";
@@ -380,6 +393,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   projects = (*qman)->projects();
+  // Enforcement and events (issue 5): sweeps whenever usage is published.
+  auto enforcement = EnforcementServices::create(config, store, **qman, api);
+  if (!enforcement) {
+    LOG_ERROR(kSub, "%s", enforcement.error().message.c_str());
+    events.stop();
+    attributor.stop();
+    return 1;
+  }
+  enforcement_health = [e = enforcement->get()] { return e->health(); };
+  (*qman)->setUsageListener([e = enforcement->get()] { e->usageChanged(); });
+  const bool kernel_usage = (*qman)->projects() && (*qman)->projects()->active();
+  if (config.enforcement != "off" && !kernel_usage) measure_on_change = &(*qman)->usage();
   // GET /api/v1/growth: bytes each running container wrote into its layer
   // since it started (the live-growth probe), and the sums per billed uid.
   api.route("GET", "/api/v1/growth", [&](const httplib::Request& req, httplib::Response& res) {
@@ -405,9 +430,11 @@ int main(int argc, char** argv) {
   });
   if (growth) growth->start();
   (*qman)->start();
+  (*enforcement)->start();
   auto port = api.start();
   if (!port) {
     LOG_ERROR(kSub, "%s", port.error().message.c_str());
+    (*enforcement)->stop();
     if (growth) growth->stop();
     projects = nullptr;
     (*qman)->stop();
@@ -467,6 +494,8 @@ int main(int argc, char** argv) {
 
   sdNotify("STOPPING=1");
   api.stop();
+  (*enforcement)->stop();
+  measure_on_change = nullptr;
   if (growth) growth->stop();  // it wakes the project-quota backend, which goes next
   projects = nullptr;
   (*qman)->stop();

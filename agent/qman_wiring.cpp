@@ -91,7 +91,10 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
       store, std::make_unique<DockerUsageSource>(*q->measure_client_),
       UsageAccountant::Options{.interval = std::chrono::seconds(config.usage_interval_s),
                                .bill_root_to_login_uid = config.bill_root_to_login_uid,
-                               .kernel = kernel});
+                               .kernel = kernel,
+                               .on_publish = [q = q.get()] {
+                                 if (q->on_usage_) q->on_usage_();
+                               }});
   if (q->projects_ && q->projects_->active()) {
     // Kernel figures are current: re-publish whenever they are read; a limit change goes to the kernel at once.
     q->projects_->setUsageListener([u = q->usage_.get()] { u->rejoinSoon(); });

@@ -45,6 +45,10 @@ class QmanServices {
   void stop();
 
   UsageAccountant& usage() { return *usage_; }
+  UserDirectory& users() { return *users_; }
+  QmanContext& context() { return *ctx_; }
+  // Called after every usage publish (the enforcer's trigger). Set before start().
+  void setUsageListener(std::function<void()> f) { on_usage_ = std::move(f); }
   QuotaBook& quotas() { return *quotas_; }
   // The kernel project-quota backend; nullptr when the config turns it off.
   ProjectQuotas* projects() { return projects_.get(); }
@@ -64,6 +68,7 @@ class QmanServices {
   std::unique_ptr<DockerClient> project_client_;  // inspect for layer roots, never behind a slow /system/df
   std::unique_ptr<ProjectQuotas> projects_;
   std::unique_ptr<QmanContext> ctx_;
+  std::function<void()> on_usage_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -4,8 +4,9 @@
 #include <openssl/evp.h>
 #include <pwd.h>
 
+#include <algorithm>
 #include <chrono>
-#include <chrono>
+#include <cctype>
 #include <ctime>
 #include <httplib.h>
 
@@ -63,6 +64,33 @@ void sendJsonText(httplib::Response& res, int status, std::string body) {
 }
 
 void sendError(httplib::Response& res, int status, const std::string& msg) { sendJson(res, status, json{{"msg", msg}}); }
+
+// The JSON object in a PUT/POST body, or the 4xx already written to `res`.
+std::optional<json> jsonBody(const httplib::Request& req, httplib::Response& res, size_t max_bytes) {
+  if (req.body.size() > max_bytes) {
+    sendError(res, 413, "request body too large (limit " + std::to_string(max_bytes) + " bytes)");
+    return std::nullopt;
+  }
+  // "application/json", any case, parameters (charset) allowed.
+  std::string type = req.get_header_value("Content-Type");
+  type = type.substr(0, type.find(';'));
+  while (!type.empty() && type.back() == ' ') type.pop_back();
+  std::transform(type.begin(), type.end(), type.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (type != "application/json") {
+    sendError(res, 400, "Content-Type must be application/json");
+    return std::nullopt;
+  }
+  json j = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    sendError(res, 400, "request body is not valid JSON");
+    return std::nullopt;
+  }
+  if (!j.is_object()) {
+    sendError(res, 400, "request body must be a JSON object");
+    return std::nullopt;
+  }
+  return j;
+}
 
 std::string jsonObjectText(const json& members, const std::map<std::string, JsonRows>& arrays, size_t size_hint) {
   std::string out;

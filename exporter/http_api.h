@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -88,6 +89,9 @@ std::string isoTime(double unix_seconds);  // "2026-11-22T08:20:00.123Z"
 std::string userName(uint32_t uid);        // passwd name, else "user_<uid>" (as qman)
 void sendJson(httplib::Response& res, int status, const nlohmann::json& body);
 void sendError(httplib::Response& res, int status, const std::string& msg);
+// The JSON object in a PUT/POST body (Content-Type application/json, at most
+// `max_bytes`), or nullopt with the 4xx already written to `res`.
+std::optional<nlohmann::json> jsonBody(const httplib::Request& req, httplib::Response& res, size_t max_bytes);
 
 // A JSON object with long arrays, as text: `members` are the other keys, each
 // array is written one row at a time (`rows` calls `add` per row). A tree of

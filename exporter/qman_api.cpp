@@ -27,33 +27,6 @@ double now() { return static_cast<double>(time(nullptr)); }
 
 // --- request helpers ---------------------------------------------------------------
 
-// The JSON object in a PUT/POST body, or the 4xx already written to `res`.
-std::optional<json> jsonBody(const Req& req, Res& res, size_t max_bytes) {
-  if (req.body.size() > max_bytes) {
-    sendError(res, 413, "request body too large (limit " + std::to_string(max_bytes) + " bytes)");
-    return std::nullopt;
-  }
-  // "application/json", any case, parameters (charset) allowed.
-  std::string type = req.get_header_value("Content-Type");
-  type = type.substr(0, type.find(';'));
-  while (!type.empty() && type.back() == ' ') type.pop_back();
-  std::transform(type.begin(), type.end(), type.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (type != "application/json") {
-    sendError(res, 400, "Content-Type must be application/json");
-    return std::nullopt;
-  }
-  json j = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    sendError(res, 400, "request body is not valid JSON");
-    return std::nullopt;
-  }
-  if (!j.is_object()) {
-    sendError(res, 400, "request body must be a JSON object");
-    return std::nullopt;
-  }
-  return j;
-}
-
 // One limit field: absent/null -> nullopt; else a non-negative integer <= kMaxLimitKiB.
 // The messages are qman's for the first two.
 bool readLimit(const json& body, const char* key, std::optional<uint64_t>& out, Res& res) {
@@ -892,6 +865,7 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   promSample(out, "process_resident_memory_bytes", "", residentBytes());
 
   promProbeCounters(out, ctx.probe_counters ? ctx.probe_counters() : json::object());
+  if (ctx.more_metrics) ctx.more_metrics(out);
   api.requestMetrics().render(out);
   res.status = 200;
   res.set_content(out, "text/plain; version=0.0.4; charset=utf-8");

@@ -1,0 +1,97 @@
+#include "agent/enforcement_wiring.h"
+
+#include <pwd.h>
+
+#include "agent/log.h"
+
+namespace dockquota {
+namespace {
+constexpr const char* kSub = "enforce";
+}  // namespace
+
+Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs) {
+  std::set<uint32_t> out;
+  for (const auto& r : refs) {
+    if (!r.empty() && r.find_first_not_of("0123456789") == std::string::npos && r.size() <= 10 &&
+        std::stoull(r) <= UINT32_MAX) {
+      out.insert(uint32_t(std::stoull(r)));
+      continue;
+    }
+    passwd pw{}, *found = nullptr;
+    char buf[4096];
+    if (getpwnam_r(r.c_str(), &pw, buf, sizeof buf, &found) != 0 || !found)
+      return Error{ENOENT, "config: key \"enforcement_exempt_users\": no such user: " + r};
+    out.insert(found->pw_uid);
+  }
+  return out;
+}
+
+Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const Config& config, Store& store,
+                                                                         QmanServices& qman, ApiServer& api) {
+  std::unique_ptr<EnforcementServices> s(new EnforcementServices());
+  auto exempt = exemptUids(config.enforcement_exempt_users);
+  if (!exempt) return exempt.error();
+
+  EnforcerOptions o;
+  o.mode = parseEnforceMode(config.enforcement).value_or(EnforceMode::DryRun);
+  o.order = parseEnforceOrder(config.enforcement_order).value_or(EnforceOrder::Newest);
+  o.grace = std::chrono::seconds(config.enforcement_grace_s);
+  o.stop_timeout = std::chrono::seconds(config.enforcement_stop_timeout_s);
+  o.remove_volumes = config.enforcement_remove_volumes;
+  o.interval = std::chrono::seconds(config.enforcement_interval_s);
+  o.thresholds.warn_fraction = config.quota_warn_percent / 100.0;
+  // Where the kernel holds each user's limit, usage stops at it: within a
+  // MiB of it the user's writes fail, and that is over.
+  if (auto* p = qman.projects(); p && p->active() && p->options().mode == ProjectMode::User)
+    o.thresholds.full_margin = 1 << 20;
+  o.exempt_uids = std::move(*exempt);
+  o.bill_root_to_login_uid = config.bill_root_to_login_uid;
+  o.host_id = config.host_id;
+  o.to_master = !config.master_url.empty();
+  o.to_mail = !config.smtp_url.empty();
+  o.event_retention = std::chrono::seconds(uint64_t(config.event_retention_days) * 86400);
+
+  // The client waits for a stop: SIGTERM, the timeout, SIGKILL, and Docker's own work.
+  s->client_ = std::make_unique<DockerClient>(config.docker_socket,
+                                              std::chrono::seconds(config.enforcement_stop_timeout_s + 60));
+  s->runtime_ = std::make_unique<DockerRuntime>(*s->client_);
+  auto* raw = s.get();
+  auto e = Enforcer::create(store, qman.quotas(), [&u = qman.usage()] { return u.snapshot(); }, qman.users(),
+                            *s->runtime_, o,
+                            {.on_events = [raw] { raw->eventsRecorded(); },
+                             .on_freed = [&u = qman.usage()] { u.refreshNow(); }});
+  if (!e) return e.error();
+  s->enforcer_ = std::move(*e);
+
+  s->ctx_.reset(new EnforcementContext{store, *s->enforcer_, qman.users(), [raw] { return raw->delivery(); }});
+  installEnforcementRoutes(api, *s->ctx_);
+  qman.context().more_metrics = [ctx = s->ctx_.get()](std::string& out) { renderEnforcementMetrics(out, *ctx); };
+  LOG_INFO(kSub, "mode %s, %s first, grace %us, warning at %u%%, master %s, mail %s", config.enforcement.c_str(),
+           config.enforcement_order.c_str(), config.enforcement_grace_s, config.quota_warn_percent,
+           config.master_url.empty() ? "off" : config.master_url.c_str(),
+           config.smtp_url.empty() ? "off" : config.smtp_url.c_str());
+  if (o.mode == EnforceMode::DryRun)
+    LOG_NOTICE(kSub, "enforcement is dry-run: over-limit users are reported, no container is stopped "
+                     "(config \"enforcement\": \"enforce\" to act)");
+  return s;
+}
+
+EnforcementServices::~EnforcementServices() { stop(); }
+
+void EnforcementServices::start() { enforcer_->start(); }
+
+void EnforcementServices::stop() {
+  if (enforcer_) enforcer_->stop();
+}
+
+void EnforcementServices::eventsRecorded() {}
+
+nlohmann::json EnforcementServices::delivery() const { return nlohmann::json::object(); }
+
+nlohmann::json EnforcementServices::health() const {
+  nlohmann::json h = enforcer_->health();
+  h["delivery"] = delivery();
+  return h;
+}
+
+}  // namespace dockquota
