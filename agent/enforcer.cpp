@@ -70,15 +70,15 @@ Event Enforcer::makeEvent(const char* type, uint32_t uid, nlohmann::json detail,
   return e;
 }
 
-bool Enforcer::record(Event& e, const std::string& condition, SweepReport& rep) {
-  auto seq = store_.addEvent(e, route(e.type.c_str()), condition);
+bool Enforcer::record(Event& e, const std::vector<std::string>& conditions, SweepReport& rep) {
+  auto seq = store_.addEvent(e, route(e.type.c_str()), conditions);
   if (!seq) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", seq.error().message.c_str());
     return false;
   }
   if (!*seq) return false;  // the condition was announced before (another sweep, before a restart)
-  if (!condition.empty()) conditions_[e.uid].insert(condition);
+  conditions_[e.uid].insert(conditions.begin(), conditions.end());
   rep.events++;
   stats_.events++;
   return true;
@@ -106,7 +106,8 @@ void Enforcer::announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel
   const uint64_t limit_kib = limit / 1024;
   if (level == QuotaLevel::Over && !held.count(kExceededCond)) {
     auto e = makeEvent(event_type::kExceeded, uid, {{"block_current", usage}, {"block_hard_limit", limit_kib}});
-    if (record(e, kExceededCond, rep))
+    // Holding the warning too: coming down from over is no news.
+    if (record(e, {kExceededCond, kWarningCond}, rep))
       LOG_NOTICE(kSub, "host %s uid %u (%s): over the Docker limit: %llu bytes used of %llu (%.1f of %.1f MiB)",
                  opt_.host_id.c_str(), uid, e.user.c_str(), (unsigned long long)usage, (unsigned long long)limit,
                  mib(usage), mib(limit));
@@ -114,7 +115,7 @@ void Enforcer::announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel
     const double percent = limit ? std::round(1000.0 * double(usage) / double(limit)) / 10 : 0;
     auto e = makeEvent(event_type::kWarning, uid,
                        {{"block_current", usage}, {"block_hard_limit", limit_kib}, {"percent", percent}});
-    if (record(e, kWarningCond, rep))
+    if (record(e, {kWarningCond}, rep))
       LOG_INFO(kSub, "uid %u (%s): at %.1f%% of the Docker limit (%.1f of %.1f MiB)", uid, e.user.c_str(), percent,
                mib(usage), mib(limit));
   }
@@ -295,7 +296,7 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
                         {"block_hard_limit", limit / 1024},
                         {"error", "removing every container enforcement may touch frees " + std::to_string(sel.freed) +
                                       " bytes, not enough: images and volumes hold the rest"}});
-    if (record(e, kInsufficientCond, rep))
+    if (record(e, {kInsufficientCond}, rep))
       LOG_WARN(kSub, "host %s uid %u (%s): over the limit and its %zu removable container(s) free only %llu bytes; "
                "images and volumes hold the rest",
                opt_.host_id.c_str(), uid, user.c_str(), cands.size(), (unsigned long long)sel.freed);
@@ -309,7 +310,7 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
     auto e = makeEvent(event_type::kDryRun, uid,
                        {{"would_stop", would}, {"order", toString(opt_.order)}, {"block_current", usage},
                         {"block_hard_limit", limit / 1024}, {"grace_seconds", opt_.grace.count()}});
-    if (record(e, kDryRunCond, rep))
+    if (record(e, {kDryRunCond}, rep))
       LOG_NOTICE(kSub, "dry-run: host %s uid %u (%s) is over the limit: would stop %zu container(s) (%s first), "
                  "freeing %llu bytes",
                  opt_.host_id.c_str(), uid, user.c_str(), sel.picked.size(), toString(opt_.order),

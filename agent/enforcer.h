@@ -120,7 +120,8 @@ class Enforcer {
   Store::Route route(const char* type) const;
   Event makeEvent(const char* type, uint32_t uid, nlohmann::json detail, const std::string& container_id = "");
   void announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel level, SweepReport& rep);
-  bool record(Event& e, const std::string& condition, SweepReport& rep);  // false: announced already or failed
+  // false: announced already, or the store failed.
+  bool record(Event& e, const std::vector<std::string>& conditions, SweepReport& rep);
   std::map<uint32_t, std::vector<Candidate>> candidates(const std::set<uint32_t>& uids,
                                                         const std::set<std::string>& skip) const;
   void enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::vector<Candidate> cands, SweepReport& rep);

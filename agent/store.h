@@ -263,11 +263,13 @@ class Store : public EventSpool {
 
   // --- v4: enforcement (store_enforcement.cpp) ------------------------------------
   // Records `e` (seq and detail.event_id are filled in) and queues it on the
-  // channels given. With `condition` set, only if (uid, condition) is not
-  // already announced; the condition is then recorded in the same transaction.
-  // Returns the seq, or nullopt when the condition was already announced.
+  // channels given. With `conditions`, only if (uid, conditions[0]) is not
+  // already announced; all of them are then recorded as held, in the same
+  // transaction (the rest only if not held yet: an exceeded limit also holds
+  // the warning, so a user coming down from over is not warned on the way).
+  // Returns the seq, or nullopt when conditions[0] was already announced.
   using Route = EventRoute;
-  Result<std::optional<int64_t>> addEvent(Event& e, Route route, const std::string& condition = "");
+  Result<std::optional<int64_t>> addEvent(Event& e, Route route, const std::vector<std::string>& conditions = {});
   // The condition no longer holds: the next addEvent() with it announces again.
   Status clearCondition(uint32_t uid, const std::string& condition);
   // Every announced condition: uid -> conditions.

@@ -96,24 +96,25 @@ std::optional<ActionState> parseActionState(const std::string& s) {
 
 // --- events ------------------------------------------------------------------------
 
-Result<std::optional<int64_t>> Store::addEvent(Event& e, Route route, const std::string& condition) {
+Result<std::optional<int64_t>> Store::addEvent(Event& e, Route route, const std::vector<std::string>& conditions) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "record event " + e.type + " for uid " + std::to_string(e.uid);
   Txn txn(db_);
   if (auto s = txn.begin(what); !s) return s.error();
-  if (!condition.empty()) {
+  if (!conditions.empty()) {
     Stmt find(db_, "SELECT 1 FROM conditions WHERE uid = ?1 AND condition = ?2");
     find.bind(1, e.uid);
-    find.bind(2, condition);
+    find.bind(2, conditions[0]);
     auto r = find.next(what);
     if (!r) return r.error();
     if (*r) return std::optional<int64_t>();  // announced already
   }
   if (auto s = insertEvent(db_, e, route, what); !s) return s.error();
-  if (!condition.empty()) {
-    Stmt ins(db_, "INSERT INTO conditions (uid, condition, since, event_seq) VALUES (?1, ?2, ?3, ?4)");
+  Stmt ins(db_, "INSERT OR IGNORE INTO conditions (uid, condition, since, event_seq) VALUES (?1, ?2, ?3, ?4)");
+  for (const auto& c : conditions) {
+    ins.reset();
     ins.bind(1, e.uid);
-    ins.bind(2, condition);
+    ins.bind(2, c);
     ins.bind(3, e.created_at);
     ins.bind(4, e.seq);
     if (auto s = ins.run(what); !s) return s.error();

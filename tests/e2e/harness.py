@@ -220,6 +220,8 @@ class Env:
     def cleanup(self):
         self.stop_agent()
         self.stop_dockerd()
+        if getattr(self, "unmount", None):  # a data root filesystem (mount_data_root)
+            subprocess.run(["umount", self.unmount], check=False)
         if os.environ.get("DQ_KEEP"):
             print("kept " + self.dir)
         else:
@@ -241,6 +243,74 @@ def busybox_rootfs_tar(marker=None):
     tar = subprocess.run(["tar", "-C", root, "-cf", "-", "."], capture_output=True, check=True).stdout
     shutil.rmtree(root)
     return tar
+
+
+
+# --- shared by the quota and enforcement suites -----------------------------------
+
+def sh(cmd, check_rc=True):
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    if check_rc and p.returncode != 0:
+        raise AssertionError("%s failed (%d): %s" % (cmd, p.returncode, p.stderr))
+    return p
+
+
+def prjquota_works():
+    """Can this kernel mount XFS with prjquota? (The host here cannot: no XFS quota support.)"""
+    d = tempfile.mkdtemp(prefix="dq-prjq-")
+    try:
+        sh("truncate -s 320M %s/img && mkfs.xfs -q %s/img && mkdir %s/m" % (d, d, d))
+        ok = sh("mount -o loop,prjquota %s/img %s/m" % (d, d), check_rc=False).returncode == 0
+        if ok:
+            sh("umount %s/m" % d, check_rc=False)
+        return ok
+    finally:
+        sh("rm -rf %s" % d, check_rc=False)
+
+
+def mount_data_root(env, fstype, quota=True):
+    """A fresh filesystem image mounted at the dockerd data root of `env`."""
+    image = os.path.join(env.dir, "fs.img")
+    data = os.path.join(env.dir, "data")
+    os.makedirs(data, exist_ok=True)
+    sh("truncate -s 768M %s" % image)
+    if fstype == "xfs":
+        sh("mkfs.xfs -q %s" % image)
+    else:
+        sh("mkfs.ext4 -q -I 256 %s %s" % ("-O quota,project" if quota else "", image))
+    sh("mount -o loop%s %s %s" % (",prjquota" if quota else "", image, data))
+    env.unmount = data
+    return data
+
+
+def wait_for(what, fn, timeout=30.0):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(0.25)
+
+
+def set_limit(env, uid, kib):
+    status, body = env.http_json("PUT", "/remote-api/quotas/users/%d?device=docker" % uid, {"block_hard_limit": kib})
+    assert status == 200, (status, body)
+
+
+def run_scenarios(env, scenarios, check):
+    """Runs each scenario(env) on its own dockerd + agent (the first on `env`),
+    so one that fails cannot spoil the next; a raised AssertionError is a
+    failed check with the agent's log."""
+    for i, scenario in enumerate(scenarios):
+        e = env if i == 0 else Env(env.agent_bin)
+        try:
+            scenario(e)
+        except AssertionError as ex:
+            check(False, "scenario raised: %s" % ex)
+            print("---- agent log (tail) ----\n" + e.tail_log(60))
+        finally:
+            if e is not env:
+                e.cleanup()
 
 
 def main(run, failures, summary=None):

@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import USERS  # noqa: E402
+from harness import USERS, mount_data_root, prjquota_works, set_limit, sh, wait_for  # noqa: E402
 
 failures = []
 MiB = 1024 * 1024
@@ -36,39 +36,10 @@ def check(cond, what):
         failures.append(what)
 
 
-def sh(cmd, check_rc=True):
-    p = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-    if check_rc and p.returncode != 0:
-        raise AssertionError("%s failed (%d): %s" % (cmd, p.returncode, p.stderr))
-    return p
 
 
-def prjquota_works():
-    """Can this kernel mount XFS with prjquota? (The host here cannot: no XFS quota support.)"""
-    d = harness.tempfile.mkdtemp(prefix="dq-prjq-")
-    try:
-        sh("truncate -s 320M %s/img && mkfs.xfs -q %s/img && mkdir %s/m" % (d, d, d))
-        ok = sh("mount -o loop,prjquota %s/img %s/m" % (d, d), check_rc=False).returncode == 0
-        if ok:
-            sh("umount %s/m" % d, check_rc=False)
-        return ok
-    finally:
-        sh("rm -rf %s" % d, check_rc=False)
 
 
-def mount_data_root(env, fstype, quota=True):
-    """A fresh filesystem image mounted at the dockerd data root of `env`."""
-    image = os.path.join(env.dir, "fs.img")
-    data = os.path.join(env.dir, "data")
-    os.makedirs(data, exist_ok=True)
-    sh("truncate -s 768M %s" % image)
-    if fstype == "xfs":
-        sh("mkfs.xfs -q %s" % image)
-    else:
-        sh("mkfs.ext4 -q -I 256 %s %s" % ("-O quota,project" if quota else "", image))
-    sh("mount -o loop%s %s %s" % (",prjquota" if quota else "", image, data))
-    env.unmount = data
-    return data
 
 
 def du(paths):
@@ -114,18 +85,8 @@ def block_current(env, uid):
     return 0
 
 
-def wait_for(what, fn, timeout=30.0):
-    deadline = time.time() + timeout
-    while True:
-        v = fn()
-        if v or time.time() > deadline:
-            return v
-        time.sleep(0.25)
 
 
-def set_limit(env, uid, kib):
-    status, body = env.http_json("PUT", "/remote-api/quotas/users/%d?device=docker" % uid, {"block_hard_limit": kib})
-    assert status == 200, (status, body)
 
 
 def run_writer(env, user, name, image, mib, target="/fill", delay=0):
@@ -319,20 +280,7 @@ def run(env):
     else:
         # The host kernel here (no XFS quota support): XFS mounts without prjquota, and the agent must degrade on it too.
         scenarios += [lambda e: degraded(e, "xfs")]
-    for i, scenario in enumerate(scenarios):
-        e = env if i == 0 else harness.Env(env.agent_bin)
-        try:
-            scenario(e)
-        except AssertionError as ex:
-            check(False, "scenario raised: %s" % ex)
-            print("---- agent log (tail) ----\n" + e.tail_log(60))
-        finally:
-            if e is not env:
-                e.stop_agent()
-                e.stop_dockerd()
-                if getattr(e, "unmount", None):
-                    sh("umount %s" % e.unmount, check_rc=False)
-                e.cleanup()
+    harness.run_scenarios(env, scenarios, check)
 
 
 if __name__ == "__main__":
