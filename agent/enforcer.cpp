@@ -279,8 +279,12 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
   std::map<std::string, uint64_t> sizes;
   auto size_of = [&](const Candidate& c) -> uint64_t {
     if (auto it = sizes.find(c.id); it != sizes.end()) return it->second;
+    const auto t = std::chrono::steady_clock::now();
     auto b = runtime_.writableBytes(c.id);
     if (!b && b.error().code != ENOENT) LOG_WARN(kSub, "%s; counting it as 0 bytes", b.error().message.c_str());
+    LOG_DEBUG(kSub, "size of container %s: %llu bytes (asked in %.3fs)", shortId(c.id).c_str(),
+              (unsigned long long)(b ? *b : 0),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
     return sizes[c.id] = b ? *b : 0;
   };
   if (opt_.order == EnforceOrder::Largest)
@@ -336,7 +340,9 @@ void Enforcer::stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit
     LOG_ERROR(kSub, "%s; not stopping it", st.error().message.c_str());
     return;
   }
+  const auto t_stop = std::chrono::steady_clock::now();
   auto st = runtime_.stop(a.container_id, opt_.stop_timeout);
+  const double stop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_stop).count();
   Event e;
   if (!st && st.error().code == ENOENT) {
     a.state = ActionState::Spared;
@@ -371,9 +377,9 @@ void Enforcer::stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit
                    {"stopped_ids", {a.container_id}},
                    {"remove_after_seconds", opt_.grace.count()}},
                   a.container_id);
-    LOG_NOTICE(kSub, "host %s uid %u (%s): stopped container %s (%s), %llu bytes in its layer; usage %llu of limit %llu "
-               "bytes; removal in %llds unless the user gets under the limit",
-               opt_.host_id.c_str(), a.uid, user.c_str(), a.name.c_str(), shortId(a.container_id).c_str(),
+    LOG_NOTICE(kSub, "host %s uid %u (%s): stopped container %s (%s) in %.2fs, %llu bytes in its layer; usage %llu of "
+               "limit %llu bytes; removal in %llds unless the user gets under the limit",
+               opt_.host_id.c_str(), a.uid, user.c_str(), a.name.c_str(), shortId(a.container_id).c_str(), stop_s,
                (unsigned long long)a.size_bytes, (unsigned long long)usage, (unsigned long long)limit,
                (long long)opt_.grace.count());
     rep.stopped++;

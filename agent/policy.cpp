@@ -43,6 +43,13 @@ const char* toString(QuotaLevel l) {
   return "ok";
 }
 
+namespace {
+// `fraction` of `limit`, to the nearest byte (0.8 * 100 MiB is 80 MiB, not a hair above).
+uint64_t share(uint64_t limit, double fraction) {
+  return static_cast<uint64_t>(static_cast<long double>(limit) * fraction + 0.5L);
+}
+}  // namespace
+
 bool overLimit(uint64_t usage, uint64_t limit, const Thresholds& t) {
   if (limit == 0) return false;
   return usage > (limit > t.full_margin ? limit - t.full_margin : 0);
@@ -51,16 +58,14 @@ bool overLimit(uint64_t usage, uint64_t limit, const Thresholds& t) {
 QuotaLevel quotaLevel(uint64_t usage, uint64_t limit, const Thresholds& t) {
   if (limit == 0) return QuotaLevel::Ok;
   if (overLimit(usage, limit, t)) return QuotaLevel::Over;
-  // long double: limits up to 2^50 bytes times a fraction, exact enough.
-  if (static_cast<long double>(usage) >= static_cast<long double>(limit) * t.warn_fraction) return QuotaLevel::Warning;
+  if (usage >= share(limit, t.warn_fraction)) return QuotaLevel::Warning;
   return QuotaLevel::Ok;
 }
 
 bool conditionHolds(const std::string& condition, uint64_t usage, uint64_t limit, const Thresholds& t) {
   if (limit == 0) return false;
-  const long double line = condition == "warning" ? static_cast<long double>(limit) * t.warn_fraction
-                                                  : static_cast<long double>(limit);
-  return static_cast<long double>(usage) >= line * t.clear_fraction;
+  const uint64_t line = condition == "warning" ? share(limit, t.warn_fraction) : limit;
+  return usage >= share(line, t.clear_fraction);
 }
 
 void orderCandidates(std::vector<Candidate>& c, EnforceOrder order) {

@@ -374,6 +374,7 @@ def kernel_trigger(env):
     env.docker("carol", "import", "-", "enf:1", input=harness.busybox_rootfs_tar(marker="kernel"))
     set_limit(env, BOB, 64 * 1024)
     writer(env, "bob", "old", "enf:1", 8)
+    before = measured_usage(env, BOB, 8 * MiB) or 0  # bob's project before the writer starts
     time.sleep(1.1)
     dockerenv = dict(os.environ, DOCKER_HOST="unix://" + env.sock)
     watch = subprocess.Popen(["docker", "events", "--filter", "container=hog", "--format", "{{.Action}} {{.TimeNano}}"],
@@ -401,17 +402,24 @@ def kernel_trigger(env):
     stopped_ev = [e for e in events(env, uid=BOB) if e["type"] == "docker_container_stopped"]
     check(len(stopped_ev) == 1 and stopped_ev[0]["container_id"] == hog, "only the writer was stopped")
     check(running(env, "old"), "bob's older container still runs")
-    written = [l.split(" ", 1) for l in lines if " " in l]
-    if written and "die" in actions and "destroy" in actions:
-        crossed = rfc3339(written[-1][0])
+    # The crossing: the writer's line for the MiB that took bob past the limit
+    # (less the kernel margin of 1 MiB: from there on his writes fail).
+    cross_mib = -(-(64 * MiB - MiB - before) // MiB)
+    written = [(rfc3339(l.split(" ", 1)[0]), l.split(" ", 1)[1].strip()) for l in lines if " " in l]
+    at_line = [t for t, text in written if text == str(cross_mib)]
+    edquot = [t for t, text in written if text == "crossed"]
+    if at_line and "die" in actions and "destroy" in actions:
+        crossed = at_line[0]
         stop_s, rm_s = actions["die"] - crossed, actions["destroy"] - crossed
-        figures["kernel_mib_written"] = written[-1][1].strip()
         figures["kernel_cross_to_stopped_s"] = round(stop_s, 3)
         figures["kernel_cross_to_removed_s"] = round(rm_s, 3)
-        check(rm_s <= 1.0, "stopped %.3f s and removed %.3f s after the limit was crossed (last line %r; target 1 s)"
-              % (stop_s, rm_s, written[-1][1].strip()))
+        if edquot:
+            figures["kernel_edquot_after_crossing_s"] = round(edquot[0] - crossed, 3)
+        check(rm_s <= 1.0, "stopped %.3f s and removed %.3f s after bob crossed his limit (MiB %d of the writer; "
+              "target 1 s)" % (stop_s, rm_s, cross_mib))
     else:
-        check(False, "crossing and stop times observed (log lines %d, docker events %s)" % (len(lines), actions))
+        check(False, "crossing and stop times observed (MiB %d in %d log lines, docker events %s)" % (
+            cross_mib, len(lines), actions))
 
 
 def run(env):

@@ -1,0 +1,460 @@
+// Enforcement: the pure policy, the Store's v4 tables (a real SQLite file),
+// and the Enforcer's decisions against a real Store with a fake runtime (the
+// real-dockerd and VM runs are tests/e2e/test_enforce.py).
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <set>
+#include <vector>
+
+#include "agent/enforcer.h"
+#include "agent/policy.h"
+#include "agent/store.h"
+#include "tests/unit/temp_dir.h"
+
+using namespace dockquota;
+
+namespace {
+
+constexpr uint64_t MiB = 1 << 20;
+constexpr uint32_t kAlice = 2001, kBob = 2002;
+
+std::string cid(char c) { return std::string(64, c); }
+
+EventQuery ofType(const std::string& type) {
+  EventQuery q;
+  q.type = type;
+  return q;
+}
+EventQuery ofUid(uint32_t uid) {
+  EventQuery q;
+  q.uid = uid;
+  return q;
+}
+EventQuery after(int64_t seq) {
+  EventQuery q;
+  q.after = seq;
+  return q;
+}
+EventQuery first(size_t n) {
+  EventQuery q;
+  q.limit = n;
+  return q;
+}
+EnforcementAction action(char c, uint32_t uid, uint64_t bytes, ActionState state, double t) {
+  EnforcementAction a;
+  a.container_id = cid(c);
+  a.uid = uid;
+  a.name = std::string("c") + c;
+  a.size_bytes = bytes;
+  a.state = state;
+  a.started_at = t;
+  return a;
+}
+
+}  // namespace
+
+// --- policy ------------------------------------------------------------------------
+
+TEST_CASE("policy: levels, the kernel margin and hysteresis", "[enforce][policy]") {
+  Thresholds t;
+  CHECK(quotaLevel(5 * MiB, 0, t) == QuotaLevel::Ok);  // no limit
+  CHECK(quotaLevel(79 * MiB, 100 * MiB, t) == QuotaLevel::Ok);
+  CHECK(quotaLevel(80 * MiB, 100 * MiB, t) == QuotaLevel::Warning);
+  CHECK(quotaLevel(100 * MiB, 100 * MiB, t) == QuotaLevel::Warning);  // at the limit is not over it
+  CHECK(quotaLevel(100 * MiB + 1, 100 * MiB, t) == QuotaLevel::Over);
+  t.full_margin = MiB;  // the kernel holds the limit: within a MiB of it is over
+  CHECK(quotaLevel(99 * MiB, 100 * MiB, t) == QuotaLevel::Warning);
+  CHECK(quotaLevel(99 * MiB + 1, 100 * MiB, t) == QuotaLevel::Over);
+  CHECK(overLimit(1, MiB / 2, t));  // a limit below the margin: anything is over
+  // Announced conditions end only clearly below their line (95 % of it).
+  Thresholds h;
+  CHECK(conditionHolds("exceeded", 96 * MiB, 100 * MiB, h));
+  CHECK_FALSE(conditionHolds("exceeded", 94 * MiB, 100 * MiB, h));
+  CHECK(conditionHolds("warning", 77 * MiB, 100 * MiB, h));        // 0.8 * 0.95 = 76
+  CHECK_FALSE(conditionHolds("warning", 75 * MiB, 100 * MiB, h));
+  CHECK_FALSE(conditionHolds("exceeded", 200 * MiB, 0, h));        // the limit was removed
+}
+
+TEST_CASE("policy: order and the fewest containers that bring a user under", "[enforce][policy]") {
+  std::vector<Candidate> c = {{"b", "old", 10, 5 * MiB}, {"c", "mid", 20, 1 * MiB}, {"a", "new", 30, 3 * MiB},
+                              {"d", "tie", 20, 3 * MiB}};
+  orderCandidates(c, EnforceOrder::Newest);
+  CHECK(c[0].name == "new");
+  CHECK(c[1].id == "c");  // equal times: by id
+  CHECK(c[2].id == "d");
+  orderCandidates(c, EnforceOrder::Oldest);
+  CHECK(c[0].name == "old");
+  orderCandidates(c, EnforceOrder::Largest);
+  CHECK(c[0].name == "old");
+  CHECK(c[1].id == "a");  // 3 MiB each: by id
+
+  orderCandidates(c, EnforceOrder::Newest);  // new 3, mid 1, tie 3, old 5
+  Thresholds t;
+  std::vector<std::string> asked;
+  auto size_of = [&](const Candidate& x) {
+    asked.push_back(x.name);
+    return *x.size;
+  };
+  // 12 MiB used, 10 allowed: new (3) is enough.
+  auto s = selectUntilUnder(c, 12 * MiB, 10 * MiB, t, size_of);
+  CHECK(s.enough);
+  CHECK(s.picked == std::vector<size_t>{0});
+  CHECK(asked == std::vector<std::string>{"new"});  // sizes are asked lazily
+  // 14 MiB: new + mid leave 10 MiB, which is not over (at the limit).
+  s = selectUntilUnder(c, 14 * MiB, 10 * MiB, t, size_of);
+  CHECK(s.picked == std::vector<size_t>{0, 1});
+  CHECK(s.freed == 4 * MiB);
+  // More than every container frees: all picked, not enough.
+  s = selectUntilUnder(c, 30 * MiB, 10 * MiB, t, size_of);
+  CHECK(s.picked.size() == 4);
+  CHECK_FALSE(s.enough);
+  // Not over: nothing.
+  s = selectUntilUnder(c, 9 * MiB, 10 * MiB, t, size_of);
+  CHECK(s.picked.empty());
+  CHECK(s.enough);
+  // Empty containers free nothing: passed over.
+  c[0].size = 0;
+  s = selectUntilUnder(c, 12 * MiB, 10 * MiB, t, size_of);
+  CHECK(s.picked == std::vector<size_t>{1, 2});
+}
+
+TEST_CASE("policy: modes and orders parse", "[enforce][policy]") {
+  CHECK(parseEnforceMode("dry-run") == EnforceMode::DryRun);
+  CHECK(parseEnforceMode("enforce") == EnforceMode::Enforce);
+  CHECK_FALSE(parseEnforceMode("yes"));
+  CHECK(parseEnforceOrder("largest") == EnforceOrder::Largest);
+  CHECK_FALSE(parseEnforceOrder("random"));
+}
+
+// --- the Store's v4 tables ------------------------------------------------------------------
+
+TEST_CASE("store v4: events, conditions and the per-channel spool", "[enforce][store]") {
+  TempDir dir;
+  auto st = Store::open(dir.file("s.db"));
+  REQUIRE(st);
+  Store& s = **st;
+  CHECK(s.schemaVersion() == 4);
+
+  Event e1{0, event_type::kExceeded, kBob, "bob", "", {{"block_current", 5}}, 100};
+  auto seq = s.addEvent(e1, {true, true}, {"exceeded", "warning"});
+  REQUIRE(seq);
+  REQUIRE(*seq);
+  CHECK(e1.seq == **seq);
+  CHECK(e1.detail["event_id"] == e1.seq);
+  // Announced: neither the same condition nor the one it holds announce again.
+  Event again = e1;
+  auto none = s.addEvent(again, {true, true}, {"exceeded"});
+  REQUIRE(none);
+  CHECK_FALSE(*none);
+  Event warn{0, event_type::kWarning, kBob, "bob", "", {}, 101};
+  CHECK_FALSE(*s.addEvent(warn, {false, true}, {"warning"}));
+  auto held = s.conditions();
+  REQUIRE(held);
+  CHECK((*held)[kBob] == std::set<std::string>{"exceeded", "warning"});
+  REQUIRE(s.clearCondition(kBob, "warning"));
+  CHECK(*s.addEvent(warn, {false, true}, {"warning"}));  // a new episode
+
+  Event e3{0, event_type::kDryRun, kAlice, "alice", "", {}, 102};  // no channel
+  REQUIRE(s.addEvent(e3, {}));
+  // Master: only e1; mail: e1 and the warning, in order.
+  auto pm = s.pending(Channel::Master, 10);
+  REQUIRE(pm);
+  REQUIRE(pm->size() == 1);
+  CHECK(pm->front().seq == e1.seq);
+  CHECK(pm->front().detail["block_current"] == 5);
+  auto pmail = s.pending(Channel::Mail, 10);
+  REQUIRE(pmail->size() == 2);
+  CHECK(pmail->at(0).seq < pmail->at(1).seq);
+  REQUIRE(s.delivered(Channel::Master, {e1.seq}, true, 200));
+  CHECK(s.pending(Channel::Master, 10)->empty());
+  CHECK(*s.pendingCount(Channel::Mail) == 2);
+  REQUIRE(s.delivered(Channel::Mail, {warn.seq}, false, 200));  // given up
+  CHECK(*s.pendingCount(Channel::Mail) == 1);
+
+  // The list: cursor, uid and type filters, delivery states.
+  auto all = s.events({});
+  REQUIRE(all->size() == 3);
+  CHECK(all->at(0).master == "delivered");
+  CHECK(all->at(0).mail == "pending");
+  CHECK(all->at(1).mail == "given_up");
+  CHECK(all->at(2).master == "not_sent");
+  CHECK(s.events(after(all->at(0).event.seq))->size() == 2);
+  CHECK(s.events(ofUid(kAlice))->size() == 1);
+  CHECK(s.events(ofType(event_type::kWarning))->size() == 1);
+  CHECK(s.events(first(1))->size() == 1);
+
+  // Pruning never takes an event still pending somewhere.
+  auto pruned = s.pruneEvents(1000);
+  REQUIRE(pruned);
+  CHECK(*pruned == 2);  // the warning (given up, no master) and the dry-run; e1's mail is pending
+  CHECK(s.events({})->size() == 1);
+  // Ids are never reused after a prune.
+  Event e4{0, event_type::kWarning, kAlice, "alice", "", {}, 103};
+  REQUIRE(s.addEvent(e4, {}));
+  CHECK(e4.seq > e3.seq);
+}
+
+TEST_CASE("store v4: actions with their event in one transaction; exemptions", "[enforce][store]") {
+  TempDir dir;
+  auto s = std::move(*Store::open(dir.file("s.db")));
+  EnforcementAction a = action('a', kBob, 3 * MiB, ActionState::Stopping, 10);
+  REQUIRE(s->putAction(a));
+  a.state = ActionState::Stopped;
+  a.stopped_at = 11;
+  a.remove_after = 14;
+  Event e{0, event_type::kStopped, kBob, "bob", a.container_id, {}, 11};
+  REQUIRE(s->putAction(a, &e, {true, false}));
+  CHECK(e.seq > 0);
+  auto open = s->actions(true);
+  REQUIRE(open->size() == 1);
+  CHECK(open->front().state == ActionState::Stopped);
+  CHECK(open->front().remove_after == 14);
+  CHECK(*s->pendingCount(Channel::Master) == 1);
+  a.state = ActionState::Removed;
+  a.finished_at = 15;
+  REQUIRE(s->putAction(a));
+  CHECK(s->actions(true)->empty());
+  CHECK(s->actions(false)->size() == 1);
+
+  REQUIRE(s->setExemption({"container", cid('b'), "thesis", 1}));
+  REQUIRE(s->setExemption({"user", "2001", "", 2}));
+  CHECK(s->exemptions()->size() == 2);
+  CHECK(*s->clearExemption("container", cid('b')));
+  CHECK_FALSE(*s->clearExemption("container", cid('b')));
+  CHECK(s->setExemption({"group", "x", "", 3}).ok() == false);  // the schema's CHECK
+}
+
+// --- the Enforcer against a real Store --------------------------------------------------------
+
+namespace {
+
+class FakeRuntime : public ContainerRuntime {
+ public:
+  const char* name() const override { return "fake"; }
+  Result<uint64_t> writableBytes(const std::string& id) override {
+    asked.push_back(id);
+    if (!sizes.count(id)) return Error{ENOENT, "no such container"};
+    return sizes[id];
+  }
+  Status stop(const std::string& id, std::chrono::seconds) override {
+    calls.push_back("stop " + id.substr(0, 1));
+    if (fail_stop) return Error{EIO, "docker: stop: HTTP 500: boom"};
+    return {};
+  }
+  Status remove(const std::string& id, bool) override {
+    calls.push_back("remove " + id.substr(0, 1));
+    sizes.erase(id);
+    return {};
+  }
+  std::map<std::string, uint64_t> sizes;
+  std::vector<std::string> calls, asked;
+  bool fail_stop = false;
+};
+
+struct World {
+  TempDir dir;
+  std::unique_ptr<Store> store = std::move(*Store::open(dir.file("s.db")));
+  std::unique_ptr<QuotaBook> book = std::move(*QuotaBook::load(*store));
+  UserDirectory users{[] { return std::vector<PasswdUser>{{kAlice, "alice"}, {kBob, "bob"}}; }};
+  FakeRuntime runtime;
+  double clock = 1000;
+  std::map<uint32_t, uint64_t> usage;  // what the "snapshot" says
+  double measured_at = 1000;
+
+  // A container owned by `uid` (kernel evidence unless `src` says otherwise), first seen at `t`, `bytes` in its layer.
+  void container(char c, uint32_t uid, double t, uint64_t bytes, Source src = Source::Bpf) {
+    REQUIRE(store->noteSeen(ObjectKind::Container, cid(c), std::string("c") + c, "", std::nullopt, t));
+    if (src != Source::None) {
+      Evidence ev;
+      ev.source = src;
+      ev.uid = uid;
+      ev.method = "container_create";
+      ev.time = t;
+      REQUIRE(store->attribute(ObjectKind::Container, cid(c), ev, true));
+    }
+    runtime.sizes[cid(c)] = bytes;
+  }
+  std::shared_ptr<const UsageSnapshot> snapshot() const {
+    auto s = std::make_shared<UsageSnapshot>();
+    s->measured = true;
+    s->measured_at = measured_at;
+    for (auto [uid, b] : usage) s->users[uid].container_bytes = b;
+    return s;
+  }
+  std::unique_ptr<Enforcer> enforcer(EnforcerOptions o) {
+    o.clock = [this] { return clock; };
+    o.to_master = o.to_mail = true;
+    auto e = Enforcer::create(*store, *book, [this] { return snapshot(); }, users, runtime, o);
+    REQUIRE(e);
+    return std::move(*e);
+  }
+  std::vector<std::string> types(std::optional<uint32_t> uid = std::nullopt) {
+    std::vector<std::string> out;
+    EventQuery q;
+    q.limit = 1000;
+    q.uid = uid;
+    auto rows = store->events(q);  // named: a range-for over *temporary would outlive it
+    for (const auto& r : *rows) out.push_back(r.event.type);
+    return out;
+  }
+};
+
+EnforcerOptions enforce(std::chrono::seconds grace = std::chrono::seconds(300)) {
+  EnforcerOptions o;
+  o.mode = EnforceMode::Enforce;
+  o.grace = grace;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("enforcer: bob's newest is stopped, removed after the grace period, alice untouched", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 3 * MiB);
+  w.container('2', kBob, 20, 3 * MiB);
+  w.container('3', kBob, 30, 3 * MiB);
+  w.container('a', kAlice, 40, 2 * MiB);  // alice's is the newest of all
+  w.usage = {{kBob, 9 * MiB}, {kAlice, 2 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 7 * 1024));
+  REQUIRE(w.book->setLimit(kAlice, 100 * 1024));
+  auto e = w.enforcer(enforce());
+
+  auto r = e->sweep();
+  REQUIRE(r);
+  CHECK(r->over == 1);
+  CHECK(r->stopped == 1);
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 3"});
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped});
+  // The snapshot still says 9 MiB: the stopped container's bytes count as being freed, no second victim.
+  w.clock += 100;
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls.size() == 1);
+  // Grace over: removed; afterwards the stale snapshot still does not pick another.
+  w.clock += 201;
+  r = e->sweep();
+  CHECK(r->removed == 1);
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 3", "remove 3"});
+  w.clock += 10;
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls.size() == 2);
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
+  CHECK(w.types(kAlice).empty());
+  auto removed = w.store->events(ofType(event_type::kRemoved));
+  REQUIRE(removed->size() == 1);
+  const auto& d = removed->front().event.detail;
+  CHECK(d["container_id"] == cid('3').substr(0, 12));
+  CHECK(d["removed_ids"] == nlohmann::json::array({cid('3')}));
+  CHECK(d["size_bytes"] == 3 * MiB);
+  CHECK(d["new_usage"] == 6 * MiB);
+  // A measurement after the removal: bob at 6 MiB, the exceeded condition ends (< 95 % of 7).
+  w.usage[kBob] = 6 * MiB;
+  w.measured_at = w.clock + 1;
+  w.clock += 2;
+  REQUIRE(e->sweep());
+  CHECK(w.store->conditions()->count(kBob) == 1);  // the warning it held stays: 6 of 7 MiB is 86 %
+  CHECK(w.types(kBob).size() == 3);                // and is not announced on the way down
+  auto st = e->state(kBob);
+  CHECK(st["users"][0]["level"] == "warning");
+}
+
+TEST_CASE("enforcer: grace 0 removes in the same sweep; largest order", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.container('2', kBob, 20, 1 * MiB);
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  auto o = enforce(std::chrono::seconds(0));
+  o.order = EnforceOrder::Largest;
+  auto e = w.enforcer(o);
+  auto r = e->sweep();
+  CHECK(r->stopped == 1);
+  CHECK(r->removed == 1);
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 1", "remove 1"});
+}
+
+TEST_CASE("enforcer: dry-run reports once and touches nothing", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  EnforcerOptions o;  // dry-run is the default
+  auto e = w.enforcer(o);
+  for (int i = 0; i < 3; i++) REQUIRE(e->sweep());
+  CHECK(w.runtime.calls.empty());
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kDryRun});
+  auto dry = w.store->events(ofType(event_type::kDryRun));
+  CHECK(dry->front().event.detail["would_stop"][0]["container_id"] == cid('1'));
+  CHECK(dry->front().master == "not_sent");  // the master knows no such type
+}
+
+TEST_CASE("enforcer: never touches unattributed, label-billed or exempt containers", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);                 // kernel evidence
+  w.container('2', kBob, 20, 5 * MiB, Source::Label);  // only a label says bob
+  w.container('3', kBob, 30, 5 * MiB, Source::None);   // unattributed
+  w.container('4', kBob, 40, 5 * MiB);                 // exempted by the admin
+  REQUIRE(w.store->setExemption({"container", cid('4'), "", 1}));
+  w.usage = {{kBob, 20 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 10 * 1024));
+  auto e = w.enforcer(enforce());
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 1"});
+  // Not enough (5 of 10 MiB over): said once, as a failure event, not re-announced.
+  REQUIRE(e->sweep());
+  CHECK(w.store->events(ofType(event_type::kFailed))->size() == 1);
+
+  // An exempt user: nothing, though over.
+  World x;
+  x.container('1', kAlice, 10, 5 * MiB);
+  x.usage = {{kAlice, 6 * MiB}};
+  REQUIRE(x.book->setLimit(kAlice, 4 * 1024));
+  auto o = enforce();
+  o.exempt_uids = {kAlice};
+  auto ex = x.enforcer(o);
+  REQUIRE(ex->sweep());
+  CHECK(x.runtime.calls.empty());
+  CHECK(x.types(kAlice) == std::vector<std::string>{event_type::kExceeded});  // still told
+}
+
+TEST_CASE("enforcer: spared when the user gets under during the grace period", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  auto e = w.enforcer(enforce(std::chrono::seconds(60)));
+  REQUIRE(e->sweep());
+  w.usage[kBob] = 3 * MiB;  // bob deleted an image meanwhile
+  w.clock += 61;
+  auto r = e->sweep();
+  CHECK(r->spared == 1);
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 1"});
+  auto all = w.store->actions(false);
+  CHECK(all->front().state == ActionState::Spared);
+}
+
+TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures are events", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  // What a crash between the intent and Docker's answer leaves behind.
+  REQUIRE(w.store->putAction(action('1', kBob, 5 * MiB, ActionState::Stopping, 990)));
+  auto e = w.enforcer(enforce());
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 1"});  // once: not picked again as a new victim
+  CHECK(w.store->actions(true)->front().state == ActionState::Stopped);
+  CHECK(w.store->events(ofType(event_type::kStopped))->size() == 1);
+
+  World f;
+  f.container('1', kBob, 10, 5 * MiB);
+  f.usage = {{kBob, 6 * MiB}};
+  REQUIRE(f.book->setLimit(kBob, 4 * 1024));
+  f.runtime.fail_stop = true;
+  auto ef = f.enforcer(enforce());
+  auto r = ef->sweep();
+  CHECK(r->failed == 1);
+  auto failed = f.store->events(ofType(event_type::kFailed));
+  REQUIRE(failed->size() == 1);
+  CHECK(failed->front().event.detail["error"].get<std::string>().find("boom") != std::string::npos);
+}
