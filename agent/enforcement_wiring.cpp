@@ -42,8 +42,10 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
   o.thresholds.warn_fraction = config.quota_warn_percent / 100.0;
   // Where the kernel holds each user's limit, usage stops at it: within a
   // MiB of it the user's writes fail, and that is over.
-  if (auto* p = qman.projects(); p && p->active() && p->options().mode == ProjectMode::User)
+  if (auto* p = qman.projects(); p && p->active() && p->options().mode == ProjectMode::User) {
     o.thresholds.full_margin = 1 << 20;
+    o.kernel_usage = [p] { return p->usage(); };  // fresher than the snapshot: targeted reads each growth tick
+  }
   o.exempt_uids = std::move(*exempt);
   o.bill_root_to_login_uid = config.bill_root_to_login_uid;
   o.host_id = config.host_id;
@@ -62,6 +64,7 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
                              .on_freed = [&u = qman.usage()] { u.refreshNow(); }});
   if (!e) return e.error();
   s->enforcer_ = std::move(*e);
+  if (auto* p = qman.projects(); p && p->active()) p->setFastUsageListener([raw] { raw->usageChanged(); });
 
   s->ctx_.reset(new EnforcementContext{store, *s->enforcer_, qman.users(), [raw] { return raw->delivery(); }});
   installEnforcementRoutes(api, *s->ctx_);

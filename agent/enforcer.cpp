@@ -130,12 +130,23 @@ Result<SweepReport> Enforcer::sweep() {
   const auto wall0 = std::chrono::steady_clock::now();
   SweepReport rep;
   auto snap = snapshot_();
-  if (!snap || !(snap->measured || snap->kernel)) {
+  auto kernel = opt_.kernel_usage ? opt_.kernel_usage() : nullptr;
+  if (kernel && !kernel->per_user) kernel = nullptr;
+  if (!snap || !(snap->measured || snap->kernel || kernel)) {
     rep.skipped = true;  // never act on usage we do not know
     return rep;
   }
-  const double as_of = snap->kernel ? snap->kernel_read_at : snap->measured_at;
-  std::erase_if(recent_removals_, [&](const Freed& f) { return f.at < as_of || f.at < t0 - kFreedMemorySeconds; });
+  // A user's usage and when it was read: the kernel's latest per-user figure
+  // where there is one (it is the user's whole project), else the snapshot's.
+  const double snap_at = snap->kernel ? snap->kernel_read_at : snap->measured_at;
+  auto usageOf = [&](uint32_t uid) -> std::pair<uint64_t, double> {
+    if (kernel)
+      if (auto it = kernel->users.find(uid); it != kernel->users.end()) return {it->second, kernel->read_at};
+    auto it = snap->users.find(uid);
+    return {it == snap->users.end() ? 0 : it->second.total(), snap_at};
+  };
+  const double oldest = std::min(snap_at, kernel ? kernel->read_at : snap_at);
+  std::erase_if(recent_removals_, [&](const Freed& f) { return f.at < oldest || f.at < t0 - kFreedMemorySeconds; });
 
   // Exemptions: the config's users and the admin's (Store).
   std::set<uint32_t>& exempt = exempt_uids_;
@@ -169,8 +180,8 @@ Result<SweepReport> Enforcer::sweep() {
   for (const auto& [uid, kib] : *limits) {
     UserView v;
     v.limit = kib * 1024;
-    auto it = snap->users.find(uid);
-    v.usage = it == snap->users.end() ? 0 : it->second.total();
+    const auto [usage, as_of] = usageOf(uid);
+    v.usage = usage;
     v.level = quotaLevel(v.usage, v.limit, opt_.thresholds);
     v.exempt = exempt.count(uid) > 0;
     announce(uid, v.usage, v.limit, v.level, rep);
@@ -219,8 +230,7 @@ Result<SweepReport> Enforcer::sweep() {
       }
     }
     for (auto& [uid, actions] : due) {
-      auto it = snap->users.find(uid);
-      uint64_t usage = it == snap->users.end() ? 0 : it->second.total();
+      auto [usage, as_of] = usageOf(uid);
       usage -= std::min(usage, recentlyFreed(uid, as_of));
       removeDue(uid, std::move(actions), usage, rep);
     }

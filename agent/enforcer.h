@@ -67,6 +67,10 @@ struct EnforcerOptions {
   std::string host_id;                     // in logs and event details
   bool to_master = false;                  // queue events for the master / for mail
   bool to_mail = false;
+  // Kernel figures fresher than the snapshot (ProjectQuotas::usage(), updated
+  // by targeted reads every growth tick); per-user ones replace the snapshot's
+  // user totals. May be empty.
+  std::function<std::shared_ptr<const KernelUsage>()> kernel_usage;
   std::chrono::seconds event_retention{90 * 86400};  // delivered events older than this are deleted (hourly)
   std::function<double()> clock;           // unix seconds; default: the wall clock
 };

@@ -92,7 +92,9 @@ void GrowthMonitor::run() {
       continue;
     }
     bool signal = false;
+    std::vector<std::string> wrote;
     for (const auto& [id, g] : growthSince(last_, *now)) {
+      if (g.bytes > 0) wrote.push_back(id);
       if (g.bytes >= opt_.signal_bytes) {
         LOG_DEBUG(kSub, "container %s wrote %llu bytes in its layer since the last read", id.substr(0, 12).c_str(),
                   (unsigned long long)g.bytes);
@@ -100,6 +102,11 @@ void GrowthMonitor::run() {
       }
     }
     last_ = std::move(*now);
+    if (!wrote.empty() && opt_.on_write) {
+      l.unlock();
+      opt_.on_write(wrote);
+      l.lock();
+    }
     if (signal) {
       signals_++;
       l.unlock();

@@ -2,7 +2,8 @@
 // cgroup (Docker's start/die/destroy events, and all running containers after
 // each reconcile), reads the kernel's per-container byte counts every
 // `interval`, and when a container wrote `signal_bytes` or more since the last
-// read, calls on_growth() at once: the early signal to re-read quotas.
+// read, calls on_growth() at once: the early signal to re-read quotas; and
+// on_write() with every container that wrote at all (a targeted read).
 #pragma once
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +30,9 @@ class GrowthMonitor {
     std::chrono::milliseconds interval = std::chrono::seconds(1);
     uint64_t signal_bytes = 16u << 20;
     std::function<void()> on_growth;  // may be empty
+    // Every read in which containers wrote anything, with their ids (a cheap
+    // targeted quota read follows); may be empty.
+    std::function<void(const std::vector<std::string>&)> on_write;
   };
   GrowthMonitor(std::unique_ptr<GrowthProbe> probe, DockerClient& docker, Options options);
   ~GrowthMonitor();  // stops

@@ -246,11 +246,18 @@ int main(int argc, char** argv) {
     if (g) {
       growth = std::make_unique<GrowthMonitor>(
           std::move(*g), docker,
-          GrowthMonitor::Options{.interval = std::chrono::seconds(1),
+          // Read every 250 ms: a container filling its owner's quota is seen
+          // (a targeted quota read of its project) well within a second.
+          GrowthMonitor::Options{.interval = std::chrono::milliseconds(250),
                                  .signal_bytes = uint64_t(config.growth_signal_mib) << 20,
                                  .on_growth = [&] {
                                    if (auto* p = projects.load(); p && p->active()) p->wake();
                                    else if (auto* u = measure_on_change.load()) u->refreshNow();
+                                 },
+                                 .on_write = [&](const std::vector<std::string>& ids) {
+                                   if (auto* p = projects.load(); p && p->active())
+                                     if (auto st = p->readProjectsOf(ids); !st)
+                                       LOG_WARN(kSub, "%s", st.error().message.c_str());
                                  }});
     } else {
       LOG_WARN(kSub, "%s; live container growth is not watched (quotas are re-read on their interval only)",

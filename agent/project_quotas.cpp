@@ -407,6 +407,51 @@ Status ProjectQuotas::applyLimits(const std::vector<ProjectRecord>& projects) {
   return first;
 }
 
+void ProjectQuotas::setFastUsageListener(std::function<void()> f) {
+  std::lock_guard<std::mutex> l(mu_);
+  on_fast_usage_ = std::move(f);
+}
+
+Status ProjectQuotas::readProjectsOf(const std::vector<std::string>& containers) {
+  if (!active()) return {};
+  // container -> (project id, where its bytes go in KernelUsage)
+  std::map<uint32_t, std::pair<bool, std::string>> wanted;  // id -> (per user?, uid text or container id)
+  for (const auto& c : containers) {
+    if (opt_.mode == ProjectMode::Container) {
+      if (auto id = projectOfContainer(c)) wanted[*id] = {false, c};
+      continue;
+    }
+    auto rec = store_.get(ObjectKind::Container, c);
+    if (!rec || !*rec || !(*rec)->owner) continue;
+    const uint32_t uid = billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid);
+    if (auto id = projectOfUser(uid)) wanted[*id] = {true, std::to_string(uid)};
+  }
+  if (wanted.empty()) return {};
+  std::map<uint32_t, uint64_t> bytes;
+  for (const auto& [id, _] : wanted) {
+    auto u = readProject(fs_, id);
+    if (!u) return u.error().context(kSub);
+    bytes[id] = u->bytes;
+  }
+  std::function<void()> listener;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!usage_) return {};  // before the first full read: nothing to update yet
+    auto k = std::make_shared<KernelUsage>(*usage_);
+    for (const auto& [id, where] : wanted) {
+      if (where.first)
+        k->users[uint32_t(std::stoul(where.second))] = bytes[id];
+      else
+        k->containers[where.second] = bytes[id];
+    }
+    k->read_at = nowUnix();
+    usage_ = std::move(k);
+    listener = on_fast_usage_;
+  }
+  if (listener) listener();
+  return {};
+}
+
 Status ProjectQuotas::readUsage(const std::vector<ProjectRecord>& projects) {
   auto all = readProjects(fs_);
   std::map<uint32_t, ProjectUsage> by_id;

@@ -127,6 +127,12 @@ class ProjectQuotas {
   void wake();
   // Called after every usage read (the accountant re-publishes).
   void setUsageListener(std::function<void()> f);
+  // Re-reads only the projects that hold these containers (the growth probe
+  // saw them write): one quota call per project, microseconds, so it can run
+  // every growth tick. Updates usage() in place and calls the fast listener
+  // (the enforcer), not the usage listener (a rejoin costs far more than this).
+  Status readProjectsOf(const std::vector<std::string>& containers);
+  void setFastUsageListener(std::function<void()> f);
 
   // One full pass on the caller's thread: tag, limits, releases, usage read.
   Status sync();
@@ -163,6 +169,7 @@ class ProjectQuotas {
   std::shared_ptr<const KernelUsage> usage_;
   std::map<std::string, uint32_t> ids_;  // "user:<uid>" / "container:<id>" -> project id
   std::function<void()> on_usage_;
+  std::function<void()> on_fast_usage_;
   std::deque<std::pair<ObjectKind, std::string>> queue_;
   std::map<std::string, double> queued_at_;
   bool wake_ = false, stop_ = false;

@@ -58,7 +58,7 @@ struct QmanContext {
   QmanOptions options;
   std::shared_ptr<QuotasCache> cache = std::make_shared<QuotasCache>();
   ProjectQuotas* projects = nullptr;                // kernel project quotas (nullptr: off)
-  std::function<void(std::string&)> more_metrics;   // appended to /metrics (enforcement); may be empty
+  std::function<void(std::string&)> more_metrics = {};  // appended to /metrics (enforcement); may be empty
 };
 
 // Registers every route on `api` (before api.start()). `ctx` must outlive it.
