@@ -629,8 +629,8 @@ Status SmtpMailer::send(const std::string& to, const std::string& message) {
   long os = 0;
   curl_easy_getinfo(c, CURLINFO_OS_ERRNO, &os);
   std::string text = curlText(rc, errbuf);
-  std::string smtp;  // " (SMTP 550: 550 5.1.1 ... rejected)"
-  if (code > 0) {
+  std::string smtp;  // " (SMTP 550: 550 5.1.1 ... rejected)"; a positive last reply explains nothing
+  if (code >= 400) {
     smtp = " (SMTP " + std::to_string(code);
     if (!reply.empty() && reply.rfind(std::to_string(code), 0) == 0 && text.find(reply) == std::string::npos)
       smtp += ": " + reply;

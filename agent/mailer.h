@@ -67,7 +67,8 @@ class SmtpMailer : public MailTransport {
     std::chrono::seconds timeout{30};  // the whole exchange, connection included
   };
 
-  // Checks the URL (scheme, host) and the sender address.
+  // Checks the URL (scheme, host, no credentials in it), the sender address,
+  // the timeout; WARNs when a password would go out in clear text.
   static Result<std::unique_ptr<SmtpMailer>> create(Options options);
 
   // Errors read "mail: sending to <to> via smtp://host:port: <curl's text> (SMTP <code>: <reply>)".
@@ -141,6 +142,7 @@ class MailNotifier {
     std::chrono::seconds poll{30};                // the longest sleep; wake() cuts it short
   };
 
+  // `spool` and `transport` must outlive the notifier.
   MailNotifier(EventSpool& spool, MailTransport& transport, EmailDirectory directory, Options options);
   ~MailNotifier();  // stops
 
