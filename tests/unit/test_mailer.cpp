@@ -862,14 +862,18 @@ class SmtpServer {
   ~SmtpServer() { stop(); }
 
   int port() const { return port_; }
+  std::string file(const std::string& name) const { return dir_.file(name); }
   std::string url() const { return "smtp://127.0.0.1:" + std::to_string(port_); }
 
-  void start() {
+  // `extra`: more aiosmtpd options (TLS).
+  void start(const std::vector<std::string>& extra = {}) {
     REQUIRE(pid_ <= 0);
     std::string listen = "127.0.0.1:" + std::to_string(port_), maildir = dir_.file("maildir"),
                 log = dir_.file("smtpd.log");
-    std::vector<std::string> args = {kPython, "-m", "aiosmtpd", "-n", "-l", listen, "-c", "dq_smtp_handler.Handler",
-                                     maildir};
+    std::vector<std::string> args = {kPython, "-m", "aiosmtpd", "-n", "-l", listen};
+    args.insert(args.end(), extra.begin(), extra.end());
+    for (const char* a : {"-c", "dq_smtp_handler.Handler"}) args.push_back(a);
+    args.push_back(maildir);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -1083,6 +1087,44 @@ TEST_CASE("SmtpMailer: clear errors naming the server, curl's text and the SMTP 
   CHECK(st.error().code == ECONNREFUSED);
   CHECK(st.error().message.rfind("mail: sending to alice@example.org via " + server.url() + ": ", 0) == 0);
   CHECK(st.error().message.find("onnect") != std::string::npos);
+}
+
+TEST_CASE("SmtpMailer: smtps:// and starttls speak TLS and check the server's certificate", "[mail][smtp]") {
+  REQUIRE_SMTPD();
+  SmtpServer server;
+  std::string cert = server.file("cert.pem"), key = server.file("key.pem");
+  std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "
+                    "/CN=127.0.0.1 -keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) {
+    if (inCi()) FAIL("CI=true and openssl cannot make a test certificate");
+    WARN("skipping: openssl cannot make a test certificate");
+    return;
+  }
+  std::string message = compose(info(), {warningEvent(1)});
+  SECTION("smtps://: TLS from the first byte") {
+    server.start({"--smtpscert", cert, "--smtpskey", key});
+    auto m = mailer("smtps://127.0.0.1:" + std::to_string(server.port()));
+    Status st = m->send("alice@example.org", message);
+    REQUIRE_FALSE(st.ok());
+    INFO(st.error().message);
+    CHECK(st.error().message.find("certificate") != std::string::npos);  // self-signed: refused
+  }
+  SECTION("smtp:// with starttls: upgraded before MAIL FROM") {
+    server.start({"--tlscert", cert, "--tlskey", key, "--no-requiretls"});
+    SmtpMailer::Options o;
+    o.url = server.url();
+    o.from = "dockquota@example.org";
+    o.starttls = true;
+    auto m = SmtpMailer::create(o);
+    REQUIRE(m.ok());
+    Status st = (*m)->send("alice@example.org", message);
+    REQUIRE_FALSE(st.ok());
+    INFO(st.error().message);
+    CHECK(st.error().message.find("certificate") != std::string::npos);
+    // Without starttls the same server takes the mail in clear.
+    REQUIRE(mailer(server.url())->send("alice@example.org", message).ok());
+    CHECK(server.waitForMessages(1).size() == 1);  // that one only
+  }
 }
 
 TEST_CASE("MailNotifier + SmtpMailer: a burst of three events is one mail", "[mail][smtp]") {
