@@ -332,7 +332,7 @@ TEST_CASE("composeMail: headers, CRLF, Date, unique Message-ID", "[mail]") {
   CHECK(header(headersOf(compose(given, {stoppedEvent(7)})), "Message-ID") == "<fixed@build-01>");
 }
 
-TEST_CASE("composeMail: the subject names the most severe event; the body each one with its figures", "[mail]") {
+TEST_CASE("composeMail: the subject names the most severe event, the body each one with its figures", "[mail]") {
   Event warn = warningEvent(1);
   Event exceeded = event(2, event_type::kExceeded, kAlice, "alice",
                          {{"uid", kAlice}, {"block_current", 11 * kGiB}, {"block_hard_limit", 10 * (kGiB >> 10)}},
@@ -1163,7 +1163,7 @@ TEST_CASE("MailNotifier + SmtpMailer: a burst of three events is one mail", "[ma
   CHECK(h["running"] == false);
 }
 
-TEST_CASE("MailNotifier + SmtpMailer: server down, events stay pending; server up, delivered", "[mail][smtp]") {
+TEST_CASE("MailNotifier + SmtpMailer: server down keeps events pending, server up delivers them", "[mail][smtp]") {
   REQUIRE_SMTPD();
   SmtpServer server;  // not started yet
   auto m = mailer(server.url());
