@@ -196,8 +196,8 @@ struct MailPlan {
 };
 
 // The decision, pure. A user is due when their oldest pending event is at
-// least `burst` old (an event stamped in the future, after a clock step back,
-// counts as old enough) and their last mail (last_sent) at least
+// least `burst` old (one stamped over a minute in the future, after a clock
+// step back, counts as old enough) and their last mail (last_sent) at least
 // `min_interval` ago. Of those, at most max_per_hour minus the mails already
 // sent within the hour before `now` (`sent`: their times) are due; the rest
 // wait for the oldest of those to leave the hour.
