@@ -66,6 +66,24 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
   s->enforcer_ = std::move(*e);
   if (auto* p = qman.projects(); p && p->active()) p->setFastUsageListener([raw] { raw->usageChanged(); });
 
+  if (!config.smtp_url.empty()) {
+    auto m = SmtpMailer::create({.url = config.smtp_url,
+                                 .from = config.smtp_from,
+                                 .username = config.smtp_username,
+                                 .password = config.smtp_password,
+                                 .starttls = config.smtp_starttls});
+    if (!m) return m.error().context("config: key \"smtp_url\"");
+    auto dir = EmailDirectory::create({.addresses = config.email_addresses, .address_template = config.email_to});
+    if (!dir) return dir.error().context("config: key \"email_to\"");
+    s->mailer_ = std::move(*m);
+    MailNotifier::Options mo;
+    mo.host_id = config.host_id;
+    mo.burst = std::chrono::seconds(config.email_burst_s);
+    mo.min_interval = std::chrono::seconds(config.email_interval_s);
+    mo.max_per_hour = config.email_max_per_hour;
+    s->mail_ = std::make_unique<MailNotifier>(store, *s->mailer_, std::move(*dir), mo);
+  }
+
   s->ctx_.reset(new EnforcementContext{store, *s->enforcer_, qman.users(), [raw] { return raw->delivery(); }});
   installEnforcementRoutes(api, *s->ctx_);
   qman.context().more_metrics = [ctx = s->ctx_.get()](std::string& out) { renderEnforcementMetrics(out, *ctx); };
@@ -81,15 +99,25 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
 
 EnforcementServices::~EnforcementServices() { stop(); }
 
-void EnforcementServices::start() { enforcer_->start(); }
+void EnforcementServices::start() {
+  if (mail_) mail_->start();
+  enforcer_->start();
+}
 
 void EnforcementServices::stop() {
   if (enforcer_) enforcer_->stop();
+  if (mail_) mail_->stop();
 }
 
-void EnforcementServices::eventsRecorded() {}
+void EnforcementServices::eventsRecorded() {
+  if (mail_) mail_->wake();
+}
 
-nlohmann::json EnforcementServices::delivery() const { return nlohmann::json::object(); }
+nlohmann::json EnforcementServices::delivery() const {
+  nlohmann::json d = nlohmann::json::object();
+  if (mail_) d["mail"] = mail_->health();
+  return d;
+}
 
 nlohmann::json EnforcementServices::health() const {
   nlohmann::json h = enforcer_->health();

@@ -16,6 +16,7 @@
 #include "agent/config.h"
 #include "agent/docker_client.h"
 #include "agent/enforcer.h"
+#include "agent/mailer.h"
 #include "agent/qman_wiring.h"
 #include "agent/runtime.h"
 #include "agent/store.h"
@@ -47,6 +48,8 @@ class EnforcementServices {
   std::unique_ptr<DockerClient> client_;  // stop waits up to the stop timeout: its own client
   std::unique_ptr<DockerRuntime> runtime_;
   std::unique_ptr<Enforcer> enforcer_;
+  std::unique_ptr<SmtpMailer> mailer_;     // when smtp_url is set
+  std::unique_ptr<MailNotifier> mail_;
   std::unique_ptr<EnforcementContext> ctx_;
 };
 

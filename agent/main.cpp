@@ -382,7 +382,7 @@ int main(int argc, char** argv) {
     if (enforcement_health) {
       h["enforcement"] = enforcement_health();
       for (const auto& [channel, d] : h["enforcement"]["delivery"].items())
-        if (d.value("consecutive_failures", 0) > 0)
+        if (d.value("consecutive_failures", 0) > 0 || d.value("failing", false))
           reasons.push_back("event delivery to the " + channel + " is failing: " + d.value("last_error", std::string()));
     }
     h["kernel"] = kernel;
