@@ -66,6 +66,16 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
   s->enforcer_ = std::move(*e);
   if (auto* p = qman.projects(); p && p->active()) p->setFastUsageListener([raw] { raw->usageChanged(); });
 
+  if (!config.master_url.empty()) {
+    MasterSink::Options mo;
+    mo.url = config.master_url;
+    mo.secret = config.master_secret;
+    mo.host_id = config.host_id;
+    mo.ca_file = config.master_ca_file;
+    auto m = MasterSink::create(store, mo);
+    if (!m) return m.error().context("config: key \"master_url\"");
+    s->master_ = std::move(*m);
+  }
   if (!config.smtp_url.empty()) {
     auto m = SmtpMailer::create({.url = config.smtp_url,
                                  .from = config.smtp_from,
@@ -100,6 +110,7 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
 EnforcementServices::~EnforcementServices() { stop(); }
 
 void EnforcementServices::start() {
+  if (master_) master_->start();
   if (mail_) mail_->start();
   enforcer_->start();
 }
@@ -107,14 +118,17 @@ void EnforcementServices::start() {
 void EnforcementServices::stop() {
   if (enforcer_) enforcer_->stop();
   if (mail_) mail_->stop();
+  if (master_) master_->stop();
 }
 
 void EnforcementServices::eventsRecorded() {
+  if (master_) master_->wake();
   if (mail_) mail_->wake();
 }
 
 nlohmann::json EnforcementServices::delivery() const {
   nlohmann::json d = nlohmann::json::object();
+  if (master_) d["master"] = master_->health();
   if (mail_) d["mail"] = mail_->health();
   return d;
 }

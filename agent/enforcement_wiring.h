@@ -17,6 +17,7 @@
 #include "agent/docker_client.h"
 #include "agent/enforcer.h"
 #include "agent/mailer.h"
+#include "agent/master_sink.h"
 #include "agent/qman_wiring.h"
 #include "agent/runtime.h"
 #include "agent/store.h"
@@ -48,6 +49,7 @@ class EnforcementServices {
   std::unique_ptr<DockerClient> client_;  // stop waits up to the stop timeout: its own client
   std::unique_ptr<DockerRuntime> runtime_;
   std::unique_ptr<Enforcer> enforcer_;
+  std::unique_ptr<MasterSink> master_;     // when master_url is set
   std::unique_ptr<SmtpMailer> mailer_;     // when smtp_url is set
   std::unique_ptr<MailNotifier> mail_;
   std::unique_ptr<EnforcementContext> ctx_;
