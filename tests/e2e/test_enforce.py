@@ -19,6 +19,7 @@ Where the kernel has project quotas (the vmtest guests; DQ_REQUIRE_PRJQUOTA=1):
     removes that container (the newest) within 1 s, bob's older one stays."""
 import datetime
 import email
+import email.utils
 import json
 import os
 import shutil
@@ -337,7 +338,7 @@ def walk_based(env):
                 check("b3" in body and b3[:12] in body, "the mail names the stopped container b3 (%s)" % b3[:12])
                 check(str(7 * MiB) in body or "7.0 MiB" in body or "7 MiB" in body,
                       "the mail gives bob's limit")
-                check(msgs[0]["From"] == "dockquota@e2e-host" and "e2e-host" in msgs[0]["Subject"],
+                check(email.utils.parseaddr(msgs[0]["From"])[1] == "dockquota@e2e-host" and "e2e-host" in msgs[0]["Subject"],
                       "From and Subject: %s / %s" % (msgs[0]["From"], msgs[0]["Subject"]))
             carol_mail = [m for m in smtp.messages() if m["To"] == "carol@example.org"]
             check(len(carol_mail) == 1, "carol got one warning mail (%d)" % len(carol_mail))
