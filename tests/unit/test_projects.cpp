@@ -46,7 +46,7 @@ TEST_CASE("projects: ids are allocated lowest-first, kept, freed and reused", "[
   // Reopened: everything is still there.
   auto store = Store::open(path);
   REQUIRE(store.ok());
-  CHECK((*store)->schemaVersion() == 3);
+  CHECK((*store)->schemaVersion() == Store::kSchemaVersion);
   auto rows = (*store)->projects();
   REQUIRE(rows.ok());
   REQUIRE(rows->size() == 3);

@@ -119,19 +119,21 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
   TempDir dir;
   const std::string path = dir.file("state.db");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 3);
+  CHECK(store->schemaVersion() == 4);
   CHECK(store->schemaVersion() == Store::kSchemaVersion);
-  CHECK(Store::migrations().size() == 3);
+  CHECK(Store::migrations().size() == 4);
   CHECK(store->path() == path);
 
   RawDb raw(path);
-  CHECK(raw.scalar("PRAGMA user_version") == "3");
+  CHECK(raw.scalar("PRAGMA user_version") == "4");
   CHECK(raw.scalar("PRAGMA journal_mode") == "wal");
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
-        std::vector<std::string>{"device_defaults", "evidence", "layers", "meta", "objects", "overrides", "projects",
-                                 "user_limits"});
+        std::vector<std::string>{"conditions", "device_defaults", "enforcement_actions", "events", "evidence",
+                                 "exemptions", "layers", "meta", "objects", "overrides", "projects",
+                                 "sqlite_sequence", "user_limits"});
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name") ==
-        std::vector<std::string>{"evidence_by_object", "objects_by_first_seen", "objects_by_name"});
+        std::vector<std::string>{"enforcement_open", "events_by_uid", "events_mail_pending", "events_master_pending",
+                                 "evidence_by_object", "objects_by_first_seen", "objects_by_name"});
   CHECK(raw.column("SELECT key FROM meta") == std::vector<std::string>{"created_at"});
   CHECK(raw.column("SELECT name FROM pragma_table_info('objects') ORDER BY cid") ==
         std::vector<std::string>{"kind", "id", "name", "parent", "source", "uid", "gid", "login_uid", "pid", "comm",
