@@ -203,7 +203,8 @@ void renderEnforcementMetrics(std::string& out, const EnforcementContext& ctx) {
   // The senders' own counters: {"master": {"events_sent": 3, ...}, "mail": {...}}.
   if (ctx.delivery) {
     promHeader(out, "dockquota_delivery", "gauge", "Delivery counters of the master and mail senders.");
-    for (const auto& [channel, fields] : ctx.delivery().items()) {
+    const json delivery = ctx.delivery();  // named: items() of a temporary would outlive it
+    for (const auto& [channel, fields] : delivery.items()) {
       if (!fields.is_object()) continue;
       for (const auto& [k, v] : fields.items())
         if (v.is_number())
