@@ -73,8 +73,7 @@ Event Enforcer::makeEvent(const char* type, uint32_t uid, nlohmann::json detail,
 bool Enforcer::record(Event& e, const std::vector<std::string>& conditions, SweepReport& rep) {
   auto seq = store_.addEvent(e, route(e.type.c_str()), conditions);
   if (!seq) {
-    stats_.store_errors++;
-    LOG_ERROR(kSub, "%s", seq.error().message.c_str());
+    storeFailed(seq.error());
     return false;
   }
   if (!*seq) return false;  // the condition was announced before (another sweep, before a restart)
@@ -94,8 +93,7 @@ void Enforcer::announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel
       continue;
     }
     if (auto st = store_.clearCondition(uid, *it); !st) {
-      stats_.store_errors++;
-      LOG_ERROR(kSub, "%s", st.error().message.c_str());
+      storeFailed(st.error());
       ++it;
       continue;
     }
@@ -345,11 +343,8 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
 void Enforcer::stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit, SweepReport& rep) {
   const std::string user = users_.name(a.uid);
   a.state = ActionState::Stopping;
-  if (auto st = store_.putAction(a); !st) {  // the intent first: a crash now is finished at the next start
-    stats_.store_errors++;
-    LOG_ERROR(kSub, "%s; not stopping it", st.error().message.c_str());
-    return;
-  }
+  if (auto st = store_.putAction(a); !st)  // the intent first: a crash now is finished at the next start
+    return storeFailed(st.error().context("not stopping it"));
   const auto t_stop = std::chrono::steady_clock::now();
   auto st = runtime_.stop(a.container_id, opt_.stop_timeout);
   const double stop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_stop).count();
@@ -363,17 +358,7 @@ void Enforcer::stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit
     rep.spared++;
     stats_.spared++;
   } else if (!st) {
-    a.state = ActionState::Failed;
-    a.finished_at = now();
-    a.error = st.error().message;
-    e = makeEvent(event_type::kFailed, a.uid,
-                  {{"action", "stop"}, {"container_id", shortId(a.container_id)}, {"container_name", a.name},
-                   {"error", a.error}},
-                  a.container_id);
-    LOG_ERROR(kSub, "host %s uid %u (%s): failed to stop container %s (%s): %s", opt_.host_id.c_str(), a.uid,
-              user.c_str(), a.name.c_str(), shortId(a.container_id).c_str(), a.error.c_str());
-    rep.failed++;
-    stats_.failed++;
+    e = failed(a, "stop", st.error(), rep);
   } else {
     a.state = ActionState::Stopped;
     a.stopped_at = now();
@@ -395,16 +380,7 @@ void Enforcer::stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit
     rep.stopped++;
     stats_.stopped++;
   }
-  const bool with_event = !e.type.empty();
-  if (auto s = store_.putAction(a, with_event ? &e : nullptr, with_event ? route(e.type.c_str()) : Store::Route{}); !s) {
-    stats_.store_errors++;
-    LOG_ERROR(kSub, "%s", s.error().message.c_str());
-    return;
-  }
-  if (with_event) {
-    rep.events++;
-    stats_.events++;
-  }
+  settle(a, e, rep);
 }
 
 // Stopped containers whose grace ended: removed, in the order they were
@@ -433,10 +409,7 @@ void Enforcer::removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint6
       a.error = spare_why;
       LOG_INFO(kSub, "uid %u (%s): container %s (%s) stays stopped, not removed: %s", uid, user.c_str(),
                a.name.c_str(), shortId(a.container_id).c_str(), spare_why.c_str());
-      if (auto st = store_.putAction(a); !st) {
-        stats_.store_errors++;
-        LOG_ERROR(kSub, "%s", st.error().message.c_str());
-      }
+      if (auto st = store_.putAction(a); !st) storeFailed(st.error());
       rep.spared++;
       stats_.spared++;
       continue;
@@ -449,11 +422,7 @@ void Enforcer::removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint6
 void Enforcer::removeContainer(EnforcementAction a, uint64_t new_usage, uint64_t limit, SweepReport& rep) {
   const std::string user = users_.name(a.uid);
   a.state = ActionState::Removing;
-  if (auto st = store_.putAction(a); !st) {
-    stats_.store_errors++;
-    LOG_ERROR(kSub, "%s; not removing it", st.error().message.c_str());
-    return;
-  }
+  if (auto st = store_.putAction(a); !st) return storeFailed(st.error().context("not removing it"));
   auto st = runtime_.remove(a.container_id, opt_.remove_volumes);
   Event e;
   a.finished_at = now();
@@ -463,16 +432,7 @@ void Enforcer::removeContainer(EnforcementAction a, uint64_t new_usage, uint64_t
     LOG_INFO(kSub, "uid %u (%s): container %s (%s) was already removed", a.uid, user.c_str(), a.name.c_str(),
              shortId(a.container_id).c_str());
   } else if (!st) {
-    a.state = ActionState::Failed;
-    a.error = st.error().message;
-    e = makeEvent(event_type::kFailed, a.uid,
-                  {{"action", "remove"}, {"container_id", shortId(a.container_id)}, {"container_name", a.name},
-                   {"error", a.error}},
-                  a.container_id);
-    LOG_ERROR(kSub, "host %s uid %u (%s): failed to remove container %s (%s): %s", opt_.host_id.c_str(), a.uid,
-              user.c_str(), a.name.c_str(), shortId(a.container_id).c_str(), a.error.c_str());
-    rep.failed++;
-    stats_.failed++;
+    e = failed(a, "remove", st.error(), rep);
   } else {
     a.state = ActionState::Removed;
     e = makeEvent(event_type::kRemoved, a.uid,
@@ -491,16 +451,36 @@ void Enforcer::removeContainer(EnforcementAction a, uint64_t new_usage, uint64_t
     stats_.removed++;
   }
   if (a.state == ActionState::Removed) recent_removals_.push_back({a.uid, a.size_bytes, *a.finished_at});
+  settle(a, e, rep);
+}
+
+Event Enforcer::failed(EnforcementAction& a, const char* action, const Error& err, SweepReport& rep) {
+  a.state = ActionState::Failed;
+  a.finished_at = now();
+  a.error = err.message;
+  LOG_ERROR(kSub, "host %s uid %u (%s): failed to %s container %s (%s): %s", opt_.host_id.c_str(), a.uid,
+            users_.name(a.uid).c_str(), action, a.name.c_str(), shortId(a.container_id).c_str(), a.error.c_str());
+  rep.failed++;
+  stats_.failed++;
+  return makeEvent(event_type::kFailed, a.uid,
+                   {{"action", action}, {"container_id", shortId(a.container_id)}, {"container_name", a.name},
+                    {"error", a.error}},
+                   a.container_id);
+}
+
+void Enforcer::settle(const EnforcementAction& a, Event& e, SweepReport& rep) {
   const bool with_event = !e.type.empty();
-  if (auto s = store_.putAction(a, with_event ? &e : nullptr, with_event ? route(e.type.c_str()) : Store::Route{}); !s) {
-    stats_.store_errors++;
-    LOG_ERROR(kSub, "%s", s.error().message.c_str());
-    return;
-  }
+  if (auto s = store_.putAction(a, with_event ? &e : nullptr, with_event ? route(e.type.c_str()) : Store::Route{}); !s)
+    return storeFailed(s.error());
   if (with_event) {
     rep.events++;
     stats_.events++;
   }
+}
+
+void Enforcer::storeFailed(const Error& err) {
+  stats_.store_errors++;
+  LOG_ERROR(kSub, "%s", err.message.c_str());
 }
 
 bool Enforcer::stillOwnedBy(const std::string& id, uint32_t uid) const {
