@@ -27,21 +27,14 @@
 #include "agent/quotas.h"
 #include "agent/store.h"
 #include "agent/usage.h"
+#include "tests/bench/bench_util.h"
 
 using namespace dockquota;
+using bench::pct;
+using bench::SyntheticSource;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-class SyntheticSource : public UsageSource {
- public:
-  explicit SyntheticSource(UsageFigures f) : f_(std::move(f)) {}
-  const char* name() const override { return "synthetic"; }
-  Result<UsageFigures> measure() override { return f_; }
-
- private:
-  UsageFigures f_;
-};
 
 // Answers at once; tells the waiting benchmark when stop() was called.
 class InstantRuntime : public ContainerRuntime {
@@ -63,11 +56,6 @@ class InstantRuntime : public ContainerRuntime {
 };
 
 double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-double pct(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
-}
 
 }  // namespace
 
@@ -122,7 +110,7 @@ int main(int argc, char** argv) {
   std::vector<PasswdUser> passwd;
   for (int i = 0; i < users; i++) passwd.push_back({uidOf(i), "user" + std::to_string(i)});
   UserDirectory names([passwd] { return passwd; });
-  UsageAccountant accountant(store, std::make_unique<SyntheticSource>(f), {});
+  UsageAccountant accountant(store, std::make_unique<SyntheticSource>(std::move(f)), {});
   if (auto s = accountant.refresh(); !s) {
     fprintf(stderr, "%s\n", s.error().message.c_str());
     return 1;

@@ -26,23 +26,14 @@
 #include "agent/usage.h"
 #include "exporter/http_api.h"
 #include "exporter/qman_api.h"
+#include "tests/bench/bench_util.h"
 
 using namespace dockquota;
+using bench::pct;
+using bench::SyntheticSource;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-class SyntheticSource : public UsageSource {
- public:
-  explicit SyntheticSource(UsageFigures f) : f_(std::move(f)) {}
-  const char* name() const override { return "synthetic"; }
-  // Measured once here: hand the figures over instead of keeping a copy the
-  // real source (Docker) would not hold.
-  Result<UsageFigures> measure() override { return std::move(f_); }
-
- private:
-  UsageFigures f_;
-};
 
 // kB from /proc/self/status.
 long procStatus(const char* key) {
@@ -52,11 +43,6 @@ long procStatus(const char* key) {
     if (line.rfind(key, 0) == 0) return std::atol(line.c_str() + strlen(key) + 1);
   }
   return -1;
-}
-
-double pct(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
 double seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
