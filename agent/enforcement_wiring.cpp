@@ -1,7 +1,5 @@
 #include "agent/enforcement_wiring.h"
 
-#include <pwd.h>
-
 #include "agent/log.h"
 
 namespace dockquota {
@@ -9,19 +7,12 @@ namespace {
 constexpr const char* kSub = "enforce";
 }  // namespace
 
-Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs) {
+Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs, UserDirectory& users) {
   std::set<uint32_t> out;
   for (const auto& r : refs) {
-    if (!r.empty() && r.find_first_not_of("0123456789") == std::string::npos && r.size() <= 10 &&
-        std::stoull(r) <= UINT32_MAX) {
-      out.insert(uint32_t(std::stoull(r)));
-      continue;
-    }
-    passwd pw{}, *found = nullptr;
-    char buf[4096];
-    if (getpwnam_r(r.c_str(), &pw, buf, sizeof buf, &found) != 0 || !found)
-      return Error{ENOENT, "config: key \"enforcement_exempt_users\": no such user: " + r};
-    out.insert(found->pw_uid);
+    auto uid = users.resolve(r);
+    if (!uid) return Error{ENOENT, "config: key \"enforcement_exempt_users\": no such user: " + r};
+    out.insert(*uid);
   }
   return out;
 }
@@ -29,7 +20,7 @@ Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs) {
 Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const Config& config, Store& store,
                                                                          QmanServices& qman, ApiServer& api) {
   std::unique_ptr<EnforcementServices> s(new EnforcementServices());
-  auto exempt = exemptUids(config.enforcement_exempt_users);
+  auto exempt = exemptUids(config.enforcement_exempt_users, qman.users());
   if (!exempt) return exempt.error();
 
   EnforcerOptions o;

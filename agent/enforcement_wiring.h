@@ -55,7 +55,7 @@ class EnforcementServices {
   std::unique_ptr<EnforcementContext> ctx_;
 };
 
-// The uids of enforcement_exempt_users (names through passwd); unknown names are an error.
-Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs);
+// The uids of enforcement_exempt_users (UserDirectory::resolve); unknown names are an error.
+Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs, UserDirectory& users);
 
 }  // namespace dockquota

@@ -165,6 +165,14 @@ std::optional<uint32_t> UserDirectory::uid(const std::string& name) {
   return std::nullopt;
 }
 
+std::optional<uint32_t> UserDirectory::resolve(const std::string& ref) {
+  if (!ref.empty() && ref.size() <= 10 && ref.find_first_not_of("0123456789") == std::string::npos) {
+    const uint64_t v = std::stoull(ref);
+    if (v <= UINT32_MAX) return static_cast<uint32_t>(v);
+  }
+  return uid(ref);
+}
+
 std::vector<PasswdUser> UserDirectory::managed() {
   std::lock_guard<std::mutex> lock(mu_);
   refreshLocked();

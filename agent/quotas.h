@@ -112,6 +112,9 @@ class UserDirectory {
   std::string name(uint32_t uid);
   // passwd name, or "user_<uid>" for a uid not in passwd.
   std::optional<uint32_t> uid(const std::string& name);
+  // A uid written out ("2001") or a name as uid() takes it: how an admin
+  // names a user (config, API paths).
+  std::optional<uint32_t> resolve(const std::string& uid_or_name);
   // Managed passwd users, sorted by uid.
   std::vector<PasswdUser> managed();
 

@@ -75,11 +75,6 @@ void listEvents(EnforcementContext& ctx, const Req& req, Res& res) {
             {"has_more", more}});
 }
 
-std::optional<uint32_t> userRef(EnforcementContext& ctx, const std::string& ref) {
-  if (auto v = decimal(ref, UINT32_MAX)) return uint32_t(*v);
-  return ctx.users.uid(ref);
-}
-
 void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& req, Res& res) {
   std::string reason;
   if (!req.body.empty()) {
@@ -98,7 +93,7 @@ void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& r
     if (!*r) return sendError(res, 404, "no such container: " + ref);
     id = **r;
   } else {
-    auto uid = userRef(ctx, ref);
+    auto uid = ctx.users.resolve(ref);
     if (!uid) return sendError(res, 404, "no such user: " + ref);
     id = std::to_string(*uid);
   }
@@ -116,7 +111,7 @@ void deleteExemption(EnforcementContext& ctx, const std::string& kind, const Req
     auto r = ctx.store.resolve(ObjectKind::Container, ref);
     if (r && *r) id = **r;  // an exemption of a container that is gone can still be cleared by full id
   } else {
-    auto uid = userRef(ctx, ref);
+    auto uid = ctx.users.resolve(ref);
     if (!uid) return sendError(res, 404, "no such user: " + ref);
     id = std::to_string(*uid);
   }
@@ -144,7 +139,7 @@ void installEnforcementRoutes(ApiServer& api, EnforcementContext& ctx) {
               sendJson(res, 200, s);
             }));
   api.route("GET", R"(/api/v1/enforcement/users/([^/]+))", guarded([](EnforcementContext& c, const Req& req, Res& res) {
-              auto uid = userRef(c, req.matches[1]);
+              auto uid = c.users.resolve(req.matches[1]);
               if (!uid) return sendError(res, 404, "no such user: " + std::string(req.matches[1]));
               json s = c.enforcer.state(*uid);
               if (s["users"].empty())

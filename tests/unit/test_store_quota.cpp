@@ -201,6 +201,13 @@ TEST_CASE("UserDirectory: passwd names, user_<uid> fallback, managed filter", "[
   CHECK_FALSE(dir.uid("user_0123").has_value());
   CHECK_FALSE(dir.uid("user_99999999999").has_value());
   CHECK_FALSE(dir.uid("zed").has_value());
+  // resolve(): a uid written out, else a name.
+  CHECK(dir.resolve("2001") == std::optional<uint32_t>(2001));
+  CHECK(dir.resolve("4321") == std::optional<uint32_t>(4321));  // no passwd entry needed
+  CHECK(dir.resolve("bob") == std::optional<uint32_t>(2002));
+  CHECK(dir.resolve("user_4321") == std::optional<uint32_t>(4321));
+  CHECK_FALSE(dir.resolve("4294967296").has_value());  // past 32 bits, and no such name
+  CHECK_FALSE(dir.resolve("").has_value());
   auto m = dir.managed();
   REQUIRE(m.size() == 2);
   CHECK(m[0].name == "alice");

@@ -98,7 +98,7 @@ TEST_CASE("usage: the accountant publishes snapshots, keeps the last figures on 
   sc.fill(**store);
   auto src = std::make_unique<FakeSource>(sc.figures());
   FakeSource* fake = src.get();
-  UsageAccountant acc(**store, std::move(src), {std::chrono::milliseconds(50), true, {}});
+  UsageAccountant acc(**store, std::move(src), {std::chrono::milliseconds(50), true, {}, {}});
   CHECK_FALSE(acc.snapshot()->measured);
   REQUIRE(acc.refresh());
   auto s1 = acc.snapshot();
