@@ -297,6 +297,15 @@ def set_limit(env, uid, kib):
     assert status == 200, (status, body)
 
 
+def checker(failures):
+    """check(cond, what): prints ok/FAIL and keeps what failed in `failures`."""
+    def check(cond, what):
+        print(("ok    " if cond else "FAIL  ") + what, flush=True)
+        if not cond:
+            failures.append(what)
+    return check
+
+
 def run_scenarios(env, scenarios, check):
     """Runs each scenario(env) on its own dockerd + agent (the first on `env`),
     so one that fails cannot spoil the next; a raised AssertionError is a

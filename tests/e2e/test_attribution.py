@@ -23,10 +23,7 @@ failures = []
 latencies = []
 
 
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = harness.checker(failures)
 
 
 def expect_owner(env, kind, match, uid, login_uid=None, what="", source="bpf", billed=None):

@@ -22,7 +22,6 @@ import email
 import email.utils
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import USERS, mount_data_root, prjquota_works, set_limit, sh, wait_for  # noqa: E402
+from harness import USERS, mount_data_root, prjquota_works, set_limit, wait_for  # noqa: E402
 
 failures = []
 figures = {}
@@ -41,10 +40,7 @@ SECRET = "e2e-master-secret"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has python3-aiosmtpd (not a pyenv one on PATH)
 
 
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = harness.checker(failures)
 
 
 # --- the master stand-in ------------------------------------------------------------

@@ -30,10 +30,7 @@ MiB = 1024 * 1024
 ALICE, BOB, CAROL = USERS["alice"], USERS["bob"], USERS["carol"]
 
 
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = harness.checker(failures)
 
 
 

@@ -25,10 +25,7 @@ failures = []
 MiB = 1024 * 1024
 
 
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = harness.checker(failures)
 
 
 def docker_df(env):
