@@ -131,6 +131,7 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
        uintKey(origin, "container_quota_default_mib", &Config::container_quota_default_mib, 0, uint64_t(1) << 40)},
       {"project_sync_interval_s", uintKey(origin, "project_sync_interval_s", &Config::project_sync_interval_s, 1, 3600)},
       {"growth_probe", boolKey(origin, "growth_probe", &Config::growth_probe)},
+      {"growth_probe_hook", stringKey(origin, "growth_probe_hook", &Config::growth_probe_hook)},
       {"growth_signal_mib", uintKey(origin, "growth_signal_mib", &Config::growth_signal_mib, 1, 1u << 20)},
       {"enforcement", stringKey(origin, "enforcement", &Config::enforcement)},
       {"enforcement_order", stringKey(origin, "enforcement_order", &Config::enforcement_order)},
@@ -211,8 +212,11 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   if ((kib & (kib - 1)) != 0) return keyError(origin, "ringbuf_kib", "must be a power of two");
   if (c.watch_sockets.size() > 16) return keyError(origin, "watch_sockets", "at most 16 paths");
   if (c.docker_binaries.size() > 16) return keyError(origin, "docker_binaries", "at most 16 paths");
-  if (c.probe_hook != "auto" && c.probe_hook != "fentry" && c.probe_hook != "tracepoint") {
-    return keyError(origin, "probe_hook", "must be one of auto, fentry, tracepoint");
+  if (c.probe_hook != "auto" && c.probe_hook != "socket" && c.probe_hook != "fentry" && c.probe_hook != "tracepoint") {
+    return keyError(origin, "probe_hook", "must be one of auto, socket, fentry, tracepoint");
+  }
+  if (c.growth_probe_hook != "auto" && c.growth_probe_hook != "fentry" && c.growth_probe_hook != "tracepoint") {
+    return keyError(origin, "growth_probe_hook", "must be one of auto, fentry, tracepoint");
   }
   if (c.project_quotas != "auto" && c.project_quotas != "required" && c.project_quotas != "off") {
     return keyError(origin, "project_quotas", "must be one of auto, required, off");

@@ -28,7 +28,7 @@ struct Config {
   uint32_t capture_bytes = 4096;
   uint32_t ringbuf_kib = 4096;  // mapped twice by the kernel: RSS grows by 2x this
   uint32_t poll_interval_ms = 10;
-  std::string probe_hook = "auto";  // auto | fentry | tracepoint
+  std::string probe_hook = "auto";  // docker.sock probe: auto | socket | fentry | tracepoint
   // Attribution
   bool bill_root_to_login_uid = true;
   // Logging
@@ -59,6 +59,7 @@ struct Config {
   uint64_t container_quota_default_mib = 0;  // per-container mode: default limit, 0 = none
   uint32_t project_sync_interval_s = 10;     // full re-check + usage read
   bool growth_probe = true;                  // live per-container layer growth (BPF)
+  std::string growth_probe_hook = "auto";    // auto (fentry, else off) | fentry | tracepoint
   uint32_t growth_signal_mib = 16;           // a container writing this much in 1 s re-reads quotas at once
   // Enforcement and notification (issue 5; README "Enforcement").
   std::string enforcement = "dry-run";          // off | dry-run | enforce

@@ -31,6 +31,8 @@ int onRingEvent(void* ctx, void* data, size_t size) {
 
 }  // namespace
 
+const std::vector<std::string> DsockProbe::kHookSets = {"socket", "fentry", "tracepoint"};
+
 DsockProbe::DsockProbe(const Options& o, Handler h) : options_(o), handler_(std::move(h)) {}
 
 DsockProbe::~DsockProbe() {
@@ -43,8 +45,8 @@ Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Han
     return Error{EINVAL, std::string(kSub) + ": capture_bytes must be 1.." + std::to_string(DSOCK_CAP_BYTES)};
   }
   std::unique_ptr<DsockProbe> p(new DsockProbe(options, std::move(handler)));
-  // fexit on the ten syscall functions where the kernel allows it, else tp_btf/sys_exit.
-  auto hook = loadHookSet(kSub, options.hook, [&](bool fentry) { return p->loadAndAttach(fentry); }, p->fentry_error_);
+  auto hook = loadHookSet(kSub, options.hook, kHookSets, kHookSets.size(),
+                          [&](const std::string& set) { return p->loadAndAttach(set); }, p->refused_hooks_);
   if (!hook) return hook.error();
   p->hook_ = *hook;
   if (auto st = p->refreshSockets(); !st) return st.error();
@@ -57,8 +59,7 @@ Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Han
 
 // Open, set rodata and map sizes, choose the hook set, load, attach
 // (libbpf-tools order). On failure the skeleton is destroyed again.
-Status DsockProbe::loadAndAttach(bool fentry) {
-  const char* set = fentry ? "fentry" : "tracepoint";
+Status DsockProbe::loadAndAttach(const std::string& set) {
   auto fail = [&](int err, const std::string& what) -> Status {
     dsock_bpf__destroy(skel_);
     skel_ = nullptr;
@@ -74,11 +75,13 @@ Status DsockProbe::loadAndAttach(bool fentry) {
   if (int err = bpf_map__set_max_entries(skel_->maps.events, options_.ringbuf_bytes)) {
     return fail(err, "ring buffer size " + std::to_string(options_.ringbuf_bytes));
   }
+  // Each set's programs by name (bpf/dsock.bpf.c); sched_process_exit serves all.
   bpf_program* prog;
   bpf_object__for_each_program(prog, skel_->obj) {
     const std::string name = bpf_program__name(prog);
-    if (name.rfind("fexit__", 0) == 0) bpf_program__set_autoload(prog, fentry);
-    if (name == "tp_btf__sys_exit") bpf_program__set_autoload(prog, !fentry);
+    if (name.rfind("fexit__", 0) == 0) bpf_program__set_autoload(prog, set == "fentry");
+    if (name == "tp_btf__sys_exit") bpf_program__set_autoload(prog, set == "tracepoint");
+    if (name.rfind("tp_btf__sock_", 0) == 0) bpf_program__set_autoload(prog, set == "socket");
   }
   if (int err = dsock_bpf__load(skel_)) return fail(err, "load");
   if (auto st = attachAutoloaded(skel_->skeleton, attached_); !st) return fail(st.error().code, st.error().message);
@@ -98,6 +101,14 @@ Status DsockProbe::refreshSockets() {
     prev = &key;
   }
   for (auto& k : old) bpf_map_delete_elem(inodes, &k);
+
+  // The lengths of the watched paths: the kernel side's cheap first test
+  // before it reads a bound path (watched_path_lens in bpf/dsock.bpf.c).
+  uint64_t lens[2] = {0, 0};
+  for (const auto& path : options_.socket_paths) {
+    if (path.size() < DSOCK_PATH_LEN) lens[path.size() / 64] |= 1ULL << (path.size() % 64);
+  }
+  for (int i = 0; i < 2; i++) __atomic_store_n(&skel_->bss->watched_path_lens[i], lens[i], __ATOMIC_RELEASE);
 
   for (uint32_t i = 0; i < options_.socket_paths.size() && i < DSOCK_MAX_SOCKS; i++) {
     const std::string& path = options_.socket_paths[i];

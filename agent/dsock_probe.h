@@ -24,9 +24,13 @@ class DsockProbe {
     uint32_t capture_bytes = DSOCK_CAP_BYTES;   // per call, <= DSOCK_CAP_BYTES
     uint32_t ringbuf_bytes = 4u << 20;          // power of two
     bool ignore_self = true;                    // do not capture this process's own Docker calls
-    std::string hook = "auto";                  // "auto" (fentry, else tracepoint), "fentry", "tracepoint"
+    std::string hook = "auto";                  // "auto" (kHookSets in order) or one of kHookSets
   };
   using Handler = std::function<void(const DsockEventView&)>;
+  // The hook sets (bpf/dsock.bpf.c), cheapest for the rest of the host first:
+  // "socket" (sock_send_length/sock_recv_length tracepoints, 6.3+), "fentry"
+  // (fexit on ten syscalls), "tracepoint" (tp_btf/sys_exit, everywhere).
+  static const std::vector<std::string> kHookSets;
 
   // Open, set rodata and map sizes, load, attach (libbpf-tools order).
   static Result<std::unique_ptr<DsockProbe>> open(const Options& options, Handler handler);
@@ -51,21 +55,22 @@ class DsockProbe {
 
   std::array<uint64_t, DSOCK_CTR_MAX> counters() const;
   const std::vector<std::string>& attached() const { return attached_; }
-  // The hook set in use: "fentry" or "tracepoint"; and why fentry was not, if so.
+  // The hook set in use (one of kHookSets); and why "auto" passed over the
+  // cheaper ones, if it did.
   const std::string& hook() const { return hook_; }
-  const std::string& fentryError() const { return fentry_error_; }
+  const std::string& refusedHooks() const { return refused_hooks_; }
   const std::vector<std::string>& socketPaths() const { return options_.socket_paths; }
 
  private:
   DsockProbe(const Options& o, Handler h);
-  Status loadAndAttach(bool fentry);
+  Status loadAndAttach(const std::string& set);
   Options options_;
   Handler handler_;
   dsock_bpf* skel_ = nullptr;
   ring_buffer* ring_ = nullptr;
   std::vector<std::string> attached_;
   std::string hook_;
-  std::string fentry_error_;
+  std::string refused_hooks_;
 };
 
 }  // namespace dockquota

@@ -130,9 +130,12 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   p->task_btf_ = !options.force_probe_reads &&
                  libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_FUNC_get_current_task_btf, nullptr) == 1;
   // fexit programs run only on the calls they hook (only overlay writes,
-  // where overlayfs has BTF); the tracepoint puts every syscall of every
-  // process on the slow path. Try fentry first, fall back loudly.
-  auto hook = loadHookSet(kSub, options.hook, [&](bool fentry) { return p->loadAndAttach(fentry); }, p->fentry_error_);
+  // where overlayfs has BTF). The tracepoint set would put every syscall of
+  // every process on the slow path for the sake of an early signal (quota
+  // reads still see every byte), so "auto" never falls back to it.
+  std::string refused;
+  auto hook = loadHookSet(kSub, options.hook, {"fentry", "tracepoint"}, 1,
+                          [&](const std::string& set) { return p->loadAndAttach(set); }, refused);
   if (!hook) return hook.error();
   p->hook_ = *hook;
   LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers; cgroup by %s, fd table by %s",
@@ -143,8 +146,8 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
 
 // Open, size the map, choose the programs, load, attach. On failure the
 // skeleton is destroyed again.
-Status GrowthProbe::loadAndAttach(bool fentry) {
-  const char* set = fentry ? "fentry" : "tracepoint";
+Status GrowthProbe::loadAndAttach(const std::string& set) {
+  const bool fentry = set == "fentry";
   auto fail = [&](int err, const std::string& what) -> Status {
     growth_bpf__destroy(skel_);
     skel_ = nullptr;

@@ -59,7 +59,10 @@ Result<CgroupRef> containerCgroup(const std::string& container_id, pid_t pid);
 class GrowthProbe {
  public:
   struct Options {
-    std::string hook = "auto";                    // "auto" (fentry, else tracepoint), "fentry", "tracepoint"
+    // "auto" (fentry; nothing when the kernel refuses it), "fentry" or
+    // "tracepoint" (tp_btf/sys_exit: every syscall of every process on the
+    // host pays the tracepoint slow path, so only on request).
+    std::string hook = "auto";
     uint32_t max_containers = GROWTH_MAX_CGROUPS;  // watched at once
     // bpf_get_current_ancestor_cgroup_id() and bpf_get_current_task_btf() are
     // used where tracing programs may call them; 5.10 may not, and reads the
@@ -86,9 +89,8 @@ class GrowthProbe {
   std::array<uint64_t, GROWTH_CTR_MAX> counters() const;
   static const char* counterName(size_t i);
 
-  // "fentry" or "tracepoint"; why fentry was not used, if so; program names.
+  // "fentry" or "tracepoint"; program names.
   const std::string& hook() const { return hook_; }
-  const std::string& fentryError() const { return fentry_error_; }
   const std::vector<std::string>& attached() const { return attached_; }
   // Whether the helpers above are used (see Options::force_probe_reads).
   bool ancestorHelper() const { return ancestor_helper_; }
@@ -105,7 +107,7 @@ class GrowthProbe {
 
  private:
   explicit GrowthProbe(const Options& o) : options_(o) {}
-  Status loadAndAttach(bool fentry);
+  Status loadAndAttach(const std::string& set);
   void publishLevels();
 
   Options options_;
@@ -114,7 +116,6 @@ class GrowthProbe {
   std::array<uint32_t, GROWTH_MAX_LEVEL + 1> level_refs_{};
   std::vector<std::string> attached_;
   std::string hook_;
-  std::string fentry_error_;
   bool ancestor_helper_ = false;
   bool task_btf_ = false;
 };

@@ -239,9 +239,10 @@ int main(int argc, char** argv) {
   // Live growth of running containers' layers: an early signal to re-read
   // project quotas (issue 4). Needs Docker's client for inspect.
   std::unique_ptr<GrowthMonitor> growth;
+  std::string growth_unavailable;
   if (config.growth_probe) {
     GrowthProbe::Options gopt;
-    gopt.hook = config.probe_hook;
+    gopt.hook = config.growth_probe_hook;
     auto g = GrowthProbe::open(gopt);
     if (g) {
       growth = std::make_unique<GrowthMonitor>(
@@ -260,9 +261,16 @@ int main(int argc, char** argv) {
                                        LOG_WARN(kSub, "%s", st.error().message.c_str());
                                  }});
     } else {
+      // "auto" does not fall back to tp_btf/sys_exit: that would tax every
+      // syscall on the host for an early signal.
+      const std::string why = g.error().message + (config.growth_probe_hook == "auto"
+                                                       ? " (the tp_btf/sys_exit fallback would slow every syscall on "
+                                                         "the host; growth_probe_hook \"tracepoint\" accepts that)"
+                                                       : "");
       LOG_WARN(kSub, "%s; live container growth is not watched (quotas are re-read on their interval only)",
-               g.error().message.c_str());
-      degraded.push_back("growth probe unavailable: " + g.error().message);
+               why.c_str());
+      degraded.push_back("growth probe unavailable: " + why);
+      growth_unavailable = why;
     }
   }
 
@@ -319,22 +327,22 @@ int main(int argc, char** argv) {
     json dj = {{"attached", dsock != nullptr}, {"sockets", config.watch_sockets}};
     if (dsock) {
       dj["hook"] = dsock->hook();
-      if (!dsock->fentryError().empty()) dj["fentry_unavailable"] = dsock->fentryError();
+      if (!dsock->refusedHooks().empty()) dj["hooks_refused"] = dsock->refusedHooks();
       dj["programs"] = dsock->attached();
       auto ctr = dsock->counters();
       json kc = json::object();
       for (int i = 0; i < DSOCK_CTR_MAX; i++) kc[kDsockCounterNames[i]] = ctr[i];
       dj["kernel_counters"] = kc;
-      if (ctr[DSOCK_CTR_RINGBUF_FULL] || ctr[DSOCK_CTR_TRACK_FULL] || ctr[DSOCK_CTR_INFLIGHT_FULL]) {
+      if (ctr[DSOCK_CTR_RINGBUF_FULL] || ctr[DSOCK_CTR_TRACK_FULL] || ctr[DSOCK_CTR_UNSUPPORTED_CALL]) {
         reasons.push_back("the docker.sock probe dropped events (see kernel_counters)");
       }
     }
     probes["docker_sock"] = dj;
     json gj = {{"attached", growth != nullptr}};
+    if (!growth_unavailable.empty()) gj["unavailable"] = growth_unavailable;
     if (growth) {
       const auto& gp = growth->probe();
       gj["hook"] = gp.hook();
-      if (!gp.fentryError().empty()) gj["fentry_unavailable"] = gp.fentryError();
       gj["programs"] = gp.attached();
       gj["signals"] = growth->signals();
       auto ctr = gp.counters();

@@ -6,6 +6,7 @@
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -34,21 +35,32 @@ constexpr long kTracefsMagic = 0x74726163;
 
 void installLibbpfLogger() { libbpf_set_print(libbpfPrint); }
 
-Result<std::string> loadHookSet(const char* sub, const std::string& hook, const std::function<Status(bool fentry)>& load,
-                                std::string& fentry_error) {
-  if (hook != "auto" && hook != "fentry" && hook != "tracepoint") {
-    return Error{EINVAL, std::string(sub) + ": hook must be auto, fentry or tracepoint"};
+Result<std::string> loadHookSet(const char* sub, const std::string& hook, const std::vector<std::string>& sets,
+                                size_t auto_count, const std::function<Status(const std::string& set)>& load,
+                                std::string& refused) {
+  if (hook != "auto") {
+    if (std::find(sets.begin(), sets.end(), hook) == sets.end()) {
+      std::string names = "auto";
+      for (const auto& s : sets) names += ", " + s;
+      return Error{EINVAL, std::string(sub) + ": hook must be one of " + names};
+    }
+    if (auto st = load(hook); !st) return st.error();
+    return hook;
   }
-  if (hook != "tracepoint") {
-    auto st = load(/*fentry=*/true);
-    if (st) return std::string("fentry");
-    if (hook == "fentry") return st.error();
-    fentry_error = st.error().message;
-    LOG_WARN("dockquotad", "%s; falling back to tp_btf/sys_exit (every syscall pays the tracepoint slow path)",
-             st.error().message.c_str());
+  auto_count = std::min(auto_count, sets.size());
+  for (size_t i = 0; i < auto_count; i++) {
+    auto st = load(sets[i]);
+    if (st) {
+      if (i > 0) {
+        LOG_WARN(sub, "using %s hooks%s", sets[i].c_str(),
+                 sets[i] == "tracepoint" ? ": every syscall of every process now pays the tracepoint slow path" : "");
+      }
+      return sets[i];
+    }
+    LOG_WARN(sub, "%s", st.error().message.c_str());
+    refused += (refused.empty() ? "" : "; ") + st.error().message;
   }
-  if (auto st = load(/*fentry=*/false); !st) return st.error();
-  return std::string("tracepoint");
+  return Error{EOPNOTSUPP, refused.empty() ? std::string(sub) + ": no hook set allowed" : refused};
 }
 
 Status attachAutoloaded(bpf_object_skeleton* skeleton, std::vector<std::string>& attached) {

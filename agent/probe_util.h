@@ -35,15 +35,19 @@ Result<FileId> fileId(const std::string& path);
 double monoToUnix(uint64_t mono_ns);
 double unixNow();
 
-// The hook-set choice of the syscall probes (dsock, growth): `hook` is "auto",
-// "fentry" or "tracepoint". fexit on the hooked functions is cheaper for
-// everyone (no tracepoint slow path) but needs a kernel that allows it
-// (lockdown refuses it), so "auto" tries `load(true)` first and falls back to
-// `load(false)` (tp_btf/sys_exit) loudly; "fentry" fails instead. Returns the
-// set in use; `fentry_error` gets why fentry was not used. `sub` names the
-// probe in errors.
-Result<std::string> loadHookSet(const char* sub, const std::string& hook, const std::function<Status(bool fentry)>& load,
-                                std::string& fentry_error);
+// The hook-set choice of the probes that watch syscalls (dsock, growth).
+// A probe has several sets of programs for the same job, `sets`, cheapest for
+// the rest of the host first; the last one works wherever BTF does. `hook` is
+// "auto" or a set's name: a named set must load, or it is an error; "auto"
+// tries the first `auto_count` sets in turn, logging each refusal as a
+// warning, and fails with all the reasons when none loads. Returns the set in
+// use; `refused` gets "set: why" for each set passed over. `sub` names the
+// probe in errors. (The costs: any syscall tracepoint puts every syscall of
+// every process on the tracepoint slow path; fexit runs only on the hooked
+// functions, but is refused under lockdown.)
+Result<std::string> loadHookSet(const char* sub, const std::string& hook, const std::vector<std::string>& sets,
+                                size_t auto_count, const std::function<Status(const std::string& set)>& load,
+                                std::string& refused);
 
 // Attaches every program set to autoload, one by one so that an error names
 // the program (Error{errno, "attach <name>"}); the links go into the

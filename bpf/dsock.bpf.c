@@ -1,12 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Connections to the Docker socket, and the bytes their clients move.
  *
- * Programs (one of the two hook sets is loaded, see on_sys_exit()):
- *   tp_btf__sys_exit               every syscall's return: connect, close and
- *                                  the eight read/write calls, dispatched by number
- *   fexit__{read,write,...}        the same ten syscalls, hooked one by one (fentry set;
- *                                  the socket ones at their __sys_* functions)
- *   tp__sched__sched_process_exit  forget a process's connections
+ * Programs (one of three hook sets is loaded; the agent tries them in this order):
+ *   tp_btf__sock_{send,recv}_length  "socket" set (6.3+): every socket send and
+ *                                  receive, after it moved its bytes; the syscall's
+ *                                  arguments are read from the task's pt_regs
+ *   fexit__{read,write,...}        "fentry" set: the ten syscalls, hooked one by
+ *                                  one (the socket ones at their __sys_* functions)
+ *   tp_btf__sys_exit               "tracepoint" set: every syscall's return:
+ *                                  connect, close and the eight read/write calls
+ *   tp__sched__sched_process_exit  forget a process's connections (all sets)
+ *
+ * Why the socket set comes first: it is the only one that costs nothing to
+ * syscalls that are not socket I/O. Any syscall tracepoint (even one program
+ * on sys_exit) puts every syscall of every process on the tracepoint slow path
+ * (+46 ns and more on a null syscall here), and fexit on read/write still runs
+ * a program on every file read and write. sock_send_length/sock_recv_length
+ * fire in sock_sendmsg_nosec()/sock_recvmsg_nosec(), which every socket
+ * read/write/send/recv call passes through (the sock tracepoints of Linux
+ * 6.3; 6.1 has none, checked in the BTF of the vmtest kernels), and need
+ * neither fentry (refused under lockdown here) nor kprobes.
  *
  * Why one raw (BTF) tracepoint on sys_exit, and nothing on sys_enter:
  * - Any syscall tracepoint puts every syscall of every process on the slow
@@ -73,6 +86,16 @@ struct {
 	__type(value, struct dsock_conn);
 } conns SEC(".maps");
 
+/* Socket set only: the client's struct sock -> its conns key, so that the
+ * server side seeing the client gone (dockerd's read returning 0) can end the
+ * connection: the socket set has no close() hook. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); /* as conns */
+	__type(key, __u64);
+	__type(value, struct dsock_key);
+} conn_socks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DSOCK_MAX_SOCKS);
@@ -86,6 +109,12 @@ struct {
 	__type(key, struct dsock_path_key);
 	__type(value, struct dsock_sock_val);
 } watched_paths SEC(".maps");
+
+/* Bit n set: a watched path is n bytes long (the agent writes it with the
+ * paths). The bound-path fallback reads and hashes a 108-byte key; on the
+ * socket set it would run for every send on every other bound unix socket
+ * (journald, D-Bus), so a length that no watched path has rejects first. */
+__u64 watched_path_lens[2] = {};
 
 /* The event is built here, then copied into the ring at its real length. The
  * spill area lets the verifier prove every copy (offset < CAP, size < 2*CAP)
@@ -195,19 +224,27 @@ static __always_inline void send_control(__u32 type, __u32 fd, const struct dsoc
 		event_send(s, 0, wake);
 }
 
-/* ---- connect ------------------------------------------------------------ */
+/* ---- which connections are Docker's ---------------------------------------- */
 
 /* Second chance for a socket whose inode the agent has not seen yet (dockerd
- * re-created it): the address it was bound to. Only runs on connects to
- * unwatched unix sockets, and only when the inode lookup missed. */
+ * re-created it): the address it was bound to. Only runs when the inode lookup
+ * missed, and only for addresses as long as a watched path. */
 static __always_inline struct dsock_sock_val *lookup_bound_path(struct unix_sock *peer)
 {
 	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct scratch *s;
 	struct dsock_path_key *key;
 	struct unix_address *addr = BPF_CORE_READ(peer, addr);
+	/* unix_mkname() stores a path address as strlen(path) + 3 bytes (family, NUL). */
+	__u32 plen;
 
-	if (!s || !addr)
+	if (!addr)
+		return NULL;
+	plen = (__u32)BPF_CORE_READ(addr, len) - 3;
+	if (plen >= DSOCK_PATH_LEN || !(watched_path_lens[BOUND(plen >> 6, 1)] & (1ULL << (plen & 63))))
+		return NULL;
+	s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (!s)
 		return NULL;
 	/* The scratch event's data area doubles as a zeroed key buffer. */
 	key = (struct dsock_path_key *)s->ev.data;
@@ -216,6 +253,35 @@ static __always_inline struct dsock_sock_val *lookup_bound_path(struct unix_sock
 				      __builtin_preserve_access_index(&addr->name[0].sun_path)) <= 1)
 		return NULL;
 	return bpf_map_lookup_elem(&watched_paths, key);
+}
+
+/* The watched socket that client socket sk is connected to, or NULL.
+ * unix_stream_connect() gives the new server-side socket a reference to the
+ * listener's path (newu->path = otheru->path), so the peer's dentry is the
+ * socket file dockerd bound, however the client named it. */
+static __always_inline struct dsock_sock_val *watched_peer(struct sock *sk)
+{
+	struct dsock_sock_key skey = {};
+	struct dsock_sock_val *watched;
+	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	struct inode *inode;
+
+	if (!peer)
+		return NULL;
+	inode = BPF_CORE_READ((struct unix_sock *)peer, path.dentry, d_inode);
+	if (!inode)
+		return NULL; /* abstract or unbound socket */
+	skey.ino = BPF_CORE_READ(inode, i_ino);
+	skey.dev = inode_dev(inode);
+	watched = bpf_map_lookup_elem(&watched_socks, &skey);
+	return watched ? watched : lookup_bound_path((struct unix_sock *)peer);
+}
+
+static __always_inline struct sock *file_sock(struct file *file)
+{
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+
+	return sock ? BPF_CORE_READ(sock, sk) : NULL;
 }
 
 /* The connect event carries the name of the client's executable in data[]:
@@ -234,18 +300,56 @@ static __always_inline void connect_event(__u32 fd, const struct dsock_conn *con
 	event_send(s, n > 1 ? n - 1 : 0, 1);
 }
 
+/* Starts tracking the connection on (tgid, fd): a connect on the syscall sets,
+ * the first send or receive on the socket set (which also records sk, to end
+ * the connection when the server sees the client gone). Returns the entry. */
+static __always_inline struct dsock_conn *track_conn(struct task_struct *task, __u32 tgid, __u32 fd,
+						     struct file *file, struct sock *sk,
+						     const struct dsock_sock_val *watched)
+{
+	struct dsock_key key = {.tgid = tgid, .fd = fd};
+	struct dsock_conn conn = {};
+	__u64 skp = (__u64)sk;
+
+	conn.conn_id = (bpf_ktime_get_ns() << 6) | (bpf_get_smp_processor_id() & 63);
+	conn.file = (__u64)file;
+	conn.sk = skp;
+	conn.sock = watched->index;
+	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY) ||
+	    (sk && bpf_map_update_elem(&conn_socks, &skp, &key, BPF_ANY))) {
+		bpf_map_delete_elem(&conns, &key);
+		count(DSOCK_CTR_TRACK_FULL);
+		return NULL;
+	}
+	tgid_mark(tgid);
+	count(DSOCK_CTR_CONNECTS);
+	connect_event(fd, &conn, task);
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+/* Stops tracking `gone` (already looked up at key) and tells the agent. */
+static __always_inline void untrack_conn(const struct dsock_key *key, struct dsock_conn *entry)
+{
+	struct dsock_conn gone = *entry;
+	struct scratch *s;
+
+	bpf_map_delete_elem(&conns, key);
+	if (gone.sk)
+		bpf_map_delete_elem(&conn_socks, &gone.sk);
+	s = event_start(DSOCK_EV_CLOSE, key->fd, &gone);
+	if (!s)
+		return;
+	s->ev.tgid = key->tgid; /* the client, also when the server side noticed */
+	event_send(s, 0, 0);
+}
+
 static __always_inline int on_connect(__u32 fd, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *task;
-	struct dsock_sock_key skey = {};
 	struct dsock_sock_val *watched;
-	struct dsock_conn conn = {};
-	struct dsock_key key = {};
 	struct file *file;
-	struct socket *sock;
-	struct sock *sk, *peer;
-	struct inode *inode;
+	struct sock *sk;
 
 	if (ret != 0 || (id >> 32) == targ_self_tgid)
 		return 0;
@@ -253,39 +357,12 @@ static __always_inline int on_connect(__u32 fd, long ret)
 	file = task_fd_file(task, fd);
 	if (!file)
 		return 0;
-	sock = BPF_CORE_READ(file, private_data);
-	sk = BPF_CORE_READ(sock, sk);
+	sk = file_sock(file);
 	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
 		return 0;
-	/* unix_stream_connect() gives the new server-side socket a reference to
-	 * the listener's path (newu->path = otheru->path), so the peer's dentry is
-	 * the socket file dockerd bound, however the client named it. */
-	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
-	if (!peer)
-		return 0;
-	inode = BPF_CORE_READ((struct unix_sock *)peer, path.dentry, d_inode);
-	if (!inode)
-		return 0; /* abstract or unbound socket */
-	skey.ino = BPF_CORE_READ(inode, i_ino);
-	skey.dev = inode_dev(inode);
-	watched = bpf_map_lookup_elem(&watched_socks, &skey);
-	if (!watched)
-		watched = lookup_bound_path((struct unix_sock *)peer);
-	if (!watched)
-		return 0;
-
-	key.tgid = id >> 32;
-	key.fd = fd;
-	conn.conn_id = (bpf_ktime_get_ns() << 6) | (bpf_get_smp_processor_id() & 63);
-	conn.file = (__u64)file;
-	conn.sock = watched->index;
-	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY)) {
-		count(DSOCK_CTR_TRACK_FULL);
-		return 0;
-	}
-	tgid_mark(key.tgid);
-	count(DSOCK_CTR_CONNECTS);
-	connect_event(fd, &conn, task);
+	watched = watched_peer(sk);
+	if (watched)
+		track_conn(task, id >> 32, fd, file, NULL, watched);
 	return 0;
 }
 
@@ -321,10 +398,14 @@ static __always_inline __u32 copy_iov(struct scratch *s, __u64 uiov, __u32 iovcn
 }
 
 /* A read or write of `ret` bytes finished on fd. `buf` is the user buffer, or
- * the user iovec array (iovcnt entries) when is_iov. */
-static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt, int is_iov, int dir, long ret)
+ * the user iovec array (iovcnt entries) when is_iov. `sk` and `watched` are
+ * set by the socket set, which has no connect hook: an untracked fd whose
+ * socket is sk is then tracked from this call on. */
+static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt, int is_iov, int dir, long ret,
+				   struct sock *sk, const struct dsock_sock_val *watched)
 {
 	struct dsock_key key = {.tgid = tgid, .fd = fd};
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct dsock_conn *conn;
 	struct scratch *s;
 	struct file *file;
@@ -333,18 +414,28 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	if (ret <= 0)
 		return 0; /* EAGAIN from Go's netpoller, EOF, errors: nothing moved */
 	conn = bpf_map_lookup_elem(&conns, &key);
-	if (!conn)
+	if (!conn && !sk)
 		return 0;
 	/* The fd may have been closed and reused without close() (dup2, close_range,
-	 * exec of a CLOEXEC fd): the struct file tells. */
-	file = task_fd_file((struct task_struct *)bpf_get_current_task(), fd);
-	if ((__u64)file != conn->file) {
-		struct dsock_conn gone = *conn;
-
+	 * exec of a CLOEXEC fd; on the socket set any close): the struct file tells. */
+	file = task_fd_file(task, fd);
+	if (conn && ((__u64)file != conn->file || (sk && conn->sk != (__u64)sk))) {
 		count(DSOCK_CTR_STALE_FD);
-		bpf_map_delete_elem(&conns, &key);
-		send_control(DSOCK_EV_CLOSE, fd, &gone, 0);
-		return 0;
+		untrack_conn(&key, conn);
+		conn = NULL;
+		if (!sk)
+			return 0;
+	}
+	if (!conn) {
+		/* The socket set read fd from the syscall's registers: make sure it
+		 * names the socket the tracepoint reported. */
+		if (!file || file_sock(file) != sk) {
+			count(DSOCK_CTR_UNSUPPORTED_CALL);
+			return 0;
+		}
+		conn = track_conn(task, tgid, fd, file, sk, watched);
+		if (!conn)
+			return 0;
 	}
 
 	/* A response starting ends an upload the agent muted, and vice versa. */
@@ -381,37 +472,57 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	return 0;
 }
 
-static __always_inline int on_msg(__u32 tgid, __u32 fd, __u64 umsg, int dir, long ret)
+static __always_inline int on_msg(__u32 tgid, __u32 fd, __u64 umsg, int dir, long ret, struct sock *sk,
+				  const struct dsock_sock_val *watched)
 {
 	struct user_msghdr msg;
 
 	if (ret <= 0 || bpf_probe_read_user(&msg, sizeof(msg), (void *)umsg))
 		return 0;
-	return on_call(tgid, fd, (__u64)msg.msg_iov, (__u32)msg.msg_iovlen, 1, dir, ret);
+	return on_call(tgid, fd, (__u64)msg.msg_iov, (__u32)msg.msg_iovlen, 1, dir, ret, sk, watched);
 }
 
 static __always_inline int on_close(__u32 tgid, __u32 fd, long ret)
 {
 	struct dsock_key key = {.tgid = tgid, .fd = fd};
-	struct dsock_conn *conn, gone;
+	struct dsock_conn *conn = bpf_map_lookup_elem(&conns, &key);
 
-	conn = bpf_map_lookup_elem(&conns, &key);
-	if (!conn)
-		return 0;
-	gone = *conn;
-	bpf_map_delete_elem(&conns, &key);
-	send_control(DSOCK_EV_CLOSE, fd, &gone, 0);
+	if (conn)
+		untrack_conn(&key, conn);
 	return 0;
 }
 
 /* Syscall numbers: lib/probe.bpf.h (DSOCK_SYSCALLS). */
 
-/* Every hook below funnels into this: syscall `nr` returned `ret`; its
- * arguments are still in regs (x86-64: di, si, dx). */
+/* The read/write calls, by syscall number: what every hook set funnels into.
+ * regs holds the syscall's arguments (x86-64: di, si, dx). Returns -1 for a
+ * call that is not one of the eight. */
+static __always_inline int on_data_call(long nr, __u32 tgid, __u64 fd, __u64 arg1, __u64 arg2, long ret,
+					struct sock *sk, const struct dsock_sock_val *watched)
+{
+	switch (nr) {
+	case NR_write:
+	case NR_sendto:
+		return on_call(tgid, fd, arg1, 0, 0, DIR_TX, ret, sk, watched);
+	case NR_read:
+	case NR_recvfrom:
+		return on_call(tgid, fd, arg1, 0, 0, DIR_RX, ret, sk, watched);
+	case NR_writev:
+		return on_call(tgid, fd, arg1, (__u32)arg2, 1, DIR_TX, ret, sk, watched);
+	case NR_readv:
+		return on_call(tgid, fd, arg1, (__u32)arg2, 1, DIR_RX, ret, sk, watched);
+	case NR_sendmsg:
+		return on_msg(tgid, fd, arg1, DIR_TX, ret, sk, watched);
+	case NR_recvmsg:
+		return on_msg(tgid, fd, arg1, DIR_RX, ret, sk, watched);
+	}
+	return -1;
+}
+
+/* Syscall `nr` returned `ret`; its arguments are still in regs. */
 static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 {
-	__u32 tgid, fd;
-	__u64 arg1, arg2;
+	__u32 tgid;
 
 	if (nr == NR_connect)
 		return on_connect((__u32)regs->di, ret);
@@ -420,42 +531,99 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!tgid_tracked(tgid))
 		return 0;
-	fd = (__u32)regs->di;
-	arg1 = regs->si;
-	arg2 = regs->dx;
-	switch (nr) {
-	case NR_write:
-	case NR_sendto:
-		return on_call(tgid, fd, arg1, 0, 0, DIR_TX, ret);
-	case NR_read:
-	case NR_recvfrom:
-		return on_call(tgid, fd, arg1, 0, 0, DIR_RX, ret);
-	case NR_writev:
-		return on_call(tgid, fd, arg1, (__u32)arg2, 1, DIR_TX, ret);
-	case NR_readv:
-		return on_call(tgid, fd, arg1, (__u32)arg2, 1, DIR_RX, ret);
-	case NR_sendmsg:
-		return on_msg(tgid, fd, arg1, DIR_TX, ret);
-	case NR_recvmsg:
-		return on_msg(tgid, fd, arg1, DIR_RX, ret);
-	case NR_close:
-		return on_close(tgid, fd, ret);
-	}
+	if (nr == NR_close)
+		return on_close(tgid, (__u32)regs->di, ret);
+	on_data_call(nr, tgid, (__u32)regs->di, regs->si, regs->dx, ret, NULL, NULL);
 	return 0;
 }
 
-/* Hook set "tracepoint": works wherever BTF does (the host here: lockdown
- * refuses fentry). Runs on every syscall's return. */
+/* ---- hook set "socket" (6.3+) --------------------------------------------- */
+
+#define MSG_PEEK 2
+#define EPIPE 32
+
+/* The connection of client socket `client` ends: forget it. */
+static __always_inline void end_client(struct sock *client)
+{
+	__u64 skp = (__u64)client;
+	struct dsock_key *k = bpf_map_lookup_elem(&conn_socks, &skp);
+	struct dsock_key key;
+	struct dsock_conn *conn;
+
+	if (!k)
+		return;
+	key = *k;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	if (conn && conn->sk == skp)
+		untrack_conn(&key, conn);
+	else
+		bpf_map_delete_elem(&conn_socks, &skp);
+}
+
+/* A send or receive on sk moved ret bytes (or failed with ret < 0). */
+static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int dir)
+{
+	const struct dsock_sock_val *watched;
+	struct pt_regs *regs;
+	struct sock *peer;
+	__u32 tgid;
+
+	if (sk->__sk_common.skc_family != AF_UNIX)
+		return 0; /* all of TCP/UDP/netlink stops here */
+	if (ret <= 0) {
+		/* No close() hook on this set. A connection ends when either side
+		 * sees the other gone: the client reads EOF or gets EPIPE (dockerd
+		 * closed), or dockerd does (the client closed: its socket is
+		 * orphaned; a mere shutdown(SHUT_WR) leaves it attached). */
+		if (!((dir == DIR_RX && ret == 0) || (dir == DIR_TX && ret == -EPIPE)))
+			return 0;
+		end_client(sk);
+		peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+		if (peer && !BPF_CORE_READ(peer, sk_socket))
+			end_client(peer);
+		return 0;
+	}
+	if (flags & MSG_PEEK)
+		return 0; /* the same bytes will be read again */
+	watched = watched_peer(sk);
+	if (!watched)
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid == targ_self_tgid)
+		return 0;
+	/* Inside the syscall: its number and arguments are in the task's pt_regs. */
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (on_data_call(regs->orig_ax, tgid, (__u32)regs->di, regs->si, regs->dx, ret, sk, watched) < 0)
+		count(DSOCK_CTR_UNSUPPORTED_CALL); /* sendmmsg, splice, sendfile, io_uring */
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(tp_btf__sock_send_length, struct sock *sk, int ret, int flags)
+{
+	return on_sock_io(sk, ret, flags, DIR_TX);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tp_btf__sock_recv_length, struct sock *sk, int ret, int flags)
+{
+	return on_sock_io(sk, ret, flags, DIR_RX);
+}
+
+/* ---- hook set "tracepoint" ------------------------------------------------ */
+
+/* Works wherever BTF does. Runs on every syscall's return. */
 SEC("tp_btf/sys_exit")
 int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 {
 	return on_sys_exit(regs->orig_ax, regs, ret);
 }
 
-/* Hook set "fentry": fexit on the ten syscall functions themselves, where the
- * kernel allows it. No syscall tracepoint is attached, so no process pays the
- * tracepoint slow path, and only these ten syscalls run a program at all. The
- * agent loads this set first and falls back to tp_btf/sys_exit when refused. */
+/* ---- hook set "fentry" ---------------------------------------------------- */
+
+/* fexit on the ten syscall functions themselves, where the kernel allows it.
+ * No syscall tracepoint is attached, so no process pays the tracepoint slow
+ * path, and only these ten syscalls run a program at all. */
 FEXIT_SYSCALL(read)
 FEXIT_SYSCALL(write)
 FEXIT_SYSCALL(close)
@@ -477,7 +645,7 @@ int BPF_PROG(fexit__sendto, int fd, void *buf, __u64 len, unsigned int flags, vo
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	return tgid_tracked(tgid) ? on_call(tgid, (__u32)fd, (__u64)buf, 0, 0, DIR_TX, ret) : 0;
+	return tgid_tracked(tgid) ? on_call(tgid, (__u32)fd, (__u64)buf, 0, 0, DIR_TX, ret, NULL, NULL) : 0;
 }
 
 SEC("fexit/__sys_recvfrom")
@@ -485,7 +653,7 @@ int BPF_PROG(fexit__recvfrom, int fd, void *buf, __u64 size, unsigned int flags,
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	return tgid_tracked(tgid) ? on_call(tgid, (__u32)fd, (__u64)buf, 0, 0, DIR_RX, ret) : 0;
+	return tgid_tracked(tgid) ? on_call(tgid, (__u32)fd, (__u64)buf, 0, 0, DIR_RX, ret, NULL, NULL) : 0;
 }
 
 SEC("fexit/__sys_sendmsg")
@@ -493,7 +661,7 @@ int BPF_PROG(fexit__sendmsg, int fd, void *msg, unsigned int flags, bool forbid_
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_TX, ret) : 0;
+	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_TX, ret, NULL, NULL) : 0;
 }
 
 SEC("fexit/__sys_recvmsg")
@@ -501,8 +669,10 @@ int BPF_PROG(fexit__recvmsg, int fd, void *msg, unsigned int flags, bool forbid_
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_RX, ret) : 0;
+	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_RX, ret, NULL, NULL) : 0;
 }
+
+/* ---- all sets -------------------------------------------------------------- */
 
 SEC("tp/sched/sched_process_exit")
 int tp__sched__sched_process_exit(void *ctx)

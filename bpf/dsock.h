@@ -17,10 +17,11 @@
 #define DSOCK_MAX_SOCKS 16
 
 /* dsock_event.type */
-#define DSOCK_EV_CONNECT 1 /* a client connected to a watched socket; data = exe name */
+#define DSOCK_EV_CONNECT 1 /* a client connected to a watched socket (socket set: its first
+                              send or receive since the probe loaded); data = exe name */
 #define DSOCK_EV_TX 2      /* the client wrote (request direction) */
 #define DSOCK_EV_RX 3      /* the client read (response direction) */
-#define DSOCK_EV_CLOSE 4   /* the client closed the fd */
+#define DSOCK_EV_CLOSE 4   /* the client closed the fd (socket set: either side saw the other gone) */
 #define DSOCK_EV_EXIT 5    /* the client process exited: all its connections are gone */
 
 /* dsock_conn.mute, set by userspace to stop copying bytes it does not need.
@@ -33,7 +34,8 @@
 #define DSOCK_CTR_RINGBUF_FULL 0   /* event lost: ring buffer full */
 #define DSOCK_CTR_READ_FAIL 1      /* event sent without data: user memory unreadable */
 #define DSOCK_CTR_TRACK_FULL 2     /* connection not tracked: map full */
-#define DSOCK_CTR_INFLIGHT_FULL 3  /* call not captured: in-flight map full */
+#define DSOCK_CTR_UNSUPPORTED_CALL 3 /* socket set: bytes moved by a call it cannot read (sendmmsg,
+                                       splice, sendfile, io_uring) or on an fd it cannot name */
 #define DSOCK_CTR_TRUNCATED 4      /* calls longer than the copy limit (not a loss) */
 #define DSOCK_CTR_STALE_FD 5       /* fd no longer the tracked socket (dup2/close_range) */
 #define DSOCK_CTR_EVENTS 6         /* events sent */
@@ -49,6 +51,7 @@ struct dsock_key {
 struct dsock_conn {
 	__u64 conn_id; /* unique per agent lifetime, assigned at connect */
 	__u64 file;    /* struct file * of the fd at connect: detects fd reuse */
+	__u64 sk;      /* socket set: the client's struct sock * (conn_socks key); else 0 */
 	__u32 mute;    /* DSOCK_MUTE_* bits */
 	__u32 sock;    /* index of the watched socket (dsock_sock_val.index) */
 };

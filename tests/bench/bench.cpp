@@ -8,7 +8,10 @@
 //   docker.sock RTT       GET /_ping keep-alive round trips    target <= 10 %
 //   attribution latency   Docker's create reply -> listed in /api/v1/containers (p50/p99, target p99 <= 50 ms)
 //
-// usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook auto|fentry|tracepoint]
+//   other unix socket RTT 64-byte ping-pong on a unix socket that is not Docker's
+//
+// usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H[,H...]]
+// (H: auto, socket, fentry, tracepoint; several sets are measured side by side in one run)
 // (tests/bench/run.sh starts a throwaway dockerd and calls this.)
 //
 // dockquota-bench --growth [--rounds N] measures the growth probe alone (no
@@ -86,6 +89,13 @@ struct Agent {
     }
     fprintf(stderr, "bench: agent did not become ready\n");
     exit(1);
+  }
+  // The docker.sock probe's hook set in use, from /healthz.
+  std::string hook() {
+    httplib::Client cli("127.0.0.1", port);
+    auto r = cli.Get("/healthz");
+    if (!r || r->status != 200) return "?";
+    return json::parse(r->body, nullptr, false).value("/probes/docker_sock/hook"_json_pointer, std::string("?"));
   }
   void stop() {
     if (pid <= 0) return;
@@ -180,6 +190,51 @@ double dockerRttNs(const std::string& sock) {
   for (int i = 0; i < n; i++) {
     if (write(fd, req.data(), req.size()) < 0) abort();
     readResponse(fd);
+  }
+  double dt = (nowNs() - t0) / n;
+  close(fd);
+  return dt;
+}
+
+// A unix socket that is not Docker's, answering each read with the same
+// bytes: what the docker.sock probe costs the host's other unix traffic
+// (journald, D-Bus, X, databases).
+struct EchoListener {
+  int lfd;
+  std::thread thr;
+  explicit EchoListener(const std::string& path) {
+    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+    if (bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(lfd, 4) != 0) {
+      perror("bench: echo listener");
+      exit(1);
+    }
+    thr = std::thread([this] {
+      for (int c; (c = accept(lfd, nullptr, nullptr)) >= 0;) {
+        char b[256];
+        for (ssize_t n; (n = read(c, b, sizeof b)) > 0;) {
+          if (write(c, b, n) != n) break;
+        }
+        close(c);
+      }
+    });
+  }
+  ~EchoListener() {
+    shutdown(lfd, SHUT_RDWR);
+    close(lfd);
+    thr.join();
+  }
+};
+
+double unixEchoRttNs(const std::string& path) {
+  int fd = connectUnix(path);
+  char b[64] = {};
+  const int n = 20000;
+  double t0 = nowNs();
+  for (int i = 0; i < n; i++) {
+    if (write(fd, b, sizeof b) != sizeof b || read(fd, b, sizeof b) != sizeof b) abort();
   }
   double dt = (nowNs() - t0) / n;
   close(fd);
@@ -398,49 +453,71 @@ int main(int argc, char** argv) {
   Agent agent;
   std::string sock;
   int rounds = 3, creates = 100;
-  std::string hook = "auto";
+  std::string hooks_arg = "auto";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--agent") agent.bin = argv[i + 1];
     else if (a == "--docker-sock") sock = argv[i + 1];
     else if (a == "--rounds") rounds = atoi(argv[i + 1]);
     else if (a == "--creates") creates = atoi(argv[i + 1]);
-    else if (a == "--hook") hook = argv[i + 1];
+    else if (a == "--hook") hooks_arg = argv[i + 1];
   }
   if (agent.bin.empty() || sock.empty()) {
-    fprintf(stderr, "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H]\n");
+    fprintf(stderr, "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H[,H...]]\n");
     return 2;
+  }
+  // One or more hook sets (probe_hook), measured in the same run.
+  std::vector<std::string> hooks;
+  for (size_t p = 0; p <= hooks_arg.size();) {
+    size_t q = hooks_arg.find(',', p);
+    if (q == std::string::npos) q = hooks_arg.size();
+    if (q > p) hooks.push_back(hooks_arg.substr(p, q - p));
+    p = q + 1;
   }
   char tmpl[] = "/tmp/dq-bench-XXXXXX";
   agent.dir = mkdtemp(tmpl);
   agent.port = freePort();
   agent.config = agent.dir + "/config.json";
-  json cfg = {{"listen_port", agent.port}, {"api_key", kKey}, {"docker_socket", sock},
-              {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "debug"},
-              {"probe_hook", hook}};
-  FILE* f = fopen(agent.config.c_str(), "w");
-  fputs(cfg.dump().c_str(), f);
-  fclose(f);
+  auto configure = [&](const std::string& hook) {
+    json cfg = {{"listen_port", agent.port}, {"api_key", kKey}, {"docker_socket", sock},
+                {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "debug"},
+                {"probe_hook", hook}};
+    FILE* f = fopen(agent.config.c_str(), "w");
+    fputs(cfg.dump().c_str(), f);
+    fclose(f);
+  };
 
   struct Metric {
     const char* name;
     const char* unit;
     std::function<double()> run;
-    std::vector<double> off, on;
+    std::vector<double> off;
+    std::vector<std::vector<double>> on;  // per hook set
   };
   const std::string file = agent.dir + "/write-bench";
+  const std::string other_sock = agent.dir + "/other.sock";
+  EchoListener other(other_sock);
   std::vector<Metric> metrics = {
       {"null syscall (getppid)", "ns", nullSyscallNs, {}, {}},
       {"4 KiB write() to a file", "ns", [&] { return fileWriteNs(file); }, {}, {}},
       {"docker.sock GET /_ping RTT", "us", [&] { return dockerRttNs(sock) / 1000; }, {}, {}},
+      {"other unix socket 64 B RTT", "us", [&] { return unixEchoRttNs(other_sock) / 1000; }, {}, {}},
   };
-  // Alternate off/on so drift in the machine hits both sides alike.
+  for (auto& m : metrics) m.on.resize(hooks.size());
+  std::vector<std::string> in_use(hooks.size());
+  // Alternate off / each set so drift in the machine hits every column alike.
   for (int r = 0; r < rounds; r++) {
     for (auto& m : metrics) m.off.push_back(m.run());
-    agent.start();
-    for (auto& m : metrics) m.on.push_back(m.run());
-    agent.stop();
+    for (size_t h = 0; h < hooks.size(); h++) {
+      configure(hooks[h]);
+      agent.start();
+      in_use[h] = agent.hook();
+      for (auto& m : metrics) m.on[h].push_back(m.run());
+      agent.stop();
+    }
   }
+  // Attribution latency and RSS with the first set.
+  configure(hooks[0]);
   agent.start();
   std::vector<std::string> ids;
   auto lat = attributionLatencyMs(sock, agent, creates, &ids);
@@ -456,14 +533,24 @@ int main(int argc, char** argv) {
   agent.stop();
   removeContainers(sock, ids);
 
-  printf("\nagent probe hooks: %s\n", hook.c_str());
-  printf("%-30s %12s %12s %10s %10s\n", "workload (median of rounds)", "without", "with agent", "delta", "ratio");
-  for (const auto& m : metrics) {
-    double off = median(m.off), on = median(m.on);
-    printf("%-30s %9.1f %-2s %9.1f %-2s %+9.1f%s %9.3fx\n", m.name, off, m.unit, on, m.unit, on - off, m.unit, on / off);
+  printf("\nmedians of %d alternating rounds; ratio = with agent / without\n", rounds);
+  printf("%-30s %12s", "workload", "without");
+  for (size_t h = 0; h < hooks.size(); h++) {
+    std::string col = hooks[h] == in_use[h] ? hooks[h] : hooks[h] + "=" + in_use[h];
+    printf(" %22s", col.c_str());
   }
-  printf("\nattribution latency, Docker's reply -> listed (%d creates): p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
-         creates, percentile(lat, 50), percentile(lat, 99), percentile(lat, 100));
+  printf("\n");
+  for (const auto& m : metrics) {
+    double off = median(m.off);
+    printf("%-30s %9.2f %-2s", m.name, off, m.unit);
+    for (const auto& on_h : m.on) {
+      double on = median(on_h);
+      printf(" %8.2f %-2s (%6.3fx)", on, m.unit, on / off);
+    }
+    printf("\n");
+  }
+  printf("\nattribution latency (%s hooks), Docker's reply -> listed (%d creates): p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+         in_use[0].c_str(), creates, percentile(lat, 50), percentile(lat, 99), percentile(lat, 100));
   printf("agent RSS after the run: %.1f MiB\n", rss_kib / 1024.0);
   std::string cmd = "rm -rf " + agent.dir;
   return system(cmd.c_str()) == 0 ? 0 : 1;

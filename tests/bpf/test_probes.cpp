@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <bpf/btf.h>
+
 #include "agent/dsock_probe.h"
 #include "agent/exec_probe.h"
 #include "agent/probe_util.h"
@@ -114,10 +116,21 @@ std::string readN(int fd, size_t n) {
 }
 
 // Every dsock test runs once per hook set: "tracepoint" everywhere, "fentry"
-// where the kernel allows it. DQ_REQUIRE_FENTRY=1 (set for the QEMU kernels,
-// which have no lockdown) makes an unavailable fentry set a failure.
+// where the kernel allows it, "socket" where the kernel has the sock_*_length
+// tracepoints (6.3+). DQ_REQUIRE_FENTRY=1 (set for the QEMU kernels, which
+// have no lockdown) makes an unavailable fentry set a failure; a kernel whose
+// BTF has the socket tracepoints must load the socket set.
 std::string hookUnderTest() {
-  return GENERATE(as<std::string>{}, "tracepoint", "fentry");
+  return GENERATE(as<std::string>{}, "tracepoint", "fentry", "socket");
+}
+
+bool kernelHasSocketTracepoints() {
+  btf* vmlinux = btf__load_vmlinux_btf();
+  if (!vmlinux) return false;
+  bool has = btf__find_by_name_kind(vmlinux, "btf_trace_sock_send_length", BTF_KIND_TYPEDEF) > 0 &&
+             btf__find_by_name_kind(vmlinux, "btf_trace_sock_recv_length", BTF_KIND_TYPEDEF) > 0;
+  btf__free(vmlinux);
+  return has;
 }
 
 struct Harness {
@@ -137,7 +150,11 @@ struct Harness {
     if (!p) {
       const char* req = std::getenv("DQ_REQUIRE_FENTRY");
       if (hook == "fentry" && !(req && std::string(req) == "1")) {
-        WARN("fentry hooks not available on this kernel (" << p.error().message << "); tested the tracepoint set only");
+        WARN("fentry hooks not available on this kernel (" << p.error().message << "); set not tested");
+        return;
+      }
+      if (hook == "socket" && !kernelHasSocketTracepoints()) {
+        WARN("no sock_send_length/sock_recv_length tracepoints on this kernel (6.3+); set not tested");
         return;
       }
       FAIL(p.error().message);
@@ -145,12 +162,14 @@ struct Harness {
     probe = std::move(*p);
     ok = true;
   }
-  // Drains until `pred` holds or 2 s pass.
+  // Drains until `pred` holds or 2 s pass. Events are written without a
+  // wake-up (BPF_RB_NO_WAKEUP), so drain on a timer as the agent does.
   template <typename P>
   bool waitFor(P pred) {
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     while (std::chrono::steady_clock::now() < until) {
       probe->poll(20);
+      probe->consume();
       if (pred()) return true;
     }
     return false;
@@ -181,15 +200,16 @@ TEST_CASE("dsock probe captures write/read, send/recv, writev/readv, sendmsg/rec
   const uint32_t me = getpid();
 
   int fd = connectTo(srv.path);
+  // The syscall sets see the connect; the socket set, the first send.
+  const std::string a = "GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\n\r\n";
+  REQUIRE(write(fd, a.data(), a.size()) == static_cast<ssize_t>(a.size()));
+  REQUIRE(readN(fd, a.size()) == a);
   REQUIRE(h.waitFor([&] { return !h.of(me, DSOCK_EV_CONNECT).empty(); }));
   auto c = h.of(me, DSOCK_EV_CONNECT).front();
   CHECK(c.fd == static_cast<uint32_t>(fd));
   CHECK(c.uid == getuid());
   CHECK(c.conn_id != 0);
-
-  const std::string a = "GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\n\r\n";
-  REQUIRE(write(fd, a.data(), a.size()) == static_cast<ssize_t>(a.size()));
-  REQUIRE(readN(fd, a.size()) == a);
+  CHECK(h.events.front().type == DSOCK_EV_CONNECT);  // before the bytes it tracks
   const std::string b = "send-recv";
   REQUIRE(send(fd, b.data(), b.size(), 0) == static_cast<ssize_t>(b.size()));
   std::string rb(b.size(), '\0');
@@ -319,6 +339,117 @@ TEST_CASE("dsock probe reports the uid and login uid of another user's process",
   CHECK(conn[0].loginuid == 2002);
   CHECK(h.joined(c, DSOCK_EV_TX) == "hi");
   CHECK(h.joined(c, DSOCK_EV_RX) == "hi");
+}
+
+// The socket set has no connect or close hook: it starts tracking at a
+// connection's first send or receive and ends it when either side sees the
+// other gone. What that buys and what it must still get right:
+TEST_CASE("dsock socket set: connections from before the probe, inherited fds, server-side close, peeks", "[bpf]") {
+  if (!prerequisites()) return;
+  if (!kernelHasSocketTracepoints()) {
+    WARN("no sock_send_length/sock_recv_length tracepoints on this kernel (6.3+); socket set not tested");
+    return;
+  }
+  EchoServer srv;
+  const uint32_t me = getpid();
+  const int early = connectTo(srv.path);  // before the probe loaded
+  Harness h({srv.path}, "socket");
+  REQUIRE(h.ok);
+
+  // 1. The connection made before the probe is tracked from its next request.
+  REQUIRE(write(early, "early-req", 9) == 9);
+  REQUIRE(readN(early, 9) == "early-req");
+  REQUIRE(h.waitFor([&] { return h.joined(me, DSOCK_EV_RX) == "early-req"; }));
+  auto conns = h.of(me, DSOCK_EV_CONNECT);
+  REQUIRE(conns.size() == 1);
+  CHECK(conns[0].fd == static_cast<uint32_t>(early));
+  CHECK(h.joined(me, DSOCK_EV_TX) == "early-req");
+
+  // 2. MSG_PEEK reads the same bytes twice: captured once.
+  REQUIRE(write(early, "peek", 4) == 4);
+  char pk[4];
+  REQUIRE(recv(early, pk, 4, MSG_PEEK | MSG_WAITALL) == 4);
+  REQUIRE(readN(early, 4) == "peek");
+  REQUIRE(h.waitFor([&] { return h.joined(me, DSOCK_EV_RX) == "early-reqpeek"; }));
+
+  // 3. A call the set cannot read (sendmmsg) is counted, not misread.
+  {
+    std::string m = "mmsg";
+    iovec iov{m.data(), m.size()};
+    mmsghdr mm{};
+    mm.msg_hdr.msg_iov = &iov;
+    mm.msg_hdr.msg_iovlen = 1;
+    REQUIRE(sendmmsg(early, &mm, 1, 0) == 1);
+    REQUIRE(readN(early, 4) == "mmsg");
+    REQUIRE(h.waitFor([&] { return h.probe->counters()[DSOCK_CTR_UNSUPPORTED_CALL] >= 1; }));
+    CHECK(h.joined(me, DSOCK_EV_TX) == "early-reqpeek");
+  }
+
+  // 4. The client closes: the server's EOF ends the connection.
+  close(early);
+  REQUIRE(h.waitFor([&] { return !h.of(me, DSOCK_EV_CLOSE).empty(); }));
+  CHECK(h.of(me, DSOCK_EV_CLOSE).front().conn_id == conns[0].conn_id);
+  CHECK(h.of(me, DSOCK_EV_CLOSE).front().fd == static_cast<uint32_t>(early));
+
+  // 5. A child that inherits a connected fd is seen as itself (its uid).
+  const int shared = connectTo(srv.path);
+  pid_t child = fork();
+  if (child == 0) {
+    if (setgid(2001) != 0 || setuid(2001) != 0) _exit(3);
+    if (write(shared, "child", 5) != 5) _exit(4);
+    char b[5];
+    _exit(read(shared, b, 5) == 5 ? 0 : 5);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  const uint32_t c = static_cast<uint32_t>(child);
+  REQUIRE(h.waitFor([&] { return h.joined(c, DSOCK_EV_RX) == "child"; }));
+  auto cc = h.of(c, DSOCK_EV_CONNECT);
+  REQUIRE(cc.size() == 1);
+  CHECK(cc[0].uid == 2001);
+  CHECK(h.joined(c, DSOCK_EV_TX) == "child");
+  close(shared);
+}
+
+TEST_CASE("dsock socket set: the client reading EOF ends the connection", "[bpf]") {
+  if (!prerequisites()) return;
+  if (!kernelHasSocketTracepoints()) {
+    WARN("no sock_send_length/sock_recv_length tracepoints on this kernel (6.3+); socket set not tested");
+    return;
+  }
+  // A server that answers once and closes (HTTP/1.0-style).
+  char tmpl[] = "/tmp/dq-bpftest-XXXXXX";
+  const std::string dir = mkdtemp(tmpl), path = dir + "/docker.sock";
+  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  strcpy(sa.sun_path, path.c_str());
+  REQUIRE(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  REQUIRE(listen(lfd, 4) == 0);
+  std::thread srv([lfd] {
+    int c = accept(lfd, nullptr, nullptr);
+    char b[64];
+    if (c < 0) return;
+    if (read(c, b, sizeof b) > 0 && write(c, "bye", 3) == 3) {
+    }
+    close(c);
+  });
+  Harness h({path}, "socket");
+  REQUIRE(h.ok);
+  const uint32_t me = getpid();
+  int fd = connectTo(path);
+  REQUIRE(write(fd, "hello", 5) == 5);
+  std::string got = readN(fd, 16);  // "bye", then EOF
+  CHECK(got == "bye");
+  REQUIRE(h.waitFor([&] { return !h.of(me, DSOCK_EV_CLOSE).empty(); }));
+  CHECK(h.joined(me, DSOCK_EV_RX) == "bye");
+  srv.join();
+  close(fd);
+  close(lfd);
+  unlink(path.c_str());
+  rmdir(dir.c_str());
 }
 
 TEST_CASE("exec probe reports executions of watched binaries only", "[bpf]") {
