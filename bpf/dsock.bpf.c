@@ -416,10 +416,14 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	conn = bpf_map_lookup_elem(&conns, &key);
 	if (!conn && !sk)
 		return 0;
-	/* The fd may have been closed and reused without close() (dup2, close_range,
-	 * exec of a CLOEXEC fd; on the socket set any close): the struct file tells. */
+	/* The socket set knows the call's socket: the same sk as at tracking
+	 * means fd still names it. Otherwise the fd may have been closed and
+	 * reused without close() (dup2, close_range, exec of a CLOEXEC fd; on
+	 * the socket set any close): the struct file tells. */
+	if (conn && sk && conn->sk == (__u64)sk)
+		goto capture;
 	file = task_fd_file(task, fd);
-	if (conn && ((__u64)file != conn->file || (sk && conn->sk != (__u64)sk))) {
+	if (conn && ((__u64)file != conn->file || sk)) {
 		count(DSOCK_CTR_STALE_FD);
 		untrack_conn(&key, conn);
 		conn = NULL;
@@ -438,6 +442,7 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 			return 0;
 	}
 
+capture:
 	/* A response starting ends an upload the agent muted, and vice versa. */
 	if (dir == DIR_RX) {
 		muted = conn->mute & DSOCK_MUTE_RX;
@@ -560,12 +565,53 @@ static __always_inline void end_client(struct sock *client)
 		bpf_map_delete_elem(&conn_socks, &skp);
 }
 
+/* Kernel 6.2+ (commit a35b9af4ec2c, "bpf: Add a kfunc for type cast"): view a
+ * pointer as another BTF type, read-only. Only the socket set (6.3+) calls it;
+ * __weak lets the object load on kernels without it, where that set is not
+ * loaded. */
+extern void *bpf_rdonly_cast(void *obj, __u32 btf_id) __ksym __weak;
+
+/* watched_peer() for the socket set, where sk is a BTF pointer: the chain to
+ * the peer's inode is walked with direct loads (the JIT makes them plain
+ * loads with a fault fixup) instead of one bpf_probe_read_kernel() call per
+ * step. This runs on every send and receive of every unix socket on the host,
+ * so it must reject the ones that are not Docker's cheaply. */
+static __always_inline const struct dsock_sock_val *watched_peer_btf(struct sock *sk, int *peer_gone)
+{
+	struct dsock_sock_key skey = {};
+	struct dsock_sock_val *watched;
+	struct unix_sock *u = bpf_skc_to_unix_sock(sk), *pu;
+	struct inode *inode;
+
+	if (!u || !u->peer)
+		return NULL;
+	/* u->peer is an untrusted pointer, which bpf_skc_to_unix_sock() refuses. */
+	pu = bpf_rdonly_cast(u->peer, bpf_core_type_id_kernel(struct unix_sock));
+	if (!pu)
+		return NULL;
+	if (!pu->path.dentry) {
+		/* Unbound (sk is a server-side socket, or abstract), or released:
+		 * unix_release_sock() clears the path. dockerd may have closed
+		 * before the client read the rest of its reply. */
+		*peer_gone = !pu->sk.sk_socket;
+		return NULL;
+	}
+	inode = pu->path.dentry->d_inode;
+	if (!inode)
+		return NULL;
+	skey.ino = inode->i_ino;
+	skey.dev = inode->i_sb->s_dev;
+	watched = bpf_map_lookup_elem(&watched_socks, &skey);
+	return watched ? watched : lookup_bound_path(pu);
+}
+
 /* A send or receive on sk moved ret bytes (or failed with ret < 0). */
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int dir)
 {
 	const struct dsock_sock_val *watched;
 	struct pt_regs *regs;
 	struct sock *peer;
+	int peer_gone = 0;
 	__u32 tgid;
 
 	if (sk->__sk_common.skc_family != AF_UNIX)
@@ -585,9 +631,16 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int d
 	}
 	if (flags & MSG_PEEK)
 		return 0; /* the same bytes will be read again */
-	watched = watched_peer(sk);
-	if (!watched)
-		return 0;
+	watched = watched_peer_btf(sk, &peer_gone);
+	if (!watched) {
+		/* A tracked connection whose server has gone still delivers what
+		 * it had sent: read it, but track nothing new (sk = NULL). */
+		__u64 skp = (__u64)sk;
+
+		if (!peer_gone || !bpf_map_lookup_elem(&conn_socks, &skp))
+			return 0;
+		sk = NULL;
+	}
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	if (tgid == targ_self_tgid)
 		return 0;
