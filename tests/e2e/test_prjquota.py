@@ -243,6 +243,19 @@ def degraded(env, fstype=None):
           "%s: /metrics says degraded, walk-based usage" % where)
     env.docker("alice", "run", "--network", "none", "--name", "alice-dd", "alice-img:1",
                "dd", "if=/dev/zero", "of=/fill", "bs=1048576", "count=8")
+    gp = h["probes"]["growth"]
+    if not gp["attached"]:
+        # A kernel that refuses fentry (the lockdown host): "auto" leaves the
+        # growth probe off rather than tax every syscall with tp_btf/sys_exit,
+        # and says so. Then the fallback, asked for by name.
+        check(os.environ.get("DQ_REQUIRE_FENTRY") != "1" and "fentry" in gp.get("unavailable", "") and
+              "every syscall" in gp.get("unavailable", "") and any("growth probe" in r for r in h["degraded"]),
+              "%s: growth probe off without fentry, and /healthz says why: %s" % (where, json.dumps(gp)))
+        env.stop_agent()
+        env.start_agent(usage_interval_s=5, growth_probe_hook="tracepoint")
+        gp = env.health()["probes"]["growth"]
+        check(gp["attached"] and gp["hook"] == "tracepoint", "%s: growth_probe_hook tracepoint attaches the fallback: %s"
+              % (where, json.dumps(gp)))
     # Live growth (BPF): a running container's layer writes, per container and per uid.
     env.docker("alice", "run", "-d", "--network", "none", "--name", "alice-grow", "alice-img:1", "sh", "-c",
                # counted from the start event on (the cgroup exists only then): write a moment later
