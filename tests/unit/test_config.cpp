@@ -16,6 +16,28 @@ TEST_CASE("config: empty object gives documented defaults", "[config]") {
   CHECK(c->docker_binaries == std::vector<std::string>{"/usr/bin/docker", "/usr/local/bin/docker"});
   CHECK(c->capture_bytes == 4096);
   CHECK(c->bill_root_to_login_uid);
+  CHECK(c->probe_hook == "auto");
+  CHECK(c->growth_probe_hook == "auto");
+}
+
+TEST_CASE("config: the hook sets each probe has", "[config]") {
+  for (const char* h : {"auto", "socket", "fentry", "tracepoint"}) {
+    auto c = parseConfig(std::string(R"({"probe_hook": ")") + h + "\"}", "t.json");
+    REQUIRE(c.ok());
+    CHECK(c->probe_hook == h);
+  }
+  for (const char* h : {"auto", "fentry", "tracepoint"}) {
+    auto c = parseConfig(std::string(R"({"growth_probe_hook": ")") + h + "\"}", "t.json");
+    REQUIRE(c.ok());
+    CHECK(c->growth_probe_hook == h);
+  }
+  // The growth probe has no socket set: it counts file writes.
+  auto bad = parseConfig(R"({"growth_probe_hook": "socket"})", "t.json");
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.error().message, Catch::Contains("key \"growth_probe_hook\": must be one of auto, fentry, tracepoint"));
+  bad = parseConfig(R"({"probe_hook": "kprobe"})", "t.json");
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.error().message, Catch::Contains("key \"probe_hook\": must be one of auto, socket, fentry, tracepoint"));
 }
 
 TEST_CASE("config: unknown keys and wrong types are refused, naming the key", "[config]") {
