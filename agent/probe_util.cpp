@@ -51,13 +51,15 @@ Result<std::string> loadHookSet(const char* sub, const std::string& hook, const 
   for (size_t i = 0; i < auto_count; i++) {
     auto st = load(sets[i]);
     if (st) {
-      if (i > 0) {
-        LOG_WARN(sub, "using %s hooks%s", sets[i].c_str(),
-                 sets[i] == "tracepoint" ? ": every syscall of every process now pays the tracepoint slow path" : "");
+      // The last resort slows the whole host: say so where admins look.
+      if (sets[i] == "tracepoint") {
+        LOG_WARN(sub, "using tracepoint hooks (%s): every syscall of every process now pays the tracepoint slow path",
+                 refused.c_str());
+      } else if (i > 0) {
+        LOG_INFO(sub, "using %s hooks (%s)", sets[i].c_str(), refused.c_str());
       }
       return sets[i];
     }
-    LOG_WARN(sub, "%s", st.error().message.c_str());
     refused += (refused.empty() ? "" : "; ") + st.error().message;
   }
   return Error{EOPNOTSUPP, refused.empty() ? std::string(sub) + ": no hook set allowed" : refused};
