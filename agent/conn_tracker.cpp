@@ -93,6 +93,15 @@ void ConnTracker::onEvent(const dsock_event& ev) {
           // Uploads (build contexts, image loads) can be gigabytes that
           // attribution never reads: stop copying them until the reply starts.
           if (uploadBodyIsIrrelevant(req) && hooks_.mute) hooks_.mute(tgid, fd, DSOCK_MUTE_TX);
+        },
+        [this, tgid, fd](const HttpRequest& req, const HttpResponse& resp) {
+          // Downloads (image saves, exports, logs) fill the ring buffer as
+          // fast as uploads, and no response body of an unrecognised call is
+          // read: stop copying until the next request starts.
+          if (hooks_.mute && downloadBodyIsIrrelevant(req, resp)) {
+            closed_.muted_downloads++;
+            hooks_.mute(tgid, fd, DSOCK_MUTE_RX);
+          }
         });
     closed_.connections++;
     conns_[conn_id] = std::move(c);

@@ -39,6 +39,7 @@ struct TrackerStats {
   uint64_t orphan_events = 0;    // data for a connection we never saw connect (agent started later)
   uint64_t calls = 0;            // recognised API calls
   uint64_t execs = 0;            // docker CLI executions seen
+  uint64_t muted_downloads = 0;  // response bodies the probe was told not to copy
 };
 
 class ConnTracker {

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <charconv>
 #include <string_view>
 #include <utility>
 
@@ -24,6 +25,8 @@ namespace {
 using nlohmann::json;
 
 constexpr std::string_view kUserLabel = "qman.user";
+// A response body this short fits in one copied read (DSOCK_CAP_BYTES).
+constexpr uint64_t kSmallBodyBytes = 4096;
 constexpr std::string_view kLoadedImage = "Loaded image: ";
 constexpr std::string_view kLoadedImageId = "Loaded image ID: ";
 
@@ -428,6 +431,19 @@ bool uploadBodyIsIrrelevant(const HttpRequest& r) {
     return id.find('/') == std::string_view::npos;
   }
   return false;
+}
+
+bool downloadBodyIsIrrelevant(const HttpRequest& r, const HttpResponse& resp) {
+  if (route(r)) return false;
+  // A body the probe copies in one read (4 KiB) costs no more muted than
+  // copied, and muting costs the agent a map update: only longer ones.
+  std::string len = resp.header("Content-Length");
+  if (resp.header("Transfer-Encoding").empty() && !len.empty()) {
+    uint64_t n = 0;
+    auto [end, ec] = std::from_chars(len.data(), len.data() + len.size(), n);
+    if (ec == std::errc() && end == len.data() + len.size() && n <= kSmallBodyBytes) return false;
+  }
+  return true;
 }
 
 }  // namespace dockquota

@@ -57,4 +57,10 @@ std::optional<ApiCall> recognize(const HttpExchange& exchange);
 // imports, archive uploads): the probe can stop copying until the response.
 bool uploadBodyIsIrrelevant(const HttpRequest& request);
 
+// True when the body of this response is never read (recognize() reads
+// response bodies only of the calls it recognises) and may be large: image
+// saves, exports, archive downloads, logs, stats and event streams, lists.
+// The probe can stop copying it until the client's next request.
+bool downloadBodyIsIrrelevant(const HttpRequest& request, const HttpResponse& response);
+
 }  // namespace dockquota

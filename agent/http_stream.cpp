@@ -379,11 +379,14 @@ struct HttpConnection::Impl {
     uint64_t parse_errors = 0, resyncs = 0, discarded_bytes = 0;
   };
 
-  Impl(ExchangeSink on_exchange, RequestHeadSink on_head)
-      : on_exchange_(std::move(on_exchange)), on_request_head_(std::move(on_head)) {}
+  Impl(ExchangeSink on_exchange, RequestHeadSink on_head, ResponseHeadSink on_response_head)
+      : on_exchange_(std::move(on_exchange)),
+        on_request_head_(std::move(on_head)),
+        on_response_head_(std::move(on_response_head)) {}
 
   ExchangeSink on_exchange_;
   RequestHeadSink on_request_head_;
+  ResponseHeadSink on_response_head_;
   HttpStreamStats stats_;
   Side tx_{true}, rx_{false};
   std::deque<Pending> pending_;
@@ -667,6 +670,9 @@ struct HttpConnection::Impl {
     } else {
       s.state = State::UntilClose;
     }
+    // Only for the request it will be paired with (pairResponse's rule).
+    if (on_response_head_ && req && req->first_ns <= resp.first_ns && s.state != State::Idle)
+      on_response_head_(*req, resp);
     return true;
   }
 
@@ -1032,8 +1038,10 @@ struct HttpConnection::Impl {
   }
 };
 
-HttpConnection::HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head)
-    : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head))) {}
+HttpConnection::HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head,
+                               ResponseHeadSink on_response_head)
+    : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head),
+                                   std::move(on_response_head))) {}
 
 void HttpConnection::onSend(std::string_view data, uint64_t total, uint64_t ts_ns) {
   impl_->send(data, std::max<uint64_t>(total, data.size()), ts_ns);

@@ -84,8 +84,14 @@ class HttpConnection {
   // Called when a request head is complete (before its body), so the caller
   // can decide to stop copying an upload it does not need.
   using RequestHeadSink = std::function<void(const HttpRequest&)>;
+  // Called when a response head with a body to follow is complete, with the
+  // request it answers, so the caller can stop copying a download it does not
+  // need. Uncopied body bytes are gaps: a Content-Length body stays framed
+  // exactly; a chunked one loses sync until the next status line.
+  using ResponseHeadSink = std::function<void(const HttpRequest&, const HttpResponse&)>;
 
-  explicit HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head = nullptr);
+  explicit HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head = nullptr,
+                          ResponseHeadSink on_response_head = nullptr);
 
   // Bytes the client wrote. `data` is what the probe copied; `total` is how many
   // bytes the syscall moved (total >= data.size()); the rest is a gap.

@@ -361,7 +361,7 @@ int main(int argc, char** argv) {
                    {"parse_errors", ts.http.parse_errors}, {"resyncs", ts.http.resyncs},
                    {"gap_bytes", ts.http.gap_bytes}, {"discarded_bytes", ts.http.discarded_bytes},
                    {"orphan_responses", ts.http.orphan_responses}, {"api_calls", ts.calls},
-                   {"docker_execs", ts.execs}};
+                   {"docker_execs", ts.execs}, {"muted_downloads", ts.muted_downloads}};
     const auto& as = attributor.stats();
     h["attribution"] = {{"calls", as.calls.load()}, {"failed_calls", as.failed_calls.load()},
                         {"attributed", as.attributed.load()}, {"docker_errors", as.docker_errors.load()},

@@ -24,6 +24,7 @@ using dockquota::HttpExchange;
 using dockquota::HttpRequest;
 using dockquota::recognize;
 using dockquota::uploadBodyIsIrrelevant;
+using dockquota::downloadBodyIsIrrelevant;
 using Strings = std::vector<std::string>;
 
 namespace {
@@ -547,6 +548,35 @@ TEST_CASE("uploadBodyIsIrrelevant", "[docker_api][upload]") {
     CHECK(uploadBodyIsIrrelevant(r.exchanges.back().request));
   }
   CHECK_FALSE(uploadBodyIsIrrelevant(replay("cli-container-create-1.json").exchanges.back().request));
+}
+
+TEST_CASE("downloadBodyIsIrrelevant", "[docker_api][upload]") {
+  const std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+  auto big = response(200, std::string(4097, 'x'));
+  auto small = response(200, std::string(4096, 'x'));
+  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
+           {"GET", "/v1.41/images/get?names=a"}, {"GET", "/images/a/get"}, {"GET", "/containers/a/logs?stdout=1"},
+           {"GET", "/containers/a/export"}, {"GET", "/containers/a/archive?path=%2F"}, {"GET", "/events"},
+           {"GET", "/containers/json?all=1"}, {"POST", "/containers/a/wait"}}) {
+    INFO(method << " " << target);
+    CHECK(downloadBodyIsIrrelevant(exchangeOf(request(method, target), chunked).request,
+                                   exchangeOf(request(method, target), chunked).response));
+    auto x = exchangeOf(request(method, target), big);
+    CHECK(downloadBodyIsIrrelevant(x.request, x.response));
+    x = exchangeOf(request(method, target), small);
+    CHECK_FALSE(downloadBodyIsIrrelevant(x.request, x.response));
+  }
+  // Every call recognize() reads a response body of keeps it.
+  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
+           {"POST", "/containers/create"}, {"POST", "/images/create?fromImage=busybox"},
+           {"POST", "/images/create?fromSrc=-"}, {"POST", "/build"}, {"POST", "/images/load"},
+           {"POST", "/commit?container=a"}, {"DELETE", "/images/a"}, {"POST", "/volumes/create"}}) {
+    INFO(method << " " << target);
+    auto x = exchangeOf(request(method, target), chunked);
+    CHECK_FALSE(downloadBodyIsIrrelevant(x.request, x.response));
+    x = exchangeOf(request(method, target), big);
+    CHECK_FALSE(downloadBodyIsIrrelevant(x.request, x.response));
+  }
 }
 
 TEST_CASE("toString names every action", "[docker_api]") {

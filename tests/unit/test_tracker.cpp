@@ -126,3 +126,41 @@ TEST_CASE("tracker: the oldest connection is evicted at the limit", "[tracker]")
   t.onEvent(*ev(DSOCK_EV_TX, 1, 101, "x"));  // evicted: now unknown
   CHECK(t.stats().orphan_events == 1);
 }
+
+TEST_CASE("tracker: big downloads are muted after their head, and the next call still pairs", "[tracker]") {
+  std::vector<uint32_t> mutes;
+  std::vector<ApiCall> calls;
+  ConnTracker t({.on_call = [&](const ApiCall& c, const ClientInfo&) { calls.push_back(c); },
+                 .mute = [&](uint32_t, uint32_t, uint32_t bits) { mutes.push_back(bits); },
+                 .untrack = nullptr, .exe_of = [](uint32_t) { return std::string(); }});
+  t.onEvent(*ev(DSOCK_EV_CONNECT, 1, 10));
+  // docker save: a chunked tar. The head and the first chunk's start come in
+  // one read; what follows is muted (lengths only: gaps over chunk framing).
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, "GET /v1.41/images/get?names=bb%3A1 HTTP/1.1\r\nHost: d\r\n\r\n"));
+  t.onEvent(*ev(DSOCK_EV_RX, 1, 10,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "8000\r\nlayer.tar",
+                4096));
+  REQUIRE(mutes == std::vector<uint32_t>{DSOCK_MUTE_RX});
+  for (int i = 0; i < 100; i++) t.onEvent(*ev(DSOCK_EV_RX, 1, 10, "", 32768));
+  // A small reply is not muted; neither is the reply of a recognised call.
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, "GET /v1.41/_ping HTTP/1.1\r\nHost: d\r\n\r\n"));
+  t.onEvent(*ev(DSOCK_EV_RX, 1, 10, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"));
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, kCreateReq));
+  t.onEvent(*ev(DSOCK_EV_RX, 1, 10, kCreateResp));
+  CHECK(mutes.size() == 1);
+  REQUIRE(calls.size() == 1);
+  CHECK(calls[0].action == ApiAction::ContainerCreate);
+  CHECK(calls[0].ids == std::vector<std::string>{kId});
+  // A muted Content-Length body stays framed exactly.
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, "GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: d\r\n\r\n"));
+  t.onEvent(*ev(DSOCK_EV_RX, 1, 10, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n[{", 4096));
+  t.onEvent(*ev(DSOCK_EV_RX, 1, 10, "", 100000 - (4096 - 43)));
+  CHECK(mutes.size() == 2);
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, kCreateReq));
+  t.onEvent(*ev(DSOCK_EV_RX, 1, 10, kCreateResp));
+  REQUIRE(calls.size() == 2);
+  CHECK(calls[1].ids == std::vector<std::string>{kId});
+  CHECK(t.stats().muted_downloads == 2);
+  CHECK(t.stats().http.parse_errors == 0);
+}
