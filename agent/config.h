@@ -26,7 +26,8 @@ struct Config {
   std::string database = "/var/lib/dockquota/dockquota.db";
   // Probes
   uint32_t capture_bytes = 4096;
-  uint32_t ringbuf_kib = 4096;  // mapped twice by the kernel: RSS grows by 2x this
+  uint32_t ringbuf_kib = 2048;  // mapped twice by the kernel: RSS grows by 2x this; 2048 lost nothing in
+                                // tests/bench/ring_burst.py once downloads are muted (README Benchmark)
   uint32_t poll_interval_ms = 10;
   std::string probe_hook = "auto";  // docker.sock probe: auto | socket | fentry | tracepoint
   // Attribution

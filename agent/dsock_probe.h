@@ -22,7 +22,7 @@ class DsockProbe {
   struct Options {
     std::vector<std::string> socket_paths;      // e.g. /var/run/docker.sock, /run/docker.sock
     uint32_t capture_bytes = DSOCK_CAP_BYTES;   // per call, <= DSOCK_CAP_BYTES
-    uint32_t ringbuf_bytes = 4u << 20;          // power of two
+    uint32_t ringbuf_bytes = 2u << 20;          // power of two (config ringbuf_kib)
     bool ignore_self = true;                    // do not capture this process's own Docker calls
     std::string hook = "auto";                  // "auto" (kHookSets in order) or one of kHookSets
   };
