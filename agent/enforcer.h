@@ -131,11 +131,13 @@ class Enforcer {
   void enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::vector<Candidate> cands, SweepReport& rep);
   void stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit, SweepReport& rep);
   void removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint64_t usage, SweepReport& rep);
-  void removeContainer(EnforcementAction a, uint64_t new_usage, uint64_t limit, SweepReport& rep);
+  // Without a stop of ours first (a.stopped_at unset), the removal stops it too: both events are recorded.
+  void removeContainer(EnforcementAction a, uint64_t usage, uint64_t new_usage, uint64_t limit, SweepReport& rep);
+  Event stoppedEvent(const EnforcementAction& a, uint64_t usage, uint64_t limit);
   // A runtime call failed: the action is marked failed and logged; returns its docker_enforcement_failed event.
   Event failed(EnforcementAction& a, const char* action, const Error& err, SweepReport& rep);
-  // An action's outcome and its event (none when e.type is empty), in one transaction.
-  void settle(const EnforcementAction& a, Event& e, SweepReport& rep);
+  // An action's outcome and its events (in order), in one transaction.
+  void settle(const EnforcementAction& a, std::vector<Event> events, SweepReport& rep);
   void storeFailed(const Error& err);  // counted for /healthz and logged
   bool stillOwnedBy(const std::string& id, uint32_t uid) const;
   uint64_t recentlyFreed(uint32_t uid, double since) const;

@@ -22,8 +22,9 @@ class ContainerRuntime {
   // Stops it, waiting up to `timeout` after SIGTERM before SIGKILL. Already
   // stopped is success; ENOENT: no such container.
   virtual Status stop(const std::string& id, std::chrono::seconds timeout) = 0;
-  // Removes it, running or not (`volumes`: its anonymous volumes too).
-  // ENOENT: it was already gone.
+  // Removes it, running or not: a running one is killed (SIGKILL) and
+  // removed in this one call, like `docker rm -f` (`volumes`: its anonymous
+  // volumes too). ENOENT: it was already gone.
   virtual Status remove(const std::string& id, bool volumes) = 0;
 };
 
