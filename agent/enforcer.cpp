@@ -548,6 +548,9 @@ void Enforcer::wake() {
 }
 
 void Enforcer::run() {
+  // Before the first sweep: an enforcement then starts with its first Docker call, not a handshake.
+  if (opt_.mode == EnforceMode::Enforce)
+    if (auto st = runtime_.connect(); !st) LOG_DEBUG(kSub, "%s (again at the first call)", st.error().message.c_str());
   std::unique_lock<std::mutex> l(cv_mu_);
   while (!stop_) {
     auto deadline = std::chrono::steady_clock::now() + opt_.interval;

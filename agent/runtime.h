@@ -17,6 +17,9 @@ class ContainerRuntime {
  public:
   virtual ~ContainerRuntime() = default;
   virtual const char* name() const = 0;
+  // Opens what the calls below use (Docker: the connection, with the API
+  // version negotiated), so the first enforcement does not pay for it.
+  virtual Status connect() { return {}; }
   // Bytes in the container's writable layer now. ENOENT: no such container.
   virtual Result<uint64_t> writableBytes(const std::string& id) = 0;
   // Stops it, waiting up to `timeout` after SIGTERM before SIGKILL. Already
@@ -35,6 +38,7 @@ class DockerRuntime : public ContainerRuntime {
  public:
   explicit DockerRuntime(DockerClient& docker) : docker_(docker) {}
   const char* name() const override { return "docker"; }
+  Status connect() override;
   Result<uint64_t> writableBytes(const std::string& id) override;
   Status stop(const std::string& id, std::chrono::seconds timeout) override;
   Status remove(const std::string& id, bool volumes) override;

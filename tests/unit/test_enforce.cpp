@@ -5,6 +5,7 @@
 
 #include <map>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "agent/enforcer.h"
@@ -240,6 +241,10 @@ namespace {
 class FakeRuntime : public ContainerRuntime {
  public:
   const char* name() const override { return "fake"; }
+  Status connect() override {
+    calls.push_back("connect");
+    return {};
+  }
   Result<uint64_t> writableBytes(const std::string& id) override {
     asked.push_back(id);
     if (!sizes.count(id)) return Error{ENOENT, "no such container"};
@@ -560,4 +565,23 @@ TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start,
   CHECK(rf->stopped == 0);
   CHECK(f.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kFailed});
   CHECK(f.store->events(ofType(event_type::kFailed))->front().event.detail["action"] == "remove");
+}
+
+TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in enforce mode only", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  {
+    auto dry = w.enforcer(EnforcerOptions{});
+    dry->start();
+    dry->stop();
+  }
+  CHECK(w.runtime.calls.empty());
+  auto e = w.enforcer(enforce(std::chrono::seconds(0)));
+  e->start();
+  for (int i = 0; i < 200 && w.store->actions(false)->empty(); i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  e->stop();
+  CHECK(w.runtime.calls == std::vector<std::string>{"connect", "remove 1"});
 }
