@@ -325,13 +325,20 @@ def walk_based(env):
 
         # -- mail --------------------------------------------------------------------------------
         if smtp:
-            msgs = wait_for("bob's mail", lambda: [m for m in smtp.messages() if m["To"] == "bob@example.org"],
-                            timeout=60)
-            check(bool(msgs), "bob@example.org received a notification (%d mails in all)" % len(smtp.messages()))
-            if msgs:
-                body = "\n".join(p.get_payload(decode=True).decode() for p in msgs[0].walk()
+            def text(m):
+                return "\n".join(p.get_payload(decode=True).decode() for p in m.walk()
                                  if p.get_content_type() == "text/plain")
-                check("b3" in body and b3[:12] in body, "the mail names the stopped container b3 (%s)" % b3[:12])
+
+            # The exceeded event may have gone out alone during the dry-run
+            # (one mail per burst): the stop is in the mail that names b3.
+            msgs = wait_for("bob's mail naming b3", lambda: [
+                m for m in smtp.messages() if m["To"] == "bob@example.org" and b3[:12] in text(m)], timeout=60)
+            bobs = [m for m in smtp.messages() if m["To"] == "bob@example.org"]
+            check(bool(bobs), "bob@example.org received a notification (%d mails in all)" % len(smtp.messages()))
+            check(bool(msgs), "a mail names the stopped container b3 (%s; %d mails to bob)" % (b3[:12], len(bobs)))
+            if msgs:
+                body = text(msgs[0])
+                check("b3" in body, "the mail gives b3's name")
                 check(str(7 * MiB) in body or "7.0 MiB" in body or "7 MiB" in body,
                       "the mail gives bob's limit")
                 check(email.utils.parseaddr(msgs[0]["From"])[1] == "dockquota@e2e-host" and "e2e-host" in msgs[0]["Subject"],
