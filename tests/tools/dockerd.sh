@@ -4,6 +4,8 @@
 #   tests/tools/dockerd.sh stop DIR
 #   tests/tools/dockerd.sh image DIR NAME      -> imports a busybox image named NAME
 # No network: --bridge=none --iptables=false, so containers need --network none.
+# DQ_DOCKERD_DEBUG=1: dockerd -D, so DIR/dockerd.log has every API call and
+# containerd event with its time (test_enforce.py's timeline shows them).
 set -eu
 cmd=$1 dir=$2
 mkdir -p "$dir"
@@ -12,7 +14,7 @@ sock=$dir/docker.sock
 case "$cmd" in
 start)
   group=${3:-}
-  dockerd --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
+  dockerd ${DQ_DOCKERD_DEBUG:+-D} --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
     --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" -H "unix://$sock" \
     ${group:+--group "$group"} --storage-driver overlay2 >"$dir/dockerd.log" 2>&1 &
   i=0
