@@ -289,6 +289,12 @@ struct World {
     }
     runtime.sizes[cid(c)] = bytes;
   }
+  // bob over his limit with one container: '1' holds 5 MiB, 6 MiB used of 4 MiB.
+  void bobOverWithOne() {
+    container('1', kBob, 10, 5 * MiB);
+    usage = {{kBob, 6 * MiB}};
+    REQUIRE(book->setLimit(kBob, 4 * 1024));
+  }
   std::shared_ptr<const UsageSnapshot> snapshot() const {
     auto s = std::make_shared<UsageSnapshot>();
     s->measured = true;
@@ -433,9 +439,7 @@ TEST_CASE("enforcer: grace 0, two victims: each one's stopped then removed, usag
 
 TEST_CASE("enforcer: dry-run reports once and touches nothing", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   EnforcerOptions o;  // dry-run is the default
   auto e = w.enforcer(o);
   for (int i = 0; i < 3; i++) REQUIRE(e->sweep());
@@ -477,9 +481,7 @@ TEST_CASE("enforcer: never touches unattributed, label-billed or exempt containe
 
 TEST_CASE("enforcer: spared when the user gets under during the grace period", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   auto e = w.enforcer(enforce(std::chrono::seconds(60)));
   REQUIRE(e->sweep());
   w.usage[kBob] = 3 * MiB;  // bob deleted an image meanwhile
@@ -493,9 +495,7 @@ TEST_CASE("enforcer: spared when the user gets under during the grace period", "
 
 TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures are events", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   // What a crash between the intent and Docker's answer leaves behind.
   REQUIRE(w.store->putAction(action('1', kBob, 5 * MiB, ActionState::Stopping, 990)));
   auto e = w.enforcer(enforce());
@@ -505,9 +505,7 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   CHECK(w.store->events(ofType(event_type::kStopped))->size() == 1);
 
   World f;
-  f.container('1', kBob, 10, 5 * MiB);
-  f.usage = {{kBob, 6 * MiB}};
-  REQUIRE(f.book->setLimit(kBob, 4 * 1024));
+  f.bobOverWithOne();
   f.runtime.fail_stop = true;
   auto ef = f.enforcer(enforce());
   auto r = ef->sweep();
@@ -555,9 +553,7 @@ TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start,
 
   // Docker refuses: one failure event, neither stopped nor removed is claimed.
   World f;
-  f.container('1', kBob, 10, 5 * MiB);
-  f.usage = {{kBob, 6 * MiB}};
-  REQUIRE(f.book->setLimit(kBob, 4 * 1024));
+  f.bobOverWithOne();
   f.runtime.fail_remove = true;
   auto ef = f.enforcer(enforce(std::chrono::seconds(0)));
   auto rf = ef->sweep();
@@ -569,9 +565,7 @@ TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start,
 
 TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in enforce mode only", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   {
     auto dry = w.enforcer(EnforcerOptions{});
     dry->start();
