@@ -13,7 +13,8 @@
 //      asked of the runtime now, not the last measurement), and stops them;
 //   3. removes stopped containers whose grace period ended, while the user
 //      is still over; if the user got under meanwhile, the rest are spared
-//      (left stopped).
+//      (left stopped). With no grace, 2 and 3 are one forced removal (the
+//      runtime kills and removes), recorded as stopped, then removed.
 // Bytes in containers already stopped, or removed after the snapshot was
 // measured, count as freed, so a stale figure never picks a second victim.
 //
@@ -57,8 +58,8 @@ namespace dockquota {
 struct EnforcerOptions {
   EnforceMode mode = EnforceMode::DryRun;
   EnforceOrder order = EnforceOrder::Newest;
-  std::chrono::seconds grace{300};         // stop -> remove
-  std::chrono::seconds stop_timeout{10};   // SIGTERM -> SIGKILL
+  std::chrono::seconds grace{300};         // stop -> remove; 0: one forced removal (kill, remove)
+  std::chrono::seconds stop_timeout{10};   // SIGTERM -> SIGKILL (with a grace period)
   bool remove_volumes = true;              // a removed container's anonymous volumes go too
   std::chrono::milliseconds interval = std::chrono::seconds(60);  // periodic sweep
   Thresholds thresholds;
