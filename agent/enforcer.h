@@ -13,7 +13,8 @@
 //      asked of the runtime now, not the last measurement), and stops them;
 //   3. removes stopped containers whose grace period ended, while the user
 //      is still over; if the user got under meanwhile, the rest are spared
-//      (left stopped).
+//      (left stopped). With no grace, 2 and 3 are one forced removal (the
+//      runtime kills and removes), recorded as stopped, then removed.
 // Bytes in containers already stopped, or removed after the snapshot was
 // measured, count as freed, so a stale figure never picks a second victim.
 //
@@ -57,8 +58,8 @@ namespace dockquota {
 struct EnforcerOptions {
   EnforceMode mode = EnforceMode::DryRun;
   EnforceOrder order = EnforceOrder::Newest;
-  std::chrono::seconds grace{300};         // stop -> remove
-  std::chrono::seconds stop_timeout{10};   // SIGTERM -> SIGKILL
+  std::chrono::seconds grace{300};         // stop -> remove; 0: one forced removal (kill, remove)
+  std::chrono::seconds stop_timeout{10};   // SIGTERM -> SIGKILL (with a grace period)
   bool remove_volumes = true;              // a removed container's anonymous volumes go too
   std::chrono::milliseconds interval = std::chrono::seconds(60);  // periodic sweep
   Thresholds thresholds;
@@ -131,11 +132,13 @@ class Enforcer {
   void enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::vector<Candidate> cands, SweepReport& rep);
   void stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit, SweepReport& rep);
   void removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint64_t usage, SweepReport& rep);
-  void removeContainer(EnforcementAction a, uint64_t new_usage, uint64_t limit, SweepReport& rep);
+  // Without a stop of ours first (a.stopped_at unset), the removal stops it too: both events are recorded.
+  void removeContainer(EnforcementAction a, uint64_t usage, uint64_t new_usage, uint64_t limit, SweepReport& rep);
+  Event stoppedEvent(const EnforcementAction& a, uint64_t usage, uint64_t limit);
   // A runtime call failed: the action is marked failed and logged; returns its docker_enforcement_failed event.
   Event failed(EnforcementAction& a, const char* action, const Error& err, SweepReport& rep);
-  // An action's outcome and its event (none when e.type is empty), in one transaction.
-  void settle(const EnforcementAction& a, Event& e, SweepReport& rep);
+  // An action's outcome and its events (in order), in one transaction.
+  void settle(const EnforcementAction& a, std::vector<Event> events, SweepReport& rep);
   void storeFailed(const Error& err);  // counted for /healthz and logged
   bool stillOwnedBy(const std::string& id, uint32_t uid) const;
   uint64_t recentlyFreed(uint32_t uid, double since) const;

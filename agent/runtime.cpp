@@ -22,6 +22,12 @@ bool validContainerId(const std::string& id) {
   return true;
 }
 
+Status DockerRuntime::connect() {
+  auto v = docker_.negotiate();  // GET /version on the client's keep-alive connection
+  if (!v) return v.error();
+  return {};
+}
+
 Result<uint64_t> DockerRuntime::writableBytes(const std::string& id) {
   if (!validContainerId(id)) return Error{EINVAL, "docker: size of container '" + id + "': not a container id"};
   // size=1 makes Docker walk the writable layer now: current, unlike /system/df's cached figure.

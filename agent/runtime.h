@@ -17,13 +17,17 @@ class ContainerRuntime {
  public:
   virtual ~ContainerRuntime() = default;
   virtual const char* name() const = 0;
+  // Opens what the calls below use (Docker: the connection, with the API
+  // version negotiated), so the first enforcement does not pay for it.
+  virtual Status connect() { return {}; }
   // Bytes in the container's writable layer now. ENOENT: no such container.
   virtual Result<uint64_t> writableBytes(const std::string& id) = 0;
   // Stops it, waiting up to `timeout` after SIGTERM before SIGKILL. Already
   // stopped is success; ENOENT: no such container.
   virtual Status stop(const std::string& id, std::chrono::seconds timeout) = 0;
-  // Removes it, running or not (`volumes`: its anonymous volumes too).
-  // ENOENT: it was already gone.
+  // Removes it, running or not: a running one is killed (SIGKILL) and
+  // removed in this one call, like `docker rm -f` (`volumes`: its anonymous
+  // volumes too). ENOENT: it was already gone.
   virtual Status remove(const std::string& id, bool volumes) = 0;
 };
 
@@ -34,6 +38,7 @@ class DockerRuntime : public ContainerRuntime {
  public:
   explicit DockerRuntime(DockerClient& docker) : docker_(docker) {}
   const char* name() const override { return "docker"; }
+  Status connect() override;
   Result<uint64_t> writableBytes(const std::string& id) override;
   Status stop(const std::string& id, std::chrono::seconds timeout) override;
   Status remove(const std::string& id, bool volumes) override;

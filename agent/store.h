@@ -283,8 +283,12 @@ class Store : public EventSpool {
   Status delivered(Channel c, const std::vector<int64_t>& seqs, bool ok, double now) override;
   Result<size_t> pendingCount(Channel c) override;
 
-  // An action's new state; with `event`, the event is recorded in the same transaction.
-  Status putAction(const EnforcementAction& a, Event* event = nullptr, Route route = {});
+  // An action's new state, with its events (in this order) in the same transaction.
+  struct RoutedEvent {
+    Event* event;
+    Route route;
+  };
+  Status putAction(const EnforcementAction& a, const std::vector<RoutedEvent>& events = {});
   // Open ones (stopping, stopped, removing) or all (newest first, at most `limit`).
   Result<std::vector<EnforcementAction>> actions(bool open_only, size_t limit = 1000) const;
 

@@ -208,7 +208,7 @@ Result<size_t> Store::pendingCount(Channel c) {
 
 // --- actions ---------------------------------------------------------------------------
 
-Status Store::putAction(const EnforcementAction& a, Event* event, Route route) {
+Status Store::putAction(const EnforcementAction& a, const std::vector<RoutedEvent>& events) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = std::string("record enforcement (") + toString(a.state) + ") of container " + a.container_id;
   Txn txn(db_);
@@ -231,8 +231,8 @@ Status Store::putAction(const EnforcementAction& a, Event* event, Route route) {
   bindOpt(st, 9, a.finished_at);
   st.bind(10, a.error);
   if (auto s = st.run(what); !s) return s.error();
-  if (event)
-    if (auto s = insertEvent(db_, *event, route, what); !s) return s.error();
+  for (const auto& e : events)
+    if (auto s = insertEvent(db_, *e.event, e.route, what); !s) return s.error();
   return txn.commit(what);
 }
 

@@ -16,12 +16,14 @@ Everywhere (usage from Docker's figures):
   - the SMTP server receives bob's notification with his figures.
 Where the kernel has project quotas (the vmtest guests; DQ_REQUIRE_PRJQUOTA=1):
   - bob's writer hits his kernel limit; the quota-driven trigger stops and
-    removes that container (the newest) within 1 s, bob's older one stays."""
+    removes that container (the newest) within 1 s, bob's older one stays;
+    a timeline shows where the time went (agent log, dockerd's events)."""
 import datetime
 import email
 import email.utils
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -325,13 +327,20 @@ def walk_based(env):
 
         # -- mail --------------------------------------------------------------------------------
         if smtp:
-            msgs = wait_for("bob's mail", lambda: [m for m in smtp.messages() if m["To"] == "bob@example.org"],
-                            timeout=60)
-            check(bool(msgs), "bob@example.org received a notification (%d mails in all)" % len(smtp.messages()))
-            if msgs:
-                body = "\n".join(p.get_payload(decode=True).decode() for p in msgs[0].walk()
+            def text(m):
+                return "\n".join(p.get_payload(decode=True).decode() for p in m.walk()
                                  if p.get_content_type() == "text/plain")
-                check("b3" in body and b3[:12] in body, "the mail names the stopped container b3 (%s)" % b3[:12])
+
+            # The exceeded event may have gone out alone during the dry-run
+            # (one mail per burst): the stop is in the mail that names b3.
+            msgs = wait_for("bob's mail naming b3", lambda: [
+                m for m in smtp.messages() if m["To"] == "bob@example.org" and b3[:12] in text(m)], timeout=60)
+            bobs = [m for m in smtp.messages() if m["To"] == "bob@example.org"]
+            check(bool(bobs), "bob@example.org received a notification (%d mails in all)" % len(smtp.messages()))
+            check(bool(msgs), "a mail names the stopped container b3 (%s; %d mails to bob)" % (b3[:12], len(bobs)))
+            if msgs:
+                body = text(msgs[0])
+                check("b3" in body, "the mail gives b3's name")
                 check(str(7 * MiB) in body or "7.0 MiB" in body or "7 MiB" in body,
                       "the mail gives bob's limit")
                 check(email.utils.parseaddr(msgs[0]["From"])[1] == "dockquota@e2e-host" and "e2e-host" in msgs[0]["Subject"],
@@ -354,6 +363,38 @@ def rfc3339(ts):
     """Docker's RFC 3339 nano timestamp -> unix seconds (float)."""
     date, frac = (ts.rstrip("Z").split(".") + ["0"])[:2]
     return datetime.datetime.fromisoformat(date).replace(tzinfo=datetime.timezone.utc).timestamp() + float("0." + frac)
+
+
+AGENT_LOG_SUBSYSTEMS = ("enforce", "prjquota", "growth", "docker")
+
+
+def print_timeline(env, timeline, start, end):
+    """Where the time between the crossing and the removal went: every
+    moment in `timeline` and the agent's log lines of the enforcement path in
+    [start - 1 s, end + 0.1 s], relative to `start`, on one clock."""
+    with open(env.agent_log) as f:
+        for line in f:
+            parts = line.split(None, 3)
+            if len(parts) == 4 and parts[2].rstrip(":") in AGENT_LOG_SUBSYSTEMS:
+                try:
+                    timeline.append((rfc3339(parts[0]), "agent: " + (parts[2] + " " + parts[3].strip())[:150]))
+                except ValueError:
+                    pass
+    try:  # with DQ_DOCKERD_DEBUG=1 (tests/tools/dockerd.sh), every API call and containerd event
+        with open(os.path.join(env.dir, "dockerd.log")) as f:
+            for line in f:
+                m = re.match(r'time="([^"]+)" level=(\w+) msg="(.*)', line)
+                if m:
+                    try:
+                        timeline.append((rfc3339(m.group(1)), "dockerd: " + m.group(3)[:140]))
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    print("timeline (seconds from the crossing):")
+    for t, what in sorted(timeline):
+        if start - 1.0 <= t <= end + 0.1:
+            print("  %+7.3f  %s" % (t - start, what))
 
 
 def kernel_trigger(env):
@@ -385,11 +426,13 @@ def kernel_trigger(env):
     lines = []
     threading.Thread(target=lambda: lines.extend(logs.stdout), daemon=True).start()
     actions = {}
+    timeline = []  # (time, what) on the guest's clock: Docker's events, the writer's lines, the agent's log
 
     def read_events():
         for line in watch.stdout:
             action, nano = line.split()
             actions.setdefault(action, int(nano) / 1e9)
+            timeline.append((int(nano) / 1e9, "docker event: " + action))
     threading.Thread(target=read_events, daemon=True).start()
     wait_for("hog destroyed", lambda: "destroy" in actions, timeout=60)
     watch.terminate()
@@ -408,17 +451,27 @@ def kernel_trigger(env):
     if at_line and all(a in actions for a in ("kill", "die", "destroy")):
         crossed = at_line[0]
         kill_s, stop_s, rm_s = actions["kill"] - crossed, actions["die"] - crossed, actions["destroy"] - crossed
-        figures["kernel_cross_to_sigterm_s"] = round(kill_s, 3)
+        figures["kernel_cross_to_kill_s"] = round(kill_s, 3)
         figures["kernel_cross_to_stopped_s"] = round(stop_s, 3)
         figures["kernel_cross_to_removed_s"] = round(rm_s, 3)
         figures["docker_stop_s"] = round(actions["die"] - actions["kill"], 3)
         if edquot:
             figures["kernel_edquot_after_crossing_s"] = round(edquot[0] - crossed, 3)
-        # The trigger's own latency ends at Docker's `kill` (SIGTERM sent);
-        # what follows is Docker's stop and removal, whose time (seconds under
-        # QEMU's emulation, a tenth of that on hardware) is reported beside it.
-        check(kill_s <= 1.0, "the stop was under way %.3f s after bob crossed his limit (SIGTERM; MiB %d of the "
-              "writer; target 1 s); stopped at %.3f s, removed at %.3f s" % (kill_s, cross_mib, stop_s, rm_s))
+        # Docker's own time for the forced removal, as the agent measured its one call.
+        took = re.search(r"stopped \(killed\) and removed container hog \(\w+\) in ([0-9.]+)s", open(env.agent_log).read())
+        if took:
+            figures["docker_forced_removal_s"] = float(took.group(1))
+        # The trigger's own latency ends at Docker's `kill` (grace 0: the
+        # SIGKILL of the agent's one forced removal). Docker then stops (`die`)
+        # and removes (`destroy`) the container on its own; under QEMU's
+        # emulation that alone takes 0.6 s to several seconds with the host's
+        # load (runc kill, runc delete, the shim's cleanup are each a Go
+        # binary started in the guest), so stop and removal are reported,
+        # with a timeline, but only the kill is asserted.
+        print_timeline(env, timeline + [(crossed, "writer: MiB %d written (bob crosses his limit)" % cross_mib)]
+                       + [(t, "writer: a write failed (EDQUOT)") for t in edquot[:1]], crossed, actions["destroy"])
+        check(kill_s <= 1.0, "the stop was under way %.3f s after bob crossed his limit (Docker's kill; MiB %d of "
+              "the writer; target 1 s); stopped at %.3f s, removed at %.3f s" % (kill_s, cross_mib, stop_s, rm_s))
     else:
         check(False, "crossing and stop times observed (MiB %d in %d log lines, docker events %s)" % (
             cross_mib, len(lines), actions))

@@ -4,6 +4,8 @@
 #   tests/tools/dockerd.sh stop DIR
 #   tests/tools/dockerd.sh image DIR NAME      -> imports a busybox image named NAME
 # No network: --bridge=none --iptables=false, so containers need --network none.
+# DQ_DOCKERD_DEBUG=1: dockerd -D, so DIR/dockerd.log has every API call and
+# containerd event with its time (test_enforce.py's timeline shows them).
 set -eu
 cmd=$1 dir=$2
 mkdir -p "$dir"
@@ -12,14 +14,22 @@ sock=$dir/docker.sock
 case "$cmd" in
 start)
   group=${3:-}
-  dockerd --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
+  dockerd ${DQ_DOCKERD_DEBUG:+-D} --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
     --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" -H "unix://$sock" \
     ${group:+--group "$group"} --storage-driver overlay2 >"$dir/dockerd.log" 2>&1 &
-  i=0
-  while ! curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; do
-    i=$((i + 1))
-    # 60 s: under QEMU TCG on a busy 2-core host dockerd's start takes tens of seconds
-    if [ $i -gt 600 ]; then echo "dockerd did not come up in 60 s; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1; fi
+  pid=$!
+  # 60 s of wall time: under QEMU TCG on a busy 2-core host dockerd's start
+  # takes tens of seconds (and each curl there a good part of one, so counting
+  # tries was minutes). A dockerd that exited (e.g. "timeout waiting for
+  # containerd to start") is reported at once.
+  deadline=$(($(date +%s) + 60))
+  while ! curl -sf -m 5 --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "dockerd exited while starting; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "dockerd did not come up in 60 s; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1
+    fi
     sleep 0.1
   done
   echo "$sock"

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "agent/enforcer.h"
@@ -204,18 +205,26 @@ TEST_CASE("store v4: actions with their event in one transaction; exemptions", "
   a.stopped_at = 11;
   a.remove_after = 14;
   Event e{0, event_type::kStopped, kBob, "bob", a.container_id, {}, 11};
-  REQUIRE(s->putAction(a, &e, {true, false}));
+  REQUIRE(s->putAction(a, {{&e, {true, false}}}));
   CHECK(e.seq > 0);
+  // Two events with one outcome (a forced removal: stopped, then removed), in order.
+  EnforcementAction b = action('c', kBob, 1 * MiB, ActionState::Removed, 10);
+  Event e1{0, event_type::kStopped, kBob, "bob", b.container_id, {}, 12};
+  Event e2{0, event_type::kRemoved, kBob, "bob", b.container_id, {}, 12};
+  REQUIRE(s->putAction(b, {{&e1, {true, false}}, {&e2, {false, true}}}));
+  CHECK(e1.seq > e.seq);
+  CHECK(e2.seq == e1.seq + 1);
+  CHECK(*s->pendingCount(Channel::Master) == 2);
+  CHECK(*s->pendingCount(Channel::Mail) == 1);
   auto open = s->actions(true);
   REQUIRE(open->size() == 1);
   CHECK(open->front().state == ActionState::Stopped);
   CHECK(open->front().remove_after == 14);
-  CHECK(*s->pendingCount(Channel::Master) == 1);
   a.state = ActionState::Removed;
   a.finished_at = 15;
   REQUIRE(s->putAction(a));
   CHECK(s->actions(true)->empty());
-  CHECK(s->actions(false)->size() == 1);
+  CHECK(s->actions(false)->size() == 2);
 
   REQUIRE(s->setExemption({"container", cid('b'), "thesis", 1}));
   REQUIRE(s->setExemption({"user", "2001", "", 2}));
@@ -232,6 +241,10 @@ namespace {
 class FakeRuntime : public ContainerRuntime {
  public:
   const char* name() const override { return "fake"; }
+  Status connect() override {
+    calls.push_back("connect");
+    return {};
+  }
   Result<uint64_t> writableBytes(const std::string& id) override {
     asked.push_back(id);
     if (!sizes.count(id)) return Error{ENOENT, "no such container"};
@@ -244,12 +257,13 @@ class FakeRuntime : public ContainerRuntime {
   }
   Status remove(const std::string& id, bool) override {
     calls.push_back("remove " + id.substr(0, 1));
-    sizes.erase(id);
+    if (fail_remove) return Error{EBUSY, "docker: remove: HTTP 409: boom"};
+    if (!sizes.erase(id)) return Error{ENOENT, "no such container"};
     return {};
   }
-  std::map<std::string, uint64_t> sizes;
+  std::map<std::string, uint64_t> sizes;  // the containers that exist
   std::vector<std::string> calls, asked;
-  bool fail_stop = false;
+  bool fail_stop = false, fail_remove = false;
 };
 
 struct World {
@@ -274,6 +288,12 @@ struct World {
       REQUIRE(store->attribute(ObjectKind::Container, cid(c), ev, true));
     }
     runtime.sizes[cid(c)] = bytes;
+  }
+  // bob over his limit with one container: '1' holds 5 MiB, 6 MiB used of 4 MiB.
+  void bobOverWithOne() {
+    container('1', kBob, 10, 5 * MiB);
+    usage = {{kBob, 6 * MiB}};
+    REQUIRE(book->setLimit(kBob, 4 * 1024));
   }
   std::shared_ptr<const UsageSnapshot> snapshot() const {
     auto s = std::make_shared<UsageSnapshot>();
@@ -358,7 +378,7 @@ TEST_CASE("enforcer: bob's newest is stopped, removed after the grace period, al
   CHECK(st["users"][0]["level"] == "warning");
 }
 
-TEST_CASE("enforcer: grace 0 removes in the same sweep; largest order", "[enforce]") {
+TEST_CASE("enforcer: grace 0 stops and removes in one forced removal; largest order", "[enforce]") {
   World w;
   w.container('1', kBob, 10, 5 * MiB);
   w.container('2', kBob, 20, 1 * MiB);
@@ -370,14 +390,56 @@ TEST_CASE("enforcer: grace 0 removes in the same sweep; largest order", "[enforc
   auto r = e->sweep();
   CHECK(r->stopped == 1);
   CHECK(r->removed == 1);
-  CHECK(w.runtime.calls == std::vector<std::string>{"stop 1", "remove 1"});
+  CHECK(w.runtime.calls == std::vector<std::string>{"remove 1"});  // no graceful stop: Docker kills and removes
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
+  auto stopped = w.store->events(ofType(event_type::kStopped));
+  REQUIRE(stopped->size() == 1);
+  CHECK(stopped->front().event.detail["block_current"] == 6 * MiB);
+  CHECK(stopped->front().event.detail["remove_after_seconds"] == 0);
+  CHECK(stopped->front().event.container_id == cid('1'));
+  auto removed = w.store->events(ofType(event_type::kRemoved));
+  REQUIRE(removed->size() == 1);
+  CHECK(removed->front().event.detail["new_usage"] == 1 * MiB);
+  CHECK(removed->front().master == "pending");
+  auto all = w.store->actions(false);
+  REQUIRE(all->size() == 1);
+  CHECK(all->front().state == ActionState::Removed);
+  CHECK(all->front().stopped_at == all->front().finished_at);
+  // The stale snapshot (still 6 MiB) picks no second victim.
+  w.clock += 5;
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls.size() == 1);
+}
+
+TEST_CASE("enforcer: grace 0, two victims: each one's stopped then removed, usage counted down", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 3 * MiB);
+  w.container('2', kBob, 20, 3 * MiB);
+  w.container('3', kBob, 30, 3 * MiB);
+  w.usage = {{kBob, 9 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  auto e = w.enforcer(enforce(std::chrono::seconds(0)));
+  auto r = e->sweep();
+  CHECK(r->stopped == 2);
+  CHECK(r->removed == 2);
+  CHECK(w.runtime.calls == std::vector<std::string>{"remove 3", "remove 2"});
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved,
+                                                  event_type::kStopped, event_type::kRemoved});
+  auto stopped = w.store->events(ofType(event_type::kStopped));
+  auto removed = w.store->events(ofType(event_type::kRemoved));
+  REQUIRE(stopped->size() == 2);
+  REQUIRE(removed->size() == 2);
+  CHECK(stopped->at(0).event.container_id == cid('3'));
+  CHECK(stopped->at(0).event.detail["block_current"] == 9 * MiB);
+  CHECK(removed->at(0).event.detail["new_usage"] == 6 * MiB);
+  CHECK(stopped->at(1).event.container_id == cid('2'));
+  CHECK(stopped->at(1).event.detail["block_current"] == 6 * MiB);
+  CHECK(removed->at(1).event.detail["new_usage"] == 3 * MiB);
 }
 
 TEST_CASE("enforcer: dry-run reports once and touches nothing", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   EnforcerOptions o;  // dry-run is the default
   auto e = w.enforcer(o);
   for (int i = 0; i < 3; i++) REQUIRE(e->sweep());
@@ -419,9 +481,7 @@ TEST_CASE("enforcer: never touches unattributed, label-billed or exempt containe
 
 TEST_CASE("enforcer: spared when the user gets under during the grace period", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   auto e = w.enforcer(enforce(std::chrono::seconds(60)));
   REQUIRE(e->sweep());
   w.usage[kBob] = 3 * MiB;  // bob deleted an image meanwhile
@@ -435,9 +495,7 @@ TEST_CASE("enforcer: spared when the user gets under during the grace period", "
 
 TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures are events", "[enforce]") {
   World w;
-  w.container('1', kBob, 10, 5 * MiB);
-  w.usage = {{kBob, 6 * MiB}};
-  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  w.bobOverWithOne();
   // What a crash between the intent and Docker's answer leaves behind.
   REQUIRE(w.store->putAction(action('1', kBob, 5 * MiB, ActionState::Stopping, 990)));
   auto e = w.enforcer(enforce());
@@ -447,9 +505,7 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   CHECK(w.store->events(ofType(event_type::kStopped))->size() == 1);
 
   World f;
-  f.container('1', kBob, 10, 5 * MiB);
-  f.usage = {{kBob, 6 * MiB}};
-  REQUIRE(f.book->setLimit(kBob, 4 * 1024));
+  f.bobOverWithOne();
   f.runtime.fail_stop = true;
   auto ef = f.enforcer(enforce());
   auto r = ef->sweep();
@@ -457,4 +513,69 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   auto failed = f.store->events(ofType(event_type::kFailed));
   REQUIRE(failed->size() == 1);
   CHECK(failed->front().event.detail["error"].get<std::string>().find("boom") != std::string::npos);
+}
+
+TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start, its events once", "[enforce]") {
+  // What a crash between the intent (removing, never stopped by us) and
+  // Docker's answer leaves behind, the container still there.
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.container('2', kBob, 20, 5 * MiB);
+  w.usage = {{kBob, 10 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 8 * 1024));
+  REQUIRE(w.store->putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
+  auto e = w.enforcer(enforce(std::chrono::seconds(0)));
+  auto r = e->sweep();
+  REQUIRE(r);
+  CHECK(w.runtime.calls == std::vector<std::string>{"remove 2"});  // once, and no second victim
+  CHECK(r->stopped == 1);
+  CHECK(r->removed == 1);
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
+  CHECK(w.store->actions(true)->empty());
+  w.clock += 5;
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls.size() == 1);
+
+  // The crash came after Docker removed it: finished without a second call's
+  // effect, as a removal someone else did (no events), and not picked again.
+  World g;
+  g.container('1', kBob, 10, 5 * MiB);
+  g.usage = {{kBob, 10 * MiB}};
+  REQUIRE(g.book->setLimit(kBob, 8 * 1024));
+  REQUIRE(g.store->putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
+  auto eg = g.enforcer(enforce(std::chrono::seconds(0)));
+  REQUIRE(eg->sweep());
+  CHECK(g.runtime.calls == std::vector<std::string>{"remove 2"});
+  auto all = g.store->actions(false);
+  REQUIRE(all->size() == 1);
+  CHECK(all->front().state == ActionState::Removed);
+  CHECK(g.types(kBob) == std::vector<std::string>{event_type::kExceeded});
+
+  // Docker refuses: one failure event, neither stopped nor removed is claimed.
+  World f;
+  f.bobOverWithOne();
+  f.runtime.fail_remove = true;
+  auto ef = f.enforcer(enforce(std::chrono::seconds(0)));
+  auto rf = ef->sweep();
+  CHECK(rf->failed == 1);
+  CHECK(rf->stopped == 0);
+  CHECK(f.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kFailed});
+  CHECK(f.store->events(ofType(event_type::kFailed))->front().event.detail["action"] == "remove");
+}
+
+TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in enforce mode only", "[enforce]") {
+  World w;
+  w.bobOverWithOne();
+  {
+    auto dry = w.enforcer(EnforcerOptions{});
+    dry->start();
+    dry->stop();
+  }
+  CHECK(w.runtime.calls.empty());
+  auto e = w.enforcer(enforce(std::chrono::seconds(0)));
+  e->start();
+  for (int i = 0; i < 200 && w.store->actions(false)->empty(); i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  e->stop();
+  CHECK(w.runtime.calls == std::vector<std::string>{"connect", "remove 1"});
 }
