@@ -106,8 +106,11 @@ Result<UsageFigures> DockerUsageSource::measure() {
     auto df = docker_.systemDf();
     if (!df) return df.error().context("usage");
     f.containers.reserve(df->containers.size());
+    std::map<std::string, SharedText, std::less<>> image_ids;  // one copy of each image id
     for (auto& c : df->containers) {
-      f.containers.push_back({std::move(c.id), std::move(c.name), std::move(c.image_id), std::move(c.state),
+      auto image = image_ids.find(c.image_id);
+      if (image == image_ids.end()) image = image_ids.emplace(c.image_id, SharedText(c.image_id)).first;
+      f.containers.push_back({std::move(c.id), std::move(c.name), image->second, std::move(c.state),
                               c.size_rw.value_or(0)});
     }
     f.volumes.reserve(df->volumes.size());
@@ -287,7 +290,7 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
     r.id = fig ? std::string_view(fig->id) : keep(rec->id);
     const std::string_view fig_name = fig ? std::string_view(fig->name) : std::string_view();
     r.name = rec && !rec->name.empty() ? keep(rec->name, fig_name) : fig_name;
-    r.parent = fig ? std::string_view(fig->image_id) : keep(rec->parent);
+    r.parent = fig ? fig->image_id.view() : keep(rec->parent);
     r.status = fig ? std::string_view(fig->status) : std::string_view();
     r.size_bytes = fig ? fig->size_rw : 0;
     if (kernel) {
@@ -309,10 +312,7 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
     r.id = r.name = fig ? std::string_view(fig->name) : keep(rec->id);
     r.parent = rec ? keep(rec->parent) : std::string_view();
     r.size_bytes = fig ? fig->size : 0;
-    if (fig) {
-      r.reported_size = fig->reported;
-      r.ref_count = fig->ref_count;
-    }
+    r.volume = fig;
     if (rec) setOwner(r, *rec);
     s.volume_bytes += r.size_bytes;
     if (r.uid) s.users[*r.uid].volume_bytes += r.size_bytes;
@@ -327,12 +327,9 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
     UsageRow& r = s.images.emplace_back();
     r.kind = ObjectKind::Image;
     r.id = fig ? std::string_view(fig->id) : keep(rec->id);
-    if (fig) {
-      r.tags = fig->tags;
-      r.size_bytes = fig->size;
-      r.created = fig->created;
-    }
-    r.name = !r.tags.empty() ? std::string_view(r.tags.front()) : rec ? keep(rec->name) : std::string_view();
+    r.image = fig;
+    if (fig) r.size_bytes = fig->size;
+    r.name = !r.tags().empty() ? std::string_view(r.tags().front()) : rec ? keep(rec->name) : std::string_view();
     if (rec) setOwner(r, *rec);
     s.image_bytes += r.size_bytes;
   };

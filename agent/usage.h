@@ -40,10 +40,26 @@ namespace dockquota {
 
 // --- figures: what a source measures -------------------------------------------
 
+// Text that many figures repeat: one copy, shared. A container's image id is
+// 71 bytes; as a std::string in each of 10,000 containers it took an
+// 80-byte heap block apiece, though a host has a few hundred images.
+class SharedText {
+ public:
+  SharedText() = default;
+  SharedText(std::string text) : text_(text.empty() ? nullptr : std::make_shared<const std::string>(std::move(text))) {}
+  SharedText(const char* text) : SharedText(std::string(text)) {}
+  std::string_view view() const { return text_ ? std::string_view(*text_) : std::string_view(); }
+  operator std::string_view() const { return view(); }
+  bool operator==(std::string_view other) const { return view() == other; }
+
+ private:
+  std::shared_ptr<const std::string> text_;
+};
+
 struct ContainerFigure {
   std::string id;        // full id
   std::string name;      // without the leading '/'
-  std::string image_id;  // "sha256:..."
+  SharedText image_id;   // "sha256:...", shared by the image's containers (DockerUsageSource)
   std::string status;    // Docker's State ("running", "exited", ...)
   uint64_t size_rw = 0;  // writable layer bytes
 };
@@ -150,17 +166,23 @@ struct UsageRow {
   std::string_view parent;            // container: image id; image: ""; layer: owning image
   std::string_view status;            // container state
   std::string_view method;            // evidence method of the owner ("image_pull", ...)
-  std::span<const std::string> tags;  // image
+  // Docker's figure of an image or volume row (null: Docker does not have
+  // it), for the fields only those rows show; containers are most rows, so
+  // the rows do not carry empty copies of them.
+  const ImageFigure* image = nullptr;
+  const VolumeFigure* volume = nullptr;
   uint64_t size_bytes = 0;
-  uint64_t ref_count = 0;             // volume
-  std::optional<uint64_t> reported_size;  // volume: Docker's own figure
   std::optional<double> attributed_at;
   std::optional<double> first_seen;
-  std::optional<double> created;      // image: Docker's Created
   std::optional<uint32_t> uid;        // billed uid; nullopt = unattributed
   ObjectKind kind = ObjectKind::Container;
   Source source = Source::None;
   bool known = false;                 // in the store (false: Docker has it, we never saw it)
+
+  std::span<const std::string> tags() const { return image ? std::span(image->tags) : std::span<const std::string>(); }
+  std::optional<double> created() const { return image ? image->created : std::nullopt; }  // Docker's Created
+  uint64_t refCount() const { return volume ? volume->ref_count : 0; }
+  std::optional<uint64_t> reportedSize() const { return volume ? volume->reported : std::nullopt; }  // Docker's own figure
 };
 
 struct UsageSnapshot {

@@ -432,7 +432,7 @@ std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
       {{"images",
         [&](const JsonRowSink& add) {
           for (const UsageRow* r : sorted(snap.images)) {
-            json i = {{"image_id", r->id}, {"tags", r->tags}, {"size_bytes", r->size_bytes}, {"created", isoOrNull(r->created)}};
+            json i = {{"image_id", r->id}, {"tags", r->tags()}, {"size_bytes", r->size_bytes}, {"created", isoOrNull(r->created())}};
             if (r->uid) {  // optional, not nullable
               i["puller_host_user_name"] = ctx.users.name(*r->uid);
               i["puller_uid"] = *r->uid;
@@ -460,9 +460,9 @@ std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
                          {"unattributed_bytes", snap.volume_bytes - attributed}},
                         {{"volumes", [&](const JsonRowSink& add) {
                             for (const UsageRow* r : rows) {
-                              json v = {{"volume_name", r->id}, {"size_bytes", r->size_bytes}, {"ref_count", r->ref_count},
+                              json v = {{"volume_name", r->id}, {"size_bytes", r->size_bytes}, {"ref_count", r->refCount()},
                                         {"first_seen_at", isoOrNull(r->first_seen)}};
-                              if (r->reported_size) v["reported_size_bytes"] = *r->reported_size;
+                              if (auto reported = r->reportedSize()) v["reported_size_bytes"] = *reported;
                               ownerNullable(ctx, v, *r, "host_user_name", "uid");
                               // qman's enum is "label" | "container"; kernel and admin evidence are the
                               // creating request, which qman calls "container". Ours is in "source".

@@ -160,8 +160,8 @@ TEST_CASE("usage: rows point at text that lives as long as their snapshot", "[qm
   CHECK_FALSE(stray.known);
   const UsageRow& pre = row(snap->images, img('p'));
   CHECK(pre.name == "pre:1");
-  REQUIRE(pre.tags.size() == 1);
-  CHECK(pre.tags[0] == "pre:1");
+  REQUIRE(pre.tags().size() == 1);
+  CHECK(pre.tags()[0] == "pre:1");
   const UsageRow& l1 = row(snap->layers, "L1");
   CHECK(l1.parent == img('a'));
   CHECK(l1.method == "image_import");
