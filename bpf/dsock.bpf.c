@@ -255,14 +255,22 @@ static __always_inline struct dsock_sock_val *lookup_bound_path(struct unix_sock
 	return bpf_map_lookup_elem(&watched_paths, key);
 }
 
+/* The watched socket whose listener file is (dev, ino), else the one peer
+ * was bound to by path; NULL when neither. */
+static __always_inline struct dsock_sock_val *watched_listener(__u32 dev, __u64 ino, struct unix_sock *peer)
+{
+	struct dsock_sock_key skey = {.ino = ino, .dev = dev};
+	struct dsock_sock_val *watched = bpf_map_lookup_elem(&watched_socks, &skey);
+
+	return watched ? watched : lookup_bound_path(peer);
+}
+
 /* The watched socket that client socket sk is connected to, or NULL.
  * unix_stream_connect() gives the new server-side socket a reference to the
  * listener's path (newu->path = otheru->path), so the peer's dentry is the
  * socket file dockerd bound, however the client named it. */
 static __always_inline struct dsock_sock_val *watched_peer(struct sock *sk)
 {
-	struct dsock_sock_key skey = {};
-	struct dsock_sock_val *watched;
 	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
 	struct inode *inode;
 
@@ -271,10 +279,7 @@ static __always_inline struct dsock_sock_val *watched_peer(struct sock *sk)
 	inode = BPF_CORE_READ((struct unix_sock *)peer, path.dentry, d_inode);
 	if (!inode)
 		return NULL; /* abstract or unbound socket */
-	skey.ino = BPF_CORE_READ(inode, i_ino);
-	skey.dev = inode_dev(inode);
-	watched = bpf_map_lookup_elem(&watched_socks, &skey);
-	return watched ? watched : lookup_bound_path((struct unix_sock *)peer);
+	return watched_listener(inode_dev(inode), BPF_CORE_READ(inode, i_ino), (struct unix_sock *)peer);
 }
 
 static __always_inline struct sock *file_sock(struct file *file)
@@ -327,7 +332,7 @@ static __always_inline struct dsock_conn *track_conn(struct task_struct *task, _
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
-/* Stops tracking `gone` (already looked up at key) and tells the agent. */
+/* Stops tracking `entry` (already looked up at key) and tells the agent. */
 static __always_inline void untrack_conn(const struct dsock_key *key, struct dsock_conn *entry)
 {
 	struct dsock_conn gone = *entry;
@@ -500,8 +505,8 @@ static __always_inline int on_close(__u32 tgid, __u32 fd, long ret)
 /* Syscall numbers: lib/probe.bpf.h (DSOCK_SYSCALLS). */
 
 /* The read/write calls, by syscall number: what every hook set funnels into.
- * regs holds the syscall's arguments (x86-64: di, si, dx). Returns -1 for a
- * call that is not one of the eight. */
+ * fd, arg1, arg2 are the syscall's first three arguments (x86-64: di, si,
+ * dx). Returns -1 for a call that is not one of the eight. */
 static __always_inline int on_data_call(long nr, __u32 tgid, __u64 fd, __u64 arg1, __u64 arg2, long ret,
 					struct sock *sk, const struct dsock_sock_val *watched)
 {
@@ -565,8 +570,8 @@ static __always_inline void end_client(struct sock *client)
 		bpf_map_delete_elem(&conn_socks, &skp);
 }
 
-/* Kernel 6.2+ (commit a35b9af4ec2c, "bpf: Add a kfunc for type cast"): view a
- * pointer as another BTF type, read-only. Only the socket set (6.3+) calls it;
+/* kfunc of Linux 6.2+ (loads here on 6.12 and 6.18): view a pointer as
+ * another BTF type, read-only. Only the socket set (6.3+) calls it;
  * __weak lets the object load on kernels without it, where that set is not
  * loaded. */
 extern void *bpf_rdonly_cast(void *obj, __u32 btf_id) __ksym __weak;
@@ -578,8 +583,6 @@ extern void *bpf_rdonly_cast(void *obj, __u32 btf_id) __ksym __weak;
  * so it must reject the ones that are not Docker's cheaply. */
 static __always_inline const struct dsock_sock_val *watched_peer_btf(struct sock *sk, int *peer_gone)
 {
-	struct dsock_sock_key skey = {};
-	struct dsock_sock_val *watched;
 	struct unix_sock *u = bpf_skc_to_unix_sock(sk), *pu;
 	struct inode *inode;
 
@@ -599,10 +602,7 @@ static __always_inline const struct dsock_sock_val *watched_peer_btf(struct sock
 	inode = pu->path.dentry->d_inode;
 	if (!inode)
 		return NULL;
-	skey.ino = inode->i_ino;
-	skey.dev = inode->i_sb->s_dev;
-	watched = bpf_map_lookup_elem(&watched_socks, &skey);
-	return watched ? watched : lookup_bound_path(pu);
+	return watched_listener(inode->i_sb->s_dev, inode->i_ino, pu);
 }
 
 /* A send or receive on sk moved ret bytes (or failed with ret < 0). */
