@@ -1,5 +1,8 @@
 #include "agent/config.h"
 
+#include <algorithm>
+#include <optional>
+#include <vector>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -9,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/dsock_probe.h"
+#include "agent/growth_probe.h"
 #include "agent/log.h"
 
 namespace dockquota {
@@ -25,6 +30,23 @@ std::string trim(std::string s) {
 
 Error keyError(const std::string& origin, const std::string& key, const std::string& why) {
   return Error{EINVAL, "config " + origin + ": key \"" + key + "\": " + why};
+}
+
+// A string key that must take one of `allowed`: nothing, or the key's error
+// listing them.
+std::optional<Error> oneOf(const std::string& origin, const char* key, const std::string& value,
+                           const std::vector<std::string>& allowed) {
+  if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return std::nullopt;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  return keyError(origin, key, "must be one of " + list);
+}
+
+// "auto", then a probe's hook sets.
+std::vector<std::string> hookChoices(const std::vector<std::string>& sets) {
+  std::vector<std::string> out{"auto"};
+  out.insert(out.end(), sets.begin(), sets.end());
+  return out;
 }
 
 // Typed readers: each checks the JSON type and range, names the key on failure.
@@ -212,26 +234,18 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   if ((kib & (kib - 1)) != 0) return keyError(origin, "ringbuf_kib", "must be a power of two");
   if (c.watch_sockets.size() > 16) return keyError(origin, "watch_sockets", "at most 16 paths");
   if (c.docker_binaries.size() > 16) return keyError(origin, "docker_binaries", "at most 16 paths");
-  if (c.probe_hook != "auto" && c.probe_hook != "socket" && c.probe_hook != "fentry" && c.probe_hook != "tracepoint") {
-    return keyError(origin, "probe_hook", "must be one of auto, socket, fentry, tracepoint");
-  }
-  if (c.growth_probe_hook != "auto" && c.growth_probe_hook != "fentry" && c.growth_probe_hook != "tracepoint") {
-    return keyError(origin, "growth_probe_hook", "must be one of auto, fentry, tracepoint");
-  }
-  if (c.project_quotas != "auto" && c.project_quotas != "required" && c.project_quotas != "off") {
-    return keyError(origin, "project_quotas", "must be one of auto, required, off");
-  }
-  if (c.project_quota_mode != "user" && c.project_quota_mode != "container") {
-    return keyError(origin, "project_quota_mode", "must be one of user, container");
+  for (auto err : {oneOf(origin, "probe_hook", c.probe_hook, hookChoices(DsockProbe::kHookSets)),
+                   oneOf(origin, "growth_probe_hook", c.growth_probe_hook, hookChoices(GrowthProbe::kHookSets)),
+                   oneOf(origin, "project_quotas", c.project_quotas, {"auto", "required", "off"}),
+                   oneOf(origin, "project_quota_mode", c.project_quota_mode, {"user", "container"})}) {
+    if (err) return *err;
   }
   if (c.project_id_min > c.project_id_max) {
     return keyError(origin, "project_id_max", "must not be below project_id_min");
   }
-  if (c.enforcement != "off" && c.enforcement != "dry-run" && c.enforcement != "enforce") {
-    return keyError(origin, "enforcement", "must be one of off, dry-run, enforce");
-  }
-  if (c.enforcement_order != "newest" && c.enforcement_order != "oldest" && c.enforcement_order != "largest") {
-    return keyError(origin, "enforcement_order", "must be one of newest, oldest, largest");
+  for (auto err : {oneOf(origin, "enforcement", c.enforcement, {"off", "dry-run", "enforce"}),
+                   oneOf(origin, "enforcement_order", c.enforcement_order, {"newest", "oldest", "largest"})}) {
+    if (err) return *err;
   }
   if (j.contains("master_secret") && j.contains("master_secret_file")) {
     return keyError(origin, "master_secret_file", "set either master_secret or master_secret_file, not both");

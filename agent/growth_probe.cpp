@@ -120,6 +120,8 @@ GrowthProbe::~GrowthProbe() {
   if (skel_) growth_bpf__destroy(skel_);
 }
 
+const std::vector<std::string> GrowthProbe::kHookSets = {"fentry", "tracepoint"};
+
 Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   if (options.max_containers == 0) return Error{EINVAL, std::string(kSub) + ": max_containers must be > 0"};
   std::unique_ptr<GrowthProbe> p(new GrowthProbe(options));
@@ -134,7 +136,7 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   // every process on the slow path for the sake of an early signal (quota
   // reads still see every byte), so "auto" never falls back to it.
   std::string refused;
-  auto hook = loadHookSet(kSub, options.hook, {"fentry", "tracepoint"}, 1,
+  auto hook = loadHookSet(kSub, options.hook, kHookSets, 1,
                           [&](const std::string& set) { return p->loadAndAttach(set); }, refused);
   if (!hook) return hook.error();
   p->hook_ = *hook;

@@ -74,6 +74,9 @@ class GrowthProbe {
     bool overlay_functions = true;
   };
 
+  // The hook sets (bpf/growth.bpf.c), cheapest first; "auto" tries only the first.
+  static const std::vector<std::string> kHookSets;
+
   static Result<std::unique_ptr<GrowthProbe>> open(const Options& options);
   ~GrowthProbe();
 
