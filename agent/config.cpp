@@ -129,6 +129,7 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"capture_bytes", uintKey(origin, "capture_bytes", &Config::capture_bytes, 512, 4096)},
       {"ringbuf_kib", uintKey(origin, "ringbuf_kib", &Config::ringbuf_kib, 256, 1 << 20)},
       {"poll_interval_ms", uintKey(origin, "poll_interval_ms", &Config::poll_interval_ms, 1, 1000)},
+      {"tracker_memory_mib", uintKey(origin, "tracker_memory_mib", &Config::tracker_memory_mib, 1, 4096)},
       {"probe_hook", stringKey(origin, "probe_hook", &Config::probe_hook)},
       {"bill_root_to_login_uid", boolKey(origin, "bill_root_to_login_uid", &Config::bill_root_to_login_uid)},
       {"log_level", stringKey(origin, "log_level", &Config::log_level)},

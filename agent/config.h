@@ -29,6 +29,9 @@ struct Config {
   uint32_t ringbuf_kib = 2048;  // mapped twice by the kernel: RSS grows by 2x this; 2048 lost nothing in
                                 // tests/bench/ring_burst.py once downloads are muted (README Benchmark)
   uint32_t poll_interval_ms = 10;
+  // All tracked docker.sock connections' buffers together (ConnTracker); over
+  // it the connection holding the most is dropped from tracking, loudly.
+  uint32_t tracker_memory_mib = 16;
   std::string probe_hook = "auto";  // docker.sock probe: auto | socket | fentry | tracepoint
   // Attribution
   bool bill_root_to_login_uid = true;

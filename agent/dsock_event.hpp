@@ -44,7 +44,7 @@ struct DsockEventView {
 // Kernel-side counter names, in DSOCK_CTR_* order (DSOCK_CTR_LIST).
 inline constexpr const char* kDsockCounterNames[DSOCK_CTR_MAX] = {
     "ringbuf_full", "read_fail", "track_full", "unsupported_call",
-    "truncated_calls", "stale_fd", "events", "connects",
+    "truncated_calls", "stale_fd", "events", "connects", "sock_reused", "ignored_calls",
 };
 
 }  // namespace dockquota

@@ -149,18 +149,9 @@ Result<int> DsockProbe::consume() {
   return n < 0 ? 0 : n;
 }
 
-void DsockProbe::mute(uint32_t tgid, uint32_t fd, uint32_t bits) {
-  dsock_key key{tgid, fd};
-  dsock_conn conn;
-  int map = bpf_map__fd(skel_->maps.conns);
-  if (bpf_map_lookup_elem(map, &key, &conn) != 0) return;
-  conn.mute |= bits;
-  bpf_map_update_elem(map, &key, &conn, BPF_EXIST);
-}
-
-void DsockProbe::untrack(uint32_t tgid, uint32_t fd) {
-  dsock_key key{tgid, fd};
-  bpf_map_delete_elem(bpf_map__fd(skel_->maps.conns), &key);
+void DsockProbe::control(uint64_t conn_id, const dsock_ctl& ctl) {
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.conn_ctl), &conn_id, &ctl, BPF_ANY) != 0)
+    LOG_DEBUG(kSub, "control of conn %llx: %s", static_cast<unsigned long long>(conn_id), strerror(errno));
 }
 
 std::array<uint64_t, DSOCK_CTR_MAX> DsockProbe::counters() const {

@@ -48,10 +48,9 @@ class DsockProbe {
   int epollFd() const;
   Result<int> consume();
 
-  // Stop copying one direction of a connection (see DSOCK_MUTE_*), or stop
-  // tracking it entirely (after it became a raw hijacked stream).
-  void mute(uint32_t tgid, uint32_t fd, uint32_t bits);
-  void untrack(uint32_t tgid, uint32_t fd);
+  // The agent's instructions for one connection (bpf/dsock.h dsock_ctl:
+  // mutes by turn, ignore). Written whole; only the agent writes that map.
+  void control(uint64_t conn_id, const dsock_ctl& ctl);
 
   std::array<uint64_t, DSOCK_CTR_MAX> counters() const;
   const std::vector<std::string>& attached() const { return attached_; }

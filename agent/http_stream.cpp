@@ -18,6 +18,17 @@
 // resync. Either way the partial message is dropped and we wait for a later
 // syscall that starts like a request line (tx) or status line (rx): clients
 // write and read each message from its start, so that is where footing is.
+//
+// Pairing after a loss: dockerd answers requests in order, so a response
+// pairs with the oldest request still waiting, and that holds only while we
+// have seen every request and every response. A request head cut by a gap
+// still leaves a placeholder, so its reply does not go to the next request.
+// But bytes the request side lost may have held more requests (a hostile
+// client packs a ping padded past the capture limit and a DELETE into one
+// write), and a response side that lost bytes with several requests waiting
+// may have lost several replies: from then on every request of the
+// connection is marked doubtful, and the caller must not bill on it. Only a
+// new connection is certain again.
 #include "agent/http_stream.h"
 
 #include <algorithm>
@@ -35,11 +46,7 @@ constexpr size_t kMaxMethodBytes = 32;
 // Request lines we resynchronise on (the brief's list: what Engine API clients send).
 constexpr std::string_view kRequestStarts[] = {"GET /", "POST /", "PUT ", "DELETE ", "HEAD ", "PATCH ", "OPTIONS "};
 constexpr std::string_view kStatusStart = "HTTP/1.";
-// Memory the queue of requests awaiting replies may hold. Honest clients have
-// one or two small requests pending; a head full of tiny query parameters
-// expands to ~50x its size in HttpRequest::query, so the count bound alone
-// (kMaxPendingRequests) would allow hundreds of MB.
-constexpr size_t kMaxPendingBytes = 8 << 20;
+constexpr size_t kMaxPendingBytes = HttpConnection::kMaxPendingBytes;
 
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
@@ -357,6 +364,7 @@ struct HttpConnection::Impl {
     uint64_t remaining = 0;
     bool saw_cr = false;     // ChunkEnd: the CR of the CRLF already seen
     uint64_t first_ns = 0;   // timestamp of the message's first byte
+    HttpSender sender;       // requests: who wrote the first byte
     // The message. Requests are shared with the pending queue: a response may
     // be paired while the upload is still arriving.
     std::shared_ptr<HttpRequest> req;
@@ -367,7 +375,7 @@ struct HttpConnection::Impl {
   // (queue full): their responses must still be consumed in order.
   struct Pending {
     std::shared_ptr<HttpRequest> req;  // null for a placeholder
-    uint64_t skipped = 0;              // placeholder: how many requests
+    uint64_t skipped = 0;              // placeholder: how many requests (lost or not kept)
     bool hijack_candidate = false;
     size_t cost = 0;                   // bytes charged to kMaxPendingBytes
   };
@@ -377,6 +385,7 @@ struct HttpConnection::Impl {
   // were stream data, not errors.
   struct Speculative {
     uint64_t parse_errors = 0, resyncs = 0, discarded_bytes = 0;
+    bool doubt = false;  // the request side lost bytes: doubt, unless they were stream data
   };
 
   Impl(ExchangeSink on_exchange, RequestHeadSink on_head, ResponseHeadSink on_response_head)
@@ -396,6 +405,19 @@ struct HttpConnection::Impl {
   Speculative spec_;
   bool raw_ = false;
   bool closed_ = false;
+  bool doubt_ = false;                  // pairing is no longer certain (see the top of this file)
+  const HttpSender* cur_sender_ = nullptr;  // the sender of the call being fed (tx)
+
+  // Pairing can no longer be trusted from here on: requests already queued
+  // keep their place only if the response side is intact (`pending_too`).
+  void startDoubt(bool pending_too) {
+    if (!doubt_) stats_.doubts++;
+    doubt_ = true;
+    if (pending_too)
+      for (Pending& p : pending_)
+        if (p.req) p.req->doubtful = true;
+    if (tx_.req) tx_.req->doubtful = true;
+  }
 
   bool speculating(const Side& s) const { return s.is_request && hijack_pending_ > 0; }
   void countParseError(const Side& s) { (speculating(s) ? spec_.parse_errors : stats_.parse_errors)++; }
@@ -407,7 +429,9 @@ struct HttpConnection::Impl {
     stats_.parse_errors += spec_.parse_errors;
     stats_.resyncs += spec_.resyncs;
     stats_.discarded_bytes += spec_.discarded_bytes;
+    const bool doubt = spec_.doubt;
     spec_ = Speculative{};
+    if (doubt) startDoubt(false);
   }
 
   // --- the pending queue -------------------------------------------------------
@@ -418,17 +442,23 @@ struct HttpConnection::Impl {
       // A client that pipelines this far without reading is hostile. Keep a
       // count so its responses still pair in order, but not the requests.
       countParseError(tx_);
-      if (!pending_.empty() && !pending_.back().req) {
-        pending_.back().skipped++;
-      } else {
-        pending_.push_back(Pending{nullptr, 1, false, 0});
-      }
+      enqueuePlaceholder();
       return;
     }
     pending_.push_back(Pending{std::move(req), 0, candidate, cost});
     pending_bytes_ += cost;
     real_pending_++;
     if (candidate) hijack_pending_++;
+  }
+
+  // A request dockerd will answer but we do not keep: its reply is consumed
+  // in its place and paired with nothing.
+  void enqueuePlaceholder() {
+    if (!pending_.empty() && !pending_.back().req) {
+      pending_.back().skipped++;
+    } else {
+      pending_.push_back(Pending{nullptr, 1, false, 0});
+    }
   }
 
   // Removes the oldest request (or one request of a placeholder run).
@@ -455,6 +485,7 @@ struct HttpConnection::Impl {
     trimTail(x.request.body_tail);
     trimTail(x.response.body_tail);
     stats_.exchanges++;
+    if (x.request.doubtful) stats_.doubtful_exchanges++;
     if (on_exchange_) on_exchange_(x);
   }
 
@@ -468,6 +499,7 @@ struct HttpConnection::Impl {
     s.remaining = 0;
     s.saw_cr = false;
     s.first_ns = 0;
+    s.sender = HttpSender{};
     s.req.reset();
     s.resp = HttpResponse{};
     // Drop capacity grown by a large head or trailer, so an idle connection is small.
@@ -484,9 +516,24 @@ struct HttpConnection::Impl {
       // A request already queued keeps its place: dockerd got it whole and will
       // answer it. Only its body is incomplete.
       if (s.req) s.req->body_gap = true;
+      // A head cut short is a request dockerd may answer: hold its reply's
+      // place. What the lost bytes held beyond it is unknown. While an attach
+      // or exec waits for its reply the bytes may be the stream's own: doubt
+      // only if it does not go raw.
+      if (speculating(s)) {
+        spec_.doubt = true;
+      } else {
+        if (s.state == State::Head) {
+          stats_.lost_heads++;
+          enqueuePlaceholder();
+        }
+        startDoubt(false);
+      }
     } else if (!pending_.empty()) {
       // The response being parsed (or the one that should have started here) is
-      // gone; its request must not take the next response.
+      // gone; its request must not take the next response. With more requests
+      // waiting, the lost bytes may have held their replies too.
+      if (pending_.size() > 1 || pending_.front().skipped > 1) startDoubt(true);
       const HttpRequest* front = frontRequest();
       if (!front || front->first_ns <= ts) popFront();
     }
@@ -604,6 +651,8 @@ struct HttpConnection::Impl {
       req->headers = std::move(headers);
       req->first_ns = s.first_ns;
       req->last_ns = ts;
+      req->sender = s.sender;
+      req->doubtful = doubt_;
       bool chunked = false;
       if (te) {
         // Go serves exactly one Transfer-Encoding, "chunked"; anything else is 501.
@@ -629,7 +678,12 @@ struct HttpConnection::Impl {
     resp.headers = std::move(headers);
     resp.first_ns = s.first_ns;
     resp.last_ns = ts;
-    const HttpRequest* req = frontRequest();
+    // Owned here: finishMessage() below may pair the response and free the
+    // queue's reference (a HEAD answered 200 with Content-Length: 0, as every
+    // docker CLI command's ping is) before the response-head sink reads it.
+    const std::shared_ptr<HttpRequest> req_ref = pending_.empty() ? nullptr : pending_.front().req;
+    const HttpRequest* req = req_ref.get();
+    const bool only_pending = pending_.size() == 1 && req != nullptr;
     if (resp.status == 101) {
       resp.upgraded = true;
       HttpResponse r = std::move(resp);
@@ -671,7 +725,7 @@ struct HttpConnection::Impl {
       s.state = State::UntilClose;
     }
     // Only for the request it will be paired with (pairResponse's rule).
-    if (on_response_head_ && req && req->first_ns <= resp.first_ns && s.state != State::Idle)
+    if (on_response_head_ && only_pending && req->first_ns <= resp.first_ns && s.state != State::Idle)
       on_response_head_(*req, resp);
     return true;
   }
@@ -854,6 +908,7 @@ struct HttpConnection::Impl {
           if (data.empty()) break;
           resetMessage(s);
           s.first_ns = ts;
+          if (s.is_request && cur_sender_) s.sender = *cur_sender_;
           s.state = State::Head;
           consumeHead(s, data, ts);
           break;
@@ -945,6 +1000,7 @@ struct HttpConnection::Impl {
       if (s->req && s->req.use_count() == 1) n += requestBytes(*s->req);
     }
     for (const Pending& p : pending_) n += sizeof(Pending) + (p.req ? requestBytes(*p.req) : 0);
+    n += early_bytes_ + early_.capacity() * sizeof(Early);
     return n;
   }
 
@@ -980,9 +1036,25 @@ struct HttpConnection::Impl {
     feed(rx_, data, total, ts);
   }
 
-  void send(std::string_view data, uint64_t total, uint64_t ts) {
+  void send(std::string_view data, uint64_t total, uint64_t ts, const HttpSender* sender) {
+    cur_sender_ = sender;
     feed(tx_, data, total, ts);
+    cur_sender_ = nullptr;
     if (!early_.empty() && !pending_.empty()) releaseEarly();
+  }
+
+  // Whole calls of one side went missing: any number of messages.
+  void loss(bool send_side, uint64_t ts) {
+    if (closed_ || raw_) return;
+    stats_.lost_events++;
+    if (send_side) {
+      startDoubt(false);
+      if (tx_.state != State::Lost) lose(tx_, false, ts);
+    } else {
+      releaseEarly();
+      startDoubt(true);
+      if (rx_.state != State::Lost) lose(rx_, false, ts);
+    }
   }
 
   // Replays held response bytes; a request that came late is still their
@@ -1043,9 +1115,11 @@ HttpConnection::HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_requ
     : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head),
                                    std::move(on_response_head))) {}
 
-void HttpConnection::onSend(std::string_view data, uint64_t total, uint64_t ts_ns) {
-  impl_->send(data, std::max<uint64_t>(total, data.size()), ts_ns);
+void HttpConnection::onSend(std::string_view data, uint64_t total, uint64_t ts_ns, const HttpSender* sender) {
+  impl_->send(data, std::max<uint64_t>(total, data.size()), ts_ns, sender);
 }
+
+void HttpConnection::onLoss(bool send_side, uint64_t ts_ns) { impl_->loss(send_side, ts_ns); }
 
 void HttpConnection::onRecv(std::string_view data, uint64_t total, uint64_t ts_ns) {
   impl_->recv(data, std::max<uint64_t>(total, data.size()), ts_ns);

@@ -74,6 +74,38 @@ namespace {
 constexpr const char* kSub = "dockquotad";
 constexpr const char* kDefaultConfig = "/etc/dockquota/config.json";
 constexpr auto kRefreshEvery = std::chrono::seconds(30);
+constexpr auto kSweepEvery = std::chrono::seconds(5);
+
+// The probe's clock (bpf_ktime_get_ns).
+uint64_t monotonicNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+// /healthz "stream": the connection tracker's figures, and under "losses"
+// every way it lost or doubted an attribution, by reason. Any loss makes the
+// agent degraded: a green /healthz must mean nothing was missed.
+nlohmann::json streamHealth(const TrackerStats& ts, std::vector<std::string>& reasons) {
+  const nlohmann::json losses = {
+      {"doubtful_calls", ts.doubtful_calls},        // recognised, not billed: pairing in doubt
+      {"dropped_memory", ts.dropped_memory},        // connections dropped over the memory budget
+      {"evicted", ts.evicted},                      // dropped over the connection count limit
+      {"lost_events", ts.http.lost_events},         // stream calls lost to a full ring
+  };
+  for (const auto& [reason, n] : losses.items()) {
+    if (n.get<uint64_t>() > 0) reasons.push_back("attribution stream: " + reason + " " + n.dump());
+  }
+  return {{"connections", ts.connections}, {"open", ts.open}, {"exchanges", ts.http.exchanges},
+          {"parse_errors", ts.http.parse_errors}, {"resyncs", ts.http.resyncs}, {"gap_bytes", ts.http.gap_bytes},
+          {"discarded_bytes", ts.http.discarded_bytes}, {"orphan_responses", ts.http.orphan_responses},
+          {"orphan_events", ts.orphan_events}, {"late_connects", ts.late_connects}, {"replaced", ts.replaced},
+          {"ended_unseen", ts.ended_unseen}, {"lost_heads", ts.http.lost_heads}, {"doubts", ts.http.doubts},
+          {"doubtful_exchanges", ts.http.doubtful_exchanges}, {"api_calls", ts.calls}, {"docker_execs", ts.execs},
+          {"muted_uploads", ts.muted_uploads}, {"muted_downloads", ts.muted_downloads},
+          {"memory_bytes", ts.memory_bytes}, {"memory_peak_bytes", ts.memory_peak},
+          {"memory_budget_bytes", ts.memory_budget}, {"losses", losses}};
+}
 
 void usage(FILE* out) {
   fprintf(out,
@@ -204,12 +236,15 @@ int main(int argc, char** argv) {
   std::mutex tracker_mu;  // the main loop feeds it; /healthz reads its stats
   std::unique_ptr<DsockProbe> dsock;
   std::unique_ptr<ExecProbe> exec;
-  ConnTracker tracker({
-      .on_call = [&](const ApiCall& call, const ClientInfo& who) { attributor.onApiCall(call, who); },
-      .mute = [&](uint32_t tgid, uint32_t fd, uint32_t bits) { if (dsock) dsock->mute(tgid, fd, bits); },
-      .untrack = [&](uint32_t tgid, uint32_t fd) { if (dsock) dsock->untrack(tgid, fd); },
-      .exe_of = nullptr,
-  });
+  ConnTracker tracker(
+      {
+          .on_call = [&](const ApiCall& call, const ClientInfo& who) { attributor.onApiCall(call, who); },
+          .on_doubtful_call = nullptr,
+          .control = [&](uint64_t conn_id, const dsock_ctl& ctl) { if (dsock) dsock->control(conn_id, ctl); },
+          .exe_of = nullptr,
+          .alive = nullptr,
+      },
+      ConnTracker::kMaxConnections, size_t{config.tracker_memory_mib} << 20);
 
   if (auto tracefs = ensureTracefs(); !tracefs) {
     LOG_WARN(kSub, "%s; tracepoint probes will fail to attach", tracefs.error().message.c_str());
@@ -356,12 +391,7 @@ int main(int argc, char** argv) {
       std::lock_guard<std::mutex> l(tracker_mu);
       ts = tracker.stats();
     }
-    h["stream"] = {{"connections", ts.connections}, {"open", ts.open}, {"evicted", ts.evicted},
-                   {"orphan_events", ts.orphan_events}, {"exchanges", ts.http.exchanges},
-                   {"parse_errors", ts.http.parse_errors}, {"resyncs", ts.http.resyncs},
-                   {"gap_bytes", ts.http.gap_bytes}, {"discarded_bytes", ts.http.discarded_bytes},
-                   {"orphan_responses", ts.http.orphan_responses}, {"api_calls", ts.calls},
-                   {"docker_execs", ts.execs}, {"muted_downloads", ts.muted_downloads}};
+    h["stream"] = streamHealth(ts, reasons);
     const auto& as = attributor.stats();
     h["attribution"] = {{"calls", as.calls.load()}, {"failed_calls", as.failed_calls.load()},
                         {"attributed", as.attributed.load()}, {"docker_errors", as.docker_errors.load()},
@@ -400,7 +430,13 @@ int main(int argc, char** argv) {
   };
   ApiServer api(apiServerOptions(config), store, health);
   // The qman slave surface (/remote-api, /metrics) and the usage accounting behind it.
-  auto qman = QmanServices::create(config, store, api, [&] { return health()["probes"]; });
+  // /metrics: the probes' counters, and the stream's losses by reason.
+  auto qman = QmanServices::create(config, store, api, [&] {
+    json h = health();
+    json p = h["probes"];
+    p["stream"] = h["stream"];
+    return p;
+  });
   if (!qman) {
     LOG_ERROR(kSub, "%s", qman.error().message.c_str());
     events.stop();
@@ -476,6 +512,7 @@ int main(int argc, char** argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, exec->fd(), &e);
   }
   auto next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;
+  auto next_sweep = std::chrono::steady_clock::now() + kSweepEvery;
   bool running = true;
   while (running) {
     // Events are written without wake-ups (cheaper for clients): poll on a
@@ -499,6 +536,13 @@ int main(int argc, char** argv) {
       if (dsock) {
         if (auto r = dsock->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
       }
+    }
+    if (std::chrono::steady_clock::now() >= next_sweep) {
+      // Connections whose end the probe could not see (the client closed
+      // after dockerd did): end them, or their buffers would stay forever.
+      next_sweep = std::chrono::steady_clock::now() + kSweepEvery;
+      std::lock_guard<std::mutex> l(tracker_mu);
+      tracker.sweep(monotonicNs());
     }
     if (std::chrono::steady_clock::now() >= next_refresh) {
       next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;

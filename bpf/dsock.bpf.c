@@ -86,6 +86,15 @@ struct {
 	__type(value, struct dsock_conn);
 } conns SEC(".maps");
 
+/* The agent's instructions per connection (struct dsock_ctl), by conn_id.
+ * Written only by the agent, read here: see dsock.h. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); /* as conns */
+	__type(key, __u64);
+	__type(value, struct dsock_ctl);
+} conn_ctl SEC(".maps");
+
 /* Socket set only: the client's struct sock -> its conns key, so that the
  * server side seeing the client gone (dockerd's read returning 0) can end the
  * connection: the socket set has no close() hook. */
@@ -187,6 +196,9 @@ static __always_inline struct scratch *event_start(__u32 type, __u32 fd, const s
 	s->ev.ts_ns = bpf_ktime_get_ns();
 	s->ev.conn_id = conn ? conn->conn_id : 0;
 	s->ev.sock = conn ? conn->sock : 0;
+	s->ev.turn = conn ? conn->turn : 0;
+	s->ev.ino = conn ? conn->ino : 0;
+	s->ev.flags = 0;
 	s->ev.len = 0;
 	s->ev.type = type;
 	s->ev.tgid = id >> 32;
@@ -201,7 +213,8 @@ static __always_inline struct scratch *event_start(__u32 type, __u32 fd, const s
 	return s;
 }
 
-static __always_inline void event_send(struct scratch *s, __u32 cap, int wake)
+/* Returns 0 when the event is in the ring, -1 when it was lost. */
+static __always_inline int event_send(struct scratch *s, __u32 cap, int wake)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
@@ -210,10 +223,12 @@ static __always_inline void event_send(struct scratch *s, __u32 cap, int wake)
 	s->ev.cap_len = cap;
 	if (bpf_ringbuf_output(&events, &s->ev,
 			       __builtin_offsetof(struct dsock_event, data) + BOUND(cap, 2 * DSOCK_CAP_BYTES - 1),
-			       flags))
+			       flags)) {
 		count(DSOCK_CTR_RINGBUF_FULL);
-	else
-		count(DSOCK_CTR_EVENTS);
+		return -1;
+	}
+	count(DSOCK_CTR_EVENTS);
+	return 0;
 }
 
 static __always_inline void send_control(__u32 type, __u32 fd, const struct dsock_conn *conn, int wake)
@@ -225,6 +240,18 @@ static __always_inline void send_control(__u32 type, __u32 fd, const struct dsoc
 }
 
 /* ---- which connections are Docker's ---------------------------------------- */
+
+/* The inode number of a socket: SOCK_INODE(), the inode that follows the
+ * struct socket in its struct socket_alloc (the socket is its first member
+ * on every kernel). 0 once the socket is released (an orphaned sk). */
+static __always_inline __u64 sock_ino(struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+
+	if (!sock)
+		return 0;
+	return BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
+}
 
 /* Second chance for a socket whose inode the agent has not seen yet (dockerd
  * re-created it): the address it was bound to. Only runs when the inode lookup
@@ -319,6 +346,9 @@ static __always_inline struct dsock_conn *track_conn(struct task_struct *task, _
 	conn.conn_id = (bpf_ktime_get_ns() << 6) | (bpf_get_smp_processor_id() & 63);
 	conn.file = (__u64)file;
 	conn.sk = skp;
+	conn.ino = BPF_CORE_READ(file, f_inode, i_ino);
+	conn.turn = 1;
+	conn.last_dir = DIR_TX;
 	conn.sock = watched->index;
 	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY) ||
 	    (sk && bpf_map_update_elem(&conn_socks, &skp, &key, BPF_ANY))) {
@@ -339,6 +369,7 @@ static __always_inline void untrack_conn(const struct dsock_key *key, struct dso
 	struct scratch *s;
 
 	bpf_map_delete_elem(&conns, key);
+	bpf_map_delete_elem(&conn_ctl, &gone.conn_id);
 	if (gone.sk)
 		bpf_map_delete_elem(&conn_socks, &gone.sk);
 	s = event_start(DSOCK_EV_CLOSE, key->fd, &gone);
@@ -402,6 +433,19 @@ static __always_inline __u32 copy_iov(struct scratch *s, __u64 uiov, __u32 iovcn
 	return off;
 }
 
+/* Is `conn` (tracked at tgid/fd) still the socket the call used? The
+ * socket set passes the call's sk (NULL for bytes read after the server
+ * closed, on an already tracked socket); the syscall sets pass none and the
+ * fd's struct file is checked instead. The inode number is compared too: a
+ * client that closed without the agent seeing it and opened a new connection
+ * often gets the same fd, struct file and struct sock addresses back. */
+static __always_inline int same_socket(const struct dsock_conn *conn, struct sock *sk, struct file *file)
+{
+	if (sk)
+		return conn->sk == (__u64)sk && conn->ino == sock_ino(sk);
+	return file && conn->file == (__u64)file && conn->ino == BPF_CORE_READ(file, f_inode, i_ino);
+}
+
 /* A read or write of `ret` bytes finished on fd. `buf` is the user buffer, or
  * the user iovec array (iovcnt entries) when is_iov. `sk` and `watched` are
  * set by the socket set, which has no connect hook: an untracked fd whose
@@ -412,24 +456,27 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	struct dsock_key key = {.tgid = tgid, .fd = fd};
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct dsock_conn *conn;
+	struct dsock_ctl *ctl;
 	struct scratch *s;
-	struct file *file;
-	__u32 cap = targ_cap_bytes, copied = 0, muted;
+	struct file *file = NULL;
+	__u32 cap = targ_cap_bytes, copied = 0, muted = 0, turn, lost, bit;
 
 	if (ret <= 0)
 		return 0; /* EAGAIN from Go's netpoller, EOF, errors: nothing moved */
 	conn = bpf_map_lookup_elem(&conns, &key);
 	if (!conn && !sk)
 		return 0;
-	/* The socket set knows the call's socket: the same sk as at tracking
-	 * means fd still names it. Otherwise the fd may have been closed and
-	 * reused without close() (dup2, close_range, exec of a CLOEXEC fd; on
-	 * the socket set any close): the struct file tells. */
-	if (conn && sk && conn->sk == (__u64)sk)
+	/* The common case without a helper call: the socket set's sk and inode
+	 * are those of the tracked connection. */
+	if (conn && sk && same_socket(conn, sk, NULL))
 		goto capture;
+	/* Otherwise the fd may have been closed and reused without close() being
+	 * seen (dup2, close_range, exec of a CLOEXEC fd; on the socket set any
+	 * close): the struct file and the inode tell. */
 	file = task_fd_file(task, fd);
-	if (conn && ((__u64)file != conn->file || sk)) {
-		count(DSOCK_CTR_STALE_FD);
+	if (conn && (sk || !same_socket(conn, NULL, file))) {
+		count(conn->ino && file && conn->ino != BPF_CORE_READ(file, f_inode, i_ino) ? DSOCK_CTR_SOCK_REUSED
+											     : DSOCK_CTR_STALE_FD);
 		untrack_conn(&key, conn);
 		conn = NULL;
 		if (!sk)
@@ -448,21 +495,30 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	}
 
 capture:
-	/* A response starting ends an upload the agent muted, and vice versa. */
-	if (dir == DIR_RX) {
-		muted = conn->mute & DSOCK_MUTE_RX;
-		if (conn->mute & DSOCK_MUTE_TX)
-			conn->mute &= ~DSOCK_MUTE_TX;
-	} else {
-		muted = conn->mute & DSOCK_MUTE_TX;
-		if (conn->mute & DSOCK_MUTE_RX)
-			conn->mute &= ~DSOCK_MUTE_RX;
+	/* A send after a receive starts the next exchange (request/response
+	 * turn). The agent's mutes name the turn they are for. */
+	if (dir == DIR_TX && conn->last_dir == DIR_RX)
+		__sync_fetch_and_add(&conn->turn, 1);
+	conn->last_dir = dir;
+	turn = conn->turn;
+	ctl = bpf_map_lookup_elem(&conn_ctl, &conn->conn_id);
+	if (ctl) {
+		if (ctl->ignore) {
+			count(DSOCK_CTR_IGNORED);
+			return 0;
+		}
+		muted = turn == (dir == DIR_TX ? ctl->mute_tx_turn : ctl->mute_rx_turn);
 	}
 
 	s = event_start(dir == DIR_TX ? DSOCK_EV_TX : DSOCK_EV_RX, fd, conn);
 	if (!s)
 		return 0;
+	s->ev.turn = turn;
 	s->ev.len = ret;
+	/* Events this connection lost to a full ring: the agent must know that
+	 * bytes are missing before these (pairing cannot be trusted past them). */
+	lost = conn->lost;
+	s->ev.flags = lost;
 	if (cap > DSOCK_CAP_BYTES)
 		cap = DSOCK_CAP_BYTES;
 	if (!muted) {
@@ -478,7 +534,11 @@ capture:
 			}
 		}
 	}
-	event_send(s, copied, 0);
+	bit = dir == DIR_TX ? DSOCK_F_LOST_TX : DSOCK_F_LOST_RX;
+	if (event_send(s, copied, 0))
+		conn->lost = lost | bit;
+	else if (lost)
+		conn->lost = 0;
 	return 0;
 }
 

@@ -24,10 +24,10 @@
 #define DSOCK_EV_CLOSE 4   /* the client closed the fd (socket set: either side saw the other gone) */
 #define DSOCK_EV_EXIT 5    /* the client process exited: all its connections are gone */
 
-/* dsock_conn.mute, set by userspace to stop copying bytes it does not need.
- * The event still reports the length, so stream framing stays exact. */
-#define DSOCK_MUTE_TX 1 /* cleared by the kernel side when the response starts */
-#define DSOCK_MUTE_RX 2 /* cleared by the kernel side when the next request starts */
+/* dsock_event.flags */
+#define DSOCK_F_LOST_TX 1 /* an earlier event of this connection's send side was lost (ring full):
+                             bytes are missing from the stream before this one */
+#define DSOCK_F_LOST_RX 2 /* the same for the receive side */
 
 /* Per-CPU counters, indexed by reason (tetragon-style error metrics).
  * DSOCK_CTR_LIST: keep agent/dsock_probe.cpp kCounterNames in the same order. */
@@ -40,7 +40,11 @@
 #define DSOCK_CTR_STALE_FD 5       /* fd no longer the tracked socket (dup2/close_range) */
 #define DSOCK_CTR_EVENTS 6         /* events sent */
 #define DSOCK_CTR_CONNECTS 7       /* connections tracked */
-#define DSOCK_CTR_MAX 8
+#define DSOCK_CTR_SOCK_REUSED 8    /* a tracked (tgid, fd) now names another socket (a new
+                                      connection on a reused fd and address): the old one ended */
+#define DSOCK_CTR_IGNORED 9        /* calls on connections the agent stopped following (raw streams,
+                                      connections dropped over the memory budget) */
+#define DSOCK_CTR_MAX 10
 
 /* Key of a tracked connection: the client's process and fd. */
 struct dsock_key {
@@ -48,12 +52,33 @@ struct dsock_key {
 	__u32 fd;   /* the connected socket's descriptor in that process */
 };
 
+/* A tracked connection. Its identity is the socket's inode number together
+ * with the struct file (syscall sets) or struct sock (socket set): addresses
+ * are reused as soon as a socket is freed, inode numbers are not (a 32-bit
+ * counter shared by every pipe, socket and anon inode of the host), and the
+ * pair is never reused by two live sockets. */
 struct dsock_conn {
-	__u64 conn_id; /* unique per agent lifetime, assigned at connect */
+	__u64 conn_id; /* unique per agent lifetime, assigned when tracking starts */
 	__u64 file;    /* struct file * of the fd at connect: detects fd reuse */
 	__u64 sk;      /* socket set: the client's struct sock * (conn_socks key); else 0 */
-	__u32 mute;    /* DSOCK_MUTE_* bits */
+	__u64 ino;     /* the client socket's inode number */
+	__u32 turn;    /* exchange number, from 1: +1 whenever the client sends after it received */
+	__u32 last_dir;/* 0 = the last call sent, 1 = it received */
 	__u32 sock;    /* index of the watched socket (dsock_sock_val.index) */
+	__u32 lost;    /* DSOCK_F_LOST_* bits not yet reported in an event */
+};
+
+/* The agent's instructions for one connection (map conn_ctl, keyed by
+ * conn_id). Only the agent writes it, always whole; the kernel side only
+ * reads it, so nothing the kernel keeps in dsock_conn is ever overwritten.
+ * A mute names the exchange (turn) it is for: one that arrives after the
+ * client moved on to its next request matches nothing and is ignored. The
+ * events still report every call's length, so stream framing stays exact. */
+struct dsock_ctl {
+	__u32 mute_tx_turn; /* do not copy what the client sends during this turn (0 = none) */
+	__u32 mute_rx_turn; /* do not copy what the client receives during this turn (0 = none) */
+	__u32 ignore;       /* 1: send no more events for this connection (raw stream, dropped) */
+	__u32 pad;
 };
 
 /* Identity of a watched socket file: the listener's inode, however the client
@@ -89,7 +114,10 @@ struct dsock_event {
 	__u32 fd;       /* the socket fd */
 	__u32 cap_len;  /* bytes in data[] */
 	__u32 sock;     /* index of the watched socket */
+	__u32 turn;     /* dsock_conn.turn when the call ran (0 for DSOCK_EV_EXIT) */
+	__u32 flags;    /* DSOCK_F_* */
 	__u32 pad;
+	__u64 ino;      /* the client socket's inode number (0 for DSOCK_EV_EXIT) */
 	char comm[DSOCK_COMM_LEN]; /* task comm */
 	__u8 data[DSOCK_CAP_BYTES]; /* first cap_len bytes of the call (only cap_len are sent) */
 };

@@ -11,7 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -43,6 +45,8 @@ struct Captured {
   uint32_t type, tgid, uid, gid, loginuid, fd;
   uint64_t conn_id, len;
   std::string data;
+  uint32_t turn = 0, flags = 0;
+  uint64_t ino = 0;
 };
 
 // A unix listener in a temp dir that echoes what it reads, standing in for dockerd.
@@ -50,7 +54,8 @@ struct EchoServer {
   std::string dir, path;
   int lfd = -1;
   std::thread thr;
-  explicit EchoServer(const std::string& name = "docker.sock") {
+  bool close_after_first = false;  // answer one read, then close (Go's reply to a malformed request)
+  explicit EchoServer(const std::string& name = "docker.sock", bool once = false) : close_after_first(once) {
     char tmpl[] = "/tmp/dq-bpftest-XXXXXX";
     dir = mkdtemp(tmpl);
     chmod(dir.c_str(), 0755);
@@ -65,14 +70,14 @@ struct EchoServer {
     REQUIRE(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
     chmod(path.c_str(), 0777);
     REQUIRE(listen(lfd, 16) == 0);
-    thr = std::thread([fd = lfd] {
+    thr = std::thread([fd = lfd, once = close_after_first] {
       for (;;) {
         int c = accept(fd, nullptr, nullptr);
         if (c < 0) return;
-        std::thread([c] {
+        std::thread([c, once] {
           char buf[65536];
           for (ssize_t n; (n = read(c, buf, sizeof buf)) > 0;) {
-            if (write(c, buf, n) != n) break;
+            if (write(c, buf, n) != n || once) break;
           }
           close(c);
         }).detach();
@@ -137,15 +142,17 @@ struct Harness {
   std::vector<Captured> events;
   std::unique_ptr<DsockProbe> probe;
   bool ok = false;
-  Harness(const std::vector<std::string>& paths, const std::string& hook) {
+  Harness(const std::vector<std::string>& paths, const std::string& hook, uint32_t ringbuf_bytes = 2u << 20) {
     ensureTracefs();
     DsockProbe::Options o;
     o.socket_paths = paths;
     o.ignore_self = false;  // this process is the client under test
     o.hook = hook;
+    o.ringbuf_bytes = ringbuf_bytes;
     auto p = DsockProbe::open(o, [this](const DsockEventView& v) {
       const dsock_event& e = *v.raw;
-      events.push_back({e.type, e.tgid, e.uid, e.gid, e.loginuid, e.fd, e.conn_id, e.len, std::string(v.data())});
+      events.push_back({e.type, e.tgid, e.uid, e.gid, e.loginuid, e.fd, e.conn_id, e.len, std::string(v.data()),
+                        e.turn, e.flags, e.ino});
     });
     if (!p) {
       const char* req = std::getenv("DQ_REQUIRE_FENTRY");
@@ -510,4 +517,182 @@ TEST_CASE("dsock probe ignores the agent's own connections", "[bpf]") {
   auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
   while (std::chrono::steady_clock::now() < until) (*p)->poll(20);
   CHECK(types.empty());
+}
+
+// Issue 11, item 1: a client that closes without the probe seeing an end
+// (dockerd closed first; the client never read EOF) and connects again gets
+// the same fd and often the same struct sock back. Every connection must
+// still be a new one, with its own id and its socket's inode.
+TEST_CASE("dsock probe: a new socket on a reused fd and address is a new connection", "[bpf][identity]") {
+  if (!prerequisites()) return;
+  EchoServer srv("docker.sock", /*once=*/true);
+  const std::string hook = hookUnderTest();
+  Harness h({srv.path}, hook);
+  if (!h.ok) return;
+  INFO("hook set: " << hook);
+  const uint32_t me = getpid();
+  std::vector<int> fds;
+  for (int i = 0; i < 8; i++) {
+    int fd = connectTo(srv.path);
+    fds.push_back(fd);
+    const std::string req = "BAD " + std::to_string(i) + "\r\n\r\n";
+    REQUIRE(write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size()));
+    REQUIRE(readN(fd, req.size()) == req);  // the reply; EOF never read
+    // Let the server's close land before ours, as with Go's error reply.
+    usleep(20000);
+    close(fd);
+  }
+  REQUIRE(h.waitFor([&] { return h.of(me, DSOCK_EV_TX).size() >= 8; }));
+  auto tx = h.of(me, DSOCK_EV_TX);
+  REQUIRE(tx.size() == 8);
+  std::set<uint64_t> ids, inos;
+  for (size_t i = 0; i < tx.size(); i++) {
+    CHECK(tx[i].data == "BAD " + std::to_string(i) + "\r\n\r\n");
+    CHECK(tx[i].fd == static_cast<uint32_t>(fds[i]));
+    ids.insert(tx[i].conn_id);
+    inos.insert(tx[i].ino);
+  }
+  // The case under test happened: fds were reused (the echo server's
+  // threads share this process's fd table, so the first may differ).
+  CHECK(std::set<int>(fds.begin(), fds.end()).size() < 8);
+  CHECK(ids.size() == 8);
+  CHECK(inos.size() == 8);
+  CHECK(h.of(me, DSOCK_EV_CONNECT).size() == 8);
+  // The socket set has no close hook: it met the old connection's entry on
+  // the reused fd and ended it by its inode.
+  if (hook == "socket") CHECK(h.probe->counters()[DSOCK_CTR_SOCK_REUSED] >= 1);
+  // Each reply is reported on its own connection.
+  for (const auto& rx : h.of(me, DSOCK_EV_RX)) {
+    auto t = std::find_if(tx.begin(), tx.end(), [&](const Captured& c) { return c.data == rx.data; });
+    REQUIRE(t != tx.end());
+    CHECK(t->conn_id == rx.conn_id);
+  }
+}
+
+// Issue 11, item 2: credentials are read at every call, not fixed at connect.
+TEST_CASE("dsock probe: every call carries the credentials of its caller, also after setuid", "[bpf][identity]") {
+  if (!prerequisites()) return;
+  EchoServer srv;
+  const std::string hook = hookUnderTest();
+  Harness h({srv.path}, hook);
+  if (!h.ok) return;
+  INFO("hook set: " << hook);
+  pid_t child = fork();
+  if (child == 0) {
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    strcpy(sa.sun_path, srv.path.c_str());
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) _exit(4);
+    char b[8];
+    if (write(fd, "root", 4) != 4 || read(fd, b, 4) != 4) _exit(5);
+    if (setgid(2002) != 0 || setuid(2002) != 0) _exit(3);
+    if (write(fd, "bob!", 4) != 4 || read(fd, b, 4) != 4) _exit(6);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  const uint32_t c = static_cast<uint32_t>(child);
+  REQUIRE(h.waitFor([&] { return h.of(c, DSOCK_EV_TX).size() >= 2; }));
+  auto tx = h.of(c, DSOCK_EV_TX);
+  REQUIRE(tx.size() == 2);
+  CHECK(tx[0].data == "root");
+  CHECK(tx[0].uid == 0);
+  CHECK(tx[1].data == "bob!");
+  CHECK(tx[1].uid == 2002);
+  CHECK(tx[1].gid == 2002);
+  CHECK(tx[0].conn_id == tx[1].conn_id);
+}
+
+// Issue 11, item 3: the agent's mutes name the turn (exchange) they are for;
+// a mute that arrives after the client moved on is ignored; the kernel's
+// own fields are never overwritten by the agent.
+TEST_CASE("dsock probe: mutes apply to their turn only, and ignore stops a connection", "[bpf][mute]") {
+  if (!prerequisites()) return;
+  EchoServer srv;
+  const std::string hook = hookUnderTest();
+  Harness h({srv.path}, hook);
+  if (!h.ok) return;
+  INFO("hook set: " << hook);
+  const uint32_t me = getpid();
+  int fd = connectTo(srv.path);
+  auto say = [&](const std::string& s) { REQUIRE(write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size())); };
+  auto hear = [&](size_t n) { return readN(fd, n); };
+  say("A");
+  CHECK(hear(1) == "A");
+  REQUIRE(h.waitFor([&] { return !h.of(me, DSOCK_EV_RX).empty(); }));
+  const uint64_t id = h.of(me, DSOCK_EV_TX).front().conn_id;
+  dsock_ctl ctl{};
+  ctl.mute_rx_turn = 1;  // decided for turn 1, arriving late
+  h.probe->control(id, ctl);
+  say("B");              // turn 2
+  CHECK(hear(1) == "B"); // not muted: the mute was for turn 1
+  say("CC");             // turn 3
+  CHECK(hear(1) == "C");
+  ctl.mute_rx_turn = 3;
+  h.probe->control(id, ctl);
+  CHECK(hear(1) == "C"); // muted: length only
+  say("E");              // turn 4: its reply is copied again
+  ctl.mute_tx_turn = 4;
+  h.probe->control(id, ctl);
+  say("F");              // muted: same turn
+  CHECK(hear(1) == "E");
+  CHECK(hear(1) == "F");
+  say("G");              // turn 5
+  CHECK(hear(1) == "G");
+  REQUIRE(h.waitFor([&] { return h.of(me, DSOCK_EV_RX).size() >= 7; }));
+  auto rx = h.of(me, DSOCK_EV_RX);
+  auto tx = h.of(me, DSOCK_EV_TX);
+  std::vector<std::pair<std::string, uint32_t>> rxs, txs;
+  for (const auto& e : rx) rxs.emplace_back(e.data + "/" + std::to_string(e.len), e.turn);
+  for (const auto& e : tx) txs.emplace_back(e.data + "/" + std::to_string(e.len), e.turn);
+  using V = std::vector<std::pair<std::string, uint32_t>>;
+  CHECK(txs == V{{"A/1", 1}, {"B/1", 2}, {"CC/2", 3}, {"E/1", 4}, {"/1", 4}, {"G/1", 5}});
+  CHECK(rxs == V{{"A/1", 1}, {"B/1", 2}, {"C/1", 3}, {"/1", 3}, {"E/1", 4}, {"F/1", 4}, {"G/1", 5}});
+  // ignore: nothing more is sent for this connection.
+  ctl = dsock_ctl{};
+  ctl.ignore = 1;
+  h.probe->control(id, ctl);
+  const size_t before = h.events.size();
+  say("H");
+  CHECK(hear(1) == "H");
+  close(fd);
+  h.waitFor([] { return false; });
+  size_t mine = 0;
+  for (size_t i = before; i < h.events.size(); i++)
+    if (h.events[i].conn_id == id && h.events[i].type != DSOCK_EV_CLOSE) mine++;
+  CHECK(mine == 0);
+  CHECK(h.probe->counters()[DSOCK_CTR_IGNORED] >= 2);
+}
+
+// Calls lost to a full ring are reported on the connection's next event, so
+// the agent knows its stream has a hole it cannot frame.
+TEST_CASE("dsock probe: events lost to a full ring are flagged on the next event", "[bpf][loss]") {
+  if (!prerequisites()) return;
+  EchoServer srv;
+  const std::string hook = hookUnderTest();
+  Harness h({srv.path}, hook, /*ringbuf_bytes=*/16384);
+  if (!h.ok) return;
+  INFO("hook set: " << hook);
+  const uint32_t me = getpid();
+  int fd = connectTo(srv.path);
+  const std::string chunk(3000, 'z');
+  for (int i = 0; i < 12; i++) {  // ~36 KiB of events into a 16 KiB ring, not drained
+    REQUIRE(write(fd, chunk.data(), chunk.size()) == static_cast<ssize_t>(chunk.size()));
+    readN(fd, chunk.size());
+  }
+  CHECK(h.probe->counters()[DSOCK_CTR_RINGBUF_FULL] > 0);
+  h.probe->consume();
+  REQUIRE(write(fd, "after", 5) == 5);
+  CHECK(readN(fd, 5) == "after");
+  REQUIRE(h.waitFor([&] { return h.joined(me, DSOCK_EV_RX).find("after") != std::string::npos; }));
+  uint32_t flags = 0;
+  for (const auto& e : h.events) {
+    if (e.data == "after") flags |= e.flags;
+  }
+  CHECK((flags & DSOCK_F_LOST_TX) != 0);
+  CHECK((flags & DSOCK_F_LOST_RX) != 0);
+  close(fd);
 }

@@ -16,6 +16,7 @@ TEST_CASE("config: empty object gives documented defaults", "[config]") {
   CHECK(c->docker_binaries == std::vector<std::string>{"/usr/bin/docker", "/usr/local/bin/docker"});
   CHECK(c->capture_bytes == 4096);
   CHECK(c->ringbuf_kib == 2048);
+  CHECK(c->tracker_memory_mib == 16);
   CHECK(c->bill_root_to_login_uid);
   CHECK(c->probe_hook == "auto");
   CHECK(c->growth_probe_hook == "auto");
