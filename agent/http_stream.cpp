@@ -416,7 +416,8 @@ struct HttpConnection::Impl {
     if (pending_too)
       for (Pending& p : pending_)
         if (p.req) p.req->doubtful = true;
-    if (tx_.req) tx_.req->doubtful = true;
+    // A request whose body was arriving keeps its place: its head was whole,
+    // and what was lost came after it.
   }
 
   bool speculating(const Side& s) const { return s.is_request && hijack_pending_ > 0; }

@@ -1116,3 +1116,25 @@ TEST_CASE("each request carries the sender of its first byte", "[http_stream][se
   CHECK(got[1].request.sender.uid == 2002);
   CHECK_FALSE(got[0].request.doubtful);
 }
+
+// An upload whose chunked body the probe stopped copying (docker import,
+// load, cp) loses the request side's framing: the upload itself still pairs
+// with its reply and is billed; only what comes after it is in doubt.
+TEST_CASE("a muted chunked upload still pairs; later requests on the connection are doubtful",
+          "[http_stream][gaps][regression]") {
+  std::vector<HttpExchange> got;
+  HttpConnection c([&](const HttpExchange& x) { got.push_back(x); });
+  const std::string head = "POST /v1.41/images/create?fromSrc=-&repo=x HTTP/1.1\r\nHost: d\r\n"
+                           "Transfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n8000\r\n";
+  c.onSend(head, head.size(), 1);
+  for (int i = 0; i < 10; i++) c.onSend("", 32768, 2);  // muted: lengths only
+  const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
+  c.onRecv(ok, ok.size(), 3);
+  const std::string info = "GET /v1.41/info HTTP/1.1\r\nHost: d\r\n\r\n";
+  c.onSend(info, info.size(), 4);
+  c.onRecv(ok, ok.size(), 5);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].request.path == "/images/create");
+  CHECK_FALSE(got[0].request.doubtful);
+  CHECK(got[1].request.doubtful);
+}
