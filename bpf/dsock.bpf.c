@@ -433,6 +433,48 @@ static __always_inline __u32 copy_iov(struct scratch *s, __u64 uiov, __u32 iovcn
 	return off;
 }
 
+/* Does a call's copy start like an Engine API request line? ("GET ", "POST",
+ * "PUT ", "DELE", "HEAD", "PATC", "OPTI", as little-endian words.) */
+static __always_inline int looks_like_request(const __u8 *d)
+{
+	__u32 w;
+
+	__builtin_memcpy(&w, d, sizeof(w));
+	return w == 0x20544547 || w == 0x54534f50 || w == 0x20545550 || w == 0x454c4544 || w == 0x44414548 ||
+	       w == 0x43544150 || w == 0x4954504f;
+}
+
+/* Sends a write of `ret` bytes at user address buf, whose first `cap` bytes
+ * are already in s, as pieces of at most cap bytes (DSOCK_MAX_PIECES; the
+ * last reports the rest by length). Stops at the first piece the ring
+ * refuses: later pieces would look contiguous with what came before; the
+ * connection's lost bit tells the agent instead. Returns -1 if one was lost. */
+static __always_inline int send_pieces(struct scratch *s, __u64 buf, __u64 ret, __u32 cap)
+{
+	__u64 off = 0, n;
+	int i;
+
+	for (i = 0; i < DSOCK_MAX_PIECES; i++) {
+		n = ret - off;
+		if (n > cap)
+			n = cap;
+		if (i > 0) {
+			s->ev.flags = 0; /* lost bits go with the first piece only */
+			if (bpf_probe_read_user(s->ev.data, BOUND(n, 2 * DSOCK_CAP_BYTES - 1), (void *)(buf + off))) {
+				count(DSOCK_CTR_READ_FAIL);
+				n = 0;
+			}
+		}
+		s->ev.len = (i == DSOCK_MAX_PIECES - 1 || n == 0) ? ret - off : n;
+		if (event_send(s, (__u32)n, 0))
+			return -1;
+		off += s->ev.len;
+		if (off >= ret)
+			break;
+	}
+	return 0;
+}
+
 /* Is `conn` (tracked at tgid/fd) still the socket the call used? The
  * socket set passes the call's sk (NULL for bytes read after the server
  * closed, on an already tracked socket); the syscall sets pass none and the
@@ -535,6 +577,13 @@ capture:
 		}
 	}
 	bit = dir == DIR_TX ? DSOCK_F_LOST_TX : DSOCK_F_LOST_RX;
+	if (dir == DIR_TX && !is_iov && copied == cap && (__u64)ret > cap && looks_like_request(s->ev.data)) {
+		if (send_pieces(s, buf, ret, cap))
+			conn->lost = lost | bit;
+		else if (lost)
+			conn->lost = 0;
+		return 0;
+	}
 	if (event_send(s, copied, 0))
 		conn->lost = lost | bit;
 	else if (lost)

@@ -10,6 +10,13 @@
  * Larger calls are uploads (build contexts, image loads) whose bodies
  * attribution never needs; their true length is still reported. Power of two. */
 #define DSOCK_CAP_BYTES 4096
+/* A write (not writev/sendmsg) that starts like a request line and is longer
+ * than one copy is copied whole, in pieces of the copy size sent as events of
+ * their own, up to this many pieces (256 KiB at 4096): request heads longer
+ * than one copy (registry auth headers, padded requests) and requests
+ * pipelined behind a body in the same write must not fall into a gap, or
+ * pairing would have to be doubted. The rest is reported by length. */
+#define DSOCK_MAX_PIECES 64
 /* iovecs looked at per writev/readv/sendmsg/recvmsg (Go and curl use 1-2). */
 #define DSOCK_MAX_IOV 8
 #define DSOCK_COMM_LEN 16

@@ -11,8 +11,10 @@
 //
 //   other unix socket     64-byte ping-pong on a unix socket that is not Docker's (CPU per round trip)
 //
-// usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H[,H...]]
-// (H: auto, socket, fentry, tracepoint; several sets are measured side by side in one run)
+// usage: dockquota-bench --agent PATH [--agent PATH2 ...] --docker-sock SOCK [--rounds N] [--creates N]
+//                        [--hook H[,H...]]
+// (H: auto, socket, fentry, tracepoint; several sets, and several agent builds (say the last release
+// and this tree), are measured side by side in one run: one column per agent and set)
 // (tests/bench/run.sh starts a throwaway dockerd and calls this.)
 //
 // dockquota-bench --growth [--rounds N] measures the growth probe alone (no
@@ -473,18 +475,19 @@ int main(int argc, char** argv) {
     }
   }
   Agent agent;
+  std::vector<std::string> bins;  // one or more agent builds, compared side by side
   std::string sock;
   int rounds = 3, creates = 100;
   std::string hooks_arg = "auto";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--agent") agent.bin = argv[i + 1];
+    if (a == "--agent") bins.push_back(argv[i + 1]);
     else if (a == "--docker-sock") sock = argv[i + 1];
     else if (a == "--rounds") rounds = atoi(argv[i + 1]);
     else if (a == "--creates") creates = atoi(argv[i + 1]);
     else if (a == "--hook") hooks_arg = argv[i + 1];
   }
-  if (agent.bin.empty() || sock.empty()) {
+  if (bins.empty() || sock.empty()) {
     fprintf(stderr, "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H[,H...]]\n");
     return 2;
   }
@@ -496,6 +499,12 @@ int main(int argc, char** argv) {
     if (q > p) hooks.push_back(hooks_arg.substr(p, q - p));
     p = q + 1;
   }
+  // Columns: every agent build with every hook set.
+  std::vector<std::string> set_of, bin_of;
+  for (const auto& b : bins)
+    for (const auto& h : hooks) set_of.push_back(h), bin_of.push_back(b);
+  hooks = set_of;
+  agent.bin = bins[0];
   char tmpl[] = "/tmp/dq-bench-XXXXXX";
   agent.dir = mkdtemp(tmpl);
   agent.port = freePort();
@@ -534,14 +543,16 @@ int main(int argc, char** argv) {
     for (auto& m : metrics) m.off.push_back(m.run());
     for (size_t h = 0; h < hooks.size(); h++) {
       configure(hooks[h]);
+      agent.bin = bin_of[h];
       agent.start();
       in_use[h] = agent.hook();
       for (auto& m : metrics) m.on[h].push_back(m.run());
       agent.stop();
     }
   }
-  // Attribution latency and RSS with the first set.
+  // Attribution latency and RSS with the first set (of the first build).
   configure(hooks[0]);
+  agent.bin = bin_of[0];
   agent.start();
   std::vector<std::string> ids;
   auto lat = attributionLatencyMs(sock, agent, creates, &ids);
@@ -558,9 +569,12 @@ int main(int argc, char** argv) {
   removeContainers(sock, ids);
 
   printf("\nmedians of %d alternating rounds; ratio = with agent / without\n", rounds);
+  if (bins.size() > 1)
+    for (size_t b = 0; b < bins.size(); b++) printf("agent #%zu: %s\n", b + 1, bins[b].c_str());
   printf("%-30s %12s", "workload", "without");
   for (size_t h = 0; h < hooks.size(); h++) {
     std::string col = hooks[h] == in_use[h] ? hooks[h] : hooks[h] + "=" + in_use[h];
+    if (bins.size() > 1) col = "#" + std::to_string(h / (hooks.size() / bins.size()) + 1) + " " + col;
     printf(" %22s", col.c_str());
   }
   printf("\n");

@@ -696,3 +696,42 @@ TEST_CASE("dsock probe: events lost to a full ring are flagged on the next event
   CHECK((flags & DSOCK_F_LOST_RX) != 0);
   close(fd);
 }
+
+// A write that starts like a request and is longer than one copy (a padded
+// head, a create pipelined behind a long body) is copied whole, in pieces,
+// so nothing a request line could hide in is left uncopied.
+TEST_CASE("dsock probe: a long write that starts a request is copied whole, in pieces", "[bpf][pieces]") {
+  if (!prerequisites()) return;
+  EchoServer srv;
+  const std::string hook = hookUnderTest();
+  Harness h({srv.path}, hook);
+  if (!h.ok) return;
+  INFO("hook set: " << hook);
+  const uint32_t me = getpid();
+  int fd = connectTo(srv.path);
+  std::string padded = "GET /_ping HTTP/1.1\r\nX-Pad: " + std::string(5000, 'p') + "\r\n\r\n";
+  padded += "POST /containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+  REQUIRE(write(fd, padded.data(), padded.size()) == static_cast<ssize_t>(padded.size()));
+  CHECK(readN(fd, padded.size()) == padded);
+  // Past DSOCK_MAX_PIECES copies: the rest is reported by length.
+  std::string huge = "POST /build HTTP/1.1\r\n" + std::string(DSOCK_MAX_PIECES * DSOCK_CAP_BYTES + 5000, 'x');
+  REQUIRE(write(fd, huge.data(), huge.size()) == static_cast<ssize_t>(huge.size()));
+  CHECK(readN(fd, huge.size()).size() == huge.size());
+  close(fd);
+  REQUIRE(h.waitFor([&] { return !h.of(me, DSOCK_EV_CLOSE).empty(); }));
+  auto tx = h.of(me, DSOCK_EV_TX);
+  REQUIRE(tx.size() == 2 + DSOCK_MAX_PIECES);
+  std::string first;
+  uint64_t first_len = 0;
+  for (size_t i = 0; i < 2; i++) first += tx[i].data, first_len += tx[i].len;
+  CHECK(first == padded);
+  CHECK(first_len == padded.size());
+  uint64_t len = 0;
+  std::string copied;
+  for (size_t i = 2; i < tx.size(); i++) len += tx[i].len, copied += tx[i].data;
+  CHECK(len == huge.size());
+  CHECK(copied == huge.substr(0, DSOCK_MAX_PIECES * DSOCK_CAP_BYTES));
+  CHECK(tx.back().len == huge.size() - (DSOCK_MAX_PIECES - 1) * DSOCK_CAP_BYTES);
+  // The echo (rx) is not split: one copy per read.
+  for (const auto& e : h.of(me, DSOCK_EV_RX)) CHECK(e.data.size() <= DSOCK_CAP_BYTES);
+}
