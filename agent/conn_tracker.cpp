@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstdio>
 
 #include "agent/log.h"
 
@@ -28,6 +29,21 @@ bool fdNamesSocket(uint32_t tgid, uint32_t fd, uint64_t ino) {
 }
 
 uint64_t fdKey(uint32_t tgid, uint32_t fd) { return uint64_t{tgid} << 32 | fd; }
+
+// For logs: bytes a client sent, with anything unprintable escaped.
+std::string printable(std::string_view d) {
+  std::string out;
+  for (unsigned char ch : d) {
+    if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+      out += static_cast<char>(ch);
+    } else {
+      char buf[8];
+      snprintf(buf, sizeof buf, "\\x%02x", ch);
+      out += buf;
+    }
+  }
+  return out;
+}
 
 void add(HttpStreamStats& a, const HttpStreamStats& b) {
   a.exchanges += b.exchanges;
@@ -165,9 +181,15 @@ void ConnTracker::deliver(uint64_t conn_id, const HttpExchange& x) {
             x.request.doubtful ? " (doubtful)" : "");
   if (!call) return;
   const ClientInfo client = clientOf(it->second, x.request.sender);
-  if (x.request.doubtful) {
-    // The reply may be another request's: billing on it could credit or
-    // strip the wrong object. Counted; the object goes to the missed check.
+  if (x.request.doubtful && !it->second.mixed_writers) {
+    // The reply may be another request's, but every request on this
+    // connection, seen or lost, was written by this one user: whichever of
+    // their calls made the object, it is theirs. (Removals only take effect
+    // once Docker confirms them, so a misplaced reply cannot strip a bill.)
+    closed_.doubtful_billed++;
+  } else if (x.request.doubtful) {
+    // The reply may be another user's request's: billing on it could credit
+    // the wrong user. Counted; the object goes to the missed-object check.
     closed_.doubtful_calls++;
     LOG_WARN(kSub, "conn %llx: %s by uid %u (pid %u) not billed: the connection lost bytes, so which reply "
              "answers it is not certain", static_cast<unsigned long long>(conn_id), toString(call->action),
@@ -177,6 +199,16 @@ void ConnTracker::deliver(uint64_t conn_id, const HttpExchange& x) {
   }
   closed_.calls++;
   if (hooks_.on_call) hooks_.on_call(*call, client);
+}
+
+void ConnTracker::noteWriter(Conn& c, const dsock_event& ev) {
+  if (!c.have_writer) {
+    c.have_writer = true;
+    c.writer_uid = ev.uid;
+    c.writer_loginuid = ev.loginuid;
+  } else if (c.writer_uid != ev.uid || c.writer_loginuid != ev.loginuid) {
+    c.mixed_writers = true;
+  }
 }
 
 void ConnTracker::control(uint64_t conn_id, Conn& c) {
@@ -220,14 +252,25 @@ void ConnTracker::onEvent(const dsock_event& ev) {
   Conn& c = it->second;
   c.last_ns = ev.ts_ns;
   c.turn = ev.turn;
-  if (ev.flags & DSOCK_F_LOST_TX) c.http->onLoss(true, ev.ts_ns);
+  if (ev.flags & DSOCK_F_LOST_TX) {
+    c.mixed_writers = true;  // who wrote the lost bytes is unknown
+    c.http->onLoss(true, ev.ts_ns);
+  }
   if (ev.flags & DSOCK_F_LOST_RX) c.http->onLoss(false, ev.ts_ns);
   std::string_view data(reinterpret_cast<const char*>(ev.data), ev.cap_len);
+  const uint64_t doubts = c.http->stats().doubts;
   if (type == DsockEventType::Tx) {
+    noteWriter(c, ev);
     const HttpSender sender = senderOf(ev);
     c.http->onSend(data, ev.len, ev.ts_ns, &sender);
   } else {
     c.http->onRecv(data, ev.len, ev.ts_ns);
+  }
+  if (c.http->stats().doubts != doubts) {
+    LOG_DEBUG(kSub, "conn %llx of pid %u: pairing in doubt from a %s of %llu bytes (%u copied, flags %u): %s",
+              static_cast<unsigned long long>(conn_id), ev.tgid, toString(type),
+              static_cast<unsigned long long>(ev.len), ev.cap_len, ev.flags,
+              printable(data.substr(0, 120)).c_str());
   }
   // The callbacks above may have run; the connection is still ours (only
   // closeConn erases, and the callbacks never call it). A hijacked stream

@@ -57,7 +57,9 @@ struct TrackerStats {
   uint64_t late_connects = 0;    // data for a connection whose start event was lost: tracked from there
   uint64_t orphan_events = 0;    // data for a connection we stopped following
   uint64_t calls = 0;            // recognised API calls
-  uint64_t doubtful_calls = 0;   // recognised calls on a connection whose pairing was in doubt: not billed
+  uint64_t doubtful_calls = 0;   // recognised calls whose pairing was in doubt, on a connection several
+                                 // users (or an unknown one) wrote to: not billed
+  uint64_t doubtful_billed = 0;  // in doubt, but every byte of the connection came from one user: billed
   uint64_t execs = 0;            // docker CLI executions seen
   uint64_t muted_uploads = 0;    // request bodies the probe was told not to copy
   uint64_t muted_downloads = 0;  // response bodies the probe was told not to copy
@@ -110,10 +112,15 @@ class ConnTracker {
     uint32_t turn = 0;      // the probe's exchange number of the event being fed
     size_t charged = 0;     // bytes counted in memory_bytes_
     dsock_ctl ctl{};        // what the probe was last told
+    // Who wrote to it: one (uid, login uid) so far, or several (or bytes
+    // from an unknown writer were lost). See deliver().
+    bool have_writer = false, mixed_writers = false;
+    uint32_t writer_uid = 0, writer_loginuid = 0;
     std::unique_ptr<HttpConnection> http;
   };
   Conn& open(const dsock_event& ev);
   void deliver(uint64_t conn_id, const HttpExchange& x);
+  void noteWriter(Conn& c, const dsock_event& ev);
   ClientInfo clientOf(const Conn& c, const HttpSender& sender) const;
   void control(uint64_t conn_id, Conn& c);
   void stopFollowing(uint64_t conn_id, uint64_t ts_ns);

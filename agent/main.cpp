@@ -88,7 +88,7 @@ uint64_t monotonicNs() {
 // agent degraded: a green /healthz must mean nothing was missed.
 nlohmann::json streamHealth(const TrackerStats& ts, std::vector<std::string>& reasons) {
   const nlohmann::json losses = {
-      {"doubtful_calls", ts.doubtful_calls},        // recognised, not billed: pairing in doubt
+      {"doubtful_calls", ts.doubtful_calls},        // recognised, not billed: pairing in doubt, several writers
       {"dropped_memory", ts.dropped_memory},        // connections dropped over the memory budget
       {"evicted", ts.evicted},                      // dropped over the connection count limit
       {"lost_events", ts.http.lost_events},         // stream calls lost to a full ring
@@ -101,7 +101,7 @@ nlohmann::json streamHealth(const TrackerStats& ts, std::vector<std::string>& re
           {"discarded_bytes", ts.http.discarded_bytes}, {"orphan_responses", ts.http.orphan_responses},
           {"orphan_events", ts.orphan_events}, {"late_connects", ts.late_connects}, {"replaced", ts.replaced},
           {"ended_unseen", ts.ended_unseen}, {"lost_heads", ts.http.lost_heads}, {"doubts", ts.http.doubts},
-          {"doubtful_exchanges", ts.http.doubtful_exchanges}, {"api_calls", ts.calls}, {"docker_execs", ts.execs},
+          {"doubtful_exchanges", ts.http.doubtful_exchanges}, {"doubtful_billed", ts.doubtful_billed}, {"api_calls", ts.calls}, {"docker_execs", ts.execs},
           {"muted_uploads", ts.muted_uploads}, {"muted_downloads", ts.muted_downloads},
           {"memory_bytes", ts.memory_bytes}, {"memory_peak_bytes", ts.memory_peak},
           {"memory_budget_bytes", ts.memory_budget}, {"losses", losses}};

@@ -329,3 +329,28 @@ TEST_CASE("tracker: a hijacked stream is ignored by the probe from then on", "[t
   CHECK(t.openConnections() == 0);
   CHECK(t.stats().orphan_events == 1);
 }
+
+// A connection in doubt whose every byte came from one user: any reply that
+// names a new object names one of that user's, so it is billed; with two
+// writers it is not.
+TEST_CASE("tracker: doubtful calls are billed only when one user wrote everything on the connection", "[tracker]") {
+  std::vector<uint32_t> billed;
+  int doubted = 0;
+  ConnTracker t({.on_call = [&](const ApiCall&, const ClientInfo& w) { billed.push_back(w.uid); },
+                 .on_doubtful_call = [&](const ApiCall&, const ClientInfo&) { doubted++; },
+                 .exe_of = [](uint32_t) { return std::string(); }});
+  const std::string garbage = "\x16\x03\x01 not http\r\n\r\n";
+  const std::string bad = "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad";
+  for (uint64_t conn : {1, 2}) {
+    t.onEvent(*ev(DSOCK_EV_CONNECT, conn, 10 + conn));
+    t.onEvent(*ev(DSOCK_EV_TX, conn, 10 + conn, garbage));  // pairing in doubt from here
+    t.onEvent(*ev(DSOCK_EV_RX, conn, 10 + conn, bad));
+    // conn 2: another user writes on the same connection (an fd passed on).
+    t.onEvent(*ev(DSOCK_EV_TX, conn, 10 + conn, kCreateReq, 0, 5, 2, conn == 1 ? 2001 : 2002));
+    t.onEvent(*ev(DSOCK_EV_RX, conn, 10 + conn, kCreateResp, 0, 5, 2));
+  }
+  CHECK(billed == std::vector<uint32_t>{2001});
+  CHECK(doubted == 1);
+  CHECK(t.stats().doubtful_billed == 1);
+  CHECK(t.stats().doubtful_calls == 1);
+}
