@@ -70,6 +70,16 @@ HttpSender senderOf(const dsock_event& ev) {
   return s;
 }
 
+// The process and credentials of a call, as the probe saw them.
+void setCredentials(ClientInfo& ci, const HttpSender& s) {
+  ci.tgid = s.tgid;
+  ci.pid = s.pid;
+  ci.uid = s.uid;
+  ci.gid = s.gid;
+  ci.loginuid = s.loginuid;
+  ci.comm = s.comm;
+}
+
 }  // namespace
 
 ConnTracker::ConnTracker(Hooks hooks, size_t max_connections, size_t memory_budget)
@@ -103,13 +113,8 @@ ConnTracker::Conn& ConnTracker::open(const dsock_event& ev) {
   c.seq = ++seq_;
   c.last_ns = ev.ts_ns;
   ClientInfo& ci = c.client;
-  ci.tgid = ev.tgid;
-  ci.pid = ev.pid;
-  ci.uid = ev.uid;
-  ci.gid = ev.gid;
-  ci.loginuid = ev.loginuid;
+  setCredentials(ci, senderOf(ev));
   ci.sock = ev.sock;
-  ci.comm = DsockEventView{&ev}.comm();
   ci.connect_ns = ev.ts_ns;
   if (auto it = execs_.find(ev.tgid); it != execs_.end()) {
     ci.exe = it->second.path;
@@ -152,12 +157,7 @@ ClientInfo ConnTracker::clientOf(const Conn& c, const HttpSender& sender) const 
   ClientInfo ci = c.client;
   if (!sender.known) return ci;
   const bool same_process = sender.tgid == ci.tgid;
-  ci.tgid = sender.tgid;
-  ci.pid = sender.pid;
-  ci.uid = sender.uid;
-  ci.gid = sender.gid;
-  ci.loginuid = sender.loginuid;
-  ci.comm = sender.comm;
+  setCredentials(ci, sender);
   if (!same_process) {
     // A child that inherited the connection, or another process it was
     // passed to: its own executable and argv.
