@@ -142,8 +142,8 @@ class Env:
 
     def tail_log(self, n=60):
         try:
-            with open(self.agent_log) as f:
-                return "".join(f.readlines()[-n:])
+            with open(self.agent_log) as f:  # without libbpf's debug lines (relocations at every start)
+                return "".join([ln for ln in f if "debug   libbpf:" not in ln][-n:])
         except OSError:
             return "(no log)"
 

@@ -49,6 +49,7 @@ def add_args(ap):
     ap.add_argument("--creates", type=int, default=1000, help="objects to create in total across workers")
     ap.add_argument("--lost-after", type=float, default=10.0,
                     help="seconds an object may stay unattributed before it counts as lost")
+    ap.add_argument("--ledger", default=None, help="write every object and its verdict to this file (JSON lines)")
     ap.add_argument("--max-seconds", type=float, default=480.0,
                     help="stop the workers after this long (the run then fails for too few creates)")
 
@@ -67,7 +68,8 @@ class Rec:
 
 
 class Zoo:
-    def __init__(self, env, seed, creates, lost_after, max_seconds):
+    def __init__(self, env, seed, creates, lost_after, max_seconds, ledger_file=None):
+        self.ledger_file = ledger_file
         self.env = env
         self.seed = seed
         self.creates = creates
@@ -354,11 +356,20 @@ class Zoo:
             for k in sorted(table):
                 c = table[k]
                 print("  %-34s %6d %6d %6d %6d" % (k, c["made"], c["ok"], c["wrong"], c["lost"]))
-        for r in (wrong + lost)[:25]:
-            print("  %-5s %-9s %s uid %d via %s/%s (%s, worker %d): %s" % (
-                r.state, r.kind, r.id[:19], r.uid, r.stack, r.pattern, r.op, r.w, r.note))
-        if len(wrong) + len(lost) > 25:
-            print("  ... and %d more" % (len(wrong) + len(lost) - 25))
+        shown = collections.Counter()
+        for r in wrong + lost:  # up to 3 of each kind of fault
+            key = (r.state, r.stack, r.pattern, r.note.split(" after ")[0][:30])
+            shown[key] += 1
+            if shown[key] <= 3:
+                print("  %-5s %-9s %s uid %d via %s/%s (%s, worker %d): %s" % (
+                    r.state, r.kind, r.id[:19], r.uid, r.stack, r.pattern, r.op, r.w, r.note))
+        if sum(shown.values()) > sum(min(n, 3) for n in shown.values()):
+            print("  ... and %d more like these" % (sum(shown.values()) - sum(min(n, 3) for n in shown.values())))
+        if self.ledger_file:
+            with open(self.ledger_file, "w") as f:
+                for r in recs:
+                    f.write(json.dumps({k: getattr(r, k) for k in Rec.__slots__}) + "\n")
+            print("  every object and its verdict: " + self.ledger_file)
         print("  operations: " + ", ".join("%s %d" % kv for kv in sorted(self.ops.items())))
         if self.unexpected:
             print("  unexpected answers from Docker (a zoo or dockerd fault, not the agent's):")
@@ -393,7 +404,14 @@ def main():
         args = harness.ARGS
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1 << 31)
         print("zoo: seed %d" % seed, flush=True)
-        z = Zoo(env, seed, args.creates, args.lost_after, args.max_seconds)
+        missing = [what for what, ok in (("python3-docker for /usr/bin/python3 (Debian python3-docker)",
+                                          clients.pydocker_available()),
+                                         ("Debian's docker CLI /usr/bin/docker", os.path.exists("/usr/bin/docker")))
+                   if not ok]
+        if missing:
+            # Without them the zoo runs with fewer stacks; in CI that is a failure.
+            check(not harness.in_ci(), "client stacks present (missing: %s)" % ", ".join(missing))
+        z = Zoo(env, seed, args.creates, args.lost_after, args.max_seconds, args.ledger)
         try:
             timed_out = z.run()
         except BaseException:

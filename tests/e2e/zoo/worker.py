@@ -27,7 +27,7 @@ import time
 import traceback
 import urllib.parse
 
-from . import clients, rawhttp
+from . import clients, proc, rawhttp
 from .clients import ClientError
 from .rawhttp import Conn
 
@@ -52,12 +52,7 @@ def padded_ping():
     return ("GET /_ping HTTP/1.1\r\nHost: docker\r\nX-Zoo-Pad: %s\r\n\r\n" % ("p" * PAD_BYTES)).encode()
 
 
-def become(uid, group_gid):
-    if uid == 0:
-        return
-    os.setgroups([group_gid])
-    os.setgid(uid)  # each user's own group has the user's id (useradd -U in harness.ensure_users)
-    os.setuid(uid)
+become = proc.become
 
 
 class Worker:
@@ -84,6 +79,7 @@ class Worker:
         self.sleeper = None         # our running container (exec, rm without force)
         self.retired = set()        # sleepers to remove once judged
         self.errors = 0
+        self.rm_tries = {}
 
     # -- reporting ---------------------------------------------------------------
     def emit(self, **ev):
@@ -257,35 +253,10 @@ class Worker:
 
     def in_child(self, fn, uid=None):
         """fn() in a forked child (after setuid to uid if given); its JSON result."""
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(r)
-                if uid is not None:
-                    become(uid, self.gid)
-                res = {"ok": fn()}
-            except BaseException as e:  # noqa: BLE001 - goes to the parent
-                res = {"error": "%s: %s" % (type(e).__name__, e)}
-            try:
-                data = json.dumps(res).encode()
-                while data:
-                    data = data[os.write(w, data):]
-            finally:
-                os._exit(0)
-        os.close(w)
-        chunks = []
-        while True:
-            d = os.read(r, 65536)
-            if not d:
-                break
-            chunks.append(d)
-        os.close(r)
-        os.waitpid(pid, 0)
-        res = json.loads(b"".join(chunks) or b'{"error": "child wrote nothing"}')
-        if "error" in res:
-            raise ClientError("child: " + res["error"])
-        return res["ok"]
+        try:
+            return proc.in_child(fn, uid, self.gid)
+        except proc.ChildError as e:
+            raise ClientError("child: %s" % e)
 
     # -- the HTTP stacks (raw, http.client, curl) behind one call -------------------------
     def http(self, reqs, stack=None, pattern=None, min_reqs=1):
@@ -382,18 +353,27 @@ class Worker:
             self.made("container", json.loads(out[1][1])["Id"], stack, pattern, "create")
 
     def op_padded_create(self):
-        """A request head longer than the capture prefix, then a pipelined create in the same write."""
+        """A request head longer than the probe's capture prefix in one write,
+        then, pipelined, a create: in a second write (issue 11's slip), or, less
+        often, in the same write, past the prefix (only the reply shows it)."""
         self.creates += 1
+        same = self.rnd.random() < 0.25
+        pattern = "padded-same-write" if same else "padded-pipeline"
         c = self._conn()
         try:
-            c.send(padded_ping() + rawhttp.request("POST", "/containers/create", self.container_body()))
+            create = rawhttp.request("POST", "/containers/create", self.container_body())
+            if same:
+                c.send(padded_ping() + create)
+            else:
+                c.send(padded_ping())
+                c.send(create)
             r1 = c.read_response("GET")
             r2 = c.read_response("POST")
         finally:
             c.close()
-        self.expect(r1.status, (200,), "padded ping", "raw", "padded-pipeline", r1.body)
-        if self.expect(r2.status, (201,), "create", "raw", "padded-pipeline", r2.body):
-            self.made("container", r2.json()["Id"], "raw", "padded-pipeline", "create")
+        self.expect(r1.status, (200,), "padded ping", "raw", pattern, r1.body)
+        if self.expect(r2.status, (201,), "create", "raw", pattern, r2.body):
+            self.made("container", r2.json()["Id"], "raw", pattern, "create")
 
     def op_malformed_then_create(self):
         """A malformed request, dockerd's 400 with Connection: close read but not
@@ -613,7 +593,8 @@ class Worker:
         if self.rnd.random() < 0.5:
             c = self._conn()
             try:
-                c.send(padded_ping() + rawhttp.request("DELETE", "/containers/" + victim))
+                c.send(padded_ping())  # one write, then the removal in the next
+                c.send(rawhttp.request("DELETE", "/containers/" + victim))
                 r1 = c.read_response("GET")
                 r2 = c.read_response("DELETE")
             finally:
@@ -754,7 +735,10 @@ class Worker:
                                       "/system/df" if self.rnd.random() < 0.1 else "/_ping"])
             method = "HEAD" if target == "/_ping" and self.rnd.random() < 0.3 else "GET"
             out, stack, pattern = self.http([(method, target, None, None)])
-            self.expect(out[0][0], (200,), "read " + target.split("?")[0][:30], stack, pattern, out[0][1])
+            st, body = out[0]
+            if target == "/system/df" and st == 500 and b"already running" in body:
+                st = 200  # the agent (or another worker) is measuring: dockerd runs one at a time
+            self.expect(st, (200,), "read " + target.split("?")[0][:30], stack, pattern, body)
         elif fam == "cli":
             stack, cli = self.cli()
             args = self.rnd.choice([["version"], ["info"], ["ps", "-a"], ["images"], ["volume", "ls"],
@@ -828,22 +812,26 @@ class Worker:
         kind = self.removable.pop(oid)
         fam = self.stack_for(http=3, cli=1, pyd=1)
         ok = False
+        # 404: gone already (a removal whose reply was lost or canceled by a
+        # half-close may still have happened).
         if fam == "http":
             target = {"container": "/containers/%s?force=1&v=1", "image": "/images/%s?force=1",
                       "volume": "/volumes/%s"}[kind] % oid
             out, stack, pattern = self.http([("DELETE", target, None, None)])
-            ok = self.expect(out[0][0], (200, 204), "rm " + kind, stack, pattern, out[0][1])
+            ok = self.expect(out[0][0], (200, 204, 404), "rm " + kind, stack, pattern, out[0][1])
         elif fam == "cli":
             stack, cli = self.cli()
             args = {"container": ["rm", "-f", "-v"], "image": ["rmi", "-f"], "volume": ["volume", "rm"]}[kind] + [oid]
             rc, out, err = cli.run(*args)
-            ok = self.expect(0 if rc == 0 else 1, (0,), "rm " + kind, stack, "cli", err.encode())
+            ok = self.expect(0 if rc == 0 or "no such" in err.lower() else 1, (0,), "rm " + kind, stack, "cli",
+                             err.encode())
         else:
             op = {"container": "rm", "image": "rmi", "volume": "volume_rm"}[kind]
             r = self.pyd_().call(op=op, id=oid, name=oid, force=True)
-            ok = self.expect(200 if r["ok"] else r.get("status"), (200,), "rm " + kind, "python3-docker", "session",
-                             r.get("error", "").encode())
-        if not ok:
+            ok = self.expect(200 if r["ok"] else r.get("status"), (200, 404), "rm " + kind, "python3-docker",
+                             "session", r.get("error", "").encode())
+        self.rm_tries[oid] = self.rm_tries.get(oid, 0) + 1
+        if not ok and self.rm_tries[oid] < 3:
             self.removable[oid] = kind  # still there: another try later
         else:
             self.emit(ev="removed", kind=kind, id=oid)
