@@ -49,6 +49,7 @@ def add_args(ap):
     ap.add_argument("--creates", type=int, default=1000, help="objects to create in total across workers")
     ap.add_argument("--lost-after", type=float, default=10.0,
                     help="seconds an object may stay unattributed before it counts as lost")
+    ap.add_argument("--agent-log-level", default="debug", help="the agent's log_level (long runs: info)")
     ap.add_argument("--ledger", default=None, help="write every object and its verdict to this file (JSON lines)")
     ap.add_argument("--max-seconds", type=float, default=480.0,
                     help="stop the workers after this long (the run then fails for too few creates)")
@@ -264,7 +265,7 @@ class Zoo:
             len(self.workers), self.creates), flush=True)
         self.read_reports(until_ready=True)  # every worker has its pre-agent connections open
         assert len(self.ready) == len(self.workers), "only %d of %d workers started" % (len(self.ready), len(self.workers))
-        env.start_agent()
+        env.start_agent(log_level=harness.ARGS.agent_log_level)
         t0 = time.time()
         reader = threading.Thread(target=self.read_reports, daemon=True)
         reader.start()
