@@ -17,7 +17,7 @@ mkdir -p "$out"
 command -v auditctl >/dev/null && auditctl -a never,task >/dev/null 2>&1 || true
 start=$(date +%s)
 python3 "$here/tests/e2e/test_zoo.py" --agent "$build/dockquotad" --creates 20000 --max-seconds 7200 \
-  --ledger "$out/ledger.jsonl" --agent-log-level info "$@" 2>&1 | grep -v '^20[0-9][0-9]-[0-9][0-9]-[0-9][0-9]T' | tee "$out/zoo.log" || true
+  --ledger "$out/ledger.jsonl" --agent-log-level info "$@" 2>&1 | grep --line-buffered -v '^20[0-9][0-9]-[0-9][0-9]-[0-9][0-9]T' | tee "$out/zoo.log" || true
 # (the agent's own log lines, printed on failure, are left out of the copy)
 echo "zoo_long: $(($(date +%s) - start)) s; log and ledger in $out"
 grep -q '^0 failure(s)$' "$out/zoo.log"

@@ -49,6 +49,8 @@ def add_args(ap):
     ap.add_argument("--creates", type=int, default=1000, help="objects to create in total across workers")
     ap.add_argument("--lost-after", type=float, default=10.0,
                     help="seconds an object may stay unattributed before it counts as lost")
+    ap.add_argument("--without", default="",
+                    help="operations to leave out, comma-separated (e.g. padded_same_write); the run says so")
     ap.add_argument("--agent-log-level", default="debug", help="the agent's log_level (long runs: info)")
     ap.add_argument("--ledger", default=None, help="write every object and its verdict to this file (JSON lines)")
     ap.add_argument("--max-seconds", type=float, default=480.0,
@@ -69,8 +71,9 @@ class Rec:
 
 
 class Zoo:
-    def __init__(self, env, seed, creates, lost_after, max_seconds, ledger_file=None):
+    def __init__(self, env, seed, creates, lost_after, max_seconds, ledger_file=None, without=()):
         self.ledger_file = ledger_file
+        self.without = [w for w in without if w]
         self.env = env
         self.seed = seed
         self.creates = creates
@@ -122,7 +125,8 @@ class Zoo:
                     os.environ["HOME"] = home
                     os.chdir(home)
                     w = Worker(i, name, uid, gid, self.env.sock, self.seed * 1000 + i, rw, cr, per, home,
-                               {n: USERS[n] for n in ZOO_USERS} if uid == 0 else {}, clis, pyd)
+                               {n: USERS[n] for n in ZOO_USERS} if uid == 0 else {}, clis, pyd,
+                               without=self.without)
                     w.run()
                 except BaseException:  # noqa: BLE001
                     traceback.print_exc()
@@ -263,6 +267,8 @@ class Zoo:
         print("zoo: stacks raw, http.client, curl, %s%s; %d workers; %d creates" % (
             ", ".join(n + "=" + b for n, b in clis), ", python3-docker (%s)" % clients.DEBIAN_PYTHON if pyd else "",
             len(self.workers), self.creates), flush=True)
+        if self.without:
+            print("zoo: LEFT OUT by --without: " + ", ".join(self.without), flush=True)
         self.read_reports(until_ready=True)  # every worker has its pre-agent connections open
         assert len(self.ready) == len(self.workers), "only %d of %d workers started" % (len(self.ready), len(self.workers))
         env.start_agent(log_level=harness.ARGS.agent_log_level)
@@ -412,7 +418,10 @@ def main():
         if missing:
             # Without them the zoo runs with fewer stacks; in CI that is a failure.
             check(not harness.in_ci(), "client stacks present (missing: %s)" % ", ".join(missing))
-        z = Zoo(env, seed, args.creates, args.lost_after, args.max_seconds, args.ledger)
+        unknown = [w for w in args.without.split(",") if w and not hasattr(Worker, "op_" + w)]
+        assert not unknown, "--without: no such operation: %s (there are: %s)" % (
+            ", ".join(unknown), ", ".join(sorted(n[3:] for n in dir(Worker) if n.startswith("op_"))))
+        z = Zoo(env, seed, args.creates, args.lost_after, args.max_seconds, args.ledger, args.without.split(","))
         try:
             timed_out = z.run()
         except BaseException:
