@@ -394,8 +394,8 @@ class Zoo:
             "" if not self.checker_error else ": " + self.checker_error))
         made_enough = len(recs) >= self.creates * 0.95
         check(not timed_out and made_enough,
-              "workers finished %d creates (%d objects made, %d asked) within %.0f s" % (
-                  sum(1 for _ in recs), len(recs), self.creates, self.max_seconds))
+              "the workers made %d objects (%d creates asked) within %.0f s" % (
+                  len(recs), self.creates, self.max_seconds))
         check(not self.dups, "no object id reported twice (%d: %s)" % (len(self.dups), self.dups[:3]))
         check(not self.errors, "no client errors (%d)" % len(self.errors))
         check(not self.unexpected, "Docker answered every call as expected (%d unexpected)" % sum(self.unexpected.values()))
