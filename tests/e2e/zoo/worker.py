@@ -390,9 +390,12 @@ class Worker:
         c = self._conn()
         fd1 = c.fileno()
         c.send(bad)
-        r = c.read_head()
+        unread = self.rnd.random() < 0.25  # sometimes closed before dockerd's reply was read at all
+        if not unread:
+            r = c.read_head()
         c.close()
-        self.expect(r.status, (400, 505), "malformed", "raw", "after-malformed", r.head)
+        if not unread:
+            self.expect(r.status, (400, 505), "malformed", "raw", "after-malformed", r.head)
         c = self._conn()
         try:
             same = c.fileno() == fd1
