@@ -355,9 +355,9 @@ class Zoo:
         kinds = collections.Counter(r.kind for r in recs)
         wrong = [r for r in recs if r.state == "wrong"]
         lost = [r for r in recs if r.state == "lost"]
-        print("\nzoo: seed %d: %d objects made (%s) in %.0f s; wrong %d, lost %d" % (
+        print("\nzoo: seed %d: %d objects made (%s) in %.0f s; wrong %d, lost %d%s" % (
             self.seed, len(recs), ", ".join("%d %ss" % (n, k) for k, n in sorted(kinds.items())), self.elapsed,
-            len(wrong), len(lost)))
+            len(wrong), len(lost), "; LEFT OUT: " + ", ".join(self.without) if self.without else ""))
         for title, table in (("client stack", by_stack), ("connection pattern", by_pattern)):
             print("  %-34s %6s %6s %6s %6s" % (title, "made", "ok", "wrong", "lost"))
             for k in sorted(table):
