@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 import harness  # noqa: E402
 from harness import USERS  # noqa: E402
 from zoo import clients, rawhttp  # noqa: E402
-from zoo.worker import BASE, Worker  # noqa: E402
+from zoo.worker import Worker  # noqa: E402
 
 failures = []
 check = harness.checker(failures)

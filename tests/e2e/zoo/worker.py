@@ -21,7 +21,6 @@ import os
 import random
 import select
 import signal
-import socket
 import threading
 import time
 import traceback
