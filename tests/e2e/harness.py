@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 DOCKERD_SH = os.path.join(ROOT, "tests", "tools", "dockerd.sh")
 GROUP = "dqdocker"
-USERS = {"alice": 2001, "bob": 2002, "carol": 2003}
+USERS = {"alice": 2001, "bob": 2002, "carol": 2003, "dave": 2004}  # dave: the zoo's fourth user
 API_KEY = "e2e-test-key"
 
 
@@ -142,8 +142,8 @@ class Env:
 
     def tail_log(self, n=60):
         try:
-            with open(self.agent_log) as f:
-                return "".join(f.readlines()[-n:])
+            with open(self.agent_log) as f:  # without libbpf's debug lines (relocations at every start)
+                return "".join([ln for ln in f if "debug   libbpf:" not in ln][-n:])
         except OSError:
             return "(no log)"
 
@@ -322,13 +322,20 @@ def run_scenarios(env, scenarios, check):
                 e.cleanup()
 
 
-def main(run, failures, summary=None):
+ARGS = None  # the parsed command line, for tests that add options (main's add_args)
+
+
+def main(run, failures, summary=None, add_args=None):
     """The body every e2e test shares: --agent, prerequisites, users, one Env,
-    run(env), the agent log on failure, cleanup, exit status."""
+    run(env), the agent log on failure, cleanup, exit status. add_args(parser)
+    adds a test's own options; they are in harness.ARGS."""
     import argparse
+    global ARGS
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", required=True)
-    args = ap.parse_args()
+    if add_args:
+        add_args(ap)
+    args = ARGS = ap.parse_args()
     require_prerequisites()
     ensure_users()
     env = Env(args.agent)
