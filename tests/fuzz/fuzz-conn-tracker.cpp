@@ -61,7 +61,7 @@ void fill(dsock_event& ev, uint32_t type, const Identity& id, std::string_view d
   ev.uid = id.uid;
   ev.fd = id.fd;
   const size_t n = std::min(data.size(), kCap);
-  std::memcpy(ev.data, data.data(), n);
+  if (n) std::memcpy(ev.data, data.data(), n);  // an empty view may hold nullptr
   ev.cap_len = static_cast<decltype(ev.cap_len)>(n);
   ev.len = std::max<uint64_t>(len, n);
 }
