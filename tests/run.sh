@@ -43,6 +43,8 @@ if $clang; then
   echo "==> clang ASan+UBSan build: $(($(date +%s) - start))s"
 fi
 
+# Every suite runs, even after one failed; the exit status says if any did.
+failed=""
 for label in $labels; do
   echo "==> tests: $label"
   start=$(date +%s)
@@ -50,6 +52,12 @@ for label in $labels; do
     fuzz | asan) dir=$asan_build ;;
     *) dir=$build ;;
   esac
-  (cd "$dir" && ctest --output-on-failure --no-tests=error -L "^$label\$")
+  if ! (cd "$dir" && ctest --output-on-failure --no-tests=error -L "^$label\$"); then
+    failed="$failed $label"
+  fi
   echo "==> tests: $label took $(($(date +%s) - start))s"
 done
+if [ -n "$failed" ]; then
+  echo "==> FAILED:$failed" >&2
+  exit 1
+fi
