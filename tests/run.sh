@@ -1,16 +1,75 @@
 #!/bin/sh
 # The test command (README, .ci/run): build, then run every suite.
-#   tests/run.sh            unit, real-kernel BPF, real-dockerd end-to-end, BPF in QEMU VMs
-#   tests/run.sh unit       only the fast unprivileged unit tests
+#   tests/run.sh              unit, bpf, e2e, vm, fuzz, asan (all of them, in that order)
+#   tests/run.sh unit         only the fast unprivileged unit tests
+#   tests/run.sh fuzz asan    only the clang suites
+# unit, bpf, e2e and vm are ctest labels of the default build ($BUILD_DIR, build/:
+# gcc, RelWithDebInfo). fuzz and asan run from a second build configured with
+# clang, ASan+UBSan and the libFuzzer targets ($ASAN_BUILD_DIR, build-asan/):
+#   fuzz   every committed fuzz input, then DOCKQUOTA_FUZZ_SECONDS (50) of fuzzing per target
+#   asan   the unit and bpf suites built with -fsanitize=address,undefined
 # Real-kernel and end-to-end tests need root; with CI=true a test that cannot
 # run fails instead of skipping.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$here/build}
-labels=${*:-unit bpf e2e vm}
-cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$(nproc)"
+asan_build=${ASAN_BUILD_DIR:-$here/build-asan}
+labels=${*:-unit bpf e2e vm fuzz asan}
+jobs=$(nproc)
+
+main=false
+for label in $labels; do
+  case $label in
+    fuzz | asan) ;;
+    *) main=true ;;
+  esac
+done
+
+if $main; then
+  cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" -j"$jobs"
+fi
+# The clang build is made when its first suite comes, so the gcc suites run
+# (and report) even if it fails; a failed build fails fuzz and asan.
+clang_state=none  # none | ok | failed
+build_clang() {
+  # A cache made by another compiler cannot be switched: start over then.
+  if [ -f "$asan_build/CMakeCache.txt" ] && ! grep -q "^CMAKE_CXX_COMPILER:.*clang" "$asan_build/CMakeCache.txt"; then
+    rm -rf "$asan_build"
+  fi
+  bstart=$(date +%s)
+  CC=clang CXX=clang++ cmake -S "$here" -B "$asan_build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DDOCKQUOTA_FUZZ=ON -DDOCKQUOTA_SANITIZE=address,undefined >/dev/null &&
+    cmake --build "$asan_build" -j"$jobs" --target unit_tests bpf_tests \
+      fuzz-http-stream fuzz-recognizer fuzz-conn-tracker fuzz-config fuzz-docker-json || return 1
+  echo "==> clang ASan+UBSan build: $(($(date +%s) - bstart))s"
+}
+
+# Every suite runs, even after one failed; the exit status says if any did.
+failed=""
 for label in $labels; do
   echo "==> tests: $label"
-  (cd "$build" && ctest --output-on-failure --no-tests=error -L "^$label\$")
+  start=$(date +%s)
+  case $label in
+    fuzz | asan)
+      dir=$asan_build
+      if [ $clang_state = none ]; then
+        if build_clang; then clang_state=ok; else clang_state=failed; fi
+      fi
+      if [ $clang_state = failed ]; then
+        echo "==> tests: $label: the clang build failed" >&2
+        failed="$failed $label"
+        continue
+      fi
+      ;;
+    *) dir=$build ;;
+  esac
+  if ! (cd "$dir" && ctest --output-on-failure --no-tests=error -L "^$label\$"); then
+    failed="$failed $label"
+  fi
+  echo "==> tests: $label took $(($(date +%s) - start))s"
 done
+if [ -n "$failed" ]; then
+  echo "==> FAILED:$failed" >&2
+  exit 1
+fi

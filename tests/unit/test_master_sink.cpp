@@ -446,10 +446,12 @@ TEST_CASE("master sink: 250 events with batch_max 100 go as 3 POSTs in order", "
 }
 
 TEST_CASE("master sink: events recorded while a request is in flight go in a later batch", "[master]") {
-  FakeMaster master;
+  // Declared before the master: its destructor joins the server thread that may
+  // still be in the hold below, which uses these (ASan: stack-use-after-scope).
   std::mutex mu;
   std::condition_variable cv;
   bool release = false;
+  FakeMaster master;
   master.setHold([&](size_t i) {
     if (i != 0) return;
     std::unique_lock<std::mutex> lock(mu);
@@ -511,10 +513,12 @@ TEST_CASE("master sink: stop() during a backoff sleep returns at once", "[master
 }
 
 TEST_CASE("master sink: stop() during a request that gets no reply returns promptly, events kept", "[master]") {
-  FakeMaster master;
+  // Declared before the master: its destructor joins the server thread that may
+  // still be in the hold below, which uses these (ASan: stack-use-after-scope).
   std::mutex mu;
   std::condition_variable cv;
   bool release = false;
+  FakeMaster master;
   master.setHold([&](size_t) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait_for(lock, 5s, [&] { return release; });

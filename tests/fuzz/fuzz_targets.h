@@ -1,0 +1,38 @@
+// The harness functions behind the fuzz-* targets, callable without libFuzzer:
+// fuzz_main.cpp wraps one of them as LLVMFuzzerTestOneInput (one executable per
+// target), and the unit suite replays every committed input through the same
+// functions (tests/unit/test_fuzz_replay.cpp). Input formats are described in
+// each fuzz-<what>.cpp; the encoders build seed inputs in those formats.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "agent/http_stream.h"
+
+namespace dockquota::fuzz {
+
+int httpStream(const uint8_t* data, size_t size);   // fuzz-http-stream
+int recognizer(const uint8_t* data, size_t size);   // fuzz-recognizer
+int connTracker(const uint8_t* data, size_t size);  // fuzz-conn-tracker
+int config(const uint8_t* data, size_t size);       // fuzz-config
+int dockerJson(const uint8_t* data, size_t size);   // fuzz-docker-json
+
+// One client syscall as the probe reports it: `data` copied of `total` moved.
+struct Chunk {
+  bool tx = true;
+  std::string data;
+  uint64_t total = 0;
+};
+
+// Seed encoders.
+std::string encodeHttpStream(const std::vector<Chunk>& chunks);     // then a close
+std::string encodeExchange(const HttpExchange& x);                  // fuzz-recognizer
+std::string encodeTrackerSession(const std::vector<Chunk>& chunks);  // exec, connect, chunks, close
+// fuzz-docker-json: which parser, then the JSON text.
+enum class JsonKind : uint8_t { ContainerList, ImageList, VolumeList, DiskUsage, Dom };
+std::string encodeDockerJson(JsonKind kind, const std::string& text);
+
+}  // namespace dockquota::fuzz
