@@ -9,14 +9,16 @@
 // An event's identity: with op & 0x80 a u64 conn_id and a u32 tgid, else one
 // byte each (ids % 8, tgid % 8 + 100, so they collide); then u8 pid, u8 uid,
 // u8 fd % 8; for tx/rx the data (a string of at most DSOCK_CAP_BYTES, the
-// copy limit) and with op & 0x08 a u32 of bytes moved beyond it (a gap).
+// copy limit) and with op & 0x08 a u32 of bytes moved beyond it (a gap); for
+// ops 1, 2 and 7, op & 0x40 adds a u8: its low two bits are the event's
+// DSOCK_F_LOST_* flags (earlier events lost to a full ring), the rest its turn.
 // The kernel's contract is kept (cap_len <= the copy limit, len >= cap_len);
-// everything else is free. Only the event fields type, conn_id, tgid, pid, uid,
-// fd, len, cap_len and data are set; the rest stay zero.
+// everything else is free. Fields not named here stay zero.
 //
 // Checked: open connections never exceed the limit and match stats(); every
-// recognised call reaches on_call, counted; muted and untracked connections
-// are ones the tracker was told about.
+// recognised call reaches on_call, counted, with a process that sent events;
+// the probe is only given instructions (mutes, ignore) for connections it
+// reported; the tracked bytes stay within the memory budget.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -52,7 +54,8 @@ Identity identityFrom(Reader& in, uint8_t op) {
   return id;
 }
 
-void fill(dsock_event& ev, uint32_t type, const Identity& id, std::string_view data, uint64_t len) {
+void fill(dsock_event& ev, uint32_t type, const Identity& id, std::string_view data, uint64_t len,
+          uint8_t extra = 0) {
   std::memset(&ev, 0, sizeof ev);
   ev.type = type;
   ev.conn_id = id.conn_id;
@@ -64,6 +67,9 @@ void fill(dsock_event& ev, uint32_t type, const Identity& id, std::string_view d
   if (n) std::memcpy(ev.data, data.data(), n);  // an empty view may hold nullptr
   ev.cap_len = static_cast<decltype(ev.cap_len)>(n);
   ev.len = std::max<uint64_t>(len, n);
+  ev.flags = extra & (DSOCK_F_LOST_TX | DSOCK_F_LOST_RX);
+  ev.turn = extra >> 2;
+  ev.ino = id.conn_id + 1;
 }
 
 }  // namespace
@@ -72,35 +78,41 @@ int connTracker(const uint8_t* data, size_t size) {
   Reader in(data, size);
   const size_t limit = in.u8() % 16 + 1;
   uint64_t calls = 0;
-  std::set<std::pair<uint32_t, uint32_t>> connected;  // (tgid, fd) ever connected
-  std::set<uint32_t> tgids;                           // and their processes
+  std::set<uint64_t> conn_ids;  // every connection id an event named
+  std::set<uint32_t> tgids;     // every process an event came from
   ConnTracker::Hooks hooks;
   hooks.on_call = [&](const ApiCall& call, const ClientInfo& client) {
     ++calls;
     DQ_FUZZ_CHECK(toString(call.action) != nullptr);
     DQ_FUZZ_CHECK(tgids.count(client.tgid));
   };
-  hooks.mute = [&](uint32_t tgid, uint32_t fd, uint32_t bits) {
-    DQ_FUZZ_CHECK(connected.count({tgid, fd}));
-    DQ_FUZZ_CHECK(bits == DSOCK_MUTE_TX || bits == DSOCK_MUTE_RX);
+  hooks.control = [&](uint64_t conn_id, const dsock_ctl& ctl) {
+    DQ_FUZZ_CHECK(conn_ids.count(conn_id));
+    DQ_FUZZ_CHECK(ctl.ignore <= 1);
   };
-  hooks.untrack = [&](uint32_t tgid, uint32_t fd) { DQ_FUZZ_CHECK(connected.count({tgid, fd})); };
+  // Sockets are alive unless their inode is odd (the sweep ends those).
+  hooks.alive = [](uint32_t, uint32_t, uint64_t ino) { return ino % 2 == 0; };
   // No /proc lookups: odd tgids have an executable, even ones are gone.
   hooks.exe_of = [](uint32_t tgid) { return tgid % 2 ? std::string("/usr/bin/docker") : std::string(); };
-  ConnTracker tracker(hooks, limit);
+  constexpr size_t kBudget = 256 * 1024;  // small, so drops happen
+  ConnTracker tracker(hooks, limit, kBudget);
 
   auto ev = std::make_unique<dsock_event>();
-  auto send = [&](uint32_t type, const Identity& id, std::string_view bytes, uint64_t len) {
-    if (type == DSOCK_EV_CONNECT) {
-      connected.insert({id.tgid, id.fd});
-      tgids.insert(id.tgid);
-    }
-    fill(*ev, type, id, bytes, len);
+  uint64_t clock = 0;
+  auto send = [&](uint32_t type, const Identity& id, std::string_view bytes, uint64_t len, uint8_t extra = 0) {
+    conn_ids.insert(id.conn_id);
+    tgids.insert(id.tgid);
+    fill(*ev, type, id, bytes, len, extra);
+    ev->ts_ns = clock += 1'000'000'000;  // a second per event: the sweep's idle check comes into play
     tracker.onEvent(*ev);
+    if (clock % (8 * 1'000'000'000ull) == 0) tracker.sweep(clock);
     DQ_FUZZ_CHECK(tracker.openConnections() <= limit);
     const TrackerStats st = tracker.stats();
     DQ_FUZZ_CHECK(st.open == tracker.openConnections());
     DQ_FUZZ_CHECK(st.calls == calls);
+    // One event may add at most one copy's worth of parsed head before the
+    // budget is enforced; after it, the total is back under the budget.
+    DQ_FUZZ_CHECK(st.memory_bytes <= kBudget);
   };
 
   while (!in.empty()) {
@@ -120,7 +132,9 @@ int connTracker(const uint8_t* data, size_t size) {
         const uint32_t type = (op & 7) == 7 ? in.u32() : (op & 7) == 1 ? DSOCK_EV_TX : DSOCK_EV_RX;
         Identity id = identityFrom(in, op);
         std::string_view d = in.str(kCap);
-        send(type, id, d, d.size() + ((op & 0x08) ? in.u32() : 0));
+        const uint64_t gap = (op & 0x08) ? in.u32() : 0;
+        const uint8_t extra = (op & 0x40) ? in.u8() : 0;
+        send(type, id, d, d.size() + gap, extra);
         break;
       }
       case 6: {
