@@ -131,7 +131,7 @@ void Attributor::run() {
 }
 
 void Attributor::expectEvidence(ObjectKind kind, const std::string& id, double created_at) {
-  if (!options_.watching || !options_.watching()) {
+  if (!options_.watching || !options_.watching(created_at - options_.request_grace.count() / 1000.0)) {
     // Not watching: Docker made it without the probes able to see who asked.
     stats_.unwatched_creates++;
     LOG_WARN(kSub, "%s %s created while the agent was not watching docker.sock: it stays unattributed",
@@ -146,7 +146,7 @@ void Attributor::expectEvidence(ObjectKind kind, const std::string& id, double c
 }
 
 void Attributor::checkMissed(ObjectKind kind, const std::string& id, double created_at) {
-  if (!options_.watching || !options_.watching()) {
+  if (!options_.watching || !options_.watching(created_at - options_.request_grace.count() / 1000.0)) {
     // The probes or the events stream went away meanwhile: no verdict.
     stats_.missed_unchecked++;
     return;

@@ -75,10 +75,14 @@ class Attributor {
     // How long after Docker's create event an object created while watching
     // may go without kernel evidence before it counts as missed.
     std::chrono::milliseconds missed_after{5000};
-    // Are the probes attached and the events stream connected? Injected, so
-    // that the owner of the probes decides (unset: never watching, so no
-    // object is ever judged missed).
-    std::function<bool()> watching;
+    // Have the probes been attached and the events stream connected, without
+    // a break, since `since` (unix seconds)? Injected, so that the owner of the
+    // probes decides (unset: never watching, so no object is judged missed).
+    std::function<bool(double since)> watching;
+    // How long before Docker's create event the client's request may have
+    // begun: a create is judged only if the agent watched since then (a
+    // request sent before the probes attached leaves no evidence).
+    std::chrono::milliseconds request_grace{2000};
   };
 
   Attributor(Store& store, DockerClient& docker);

@@ -188,12 +188,14 @@ int main(int argc, char** argv) {
   // check judges only objects created while this holds). Set below once the
   // probe and the events stream exist; the probe's own health can replace it.
   std::unique_ptr<DsockProbe> dsock;
-  std::atomic<const DockerEventStream*> events_watch{nullptr};
+  // Unix time the events stream last connected (the probes attach before it
+  // can), 0 while it is down.
+  std::atomic<double> watching_since{0};
   Attributor attributor(store, docker,
                         {.missed_after = std::chrono::milliseconds(config.missed_check_ms),
-                         .watching = [&] {
-                           const DockerEventStream* ev = events_watch.load();
-                           return dsock != nullptr && ev != nullptr && ev->connected();
+                         .watching = [&](double since) {
+                           const double from = watching_since.load();
+                           return dsock != nullptr && from > 0 && from <= since;
                          }});
   // The project-quota backend exists once the qman services are up (below);
   // until then there is nothing to tag.
@@ -300,6 +302,7 @@ int main(int argc, char** argv) {
           },
       .on_connected =
           [&] {
+            watching_since = unixNow();
             if (dsock) dsock->refreshSockets();
             docker.negotiate();
             if (auto st = attributor.reconcile(); !st) {
@@ -317,12 +320,12 @@ int main(int argc, char** argv) {
           },
       .on_disconnected =
           [&](const std::string& why) {
+            watching_since = 0;
             LOG_WARN(kSub, "docker events stream lost: %s; reconnecting with backoff", why.c_str());
             std::lock_guard<std::mutex> l(docker_err_mu);
             docker_error = why;
           },
   });
-  events_watch = &events;
   events.start();
 
   // --- HTTP -----------------------------------------------------------------
@@ -386,7 +389,7 @@ int main(int argc, char** argv) {
       h["attribution"]["losses"] = losses;
       h["attribution"]["missed_unresolved"] = open_misses;
       h["attribution"]["missed_check_ms"] = config.missed_check_ms;
-      h["attribution"]["watching"] = attributor.options().watching();
+      h["attribution"]["watching"] = attributor.options().watching(unixNow());
       h["attribution"]["gone"] = {{"event", as.gone_by_event.load()}, {"inspect_404", as.gone_by_check.load()},
                                   {"reconcile", as.reconcile_gone.load()}};
       h["attribution"]["reconcile_skipped"] = {{"changed_while_listing", as.reconcile_kept_recent.load()},

@@ -448,7 +448,10 @@ TEST_CASE("attributor: created while watching without kernel evidence is missed,
   auto store = openStore(dir.file("s.db"));
   DockerClient docker(SharedDockerd::get().socket());
   std::atomic<bool> watching{true};
-  Attributor a(*store, docker, {.missed_after = 300ms, .watching = [&] { return watching.load(); }});
+  std::atomic<double> watching_since{0};
+  Attributor a(*store, docker, {.missed_after = 300ms, .watching = [&](double since) {
+                                  return watching.load() && watching_since.load() <= since;
+                                }});
   a.start();
 
   const std::string seen_id = create(docker), missed = create(docker), unwatched = create(docker);
@@ -487,7 +490,17 @@ TEST_CASE("attributor: created while watching without kernel evidence is missed,
   a.drain();
   CHECK(a.stats().missed == 1);
   CHECK(a.stats().missed_unchecked == 1);
+
+  // Watching began less than request_grace before Docker's create: the
+  // request may predate the probes, so it is not judged.
+  watching = true;
+  watching_since = unixNow();
+  const std::string early = create(docker);
+  a.onDockerEvent(event("container", "create", early));
+  CHECK(a.stats().unwatched_creates == 2);
+  CHECK(a.pendingMissChecks() == 0);
   a.stop();
+  remove(docker, early);
   for (const auto& id : {seen_id, missed, unwatched, later}) remove(docker, id);
 }
 
