@@ -69,7 +69,7 @@ def measure(env, n, label):
     url = "http://127.0.0.1:%d/api/v1/containers" % env.port
     client = subprocess.Popen([PYTHON, "-c", CLIENT, env.sock], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, user=USERS["alice"], group=USERS["alice"], extra_groups=[GROUP])
-    lat = []
+    lat = []  # (Created -> listed, Created -> Docker's reply as the probe saw it (attributed_at))
     try:
         for i in range(n):
             known = set()
@@ -84,6 +84,7 @@ def measure(env, n, label):
                 owned = [o for o in body["containers"] if o.get("uid") == USERS["alice"]]
                 if owned:
                     listed_at = time.time()
+                    replied = owned[0].get("attributed_at")
                     break
                 time.sleep(0.001)
             cid = client.stdout.readline().strip()
@@ -92,7 +93,9 @@ def measure(env, n, label):
             created = parse_created(docker_get(env, "/containers/%s/json" % cid)["Created"])
             if listed_at is None:
                 raise AssertionError("%s: container %s not listed with an owner within 10 s" % (label, cid[:12]))
-            lat.append(listed_at - created)
+            if isinstance(replied, str):
+                replied = parse_created(replied)
+            lat.append((listed_at - created, (replied - created) if replied else float("nan"), cid, replied))
             docker_delete(env, cid)
             # the removal is confirmed (404 or destroy event) before the next create
             t = time.time()
@@ -107,6 +110,18 @@ def measure(env, n, label):
         client.stdin.close()
         client.wait(timeout=10)
     return lat
+
+
+def commit_times(env):
+    """short container id -> the agent's log time of 'attribution: container X -> uid'
+    (written right after the store's commit)."""
+    out = {}
+    with open(env.agent_log, errors="replace") as f:
+        for line in f:
+            if "attribution: container " in line and " -> uid " in line:
+                short = line.split("attribution: container ", 1)[1].split(" ", 1)[0]
+                out[short] = parse_created(line.split(" ", 1)[0])
+    return out
 
 
 def pct(xs, p):
@@ -129,21 +144,30 @@ def main():
         env.start_dockerd()
         env.run_as("root", ["docker", "import", "-", "base:1"], input=harness.busybox_rootfs_tar())
         env.start_agent(log_level="info", **json.loads(args.config))
+        load = [open("/proc/loadavg").read().split()[0]]
         measure(env, 5, "warm-up")
         idle = measure(env, args.n, "idle")
         spinners = [subprocess.Popen([PYTHON, "-c", "while True: pass"]) for _ in range(args.busy)]
         time.sleep(1)
         loaded = measure(env, args.n, "loaded")
+        load.append(open("/proc/loadavg").read().split()[0])
+        committed = commit_times(env)
     finally:
         for s in spinners:
             s.kill()
         env.cleanup()
     print("attribution latency, Docker's Created -> listed with its owner by GET /api/v1/containers "
           "(n=%d each, %d spinning processes when loaded, %d cores)" % (args.n, args.busy, os.cpu_count()))
-    print("%-8s %8s %8s %8s %8s" % ("", "p50 ms", "p90 ms", "p99 ms", "max ms"))
-    for name, xs in (("idle", idle), ("loaded", loaded)):
-        print("%-8s %8.1f %8.1f %8.1f %8.1f" % (name, pct(xs, 50) * 1e3, pct(xs, 90) * 1e3, pct(xs, 99) * 1e3,
-                                                 max(xs) * 1e3))
+    print("load average before/after: %s" % load)
+    print("%-8s %-26s %8s %8s %8s %8s" % ("", "", "p50 ms", "p90 ms", "p99 ms", "max ms"))
+    for name, pairs in (("idle", idle), ("loaded", loaded)):
+        for part, xs in (("Created -> listed", [p[0] for p in pairs]),
+                         ("Created -> reply (probe)", [p[1] for p in pairs]),
+                         ("reply (probe) -> stored", [committed[p[2][:12]] - p[3] for p in pairs
+                                                      if p[2][:12] in committed]),
+                         ("reply (probe) -> listed", [p[0] - p[1] for p in pairs])):
+            print("%-8s %-26s %8.1f %8.1f %8.1f %8.1f" % (name, part, pct(xs, 50) * 1e3, pct(xs, 90) * 1e3,
+                                                          pct(xs, 99) * 1e3, max(xs) * 1e3))
 
 
 if __name__ == "__main__":
