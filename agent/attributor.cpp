@@ -231,12 +231,13 @@ bool Attributor::markGone(ObjectKind kind, const std::string& id, std::optional<
   return *marked;
 }
 
-void Attributor::confirmRemoval(ObjectKind kind, const std::string& id) {
+void Attributor::confirmGone(ObjectKind kind, const std::string& id, bool after_removal) {
   const uint64_t since = store_.sequence();
   Result<nlohmann::json> r = kind == ObjectKind::Container ? docker_.inspectContainer(id)
                              : kind == ObjectKind::Image   ? docker_.inspectImage(id)
                                                            : docker_.inspectVolume(id);
   if (r) {
+    if (!after_removal) return;  // there, as its row says
     // A 2xx reply to a removal, and Docker still has it: the reply was not
     // this request's (a slipped pairing) or something re-made it. Nothing is
     // marked; the destroy event or a later list decides.
@@ -247,7 +248,7 @@ void Attributor::confirmRemoval(ObjectKind kind, const std::string& id) {
   }
   if (r.error().code != ENOENT) {
     stats_.docker_errors++;
-    LOG_WARN(kSub, "cannot confirm the removal of %s %s: %s (its event or the next reconcile will)", toString(kind),
+    LOG_WARN(kSub, "cannot check whether Docker still has %s %s: %s (its event or the next reconcile will)", toString(kind),
              shortId(id).c_str(), r.error().message.c_str());
     return;
   }
@@ -309,14 +310,14 @@ void Attributor::onApiCall(const ApiCall& call, const ClientInfo& client) {
           stats_.store_errors++;
           continue;
         }
-        if (*id) post([this, cid = **id] { confirmRemoval(ObjectKind::Container, cid); });
+        if (*id) post([this, cid = **id] { confirmGone(ObjectKind::Container, cid, true); });
       }
       break;
     case ApiAction::ImageRemove:
-      for (const auto& id : call.ids) post([this, id] { confirmRemoval(ObjectKind::Image, id); });
+      for (const auto& id : call.ids) post([this, id] { confirmGone(ObjectKind::Image, id, true); });
       break;
     case ApiAction::VolumeRemove:
-      for (const auto& ref : call.refs) post([this, ref] { confirmRemoval(ObjectKind::Volume, ref); });
+      for (const auto& ref : call.refs) post([this, ref] { confirmGone(ObjectKind::Volume, ref, true); });
       break;
     case ApiAction::ImageTag:
       // A tag takes no disk and does not move ownership.
@@ -458,6 +459,10 @@ Status Attributor::reconcile() {
     stats_.restored += rc->restored;
     stats_.reconcile_kept_recent += rc->kept_recent;
     stats_.stale_observations += rc->stale;
+    // Changed while the list was read, and not in it: made after the list
+    // began, or made and removed while the events stream was down (no
+    // destroy event will come). Docker answers for each.
+    for (auto& id : rc->kept_ids) post([this, kind, id = std::move(id)] { confirmGone(kind, id, false); });
     return {};
   };
 

@@ -119,8 +119,9 @@ class Attributor {
   void noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
                 const std::optional<std::string>& label, std::optional<uint64_t> observed_since = std::nullopt);
   bool markGone(ObjectKind kind, const std::string& id, std::optional<uint64_t> unless_changed_after = std::nullopt);
-  // A removal call Docker answered 2xx: inspect; 404 marks it gone, else it is counted unconfirmed.
-  void confirmRemoval(ObjectKind kind, const std::string& id);
+  // Inspect: a 404 marks it gone (unless the row changed since). After a
+  // removal call Docker answered 2xx, finding it is counted unconfirmed.
+  void confirmGone(ObjectKind kind, const std::string& id, bool after_removal);
   void expectEvidence(ObjectKind kind, const std::string& id, double created_at);
   void checkMissed(ObjectKind kind, const std::string& id, double created_at);
 

@@ -892,6 +892,7 @@ Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::st
     // Inserted or attributed after the list began: the list cannot know it.
     if (recent(k)) {
       ++out.kept_recent;
+      out.kept_ids.push_back(id);
       continue;
     }
     gone.reset();

@@ -116,6 +116,7 @@ struct ReconcileResult {
                         // owner's reply came after the gone mark): live again, owner and evidence kept
   size_t kept_recent = 0;  // not in the list, but inserted/attributed/marked after the list began: untouched
   size_t stale = 0;        // gone after the list began, yet in it: the list predates the removal, left gone
+  std::vector<std::string> kept_ids;  // the kept_recent rows (the caller checks them one by one)
 };
 
 // What noteSeen() did with a row.
