@@ -18,6 +18,7 @@
 #include "agent/docker_client.h"
 #include "agent/probe_util.h"
 #include "agent/store.h"
+#include "exporter/metrics.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;
@@ -633,4 +634,28 @@ TEST_CASE("reconcile: the rows left alone are named", "[store][issue11]") {
   auto r = store->reconcile(ObjectKind::Volume, {}, 12, mark);
   REQUIRE(r.ok());
   CHECK(r->kept_ids == std::vector<std::string>{"late"});
+}
+
+TEST_CASE("metrics: attribution losses by reason, gone by confirmation, unresolved misses", "[metrics][issue11]") {
+  AttributorStats s;
+  s.missed = 2;
+  s.removal_unconfirmed = 1;
+  json a = json::object();
+  for (const auto& [reason, n] : lossCounters(s)) a["losses"][reason] = n;
+  a["gone"] = {{"event", uint64_t(3)}, {"inspect_404", uint64_t(1)}, {"reconcile", uint64_t(0)}};
+  a["reconcile_skipped"] = {{"changed_while_listing", uint64_t(4)}, {"stale", uint64_t(0)}};
+  a["missed_unresolved"] = uint64_t(1);
+  std::string out;
+  promAttributionCounters(out, a);
+  CHECK(out.find("# TYPE dockquota_attribution_losses_total counter\n") != std::string::npos);
+  CHECK(out.find("dockquota_attribution_losses_total{reason=\"missed\"} 2\n") != std::string::npos);
+  CHECK(out.find("dockquota_attribution_losses_total{reason=\"removal_unconfirmed\"} 1\n") != std::string::npos);
+  CHECK(out.find("dockquota_attribution_losses_total{reason=\"store_error\"} 0\n") != std::string::npos);
+  CHECK(out.find("dockquota_attribution_gone_total{confirmed_by=\"event\"} 3\n") != std::string::npos);
+  CHECK(out.find("dockquota_attribution_reconcile_skipped_total{why=\"changed_while_listing\"} 4\n") !=
+        std::string::npos);
+  CHECK(out.find("dockquota_attribution_missed_unresolved 1\n") != std::string::npos);
+  // Every loss reason is rendered, zero or not.
+  for (const auto& [reason, n] : lossCounters(AttributorStats{}))
+    CHECK(out.find(std::string("reason=\"") + reason + "\"") != std::string::npos);
 }
