@@ -395,9 +395,10 @@ int main(int argc, char** argv) {
       h["attribution"]["reconcile_skipped"] = {{"changed_while_listing", as.reconcile_kept_recent.load()},
                                                {"stale", as.stale_observations.load()}};
       if (as.missed.load() > 0 || open_misses > 0)
-        reasons.push_back(std::to_string(as.missed.load()) + " object(s) created while the agent watched had no " +
-                          "kernel evidence after " + std::to_string(config.missed_check_ms) + " ms (missed; " +
-                          std::to_string(open_misses) + " still unattributed, see the review queue)");
+        reasons.push_back("missed: " + std::to_string(as.missed.load()) + " object(s) created since the start " +
+                          "while the agent watched had no kernel evidence after " +
+                          std::to_string(config.missed_check_ms) + " ms; " + std::to_string(open_misses) +
+                          " flagged object(s) still without an owner (see the review queue)");
       if (as.removal_unconfirmed.load() > 0)
         reasons.push_back(std::to_string(as.removal_unconfirmed.load()) +
                           " removal call(s) answered 2xx for objects Docker still has (not marked gone)");
