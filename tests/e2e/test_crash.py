@@ -24,7 +24,7 @@ failures = []
 check = harness.checker(failures)
 SEED = int(os.environ.get("DQ_SEED") or random.SystemRandom().randrange(1, 1 << 31))
 KILLS = int(os.environ.get("DQ_KILLS") or 22)
-stats = {"kills": 0, "creates": 0, "removes": 0, "shown": 0, "checked": 0}
+stats = {"kills": 0, "creates": 0, "removes": 0, "shown": 0, "checked": 0, "restored": 0}
 
 
 def run(env):
@@ -47,6 +47,9 @@ def run(env):
                 if cid in shown and shown[cid] != o["uid"]:
                     check(False, "kill %d: %s was shown as uid %s, now uid %s" % (k, cid[:12], shown[cid], o["uid"]))
                 shown.setdefault(cid, o["uid"])
+            # A row marked gone while Docker had it would have lost its bill
+            # but for the restore: count those too (the reconcile race).
+            stats["restored"] += env.health()["attribution"]["losses"]["restored"]
             restarter = None
             if k == dockerd_kill:
                 restarter = threading.Thread(target=lambda: (env.stop_dockerd(), env.start_dockerd()))
@@ -66,7 +69,9 @@ def run(env):
     time.sleep(1)
     verify(env, "end", shown, creators, workers)
     h = env.health()
+    stats["restored"] += h["attribution"]["losses"]["restored"]
     check(h["attribution"]["losses"]["store_error"] == 0, "no store errors after %d kills" % stats["kills"])
+    check(stats["restored"] == 0, "no row was marked gone while Docker had it (restored %d)" % stats["restored"])
     calls = workers.calls()
     stats["creates"] = sum(1 for u in calls.values() for c in u if c["op"] == "create" and c.get("id"))
     stats["removes"] = sum(1 for u in calls.values() for c in u if c["op"] == "rm" and c["status"] == 204)
