@@ -132,6 +132,8 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"tracker_memory_mib", uintKey(origin, "tracker_memory_mib", &Config::tracker_memory_mib, 1, 4096)},
       {"probe_hook", stringKey(origin, "probe_hook", &Config::probe_hook)},
       {"bill_root_to_login_uid", boolKey(origin, "bill_root_to_login_uid", &Config::bill_root_to_login_uid)},
+      // 100 ms: a busy host's ring drain and inspect still fit; 10 min: a miss is still news.
+      {"missed_check_ms", uintKey(origin, "missed_check_ms", &Config::missed_check_ms, 100, 600000)},
       {"log_level", stringKey(origin, "log_level", &Config::log_level)},
       {"tls_cert_file", stringKey(origin, "tls_cert_file", &Config::tls_cert_file)},
       {"tls_key_file", stringKey(origin, "tls_key_file", &Config::tls_key_file)},

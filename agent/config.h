@@ -35,6 +35,9 @@ struct Config {
   std::string probe_hook = "auto";  // docker.sock probe: auto | socket | fentry | tracepoint
   // Attribution
   bool bill_root_to_login_uid = true;
+  // Issue 11: an object Docker created while the agent watched, still without
+  // kernel evidence this long after Docker's create event, counts as missed.
+  uint32_t missed_check_ms = 5000;
   // Logging
   std::string log_level = "info";
   // qman slave (/remote-api, issue 3):

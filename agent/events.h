@@ -13,6 +13,8 @@
 //   docker_container_removed     yes      yes    container_id, size_bytes, new_usage, removed_ids
 //   docker_enforcement_dry_run   no       no     what enforcement would have done
 //   docker_enforcement_failed    no       no     container_id, action, error
+//   docker_attribution_missed    no       no     entity_type, entity_id, name, created_at, check_after_s
+//                                                (uid (uid_t)-1: nobody known; see Attributor)
 // Every detail also carries "event_id" (the sequence number) and "container_name"
 // where there is a container. The master ignores types it does not know (§5),
 // so only its three are sent to it.
@@ -35,6 +37,7 @@ constexpr const char* kStopped = "docker_container_stopped";
 constexpr const char* kRemoved = "docker_container_removed";
 constexpr const char* kDryRun = "docker_enforcement_dry_run";
 constexpr const char* kFailed = "docker_enforcement_failed";
+constexpr const char* kAttributionMissed = "docker_attribution_missed";
 }  // namespace event_type
 
 // Where an event goes besides the agent's own API.

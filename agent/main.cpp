@@ -38,6 +38,7 @@
 #include "agent/qman_wiring.h"
 #include "agent/store.h"
 #include "exporter/http_api.h"
+#include "exporter/metrics.h"
 
 using namespace dockquota;
 using json = nlohmann::json;
@@ -215,7 +216,19 @@ int main(int argc, char** argv) {
   LOG_INFO(kSub, "store %s (schema v%d)", store.path().c_str(), store.schemaVersion());
 
   DockerClient docker(config.docker_socket);
-  Attributor attributor(store, docker);
+  // --- issue 11: is the agent attached and watching? (the missed-object
+  // check judges only objects created while this holds). Set below once the
+  // probe and the events stream exist; the probe's own health can replace it.
+  std::unique_ptr<DsockProbe> dsock;
+  // Unix time the events stream last connected (the probes attach before it
+  // can), 0 while it is down.
+  std::atomic<double> watching_since{0};
+  Attributor attributor(store, docker,
+                        {.missed_after = std::chrono::milliseconds(config.missed_check_ms),
+                         .watching = [&](double since) {
+                           const double from = watching_since.load();
+                           return dsock != nullptr && from > 0 && from <= since;
+                         }});
   // The project-quota backend exists once the qman services are up (below);
   // until then there is nothing to tag.
   std::atomic<ProjectQuotas*> projects{nullptr};
@@ -234,7 +247,6 @@ int main(int argc, char** argv) {
   // --- probes: attach before the first reconcile ----------------------------
   std::vector<std::string> degraded;
   std::mutex tracker_mu;  // the main loop feeds it; /healthz reads its stats
-  std::unique_ptr<DsockProbe> dsock;
   std::unique_ptr<ExecProbe> exec;
   ConnTracker tracker(
       {
@@ -325,6 +337,7 @@ int main(int argc, char** argv) {
           },
       .on_connected =
           [&] {
+            watching_since = unixNow();
             if (dsock) dsock->refreshSockets();
             docker.negotiate();
             if (auto st = attributor.reconcile(); !st) {
@@ -342,6 +355,7 @@ int main(int argc, char** argv) {
           },
       .on_disconnected =
           [&](const std::string& why) {
+            watching_since = 0;
             LOG_WARN(kSub, "docker events stream lost: %s; reconnecting with backoff", why.c_str());
             std::lock_guard<std::mutex> l(docker_err_mu);
             docker_error = why;
@@ -396,6 +410,29 @@ int main(int argc, char** argv) {
     h["attribution"] = {{"calls", as.calls.load()}, {"failed_calls", as.failed_calls.load()},
                         {"attributed", as.attributed.load()}, {"docker_errors", as.docker_errors.load()},
                         {"store_errors", as.store_errors.load()}, {"reconciles", as.reconciles.load()}};
+    {  // issue 11: losses by reason, misses, what confirmed the gone marks
+      json losses = json::object();
+      for (const auto& [reason, n] : lossCounters(as)) losses[reason] = n;
+      auto unresolved = store.unresolvedMissed();
+      if (!unresolved) reasons.push_back("store: " + unresolved.error().message);
+      const uint64_t open_misses = unresolved ? *unresolved : 0;
+      h["attribution"]["losses"] = losses;
+      h["attribution"]["missed_unresolved"] = open_misses;
+      h["attribution"]["missed_check_ms"] = config.missed_check_ms;
+      h["attribution"]["watching"] = attributor.options().watching(unixNow());
+      h["attribution"]["gone"] = {{"event", as.gone_by_event.load()}, {"inspect_404", as.gone_by_check.load()},
+                                  {"reconcile", as.reconcile_gone.load()}};
+      h["attribution"]["reconcile_skipped"] = {{"changed_while_listing", as.reconcile_kept_recent.load()},
+                                               {"stale", as.stale_observations.load()}};
+      if (as.missed.load() > 0 || open_misses > 0)
+        reasons.push_back("missed: " + std::to_string(as.missed.load()) + " object(s) created since the start " +
+                          "while the agent watched had no kernel evidence after " +
+                          std::to_string(config.missed_check_ms) + " ms; " + std::to_string(open_misses) +
+                          " flagged object(s) still without an owner (see the review queue)");
+      if (as.removal_unconfirmed.load() > 0)
+        reasons.push_back(std::to_string(as.removal_unconfirmed.load()) +
+                          " removal call(s) answered 2xx for objects Docker still has (not marked gone)");
+    }
     std::string derr;
     {
       std::lock_guard<std::mutex> l(docker_err_mu);
@@ -453,6 +490,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   enforcement_health = [e = enforcement->get()] { return e->health(); };
+  {  // issue 11: attribution losses in /metrics, after what enforcement renders
+    auto& more = (*qman)->context().more_metrics;
+    more = [prev = more, &health](std::string& out) {
+      if (prev) prev(out);
+      promAttributionCounters(out, health()["attribution"]);
+    };
+  }
   (*qman)->setUsageListener([e = enforcement->get()] { e->usageChanged(); });
   const bool kernel_usage = (*qman)->projects() && (*qman)->projects()->active();
   if (config.enforcement != "off" && !kernel_usage) measure_on_change = &(*qman)->usage();

@@ -1,5 +1,8 @@
 // The attribution store on SQLite: see store.h for the model.
 //
+// Schema v5 (issue 11): objects.seq (the change counter, see Store::sequence())
+//   and objects.missed_at (the missed-object check).
+//
 // Tables (schema v1):
 //   objects    one row per (kind, id): names, the automatic owner (strongest
 //              evidence so far; source NULL = unattributed), label, lifetime.
@@ -201,6 +204,15 @@ CREATE TABLE exemptions (
   PRIMARY KEY (kind, id)
 );
 )sql",
+    // v5: removals and reconciles that cannot erase a bill, misses made
+    // visible (issue 11). seq orders a row's last change against the moment a
+    // Docker list or inspect began (Store::sequence()); rows from before v5
+    // have 0, older than any list this agent takes.
+    R"sql(
+ALTER TABLE objects ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE objects ADD COLUMN missed_at REAL;  -- created while watched, no kernel evidence after the check delay
+CREATE INDEX objects_missed ON objects (kind, id) WHERE missed_at IS NOT NULL;
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion,
               "kSchemaVersion must equal the number of migration steps");
@@ -254,12 +266,14 @@ void readEvidence(const Stmt& st, int first, Source source, Evidence& ev) {
 }
 
 // Columns 0..2 id, name, parent; 3 source; 4..12 automatic evidence;
-// 13 label_user; 14 first_seen; 15 gone_at; 16 size_bytes; 17..25 override.
+// 13 label_user; 14 first_seen; 15 gone_at; 16 size_bytes; 17..25 override;
+// 26 missed_at; 27 seq.
 // Every query on it selects one kind, so the kind is not read back.
 const std::string kSelectObject =
     "SELECT o.id, o.name, o.parent, o.source, o.uid, o.gid, o.login_uid, o.pid, o.comm, o.exe, "
     "o.method, o.request_time, o.attributed_at, o.label_user, o.first_seen, o.gone_at, o.size_bytes, "
-    "v.uid, v.gid, v.login_uid, v.pid, v.comm, v.exe, v.method, v.request_time, v.set_at "
+    "v.uid, v.gid, v.login_uid, v.pid, v.comm, v.exe, v.method, v.request_time, v.set_at, "
+    "o.missed_at, o.seq "
     "FROM objects o LEFT JOIN overrides v ON v.kind = o.kind AND v.id = o.id ";
 
 // Fills `r` in place from a kSelectObject row (list() reads 10,000 of these:
@@ -295,6 +309,12 @@ Status readObject(const Stmt& st, ObjectKind kind, ObjectRecord& r, std::optiona
     r.gone_at = st.f64(15);
   }
   r.size_bytes = static_cast<uint64_t>(st.i64(16));
+  if (st.isNull(26)) {
+    r.missed_at.reset();
+  } else {
+    r.missed_at = st.f64(26);
+  }
+  r.seq = static_cast<uint64_t>(st.i64(27));
 
   const bool overridden = !st.isNull(17);
   if (overridden) {
@@ -338,16 +358,35 @@ Result<std::optional<Row>> loadRow(sqlite3* db, ObjectKind kind, const std::stri
 
 Status insertObject(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& name,
                     const std::string& parent, const std::optional<std::string>& label, double first_seen,
-                    const std::string& what) {
+                    uint64_t seq, const std::string& what) {
   Stmt st(db,
-          "INSERT INTO objects (kind, id, name, parent, label_user, first_seen) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+          "INSERT INTO objects (kind, id, name, parent, label_user, first_seen, seq) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
   st.bind(1, toString(kind));
   st.bind(2, id);
   st.bind(3, name);
   st.bind(4, parent);
   st.bind(5, label);
   st.bind(6, first_seen);
+  st.bind(7, static_cast<int64_t>(seq));
+  return st.run(what);
+}
+
+// Sets objects.seq (the row changed now).
+Status touchObject(sqlite3* db, ObjectKind kind, const std::string& id, uint64_t seq, const std::string& what) {
+  Stmt st(db, "UPDATE objects SET seq = ?3 WHERE kind = ?1 AND id = ?2");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  st.bind(3, static_cast<int64_t>(seq));
+  return st.run(what);
+}
+
+// A gone row whose object Docker still has: live again, owner, override and evidence kept.
+Status restoreObject(sqlite3* db, ObjectKind kind, const std::string& id, uint64_t seq, const std::string& what) {
+  Stmt st(db, "UPDATE objects SET gone_at = NULL, seq = ?3 WHERE kind = ?1 AND id = ?2");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  st.bind(3, static_cast<int64_t>(seq));
   return st.run(what);
 }
 
@@ -355,12 +394,13 @@ Status insertObject(sqlite3* db, ObjectKind kind, const std::string& id, const s
 // the old one's owner, override and evidence, keep nothing but the key.
 Status resetObject(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& name,
                    const std::string& parent, const std::optional<std::string>& label, double first_seen,
-                   const std::string& what) {
+                   uint64_t seq, const std::string& what) {
   {
     Stmt st(db,
             "UPDATE objects SET name = ?3, parent = ?4, label_user = ?5, first_seen = ?6, gone_at = NULL, "
             "size_bytes = 0, source = NULL, uid = NULL, gid = NULL, login_uid = NULL, pid = NULL, "
-            "comm = NULL, exe = NULL, method = NULL, request_time = NULL, attributed_at = NULL "
+            "comm = NULL, exe = NULL, method = NULL, request_time = NULL, attributed_at = NULL, "
+            "missed_at = NULL, seq = ?7 "
             "WHERE kind = ?1 AND id = ?2");
     st.bind(1, toString(kind));
     st.bind(2, id);
@@ -368,6 +408,7 @@ Status resetObject(sqlite3* db, ObjectKind kind, const std::string& id, const st
     st.bind(4, parent);
     st.bind(5, label);
     st.bind(6, first_seen);
+    st.bind(7, static_cast<int64_t>(seq));
     if (auto s = st.run(what); !s) return s;
   }
   for (const char* sql : {"DELETE FROM overrides WHERE kind = ?1 AND id = ?2",
@@ -425,6 +466,19 @@ int rank(Source s) {
 // Clock granularity between the request probe and the store's first_seen.
 constexpr double kSeenSlackSeconds = 1.0;
 
+// A gone row, and Docker was seen to have its id (store.h, noteSeen()).
+Seen reviveDecision(ObjectKind kind, const Row& row, std::optional<uint64_t> observed_since) {
+  if (observed_since && (*observed_since == 0 || row.rec.seq > *observed_since)) return Seen::Stale;
+  // Container ids are random and never reused: Docker still has this very
+  // object, so the gone mark was wrong and the bill stands.
+  if (kind == ObjectKind::Container) return Seen::Restored;
+  // An owner whose reply came after the gone mark is about the object Docker has now.
+  const double gone = *row.rec.gone_at;
+  if ((row.automatic && row.automatic->time >= gone) || (row.overridden() && row.rec.owner->time >= gone))
+    return Seen::Restored;
+  return Seen::Reset;
+}
+
 }  // namespace
 
 // --- enums ----------------------------------------------------------------------
@@ -452,6 +506,17 @@ const char* toString(Source s) {
     case Source::Audit: return "audit";
     case Source::Bpf: return "bpf";
     case Source::Admin: return "admin";
+  }
+  return "?";
+}
+
+const char* toString(Seen s) {
+  switch (s) {
+    case Seen::Inserted: return "inserted";
+    case Seen::Updated: return "updated";
+    case Seen::Reset: return "reset";
+    case Seen::Restored: return "restored";
+    case Seen::Stale: return "stale";
   }
   return "?";
 }
@@ -587,7 +652,29 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::v
     LOG_INFO("store", "%s: migrated to schema version %d", path.c_str(), v + 1);
   }
 
-  return std::unique_ptr<Store>(new Store(db.release(), path));
+  // The change counter goes on from the highest value any row holds.
+  uint64_t max_seq = 0;
+  bool has_seq = false;  // open(path, steps) may stop before v5
+  {
+    Stmt st(raw, "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'seq'");
+    auto r = st.next(what + ": change counter");
+    if (!r) return r.error();
+    has_seq = *r && st.i64(0) > 0;
+  }
+  if (has_seq) {
+    Stmt st(raw, "SELECT coalesce(max(seq), 0) FROM objects");
+    auto r = st.next(what + ": change counter");
+    if (!r) return r.error();
+    if (*r) max_seq = static_cast<uint64_t>(st.i64(0));
+  }
+  std::unique_ptr<Store> store(new Store(db.release(), path));
+  store->seq_ = max_seq;
+  return store;
+}
+
+uint64_t Store::sequence() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return seq_;
 }
 
 int Store::schemaVersion() const {
@@ -598,27 +685,40 @@ int Store::schemaVersion() const {
 
 Status Store::noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
                        const std::optional<std::string>& label_user, double now) {
+  auto r = noteSeen(kind, id, name, parent, label_user, now, std::nullopt);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<Seen> Store::noteSeen(ObjectKind kind, const std::string& id, const std::string& name,
+                             const std::string& parent, const std::optional<std::string>& label_user, double now,
+                             std::optional<uint64_t> observed_since) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "note " + describe(kind, id);
   // An empty label is "no label", as Docker reports it.
   std::optional<std::string> label = label_user && !label_user->empty() ? label_user : std::nullopt;
 
   Txn txn(db_);
-  if (auto s = txn.begin(what); !s) return s;
-  std::optional<bool> live;  // unset: unknown
-  {
-    Stmt st(db_, "SELECT gone_at IS NULL FROM objects WHERE kind = ?1 AND id = ?2");
-    st.bind(1, toString(kind));
-    st.bind(2, id);
-    auto r = st.next(what);
-    if (!r) return r.error();
-    if (*r) live = st.i64(0) != 0;
+  if (auto s = txn.begin(what); !s) return s.error();
+  auto loaded = loadRow(db_, kind, id, what);
+  if (!loaded) return loaded.error();
+  const std::optional<Row>& row = *loaded;
+  Seen seen = Seen::Updated;
+  if (!row) {
+    seen = Seen::Inserted;
+    if (auto s = insertObject(db_, kind, id, name, parent, label, now, nextSeq(), what); !s) return s.error();
+  } else if (row->rec.gone_at) {
+    seen = reviveDecision(kind, *row, observed_since);
+    if (seen == Seen::Stale) return seen;  // nothing written: rollback of an unchanged txn
+    if (seen == Seen::Reset) {
+      if (auto s = resetObject(db_, kind, id, name, parent, label, now, nextSeq(), what); !s) return s.error();
+    } else {
+      LOG_WARN("store", "%s was marked gone at %.3f but Docker has it: live again, owner kept",
+               describe(kind, id).c_str(), *row->rec.gone_at);
+      if (auto s = restoreObject(db_, kind, id, nextSeq(), what); !s) return s.error();
+    }
   }
-  if (!live) {
-    if (auto s = insertObject(db_, kind, id, name, parent, label, now, what); !s) return s;
-  } else if (!*live) {
-    if (auto s = resetObject(db_, kind, id, name, parent, label, now, what); !s) return s;
-  } else {
+  if (seen == Seen::Updated || seen == Seen::Restored) {
     Stmt st(db_,
             "UPDATE objects SET name = CASE WHEN ?3 = '' THEN name ELSE ?3 END, "
             "parent = CASE WHEN ?4 = '' THEN parent ELSE ?4 END, label_user = COALESCE(?5, label_user) "
@@ -628,9 +728,10 @@ Status Store::noteSeen(ObjectKind kind, const std::string& id, const std::string
     st.bind(3, name);
     st.bind(4, parent);
     st.bind(5, label);
-    if (auto s = st.run(what); !s) return s;
+    if (auto s = st.run(what); !s) return s.error();
   }
-  return txn.commit(what);
+  if (auto s = txn.commit(what); !s) return s.error();
+  return seen;
 }
 
 Result<bool> Store::attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
@@ -647,11 +748,14 @@ Result<bool> Store::attribute(ObjectKind kind, const std::string& id, const Evid
   // name (volume, re-pulled image). Evidence whose request began earlier is
   // late news about the old object: record it there.
   bool fresh = !row;
+  const uint64_t seq = nextSeq();  // every attribution attempt is a change (Store::reconcile)
   if (!row) {
-    if (auto s = insertObject(db_, kind, id, "", "", std::nullopt, ev.time, what); !s) return s.error();
+    if (auto s = insertObject(db_, kind, id, "", "", std::nullopt, ev.time, seq, what); !s) return s.error();
   } else if (row->rec.gone_at && ev.request_time >= *row->rec.gone_at) {
-    if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, ev.time, what); !s) return s.error();
+    if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, ev.time, seq, what); !s) return s.error();
     fresh = true;
+  } else if (auto s = touchObject(db_, kind, id, seq, what); !s) {
+    return s.error();
   }
 
   bool changed = false;
@@ -735,16 +839,29 @@ Status Store::clearOverride(ObjectKind kind, const std::string& id) {
   return txn.commit(what);
 }
 
-Status Store::markGone(ObjectKind kind, const std::string& id, double now) {
+Result<bool> Store::markGone(ObjectKind kind, const std::string& id, double now,
+                              std::optional<uint64_t> unless_changed_after) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, "UPDATE objects SET gone_at = ?3 WHERE kind = ?1 AND id = ?2 AND gone_at IS NULL");
+  Stmt st(db_,
+          "UPDATE objects SET gone_at = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2 AND gone_at IS NULL "
+          "AND (?5 IS NULL OR seq <= ?5)");
   st.bind(1, toString(kind));
   st.bind(2, id);
   st.bind(3, now);
-  return st.run("mark " + describe(kind, id) + " gone");
+  st.bind(4, static_cast<int64_t>(seq_ + 1));
+  if (unless_changed_after) {
+    st.bind(5, static_cast<int64_t>(*unless_changed_after));
+  } else {
+    st.bindNull(5);
+  }
+  if (auto s = st.run("mark " + describe(kind, id) + " gone"); !s) return s.error();
+  if (sqlite3_changes(db_) == 0) return false;
+  nextSeq();
+  return true;
 }
 
-Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::string>& present, double now) {
+Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::string>& present, double now,
+                                         std::optional<uint64_t> listed_after) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = std::string("reconcile ") + toString(kind) + "s";
   ReconcileResult out;
@@ -752,30 +869,42 @@ Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::st
   Txn txn(db_);
   if (auto s = txn.begin(what); !s) return s.error();
 
-  std::map<std::string, bool> known;  // id -> live
+  struct Known {
+    bool live;
+    uint64_t seq;
+  };
+  std::map<std::string, Known> known;
   {
-    Stmt st(db_, "SELECT id, gone_at IS NULL FROM objects WHERE kind = ?1");
+    Stmt st(db_, "SELECT id, gone_at IS NULL, seq FROM objects WHERE kind = ?1");
     st.bind(1, toString(kind));
     for (;;) {
       auto r = st.next(what);
       if (!r) return r.error();
       if (!*r) break;
-      known.emplace(st.text(0), st.i64(1) != 0);
+      known.emplace(st.text(0), Known{st.i64(1) != 0, static_cast<uint64_t>(st.i64(2))});
     }
   }
+  auto recent = [&](const Known& k) { return listed_after && k.seq > *listed_after; };
 
-  Stmt gone(db_, "UPDATE objects SET gone_at = ?3 WHERE kind = ?1 AND id = ?2");
-  for (const auto& [id, live] : known) {
-    if (!live || present.count(id)) continue;
+  Stmt gone(db_, "UPDATE objects SET gone_at = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2");
+  for (const auto& [id, k] : known) {
+    if (!k.live || present.count(id)) continue;
+    // Inserted or attributed after the list began: the list cannot know it.
+    if (recent(k)) {
+      ++out.kept_recent;
+      out.kept_ids.push_back(id);
+      continue;
+    }
     gone.reset();
     gone.bind(1, toString(kind));
     gone.bind(2, id);
     gone.bind(3, now);
+    gone.bind(4, static_cast<int64_t>(nextSeq()));
     if (auto s = gone.run(what + ": " + id); !s) return s.error();
     ++out.gone;
   }
 
-  Stmt insert(db_, "INSERT INTO objects (kind, id, first_seen) VALUES (?1, ?2, ?3)");
+  Stmt insert(db_, "INSERT INTO objects (kind, id, first_seen, seq) VALUES (?1, ?2, ?3, ?4)");
   for (const auto& id : present) {
     auto it = known.find(id);
     if (it == known.end()) {
@@ -783,16 +912,70 @@ Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::st
       insert.bind(1, toString(kind));
       insert.bind(2, id);
       insert.bind(3, now);
+      insert.bind(4, static_cast<int64_t>(nextSeq()));
       if (auto s = insert.run(what + ": " + id); !s) return s.error();
       ++out.added;
-    } else if (!it->second) {
-      if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, now, what + ": " + id); !s) return s.error();
-      ++out.revived;
+    } else if (!it->second.live) {
+      auto row = loadRow(db_, kind, id, what + ": " + id);
+      if (!row) return row.error();
+      if (!*row) continue;
+      switch (reviveDecision(kind, **row, listed_after)) {
+        case Seen::Stale:
+          ++out.stale;
+          break;
+        case Seen::Reset:
+          if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, now, nextSeq(), what + ": " + id); !s)
+            return s.error();
+          ++out.revived;
+          break;
+        default:
+          LOG_WARN("store", "%s was marked gone at %.3f but Docker lists it: live again, owner kept",
+                   describe(kind, id).c_str(), *(*row)->rec.gone_at);
+          if (auto s = restoreObject(db_, kind, id, nextSeq(), what + ": " + id); !s) return s.error();
+          ++out.restored;
+          break;
+      }
     }
   }
 
   if (auto s = txn.commit(what); !s) return s.error();
   return out;
+}
+
+Result<bool> Store::markMissed(ObjectKind kind, const std::string& id, double now, double created_at) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "flag " + describe(kind, id) + " missed";
+  Txn txn(db_);
+  if (auto s = txn.begin(what); !s) return s.error();
+  auto row = loadRow(db_, kind, id, what);
+  if (!row) return row.error();
+  if (!*row) {
+    if (auto s = insertObject(db_, kind, id, "", "", std::nullopt, now, nextSeq(), what); !s) return s.error();
+  } else if ((*row)->rec.missed_at || (*row)->rec.first_seen < created_at - kSeenSlackSeconds) {
+    return false;
+  } else {
+    const auto& owner = (*row)->rec.owner;
+    if (owner && (isKernel(owner->source) || owner->source == Source::Admin)) return false;
+    if ((*row)->automatic && isKernel((*row)->automatic->source)) return false;
+  }
+  Stmt st(db_, "UPDATE objects SET missed_at = ?3 WHERE kind = ?1 AND id = ?2");
+  st.bind(1, toString(kind));
+  st.bind(2, id);
+  st.bind(3, now);
+  if (auto s = st.run(what); !s) return s.error();
+  if (auto s = txn.commit(what); !s) return s.error();
+  return true;
+}
+
+Result<size_t> Store::unresolvedMissed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt st(db_,
+          "SELECT count(*) FROM objects o WHERE o.missed_at IS NOT NULL AND o.gone_at IS NULL "
+          "AND (o.source IS NULL OR o.source NOT IN ('bpf', 'audit')) "
+          "AND NOT EXISTS (SELECT 1 FROM overrides v WHERE v.kind = o.kind AND v.id = o.id)");
+  auto r = st.next("count unresolved missed objects");
+  if (!r) return r.error();
+  return *r ? static_cast<size_t>(st.i64(0)) : 0;
 }
 
 Result<std::optional<ObjectRecord>> Store::get(ObjectKind kind, const std::string& id) const {

@@ -57,6 +57,9 @@ struct ObjectRecord {
   double first_seen = 0;    // unix seconds the agent first knew of it
   std::optional<double> gone_at;  // set when Docker no longer has it
   uint64_t size_bytes = 0;  // last measured size (later issues)
+  // Schema v5 (issue 11):
+  std::optional<double> missed_at;  // created while the agent watched, no kernel evidence after the check delay
+  uint64_t seq = 0;         // the store's change counter at this row's last insert, attribution, gone mark or revival
 
   bool attributed() const { return owner.has_value(); }
 };
@@ -109,7 +112,22 @@ struct ReconcileResult {
   size_t added = 0;   // present in Docker, unknown to the store: inserted unattributed
   size_t gone = 0;    // in the store, not in Docker: marked gone
   size_t revived = 0; // a gone id that Docker has again (a volume name reused): reset, unattributed
+  size_t restored = 0;  // a gone row whose object Docker still has (container ids are never reused, or the
+                        // owner's reply came after the gone mark): live again, owner and evidence kept
+  size_t kept_recent = 0;  // not in the list, but inserted/attributed/marked after the list began: untouched
+  size_t stale = 0;        // gone after the list began, yet in it: the list predates the removal, left gone
+  std::vector<std::string> kept_ids;  // the kept_recent rows (the caller checks them one by one)
 };
+
+// What noteSeen() did with a row.
+enum class Seen {
+  Inserted,  // unknown id: a new unattributed row
+  Updated,   // a live row: names and label updated
+  Reset,     // a gone id Docker has again, a new object with a reused name: owner and evidence forgotten
+  Restored,  // a gone row whose object Docker still has: live again, owner and evidence kept
+  Stale,     // a gone row, and the observation may predate the removal: left as it is
+};
+const char* toString(Seen s);
 
 // Schema v3: a kernel project-quota id and what it is for (issue 4).
 struct ProjectRecord {
@@ -176,7 +194,7 @@ struct EventRow {
 
 class Store : public EventSpool {
  public:
-  static constexpr int kSchemaVersion = 4;
+  static constexpr int kSchemaVersion = 5;
 
   // Opens (creating if needed) and migrates. Refuses a file whose schema is
   // newer than this build knows, naming both versions.
@@ -194,18 +212,50 @@ class Store : public EventSpool {
   int schemaVersion() const;
   const std::string& path() const { return path_; }
 
-  // Inserts an unattributed record if the id is unknown (or gone: then it is a
-  // new object with a reused name). Updates name/parent/label when given.
-  Status noteSeen(ObjectKind kind, const std::string& id, const std::string& name,
-                  const std::string& parent, const std::optional<std::string>& label_user, double now);
+  // The change counter: every insert, attribution, gone mark and revival of
+  // an object row takes the next value into objects.seq. Read it before
+  // asking Docker for something, and pass it as `observed_since`/`listed_after`
+  // so that what changed meanwhile is not judged by the older answer.
+  uint64_t sequence() const;
+
+  // Docker has this object. Inserts an unattributed record if the id is unknown;
+  // updates name/parent/label when given. For a gone row (see Seen):
+  // `observed_since` nullopt = the observation is current (an event), else the
+  // sequence() read before Docker was asked; a row marked gone after that is
+  // left gone (Stale). Otherwise a container (ids are never reused) or a row
+  // whose owner's reply came after the gone mark is Restored with its owner; an
+  // image or volume is Reset (a new object with a reused name).
+  // `observed_since` 0: never revive (a create reply: attribute() decides by time).
+  Result<Seen> noteSeen(ObjectKind kind, const std::string& id, const std::string& name,
+                        const std::string& parent, const std::optional<std::string>& label_user, double now,
+                        std::optional<uint64_t> observed_since);
+  // The same for a current observation, when the outcome does not matter.
+  Status noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
+                  const std::optional<std::string>& label_user, double now);
   // Applies decide(); records the evidence row either way. Returns true if the owner changed.
   Result<bool> attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new);
   // Admin override (Source::Admin) and its removal (back to the best automatic evidence).
   Status setOverride(ObjectKind kind, const std::string& id, const Evidence& ev);
   Status clearOverride(ObjectKind kind, const std::string& id);
-  Status markGone(ObjectKind kind, const std::string& id, double now);
-  // One transaction: `present` is every id Docker has of this kind now.
-  Result<ReconcileResult> reconcile(ObjectKind kind, const std::set<std::string>& present, double now);
+  // Docker confirmed the object is gone (its destroy/delete event, a 404 after a
+  // removal). With `unless_changed_after` (the sequence() read before asking
+  // Docker), a row changed since is left live. True when the row was marked.
+  Result<bool> markGone(ObjectKind kind, const std::string& id, double now,
+                        std::optional<uint64_t> unless_changed_after = std::nullopt);
+  // One transaction: `present` is every id Docker has of this kind in a list
+  // started after sequence() was `listed_after`. Only rows not changed since
+  // are marked gone (a create attributed while the list was read is not in it);
+  // nullopt: every row is judged by the list.
+  Result<ReconcileResult> reconcile(ObjectKind kind, const std::set<std::string>& present, double now,
+                                    std::optional<uint64_t> listed_after = std::nullopt);
+  // The missed-object check: flags the row (missed_at) when it has no kernel
+  // or admin owner. True when flagged now; false when it has one, was already
+  // flagged, or was first seen over a second before `created_at` (Docker's
+  // create event time: a create that found an older object, e.g. a volume).
+  // An unknown id is inserted, unattributed, and flagged.
+  Result<bool> markMissed(ObjectKind kind, const std::string& id, double now, double created_at = 0);
+  // Live objects flagged missed that still have no kernel or admin owner (the review queue's share of them).
+  Result<size_t> unresolvedMissed() const;
 
   Result<std::optional<ObjectRecord>> get(ObjectKind kind, const std::string& id) const;
   // Live objects (gone_at unset), ordered by first_seen then id.
@@ -298,9 +348,11 @@ class Store : public EventSpool {
 
  private:
   Store(sqlite3* db, std::string path);
+  uint64_t nextSeq() { return ++seq_; }  // under mu_
   sqlite3* db_;
   std::string path_;
   mutable std::mutex mu_;
+  uint64_t seq_ = 0;  // max(objects.seq); under mu_
 };
 
 }  // namespace dockquota

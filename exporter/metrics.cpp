@@ -110,4 +110,26 @@ void promProbeCounters(std::string& out, const nlohmann::json& counters) {
   if (counters.is_object()) walk(counters, "");
 }
 
+void promAttributionCounters(std::string& out, const nlohmann::json& a) {
+  auto family = [&](const char* name, const char* type, const char* help, const char* key, const char* label) {
+    auto it = a.find(key);
+    if (it == a.end() || !it->is_object()) return;
+    promHeader(out, name, type, help);
+    for (const auto& [k, v] : it->items())
+      if (v.is_number_unsigned()) promSample(out, name, std::string(label) + "=\"" + promEscape(k) + "\"", v.get<uint64_t>());
+  };
+  family("dockquota_attribution_losses_total", "counter",
+         "Ways an attribution was lost or doubted, by reason (see /healthz attribution.losses).", "losses", "reason");
+  family("dockquota_attribution_gone_total", "counter", "Objects marked gone, by what confirmed it.", "gone",
+         "confirmed_by");
+  family("dockquota_attribution_reconcile_skipped_total", "counter",
+         "Rows a reconcile did not judge because they changed after its list began.", "reconcile_skipped", "why");
+  auto m = a.find("missed_unresolved");
+  if (m != a.end() && m->is_number_unsigned()) {
+    promHeader(out, "dockquota_attribution_missed_unresolved", "gauge",
+               "Live objects created while the agent watched that still have no kernel or admin owner.");
+    promSample(out, "dockquota_attribution_missed_unresolved", "", m->get<uint64_t>());
+  }
+}
+
 }  // namespace dockquota

@@ -119,13 +119,13 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
   TempDir dir;
   const std::string path = dir.file("state.db");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 4);
+  CHECK(store->schemaVersion() == 5);
   CHECK(store->schemaVersion() == Store::kSchemaVersion);
-  CHECK(Store::migrations().size() == 4);
+  CHECK(Store::migrations().size() == 5);
   CHECK(store->path() == path);
 
   RawDb raw(path);
-  CHECK(raw.scalar("PRAGMA user_version") == "4");
+  CHECK(raw.scalar("PRAGMA user_version") == "5");
   CHECK(raw.scalar("PRAGMA journal_mode") == "wal");
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
         std::vector<std::string>{"conditions", "device_defaults", "enforcement_actions", "events", "evidence",
@@ -133,12 +133,13 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
                                  "sqlite_sequence", "user_limits"});
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name") ==
         std::vector<std::string>{"enforcement_open", "events_by_uid", "events_mail_pending", "events_master_pending",
-                                 "evidence_by_object", "objects_by_first_seen", "objects_by_name"});
+                                 "evidence_by_object", "objects_by_first_seen", "objects_by_name",
+                                 "objects_missed"});
   CHECK(raw.column("SELECT key FROM meta") == std::vector<std::string>{"created_at"});
   CHECK(raw.column("SELECT name FROM pragma_table_info('objects') ORDER BY cid") ==
         std::vector<std::string>{"kind", "id", "name", "parent", "source", "uid", "gid", "login_uid", "pid", "comm",
                                  "exe", "method", "request_time", "attributed_at", "label_user", "first_seen",
-                                 "gone_at", "size_bytes"});
+                                 "gone_at", "size_bytes", "seq", "missed_at"});
   CHECK(raw.column("SELECT name FROM pragma_table_info('evidence') ORDER BY cid") ==
         std::vector<std::string>{"seq", "kind", "id", "source", "uid", "gid", "login_uid", "pid", "comm", "exe",
                                  "method", "request_time", "time"});
@@ -639,7 +640,7 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
     CHECK(s.owner->uid == kBob);
   }
 
-  SECTION("a gone id seen again is a new, unattributed object") {
+  SECTION("a gone container seen again is the same object (ids are never reused): owner kept") {
     REQUIRE(store->setOverride(ObjectKind::Container, c, makeEv(Source::Admin, kCarol, 0, 102, "admin")));
     REQUIRE(store->markGone(ObjectKind::Container, c, 150));
     REQUIRE(store->markGone(ObjectKind::Container, c, 160));  // already gone: keeps 150
@@ -647,14 +648,29 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
     REQUIRE(store->noteSeen(ObjectKind::Container, c, "reborn", "", std::nullopt, 400));
     ObjectRecord s = getOk(*store, ObjectKind::Container, c);
     CHECK_FALSE(s.gone_at.has_value());
+    REQUIRE(s.attributed());
+    CHECK(s.owner->uid == kCarol);
+    CHECK(s.first_seen == 100);
+    CHECK(s.name == "reborn");
+    CHECK(store->evidence(ObjectKind::Container, c)->size() == 2);
+    REQUIRE(store->clearOverride(ObjectKind::Container, c));
+    CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kBob);
+  }
+
+  SECTION("a gone volume name seen again is a new, unattributed object") {
+    REQUIRE(store->noteSeen(ObjectKind::Volume, "vol", "vol", "", std::string("alice"), 100));
+    REQUIRE(*store->attribute(ObjectKind::Volume, "vol", makeEv(Source::Bpf, kBob, 99, 101, "volume_create"), false));
+    REQUIRE(store->setOverride(ObjectKind::Volume, "vol", makeEv(Source::Admin, kCarol, 0, 102, "admin")));
+    REQUIRE(store->markGone(ObjectKind::Volume, "vol", 150));
+    REQUIRE(store->noteSeen(ObjectKind::Volume, "vol", "vol", "", std::nullopt, 400));
+    ObjectRecord s = getOk(*store, ObjectKind::Volume, "vol");
+    CHECK_FALSE(s.gone_at.has_value());
     CHECK_FALSE(s.attributed());
     CHECK(s.first_seen == 400);
-    CHECK(s.name == "reborn");
-    CHECK(s.parent == "");
     CHECK_FALSE(s.label_user.has_value());
-    CHECK(store->evidence(ObjectKind::Container, c)->empty());
-    REQUIRE(store->clearOverride(ObjectKind::Container, c));  // no stale override under it
-    CHECK_FALSE(getOk(*store, ObjectKind::Container, c).attributed());
+    CHECK(store->evidence(ObjectKind::Volume, "vol")->empty());
+    REQUIRE(store->clearOverride(ObjectKind::Volume, "vol"));  // no stale override under it
+    CHECK_FALSE(getOk(*store, ObjectKind::Volume, "vol").attributed());
   }
 
   SECTION("markGone of an unknown id is a no-op") {
