@@ -82,6 +82,9 @@ Status DsockProbe::loadAndAttach(const std::string& set) {
     if (name.rfind("fexit__", 0) == 0) bpf_program__set_autoload(prog, set == "fentry");
     if (name == "tp_btf__sys_exit") bpf_program__set_autoload(prog, set == "tracepoint");
     if (name.rfind("tp_btf__sock_", 0) == 0) bpf_program__set_autoload(prog, set == "socket");
+    // The socket set tracks any socket at its first call; the syscall sets
+    // need to know which children inherited a tracked process's fds.
+    if (name == "tp_btf__sched_process_fork") bpf_program__set_autoload(prog, set != "socket");
   }
   if (int err = dsock_bpf__load(skel_)) return fail(err, "load");
   if (auto st = attachAutoloaded(skel_->skeleton, attached_); !st) return fail(st.error().code, st.error().message);

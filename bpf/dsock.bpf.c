@@ -71,7 +71,12 @@ struct {
 	__type(value, __u64);
 } tracked_tgids SEC(".maps");
 
-/* tgids whose bit is set: the NOEXIST insert makes exactly one CPU set it. */
+/* tgids whose bit is set: the NOEXIST insert makes exactly one CPU set it.
+ * The value says why: TGID_CONNECTED (it connected to a watched socket) or
+ * TGID_INHERITED (syscall sets: a child forked by a tracked process, which
+ * may use its parent's connections on inherited fds). */
+#define TGID_CONNECTED 1
+#define TGID_INHERITED 2
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -155,11 +160,11 @@ static __always_inline int tgid_tracked(__u32 tgid)
 	return w && (*w & (1ULL << (tgid & 63)));
 }
 
-static __always_inline void tgid_mark(__u32 tgid)
+static __always_inline void tgid_mark(__u32 tgid, __u32 why)
 {
-	__u32 one = 1, idx = tgid >> 6;
+	__u32 idx = tgid >> 6;
 	__u64 *w;
-	long err = bpf_map_update_elem(&tgid_refs, &tgid, &one, BPF_NOEXIST);
+	long err = bpf_map_update_elem(&tgid_refs, &tgid, &why, BPF_NOEXIST);
 
 	if (err) {
 		if (err != -17 /* EEXIST: already marked */)
@@ -356,7 +361,7 @@ static __always_inline struct dsock_conn *track_conn(struct task_struct *task, _
 		count(DSOCK_CTR_TRACK_FULL);
 		return NULL;
 	}
-	tgid_mark(tgid);
+	tgid_mark(tgid, TGID_CONNECTED);
 	count(DSOCK_CTR_CONNECTS);
 	connect_event(fd, &conn, task);
 	return bpf_map_lookup_elem(&conns, &key);
@@ -506,8 +511,25 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	if (ret <= 0)
 		return 0; /* EAGAIN from Go's netpoller, EOF, errors: nothing moved */
 	conn = bpf_map_lookup_elem(&conns, &key);
-	if (!conn && !sk)
-		return 0;
+	if (!conn && !sk) {
+		/* Syscall sets: a forked child's fds are its parent's; it is tracked
+		 * from its first call on a watched socket, as the socket set does. */
+		__u32 *why = bpf_map_lookup_elem(&tgid_refs, &tgid);
+
+		if (!why || *why != TGID_INHERITED)
+			return 0;
+		file = task_fd_file(task, fd);
+		sk = file ? file_sock(file) : NULL;
+		if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+			return 0;
+		watched = watched_peer(sk);
+		if (!watched)
+			return 0;
+		conn = track_conn(task, tgid, fd, file, NULL, watched);
+		if (!conn)
+			return 0;
+		goto capture;
+	}
 	/* The common case without a helper call: the socket set's sk and inode
 	 * are those of the tracked connection. */
 	if (conn && sk && same_socket(conn, sk, NULL))
@@ -832,6 +854,24 @@ int BPF_PROG(fexit__recvmsg, int fd, void *msg, unsigned int flags, bool forbid_
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
 	return tgid_tracked(tgid) ? on_msg(tgid, (__u32)fd, (__u64)msg, DIR_RX, ret, NULL, NULL) : 0;
+}
+
+/* ---- syscall sets ("fentry", "tracepoint") ---------------------------------- */
+
+/* A child of a tracked process inherits its connected fds; the syscall sets
+ * only track at connect and filter on the tgid bit, so the child gets the bit
+ * (TGID_INHERITED) and is tracked from its first call on a watched socket.
+ * Runs on every fork of the host: one bitmap test for untracked parents. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(tp_btf__sched_process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+
+	if (ctgid == ptgid || !tgid_tracked(ptgid))
+		return 0; /* a new thread, or a parent with no Docker connection */
+	tgid_mark(ctgid, TGID_INHERITED);
+	return 0;
 }
 
 /* ---- all sets -------------------------------------------------------------- */

@@ -735,3 +735,35 @@ TEST_CASE("dsock probe: a long write that starts a request is copied whole, in p
   // The echo (rx) is not split: one copy per read.
   for (const auto& e : h.of(me, DSOCK_EV_RX)) CHECK(e.data.size() <= DSOCK_CAP_BYTES);
 }
+
+// A child that inherits a connected fd (multiprocessing after the Docker
+// client was made, a shell's subprocess) is followed from its first call, on
+// every hook set: the socket set by its socket, the syscall sets by the tgid
+// bit the fork passes on.
+TEST_CASE("dsock probe: a forked child's calls on an inherited connection are seen", "[bpf][identity]") {
+  if (!prerequisites()) return;
+  EchoServer srv;
+  const std::string hook = hookUnderTest();
+  Harness h({srv.path}, hook);
+  if (!h.ok) return;
+  INFO("hook set: " << hook);
+  int fd = connectTo(srv.path);
+  REQUIRE(write(fd, "parent", 6) == 6);
+  REQUIRE(readN(fd, 6) == "parent");
+  pid_t child = fork();
+  if (child == 0) {
+    char b[6];
+    if (write(fd, "child!", 6) != 6 || read(fd, b, 6) != 6) _exit(5);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  close(fd);
+  const uint32_t c = static_cast<uint32_t>(child);
+  REQUIRE(h.waitFor([&] { return h.joined(c, DSOCK_EV_RX) == "child!"; }));
+  CHECK(h.joined(c, DSOCK_EV_TX) == "child!");
+  CHECK(h.of(c, DSOCK_EV_CONNECT).size() == 1);
+  CHECK(h.joined(getpid(), DSOCK_EV_TX) == "parent");
+}
