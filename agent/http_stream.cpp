@@ -27,8 +27,9 @@
 // client packs a ping padded past the capture limit and a DELETE into one
 // write), and a response side that lost bytes with several requests waiting
 // may have lost several replies: from then on every request of the
-// connection is marked doubtful, and the caller must not bill on it. Only a
-// new connection is certain again.
+// connection is marked doubtful, and the caller must not trust the pairing
+// (ConnTracker bills such a call only when one user wrote the whole
+// connection). Only a new connection is certain again.
 #include "agent/http_stream.h"
 
 #include <algorithm>
