@@ -9,6 +9,8 @@
  *                                  one (the socket ones at their __sys_* functions)
  *   tp_btf__sys_exit               "tracepoint" set: every syscall's return:
  *                                  connect, close and the eight read/write calls
+ *   tp_btf__sched_process_fork     syscall sets: a tracked process's child may use
+ *                                  the connections it inherits
  *   tp__sched__sched_process_exit  forget a process's connections (all sets)
  *
  * Why the socket set comes first: it is the only one that costs nothing to
