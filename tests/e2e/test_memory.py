@@ -108,7 +108,10 @@ def run(env):
         check('name="stream_losses_dropped_memory"' in metrics, "/metrics has stream_losses_dropped_memory")
         # An honest user is not hurt: alice creates through the docker CLI meanwhile.
         env.docker("alice", "create", "--network", "none", "--name", "alice-during-flood", "base:1", "true")
-        c, _ = env.wait_listed("containers", lambda o: o["name"] == "alice-during-flood", timeout=10)
+        # The row is listed (unattributed) a moment before its owner is
+        # written: wait for an owner, not just the row.
+        c, _ = env.wait_listed("containers",
+                               lambda o: o["name"] == "alice-during-flood" and o.get("uid") is not None, timeout=10)
         check(c is not None and c.get("uid") == USERS["alice"],
               "alice's create during the flood billed to alice (%s)" % (c and c.get("uid")))
         check(env.agent.poll() is None, "the agent is still running")
