@@ -386,26 +386,31 @@ static __always_inline void untrack_conn(const struct dsock_key *key, struct dso
 	event_send(s, 0, 0);
 }
 
+/* Syscall sets: starts tracking fd of tgid if it is a unix socket connected
+ * to a watched one (after a connect, or a forked child's first call on an
+ * inherited fd). Returns the entry, or NULL. */
+static __always_inline struct dsock_conn *track_fd(struct task_struct *task, __u32 tgid, __u32 fd)
+{
+	struct dsock_sock_val *watched;
+	struct file *file = task_fd_file(task, fd);
+	struct sock *sk;
+
+	if (!file)
+		return NULL;
+	sk = file_sock(file);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+		return NULL;
+	watched = watched_peer(sk);
+	return watched ? track_conn(task, tgid, fd, file, NULL, watched) : NULL;
+}
+
 static __always_inline int on_connect(__u32 fd, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct task_struct *task;
-	struct dsock_sock_val *watched;
-	struct file *file;
-	struct sock *sk;
 
 	if (ret != 0 || (id >> 32) == targ_self_tgid)
 		return 0;
-	task = (struct task_struct *)bpf_get_current_task();
-	file = task_fd_file(task, fd);
-	if (!file)
-		return 0;
-	sk = file_sock(file);
-	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
-		return 0;
-	watched = watched_peer(sk);
-	if (watched)
-		track_conn(task, id >> 32, fd, file, NULL, watched);
+	track_fd((struct task_struct *)bpf_get_current_task(), id >> 32, fd);
 	return 0;
 }
 
@@ -509,6 +514,7 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	struct scratch *s;
 	struct file *file = NULL;
 	__u32 cap = targ_cap_bytes, copied = 0, muted = 0, turn, lost, bit;
+	int failed;
 
 	if (ret <= 0)
 		return 0; /* EAGAIN from Go's netpoller, EOF, errors: nothing moved */
@@ -520,14 +526,7 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 
 		if (!why || *why != TGID_INHERITED)
 			return 0;
-		file = task_fd_file(task, fd);
-		sk = file ? file_sock(file) : NULL;
-		if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
-			return 0;
-		watched = watched_peer(sk);
-		if (!watched)
-			return 0;
-		conn = track_conn(task, tgid, fd, file, NULL, watched);
+		conn = track_fd(task, tgid, fd);
 		if (!conn)
 			return 0;
 		goto capture;
@@ -601,14 +600,11 @@ capture:
 		}
 	}
 	bit = dir == DIR_TX ? DSOCK_F_LOST_TX : DSOCK_F_LOST_RX;
-	if (dir == DIR_TX && !is_iov && copied == cap && (__u64)ret > cap && looks_like_request(s->ev.data)) {
-		if (send_pieces(s, buf, ret, cap))
-			conn->lost = lost | bit;
-		else if (lost)
-			conn->lost = 0;
-		return 0;
-	}
-	if (event_send(s, copied, 0))
+	if (dir == DIR_TX && !is_iov && copied == cap && (__u64)ret > cap && looks_like_request(s->ev.data))
+		failed = send_pieces(s, buf, ret, cap);
+	else
+		failed = event_send(s, copied, 0);
+	if (failed)
 		conn->lost = lost | bit;
 	else if (lost)
 		conn->lost = 0;
