@@ -64,6 +64,9 @@ json projectQuotaHealth(const ProjectQuotas& p) {
   j["ids_allocated"] = st.ids_allocated.load();
   j["ids_released"] = st.ids_released.load();
   j["tagged_trees"] = st.tagged_trees.load();
+  j["deferred_layers"] = st.deferred_layers.load();
+  j["deferred_layers_total"] = st.deferred_layers_total.load();
+  j["raced_mounts"] = st.raced_mounts.load();
   j["last_sync"] = st.last_sync.load();
   j["last_sync_seconds"] = st.last_sync_seconds.load();
   return j;
@@ -450,6 +453,9 @@ int main(int argc, char** argv) {
     if (auto* p = projects.load()) {
       h["project_quotas"] = projectQuotaHealth(*p);
       if (!p->active()) reasons.push_back("no kernel project quotas: " + p->reason() + " (usage is walk-based)");
+      if (auto n = p->stats().deferred_layers.load())
+        reasons.push_back(std::to_string(n) + " container layer(s) started before their owner was known: their "
+                          "writes are outside the owner's project limit until they stop");
     } else {
       h["project_quotas"] = {{"state", "off"}, {"usage_source", "docker"}};
     }

@@ -50,14 +50,15 @@ ProjectUsage fromDisk(const fs_disk_quota& d) {
   return u;
 }
 
-// Sets `id` (+ PROJINHERIT on a directory) on an open inode. Returns true when it changed.
-Result<bool> setOnFd(int fd, uint32_t id, bool dir) {
+// Sets `id` on an open inode, and PROJINHERIT on a directory when `inherit`
+// (without it a directory keeps the flag it has). Returns true when it changed.
+Result<bool> setOnFd(int fd, uint32_t id, bool dir, bool inherit = true) {
   fsxattr fa{};
   if (ioctl(fd, FS_IOC_FSGETXATTR, &fa) != 0) return osError(errno, "FS_IOC_FSGETXATTR");
-  bool inherit = !dir || (fa.fsx_xflags & FS_XFLAG_PROJINHERIT);
-  if (fa.fsx_projid == id && inherit) return false;
+  const bool add_flag = dir && inherit && !(fa.fsx_xflags & FS_XFLAG_PROJINHERIT);
+  if (fa.fsx_projid == id && !add_flag) return false;
   fa.fsx_projid = id;
-  if (dir) fa.fsx_xflags |= FS_XFLAG_PROJINHERIT;
+  if (add_flag) fa.fsx_xflags |= FS_XFLAG_PROJINHERIT;
   if (ioctl(fd, FS_IOC_FSSETXATTR, &fa) != 0) return osError(errno, "FS_IOC_FSSETXATTR");
   return true;
 }
@@ -150,7 +151,16 @@ Result<uint32_t> projectOf(const std::string& path) {
   return fa.fsx_projid;
 }
 
-Result<TagStats> tagTree(const std::string& root, uint32_t id) {
+Result<ProjectTag> projectTagOf(const std::string& path) {
+  Fd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (fd.fd < 0) return osError(errno, "prjquota: open " + path);
+  fsxattr fa{};
+  if (ioctl(fd.fd, FS_IOC_FSGETXATTR, &fa) != 0) return osError(errno, "prjquota: FS_IOC_FSGETXATTR " + path);
+  return ProjectTag{fa.fsx_projid, (fa.fsx_xflags & FS_XFLAG_PROJINHERIT) != 0};
+}
+
+Result<TagStats> tagTree(const std::string& root, uint32_t id, TagFlags flags) {
+  const bool inherit = flags == TagFlags::Inherit;
   TagStats st;
   struct stat rs {};
   if (lstat(root.c_str(), &rs) != 0) return osError(errno, "prjquota: " + root);
@@ -173,7 +183,7 @@ Result<TagStats> tagTree(const std::string& root, uint32_t id) {
       ++st.skipped;
       continue;
     }
-    auto r = setOnFd(dfd, id, true);
+    auto r = setOnFd(dfd, id, true, inherit);
     if (!r && dir == root) {
       close(dfd);
       return r.error().context("prjquota: " + root);
@@ -210,6 +220,106 @@ Result<TagStats> tagTree(const std::string& root, uint32_t id) {
     closedir(d);
   }
   return st;
+}
+
+namespace {
+
+bool isDirNoFollow(const std::string& p) {
+  struct stat st {};
+  return lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// One inode, not its tree (the layer root: diff/ and work/ get their own order).
+Result<bool> tagOne(const std::string& path, uint32_t id) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return osError(errno, "prjquota: " + path);
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) return false;
+  Fd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (fd.fd < 0) return osError(errno, "prjquota: open " + path);
+  auto r = setOnFd(fd.fd, id, S_ISDIR(st.st_mode));
+  if (!r) return r.error().context("prjquota: " + path);
+  return r;
+}
+
+void add(TagStats& into, const TagStats& from) {
+  into.tagged += from.tagged;
+  into.already += from.already;
+  into.skipped += from.skipped;
+  into.failed += from.failed;
+  if (into.error.empty()) into.error = from.error;
+}
+
+}  // namespace
+
+bool isLayerRoot(const std::string& root) { return isDirNoFollow(root + "/diff") && isDirNoFollow(root + "/work"); }
+
+bool layerTagged(const std::string& root, uint32_t id) {
+  auto t = projectTagOf(root + "/diff");
+  return t && t->id == id && t->inherit;
+}
+
+bool overlayUpperMounted(const std::string& upper_dir) {
+  auto mounts = readMountinfo();
+  if (!mounts) return true;  // cannot tell: assume the worst (a deferred tag is retried, an EXDEV is not)
+  const std::string want = "upperdir=" + upper_dir;
+  for (const auto& m : *mounts) {
+    if (m.fstype != "overlay") continue;
+    size_t at = m.super_options.find(want);
+    while (at != std::string::npos) {
+      const size_t end = at + want.size();
+      const bool starts = at == 0 || m.super_options[at - 1] == ',';
+      const bool ends = end == m.super_options.size() || m.super_options[end] == ',';
+      if (starts && ends) return true;
+      at = m.super_options.find(want, end);
+    }
+  }
+  return false;
+}
+
+Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted) {
+  LayerTagResult out;
+  const std::string diff = root + "/diff", work = root + "/work";
+  auto top = projectTagOf(root);
+  if (top && top->id == id && top->inherit && layerTagged(root, id)) {
+    out.stats.already = 1;
+    return out;  // tagged before; its tree inherited the id since
+  }
+  // 1. The root (and its small files: link, lower), then work/, before anything is decided.
+  if (auto r = tagOne(root, id); !r) return r.error();
+  if (DIR* d = opendir(root.c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == ".." || name == "diff" || name == "work" || name == "merged") continue;
+      auto r = tagOne(root + "/" + name, id);
+      count(out.stats, r, root + "/" + name);
+    }
+    closedir(d);
+  }
+  if (auto r = tagOne(work, id); !r) return r.error();
+  // 2. A live upper dir is never touched: the container writes into it now,
+  //    and its copy-ups are born with work/work's old id.
+  if (upper_mounted()) {
+    out.state = LayerTag::Deferred;
+    return out;
+  }
+  // Unmounted: work/work (if an earlier mount left it) is scratch the next mount recreates.
+  if (auto w = tagTree(work, id); w) add(out.stats, *w);
+  // 3. diff/: ids everywhere first, then the flags; inodes created between
+  //    the passes are born without the flag's id and get it in the second.
+  auto ids = tagTree(diff, id, TagFlags::IdsOnly);
+  if (!ids) return ids.error();
+  auto flags = tagTree(diff, id, TagFlags::Inherit);
+  if (!flags) return flags.error();
+  add(out.stats, *ids);
+  out.stats.tagged += flags->tagged;  // the same inodes again: count changes only
+  out.stats.failed += flags->failed;
+  if (upper_mounted()) {
+    // Docker started the container while diff/ was walked: one more pass for
+    // what its first writes created in directories not yet flagged.
+    out.raced_mount = true;
+    if (auto again = tagTree(diff, id); again) out.stats.tagged += again->tagged;
+  }
+  return out;
 }
 
 Status setProjectLimit(const QuotaFs& fs, uint32_t id, uint64_t hard_bytes, uint64_t soft_bytes) {

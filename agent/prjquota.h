@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -59,11 +60,54 @@ struct TagStats {
   std::string error;
 };
 
+// Inherit: directories also get PROJINHERIT, so what is created in them later
+// inherits the id. IdsOnly: ids only, every directory keeps the flags it has.
+enum class TagFlags { Inherit, IdsOnly };
+
 // Sets `id` on every directory and regular file under `root` (itself
-// included), with PROJINHERIT on directories so what is created later inherits
-// it. Stays on one filesystem and never follows symlinks. Usage moves with the
-// inode (the kernel transfers its blocks from the old project to the new one).
-Result<TagStats> tagTree(const std::string& root, uint32_t id);
+// included). Stays on one filesystem and never follows symlinks. Usage moves
+// with the inode (the kernel transfers its blocks from the old project to the
+// new one).
+Result<TagStats> tagTree(const std::string& root, uint32_t id, TagFlags flags = TagFlags::Inherit);
+
+// An inode's project id and whether it passes it on (PROJINHERIT).
+struct ProjectTag {
+  uint32_t id = 0;
+  bool inherit = false;
+};
+Result<ProjectTag> projectTagOf(const std::string& path);
+
+// Tagging an overlay layer root (<root>/diff = upper dir, <root>/work = work
+// dir) must never make overlayfs fail. XFS and ext4 refuse with EXDEV a rename
+// or link into a PROJINHERIT directory from an inode of another project, and
+// overlayfs renames (or links) every copy-up and whiteout from work/work into
+// diff/. A layer is therefore tagged in an order in which no source can differ
+// from its target:
+//   1. the root and work/ (PROJINHERIT): the work/work that the next mount
+//      creates (overlayfs recreates it at every mount) is born with the id, so
+//      every copy-up is born with it too;
+//   2. only then is the mount table read: if diff/ is an upper dir already
+//      (the container started before its owner was known), diff/ is left
+//      alone (Deferred) and tagged after the layer is unmounted;
+//   3. diff/: ids on every inode first with no new PROJINHERIT (a directory
+//      without the flag accepts any inode), then the flags; inodes created
+//      meanwhile are caught by the second pass.
+// A mount that starts after step 2 finds work/ tagged (step 1), and diff/ of a
+// new container is empty: nothing in it has another id. `upper_mounted` says
+// whether `<root>/diff` is an overlay upper dir now (overlayUpperMounted()).
+enum class LayerTag { Tagged, Deferred };
+struct LayerTagResult {
+  LayerTag state = LayerTag::Tagged;
+  TagStats stats;
+  bool raced_mount = false;  // the layer was mounted while diff/ was being tagged
+};
+Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted);
+// `root` holds diff/ and work/ (an overlay2 layer root, not a volume).
+bool isLayerRoot(const std::string& root);
+// diff/ carries `id` with PROJINHERIT: the layer was tagged.
+bool layerTagged(const std::string& root, uint32_t id);
+// Some overlay mount in /proc/self/mountinfo has `upper_dir` as its upperdir.
+bool overlayUpperMounted(const std::string& upper_dir);
 
 // Limits in bytes (0 = none). The kernel keeps them in 512-byte blocks; bytes
 // are rounded up to whole blocks.

@@ -234,20 +234,52 @@ Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id)
     struct stat st {};
     if (stat(dir.c_str(), &st) != 0) continue;  // removed meanwhile
     if (st.st_dev != fs_.dev) continue;         // not on the quota filesystem (a bind-mounted volume driver...)
-    auto cur = projectOf(dir);
-    if (cur && *cur == id) continue;  // tagged before; its tree inherited the id since
-    auto r = tagTree(dir, id);
-    if (!r) return r.error();
+    TagStats ts;
+    if (isLayerRoot(dir)) {
+      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); });
+      if (!r) return r.error();
+      noteLayer(dir, *r);
+      if (r->stats.already && !r->stats.tagged) continue;
+      ts = r->stats;
+    } else {
+      auto cur = projectOf(dir);
+      if (cur && *cur == id) continue;  // tagged before; its tree inherited the id since
+      // A volume may be in use: ids first, flags second, as tagLayer() does for diff/.
+      auto ids = tagTree(dir, id, TagFlags::IdsOnly);
+      if (!ids) return ids.error();
+      auto r = tagTree(dir, id);
+      if (!r) return r.error();
+      ts = *ids;
+      ts.tagged += r->tagged;
+    }
     stats_.tagged_trees++;
-    stats_.tagged_inodes += r->tagged;
-    if (r->failed) {
+    stats_.tagged_inodes += ts.tagged;
+    if (ts.failed) {
       stats_.errors++;
       LOG_WARN(kSub, "tagging %s with project %u: %llu inode(s) failed, first: %s", dir.c_str(), id,
-               (unsigned long long)r->failed, r->error.c_str());
+               (unsigned long long)ts.failed, ts.error.c_str());
     }
-    LOG_DEBUG(kSub, "tagged %s with project %u (%llu inodes changed)", dir.c_str(), id, (unsigned long long)r->tagged);
+    LOG_DEBUG(kSub, "tagged %s with project %u (%llu inodes changed)", dir.c_str(), id, (unsigned long long)ts.tagged);
   }
   return {};
+}
+
+// A layer whose container started before its owner was known keeps writing
+// outside the owner's project until it stops: counted, in /healthz, retried
+// by every sync (tagLayer() touches its diff/ only once it is unmounted).
+void ProjectQuotas::noteLayer(const std::string& root, const LayerTagResult& r) {
+  if (r.raced_mount) stats_.raced_mounts++;
+  std::lock_guard<std::mutex> l(mu_);
+  if (r.state == LayerTag::Deferred) {
+    if (deferred_.insert(root).second) {
+      stats_.deferred_layers_total++;
+      LOG_WARN(kSub, "%s was mounted before its owner was known: its writes are outside the owner's project until "
+               "the container stops (then it is tagged)", root.c_str());
+    }
+  } else if (deferred_.erase(root)) {
+    LOG_INFO(kSub, "%s tagged after its container stopped", root.c_str());
+  }
+  stats_.deferred_layers = deferred_.size();
 }
 
 Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
@@ -321,7 +353,15 @@ Status ProjectQuotas::sync() {
       note(tagObject(kind, rec));
     }
   }
+  std::set<std::string> live_dirs;
+  for (const auto& [c, dirs] : container_dirs_)
+    if (live_containers.count(c)) live_dirs.insert(dirs.begin(), dirs.end());
   std::erase_if(container_dirs_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    std::erase_if(deferred_, [&](const std::string& d) { return !live_dirs.count(d); });
+    stats_.deferred_layers = deferred_.size();
+  }
   {
     std::lock_guard<std::mutex> l(mu_);
     std::erase_if(queued_at_, [&](const auto& kv) { return !live_containers.count(kv.first); });

@@ -95,6 +95,10 @@ struct ProjectQuotaStats {
   std::atomic<double> last_sync_seconds{0};  // how long it took
   std::atomic<double> last_read_seconds{0};  // the usage read alone
   std::atomic<double> last_tag_latency{0};   // owner known -> layer root tagged, seconds
+  // Layers mounted before they could be tagged (tagLayer() Deferred): now, and ever.
+  std::atomic<uint64_t> deferred_layers{0};
+  std::atomic<uint64_t> deferred_layers_total{0};
+  std::atomic<uint64_t> raced_mounts{0};  // mounted while their diff/ was being tagged
 };
 
 class ProjectQuotas {
@@ -149,6 +153,7 @@ class ProjectQuotas {
   uint64_t limitFor(const ProjectRecord& p) const;  // bytes, 0 = none
   Result<uint32_t> projectFor(const std::string& kind, const std::string& owner);
   Status tagDirs(const std::vector<std::string>& dirs, uint32_t id);
+  void noteLayer(const std::string& root, const LayerTagResult& r);
   Status applyLimits(const std::vector<ProjectRecord>& projects);
   Status readUsage(const std::vector<ProjectRecord>& projects);
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
@@ -172,6 +177,7 @@ class ProjectQuotas {
   std::function<void()> on_fast_usage_;
   std::deque<std::pair<ObjectKind, std::string>> queue_;
   std::map<std::string, double> queued_at_;
+  std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;
   std::thread thread_;

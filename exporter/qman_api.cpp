@@ -854,6 +854,12 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
     promSample(out, "dockquota_project_sync_seconds", "part=\"read\"", st.last_read_seconds.load());
     promHeader(out, "dockquota_project_tag_latency_seconds", "gauge", "Owner known to layer root tagged, for the last container.");
     promSample(out, "dockquota_project_tag_latency_seconds", "", st.last_tag_latency.load());
+    promHeader(out, "dockquota_project_deferred_layers", "gauge", "Container layers mounted before they could be tagged: their writes are outside the owner's project until the container stops.");
+    promSample(out, "dockquota_project_deferred_layers", "", st.deferred_layers.load());
+    promHeader(out, "dockquota_project_deferred_layers_total", "counter", "Container layers ever found mounted before they could be tagged.");
+    promSample(out, "dockquota_project_deferred_layers_total", "", st.deferred_layers_total.load());
+    promHeader(out, "dockquota_project_raced_mounts_total", "counter", "Layers Docker mounted while their diff/ was being tagged (a second pass fixed what was written).");
+    promSample(out, "dockquota_project_raced_mounts_total", "", st.raced_mounts.load());
   }
   // Memory, for the RSS budget (README: 1,000 users and 10,000 containers).
   const struct mallinfo2 mi = mallinfo2();

@@ -6,10 +6,12 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -201,6 +203,142 @@ TEST_CASE("prjquota: tagTree sets the id on a whole tree, inheriting, once", "[p
   // Not a directory, or not there: clear errors.
   CHECK(tagTree(root + "/diff/b", 1).error().code == ENOTDIR);
   CHECK(tagTree(root + "/missing", 1).error().code == ENOENT);
+}
+
+namespace {
+
+// An overlay2-like layer on the loop filesystem: lower/ (an image layer with a
+// file and a directory) under <root>/diff, work dir <root>/work, at <root>/merged.
+struct Layer {
+  std::string lower, root, diff, work, merged;
+  explicit Layer(const LoopFs& lfs, const std::string& name)
+      : lower(lfs.path(name + "-lower")), root(lfs.path(name)), diff(root + "/diff"), work(root + "/work"),
+        merged(root + "/merged") {
+    for (const auto& d : {lower, lower + "/etc", root, diff, work, merged}) mkdir(d.c_str(), 0755);
+    writeFile(lower + "/etc/passwd", 100);
+    writeFile(lower + "/big", 1 << 20);
+    writeFile(root + "/lower", 10);  // overlay2's list of lower layers: a file in the root
+  }
+  bool mount() const {
+    std::string opts = "lowerdir=" + lower + ",upperdir=" + diff + ",workdir=" + work;
+    return ::mount("overlay", merged.c_str(), "overlay", 0, opts.c_str()) == 0;
+  }
+  void umount() const { ::umount(merged.c_str()); }
+  ~Layer() { umount(); }
+};
+
+// What a container does first: copy-ups of a file and a directory, a new file
+// renamed within and across directories, a hard link. 0 or the first errno.
+int containerWrites(const std::string& merged, int round) {
+  const std::string r = std::to_string(round);
+  auto fail = [](int e) { return e ? e : EIO; };
+  int fd = open((merged + "/etc/passwd").c_str(), O_WRONLY | O_APPEND);  // copy-up of a file and its directory
+  if (fd < 0) return fail(errno);
+  if (write(fd, "x\n", 2) != 2) { int e = errno; close(fd); return fail(e); }
+  close(fd);
+  fd = open((merged + "/big").c_str(), O_WRONLY | O_APPEND);  // a 1 MiB copy-up
+  if (fd < 0) return fail(errno);
+  close(fd);
+  const std::string tmp = merged + "/etc/.new" + r, dir = merged + "/d" + r;
+  fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return fail(errno);
+  close(fd);
+  if (rename(tmp.c_str(), (merged + "/etc/new" + r).c_str()) != 0) return fail(errno);
+  if (mkdir(dir.c_str(), 0755) != 0) return fail(errno);
+  if (rename((merged + "/etc/new" + r).c_str(), (dir + "/moved").c_str()) != 0) return fail(errno);
+  if (link((dir + "/moved").c_str(), (merged + "/linked" + r).c_str()) != 0) return fail(errno);
+  return 0;
+}
+
+// Every inode under `dir` carries `id` (directories with PROJINHERIT); the first that does not, or "".
+std::string firstNotTagged(const std::string& dir, uint32_t id) {
+  for (auto it = std::filesystem::recursive_directory_iterator(dir); it != std::filesystem::end(it); ++it) {
+    if (it->is_symlink() || (!it->is_directory() && !it->is_regular_file())) continue;
+    auto t = projectTagOf(it->path());
+    if (!t || t->id != id || (it->is_directory() && !t->inherit)) return it->path();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or rename can trip on", "[prjquota]") {
+  if (!prerequisites()) return;
+  LoopFs lfs("xfs", 320);  // XFS keeps ids and refuses cross-project renames without quota accounting too
+
+  SECTION("the hazard is real: a PROJINHERIT upper dir refuses copy-ups born with another id (EXDEV)") {
+    Layer l(lfs, "hazard");
+    REQUIRE(l.mount());
+    REQUIRE(tagTree(l.diff, 4300).ok());  // diff/ alone, under a live mount: what tagLayer() never does
+    CHECK(containerWrites(l.merged, 0) == EXDEV);
+  }
+  SECTION("a layer tagged before its mount: every write lands in the project") {
+    Layer l(lfs, "fresh");
+    auto r = tagLayer(l.root, 4301, [&] { return overlayUpperMounted(l.diff); });
+    REQUIRE(r.ok());
+    CHECK(r->state == LayerTag::Tagged);
+    CHECK(layerTagged(l.root, 4301));
+    REQUIRE(l.mount());
+    for (int i = 0; i < 3; i++) CHECK(containerWrites(l.merged, i) == 0);
+    CHECK(firstNotTagged(l.diff, 4301) == "");
+    // Tagged once: a second call is one check, no walk.
+    auto again = tagLayer(l.root, 4301, [&] { return overlayUpperMounted(l.diff); });
+    REQUIRE(again.ok());
+    CHECK(again->stats.tagged == 0);
+  }
+  SECTION("a layer mounted first: diff/ is left alone until it is unmounted, and nothing fails") {
+    Layer l(lfs, "late");
+    REQUIRE(l.mount());
+    CHECK(containerWrites(l.merged, 0) == 0);
+    CHECK(overlayUpperMounted(l.diff));
+    auto r = tagLayer(l.root, 4302, [&] { return overlayUpperMounted(l.diff); });
+    REQUIRE(r.ok());
+    CHECK(r->state == LayerTag::Deferred);
+    CHECK_FALSE(layerTagged(l.root, 4302));
+    CHECK(*projectOf(l.work) == 4302);  // the next mount's work/work is born with the id
+    for (int i = 1; i < 4; i++) CHECK(containerWrites(l.merged, i) == 0);  // the live container is unharmed
+    l.umount();
+    CHECK_FALSE(overlayUpperMounted(l.diff));
+    auto later = tagLayer(l.root, 4302, [&] { return overlayUpperMounted(l.diff); });
+    REQUIRE(later.ok());
+    CHECK(later->state == LayerTag::Tagged);
+    CHECK(firstNotTagged(l.diff, 4302) == "");
+    REQUIRE(l.mount());  // restarted: copy-ups from work/work match diff/
+    for (int i = 4; i < 7; i++) CHECK(containerWrites(l.merged, i) == 0);
+    CHECK(firstNotTagged(l.diff, 4302) == "");
+  }
+  SECTION("Docker mounting a new layer while it is tagged: never an EXDEV, no write outside the project") {
+    // docker run: the layer is created, then the tag (at the create reply)
+    // races the mount (at start) and the container's first writes.
+    int deferred = 0, raced = 0, first_err = 0;
+    for (int i = 0; i < 100 && !first_err; i++) {
+      Layer l(lfs, "race" + std::to_string(i));
+      std::atomic<int> err{0};
+      std::thread docker([&] {
+        if (!l.mount()) {
+          err = errno ? errno : EIO;
+          return;
+        }
+        err = containerWrites(l.merged, i);
+      });
+      auto r = tagLayer(l.root, 4310, [&] { return overlayUpperMounted(l.diff); });
+      docker.join();
+      REQUIRE(r.ok());
+      first_err = err;
+      if (r->raced_mount) raced++;
+      if (r->state == LayerTag::Deferred) {
+        deferred++;  // mounted first: tagged once unmounted, like a stopped container
+        l.umount();
+        auto later = tagLayer(l.root, 4310, [&] { return overlayUpperMounted(l.diff); });
+        REQUIRE(later.ok());
+        CHECK(later->state == LayerTag::Tagged);
+      }
+      INFO("round " << i);
+      CHECK(firstNotTagged(l.diff, 4310) == "");
+    }
+    INFO("deferred " << deferred << ", raced " << raced);
+    CHECK(first_err == 0);
+  }
 }
 
 TEST_CASE("prjquota: limits stop writes at the limit and reads see every id", "[prjquota]") {
