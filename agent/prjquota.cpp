@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <ctime>
 #include <cstdlib>
 
 #include "agent/mountinfo.h"
@@ -249,6 +250,31 @@ void add(TagStats& into, const TagStats& from) {
   if (into.error.empty()) into.error = from.error;
 }
 
+// A mkdir in `dir` reads the parent's project flags under the parent's inode
+// lock and makes the new entry visible before it lets go. FS_IOC_FSSETXATTR
+// takes that lock on ext4 and on 5.13+ (vfs_fileattr_set), not on XFS before
+// 5.13: there, overlayfs could be creating work/work with the old id while
+// step 1 sets the flag, and the entry be invisible yet. A chmod to the same
+// mode takes the lock on every kernel, so after it every such mkdir is over
+// and its work/work in sight.
+Status waitForMkdirs(const std::string& dir) {
+  Fd fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st {};
+  if (fd.fd < 0 || fstat(fd.fd, &st) != 0 || fchmod(fd.fd, st.st_mode & 07777) != 0)
+    return osError(errno, "prjquota: " + dir);
+  return {};
+}
+
+bool mountInProgress(const std::string& workwork, uint32_t id, int setup_seconds) {
+  struct stat st {};
+  if (lstat(workwork.c_str(), &st) != 0) return false;  // no mount yet: the first one creates it in tagged work/
+  auto t = projectTagOf(workwork);
+  if (t && t->id == id) return false;  // born after step 1
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return now.tv_sec - st.st_ctim.tv_sec < setup_seconds;
+}
+
 }  // namespace
 
 bool isLayerRoot(const std::string& root) { return isDirNoFollow(root + "/diff") && isDirNoFollow(root + "/work"); }
@@ -276,7 +302,8 @@ bool overlayUpperMounted(const std::string& upper_dir) {
   return false;
 }
 
-Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted) {
+Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted,
+                                int mount_setup_seconds) {
   LayerTagResult out;
   const std::string diff = root + "/diff", work = root + "/work";
   auto top = projectTagOf(root);
@@ -296,14 +323,17 @@ Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std:
     closedir(d);
   }
   if (auto r = tagOne(work, id); !r) return r.error();
+  if (auto b = waitForMkdirs(work); !b) return b.error();
   // 2. A live upper dir is never touched: the container writes into it now,
-  //    and its copy-ups are born with work/work's old id.
-  if (upper_mounted()) {
+  //    and its copy-ups are born with work/work's old id. A mount shows in
+  //    the mount table only once overlayfs has set it up, and setting up
+  //    creates work/work: a young work/work with another id is a mount in
+  //    progress that began before step 1 (an older one is what an earlier
+  //    mount left, and the next mount replaces it with one born in work/).
+  if (upper_mounted() || mountInProgress(work + "/work", id, mount_setup_seconds)) {
     out.state = LayerTag::Deferred;
     return out;
   }
-  // Unmounted: work/work (if an earlier mount left it) is scratch the next mount recreates.
-  if (auto w = tagTree(work, id); w) add(out.stats, *w);
   // 3. diff/: ids everywhere first, then the flags; inodes created between
   //    the passes are born without the flag's id and get it in the second.
   auto ids = tagTree(diff, id, TagFlags::IdsOnly);

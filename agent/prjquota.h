@@ -92,16 +92,23 @@ Result<ProjectTag> projectTagOf(const std::string& path);
 //   3. diff/: ids on every inode first with no new PROJINHERIT (a directory
 //      without the flag accepts any inode), then the flags; inodes created
 //      meanwhile are caught by the second pass.
-// A mount that starts after step 2 finds work/ tagged (step 1), and diff/ of a
-// new container is empty: nothing in it has another id. `upper_mounted` says
-// whether `<root>/diff` is an overlay upper dir now (overlayUpperMounted()).
+// A mount shows in the mount table only once overlayfs has set it up, and the
+// set-up creates work/work: so a work/work younger than `mount_setup_seconds`
+// with another id is a mount in progress that began before step 1 (Deferred);
+// an older one is what an earlier mount left (the next mount replaces it with
+// one born in the tagged work/). A mount that starts after step 2 finds work/
+// tagged, and diff/ of a new container is empty: nothing in it has another id.
+// `upper_mounted` says whether `<root>/diff` is an overlay upper dir now
+// (overlayUpperMounted()). A false "in progress" only defers to the next sync.
 enum class LayerTag { Tagged, Deferred };
 struct LayerTagResult {
   LayerTag state = LayerTag::Tagged;
   TagStats stats;
   bool raced_mount = false;  // the layer was mounted while diff/ was being tagged
 };
-Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted);
+constexpr int kMountSetupSeconds = 10;  // a slow mount under load, with margin
+Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted,
+                                int mount_setup_seconds = kMountSetupSeconds);
 // `root` holds diff/ and work/ (an overlay2 layer root, not a volume).
 bool isLayerRoot(const std::string& root);
 // diff/ carries `id` with PROJINHERIT: the layer was tagged.
