@@ -14,34 +14,50 @@ sock=$dir/docker.sock
 case "$cmd" in
 start)
   group=${3:-}
+  # containerd first, on its own: dockerd gives the containerd it starts
+  # itself a fixed time to come up, which QEMU TCG on a busy 2-core host
+  # overran ("timeout waiting for containerd to start", a flake in the VM
+  # suites). Started here, it gets the deadline below.
+  printf '%s\n' 'version = 2' "root = \"$dir/containerd\"" "state = \"$dir/containerd-state\"" \
+    'disabled_plugins = ["io.containerd.grpc.v1.cri"]' '[grpc]' "  address = \"$dir/containerd.sock\"" \
+    >"$dir/containerd.toml"
+  containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+  echo $! >"$dir/containerd.pid"
+  # 180 s of wall time: under QEMU TCG on a busy 2-core host containerd and
+  # dockerd take tens of seconds each (and each probe there a good part of
+  # one, so counting tries was minutes). One that exited is reported at once.
+  deadline=$(($(date +%s) + 180))
+  wait_up() {  # what pid log probe...
+    what=$1 pid=$2 log=$3
+    shift 3
+    while ! "$@" >/dev/null 2>&1; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo "$what exited while starting; log:" >&2; tail -30 "$log" >&2; exit 1
+      fi
+      if [ "$(date +%s)" -ge "$deadline" ]; then
+        echo "$what did not come up in 180 s; log:" >&2; tail -30 "$log" >&2; exit 1
+      fi
+      sleep 0.1
+    done
+  }
+  wait_up containerd "$(cat "$dir/containerd.pid")" "$dir/containerd.log" \
+    ctr --address "$dir/containerd.sock" --timeout 5s version
   dockerd ${DQ_DOCKERD_DEBUG:+-D} --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
-    --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" -H "unix://$sock" \
+    --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" -H "unix://$sock" --containerd "$dir/containerd.sock" \
     ${group:+--group "$group"} --storage-driver overlay2 >"$dir/dockerd.log" 2>&1 &
-  pid=$!
-  # 60 s of wall time: under QEMU TCG on a busy 2-core host dockerd's start
-  # takes tens of seconds (and each curl there a good part of one, so counting
-  # tries was minutes). A dockerd that exited (e.g. "timeout waiting for
-  # containerd to start") is reported at once.
-  deadline=$(($(date +%s) + 60))
-  while ! curl -sf -m 5 --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "dockerd exited while starting; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1
-    fi
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      echo "dockerd did not come up in 60 s; log:" >&2; tail -30 "$dir/dockerd.log" >&2; exit 1
-    fi
-    sleep 0.1
-  done
+  wait_up dockerd $! "$dir/dockerd.log" curl -sf -m 5 --unix-socket "$sock" http://d/_ping
   echo "$sock"
   ;;
 stop)
-  if [ -f "$dir/dockerd.pid" ]; then
-    pid=$(cat "$dir/dockerd.pid")
+  # dockerd (it stops the containers), then the containerd it used.
+  for name in dockerd containerd; do
+    [ -f "$dir/$name.pid" ] || continue
+    pid=$(cat "$dir/$name.pid")
     kill "$pid" 2>/dev/null || true
     i=0
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
     kill -9 "$pid" 2>/dev/null || true
-  fi
+  done
   ;;
 image)
   name=$3
