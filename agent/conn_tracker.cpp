@@ -128,10 +128,16 @@ ConnTracker::Conn& ConnTracker::open(const dsock_event& ev) {
   c.http = std::make_unique<HttpConnection>(
       [this, conn_id](const HttpExchange& x) { deliver(conn_id, x); },
       [this, conn_id](const HttpRequest& req) {
+        auto it = conns_.find(conn_id);
+        if (it == conns_.end()) return;
+        if (req.method == "POST" && req.path == "/containers/create") {
+          const HttpSender& s = req.sender;
+          const ClientInfo& ci = it->second.client;
+          creates_[conn_id] = {s.known ? s.uid : ci.uid, s.known ? s.loginuid : ci.loginuid, req.first_ns};
+        }
         // Uploads (build contexts, image loads) can be gigabytes that
         // attribution never reads: stop copying them for this turn.
-        auto it = conns_.find(conn_id);
-        if (it == conns_.end() || !uploadBodyIsIrrelevant(req)) return;
+        if (!uploadBodyIsIrrelevant(req)) return;
         closed_.muted_uploads++;
         it->second.ctl.mute_tx_turn = it->second.turn;
         control(conn_id, it->second);
@@ -173,6 +179,7 @@ ClientInfo ConnTracker::clientOf(const Conn& c, const HttpSender& sender) const 
 }
 
 void ConnTracker::deliver(uint64_t conn_id, const HttpExchange& x) {
+  if (x.request.method == "POST" && x.request.path == "/containers/create") creates_.erase(conn_id);
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
   auto call = recognize(x);
@@ -334,10 +341,18 @@ void ConnTracker::closeConn(uint64_t conn_id, uint64_t ts_ns) {
   it = conns_.find(conn_id);
   if (it == conns_.end()) return;
   Conn& c = it->second;
+  creates_.erase(conn_id);
   memory_bytes_ -= c.charged;
   add(closed_.http, c.http->stats());
   if (auto f = by_fd_.find(fdKey(c.client.tgid, c.fd)); f != by_fd_.end() && f->second == conn_id) by_fd_.erase(f);
   conns_.erase(it);
+}
+
+std::vector<ConnTracker::PendingCreate> ConnTracker::pendingCreates() const {
+  std::vector<PendingCreate> out;
+  out.reserve(creates_.size());
+  for (const auto& [id, pc] : creates_) out.push_back(pc);
+  return out;
 }
 
 void ConnTracker::evictOldest() {

@@ -102,6 +102,16 @@ class ConnTracker {
   TrackerStats stats() const;
   size_t openConnections() const { return conns_.size(); }
 
+  // Container creates sent and not answered yet, with who sent them: the
+  // layer Docker is making now belongs to one of these (ProjectQuotas tags
+  // it before Docker can mount it when they all bill one user).
+  struct PendingCreate {
+    uint32_t uid = 0;
+    uint32_t loginuid = UINT32_MAX;
+    uint64_t since_ns = 0;
+  };
+  std::vector<PendingCreate> pendingCreates() const;
+
  private:
   struct Conn {
     ClientInfo client;
@@ -136,6 +146,7 @@ class ConnTracker {
   size_t memory_bytes_ = 0;
   std::unordered_map<uint64_t, Conn> conns_;         // by conn_id
   std::unordered_map<uint64_t, uint64_t> by_fd_;     // (tgid << 32 | fd) -> conn_id
+  std::unordered_map<uint64_t, PendingCreate> creates_;  // conn_id -> its unanswered container create
   std::unordered_set<uint64_t> ignored_;             // conn_ids we stopped following
   std::deque<uint64_t> ignored_order_;               // bounds ignored_
   std::unordered_map<uint32_t, ExecRecord> execs_;   // by tgid, until the process exits

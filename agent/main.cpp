@@ -67,6 +67,8 @@ json projectQuotaHealth(const ProjectQuotas& p) {
   j["deferred_layers"] = st.deferred_layers.load();
   j["deferred_layers_total"] = st.deferred_layers_total.load();
   j["raced_mounts"] = st.raced_mounts.load();
+  j["early_tagged"] = st.early_tagged.load();
+  j["early_unclear"] = st.early_unclear.load();
   j["last_sync"] = st.last_sync.load();
   j["last_sync_seconds"] = st.last_sync_seconds.load();
   return j;
@@ -487,6 +489,28 @@ int main(int argc, char** argv) {
     return 1;
   }
   projects = (*qman)->projects();
+  // Container layers are tagged as Docker makes them, for the one user whose
+  // create is pending (project_quotas.h). The create's request event may
+  // still wait in the ring (consumed on a timer): drain it first.
+  if (auto* p = projects.load()) {
+    p->setCreatorLookup([&]() -> std::optional<uint32_t> {
+      std::lock_guard<std::mutex> l(tracker_mu);
+      if (exec) exec->consume();
+      if (dsock) {
+        if (auto r = dsock->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
+      }
+      std::optional<uint32_t> who;
+      for (const auto& pc : tracker.pendingCreates()) {
+        Evidence ev;
+        ev.uid = pc.uid;
+        if (pc.loginuid != UINT32_MAX) ev.login_uid = pc.loginuid;
+        const uint32_t billed = billedUid(ev, config.bill_root_to_login_uid);
+        if (who && *who != billed) return std::nullopt;  // two users creating at once: which layer is whose?
+        who = billed;
+      }
+      return who;
+    });
+  }
   // Enforcement and events (issue 5): sweeps whenever usage is published.
   auto enforcement = EnforcementServices::create(config, store, **qman, api);
   if (!enforcement) {

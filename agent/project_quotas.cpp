@@ -1,7 +1,13 @@
 #include "agent/project_quotas.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cctype>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -123,6 +129,10 @@ void ProjectQuotas::start() {
     stop_ = false;
   }
   thread_ = std::thread([this] { run(); });
+  if (opt_.mode == ProjectMode::User && !locator_->layersDir().empty() && isDir(locator_->layersDir())) {
+    stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (stop_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
+  }
 }
 
 void ProjectQuotas::stop() {
@@ -131,7 +141,97 @@ void ProjectQuotas::stop() {
     stop_ = true;
   }
   cv_.notify_all();
+  if (stop_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!write(stop_fd_, &one, sizeof one);
+  }
+  if (watch_thread_.joinable()) watch_thread_.join();
+  if (stop_fd_ >= 0) close(stop_fd_);
+  stop_fd_ = -1;
   if (thread_.joinable()) thread_.join();
+}
+
+void ProjectQuotas::setCreatorLookup(CreatorLookup f) {
+  std::lock_guard<std::mutex> l(mu_);
+  creator_ = std::move(f);
+}
+
+namespace {
+bool isLayerId(const char* name) {  // overlay2 names a container layer by 64 hex ("<id>-init" is its init layer)
+  size_t n = 0;
+  for (; name[n]; n++)
+    if (!std::isxdigit(static_cast<unsigned char>(name[n])) || std::isupper(static_cast<unsigned char>(name[n])))
+      return false;
+  return n == 64;
+}
+}  // namespace
+
+// overlay2 makes <root>/overlay2/<id> (with diff/ and work/) inside the create
+// request, and mounts it only at start, after the reply: a tag put on here
+// is in place before any mount, so no overlayfs operation can see the id
+// change and no byte is written outside the project. Image layers from pulls
+// and builds also appear here, while being extracted: they have no
+// "<id>-init" sibling, are never touched here, and are tagged layer by layer
+// in sync() once their image is attributed, as before.
+void ProjectQuotas::watchLayers() {
+  const std::string dir = locator_->layersDir();
+  int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (in < 0 || inotify_add_watch(in, dir.c_str(), IN_CREATE | IN_ONLYDIR) < 0) {
+    LOG_WARN(kSub, "cannot watch %s for new layers (%s): container layers are tagged at Docker's create reply",
+             dir.c_str(), std::strerror(errno));
+    if (in >= 0) close(in);
+    return;
+  }
+  LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", dir.c_str());
+  alignas(inotify_event) char buf[64 * 1024];
+  for (;;) {
+    pollfd fds[2] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents) break;
+    ssize_t n = read(in, buf, sizeof buf);
+    for (ssize_t off = 0; n > 0 && off < n;) {
+      const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+      off += sizeof(inotify_event) + ev->len;
+      if (ev->mask & IN_Q_OVERFLOW) stats_.early_unclear++;
+      if (!(ev->mask & IN_ISDIR) || !ev->len || !isLayerId(ev->name)) continue;
+      // A container layer comes right after its init layer; an image layer
+      // (a pull or build extracting into it now) has none, and is left alone.
+      const std::string root = dir + "/" + ev->name;
+      if (!isDir(root + "-init")) continue;
+      CreatorLookup lookup;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        lookup = creator_;
+      }
+      auto uid = lookup ? lookup() : std::nullopt;
+      if (!uid) {
+        stats_.early_unclear++;
+        continue;
+      }
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        early_.emplace_back(root, *uid);
+      }
+      cv_.notify_all();
+    }
+  }
+  close(in);
+}
+
+void ProjectQuotas::tagEarly(const std::string& root, uint32_t uid) {
+  auto p = projectFor(kUser, std::to_string(uid));
+  if (!p) {
+    stats_.errors++;
+    LOG_WARN(kSub, "new layer %s: %s", root.c_str(), p.error().message.c_str());
+    return;
+  }
+  if (auto st = tagDirs({root}, *p); !st) {
+    stats_.errors++;
+    LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
+    return;
+  }
+  stats_.early_tagged++;
+  LOG_DEBUG(kSub, "new layer %s tagged with project %u (uid %u) as Docker made it", root.c_str(), *p, uid);
 }
 
 void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
@@ -179,9 +279,20 @@ void ProjectQuotas::run() {
   auto next_sync = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_) {
-    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty(); });
+    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty() || !early_.empty(); });
     if (stop_) break;
-    // New objects first: their layer roots should carry the id before they are written to.
+    // Layers Docker is making now, then new objects: their layer roots should
+    // carry the id before they are mounted and written to.
+    while (!early_.empty()) {
+      auto [root, uid] = early_.front();
+      early_.pop_front();
+      l.unlock();
+      {
+        std::lock_guard<std::mutex> s(sync_mu_);
+        tagEarly(root, uid);
+      }
+      l.lock();
+    }
     while (!queue_.empty()) {
       auto [kind, id] = queue_.front();
       queue_.pop_front();
@@ -236,7 +347,11 @@ Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id)
     if (st.st_dev != fs_.dev) continue;         // not on the quota filesystem (a bind-mounted volume driver...)
     TagStats ts;
     if (isLayerRoot(dir)) {
-      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); });
+      // Docker mounts a container's init layer once, inside the create (to
+      // write /etc/hosts and the like), and never again: a young work/work
+      // there is that finished mount, not one in progress.
+      const bool init = dir.size() > 5 && dir.compare(dir.size() - 5, 5, "-init") == 0;
+      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); }, init ? 0 : kMountSetupSeconds);
       if (!r) return r.error();
       noteLayer(dir, *r);
       if (r->stats.already && !r->stats.tagged) continue;

@@ -64,6 +64,8 @@ class LayerLocator {
   virtual Result<std::string> layer(const std::string& chain_id) = 0;
   // A local volume's directory (<root>/volumes/<name>).
   virtual Result<std::string> volume(const std::string& name) = 0;
+  // Where the storage driver makes a directory per new layer ("" = none to watch).
+  virtual std::string layersDir() const { return ""; }
 };
 
 // The overlay2 layout under Docker's data root.
@@ -73,6 +75,7 @@ class DockerLayerLocator : public LayerLocator {
   Result<std::vector<std::string>> container(const std::string& id) override;
   Result<std::string> layer(const std::string& chain_id) override;
   Result<std::string> volume(const std::string& name) override;
+  std::string layersDir() const override { return root_ + "/overlay2"; }
 
  private:
   DockerClient& docker_;
@@ -99,6 +102,11 @@ struct ProjectQuotaStats {
   std::atomic<uint64_t> deferred_layers{0};
   std::atomic<uint64_t> deferred_layers_total{0};
   std::atomic<uint64_t> raced_mounts{0};  // mounted while their diff/ was being tagged
+  // New container layers tagged as Docker made them (before the create reply),
+  // and those whose maker was unclear (no single user with a create pending:
+  // tagged at the reply instead, which can lose the race with the start).
+  std::atomic<uint64_t> early_tagged{0};
+  std::atomic<uint64_t> early_unclear{0};
 };
 
 class ProjectQuotas {
@@ -127,6 +135,13 @@ class ProjectQuotas {
 
   // The attributor learned (or changed) an object's owner: tag it now.
   void onOwnerChanged(ObjectKind kind, const std::string& id);
+  // Who is creating a container right now: the billed uid when every create
+  // Docker has not answered yet comes from that one user, else nullopt.
+  // Per-user mode watches the storage driver's layer directory: a container
+  // layer is tagged for that uid as Docker makes it, before the create
+  // reply, so the tag is in place before any start can mount it.
+  using CreatorLookup = std::function<std::optional<uint32_t>()>;
+  void setCreatorLookup(CreatorLookup f);
   // Something changed that a sync should see soon (a limit, a removal).
   void wake();
   // Called after every usage read (the accountant re-publishes).
@@ -158,6 +173,8 @@ class ProjectQuotas {
   Status readUsage(const std::vector<ProjectRecord>& projects);
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
   void run();
+  void watchLayers();          // the watch thread: new layer directories
+  void tagEarly(const std::string& root, uint32_t uid);
 
   Store& store_;
   QuotaBook& book_;
@@ -178,6 +195,10 @@ class ProjectQuotas {
   std::deque<std::pair<ObjectKind, std::string>> queue_;
   std::map<std::string, double> queued_at_;
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
+  std::deque<std::pair<std::string, uint32_t>> early_;  // new layer root, its maker's billed uid
+  CreatorLookup creator_;
+  int stop_fd_ = -1;  // eventfd: stops the watch thread
+  std::thread watch_thread_;
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;
   std::thread thread_;
