@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -59,7 +60,11 @@ struct EnforcerOptions {
   EnforceMode mode = EnforceMode::DryRun;
   EnforceOrder order = EnforceOrder::Newest;
   std::chrono::seconds grace{300};         // stop -> remove; 0: one forced removal (kill, remove)
-  std::chrono::seconds stop_timeout{10};   // SIGTERM -> SIGKILL (with a grace period)
+  // SIGTERM -> SIGKILL, as `docker stop -t`. With grace 0 too: stopped
+  // (SIGTERM first), then removed at once; 0 here and there = one forced
+  // removal (SIGKILL at once: fastest, but a process writing to a volume,
+  // which outlives the container, gets no chance to finish its write).
+  std::chrono::seconds stop_timeout{10};
   bool remove_volumes = true;              // a removed container's anonymous volumes go too
   std::chrono::milliseconds interval = std::chrono::seconds(60);  // periodic sweep
   Thresholds thresholds;
@@ -130,7 +135,8 @@ class Enforcer {
   std::map<uint32_t, std::vector<Candidate>> candidates(const std::set<uint32_t>& uids,
                                                         const std::set<std::string>& skip) const;
   void enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::vector<Candidate> cands, SweepReport& rep);
-  void stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit, SweepReport& rep);
+  // The stopped action, or nullopt (gone, failed: already settled).
+  std::optional<EnforcementAction> stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit, SweepReport& rep);
   void removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint64_t usage, SweepReport& rep);
   // Without a stop of ours first (a.stopped_at unset), the removal stops it too: both events are recorded.
   void removeContainer(EnforcementAction a, uint64_t usage, uint64_t new_usage, uint64_t limit, SweepReport& rep);

@@ -407,7 +407,9 @@ def kernel_trigger(env):
     print("== quota-driven trigger (XFS project quotas)", flush=True)
     mount_data_root(env, "xfs")
     env.start_dockerd()
-    env.start_agent(**agent_config(enforcement="enforce", enforcement_grace_s=0, enforcement_interval_s=60,
+    # Grace 0 and stop timeout 0: the fastest way out (one forced removal), whose latency this measures.
+    env.start_agent(**agent_config(enforcement="enforce", enforcement_grace_s=0, enforcement_stop_timeout_s=0,
+                                   enforcement_interval_s=60,
                                    usage_interval_s=60, project_sync_interval_s=30))
     env.docker("carol", "import", "-", "enf:1", input=harness.busybox_rootfs_tar(marker="kernel"))
     set_limit(env, BOB, 64 * 1024)

@@ -327,6 +327,13 @@ EnforcerOptions enforce(std::chrono::seconds grace = std::chrono::seconds(300)) 
   return o;
 }
 
+// Grace 0 with a stop timeout of 0: one forced removal (SIGKILL, then removed).
+EnforcerOptions forcedRemoval() {
+  auto o = enforce(std::chrono::seconds(0));
+  o.stop_timeout = std::chrono::seconds(0);
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("enforcer: bob's newest is stopped, removed after the grace period, alice untouched", "[enforce]") {
@@ -378,13 +385,30 @@ TEST_CASE("enforcer: bob's newest is stopped, removed after the grace period, al
   CHECK(st["users"][0]["level"] == "warning");
 }
 
-TEST_CASE("enforcer: grace 0 stops and removes in one forced removal; largest order", "[enforce]") {
+TEST_CASE("enforcer: grace 0 stops with SIGTERM first (docker stop), then removes at once", "[enforce]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 4 * 1024));
+  auto e = w.enforcer(enforce(std::chrono::seconds(0)));  // the stop timeout keeps its default, 10 s
+  auto r = e->sweep();
+  CHECK(r->stopped == 1);
+  CHECK(r->removed == 1);
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 1", "remove 1"});
+  CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
+  auto all = w.store->actions(false);
+  REQUIRE(all->size() == 1);
+  CHECK(all->front().state == ActionState::Removed);
+}
+
+TEST_CASE("enforcer: grace 0 and stop timeout 0: one forced removal; largest order", "[enforce]") {
   World w;
   w.container('1', kBob, 10, 5 * MiB);
   w.container('2', kBob, 20, 1 * MiB);
   w.usage = {{kBob, 6 * MiB}};
   REQUIRE(w.book->setLimit(kBob, 4 * 1024));
   auto o = enforce(std::chrono::seconds(0));
+  o.stop_timeout = std::chrono::seconds(0);
   o.order = EnforceOrder::Largest;
   auto e = w.enforcer(o);
   auto r = e->sweep();
@@ -422,7 +446,7 @@ TEST_CASE("enforcer: grace 0, two victims: each one's stopped then removed, usag
   auto r = e->sweep();
   CHECK(r->stopped == 2);
   CHECK(r->removed == 2);
-  CHECK(w.runtime.calls == std::vector<std::string>{"remove 3", "remove 2"});
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 3", "remove 3", "stop 2", "remove 2"});
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved,
                                                   event_type::kStopped, event_type::kRemoved});
   auto stopped = w.store->events(ofType(event_type::kStopped));
@@ -515,7 +539,7 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   CHECK(failed->front().event.detail["error"].get<std::string>().find("boom") != std::string::npos);
 }
 
-TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start, its events once", "[enforce]") {
+TEST_CASE("enforcer: forced removal (grace 0, stop timeout 0), a crash mid-removal is finished at the next start, its events once", "[enforce]") {
   // What a crash between the intent (removing, never stopped by us) and
   // Docker's answer leaves behind, the container still there.
   World w;
@@ -524,7 +548,7 @@ TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start,
   w.usage = {{kBob, 10 * MiB}};
   REQUIRE(w.book->setLimit(kBob, 8 * 1024));
   REQUIRE(w.store->putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
-  auto e = w.enforcer(enforce(std::chrono::seconds(0)));
+  auto e = w.enforcer(forcedRemoval());
   auto r = e->sweep();
   REQUIRE(r);
   CHECK(w.runtime.calls == std::vector<std::string>{"remove 2"});  // once, and no second victim
@@ -543,7 +567,7 @@ TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start,
   g.usage = {{kBob, 10 * MiB}};
   REQUIRE(g.book->setLimit(kBob, 8 * 1024));
   REQUIRE(g.store->putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
-  auto eg = g.enforcer(enforce(std::chrono::seconds(0)));
+  auto eg = g.enforcer(forcedRemoval());
   REQUIRE(eg->sweep());
   CHECK(g.runtime.calls == std::vector<std::string>{"remove 2"});
   auto all = g.store->actions(false);
@@ -555,7 +579,7 @@ TEST_CASE("enforcer: grace 0, a crash mid-removal is finished at the next start,
   World f;
   f.bobOverWithOne();
   f.runtime.fail_remove = true;
-  auto ef = f.enforcer(enforce(std::chrono::seconds(0)));
+  auto ef = f.enforcer(forcedRemoval());
   auto rf = ef->sweep();
   CHECK(rf->failed == 1);
   CHECK(rf->stopped == 0);
@@ -572,7 +596,7 @@ TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in 
     dry->stop();
   }
   CHECK(w.runtime.calls.empty());
-  auto e = w.enforcer(enforce(std::chrono::seconds(0)));
+  auto e = w.enforcer(forcedRemoval());
   e->start();
   for (int i = 0; i < 200 && w.store->actions(false)->empty(); i++)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
