@@ -137,14 +137,32 @@ int ApiServer::checkBasicAuth(const std::string& header, const std::string& key)
 }
 
 namespace {
-std::unique_ptr<httplib::Server> makeServer(const ApiServerOptions& o) {
-  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) return std::make_unique<httplib::Server>();
-  return std::make_unique<httplib::SSLServer>(o.tls_cert_file.c_str(), o.tls_key_file.c_str());
+HttpServerOptions transportOptions(const ApiServerOptions& o) {
+  HttpServerOptions t;
+  t.address = o.address;
+  t.port = o.port;
+  t.tls_cert_file = o.tls_cert_file;
+  t.tls_key_file = o.tls_key_file;
+  t.threads = o.threads;
+  t.max_connections = o.max_connections;
+  t.max_connections_per_peer = o.max_connections_per_peer;
+  t.request_timeout = o.request_timeout;
+  t.idle_timeout = o.idle_timeout;
+  return t;
 }
 }  // namespace
 
 ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
-    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(makeServer(opt_)) {
+    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(std::make_unique<HttpRouter>()) {
+  // /healthz also says what the transport refused, evicted and timed out.
+  health_ = [this, inner = std::move(health_)] {
+    json h = inner ? inner() : json{{"status", "ok"}};
+    h["http"] = metrics_.transport().toJson();
+    return h;
+  };
+  http_ = std::make_unique<HttpServer>(
+      transportOptions(opt_), [this](httplib::Request& req, httplib::Response& res) { server_->dispatch(req, res); },
+      metrics_.transport());
   routes();
 }
 
@@ -309,51 +327,20 @@ void ApiServer::routes() {
     LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), req.path.c_str(), what.c_str());
     sendError(res, 500, "internal error");
   });
-  // cpp-httplib 0.11 sets SO_REUSEPORT by default: a second agent (or a stale
-  // one still shutting down) would then silently share the port and answer
-  // half the requests from another database. SO_REUSEADDR only: a second
-  // instance fails to bind, loudly.
-  s.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  // Idle keep-alive connections hold a worker; keep them short so a stop is quick.
-  s.set_keep_alive_timeout(2);
-  s.set_payload_max_length(1 << 20);
-  s.set_read_timeout(10, 0);
-  s.set_write_timeout(10, 0);
-  const int threads = opt_.threads;
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // The transport (SO_REUSEADDR only, caps, deadlines, body limit) is HttpServer's.
 }
 
 Result<int> ApiServer::start() {
-  if (!server_->is_valid())
-    return Error{EINVAL, std::string(kSub) + ": cannot load TLS certificate " + opt_.tls_cert_file + " / key " +
-                             opt_.tls_key_file};
   installMethodNotAllowed();
-  int port = opt_.port;
-  if (port == 0) {
-    port = server_->bind_to_any_port(opt_.address);
-  } else if (!server_->bind_to_port(opt_.address, port)) {
-    port = -1;
-  }
-  if (port < 0) {
-    return osError(errno ? errno : EADDRINUSE,
-                   std::string(kSub) + ": cannot listen on " + opt_.address + ":" + std::to_string(opt_.port));
-  }
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
-  // httplib's stop() does nothing until the listen thread has marked itself
-  // running; return only then, so a stop() right after start() cannot hang.
-  for (int i = 0; i < 1000 && !server_->is_running(); i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  LOG_INFO(kSub, "listening on %s://%s:%d", tls() ? "https" : "http", opt_.address.c_str(), port);
-  return port;
+  auto port = http_->start();  // errors name the TLS files or the address
+  if (!port) return port.error();
+  LOG_INFO(kSub, "listening on %s://%s:%d (%d workers, up to %d connections, %d per peer)", tls() ? "https" : "http",
+           opt_.address.c_str(), *port, opt_.threads, opt_.max_connections, opt_.max_connections_per_peer);
+  return *port;
 }
 
 void ApiServer::stop() {
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (http_) http_->stop();
 }
 
 }  // namespace dockquota

@@ -1,24 +1,26 @@
-// The agent's HTTP surface (cpp-httplib): /healthz without auth, /api/v1/*
-// behind HTTP Basic `api` + the configured key. Reads agent state through the
-// Store and a health callback; never touches libbpf or Docker.
+// The agent's HTTP surface: /healthz without auth, /api/v1/* behind HTTP
+// Basic `api` + the configured key. Served by our own transport
+// (exporter/http_server.h: an epoll loop with deadlines and connection caps);
+// httplib::Request/Response are the handlers' data types. Reads agent state
+// through the Store and a health callback; never touches libbpf or Docker.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "agent/result.h"
 #include "agent/store.h"
+#include "exporter/http_server.h"
 #include "exporter/metrics.h"
 
 namespace httplib {
-class Server;
 struct Request;
 struct Response;
 }  // namespace httplib
@@ -30,11 +32,16 @@ struct ApiServerOptions {
   uint16_t port = 8436;  // 0 = pick a free port (tests)
   std::string api_key;   // empty: every authenticated route answers 500, as qman does
   bool bill_root_to_login_uid = true;
-  int threads = 4;
-  // Both set: HTTPS only (httplib::SSLServer, PEM files). The API key is sent
-  // with every request, so anything but loopback should use it.
+  int threads = 4;  // workers running handlers; slow clients never hold one
+  // Both set: HTTPS only (PEM files). The API key is sent with every request,
+  // so anything but loopback should use it.
   std::string tls_cert_file = {};
   std::string tls_key_file = {};
+  // The transport's caps and deadlines (HttpServerOptions says why each).
+  int max_connections = 256;
+  int max_connections_per_peer = 32;
+  std::chrono::milliseconds request_timeout{10000};
+  std::chrono::milliseconds idle_timeout{5000};
 };
 
 // Health as JSON: {"status": "ok"|"degraded"|"failing", ...}. Called per request.
@@ -49,7 +56,7 @@ class ApiServer {
 
   // More routes (the qman /remote-api surface): installed before start().
   // They share the server, its JSON error handlers and authorize().
-  httplib::Server& server() { return *server_; }
+  HttpRouter& server() { return *server_; }
   // Registers `handler` for `method` ("GET", "PUT", "POST", "DELETE") on
   // `pattern` (httplib regex), timed into requestMetrics() under the pattern.
   // At start(), every other method on a registered pattern answers 405 JSON.
@@ -77,9 +84,9 @@ class ApiServer {
   ApiServerOptions opt_;
   Store& store_;
   HealthFn health_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  std::unique_ptr<HttpRouter> server_;
   RequestMetrics metrics_;
+  std::unique_ptr<HttpServer> http_;
   std::map<std::string, std::set<std::string>> methods_;  // pattern -> methods with a handler
   bool not_allowed_installed_ = false;
 };
