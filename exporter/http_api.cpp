@@ -12,6 +12,7 @@
 
 #include "agent/attributor.h"
 #include "agent/log.h"
+#include "agent/utf8.h"
 
 namespace dockquota {
 namespace {
@@ -146,52 +147,138 @@ std::unique_ptr<httplib::Server> makeServer(const ApiServerOptions& o) {
 ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
     : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(makeServer(opt_)) {
   routes();
+  installDispatch();
 }
 
 void ApiServer::route(const std::string& method, const std::string& pattern, Handler handler) {
-  methods_[pattern].insert(method);
-  auto timed = [this, method, pattern, handler = std::move(handler)](const httplib::Request& req,
-                                                                     httplib::Response& res) {
-    const auto t0 = std::chrono::steady_clock::now();
-    handler(req, res);
-    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
-    metrics_.observe(pattern, method, res.status < 0 ? 200 : res.status, took.count());
-  };
-  auto& s = *server_;
-  if (method == "GET") {
-    s.Get(pattern, timed);
-  } else if (method == "PUT") {
-    s.Put(pattern, timed);
-  } else if (method == "POST") {
-    s.Post(pattern, timed);
-  } else if (method == "DELETE") {
-    s.Delete(pattern, timed);
-  } else if (method == "PATCH") {
-    s.Patch(pattern, timed);
-  } else {
+  static const std::set<std::string> kMethods = {"GET", "PUT", "POST", "DELETE", "PATCH"};
+  if (!kMethods.count(method)) {
     LOG_ERROR(kSub, "route %s %s: unsupported method", method.c_str(), pattern.c_str());
+    return;
+  }
+  methods_[pattern].insert(method);
+  routes_.push_back(Route{method, pattern, std::regex(pattern), std::move(handler)});
+}
+
+namespace {
+
+// The method as a metrics label: a transport may pass any token through, and
+// label values must stay bounded.
+const std::string& methodLabel(const std::string& m) {
+  static const std::set<std::string> kKnown = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"};
+  static const std::string kOther = "other";
+  return kKnown.count(m) ? m : kOther;
+}
+
+// A handler failed: whatever it wrote is dropped for a plain 500.
+void internalError(httplib::Response& res) {
+  res.headers.clear();
+  res.body.clear();
+  sendError(res, 500, "internal error");
+}
+
+}  // namespace
+
+void ApiServer::handle(const Route& r, httplib::Request& req, httplib::Response& res) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string failure;
+  try {
+    r.handler(req, res);
+    if (res.status < 0 && res.body.empty()) failure = "the handler wrote no answer";
+  } catch (const std::exception& e) {
+    failure = e.what();
+  } catch (...) {
+    failure = "unknown exception";
+  }
+  if (!failure.empty()) {
+    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), printable(req.path, kEchoBytes).c_str(),
+              printable(failure, 512).c_str());
+    internalError(res);
+  }
+  if (res.status < 0) res.status = 200;
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
+  metrics_.observe(r.pattern, methodLabel(req.method), res.status, took.count());
+}
+
+void ApiServer::dispatch(httplib::Request& req, httplib::Response& res) {
+  try {
+    if (req.path.size() > kMaxPathBytes) {
+      metrics_.observe("unmatched", methodLabel(req.method), 414, 0);
+      return sendError(res, 414, "request URI too long");
+    }
+    const bool head = req.method == "HEAD";
+    static const std::string kGet = "GET";
+    const std::string& method = head ? kGet : req.method;
+    std::set<std::string> allowed;   // methods of the patterns that match the path
+    const std::string* first = nullptr;  // the first of them
+    for (const Route& r : routes_) {
+      if (!std::regex_match(req.path, req.matches, r.re)) continue;
+      if (r.method == method) {
+        handle(r, req, res);
+        if (head) {
+          res.set_header("Content-Length", std::to_string(res.body.size()));
+          res.body.clear();
+        }
+        return;
+      }
+      if (!first) first = &r.pattern;
+      allowed.insert(r.method);
+    }
+    req.matches = std::smatch();
+    if (!first) {
+      metrics_.observe("unmatched", methodLabel(req.method), 404, 0);
+      return sendError(res, 404, "not found");
+    }
+    std::string allow;
+    json list = json::array();
+    auto add = [&](const std::string& m) {
+      allow += (allow.empty() ? "" : ", ") + m;
+      list.push_back(m);
+    };
+    for (const auto& m : allowed) {
+      add(m);
+      if (m == "GET") add("HEAD");
+    }
+    add("OPTIONS");
+    res.set_header("Allow", allow);
+    if (req.method == "OPTIONS") {
+      sendJson(res, 200, json{{"allow", std::move(list)}});
+    } else {
+      sendError(res, 405, "method not allowed");
+    }
+    metrics_.observe(*first, methodLabel(req.method), res.status, 0);
+  } catch (...) {
+    // Only a failure of the router itself gets here (a regex out of stack, an
+    // allocation): handlers' exceptions are caught in handle().
+    LOG_ERROR(kSub, "%s %s: routing failed", methodLabel(req.method).c_str(), printable(req.path, kEchoBytes).c_str());
+    internalError(res);
   }
 }
 
-// cpp-httplib answers 404 for a known path with another method; qman's
-// master (and HTTP) want 405, as JSON like every error.
-void ApiServer::installMethodNotAllowed() {
-  if (not_allowed_installed_) return;
-  not_allowed_installed_ = true;
-  const auto known = methods_;  // route() below adds to methods_
-  for (const auto& [pattern, allowed] : known) {
-    std::string allow;
-    for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
-    if (allowed.count("GET")) allow += ", HEAD";
-    auto reject = [allow](const httplib::Request&, httplib::Response& res) {
-      res.set_header("Allow", allow);
-      sendError(res, 405, "method not allowed");
-    };
-    for (const char* m : {"GET", "PUT", "POST", "DELETE", "PATCH"}) {
-      if (!allowed.count(m)) route(m, pattern, reject);
-    }
-    server_->Options(pattern, reject);
-  }
+// cpp-httplib routes by method and pattern itself; one catch-all per method
+// hands everything to dispatch(), which owns the table. A request without
+// Content-Length or Transfer-Encoding has no body (RFC 9112 6.3), but httplib
+// 0.11 reads one until the peer closes, then answers 400 after its read
+// timeout: such requests are dispatched before httplib reads anything.
+void ApiServer::installDispatch() {
+  auto& s = *server_;
+  auto all = [this](const httplib::Request& req, httplib::Response& res) {
+    dispatch(const_cast<httplib::Request&>(req), res);  // httplib owns req and lets handlers see it const only
+  };
+  const std::string kAny = ".*";
+  s.Get(kAny, all);  // HEAD too
+  s.Post(kAny, all);
+  s.Put(kAny, all);
+  s.Delete(kAny, all);
+  s.Patch(kAny, all);
+  s.Options(kAny, all);
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    const bool reads_body = req.method == "POST" || req.method == "PUT" || req.method == "DELETE" || req.method == "PATCH";
+    if (!reads_body || req.has_header("Content-Length") || req.has_header("Transfer-Encoding"))
+      return httplib::Server::HandlerResponse::Unhandled;
+    dispatch(const_cast<httplib::Request&>(req), res);
+    return httplib::Server::HandlerResponse::Handled;
+  });
 }
 
 ApiServer::~ApiServer() { stop(); }
@@ -286,9 +373,9 @@ void ApiServer::routes() {
     });
   }
   // Every error is JSON {"msg": ...}: the qman master calls .json() on all answers.
-  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404 && res.body.empty()) metrics_.observe("unmatched", req.method, 404, 0);
-    if (!res.body.empty()) return;
+  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    // dispatch() answered (a HEAD's body is dropped, its Content-Length kept).
+    if (!res.body.empty() || res.has_header("Content-Length")) return;
     switch (res.status) {
       case 400: sendError(res, 400, "bad request"); break;
       case 404: sendError(res, 404, "not found"); break;
@@ -306,7 +393,7 @@ void ApiServer::routes() {
       what = e.what();
     } catch (...) {
     }
-    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), req.path.c_str(), what.c_str());
+    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), printable(req.path, kEchoBytes).c_str(), what.c_str());
     sendError(res, 500, "internal error");
   });
   // cpp-httplib 0.11 sets SO_REUSEPORT by default: a second agent (or a stale
@@ -330,7 +417,6 @@ Result<int> ApiServer::start() {
   if (!server_->is_valid())
     return Error{EINVAL, std::string(kSub) + ": cannot load TLS certificate " + opt_.tls_cert_file + " / key " +
                              opt_.tls_key_file};
-  installMethodNotAllowed();
   int port = opt_.port;
   if (port == 0) {
     port = server_->bind_to_any_port(opt_.address);
