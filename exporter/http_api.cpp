@@ -12,6 +12,7 @@
 
 #include "agent/attributor.h"
 #include "agent/log.h"
+#include "agent/utf8.h"
 
 namespace dockquota {
 namespace {
@@ -153,7 +154,7 @@ HttpServerOptions transportOptions(const ApiServerOptions& o) {
 }  // namespace
 
 ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
-    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(std::make_unique<HttpRouter>()) {
+    : opt_(std::move(options)), store_(store), health_(std::move(health)) {
   // /healthz also says what the transport refused, evicted and timed out.
   health_ = [this, inner = std::move(health_)] {
     json h = inner ? inner() : json{{"status", "ok"}};
@@ -161,54 +162,113 @@ ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
     return h;
   };
   http_ = std::make_unique<HttpServer>(
-      transportOptions(opt_), [this](httplib::Request& req, httplib::Response& res) { server_->dispatch(req, res); },
+      transportOptions(opt_), [this](httplib::Request& req, httplib::Response& res) { dispatch(req, res); },
       metrics_.transport());
   routes();
 }
 
 void ApiServer::route(const std::string& method, const std::string& pattern, Handler handler) {
-  methods_[pattern].insert(method);
-  auto timed = [this, method, pattern, handler = std::move(handler)](const httplib::Request& req,
-                                                                     httplib::Response& res) {
-    const auto t0 = std::chrono::steady_clock::now();
-    handler(req, res);
-    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
-    metrics_.observe(pattern, method, res.status < 0 ? 200 : res.status, took.count());
-  };
-  auto& s = *server_;
-  if (method == "GET") {
-    s.Get(pattern, timed);
-  } else if (method == "PUT") {
-    s.Put(pattern, timed);
-  } else if (method == "POST") {
-    s.Post(pattern, timed);
-  } else if (method == "DELETE") {
-    s.Delete(pattern, timed);
-  } else if (method == "PATCH") {
-    s.Patch(pattern, timed);
-  } else {
+  static const std::set<std::string> kMethods = {"GET", "PUT", "POST", "DELETE", "PATCH"};
+  if (!kMethods.count(method)) {
     LOG_ERROR(kSub, "route %s %s: unsupported method", method.c_str(), pattern.c_str());
+    return;
   }
+  methods_[pattern].insert(method);
+  routes_.push_back(Route{method, pattern, std::regex(pattern), std::move(handler)});
 }
 
-// cpp-httplib answers 404 for a known path with another method; qman's
-// master (and HTTP) want 405, as JSON like every error.
-void ApiServer::installMethodNotAllowed() {
-  if (not_allowed_installed_) return;
-  not_allowed_installed_ = true;
-  const auto known = methods_;  // route() below adds to methods_
-  for (const auto& [pattern, allowed] : known) {
-    std::string allow;
-    for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
-    if (allowed.count("GET")) allow += ", HEAD";
-    auto reject = [allow](const httplib::Request&, httplib::Response& res) {
-      res.set_header("Allow", allow);
-      sendError(res, 405, "method not allowed");
-    };
-    for (const char* m : {"GET", "PUT", "POST", "DELETE", "PATCH"}) {
-      if (!allowed.count(m)) route(m, pattern, reject);
+namespace {
+
+// The method as a metrics label: a transport may pass any token through, and
+// label values must stay bounded.
+const std::string& methodLabel(const std::string& m) {
+  static const std::set<std::string> kKnown = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"};
+  static const std::string kOther = "other";
+  return kKnown.count(m) ? m : kOther;
+}
+
+// A handler failed: whatever it wrote is dropped for a plain 500.
+void internalError(httplib::Response& res) {
+  res.headers.clear();
+  res.body.clear();
+  sendError(res, 500, "internal error");
+}
+
+}  // namespace
+
+void ApiServer::handle(const Route& r, httplib::Request& req, httplib::Response& res) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string failure;
+  try {
+    r.handler(req, res);
+    if (res.status < 0 && res.body.empty()) failure = "the handler wrote no answer";
+  } catch (const std::exception& e) {
+    failure = e.what();
+  } catch (...) {
+    failure = "unknown exception";
+  }
+  if (!failure.empty()) {
+    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), printable(req.path, kEchoBytes).c_str(),
+              printable(failure, 512).c_str());
+    internalError(res);
+  }
+  if (res.status < 0) res.status = 200;
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
+  metrics_.observe(r.pattern, methodLabel(req.method), res.status, took.count());
+}
+
+void ApiServer::dispatch(httplib::Request& req, httplib::Response& res) {
+  try {
+    if (req.path.size() > kMaxPathBytes) {
+      metrics_.observe("unmatched", methodLabel(req.method), 414, 0);
+      return sendError(res, 414, "request URI too long");
     }
-    server_->Options(pattern, reject);
+    const bool head = req.method == "HEAD";
+    static const std::string kGet = "GET";
+    const std::string& method = head ? kGet : req.method;
+    std::set<std::string> allowed;   // methods of the patterns that match the path
+    const std::string* first = nullptr;  // the first of them
+    for (const Route& r : routes_) {
+      if (!std::regex_match(req.path, req.matches, r.re)) continue;
+      if (r.method == method) {
+        handle(r, req, res);
+        if (head) {
+          res.set_header("Content-Length", std::to_string(res.body.size()));
+          res.body.clear();
+        }
+        return;
+      }
+      if (!first) first = &r.pattern;
+      allowed.insert(r.method);
+    }
+    req.matches = std::smatch();
+    if (!first) {
+      metrics_.observe("unmatched", methodLabel(req.method), 404, 0);
+      return sendError(res, 404, "not found");
+    }
+    std::string allow;
+    json list = json::array();
+    auto add = [&](const std::string& m) {
+      allow += (allow.empty() ? "" : ", ") + m;
+      list.push_back(m);
+    };
+    for (const auto& m : allowed) {
+      add(m);
+      if (m == "GET") add("HEAD");
+    }
+    add("OPTIONS");
+    res.set_header("Allow", allow);
+    if (req.method == "OPTIONS") {
+      sendJson(res, 200, json{{"allow", std::move(list)}});
+    } else {
+      sendError(res, 405, "method not allowed");
+    }
+    metrics_.observe(*first, methodLabel(req.method), res.status, 0);
+  } catch (...) {
+    // Only a failure of the router itself gets here (a regex out of stack, an
+    // allocation): handlers' exceptions are caught in handle().
+    LOG_ERROR(kSub, "%s %s: routing failed", methodLabel(req.method).c_str(), printable(req.path, kEchoBytes).c_str());
+    internalError(res);
   }
 }
 
@@ -286,7 +346,6 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
 }
 
 void ApiServer::routes() {
-  auto& s = *server_;
   route("GET", "/healthz", [this](const httplib::Request&, httplib::Response& res) {
     json h = health_ ? health_() : json{{"status", "ok"}};
     sendJson(res, h.value("status", "ok") == "failing" ? 503 : 200, h);
@@ -303,35 +362,12 @@ void ApiServer::routes() {
       if (authorize(req, res)) listObjects(l.kind, l.plural, res);
     });
   }
-  // Every error is JSON {"msg": ...}: the qman master calls .json() on all answers.
-  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404 && res.body.empty()) metrics_.observe("unmatched", req.method, 404, 0);
-    if (!res.body.empty()) return;
-    switch (res.status) {
-      case 400: sendError(res, 400, "bad request"); break;
-      case 404: sendError(res, 404, "not found"); break;
-      case 405: sendError(res, 405, "method not allowed"); break;
-      case 413: sendError(res, 413, "request body too large"); break;
-      case 414: sendError(res, 414, "request URI too long"); break;
-      default: sendError(res, res.status, "HTTP " + std::to_string(res.status)); break;
-    }
-  });
-  s.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "internal error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), req.path.c_str(), what.c_str());
-    sendError(res, 500, "internal error");
-  });
+  // Every error is JSON {"msg": ...} (the qman master calls .json() on all
+  // answers): dispatch() writes its own, the transport (HttpServer) its refusals.
   // The transport (SO_REUSEADDR only, caps, deadlines, body limit) is HttpServer's.
 }
 
 Result<int> ApiServer::start() {
-  installMethodNotAllowed();
   auto port = http_->start();  // errors name the TLS files or the address
   if (!port) return port.error();
   LOG_INFO(kSub, "listening on %s://%s:%d (%d workers, up to %d connections, %d per peer)", tls() ? "https" : "http",

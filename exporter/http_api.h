@@ -10,8 +10,10 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -55,12 +57,23 @@ class ApiServer {
   using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
 
   // More routes (the qman /remote-api surface): installed before start().
-  // They share the server, its JSON error handlers and authorize().
-  HttpRouter& server() { return *server_; }
-  // Registers `handler` for `method` ("GET", "PUT", "POST", "DELETE") on
-  // `pattern` (httplib regex), timed into requestMetrics() under the pattern.
-  // At start(), every other method on a registered pattern answers 405 JSON.
+  // They share the server, its JSON errors and authorize().
+  // Registers `handler` for `method` ("GET", "PUT", "POST", "DELETE", "PATCH")
+  // on `pattern` (a std::regex matched against the whole path, as httplib
+  // does), timed into requestMetrics() under the pattern. Before start()
+  // only: dispatch() reads the table without a lock.
   void route(const std::string& method, const std::string& pattern, Handler handler);
+  // The router every transport calls with a parsed request (path decoded,
+  // params and headers filled, body read): the first route, in registration
+  // order, whose pattern matches the path and whose method is the request's
+  // runs, with req.matches filled and its time observed into requestMetrics().
+  // HEAD runs the GET route and drops the body (Content-Length says its size);
+  // OPTIONS answers 200 with Allow; a known path with another method answers
+  // 405 with Allow, an unknown one 404, a path over kMaxPathBytes 414, all as
+  // JSON {"msg": ...}. A handler that throws gets a logged 500
+  // {"msg": "internal error"}. Never throws.
+  void dispatch(httplib::Request& req, httplib::Response& res);
+  static constexpr size_t kMaxPathBytes = 8192;  // httplib's request-URI limit; the regexes recurse per byte
   RequestMetrics& requestMetrics() { return metrics_; }
   bool tls() const { return !opt_.tls_cert_file.empty(); }
   // Writes the 401/403/500 JSON error and returns false unless `req` carries
@@ -76,19 +89,25 @@ class ApiServer {
   static int checkBasicAuth(const std::string& header, const std::string& key);
 
  private:
+  struct Route {
+    std::string method;
+    std::string pattern;
+    std::regex re;
+    Handler handler;
+  };
+
   void routes();
-  void installMethodNotAllowed();
+  void handle(const Route& r, httplib::Request& req, httplib::Response& res);
   nlohmann::json objectJson(const ObjectRecord& r, const std::function<const std::string&(uint32_t)>& user) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 
   ApiServerOptions opt_;
   Store& store_;
   HealthFn health_;
-  std::unique_ptr<HttpRouter> server_;
   RequestMetrics metrics_;
-  std::unique_ptr<HttpServer> http_;
+  std::vector<Route> routes_;                             // in registration order
   std::map<std::string, std::set<std::string>> methods_;  // pattern -> methods with a handler
-  bool not_allowed_installed_ = false;
+  std::unique_ptr<HttpServer> http_;                      // calls dispatch(); last: stopped first
 };
 
 // Shared JSON helpers (also for later routes).

@@ -462,8 +462,14 @@ struct HttpServer::Loop {
         res.set_header("Content-Type", "application/json");
       }
       const int status = res.status < 0 ? 200 : res.status;
-      Done d{j.conn, responseHead(res, status, res.body.size(), j.keep_alive, opt.idle_timeout), {}};
-      if (j.req->method != "HEAD") d.body = std::move(res.body);
+      const bool head = j.req->method == "HEAD";
+      size_t length = res.body.size();
+      if (head && length == 0) {  // the router dropped the GET answer's body and said its size
+        const std::string v = res.get_header_value("Content-Length");
+        if (!v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos) length = std::stoull(v);
+      }
+      Done d{j.conn, responseHead(res, status, length, j.keep_alive, opt.idle_timeout), {}};
+      if (!head) d.body = std::move(res.body);
       {
         std::lock_guard<std::mutex> l(done_mu);
         done.push_back(std::move(d));
@@ -1053,37 +1059,6 @@ void HttpServer::stop() {
   if (!loop_) return;
   loop_->stop();
   loop_.reset();
-}
-
-// ---------------------------------------------------------------------------
-HttpRouter& HttpRouter::add(const std::string& method, const std::string& pattern, Handler h) {
-  routes_.push_back(Route{method, std::regex(pattern), std::move(h)});
-  return *this;
-}
-
-void HttpRouter::dispatch(httplib::Request& req, httplib::Response& res) const {
-  const std::string& method = req.method == "HEAD" ? std::string("GET") : req.method;
-  bool known = false, routed = false;
-  for (const char* m : {"GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"}) known = known || method == m;
-  if (!known) {
-    res.status = 400;  // as httplib: a method it has no table for
-  } else {
-    for (const Route& r : routes_) {
-      if (r.method != method || !std::regex_match(req.path, req.matches, r.pattern)) continue;
-      routed = true;
-      try {
-        r.handler(req, res);
-      } catch (...) {
-        auto ep = std::current_exception();
-        res = httplib::Response();
-        res.status = 500;
-        if (exception_) exception_(req, res, ep);
-      }
-      break;
-    }
-    if (res.status == -1) res.status = routed ? 200 : 404;
-  }
-  if (res.status >= 400 && error_) error_(req, res);
 }
 
 }  // namespace dockquota

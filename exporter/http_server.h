@@ -27,12 +27,9 @@
 
 #include <chrono>
 #include <cstdint>
-#include <exception>
 #include <functional>
 #include <memory>
-#include <regex>
 #include <string>
-#include <vector>
 
 #include "agent/result.h"
 #include "exporter/metrics.h"
@@ -88,39 +85,6 @@ class HttpServer {
   Handler handler_;
   TransportMetrics& metrics_;
   std::unique_ptr<Loop> loop_;
-};
-
-// Routing as httplib::Server did it (regex on the decoded path, HEAD served by
-// the GET handlers, 404 when nothing matches, the error handler for every
-// status >= 400, exceptions to the exception handler as a 500), so the routes
-// ApiServer registers keep their meaning. A stopgap until ApiServer::dispatch
-// (branch h/api) has its own table.
-class HttpRouter {
- public:
-  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
-  using ExceptionHandler = std::function<void(const httplib::Request&, httplib::Response&, std::exception_ptr)>;
-
-  HttpRouter& Get(const std::string& pattern, Handler h) { return add("GET", pattern, std::move(h)); }
-  HttpRouter& Put(const std::string& pattern, Handler h) { return add("PUT", pattern, std::move(h)); }
-  HttpRouter& Post(const std::string& pattern, Handler h) { return add("POST", pattern, std::move(h)); }
-  HttpRouter& Delete(const std::string& pattern, Handler h) { return add("DELETE", pattern, std::move(h)); }
-  HttpRouter& Patch(const std::string& pattern, Handler h) { return add("PATCH", pattern, std::move(h)); }
-  HttpRouter& Options(const std::string& pattern, Handler h) { return add("OPTIONS", pattern, std::move(h)); }
-  void set_error_handler(Handler h) { error_ = std::move(h); }
-  void set_exception_handler(ExceptionHandler h) { exception_ = std::move(h); }
-
-  void dispatch(httplib::Request& req, httplib::Response& res) const;
-
- private:
-  HttpRouter& add(const std::string& method, const std::string& pattern, Handler h);
-  struct Route {
-    std::string method;
-    std::regex pattern;
-    Handler handler;
-  };
-  std::vector<Route> routes_;
-  Handler error_;
-  ExceptionHandler exception_;
 };
 
 // "Not Found" for 404 ... ("" for codes we never send).
