@@ -22,7 +22,8 @@
 //   max_body_bytes      1 MiB: the largest body is a quota batch (~100 B/user).
 //   max_buffered_bytes  all connections' request bodies together: a limit per
 //                       connection is not one when there are hundreds of them.
-//   max_connections(_per_peer)  see evict() in http_server.cpp.
+//   max_connections(_per_peer)  see victim() in http_server.cpp: a full cap
+//                       evicts the oldest incomplete connection, not the newcomer.
 #pragma once
 
 #include <chrono>
