@@ -54,7 +54,9 @@ std::string userName(uint32_t uid) {
   return "user_" + std::to_string(uid);
 }
 
-void sendJson(httplib::Response& res, int status, const json& body) { sendJsonText(res, status, body.dump()); }
+// Every JSON answer: names, comm, exe, Docker's text and stored rows may hold
+// bytes that are not UTF-8, and dump() would throw on them (issue 12).
+void sendJson(httplib::Response& res, int status, const json& body) { sendJsonText(res, status, jsonText(body)); }
 
 void sendJsonText(httplib::Response& res, int status, std::string body) {
   // set_content() would copy the body; a listing of 10,000 objects is MiBs.
@@ -99,7 +101,7 @@ std::string jsonObjectText(const json& members, const std::map<std::string, Json
   out += '{';
   auto key = [&](const std::string& k) {
     if (out.size() > 1) out += ',';
-    out += json(k).dump();
+    out += jsonText(json(k));
     out += ':';
   };
   auto array = [&](const std::string& k, const JsonRows& rows) {
@@ -108,7 +110,7 @@ std::string jsonObjectText(const json& members, const std::map<std::string, Json
     const size_t start = out.size();
     rows([&](const json& row) {
       if (out.size() > start) out += ',';
-      out += row.dump();
+      out += jsonText(row);
     });
     out += ']';
   };
@@ -116,7 +118,7 @@ std::string jsonObjectText(const json& members, const std::map<std::string, Json
   for (auto m = members.begin(); m != members.end(); ++m) {
     for (; a != arrays.end() && a->first < m.key(); ++a) array(a->first, a->second);
     key(m.key());
-    out += m.value().dump();
+    out += jsonText(m.value());
   }
   for (; a != arrays.end(); ++a) array(a->first, a->second);
   out += '}';
@@ -327,16 +329,16 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
   std::string body;
   if (auto n = store_.count(kind)) body.reserve(*n * kRowBytes + 64);
   body += '{';
-  body += json(plural).dump();
+  body += jsonText(json(plural));
   body += ":[";
   size_t count = 0;
   auto st = store_.forEach(kind, [&](const ObjectRecord& r) {
     if (count++) body += ',';
-    body += objectJson(r, user).dump();
+    body += jsonText(objectJson(r, user));
   });
   if (!st) {
     LOG_ERROR(kSub, "%s", st.error().message.c_str());
-    sendError(res, 500, st.error().message);
+    sendError(res, 500, st.error().message);  // a store that cannot be read: genuine
     return;
   }
   body += "],\"count\":";

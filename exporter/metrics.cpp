@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <functional>
 
+#include "agent/utf8.h"
+
 namespace dockquota {
 
 void RequestMetrics::observe(const std::string& route, const std::string& method, int status, double seconds) {
@@ -107,9 +109,11 @@ nlohmann::json TransportMetrics::toJson() const {
   return j;
 }
 
+// Label values must be UTF-8 (the exposition format): a passwd name or a
+// filesystem type that is not comes out with U+FFFD for the bad bytes.
 std::string promEscape(const std::string& s) {
   std::string out;
-  for (char c : s) {
+  for (char c : utf8Fix(s)) {
     if (c == '\\') out += "\\\\";
     else if (c == '"') out += "\\\"";
     else if (c == '\n') out += "\\n";
