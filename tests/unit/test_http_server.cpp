@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -14,6 +15,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <fstream>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -22,6 +25,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "agent/log.h"
 #include "agent/store.h"
 #include "exporter/http_api.h"
 #include "exporter/http_server.h"
@@ -579,4 +583,39 @@ TEST_CASE("http server: ApiServer on the new transport — HEAD, OPTIONS, JSON e
   c.send("GET /healthz HTTP/1.1\r\n\r\n");
   CHECK(json::parse(readReply(c, buf).body)["http"]["rejected"]["body_too_large"] == 1);
   api.stop();
+}
+
+TEST_CASE("http server: a listener off loopback without TLS is a warning at start", "[http][http_server]") {
+  // What the logger writes to stderr while `f` runs (journald-style lines).
+  auto stderrOf = [](const std::function<void()>& f) {
+    TempDir dir;
+    const std::string path = dir.path + "/stderr";
+    std::fflush(stderr);
+    int saved = ::dup(2);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    ::dup2(fd, 2);
+    ::close(fd);
+    f();
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  log::setLevel(log::Level::Info);  // another test may have lowered it
+  TransportMetrics m;
+  auto run = [&](const std::string& address) {
+    return stderrOf([&] {
+      HttpServerOptions o;
+      o.address = address;
+      HttpServer s(o, [](httplib::Request&, httplib::Response&) {}, m);
+      REQUIRE(s.start().ok());
+      s.stop();
+    });
+  };
+  const std::string any = run("0.0.0.0");
+  CHECK_THAT(any, Catch::Contains("without TLS: the API key and every answer cross the network in clear text"));
+  CHECK(run("127.0.0.1").find("without TLS") == std::string::npos);
+  CHECK(run("::1").find("without TLS") == std::string::npos);
 }
