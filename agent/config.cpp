@@ -122,6 +122,18 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"listen_port", uintKey(origin, "listen_port", &Config::listen_port, 1, 65535)},
       {"api_key", stringKey(origin, "api_key", &Config::api_key)},
       {"api_key_file", stringKey(origin, "api_key_file", &Config::api_key_file)},
+      // 64 workers: handlers are short reads of memory and SQLite; more would
+      // only contend on the store.
+      {"http_threads", uintKey(origin, "http_threads", &Config::http_threads, 1, 64)},
+      // 16: room for the master, probes and a few admins; 65536: each
+      // connection costs a descriptor (LimitNOFILE) and up to 16 KiB of head.
+      {"http_max_connections", uintKey(origin, "http_max_connections", &Config::http_max_connections, 16, 65536)},
+      {"http_max_connections_per_peer",
+       uintKey(origin, "http_max_connections_per_peer", &Config::http_max_connections_per_peer, 1, 65536)},
+      // Below 1 s a loaded host's legitimate client could miss it; over 5 min a
+      // slow client holds its slot that long.
+      {"http_request_timeout_s", uintKey(origin, "http_request_timeout_s", &Config::http_request_timeout_s, 1, 300)},
+      {"http_idle_timeout_s", uintKey(origin, "http_idle_timeout_s", &Config::http_idle_timeout_s, 1, 3600)},
       {"docker_socket", stringKey(origin, "docker_socket", &Config::docker_socket)},
       {"watch_sockets", pathListKey(origin, "watch_sockets", &Config::watch_sockets)},
       {"docker_binaries", pathListKey(origin, "docker_binaries", &Config::docker_binaries)},
@@ -219,6 +231,9 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
     auto v = readSecret(origin, "api_key_file", c.api_key_file);
     if (!v) return v.error();
     c.api_key = *v;
+  }
+  if (c.http_max_connections_per_peer > c.http_max_connections) {
+    return keyError(origin, "http_max_connections_per_peer", "must not be above http_max_connections");
   }
   if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
     return keyError(origin, c.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",

@@ -18,6 +18,12 @@ struct Config {
   uint16_t listen_port = 8436;
   std::string api_key;       // resolved: from api_key or api_key_file
   std::string api_key_file;  // where it came from, if a file
+  // The API server's transport (exporter/http_server.h; README "HTTP API").
+  uint32_t http_threads = 4;                    // handler workers; slow clients never hold one
+  uint32_t http_max_connections = 256;          // open connections in all
+  uint32_t http_max_connections_per_peer = 32;  // per client IPv4 address / IPv6 /64
+  uint32_t http_request_timeout_s = 10;         // a whole request head + body, from its first byte
+  uint32_t http_idle_timeout_s = 5;             // keep-alive wait for the next request
   // Docker
   std::string docker_socket = "/var/run/docker.sock";  // the agent's own API client
   std::vector<std::string> watch_sockets = {"/var/run/docker.sock", "/run/docker.sock"};

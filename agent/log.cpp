@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
+#include <string>
+
+#include "agent/utf8.h"
 
 namespace dockquota::log {
 namespace {
@@ -50,11 +53,18 @@ bool parseLevel(const std::string& name, Level* out) {
 
 void vwrite(Level l, const char* subsystem, const char* fmt, va_list ap) {
   if (!enabled(l)) return;
-  char msg[2048];
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  char buf[2048];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  // Messages carry outside text (paths, names, comm, Docker's and the
+  // master's errors): each comes out as one line of printable, valid UTF-8
+  // (agent/utf8.h printable(): control bytes, newlines included, and invalid
+  // UTF-8 as \xNN), so it can neither forge a journal line nor break a
+  // reader. Multi-line text is written one call per line (probe_util.cpp's
+  // libbpf printer does so).
+  const std::string msg = printable(buf);
   std::lock_guard<std::mutex> lock(g_mu);
   if (underJournald()) {
-    fprintf(stderr, "<%d>%s: %s\n", static_cast<int>(l), subsystem, msg);
+    fprintf(stderr, "<%d>%s: %s\n", static_cast<int>(l), subsystem, msg.c_str());
   } else {
     timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -62,7 +72,7 @@ void vwrite(Level l, const char* subsystem, const char* fmt, va_list ap) {
     gmtime_r(&ts.tv_sec, &tmv);
     char when[32];
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tmv);
-    fprintf(stderr, "%s.%03ldZ %-7s %s: %s\n", when, ts.tv_nsec / 1000000, levelName(l), subsystem, msg);
+    fprintf(stderr, "%s.%03ldZ %-7s %s: %s\n", when, ts.tv_nsec / 1000000, levelName(l), subsystem, msg.c_str());
   }
 }
 

@@ -550,8 +550,7 @@ int main(int argc, char** argv) {
       for (const auto& [uid, g] : growthByOwner(figs, [&](const std::string& id) { return owner[id]; }))
         out["users"].push_back({{"uid", uid}, {"bytes", g.bytes}, {"writes", g.writes}});
     }
-    res.status = 200;
-    res.set_content(out.dump(), "application/json");
+    sendJson(res, 200, out);
   });
   if (growth) growth->start();
   (*qman)->start();

@@ -23,9 +23,14 @@ int libbpfPrint(enum libbpf_print_level level, const char* fmt, va_list ap) {
                                         : log::Level::Debug;
   if (!log::enabled(l)) return 0;
   char buf[1024];
-  int n = vsnprintf(buf, sizeof buf, fmt, ap);
-  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[n - 1] == '\n') buf[n - 1] = 0;
-  log::write(l, "libbpf", "%s", buf);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  // A verifier log is many lines: one log line each (the logger escapes newlines).
+  for (char *line = buf, *nl; *line; line = nl + 1) {
+    nl = strchr(line, '\n');
+    if (nl) *nl = 0;
+    if (*line) log::write(l, "libbpf", "%s", line);
+    if (!nl) break;
+  }
   return 0;
 }
 

@@ -57,15 +57,19 @@ Result<std::pair<std::unique_ptr<ProjectQuotas>, std::unique_ptr<DockerClient>>>
 }
 }  // namespace
 
-ApiServerOptions apiServerOptions(const Config& c, int threads) {
+ApiServerOptions apiServerOptions(const Config& c) {
   ApiServerOptions o;
   o.address = c.listen_address;
   o.port = c.listen_port;
   o.api_key = c.api_key;
   o.bill_root_to_login_uid = c.bill_root_to_login_uid;
-  o.threads = threads;
+  o.threads = static_cast<int>(c.http_threads);
   o.tls_cert_file = c.tls_cert_file;
   o.tls_key_file = c.tls_key_file;
+  o.max_connections = static_cast<int>(c.http_max_connections);
+  o.max_connections_per_peer = static_cast<int>(c.http_max_connections_per_peer);
+  o.request_timeout = std::chrono::seconds(c.http_request_timeout_s);
+  o.idle_timeout = std::chrono::seconds(c.http_idle_timeout_s);
   return o;
 }
 

@@ -4,7 +4,7 @@
 // ApiServer, and the periodic default-quota job.
 //
 // main.cpp, after the ApiServer is constructed and before api.start():
-//   ApiServer api(apiServerOptions(config, 4), store, health);
+//   ApiServer api(apiServerOptions(config), store, health);
 //   auto qman = QmanServices::create(config, store, api, [&] { return health()["probes"]; });
 //   if (!qman) { LOG_ERROR(kSub, "%s", qman.error().message.c_str()); return 1; }
 //   (*qman)->start();
@@ -30,8 +30,9 @@
 
 namespace dockquota {
 
-// The ApiServer options the config asks for (address, port, key, TLS).
-ApiServerOptions apiServerOptions(const Config& config, int threads = 4);
+// The ApiServer options the config asks for (address, port, key, TLS, the
+// transport's workers, caps and deadlines).
+ApiServerOptions apiServerOptions(const Config& config);
 
 class QmanServices {
  public:

@@ -5,6 +5,7 @@
 
 #include "agent/sqlite_util.h"
 #include "agent/store.h"
+#include "agent/utf8.h"
 
 namespace dockquota {
 using namespace sql;
@@ -60,7 +61,7 @@ Status insertEvent(sqlite3* db, Event& e, Store::Route route, const std::string&
   e.detail["event_id"] = e.seq;
   Stmt upd(db, "UPDATE events SET detail = ?2 WHERE seq = ?1");
   upd.bind(1, e.seq);
-  upd.bind(2, e.detail.dump());
+  upd.bind(2, jsonText(e.detail));  // names and Docker text inside: never throws
   return upd.run(what);
 }
 

@@ -6,6 +6,7 @@
 
 #include "agent/log.h"
 #include "agent/probe_util.h"
+#include "agent/utf8.h"
 #include "exporter/metrics.h"
 
 namespace dockquota {
@@ -17,6 +18,7 @@ using Res = httplib::Response;
 constexpr const char* kSub = "enforce-api";
 constexpr size_t kMaxBody = 64 << 10;
 constexpr size_t kMaxEvents = 1000;
+constexpr size_t kMaxReasonBytes = 500;  // a sentence or two; stored, listed, logged
 
 // A non-negative decimal that fits `max`, or nullopt.
 std::optional<uint64_t> decimal(const std::string& s, uint64_t max) {
@@ -82,7 +84,9 @@ void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& r
     if (!body) return;
     if (body->contains("reason")) {
       if (!(*body)["reason"].is_string()) return sendError(res, 400, "reason must be a string");
-      reason = (*body)["reason"].get<std::string>().substr(0, 500);
+      // Cut on a character boundary: a cut "é" is invalid UTF-8 that every later
+      // listing would serve (issue 12).
+      reason = utf8Prefix((*body)["reason"].get<std::string>(), kMaxReasonBytes);
     }
   }
   std::string id;
@@ -90,11 +94,11 @@ void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& r
   if (kind == "container") {
     auto r = ctx.store.resolve(ObjectKind::Container, ref);
     if (!r) return sendError(res, 500, r.error().message);
-    if (!*r) return sendError(res, 404, "no such container: " + ref);
+    if (!*r) return sendError(res, 404, "no such container: " + printable(ref, kEchoBytes));
     id = **r;
   } else {
     auto uid = ctx.users.resolve(ref);
-    if (!uid) return sendError(res, 404, "no such user: " + ref);
+    if (!uid) return sendError(res, 404, "no such user: " + printable(ref, kEchoBytes));
     id = std::to_string(*uid);
   }
   if (auto s = ctx.store.setExemption({kind, id, reason, unixNow()}); !s) return sendError(res, 500, s.error().message);
@@ -112,12 +116,12 @@ void deleteExemption(EnforcementContext& ctx, const std::string& kind, const Req
     if (r && *r) id = **r;  // an exemption of a container that is gone can still be cleared by full id
   } else {
     auto uid = ctx.users.resolve(ref);
-    if (!uid) return sendError(res, 404, "no such user: " + ref);
+    if (!uid) return sendError(res, 404, "no such user: " + printable(ref, kEchoBytes));
     id = std::to_string(*uid);
   }
   auto gone = ctx.store.clearExemption(kind, id);
   if (!gone) return sendError(res, 500, gone.error().message);
-  if (!*gone) return sendError(res, 404, kind + " " + id + " is not exempt");
+  if (!*gone) return sendError(res, 404, kind + " " + printable(id, kEchoBytes) + " is not exempt");
   LOG_NOTICE(kSub, "%s %s no longer exempt from enforcement", kind.c_str(), id.c_str());
   ctx.enforcer.wake();
   sendJson(res, 200, {{"kind", kind}, {"id", id}, {"exempt", false}});
@@ -140,7 +144,7 @@ void installEnforcementRoutes(ApiServer& api, EnforcementContext& ctx) {
             }));
   api.route("GET", R"(/api/v1/enforcement/users/([^/]+))", guarded([](EnforcementContext& c, const Req& req, Res& res) {
               auto uid = c.users.resolve(req.matches[1]);
-              if (!uid) return sendError(res, 404, "no such user: " + std::string(req.matches[1]));
+              if (!uid) return sendError(res, 404, "no such user: " + printable(req.matches[1].str(), kEchoBytes));
               json s = c.enforcer.state(*uid);
               if (s["users"].empty())
                 return sendError(res, 404, "uid " + std::to_string(*uid) + " has no Docker limit and no pending action");

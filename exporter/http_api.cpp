@@ -12,6 +12,7 @@
 
 #include "agent/attributor.h"
 #include "agent/log.h"
+#include "agent/utf8.h"
 
 namespace dockquota {
 namespace {
@@ -53,7 +54,9 @@ std::string userName(uint32_t uid) {
   return "user_" + std::to_string(uid);
 }
 
-void sendJson(httplib::Response& res, int status, const json& body) { sendJsonText(res, status, body.dump()); }
+// Every JSON answer: names, comm, exe, Docker's text and stored rows may hold
+// bytes that are not UTF-8, and dump() would throw on them (issue 12).
+void sendJson(httplib::Response& res, int status, const json& body) { sendJsonText(res, status, jsonText(body)); }
 
 void sendJsonText(httplib::Response& res, int status, std::string body) {
   // set_content() would copy the body; a listing of 10,000 objects is MiBs.
@@ -98,7 +101,7 @@ std::string jsonObjectText(const json& members, const std::map<std::string, Json
   out += '{';
   auto key = [&](const std::string& k) {
     if (out.size() > 1) out += ',';
-    out += json(k).dump();
+    out += jsonText(json(k));
     out += ':';
   };
   auto array = [&](const std::string& k, const JsonRows& rows) {
@@ -107,7 +110,7 @@ std::string jsonObjectText(const json& members, const std::map<std::string, Json
     const size_t start = out.size();
     rows([&](const json& row) {
       if (out.size() > start) out += ',';
-      out += row.dump();
+      out += jsonText(row);
     });
     out += ']';
   };
@@ -115,7 +118,7 @@ std::string jsonObjectText(const json& members, const std::map<std::string, Json
   for (auto m = members.begin(); m != members.end(); ++m) {
     for (; a != arrays.end() && a->first < m.key(); ++a) array(a->first, a->second);
     key(m.key());
-    out += m.value().dump();
+    out += jsonText(m.value());
   }
   for (; a != arrays.end(); ++a) array(a->first, a->second);
   out += '}';
@@ -137,60 +140,137 @@ int ApiServer::checkBasicAuth(const std::string& header, const std::string& key)
 }
 
 namespace {
-std::unique_ptr<httplib::Server> makeServer(const ApiServerOptions& o) {
-  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) return std::make_unique<httplib::Server>();
-  return std::make_unique<httplib::SSLServer>(o.tls_cert_file.c_str(), o.tls_key_file.c_str());
+HttpServerOptions transportOptions(const ApiServerOptions& o) {
+  HttpServerOptions t;
+  t.address = o.address;
+  t.port = o.port;
+  t.tls_cert_file = o.tls_cert_file;
+  t.tls_key_file = o.tls_key_file;
+  t.threads = o.threads;
+  t.max_connections = o.max_connections;
+  t.max_connections_per_peer = o.max_connections_per_peer;
+  t.request_timeout = o.request_timeout;
+  t.idle_timeout = o.idle_timeout;
+  return t;
 }
 }  // namespace
 
 ApiServer::ApiServer(ApiServerOptions options, Store& store, HealthFn health)
-    : opt_(std::move(options)), store_(store), health_(std::move(health)), server_(makeServer(opt_)) {
+    : opt_(std::move(options)), store_(store), health_(std::move(health)) {
+  // /healthz also says what the transport refused, evicted and timed out.
+  health_ = [this, inner = std::move(health_)] {
+    json h = inner ? inner() : json{{"status", "ok"}};
+    h["http"] = metrics_.transport().toJson();
+    return h;
+  };
+  http_ = std::make_unique<HttpServer>(
+      transportOptions(opt_), [this](httplib::Request& req, httplib::Response& res) { dispatch(req, res); },
+      metrics_.transport());
   routes();
 }
 
 void ApiServer::route(const std::string& method, const std::string& pattern, Handler handler) {
-  methods_[pattern].insert(method);
-  auto timed = [this, method, pattern, handler = std::move(handler)](const httplib::Request& req,
-                                                                     httplib::Response& res) {
-    const auto t0 = std::chrono::steady_clock::now();
-    handler(req, res);
-    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
-    metrics_.observe(pattern, method, res.status < 0 ? 200 : res.status, took.count());
-  };
-  auto& s = *server_;
-  if (method == "GET") {
-    s.Get(pattern, timed);
-  } else if (method == "PUT") {
-    s.Put(pattern, timed);
-  } else if (method == "POST") {
-    s.Post(pattern, timed);
-  } else if (method == "DELETE") {
-    s.Delete(pattern, timed);
-  } else if (method == "PATCH") {
-    s.Patch(pattern, timed);
-  } else {
+  static const std::set<std::string> kMethods = {"GET", "PUT", "POST", "DELETE", "PATCH"};
+  if (!kMethods.count(method)) {
     LOG_ERROR(kSub, "route %s %s: unsupported method", method.c_str(), pattern.c_str());
+    return;
   }
+  methods_[pattern].insert(method);
+  routes_.push_back(Route{method, pattern, std::regex(pattern), std::move(handler)});
 }
 
-// cpp-httplib answers 404 for a known path with another method; qman's
-// master (and HTTP) want 405, as JSON like every error.
-void ApiServer::installMethodNotAllowed() {
-  if (not_allowed_installed_) return;
-  not_allowed_installed_ = true;
-  const auto known = methods_;  // route() below adds to methods_
-  for (const auto& [pattern, allowed] : known) {
-    std::string allow;
-    for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
-    if (allowed.count("GET")) allow += ", HEAD";
-    auto reject = [allow](const httplib::Request&, httplib::Response& res) {
-      res.set_header("Allow", allow);
-      sendError(res, 405, "method not allowed");
-    };
-    for (const char* m : {"GET", "PUT", "POST", "DELETE", "PATCH"}) {
-      if (!allowed.count(m)) route(m, pattern, reject);
+namespace {
+
+// The method as a metrics label: a transport may pass any token through, and
+// label values must stay bounded.
+const std::string& methodLabel(const std::string& m) {
+  static const std::set<std::string> kKnown = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"};
+  static const std::string kOther = "other";
+  return kKnown.count(m) ? m : kOther;
+}
+
+// A handler failed: whatever it wrote is dropped for a plain 500.
+void internalError(httplib::Response& res) {
+  res.headers.clear();
+  res.body.clear();
+  sendError(res, 500, "internal error");
+}
+
+}  // namespace
+
+void ApiServer::handle(const Route& r, httplib::Request& req, httplib::Response& res) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string failure;
+  try {
+    r.handler(req, res);
+    if (res.status < 0 && res.body.empty()) failure = "the handler wrote no answer";
+  } catch (const std::exception& e) {
+    failure = e.what();
+  } catch (...) {
+    failure = "unknown exception";
+  }
+  if (!failure.empty()) {
+    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), printable(req.path, kEchoBytes).c_str(),
+              printable(failure, 512).c_str());
+    internalError(res);
+  }
+  if (res.status < 0) res.status = 200;
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
+  metrics_.observe(r.pattern, methodLabel(req.method), res.status, took.count());
+}
+
+void ApiServer::dispatch(httplib::Request& req, httplib::Response& res) {
+  try {
+    if (req.path.size() > kMaxPathBytes) {
+      metrics_.observe("unmatched", methodLabel(req.method), 414, 0);
+      return sendError(res, 414, "request URI too long");
     }
-    server_->Options(pattern, reject);
+    const bool head = req.method == "HEAD";
+    static const std::string kGet = "GET";
+    const std::string& method = head ? kGet : req.method;
+    std::set<std::string> allowed;   // methods of the patterns that match the path
+    const std::string* first = nullptr;  // the first of them
+    for (const Route& r : routes_) {
+      if (!std::regex_match(req.path, req.matches, r.re)) continue;
+      if (r.method == method) {
+        handle(r, req, res);
+        if (head) {
+          res.set_header("Content-Length", std::to_string(res.body.size()));
+          res.body.clear();
+        }
+        return;
+      }
+      if (!first) first = &r.pattern;
+      allowed.insert(r.method);
+    }
+    req.matches = std::smatch();
+    if (!first) {
+      metrics_.observe("unmatched", methodLabel(req.method), 404, 0);
+      return sendError(res, 404, "not found");
+    }
+    std::string allow;
+    json list = json::array();
+    auto add = [&](const std::string& m) {
+      allow += (allow.empty() ? "" : ", ") + m;
+      list.push_back(m);
+    };
+    for (const auto& m : allowed) {
+      add(m);
+      if (m == "GET") add("HEAD");
+    }
+    add("OPTIONS");
+    res.set_header("Allow", allow);
+    if (req.method == "OPTIONS") {
+      sendJson(res, 200, json{{"allow", std::move(list)}});
+    } else {
+      sendError(res, 405, "method not allowed");
+    }
+    metrics_.observe(*first, methodLabel(req.method), res.status, 0);
+  } catch (...) {
+    // Only a failure of the router itself gets here (a regex out of stack, an
+    // allocation): handlers' exceptions are caught in handle().
+    LOG_ERROR(kSub, "%s %s: routing failed", methodLabel(req.method).c_str(), printable(req.path, kEchoBytes).c_str());
+    internalError(res);
   }
 }
 
@@ -249,16 +329,16 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
   std::string body;
   if (auto n = store_.count(kind)) body.reserve(*n * kRowBytes + 64);
   body += '{';
-  body += json(plural).dump();
+  body += jsonText(json(plural));
   body += ":[";
   size_t count = 0;
   auto st = store_.forEach(kind, [&](const ObjectRecord& r) {
     if (count++) body += ',';
-    body += objectJson(r, user).dump();
+    body += jsonText(objectJson(r, user));
   });
   if (!st) {
     LOG_ERROR(kSub, "%s", st.error().message.c_str());
-    sendError(res, 500, st.error().message);
+    sendError(res, 500, st.error().message);  // a store that cannot be read: genuine
     return;
   }
   body += "],\"count\":";
@@ -268,7 +348,6 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
 }
 
 void ApiServer::routes() {
-  auto& s = *server_;
   route("GET", "/healthz", [this](const httplib::Request&, httplib::Response& res) {
     json h = health_ ? health_() : json{{"status", "ok"}};
     sendJson(res, h.value("status", "ok") == "failing" ? 503 : 200, h);
@@ -285,75 +364,21 @@ void ApiServer::routes() {
       if (authorize(req, res)) listObjects(l.kind, l.plural, res);
     });
   }
-  // Every error is JSON {"msg": ...}: the qman master calls .json() on all answers.
-  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404 && res.body.empty()) metrics_.observe("unmatched", req.method, 404, 0);
-    if (!res.body.empty()) return;
-    switch (res.status) {
-      case 400: sendError(res, 400, "bad request"); break;
-      case 404: sendError(res, 404, "not found"); break;
-      case 405: sendError(res, 405, "method not allowed"); break;
-      case 413: sendError(res, 413, "request body too large"); break;
-      case 414: sendError(res, 414, "request URI too long"); break;
-      default: sendError(res, res.status, "HTTP " + std::to_string(res.status)); break;
-    }
-  });
-  s.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "internal error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    LOG_ERROR(kSub, "%s %s: %s", req.method.c_str(), req.path.c_str(), what.c_str());
-    sendError(res, 500, "internal error");
-  });
-  // cpp-httplib 0.11 sets SO_REUSEPORT by default: a second agent (or a stale
-  // one still shutting down) would then silently share the port and answer
-  // half the requests from another database. SO_REUSEADDR only: a second
-  // instance fails to bind, loudly.
-  s.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  // Idle keep-alive connections hold a worker; keep them short so a stop is quick.
-  s.set_keep_alive_timeout(2);
-  s.set_payload_max_length(1 << 20);
-  s.set_read_timeout(10, 0);
-  s.set_write_timeout(10, 0);
-  const int threads = opt_.threads;
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // Every error is JSON {"msg": ...} (the qman master calls .json() on all
+  // answers): dispatch() writes its own, the transport (HttpServer) its refusals.
+  // The transport (SO_REUSEADDR only, caps, deadlines, body limit) is HttpServer's.
 }
 
 Result<int> ApiServer::start() {
-  if (!server_->is_valid())
-    return Error{EINVAL, std::string(kSub) + ": cannot load TLS certificate " + opt_.tls_cert_file + " / key " +
-                             opt_.tls_key_file};
-  installMethodNotAllowed();
-  int port = opt_.port;
-  if (port == 0) {
-    port = server_->bind_to_any_port(opt_.address);
-  } else if (!server_->bind_to_port(opt_.address, port)) {
-    port = -1;
-  }
-  if (port < 0) {
-    return osError(errno ? errno : EADDRINUSE,
-                   std::string(kSub) + ": cannot listen on " + opt_.address + ":" + std::to_string(opt_.port));
-  }
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
-  // httplib's stop() does nothing until the listen thread has marked itself
-  // running; return only then, so a stop() right after start() cannot hang.
-  for (int i = 0; i < 1000 && !server_->is_running(); i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  LOG_INFO(kSub, "listening on %s://%s:%d", tls() ? "https" : "http", opt_.address.c_str(), port);
-  return port;
+  auto port = http_->start();  // errors name the TLS files or the address
+  if (!port) return port.error();
+  LOG_INFO(kSub, "listening on %s://%s:%d (%d workers, up to %d connections, %d per peer)", tls() ? "https" : "http",
+           opt_.address.c_str(), *port, opt_.threads, opt_.max_connections, opt_.max_connections_per_peer);
+  return *port;
 }
 
 void ApiServer::stop() {
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (http_) http_->stop();
 }
 
 }  // namespace dockquota

@@ -1,24 +1,28 @@
-// The agent's HTTP surface (cpp-httplib): /healthz without auth, /api/v1/*
-// behind HTTP Basic `api` + the configured key. Reads agent state through the
-// Store and a health callback; never touches libbpf or Docker.
+// The agent's HTTP surface: /healthz without auth, /api/v1/* behind HTTP
+// Basic `api` + the configured key. Served by our own transport
+// (exporter/http_server.h: an epoll loop with deadlines and connection caps);
+// httplib::Request/Response are the handlers' data types. Reads agent state
+// through the Store and a health callback; never touches libbpf or Docker.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <set>
 #include <string>
-#include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "agent/result.h"
 #include "agent/store.h"
+#include "exporter/http_server.h"
 #include "exporter/metrics.h"
 
 namespace httplib {
-class Server;
 struct Request;
 struct Response;
 }  // namespace httplib
@@ -30,11 +34,16 @@ struct ApiServerOptions {
   uint16_t port = 8436;  // 0 = pick a free port (tests)
   std::string api_key;   // empty: every authenticated route answers 500, as qman does
   bool bill_root_to_login_uid = true;
-  int threads = 4;
-  // Both set: HTTPS only (httplib::SSLServer, PEM files). The API key is sent
-  // with every request, so anything but loopback should use it.
+  int threads = 4;  // workers running handlers; slow clients never hold one
+  // Both set: HTTPS only (PEM files). The API key is sent with every request,
+  // so anything but loopback should use it.
   std::string tls_cert_file = {};
   std::string tls_key_file = {};
+  // The transport's caps and deadlines (HttpServerOptions says why each).
+  int max_connections = 256;
+  int max_connections_per_peer = 32;
+  std::chrono::milliseconds request_timeout{10000};
+  std::chrono::milliseconds idle_timeout{5000};
 };
 
 // Health as JSON: {"status": "ok"|"degraded"|"failing", ...}. Called per request.
@@ -48,12 +57,23 @@ class ApiServer {
   using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
 
   // More routes (the qman /remote-api surface): installed before start().
-  // They share the server, its JSON error handlers and authorize().
-  httplib::Server& server() { return *server_; }
-  // Registers `handler` for `method` ("GET", "PUT", "POST", "DELETE") on
-  // `pattern` (httplib regex), timed into requestMetrics() under the pattern.
-  // At start(), every other method on a registered pattern answers 405 JSON.
+  // They share the server, its JSON errors and authorize().
+  // Registers `handler` for `method` ("GET", "PUT", "POST", "DELETE", "PATCH")
+  // on `pattern` (a std::regex matched against the whole path, as httplib
+  // does), timed into requestMetrics() under the pattern. Before start()
+  // only: dispatch() reads the table without a lock.
   void route(const std::string& method, const std::string& pattern, Handler handler);
+  // The router every transport calls with a parsed request (path decoded,
+  // params and headers filled, body read): the first route, in registration
+  // order, whose pattern matches the path and whose method is the request's
+  // runs, with req.matches filled and its time observed into requestMetrics().
+  // HEAD runs the GET route and drops the body (Content-Length says its size);
+  // OPTIONS answers 200 with Allow; a known path with another method answers
+  // 405 with Allow, an unknown one 404, a path over kMaxPathBytes 414, all as
+  // JSON {"msg": ...}. A handler that throws gets a logged 500
+  // {"msg": "internal error"}. Never throws.
+  void dispatch(httplib::Request& req, httplib::Response& res);
+  static constexpr size_t kMaxPathBytes = 8192;  // httplib's request-URI limit; the regexes recurse per byte
   RequestMetrics& requestMetrics() { return metrics_; }
   bool tls() const { return !opt_.tls_cert_file.empty(); }
   // Writes the 401/403/500 JSON error and returns false unless `req` carries
@@ -69,19 +89,25 @@ class ApiServer {
   static int checkBasicAuth(const std::string& header, const std::string& key);
 
  private:
+  struct Route {
+    std::string method;
+    std::string pattern;
+    std::regex re;
+    Handler handler;
+  };
+
   void routes();
-  void installMethodNotAllowed();
+  void handle(const Route& r, httplib::Request& req, httplib::Response& res);
   nlohmann::json objectJson(const ObjectRecord& r, const std::function<const std::string&(uint32_t)>& user) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 
   ApiServerOptions opt_;
   Store& store_;
   HealthFn health_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
   RequestMetrics metrics_;
+  std::vector<Route> routes_;                             // in registration order
   std::map<std::string, std::set<std::string>> methods_;  // pattern -> methods with a handler
-  bool not_allowed_installed_ = false;
+  std::unique_ptr<HttpServer> http_;                      // calls dispatch(); last: stopped first
 };
 
 // Shared JSON helpers (also for later routes).

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <functional>
 
+#include "agent/utf8.h"
+
 namespace dockquota {
 
 void RequestMetrics::observe(const std::string& route, const std::string& method, int status, double seconds) {
@@ -38,11 +40,80 @@ void RequestMetrics::render(std::string& out) const {
     promSample(out, "dockquota_http_request_duration_seconds_sum", base, h.sum);
     promSample(out, "dockquota_http_request_duration_seconds_count", base, h.count);
   }
+  transport_.render(out);
 }
 
+namespace {
+// PROMETHEUS_TRANSPORT: one row per TransportMetrics::Counter, in its order.
+struct CounterName {
+  const char* family;  // Prometheus metric
+  const char* label;   // "reason" / "phase", or nullptr for a family of one sample
+  const char* value;   // label value, also the /healthz key
+  const char* group;   // /healthz object it sits in, or nullptr for top level
+};
+constexpr CounterName kNames[TransportMetrics::kCount] = {
+    {"dockquota_http_connections_accepted_total", nullptr, "accepted", nullptr},
+    {"dockquota_http_connections_refused_total", "reason", "max_connections", "refused"},
+    {"dockquota_http_connections_refused_total", "reason", "max_connections_per_peer", "refused"},
+    {"dockquota_http_connections_refused_total", "reason", "fd_limit", "refused"},
+    {"dockquota_http_connections_evicted_total", "reason", "max_connections", "evicted"},
+    {"dockquota_http_connections_evicted_total", "reason", "max_connections_per_peer", "evicted"},
+    {"dockquota_http_request_timeouts_total", "phase", "head", "timeouts"},
+    {"dockquota_http_request_timeouts_total", "phase", "body", "timeouts"},
+    {"dockquota_http_request_timeouts_total", "phase", "write", "timeouts"},
+    {"dockquota_http_idle_closed_total", nullptr, "idle_closed", nullptr},
+    {"dockquota_http_requests_refused_total", "reason", "head_too_large", "rejected"},
+    {"dockquota_http_requests_refused_total", "reason", "uri_too_long", "rejected"},
+    {"dockquota_http_requests_refused_total", "reason", "body_too_large", "rejected"},
+    {"dockquota_http_requests_refused_total", "reason", "length_required", "rejected"},
+    {"dockquota_http_requests_refused_total", "reason", "bad_request", "rejected"},
+    {"dockquota_http_requests_refused_total", "reason", "busy", "rejected"},
+    {"dockquota_http_tls_handshake_failures_total", nullptr, "tls_handshake_failed", nullptr},
+};
+static_assert(kNames[TransportMetrics::kCount - 1].family != nullptr, "a TransportMetrics counter has no name");
+const char* familyHelp(const std::string& family) {
+  if (family == "dockquota_http_connections_accepted_total") return "HTTP connections accepted.";
+  if (family == "dockquota_http_connections_refused_total")
+    return "HTTP connections closed at accept, by the cap that was full with nothing evictable.";
+  if (family == "dockquota_http_connections_evicted_total")
+    return "HTTP connections without a complete request closed to make room for a new one, by cap.";
+  if (family == "dockquota_http_request_timeouts_total")
+    return "HTTP requests whose head or body was not complete, or answer not read, by the deadline.";
+  if (family == "dockquota_http_idle_closed_total") return "Keep-alive HTTP connections closed after the idle timeout.";
+  if (family == "dockquota_http_requests_refused_total")
+    return "HTTP requests refused by the transport before any handler, by reason.";
+  return "TLS handshakes that failed (plain HTTP or garbage on the HTTPS port).";
+}
+}  // namespace
+
+void TransportMetrics::render(std::string& out) const {
+  promHeader(out, "dockquota_http_connections_open", "gauge", "HTTP connections open now.");
+  promSample(out, "dockquota_http_connections_open", "", open());
+  std::string last;
+  for (size_t i = 0; i < kCount; i++) {
+    const CounterName& n = kNames[i];
+    if (last != n.family) promHeader(out, n.family, "counter", familyHelp(n.family));
+    last = n.family;
+    promSample(out, n.family, n.label ? std::string(n.label) + "=\"" + n.value + "\"" : std::string(),
+               get(static_cast<Counter>(i)));
+  }
+}
+
+nlohmann::json TransportMetrics::toJson() const {
+  nlohmann::json j = {{"open", open()}};
+  for (size_t i = 0; i < kCount; i++) {
+    const CounterName& n = kNames[i];
+    if (n.group) j[n.group][n.value] = get(static_cast<Counter>(i));
+    else j[n.value] = get(static_cast<Counter>(i));
+  }
+  return j;
+}
+
+// Label values must be UTF-8 (the exposition format): a passwd name or a
+// filesystem type that is not comes out with U+FFFD for the bad bytes.
 std::string promEscape(const std::string& s) {
   std::string out;
-  for (char c : s) {
+  for (char c : utf8Fix(s)) {
     if (c == '\\') out += "\\\\";
     else if (c == '"') out += "\\\"";
     else if (c == '\n') out += "\\n";

@@ -13,12 +13,14 @@
 #include <httplib.h>
 
 #include "agent/log.h"
+#include "agent/utf8.h"
 
 namespace dockquota {
 namespace {
 
 constexpr const char* kSub = "qman";
 constexpr const char* kDockerOff = "Docker quota not enabled on this host";
+constexpr size_t kMaxResolverBytes = 256;  // manual_resolver: the master's user name, stored with the override
 using json = nlohmann::json;
 using Req = httplib::Request;
 using Res = httplib::Response;
@@ -65,7 +67,7 @@ bool checkDevice(const QmanContext& ctx, const std::string& device, bool present
     return false;
   }
   if (device != kDockerDevice || !ctx.options.docker_enabled) {
-    sendError(res, 400, "device not recognized: " + device);
+    sendError(res, 400, "device not recognized: " + printable(device, kEchoBytes));
     return false;
   }
   return true;
@@ -148,7 +150,7 @@ void appendUserQuota(std::string& out, QmanContext& ctx, uint32_t uid, uint64_t 
            ",\"inode_current\":0,\"inode_hard_limit\":0,\"inode_soft_limit\":0,\"inode_time_limit\":0,\"name\":",
            u.total(), limit_kib, limit_kib, u.container_bytes, u.image_layer_bytes, u.volume_bytes);
   out += buf;
-  out += json(ctx.users.name(uid)).dump();  // escaped
+  out += jsonText(ctx.users.name(uid));  // escaped; a passwd name may be any bytes
   out += ",\"uid\":";
   out += std::to_string(uid);
   out += '}';
@@ -193,7 +195,7 @@ std::string dockerDeviceText(QmanContext& ctx, const UsageSnapshot& snap, const 
   if (u > 0) dev["unattributed_usage"] = u;
 
   // The device without its list, then "user_quotas" spliced in as text.
-  std::string out = dev.dump();
+  std::string out = jsonText(dev);
   out.pop_back();  // '}'
   out += ",\"user_quotas\":[";
   bool first = true;
@@ -286,7 +288,7 @@ void putUserQuota(QmanContext& ctx, const Req& req, Res& res) {
   auto uid = parseUid(req.matches[1]);
   if (!uid || !managedUid(*uid)) {
     sendError(res, 400,
-              "uid " + std::string(req.matches[1]) + " is not a managed user (1000..9999, not 65534)");
+              "uid " + printable(req.matches[1].str(), kEchoBytes) + " is not a managed user (1000..9999, not 65534)");
     return;
   }
   auto body = jsonBody(req, res, ctx.options.max_body_bytes);
@@ -485,7 +487,7 @@ void inspect(QmanContext& ctx, const Req& req, Res& res) {
            : *kind == ObjectKind::Image   ? ctx.inspect->inspectImage(id)
                                           : ctx.inspect->inspectVolume(id);
   if (!r) {
-    if (r.error().code == ENOENT) return sendError(res, 404, std::string(toString(*kind)) + " not found: " + id);
+    if (r.error().code == ENOENT) return sendError(res, 404, std::string(toString(*kind)) + " not found: " + printable(id, kEchoBytes));
     return sendError(res, 502, r.error().message);
   }
   sendJson(res, 200, json{{"inspect", std::move(*r)}});
@@ -499,7 +501,7 @@ std::optional<std::string> resolveEntity(QmanContext& ctx, const Entity& e, Res&
     return std::nullopt;
   }
   if (!*id) {
-    sendError(res, 404, std::string(toString(e.kind)) + " not found: " + e.ref);
+    sendError(res, 404, std::string(toString(e.kind)) + " not found: " + printable(e.ref, kEchoBytes));
     return std::nullopt;
   }
   return **id;
@@ -520,7 +522,7 @@ void attributionDetail(QmanContext& ctx, const Req& req, Res& res) {
   if (!id) return;
   auto d = ctx.store.detail(e->kind, *id);
   if (!d) return sendError(res, 500, d.error().message);
-  if (!*d) return sendError(res, 404, std::string(toString(e->kind)) + " not found: " + e->ref);
+  if (!*d) return sendError(res, 404, std::string(toString(e->kind)) + " not found: " + printable(e->ref, kEchoBytes));
   json out = {{"entity_type", toString(e->kind)}, {"entity_id", *id}};
   out["auto"] = (*d)->automatic ? evidenceJson(ctx, *(*d)->automatic) : json(nullptr);
   if ((*d)->override_) {
@@ -560,7 +562,7 @@ void postAttribute(QmanContext& ctx, const Req& req, Res& res) {
   if (auto it = body->find("host_user_name"); it != body->end() && !it->is_null()) {
     if (!it->is_string()) return sendError(res, 400, "host_user_name must be a string");
     auto named = ctx.users.uid(it->get<std::string>());
-    if (!named) return sendError(res, 404, "user not found: " + it->get<std::string>());
+    if (!named) return sendError(res, 404, "user not found: " + printable(it->get<std::string>(), kEchoBytes));
     if (uid && *uid != *named) return sendError(res, 400, "uid and host_user_name name different users");
     uid = named;
   }
@@ -572,7 +574,7 @@ void postAttribute(QmanContext& ctx, const Req& req, Res& res) {
   }
   std::string resolver;
   if (auto it = body->find("manual_resolver"); it != body->end() && !it->is_null())
-    resolver = it->is_string() ? it->get<std::string>() : it->dump();
+    resolver = utf8Prefix(it->is_string() ? it->get<std::string>() : it->dump(), kMaxResolverBytes);
   auto id = resolveEntity(ctx, *e, res);
   if (!id) return;
 
@@ -718,7 +720,7 @@ void events(QmanContext& ctx, const Req& req, Res& res) {
                {"manual_resolved_by_oauth_user_id", nullptr},
                {"uid", row.ev.uid},
                {"host_user_name", ctx.users.name(row.ev.uid)},
-               {"payload", payload.dump()}};
+               {"payload", jsonText(payload)}};  // comm and exe are the kernel's: any bytes
     list.push_back(std::move(ev));
   }
   sendJson(res, 200, json{{"events", std::move(list)}});
@@ -773,7 +775,7 @@ void putContainerLimit(QmanContext& ctx, const Req& req, Res& res) {
   }
   auto id = ctx.store.resolve(ObjectKind::Container, req.matches[1]);
   if (!id) return sendError(res, 500, id.error().message);
-  if (!*id) return sendError(res, 404, "no such container: " + std::string(req.matches[1]));
+  if (!*id) return sendError(res, 404, "no such container: " + printable(req.matches[1].str(), kEchoBytes));
   if (!p->projectOfContainer(**id)) return sendError(res, 404, "container " + **id + " has no project yet");
   if (auto s = ctx.store.setProjectLimit("container", **id, bytes); !s)
     return sendError(res, s.error().code == ENOENT ? 404 : 500, s.error().message);
@@ -919,7 +921,7 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
               const std::string name = req.get_param_value("username");
               if (name.empty()) return sendError(res, 400, "username query parameter required");
               auto uid = c.users.uid(name);
-              if (!uid) return sendError(res, 404, "user not found: " + name);
+              if (!uid) return sendError(res, 404, "user not found: " + printable(name, kEchoBytes));
               sendJson(res, 200, json{{"uid", *uid}, {"name", c.users.name(*uid)}});
             }));
   api.route("GET", "/remote-api/quotas", guarded([](QmanContext& c, const Req&, Res& res) {
@@ -929,7 +931,7 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
   api.route("GET", R"(/remote-api/quotas/users/by-name/([^/]+))", guarded([](QmanContext& c, const Req& req, Res& res) {
               const std::string name = req.matches[1];
               auto uid = c.users.uid(name);
-              if (!uid) return sendError(res, 404, "user not found: " + name);
+              if (!uid) return sendError(res, 404, "user not found: " + printable(name, kEchoBytes));
               sendJson(res, 200, quotasFor(c, uid));
             }));
   api.route("GET", R"(/remote-api/quotas/users/(\d+))", guarded([](QmanContext& c, const Req& req, Res& res) {

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "agent/http_stream.h"
@@ -19,6 +20,7 @@ int recognizer(const uint8_t* data, size_t size);   // fuzz-recognizer
 int connTracker(const uint8_t* data, size_t size);  // fuzz-conn-tracker
 int config(const uint8_t* data, size_t size);       // fuzz-config
 int dockerJson(const uint8_t* data, size_t size);   // fuzz-docker-json
+int api(const uint8_t* data, size_t size);          // fuzz-api
 
 // One client syscall as the probe reports it: `data` copied of `total` moved.
 struct Chunk {
@@ -34,5 +36,18 @@ std::string encodeTrackerSession(const std::vector<Chunk>& chunks);  // exec, co
 // fuzz-docker-json: which parser, then the JSON text.
 enum class JsonKind : uint8_t { ContainerList, ImageList, VolumeList, DiskUsage, Dom };
 std::string encodeDockerJson(JsonKind kind, const std::string& text);
+// fuzz-api: one request as the transport hands it to ApiServer::dispatch().
+struct ApiRequest {
+  std::string method = "GET";
+  uint8_t auth = 0;  // 0: api:<key>; 2: no Authorization; 3: auth_value
+  std::string auth_value = {};
+  std::string path = "/";
+  std::vector<std::pair<std::string, std::string>> params = {};
+  std::string body = {};
+  std::string content_type = {};  // "" = none
+  bool content_length = false;    // a Content-Length header with the body's size
+  std::vector<std::pair<std::string, std::string>> headers = {};
+};
+std::string encodeApiRequest(const ApiRequest& r);
 
 }  // namespace dockquota::fuzz

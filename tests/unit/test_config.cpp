@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "agent/config.h"
+#include "agent/qman_wiring.h"
 
 using namespace dockquota;
 
@@ -127,4 +128,38 @@ TEST_CASE("config: qman keys (TLS pair, intervals, reserved bytes)", "[config][q
   CHECK_THAT(one.error().message, Catch::Contains("set both tls_cert_file and tls_key_file"));
   auto both = parseConfig(R"({"tls_cert_file": "/etc/hostname", "tls_key_file": "/etc/hostname"})", "t.json");
   CHECK(both.ok());
+}
+
+TEST_CASE("config: the API transport's workers, caps and deadlines", "[config][http]") {
+  auto d = parseConfig("{}", "t.json");
+  REQUIRE(d.ok());
+  CHECK(d->http_threads == 4);
+  CHECK(d->http_max_connections == 256);
+  CHECK(d->http_max_connections_per_peer == 32);
+  CHECK(d->http_request_timeout_s == 10);
+  CHECK(d->http_idle_timeout_s == 5);
+  auto o = apiServerOptions(*d);
+  CHECK(o.threads == 4);
+  CHECK(o.request_timeout == std::chrono::seconds(10));
+
+  auto ok = parseConfig(R"({"http_threads": 8, "http_max_connections": 1024, "http_max_connections_per_peer": 1024,
+                            "http_request_timeout_s": 3, "http_idle_timeout_s": 60})",
+                        "t.json");
+  REQUIRE(ok.ok());
+  o = apiServerOptions(*ok);
+  CHECK(o.threads == 8);
+  CHECK(o.max_connections == 1024);
+  CHECK(o.max_connections_per_peer == 1024);
+  CHECK(o.request_timeout == std::chrono::seconds(3));
+  CHECK(o.idle_timeout == std::chrono::seconds(60));
+
+  for (const char* bad : {R"({"http_threads": 0})", R"({"http_threads": 65})", R"({"http_max_connections": 8})",
+                          R"({"http_max_connections_per_peer": 0})", R"({"http_request_timeout_s": 0})",
+                          R"({"http_idle_timeout_s": "5"})"}) {
+    INFO(bad);
+    CHECK_FALSE(parseConfig(bad, "t.json").ok());
+  }
+  auto over = parseConfig(R"({"http_max_connections": 100, "http_max_connections_per_peer": 101})", "t.json");
+  REQUIRE_FALSE(over.ok());
+  CHECK_THAT(over.error().message, Catch::Contains("http_max_connections_per_peer"));
 }

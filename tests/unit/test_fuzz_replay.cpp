@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "agent/http_stream.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
@@ -69,6 +71,7 @@ TEST_CASE("fuzz replay: fuzz-recognizer", "[fuzz]") { replay("fuzz-recognizer", 
 TEST_CASE("fuzz replay: fuzz-conn-tracker", "[fuzz]") { replay("fuzz-conn-tracker", fuzz::connTracker); }
 TEST_CASE("fuzz replay: fuzz-config", "[fuzz]") { replay("fuzz-config", fuzz::config); }
 TEST_CASE("fuzz replay: fuzz-docker-json", "[fuzz]") { replay("fuzz-docker-json", fuzz::dockerJson); }
+TEST_CASE("fuzz replay: fuzz-api", "[fuzz]") { replay("fuzz-api", fuzz::api); }
 
 // Not a test: writes the capture-* seeds. Hidden ([.]), run by hand.
 TEST_CASE("fuzz seeds: write the corpora's capture seeds", "[.fuzz-seeds]") {
@@ -215,4 +218,92 @@ TEST_CASE("fuzz seeds: write the corpora's capture seeds", "[.fuzz-seeds]") {
        R"([{"Id": "x", "SizeRw": 9223372036854775808}, {"Id": "y", "SizeRw": 1.5e3}, {"Id": "z", "SizeRw": -0}])"},
   };
   for (const auto& [name, kind, text] : json_seeds) write("fuzz-docker-json", name, fuzz::encodeDockerJson(kind, text));
+  // The HTTP API: every route, with good and bad input (one request each).
+  {
+    using R = fuzz::ApiRequest;
+    const std::string kJson = "application/json";
+    const std::string ff = "\xff", cut_e = "a\xc3";
+    std::string long_reason = "a";
+    for (int i = 0; i < 300; i++) long_reason += "\xc3\xa9";
+    const std::vector<std::pair<std::string, R>> api_seeds = {
+        {"hand-healthz", {.auth = 2, .path = "/healthz"}},
+        {"hand-healthz-head", {.method = "HEAD", .path = "/healthz"}},
+        {"hand-metrics", {.path = "/metrics"}},
+        {"hand-metrics-noauth", {.auth = 2, .path = "/metrics"}},
+        {"hand-containers", {.path = "/api/v1/containers"}},
+        {"hand-images-badauth", {.auth = 3, .auth_value = "Basic " + ff, .path = "/api/v1/images"}},
+        {"hand-volumes", {.path = "/api/v1/volumes"}},
+        {"hand-growth", {.path = "/api/v1/growth"}},
+        {"hand-projects", {.path = "/api/v1/projects"}},
+        {"hand-project-limit", {.method = "PUT", .path = "/api/v1/projects/containers/alice-c",
+                                .body = R"({"limit_bytes": 1048576})", .content_type = kJson}},
+        {"hand-events", {.path = "/api/v1/events", .params = {{"after", "0"}, {"limit", "5"}, {"uid", "2001"}}}},
+        {"hand-events-bad", {.path = "/api/v1/events", .params = {{"after", "-1"}, {"limit", "99999999999999999999"}}}},
+        {"hand-enforcement", {.path = "/api/v1/enforcement"}},
+        {"hand-enforcement-user", {.path = "/api/v1/enforcement/users/alice"}},
+        {"hand-enforcement-user-ff", {.path = "/api/v1/enforcement/users/" + ff}},
+        {"hand-sweep", {.method = "POST", .path = "/api/v1/enforcement/sweep"}},
+        {"hand-exemptions", {.path = "/api/v1/exemptions"}},
+        {"hand-exempt-user", {.method = "PUT", .path = "/api/v1/exemptions/users/bob",
+                              .body = R"({"reason": "build server"})", .content_type = kJson}},
+        {"hand-exempt-user-long", {.method = "PUT", .path = "/api/v1/exemptions/users/carol",
+                                   .body = nlohmann::json{{"reason", long_reason}}.dump(), .content_type = kJson}},
+        {"hand-exempt-container-nobody", {.method = "PUT", .path = "/api/v1/exemptions/containers/bob-c"}},
+        {"hand-exempt-container-badjson", {.method = "PUT", .path = "/api/v1/exemptions/containers/bob-c",
+                                           .body = "{\"reason\": \"" + cut_e + "\"}", .content_type = kJson}},
+        {"hand-unexempt-ff", {.method = "DELETE", .path = "/api/v1/exemptions/containers/" + ff}},
+        {"hand-unexempt-user", {.method = "DELETE", .path = "/api/v1/exemptions/users/2002"}},
+        {"hand-ping", {.path = "/remote-api/ping"}},
+        {"hand-ping-post", {.method = "POST", .path = "/remote-api/ping", .body = "{}", .content_type = kJson}},
+        {"hand-users", {.path = "/remote-api/users"}},
+        {"hand-resolve", {.path = "/remote-api/users/resolve", .params = {{"username", "caf\xe9"}}}},
+        {"hand-quotas", {.path = "/remote-api/quotas"}},
+        {"hand-quotas-options", {.method = "OPTIONS", .path = "/remote-api/quotas"}},
+        {"hand-quota-user", {.path = "/remote-api/quotas/users/2001"}},
+        {"hand-quota-user-huge", {.path = "/remote-api/quotas/users/99999999999999999999"}},
+        {"hand-quota-by-name-ff", {.path = "/remote-api/quotas/users/by-name/" + ff}},
+        {"hand-put-quota", {.method = "PUT", .path = "/remote-api/quotas/users/2001", .params = {{"device", "docker"}},
+                            .body = R"({"block_hard_limit": 1048576, "block_soft_limit": 1048576})",
+                            .content_type = kJson, .content_length = true}},
+        {"hand-put-quota-ff", {.method = "PUT", .path = "/remote-api/quotas/users/2001", .params = {{"device", ff}},
+                               .body = R"({"block_hard_limit": 1})", .content_type = kJson}},
+        {"hand-put-quota-negative", {.method = "PUT", .path = "/remote-api/quotas/users/2001",
+                                     .params = {{"device", "docker"}}, .body = R"({"block_hard_limit": -1})",
+                                     .content_type = kJson}},
+        {"hand-put-quota-huge", {.method = "PUT", .path = "/remote-api/quotas/users/2001",
+                                 .params = {{"device", "docker"}},
+                                 .body = R"({"block_hard_limit": 184467440737095516160})", .content_type = kJson}},
+        {"hand-defaults", {.path = "/remote-api/quotas/defaults", .params = {{"device", "docker"}}}},
+        {"hand-defaults-ff", {.path = "/remote-api/quotas/defaults", .params = {{"device", ff}}}},
+        {"hand-put-defaults", {.method = "PUT", .path = "/remote-api/quotas/defaults", .params = {{"device", "docker"}},
+                               .body = R"({"block_hard_limit": 2048})", .content_type = kJson}},
+        {"hand-batch", {.method = "POST", .path = "/remote-api/quotas/batch",
+                        .body = R"({"device": "docker", "block_hard_limit": 4096, "preserve_if_nonzero": true})",
+                        .content_type = kJson}},
+        {"hand-batch-text", {.method = "POST", .path = "/remote-api/quotas/batch", .body = "device=docker",
+                             .content_type = "text/plain"}},
+        {"hand-docker-containers", {.path = "/remote-api/docker/containers"}},
+        {"hand-docker-images", {.path = "/remote-api/docker/images"}},
+        {"hand-docker-volumes", {.path = "/remote-api/docker/volumes"}},
+        {"hand-inspect", {.path = "/remote-api/docker/inspect", .params = {{"kind", "container"}, {"id", "alice-c"}}}},
+        {"hand-attribution-detail", {.path = "/remote-api/docker/usage/attribution-detail",
+                                     .params = {{"entity_type", "container"}, {"container_id", "evil-c"}}}},
+        {"hand-attribution-detail-ff", {.path = "/remote-api/docker/usage/attribution-detail",
+                                        .params = {{"entity_type", "container"}, {"container_id", ff}}}},
+        {"hand-review-queue", {.path = "/remote-api/docker/usage/review-queue", .params = {{"page_size", "0"}}}},
+        {"hand-usage-events", {.path = "/remote-api/docker/usage/events", .params = {{"include_used", "true"}}}},
+        {"hand-attribute", {.method = "POST", .path = "/remote-api/docker/usage/attribute",
+                            .body = R"({"entity_type": "volume", "volume_name": "v2", "uid": 2003, "cascade": true,
+                                       "manual_resolver": "admin"})",
+                            .content_type = kJson}},
+        {"hand-attribute-negative", {.method = "POST", .path = "/remote-api/docker/usage/attribute",
+                                     .body = R"({"entity_type": "image", "image_id": "base:1", "uid": -5})",
+                                     .content_type = kJson}},
+        {"hand-unattribute", {.method = "DELETE", .path = "/remote-api/docker/usage/attribute",
+                              .params = {{"entity_type", "volume"}, {"volume_name", "v2"}, {"cascade", "maybe"}}}},
+        {"hand-not-found", {.path = "/remote-api/" + ff}},
+        {"hand-brew", {.method = "BREW", .path = "/remote-api/quotas"}},
+    };
+    for (const auto& [name, r] : api_seeds) write("fuzz-api", name, fuzz::encodeApiRequest(r));
+  }
 }

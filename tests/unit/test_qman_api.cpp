@@ -142,7 +142,7 @@ TEST_CASE("qman api: users, resolve, 404 and 405 as JSON", "[qman][http]") {
   checkError(c.Get("/remote-api/quotas/users/abc"), 404, "not found");
   auto r = c.Delete("/remote-api/quotas");
   checkError(r, 405, "method not allowed");
-  CHECK(r->get_header_value("Allow") == "GET, HEAD");
+  CHECK(r->get_header_value("Allow") == "GET, HEAD, OPTIONS");
   checkError(c.Post("/remote-api/ping", "{}", kJson), 405, "method not allowed");
   checkError(c.Get("/remote-api/quotas/batch"), 405, "method not allowed");
   checkError(c.Put("/remote-api/docker/usage/attribute", "{}", kJson), 405, "method not allowed");
