@@ -94,6 +94,7 @@ class ApiServer {
   // Hands every request of the httplib server to dispatch().
   void installDispatch();
   void handle(const Route& r, httplib::Request& req, httplib::Response& res);
+  void route(httplib::Request& req, httplib::Response& res);  // dispatch() but HEAD's body
   nlohmann::json objectJson(const ObjectRecord& r, const std::function<const std::string&(uint32_t)>& user) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 
