@@ -98,6 +98,7 @@ class ApiServer {
 
   void routes();
   void handle(const Route& r, httplib::Request& req, httplib::Response& res);
+  void route(httplib::Request& req, httplib::Response& res);  // dispatch() but HEAD's body
   nlohmann::json objectJson(const ObjectRecord& r, const std::function<const std::string&(uint32_t)>& user) const;
   void listObjects(ObjectKind kind, const char* plural, httplib::Response& res) const;
 
