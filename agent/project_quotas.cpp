@@ -208,6 +208,19 @@ void ProjectQuotas::watchLayers() {
         stats_.early_unclear++;
         continue;
       }
+      // The user's project exists (the usual case): tagged right here, not
+      // behind a sync pass that may hold the backend's thread for a while.
+      // Another tag of the same layer at the same time (the create reply's)
+      // follows the same order with the same id: no harm.
+      if (auto id = projectOfUser(*uid)) {
+        if (auto st = tagDirs({root}, *id); !st) {
+          stats_.errors++;
+          LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
+        } else {
+          stats_.early_tagged++;
+        }
+        continue;
+      }
       {
         std::lock_guard<std::mutex> l(mu_);
         early_.emplace_back(root, *uid);

@@ -76,8 +76,9 @@ def escaped(diff, project):
 
 
 def metric(env, name):
+    """A sample's value: `name` with its labels as rendered ('x{a="b"}'), or a bare name."""
     for line in env.http_text("/metrics")[1].splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
             return float(line.rsplit(" ", 1)[1])
     return None
 
@@ -185,8 +186,11 @@ def race(env, fstype, rounds):
     deferred = metric(env, "dockquota_project_deferred_layers_total")
     raced = metric(env, "dockquota_project_raced_mounts_total")
     latency = metric(env, "dockquota_project_tag_latency_seconds")
-    print("FIGURES %s: outside alice's project: %d bytes in %d inodes; layers deferred %s, raced mounts %s, last tag "
-          "latency %.1f ms" % (fstype, total_bytes, total_inodes, deferred, raced, (latency or 0) * 1000), flush=True)
+    early = metric(env, 'dockquota_project_early_tags_total{result="tagged"}')
+    unclear = metric(env, 'dockquota_project_early_tags_total{result="unclear"}')
+    print("FIGURES %s: outside alice's project: %d bytes in %d inodes; layers tagged as Docker made them %s (maker "
+          "unclear %s), deferred %s, raced mounts %s, last reply-to-tag latency %.1f ms" % (
+              fstype, total_bytes, total_inodes, early, unclear, deferred, raced, (latency or 0) * 1000), flush=True)
     for f in firsts[:3]:
         print("  " + f)
     check(total_inodes == 0, "%s: every inode of every container's upper dir is in alice's project (%d bytes outside)" % (

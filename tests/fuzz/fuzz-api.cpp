@@ -105,7 +105,6 @@ struct World {
   std::unique_ptr<ApiServer> api;
 
   World() {
-    log::setLevel(log::Level::Error);  // the routes log every change; errors stay visible
     store = take(Store::open(dir.file("s.db")));
     sc.fill(*store);
     // Hostile bytes already in the store: a comm and exe from the kernel that
@@ -189,7 +188,16 @@ std::string encodeApiRequest(const ApiRequest& r) {
   return w.data();
 }
 
+// The routes log every change: errors only while an input runs (and back
+// after, so the unit suite's replay leaves the other tests' logging alone).
+struct QuietLog {
+  log::Level was = log::level();
+  QuietLog() { log::setLevel(log::Level::Error); }
+  ~QuietLog() { log::setLevel(was); }
+};
+
 int api(const uint8_t* data, size_t size) {
+  QuietLog quiet;
   World& wd = world();
   Reader in(data, size);
   httplib::Request req;
