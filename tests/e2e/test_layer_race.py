@@ -193,6 +193,10 @@ def race(env, fstype, rounds):
               fstype, total_bytes, total_inodes, early, unclear, deferred, raced, (latency or 0) * 1000), flush=True)
     for f in firsts[:3]:
         print("  " + f)
+    if deferred:
+        for line in open(env.agent_log, errors="replace"):
+            if "mounted before" in line or "prjquota" in line and "<4>" in line:
+                print("  agent: " + line.rstrip())
     check(total_inodes == 0, "%s: every inode of every container's upper dir is in alice's project (%d bytes outside)" % (
         fstype, total_bytes))
     check(deferred == 0, "%s: no layer was mounted before its owner's project was on it (deferred %s)" % (fstype, deferred))
@@ -226,8 +230,9 @@ def run(env):
             return
         check(False, "the layer race needs project quotas: run it in a vmtest guest")
         return
-    half = max(1, ROUNDS // 2)
-    harness.run_scenarios(env, [lambda e: race(e, "xfs", ROUNDS - half), lambda e: race(e, "ext4", half)], check)
+    fs = os.environ.get("DQ_LAYER_RACE_FS", "xfs,ext4").split(",")
+    per = max(1, ROUNDS // len(fs))
+    harness.run_scenarios(env, [lambda e, f=f: race(e, f, per) for f in fs], check)
 
 
 if __name__ == "__main__":
