@@ -221,6 +221,14 @@ void ProjectQuotas::watchLayers() {
         }
         continue;
       }
+      // The user's first object: an id must be allocated, which a sync pass
+      // must not see half done. Here when no pass runs, else on the
+      // backend's thread right after the pass (the start may win then:
+      // counted as a deferred layer).
+      if (std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock); s.owns_lock()) {
+        tagEarly(root, *uid);
+        continue;
+      }
       {
         std::lock_guard<std::mutex> l(mu_);
         early_.emplace_back(root, *uid);
