@@ -57,6 +57,7 @@
 #include "exporter/qman_api.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/unit/api_stack.h"
 #include "tests/unit/qman_fixture.h"
 
 namespace dockquota::fuzz {
@@ -67,14 +68,6 @@ using namespace dockquota::testing;
 
 const char* const kMethods[] = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"};
 const char* const kAuth = "Basic YXBpOmszeQ==";  // api:k3y
-
-class IdleRuntime : public ContainerRuntime {
- public:
-  const char* name() const override { return "fuzz"; }
-  Result<uint64_t> writableBytes(const std::string&) override { return Error{ENOENT, "no such container"}; }
-  Status stop(const std::string&, std::chrono::seconds) override { return {}; }
-  Status remove(const std::string&, bool) override { return {}; }
-};
 
 void must(const Status& s) {
   if (!s) {
@@ -94,15 +87,9 @@ struct World {
   TempDir dir;
   std::unique_ptr<Store> store;
   Scenario sc;
-  std::unique_ptr<QuotaBook> book;
-  std::unique_ptr<UserDirectory> users;
-  std::unique_ptr<UsageAccountant> usage;
   std::unique_ptr<DockerClient> docker;
-  std::unique_ptr<QmanContext> qman;
-  IdleRuntime runtime;
-  std::unique_ptr<Enforcer> enforcer;
-  std::unique_ptr<EnforcementContext> enforcement;
-  std::unique_ptr<ApiServer> api;
+  std::unique_ptr<RouteStack> routes;
+  ApiServer* api = nullptr;
 
   World() {
     store = take(Store::open(dir.file("s.db")));
@@ -118,26 +105,18 @@ struct World {
     must(store->setExemption({"user", std::to_string(kBob), "a" + std::string("\xc3\xa9", 2) + "\xc3", 46}));
     auto src = std::make_unique<FakeSource>(sc.figures());
     src->figures.containers.push_back({hex64('e'), "evil-c", img('a'), "running", 10});
-    book = take(QuotaBook::load(*store));
-    users = std::make_unique<UserDirectory>([] {
-      return std::vector<PasswdUser>{{0, "root"},     {kAlice, "alice"}, {kBob, "bob"},       {kCarol, "carol"},
-                                     {5000, "dave"}, {5001, "caf\xe9"}, {65534, "nobody"}, {999, "sys"}};
-    });
-    usage = std::make_unique<UsageAccountant>(*store, std::move(src), UsageAccountant::Options{});
-    must(usage->refresh());
     docker = std::make_unique<DockerClient>(dir.file("no-docker.sock"), std::chrono::milliseconds(200));
-    qman.reset(new QmanContext{*store, *book, *usage, *users, docker.get(), [] { return json{{"x", 1}}; }, QmanOptions{}});
-    EnforcerOptions eo;
-    eo.mode = EnforceMode::DryRun;
-    eo.clock = [] { return 1000.0; };
-    enforcer = take(Enforcer::create(*store, *book, [this] { return usage->snapshot(); }, *users, runtime, eo));
-    enforcement.reset(new EnforcementContext{*store, *enforcer, *users, [] { return json{{"master", {{"sent", 1}}}}; }});
-    qman->more_metrics = [this](std::string& out) { renderEnforcementMetrics(out, *enforcement); };
-    api = std::make_unique<ApiServer>(ApiServerOptions{.address = "127.0.0.1", .port = 0, .api_key = "k3y",
-                                                       .bill_root_to_login_uid = true, .threads = 1},
-                                      *store, [] { return json{{"status", "ok"}}; });
-    installQmanRoutes(*api, *qman);
-    installEnforcementRoutes(*api, *enforcement);
+    RouteStack::Options o;
+    o.users = {{0, "root"}, {kAlice, "alice"}, {kBob, "bob"},       {kCarol, "carol"},
+               {5000, "dave"}, {5001, "caf\xe9"}, {65534, "nobody"}, {999, "sys"}};
+    o.docker = docker.get();
+    o.master = [] { return json{{"x", 1}}; };
+    o.delivery = [] { return json{{"master", {{"sent", 1}}}}; };
+    o.health = [] { return json{{"status", "ok"}}; };
+    o.clock = [] { return 1000.0; };
+    o.threads = 1;
+    routes = std::make_unique<RouteStack>(*store, std::move(src), std::move(o));
+    api = routes->api.get();
   }
 };
 

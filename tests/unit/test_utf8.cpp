@@ -26,6 +26,7 @@
 #include "exporter/enforcement_api.h"
 #include "exporter/http_api.h"
 #include "exporter/qman_api.h"
+#include "api_stack.h"
 #include "qman_fixture.h"
 
 using namespace dockquota;
@@ -116,51 +117,22 @@ TEST_CASE("log: one line of printable, valid UTF-8 whatever the message holds", 
 
 namespace {
 
-class IdleRuntime : public ContainerRuntime {
- public:
-  const char* name() const override { return "idle"; }
-  Result<uint64_t> writableBytes(const std::string&) override { return Error{ENOENT, "no such container"}; }
-  Status stop(const std::string&, std::chrono::seconds) override { return {}; }
-  Status remove(const std::string&, bool) override { return {}; }
-};
-
 // The qman and enforcement routes of one agent, on loopback.
 struct Host {
   QmanTempDir dir;
   std::unique_ptr<Store> store;
   Scenario sc;
-  std::unique_ptr<QuotaBook> book;
-  std::unique_ptr<UserDirectory> users;
-  std::unique_ptr<UsageAccountant> usage;
-  std::unique_ptr<QmanContext> qman;
-  IdleRuntime runtime;
-  std::unique_ptr<Enforcer> enforcer;
-  std::unique_ptr<EnforcementContext> enforcement;
-  std::unique_ptr<ApiServer> api;
+  std::unique_ptr<RouteStack> routes;
+  ApiServer* api = nullptr;
   int port = 0;
 
   Host() {
     store = std::move(*Store::open(dir.path + "/s.db"));
     sc.fill(*store);
-    book = std::move(*QuotaBook::load(*store));
-    users = std::make_unique<UserDirectory>([] {
-      return std::vector<PasswdUser>{{kAlice, "alice"}, {kBob, "bob"}, {kCarol, "carol"}};
-    });
-    usage = std::make_unique<UsageAccountant>(*store, std::make_unique<FakeSource>(sc.figures()),
-                                              UsageAccountant::Options{});
-    REQUIRE(usage->refresh());
-    qman.reset(new QmanContext{*store, *book, *usage, *users, nullptr, nullptr, QmanOptions{}});
-    EnforcerOptions eo;
-    eo.mode = EnforceMode::DryRun;
-    auto e = Enforcer::create(*store, *book, [this] { return usage->snapshot(); }, *users, runtime, eo);
-    REQUIRE(e);
-    enforcer = std::move(*e);
-    enforcement.reset(new EnforcementContext{*store, *enforcer, *users, nullptr});
-    api = std::make_unique<ApiServer>(ApiServerOptions{.address = "127.0.0.1", .port = 0, .api_key = "k3y",
-                                                       .bill_root_to_login_uid = true, .threads = 2},
-                                      *store, nullptr);
-    installQmanRoutes(*api, *qman);
-    installEnforcementRoutes(*api, *enforcement);
+    RouteStack::Options o;
+    o.users = {{kAlice, "alice"}, {kBob, "bob"}, {kCarol, "carol"}};
+    routes = std::make_unique<RouteStack>(*store, std::make_unique<FakeSource>(sc.figures()), std::move(o));
+    api = routes->api.get();
     auto p = api->start();
     REQUIRE(p);
     port = *p;
