@@ -45,7 +45,7 @@ constexpr auto kLinger = std::chrono::seconds(2);
 // sockets; level-triggered epoll brings us back).
 constexpr size_t kReadTurn = 64 << 10;
 // A request with more header lines than this is refused (431) whatever its size.
-constexpr size_t kMaxHeaders = 100;
+constexpr size_t kMaxHeaders = kMaxRequestHeaders;
 // accept() out of descriptors: the listener is paused this long instead of
 // spinning on a level-triggered EMFILE.
 constexpr auto kAcceptPause = std::chrono::milliseconds(100);
@@ -156,6 +156,15 @@ HeadError parseHead(std::string_view head, httplib::Request& req) {
   if (q != target.npos) httplib::detail::parse_query_text(std::string(target.substr(q + 1)), req.params);
   return {};
 }
+
+}  // namespace
+
+HeadVerdict parseRequestHead(std::string_view head, httplib::Request& req) {
+  HeadError e = parseHead(head, req);
+  return {e.status, e.msg};
+}
+
+namespace {
 
 // The peer's key for the per-peer cap: its IPv4 address, or its IPv6 /64 (one
 // host usually holds a whole /64, so counting single addresses would cap nothing).

@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "agent/result.h"
 #include "exporter/metrics.h"
@@ -90,5 +91,16 @@ class HttpServer {
 
 // "Not Found" for 404 ... ("" for codes we never send).
 const char* httpReason(int status);
+
+// One complete request head as the loop reads it (request line, header lines,
+// the blank line) into `req`: method, target, version, headers, decoded path,
+// params. status 0 = accepted; else what the loop answers (400, 431, 505) and
+// why. Pure, for the fuzz-http-head harness.
+struct HeadVerdict {
+  int status = 0;
+  std::string msg;
+};
+HeadVerdict parseRequestHead(std::string_view head, httplib::Request& req);
+constexpr size_t kMaxRequestHeaders = 100;  // header fields in one head; more: 431
 
 }  // namespace dockquota

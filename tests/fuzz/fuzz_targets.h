@@ -21,6 +21,7 @@ int connTracker(const uint8_t* data, size_t size);  // fuzz-conn-tracker
 int config(const uint8_t* data, size_t size);       // fuzz-config
 int dockerJson(const uint8_t* data, size_t size);   // fuzz-docker-json
 int api(const uint8_t* data, size_t size);          // fuzz-api
+int httpHead(const uint8_t* data, size_t size);     // fuzz-http-head
 
 // One client syscall as the probe reports it: `data` copied of `total` moved.
 struct Chunk {

@@ -72,6 +72,7 @@ TEST_CASE("fuzz replay: fuzz-conn-tracker", "[fuzz]") { replay("fuzz-conn-tracke
 TEST_CASE("fuzz replay: fuzz-config", "[fuzz]") { replay("fuzz-config", fuzz::config); }
 TEST_CASE("fuzz replay: fuzz-docker-json", "[fuzz]") { replay("fuzz-docker-json", fuzz::dockerJson); }
 TEST_CASE("fuzz replay: fuzz-api", "[fuzz]") { replay("fuzz-api", fuzz::api); }
+TEST_CASE("fuzz replay: fuzz-http-head", "[fuzz]") { replay("fuzz-http-head", fuzz::httpHead); }
 
 // Not a test: writes the capture-* seeds. Hidden ([.]), run by hand.
 TEST_CASE("fuzz seeds: write the corpora's capture seeds", "[.fuzz-seeds]") {
