@@ -220,8 +220,12 @@ int main(int argc, char** argv) {
   installLibbpfLogger();
 
   // --- store ---------------------------------------------------------------
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(config.database).parent_path(), ec);
+  // The database's directory is 0700 however the agent was started (a
+  // shell's umask of 022 would make it 0755).
+  if (auto st = makeStateDirectory(std::filesystem::path(config.database).parent_path().string()); !st) {
+    LOG_ERROR(kSub, "%s", st.error().message.c_str());
+    return 1;
+  }
   auto store_r = Store::open(config.database);
   if (!store_r) {
     LOG_ERROR(kSub, "%s", store_r.error().message.c_str());
