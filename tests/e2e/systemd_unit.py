@@ -202,11 +202,29 @@ def owner_of(api, cid):
     return None
 
 
+def with_private_file(tar, uid):
+    """The image tar plus /home/private, owned by `uid`, mode 0600: tagging
+    it needs CAP_DAC_READ_SEARCH (to open it) and CAP_FOWNER (to set its
+    project id: the agent is not its owner)."""
+    import io
+    import tarfile
+    buf = io.BytesIO(tar)
+    with tarfile.open(fileobj=buf, mode="a") as t:
+        home = tarfile.TarInfo("./home")
+        home.type, home.mode = tarfile.DIRTYPE, 0o755
+        t.addfile(home)
+        data = b"x" * 4096
+        info = tarfile.TarInfo("./home/private")
+        info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, uid
+        t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def check_attribution(api):
-    tar = harness.busybox_rootfs_tar(marker="systemd-unit")
     owners = {}
     for user in USERS:
         log("%s: docker import + run" % user)
+        tar = with_private_file(harness.busybox_rootfs_tar(marker="systemd-unit-" + user), USERS[user])
         docker(user, "import", "-", "%s-img:1" % user, input=tar)
         _, cid = docker(user, "run", "-d", "--network", "none", "--name", "%s-sleeper" % user,
                         "%s-img:1" % user, "sleep", "3600")
@@ -219,8 +237,10 @@ def check_attribution(api):
 
 # bob's own client on one keep-alive connection: a ping, 12 s idle, then a
 # create. The tracker checks an idle connection's socket through
-# /proc/PID/fd/N (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH for another user's
-# process); if it cannot, it ends the connection and the create goes unseen.
+# /proc/PID/fd/N of another user's process (CAP_SYS_PTRACE and
+# CAP_DAC_READ_SEARCH). Measured without CAP_SYS_PTRACE: the tracker ends the
+# connection, and its next event opens it again with the kernel's credentials,
+# so the create is still bob's; what the capability shows is curl's path.
 IDLE_CLIENT = r"""
 import json, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
@@ -289,6 +309,27 @@ def hard_limit_kib(project_id):
     return None
 
 
+def project_of(path):
+    import fcntl
+    import struct
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # FS_IOC_FSGETXATTR = _IOR('X', 31, struct fsxattr): 28 bytes, fsx_projid at 12.
+        buf = fcntl.ioctl(fd, 0x801C581F, bytes(28))
+        return struct.unpack_from("I", buf, 12)[0]
+    finally:
+        os.close(fd)
+
+
+def private_file_project(user):
+    """The project id of /home/private in `user`'s image layer."""
+    import glob
+    for path in glob.glob(DATA_ROOT + "/overlay2/*/diff/home/private"):
+        if os.stat(path).st_uid == USERS[user]:
+            return project_of(path)
+    return None
+
+
 def writer(user, mib):
     name = "%s-writer" % user
     docker(user, "run", "-d", "--network", "none", "--name", name, "%s-img:1" % user, "sh", "-c",
@@ -304,6 +345,9 @@ def check_quota(api):
     check(bool(proj), "alice has a project: %s" % json.dumps(proj))
     if not proj:
         return
+    got = wait_for("alice's private file tagged", lambda: private_file_project("alice") == proj["id"], 30)
+    check(bool(got), "a 0600 file of uid %d in alice's image has her project id %d (%s): DAC_READ_SEARCH + FOWNER" % (
+        alice, proj["id"], private_file_project("alice")))
     status, body = api.call("PUT", "/remote-api/quotas/users/%d?device=docker" % alice, {"block_hard_limit": 16384})
     check(status == 200, "PUT a 16 MiB limit for alice: %d %s" % (status, body))
     got = wait_for("the limit in the kernel", lambda: hard_limit_kib(proj["id"]) == 16384, 30)
