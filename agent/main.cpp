@@ -15,6 +15,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -137,6 +138,20 @@ void sdNotify(const char* state) {
   close(fd);
 }
 
+// The interval at which to send WATCHDOG=1: half of $WATCHDOG_USEC, as
+// sd_watchdog_enabled(3) advises; zero when systemd set no watchdog for us
+// (WatchdogSec= unset, or $WATCHDOG_PID names another process).
+std::chrono::milliseconds watchdogInterval() {
+  const char* usec = getenv("WATCHDOG_USEC");
+  if (!usec || !*usec) return std::chrono::milliseconds(0);
+  if (const char* pid = getenv("WATCHDOG_PID"); pid && *pid && strtoll(pid, nullptr, 10) != getpid())
+    return std::chrono::milliseconds(0);
+  char* end = nullptr;
+  const unsigned long long us = strtoull(usec, &end, 10);
+  if (*end != '\0' || us == 0) return std::chrono::milliseconds(0);
+  return std::chrono::milliseconds(std::max<unsigned long long>(us / 2000, 1));
+}
+
 std::string kernelRelease() {
   utsname u;
   return uname(&u) == 0 ? u.release : "unknown";
@@ -210,8 +225,12 @@ int main(int argc, char** argv) {
   installLibbpfLogger();
 
   // --- store ---------------------------------------------------------------
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(config.database).parent_path(), ec);
+  // The database's directory is 0700 however the agent was started (a
+  // shell's umask of 022 would make it 0755).
+  if (auto st = makeStateDirectory(std::filesystem::path(config.database).parent_path().string()); !st) {
+    LOG_ERROR(kSub, "%s", st.error().message.c_str());
+    return 1;
+  }
   auto store_r = Store::open(config.database);
   if (!store_r) {
     LOG_ERROR(kSub, "%s", store_r.error().message.c_str());
@@ -584,6 +603,12 @@ int main(int argc, char** argv) {
     e.data.fd = exec->fd();
     epoll_ctl(ep, EPOLL_CTL_ADD, exec->fd(), &e);
   }
+  // systemd's watchdog (WatchdogSec=): pinged from this loop, so a stuck loop
+  // (no more ring buffer draining) stops the pings and systemd restarts us.
+  const auto watchdog_every = watchdogInterval();
+  auto next_watchdog = std::chrono::steady_clock::now();
+  if (watchdog_every.count() > 0)
+    LOG_INFO(kSub, "systemd watchdog: WATCHDOG=1 every %lld ms", static_cast<long long>(watchdog_every.count()));
   auto next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;
   auto next_sweep = std::chrono::steady_clock::now() + kSweepEvery;
   bool running = true;
@@ -591,6 +616,10 @@ int main(int argc, char** argv) {
     // Events are written without wake-ups (cheaper for clients): poll on a
     // short timer while connections are open; a connect wakes us when idle.
     int timeout = tracker.openConnections() > 0 ? static_cast<int>(config.poll_interval_ms) : 1000;
+    if (watchdog_every.count() > 0) {
+      auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_watchdog - std::chrono::steady_clock::now());
+      timeout = std::max(0, std::min<int>(timeout, static_cast<int>(until.count())));
+    }
     epoll_event out[4];
     int n = epoll_wait(ep, out, 4, timeout);
     for (int i = 0; i < n; i++) {
@@ -616,6 +645,15 @@ int main(int argc, char** argv) {
       next_sweep = std::chrono::steady_clock::now() + kSweepEvery;
       std::lock_guard<std::mutex> l(tracker_mu);
       tracker.sweep(monotonicNs());
+    }
+    if (watchdog_every.count() > 0 && std::chrono::steady_clock::now() >= next_watchdog) {
+      next_watchdog = std::chrono::steady_clock::now() + watchdog_every;
+      // The store's lock is the one every worker (attributor, API, quota
+      // sync, enforcement) takes: reading the change counter under it costs
+      // nothing, and a thread that hangs holding it hangs us here, so the
+      // pings stop and systemd restarts the agent.
+      (void)store.sequence();
+      sdNotify("WATCHDOG=1");
     }
     if (std::chrono::steady_clock::now() >= next_refresh) {
       next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;

@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/quota.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -123,6 +124,16 @@ Result<QuotaFs> probeQuotaFs(const std::string& path) {
                   std::to_string(minor(st.st_dev)) + " (quotactl needs one)";
       return fs;
     }
+  }
+  // Tagging sets each layer's project id (FS_IOC_FSSETXATTR), which a
+  // read-only mount refuses with EROFS though no data changes. Under systemd
+  // that is ProtectSystem=strict without this path in ReadWritePaths=: say so
+  // once here, not on every layer.
+  struct statvfs vfs {};
+  if (statvfs(fs.path.c_str(), &vfs) == 0 && (vfs.f_flag & ST_RDONLY)) {
+    fs.reason = fs.path + " is mounted read-only for the agent, so project ids cannot be set (under systemd: " +
+                "add it to ReadWritePaths= of dockquota.service, see the README)";
+    return fs;
   }
   fs_quota_statv sv{};
   sv.qs_version = FS_QSTATV_VERSION1;

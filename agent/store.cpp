@@ -21,7 +21,9 @@
 #include "agent/store.h"
 
 #include <sqlite3.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -573,6 +575,78 @@ Store::~Store() {
 
 Result<std::unique_ptr<Store>> Store::open(const std::string& path) { return open(path, migrations()); }
 
+namespace {
+
+// Takes group and other bits (and set-id/sticky bits) off `path` when it has
+// any, and says so: a database readable by every local user is a leak the
+// admin should hear about, even once fixed.
+void tightenMode(const std::string& path, mode_t mode, const char* what) {
+  const mode_t now = mode & 07777;
+  if ((now & 07077) == 0) return;
+  const mode_t want = now & 0700;
+  if (::chmod(path.c_str(), want) != 0) {
+    LOG_WARN("store", "%s %s has mode %04o (open to other users) and could not be set to %04o: %s", what,
+             path.c_str(), unsigned(now), unsigned(want), strerror(errno));
+    return;
+  }
+  LOG_WARN("store", "%s %s had mode %04o (open to other users); set to %04o", what, path.c_str(), unsigned(now),
+           unsigned(want));
+}
+
+// Is `name` one of the database's own files: the file itself, SQLite's
+// -wal/-shm/-journal next to it, or a copy named after it (a backup)?
+bool ownedByDatabase(const std::string& name, const std::string& db_name) {
+  return name.compare(0, db_name.size(), db_name) == 0;
+}
+
+// The modes of the database's directory and files (kStateDirMode,
+// kStateFileMode), after SQLite opened the file and before it writes.
+void secureStateFiles(const std::string& dir, const std::string& path) {
+  const std::string db_name = std::filesystem::path(path).filename().string();
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) tightenMode(path, st.st_mode, "database");
+  bool dedicated = true;  // nothing in dir but the database's files
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!ownedByDatabase(name, db_name)) {
+      dedicated = false;
+      continue;
+    }
+    const std::string file = it->path().string();
+    if (file == path) continue;
+    // lstat: a symlink's own mode means nothing, and its target is not ours.
+    if (::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode)) tightenMode(file, st.st_mode, "database file");
+  }
+  if (ec) dedicated = false;
+  if (::stat(dir.c_str(), &st) != 0 || (st.st_mode & 077) == 0) return;
+  if (dedicated) {
+    tightenMode(dir, st.st_mode, "database directory");
+  } else {
+    // A directory shared with other files (/var/lib, a home): not ours to
+    // close; the files above are 0600 all the same.
+    LOG_WARN("store", "database directory %s has mode %04o and holds other files too: leaving its mode; the "
+             "database files are %04o (give the database a directory of its own)",
+             dir.c_str(), unsigned(st.st_mode & 07777), unsigned(kStateFileMode));
+  }
+}
+
+}  // namespace
+
+Status makeStateDirectory(const std::string& dir) {
+  if (dir.empty()) return {};
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0) return {};  // Store::open checks and tightens it
+  const auto parent = std::filesystem::path(dir).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  if (ec) return osError(ec.value(), "store: create " + parent.string());
+  if (::mkdir(dir.c_str(), kStateDirMode) != 0 && errno != EEXIST) return osError(errno, "store: create " + dir);
+  // mkdir's mode passes through the umask; say exactly what we mean.
+  if (::chmod(dir.c_str(), kStateDirMode) != 0) return osError(errno, "store: chmod " + dir);
+  return {};
+}
+
 Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::vector<std::string>& steps) {
   const std::string what = "open " + path;
 
@@ -582,6 +656,21 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::v
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) return osError(errno, "store: " + what + ": directory " + dir);
   if (!S_ISDIR(st.st_mode)) return osError(ENOTDIR, "store: " + what + ": " + dir);
+
+  // A new database file is 0600 from its first byte: SQLite would create it
+  // 0644 less the umask. Its -wal and -shm then get the same mode (SQLite
+  // gives them the main file's).
+  {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, kStateFileMode);
+    if (fd >= 0) {
+      const int rc = ::fchmod(fd, kStateFileMode);  // the umask may have taken bits off
+      const int err = errno;
+      ::close(fd);
+      if (rc != 0) return osError(err, "store: " + what + ": chmod");
+    } else if (errno != EEXIST) {
+      return osError(errno, "store: " + what);
+    }
+  }
 
   sqlite3* raw = nullptr;
   // NOMUTEX: every use of the handle is under Store::mu_.
@@ -609,6 +698,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::v
     return Error{0, "store: " + path + " has schema version " + std::to_string(*version) +
                         ", this dockquotad knows up to " + std::to_string(known) + "; refusing to downgrade"};
   if (*version < 0) return Error{0, "store: " + path + " has invalid schema version " + std::to_string(*version)};
+  // A database it is (or a new one): its modes are ours to set.
+  secureStateFiles(dir, path);
 
   {
     Stmt wal(raw, "PRAGMA journal_mode = WAL");

@@ -6,6 +6,8 @@
 // evidence are "unattributed", never guessed.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -192,12 +194,27 @@ struct EventRow {
   std::string mail;
 };
 
+// The database is the attribution ledger and the quota state: for the agent
+// only, whatever umask the agent was started with (by hand, systemd,
+// install.sh). Its directory is 0700, its files (the database, -wal, -shm,
+// -journal, copies named after it) 0600.
+constexpr mode_t kStateDirMode = 0700;
+constexpr mode_t kStateFileMode = 0600;
+
+// Creates the database's directory `dir` if it is missing: its parents with
+// the usual modes (they are /var/lib and the like), `dir` itself with
+// kStateDirMode set explicitly. An existing `dir` is left to Store::open.
+Status makeStateDirectory(const std::string& dir);
+
 class Store : public EventSpool {
  public:
   static constexpr int kSchemaVersion = 5;
 
   // Opens (creating if needed) and migrates. Refuses a file whose schema is
-  // newer than this build knows, naming both versions.
+  // newer than this build knows, naming both versions. A new database file
+  // is created kStateFileMode; an existing one, its -wal/-shm and a directory
+  // that holds nothing but them, if readable by others, are tightened to
+  // kStateFileMode/kStateDirMode with a warning.
   static Result<std::unique_ptr<Store>> open(const std::string& path);
   ~Store();
 

@@ -3,27 +3,39 @@
 # against the local Docker with the default config.
 #   sudo deploy/install.sh
 # Idempotent: re-running rebuilds and restarts; an existing config and API key are kept.
+#   deploy/install.sh --binary FILE   installs FILE as dockquotad: no apt, no
+#                                     build (packagers; tests/vm/systemd_unit.sh)
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root (sudo)" >&2; exit 1; }
+binary=
+case "${1:-}" in
+--binary) binary=${2:?install.sh: --binary needs a file} ;;
+"") ;;
+*) echo "usage: install.sh [--binary FILE]" >&2; exit 2 ;;
+esac
+# Whatever the caller's umask, what is created below has the modes it names.
+umask 022
 
-echo "==> packages"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq $(grep -v '^#' "$here/deploy/packages.txt") >/dev/null
+if [ -z "$binary" ]; then
+  echo "==> packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq $(grep -v '^#' "$here/deploy/packages.txt") >/dev/null
 
-echo "==> build"
-cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$here/build" -j"$(nproc)" --target dockquotad
+  echo "==> build"
+  cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$here/build" -j"$(nproc)" --target dockquotad
+  binary=$here/build/dockquotad
+fi
 
 echo "==> install"
-install -D -m 0755 "$here/build/dockquotad" /usr/local/sbin/dockquotad
+install -D -m 0755 "$binary" /usr/local/sbin/dockquotad
 install -D -m 0644 "$here/README.md" /usr/local/share/doc/dockquota/README.md
 install -d -m 0700 /etc/dockquota /var/lib/dockquota
 [ -f /etc/dockquota/config.json ] || install -m 0600 "$here/deploy/config.default.json" /etc/dockquota/config.json
 if [ ! -s /etc/dockquota/api-key ]; then
-  umask 077
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > /etc/dockquota/api-key
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > /etc/dockquota/api-key)
   echo "    generated API key in /etc/dockquota/api-key"
 fi
 /usr/local/sbin/dockquotad --config /etc/dockquota/config.json --check-config
@@ -52,8 +64,11 @@ else
 fi
 
 port=$(sed -n 's/.*"listen_port": *\([0-9]*\).*/\1/p' /etc/dockquota/config.json); port=${port:-8436}
-i=0; until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
-  i=$((i + 1)); [ $i -lt 100 ] || { echo "dockquotad did not answer on :$port" >&2; exit 1; }; sleep 0.2
+# Wall time, not tries: a slow machine (or a VM without KVM) may take a while
+# to load the probes.
+deadline=$(($(date +%s) + 60))
+until curl -sf -m 5 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "dockquotad did not answer on :$port in 60 s" >&2; exit 1; }; sleep 0.2
 done
 echo "==> running: http://127.0.0.1:$port/healthz"
 curl -s "http://127.0.0.1:$port/healthz" | python3 -c 'import json,sys; h=json.load(sys.stdin); print("    status:", h["status"], *h["degraded"], sep="\n      ")'

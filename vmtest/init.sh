@@ -112,13 +112,16 @@ stage2() {
 	$BB ip link set lo up
 	# Delegate every controller from the cgroup2 root, as dockerd (cgroupfs
 	# driver, no systemd here) expects when it creates /sys/fs/cgroup/docker.
-	if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+	# (With systemd as init, systemd does this itself.)
+	if [ "${VMTEST_SYSTEMD:-0}" != 1 ] && [ -f /sys/fs/cgroup/cgroup.controllers ]; then
 		ctrls=$($BB sed -e 's/^/+/' -e 's/ / +/g' /sys/fs/cgroup/cgroup.controllers)
 		for c in $ctrls; do echo "$c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; done
 	fi
 	read -r up _ </proc/uptime
 	echo "vmtest: $VMTEST_NAME $($BB uname -r) up after ${up}s, lockdown: $(
 		$BB cat /sys/kernel/security/lockdown 2>/dev/null || echo n/a)"
+
+	[ "${VMTEST_SYSTEMD:-0}" = 1 ] && boot_systemd
 
 	cd "$VMTEST_CWD" 2>/dev/null || { echo "vmtest: no $VMTEST_CWD in the guest"; cd /; }
 	# The command gets only what /run/vmtest/cmd exports (PATH, HOME, CI...).
@@ -138,7 +141,67 @@ stage2() {
 	$BB poweroff -f
 }
 
+# run.sh -S: systemd becomes PID 1 and boots vmtest.target: sysinit and
+# basic.target (journald, udev, tmpfiles, sockets such as docker.socket:
+# what a real host has), then vmtest-cmd.service, which runs the command with
+# the same clean environment, prints the marker on the console and powers
+# off. Nothing else is started (no multi-user.target: the host's enabled
+# services stay off unless the command starts them with systemctl).
+boot_systemd() {
+	[ -x /lib/systemd/systemd ] || fail "run.sh -S: no /lib/systemd/systemd on the host (apt-get install systemd)"
+	units=/etc/systemd/system
+	$BB mkdir -p $units
+	$BB cat >$units/vmtest.target <<-EOF
+	[Unit]
+	Description=vmtest: run the command
+	Requires=vmtest-cmd.service
+	After=vmtest-cmd.service
+	AllowIsolate=yes
+	EOF
+	$BB cat >$units/vmtest-cmd.service <<-EOF
+	[Unit]
+	Description=vmtest: the command
+	[Service]
+	Type=oneshot
+	TimeoutStartSec=infinity
+	WorkingDirectory=-$VMTEST_CWD
+	StandardInput=null
+	StandardOutput=tty
+	StandardError=inherit
+	TTYPath=/dev/console
+	ExecStart=/run/vmtest/busybox sh /run/vmtest/init.sh systemd-cmd
+	EOF
+	# A boot that falls into emergency mode would wait for a root password
+	# on the console until the time limit: print the failure and power off.
+	$BB mkdir -p $units/emergency.service.d $units/rescue.service.d
+	for d in emergency rescue; do
+		$BB cat >$units/$d.service.d/vmtest.conf <<-EOF
+		[Service]
+		ExecStart=
+		ExecStart=/run/vmtest/busybox sh /run/vmtest/init.sh systemd-failed
+		EOF
+	done
+	echo "vmtest: exec /lib/systemd/systemd (unit vmtest.target)"
+	# --show-status: which units started, and which failed, in the serial log.
+	exec /lib/systemd/systemd --unit=vmtest.target --show-status=yes --log-target=kmsg
+}
+
+# vmtest-cmd.service's body: the command, its status as the marker, power off.
+systemd_cmd() {
+	BB=/run/vmtest/busybox
+	# shellcheck source=/dev/null
+	. /run/vmtest/config
+	$BB env -i /bin/sh /run/vmtest/cmd </dev/null
+	rc=$?
+	echo
+	echo "$VMTEST_MARK exit=$rc"
+	$BB sleep 0.5
+	echo o >/proc/sysrq-trigger
+}
+
 case ${1:-} in
 stage2) stage2 ;;
+systemd-cmd) systemd_cmd ;;
+systemd-failed) BB=/run/vmtest/busybox; . /run/vmtest/config; /bin/systemctl --failed --no-pager; fail "systemd fell into emergency mode" ;;
 *) stage1 ;;
 esac

@@ -11,6 +11,8 @@
 #
 #   -k NAME     a kernel from kernels.txt (repeatable)
 #   -s          interactive shell in the first chosen kernel instead of CMD
+#   -S          boot systemd as init (PID 1); CMD runs as a service of it
+#               once basic.target is up (see init.sh, boot_systemd)
 #               (quit with `exit`, or Ctrl-A X to kill QEMU)
 #   -t SECONDS  per-kernel time limit, default 1200
 #   -m MEM      guest memory, default 3G (the overlay's writes live in it)
@@ -24,17 +26,19 @@ VMTEST_DIR=$(cd "$(dirname "$0")" && pwd -P)
 CACHE=${VMTEST_CACHE:-$VMTEST_DIR/.cache}
 export VMTEST_CACHE=$CACHE
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 say() { printf 'vmtest: %s\n' "$*" >&2; }
 
 kernels=()
 shell=0
+systemd=0
 timeout_s=1200
 mem=3G
-while getopts "k:st:m:h" opt; do
+while getopts "k:sSt:m:h" opt; do
 	case $opt in
 	k) kernels+=("$OPTARG") ;;
 	s) shell=1 ;;
+	S) systemd=1 ;;
 	t) timeout_s=$OPTARG ;;
 	m) mem=$OPTARG ;;
 	*) usage ;;
@@ -42,6 +46,7 @@ while getopts "k:st:m:h" opt; do
 done
 shift $((OPTIND - 1))   # getopts also consumed a "--"
 if [ "$shell" = 0 ] && [ $# -eq 0 ]; then usage; fi
+if [ "$shell" = 1 ] && [ "$systemd" = 1 ]; then say "-s and -S do not go together"; exit 2; fi
 
 if [ ${#kernels[@]} -eq 0 ]; then
 	mapfile -t kernels < <(sed -e 's/#.*//' "$VMTEST_DIR/kernels.txt" | awk 'NF { print $1 }')
@@ -90,6 +95,7 @@ make_initrd() {
 		echo "VMTEST_CWD=$(q "$(pwd -P)")"
 		echo "VMTEST_MARK=$(q "$mark")"
 		echo "VMTEST_SHELL=$shell"
+		echo "VMTEST_SYSTEMD=$systemd"
 	} >"$stage/vmtest/config"
 	{
 		echo "export PATH=$(q "$PATH") HOME=/root USER=root LOGNAME=root"
