@@ -1,4 +1,5 @@
-/* Types shared by bpf/dsock.bpf.c and agent/dsock_probe.cpp: connections to
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* Types shared by bpf/dsock.bpf.c and agent/probes/dsock_probe.cpp: connections to
  * the Docker socket and the bytes their clients send and receive.
  * No includes: vmlinux.h or <linux/types.h> comes first. */
 #ifndef DOCKQUOTA_DSOCK_H
@@ -37,7 +38,7 @@
 #define DSOCK_F_LOST_RX 2 /* the same for the receive side */
 
 /* Per-CPU counters, indexed by reason (tetragon-style error metrics).
- * DSOCK_CTR_LIST: keep agent/dsock_probe.cpp kCounterNames in the same order. */
+ * DSOCK_CTR_LIST: keep agent/probes/dsock_probe.cpp kCounterNames in the same order. */
 #define DSOCK_CTR_RINGBUF_FULL 0   /* event lost: ring buffer full */
 #define DSOCK_CTR_READ_FAIL 1      /* event sent without data: user memory unreadable */
 #define DSOCK_CTR_TRACK_FULL 2     /* connection not tracked: map full */

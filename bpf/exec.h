@@ -1,4 +1,5 @@
-/* Types shared by bpf/exec.bpf.c and agent/exec_probe.cpp: executions of the
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* Types shared by bpf/exec.bpf.c and agent/probes/exec_probe.cpp: executions of the
  * docker client binaries. No includes. */
 #ifndef DOCKQUOTA_EXEC_H
 #define DOCKQUOTA_EXEC_H

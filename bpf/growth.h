@@ -1,4 +1,5 @@
-/* Types shared by bpf/growth.bpf.c and agent/growth_probe.cpp: bytes that
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* Types shared by bpf/growth.bpf.c and agent/probes/growth_probe.cpp: bytes that
  * watched cgroups (containers) write into files on overlayfs.
  * No includes: vmlinux.h or <linux/types.h> comes first. */
 #ifndef DOCKQUOTA_GROWTH_H
@@ -20,7 +21,7 @@
 #define GROWTH_OVERLAYFS_MAGIC 0x794c7630
 
 /* Per-CPU counters, indexed by reason (tetragon-style error metrics).
- * GROWTH_CTR_LIST: keep agent/growth_probe.cpp kCounterNames in the same order. */
+ * GROWTH_CTR_LIST: keep agent/probes/growth_probe.cpp kCounterNames in the same order. */
 #define GROWTH_CTR_COUNTED 0    /* write calls added to a watched cgroup */
 #define GROWTH_CTR_NOT_OVERLAY 1 /* a watched cgroup wrote elsewhere (volume, tmpfs, pipe): not growth */
 #define GROWTH_CTR_NO_FILE 2    /* lost: the fd no longer resolved to a file at syscall exit */

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # bpf_object(<name> <source.bpf.c> [HEADERS h...])
 #
 # Compiles a CO-RE BPF object with clang -target bpf, links it with

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # One command: install the Debian packages, build, install and start dockquota
 # against the local Docker with the default config.
 #   sudo deploy/install.sh

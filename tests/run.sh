@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The test command (README, .ci/run): build, then run every suite.
 #   tests/run.sh              unit, bpf, e2e, vm, fuzz, asan (all of them, in that order)
 #   tests/run.sh unit         only the fast unprivileged unit tests

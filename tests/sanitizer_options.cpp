@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Default sanitizer options of the test executables in a DOCKQUOTA_SANITIZE
 // build (the sanitizer runtimes call these at start-up; ASAN_OPTIONS and
 // UBSAN_OPTIONS in the environment still override them).

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # vmtest/fetch.sh [NAME...]      download + unpack kernels, build their initramfs
 # vmtest/fetch.sh --list [SUITE...]   show the image packages a suite offers
 #

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# SPDX-License-Identifier: Apache-2.0
 # The guest's PID 1, in two stages. run.sh puts this file in the initramfs as
 # /init, next to /vmtest/config (variables) and /vmtest/cmd (the command).
 #

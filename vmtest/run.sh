@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # vmtest/run.sh [-k NAME]... [-t SECONDS] [-m MEM] -- CMD [ARGS...]
 # vmtest/run.sh [-k NAME] -s
 #

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 /* Pieces the probes share: x86-64 syscall numbers and the fexit-on-a-syscall
  * hook (dsock, growth), per-CPU counters by reason (all three). */
 #ifndef DOCKQUOTA_PROBE_BPF_H

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 /* Task helpers shared by the probes. */
 #ifndef DOCKQUOTA_TASK_BPF_H
 #define DOCKQUOTA_TASK_BPF_H

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The real agent at qman scale: 1,000 uids create 10,000 containers through the
 watched docker.sock (each one attributed by the BPF path, not prefilled), then
 measure dockquotad's RSS (now, peak since start-up, and by kind of mapping)

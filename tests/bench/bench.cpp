@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // dockquota-bench: what the agent costs everyone else, and how fast it attributes.
 //
 // Runs each workload without and with a real dockquotad (alternating, several
@@ -47,7 +48,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/growth_probe.h"
+#include "agent/probes/growth_probe.h"
 
 namespace {
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Pieces the benchmark programs share.
 #pragma once
 
@@ -6,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/usage.h"
+#include "agent/usage/usage.h"
 
 namespace dockquota::bench {
 

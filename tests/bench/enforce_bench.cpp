@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // enforce-bench: what enforcement costs, against a real Store file with 1,000
 // users and 10,000 attributed containers and a real usage snapshot, with a
 // runtime that answers at once (Docker's own stop time is the VM test's figure).
@@ -22,11 +23,11 @@
 #include <string>
 #include <vector>
 
-#include "agent/enforcer.h"
-#include "agent/log.h"
-#include "agent/quotas.h"
-#include "agent/store.h"
-#include "agent/usage.h"
+#include "agent/base/log.h"
+#include "agent/enforcement/enforcer.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
 #include "tests/bench/bench_util.h"
 
 using namespace dockquota;

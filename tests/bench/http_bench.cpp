@@ -1,10 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
 // http-bench: the API transport under slow-drip clients, old against new in one
 // run. Both serve the same routes (/healthz, the qman /remote-api surface on a
 // real Store) through the same router (ApiServer::dispatch):
 //   httplib  cpp-httplib 0.11's Server as ApiServer configured it before issue
 //            12: a pool of 4 threads, a thread per connection, 10 s per read,
 //            keep-alive 2 s, no deadline for a head, no connection cap
-//   ours     exporter/http_server.h with the agent's defaults (32 connections
+//   ours     api/http_server.h with the agent's defaults (32 connections
 //            per peer: most drippers are evicted, as on a real host)
 //   ours/nocap  the same with caps of 1024: every dripper is held open, so the
 //            figures show the event loop alone, eviction aside
@@ -35,12 +36,12 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/log.h"
-#include "agent/quotas.h"
-#include "agent/store.h"
-#include "agent/usage.h"
-#include "exporter/http_api.h"
-#include "exporter/qman_api.h"
+#include "agent/base/log.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
 #include "tests/bench/bench_util.h"
 
 using namespace dockquota;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // prjquota-bench: what a kernel quota read saves over a walk, side by side in one run.
 //
 //   prjquota-bench [--ids 1000] [--files 20] [--file-kib 64] [--rounds 5]
@@ -23,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/prjquota.h"
-#include "agent/usage.h"
+#include "agent/quota/prjquota.h"
+#include "agent/usage/usage.h"
 
 using namespace dockquota;
 using Clock = std::chrono::steady_clock;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // qman-bench: GET /remote-api/quotas with 1,000 users and 10,000 attributed
 // containers in a real Store file, served over loopback from the usage
 // snapshot, as the qman master calls it. Targets: p99 <= 10 ms, RSS <= 32 MiB.
@@ -20,12 +21,12 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/log.h"
-#include "agent/quotas.h"
-#include "agent/store.h"
-#include "agent/usage.h"
-#include "exporter/http_api.h"
-#include "exporter/qman_api.h"
+#include "agent/base/log.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
 #include "tests/bench/bench_util.h"
 
 using namespace dockquota;

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Ring buffer losses under a burst: many concurrent docker.sock clients doing
 creates next to big uploads (image load, build contexts) and downloads (image
 save, container logs, archive copies), against the real agent. Prints, per

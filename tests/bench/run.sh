@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Runs dockquota-bench against a throwaway dockerd. Usage: tests/bench/run.sh BUILD_DIR [bench args]
 set -eu
 build=${1:-build}; shift || true

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The long run of the randomized client zoo (tests/e2e/test_zoo.py) for the
 # record: 20,000 creates by default (CI runs 1,000), every object judged
 # against the agent's lists, wrong/lost counts by client stack and connection

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The growth probe on the running kernel: a real overlayfs mount, real cgroup
 // v2 directories, child processes writing known byte counts. Need root and
 // BTF; outside CI a missing prerequisite SKIPs, with CI=true it FAILS.
@@ -19,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/growth_probe.h"
+#include "agent/probes/growth_probe.h"
 
 using namespace dockquota;
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Project quotas on real filesystems: XFS and ext4 images on loop devices.
 // Needs root. Where the kernel has quota support (the vmtest guests) the
 // limits must hold exactly; where it has none (this host: CONFIG_QUOTA off)
@@ -25,10 +26,10 @@
 #include <thread>
 #include <vector>
 
-#include "agent/prjquota.h"
-#include "agent/project_quotas.h"
-#include "agent/quotas.h"
-#include "agent/store.h"
+#include "agent/quota/prjquota.h"
+#include "agent/quota/project_quotas.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

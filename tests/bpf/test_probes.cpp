@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Real BPF programs on the running kernel. Need root and BTF. Outside CI a
 // missing prerequisite SKIPs with a warning; with CI=true it FAILS, so a green
 // CI run means these really ran.
@@ -22,9 +23,9 @@
 
 #include <bpf/btf.h>
 
-#include "agent/dsock_probe.h"
-#include "agent/exec_probe.h"
-#include "agent/probe_util.h"
+#include "agent/probes/dsock_probe.h"
+#include "agent/probes/exec_probe.h"
+#include "agent/probes/probe_util.h"
 
 using namespace dockquota;
 

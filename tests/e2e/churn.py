@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared by test_reconcile.py and test_crash.py (issue 11): users that create
 and remove containers over the Engine API as fast as Docker lets them, each in
 its own process with its own uid, logging every call with its times; Docker's

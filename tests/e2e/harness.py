@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared pieces of the end-to-end tests: a real dockerd, real users in its
 socket group, the real agent, and its HTTP API over loopback.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The shipped unit, sandbox and all, under a real systemd (ctest vm_systemd_unit).
 
 Runs inside `vmtest/run.sh -S`: systemd is PID 1 of a Debian kernel's VM, the

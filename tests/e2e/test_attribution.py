@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Attribution end to end: a real dockerd, users alice/bob/carol in its socket
 group, the real agent with its BPF probes, and every kind of client.
 

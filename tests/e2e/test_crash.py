@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Crash safety (issue 11): `kill -9` of the agent at random moments while two
 users create and remove containers, once while dockerd restarts. After every
 restart: each attribution the API had already shown is still there for every

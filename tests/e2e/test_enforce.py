@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Enforcement end to end: a real dockerd, alice/bob/carol, the real agent, a
 real HTTP receiver on loopback standing in for the qman master, and a real
 SMTP server on loopback (Debian's python3-aiosmtpd).

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The HTTP API holds under abuse (issue 12), on the real agent: an
 unprivileged local user (carol) keeps DRIPPERS slow-drip connections open (a
 byte now and then, a head that never ends, reconnecting whenever the agent

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Tagging never breaks `docker run`, and no byte escapes the owner's project.
 
 The agent tags a container's layer root with its owner's project id when it

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Kernel project quotas on Docker's storage, end to end: a real dockerd whose
 data root is an XFS or ext4 filesystem (a loop image mounted with prjquota),
 alice/bob/carol, the real agent.

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The qman slave surface end to end: a real dockerd, alice/bob/carol, the real
 agent. Usage accounting must add up exactly against Docker's own figures
 measured independently (GET /system/df, what `docker system df -v` prints):

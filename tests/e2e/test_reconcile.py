@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The reconcile race and missed objects (issue 11), against a real dockerd.
 
 1. Two users create and remove containers without pause while the agent

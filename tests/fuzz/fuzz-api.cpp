@@ -1,4 +1,5 @@
-// fuzz-api: the whole HTTP API through ApiServer::dispatch() (exporter/http_api.h),
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-api: the whole HTTP API through ApiServer::dispatch() (api/http_api.h),
 // no socket: every /healthz, /metrics, /api/v1 and /remote-api route, the qman
 // routes over a real SQLite Store in a temporary directory (the objects of
 // tests/unit/qman_fixture.h, plus a few with hostile bytes: a passwd name and
@@ -46,15 +47,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/enforcer.h"
-#include "agent/log.h"
-#include "agent/quotas.h"
-#include "agent/store.h"
-#include "agent/usage.h"
-#include "agent/utf8.h"
-#include "exporter/enforcement_api.h"
-#include "exporter/http_api.h"
-#include "exporter/qman_api.h"
+#include "agent/base/log.h"
+#include "agent/base/utf8.h"
+#include "agent/enforcement/enforcer.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
+#include "api/enforcement_api.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 #include "tests/unit/api_stack.h"

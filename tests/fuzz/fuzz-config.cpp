@@ -1,4 +1,5 @@
-// fuzz-config: parseConfig() (agent/config.h) on the input as the config file's text.
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-config: parseConfig() (app/config.h) on the input as the config file's text.
 //
 // parseConfig reads the files some keys name (api_key_file, the TLS files, the
 // secret files). An input naming a device or a kernel file (/dev/zero never
@@ -8,7 +9,7 @@
 // Configuration), whatever the input.
 #include <string>
 
-#include "agent/config.h"
+#include "app/config.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 

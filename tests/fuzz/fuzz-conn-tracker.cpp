@@ -1,4 +1,5 @@
-// fuzz-conn-tracker: ConnTracker (agent/conn_tracker.h) fed probe events and
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-conn-tracker: ConnTracker (agent/capture/conn_tracker.h) fed probe events and
 // docker CLI executions.
 //
 // Input: u8 connection limit (% 16 + 1, so eviction happens), then operations:
@@ -25,7 +26,7 @@
 #include <set>
 #include <utility>
 
-#include "agent/conn_tracker.h"
+#include "agent/capture/conn_tracker.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 

@@ -1,4 +1,5 @@
-// fuzz-docker-json: the readers of Docker's JSON replies (agent/docker_lists.h):
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-docker-json: the readers of Docker's JSON replies (agent/runtime/docker_lists.h):
 // the streaming SAX list parsers and the field readers shared with the DOM
 // readers of inspect replies and /events messages.
 //
@@ -14,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/docker_lists.h"
+#include "agent/runtime/docker_lists.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 

@@ -1,4 +1,5 @@
-// fuzz-http-head: parseRequestHead() (exporter/http_server.h), the API
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-http-head: parseRequestHead() (api/http_server.h), the API
 // transport's reading of a request head, on the input as the bytes a client
 // sent up to and including the blank line (the loop only hands it a head that
 // ends in "\r\n\r\n" or "\n\n" and is at most max_head_bytes: so does this).
@@ -13,7 +14,7 @@
 
 #include <httplib.h>
 
-#include "exporter/http_server.h"
+#include "api/http_server.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 

@@ -1,4 +1,5 @@
-// fuzz-http-stream: HttpConnection (agent/http_stream.h), both directions.
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-http-stream: HttpConnection (agent/capture/http_stream.h), both directions.
 //
 // Input: a sequence of operations, each an op byte and its arguments:
 //   op & 7 = 0 / 1   send / recv: data (u16 length + bytes); with op & 0x08 a
@@ -18,8 +19,8 @@
 // mute predicates, as ConnTracker does.
 #include <cstring>
 
-#include "agent/docker_api.h"
-#include "agent/http_stream.h"
+#include "agent/capture/docker_api.h"
+#include "agent/capture/http_stream.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 

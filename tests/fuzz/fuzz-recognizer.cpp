@@ -1,4 +1,5 @@
-// fuzz-recognizer: recognize() and the mute predicates (agent/docker_api.h) on
+// SPDX-License-Identifier: Apache-2.0
+// fuzz-recognizer: recognize() and the mute predicates (agent/capture/docker_api.h) on
 // exchanges built field by field from the input, bodies included, so JSON
 // bodies, progress streams, forms and queries all see hostile bytes.
 //
@@ -17,7 +18,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/docker_api.h"
+#include "agent/capture/docker_api.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Shared by the libFuzzer targets (tests/fuzz/fuzz-*.cpp) and the unit suite
 // that replays their corpora and regression inputs (tests/unit/test_fuzz_replay.cpp):
 // a reader that turns fuzz bytes into values, the matching writer that builds

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The harness functions behind the fuzz-* targets, callable without libFuzzer:
 // fuzz_main.cpp wraps one of them as LLVMFuzzerTestOneInput (one executable per
 // target), and the unit suite replays every committed input through the same
@@ -11,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/http_stream.h"
+#include "agent/capture/http_stream.h"
 
 namespace dockquota::fuzz {
 

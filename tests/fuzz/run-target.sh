@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # One fuzz target in CI (ctest -L fuzz): run-target.sh BIN SRC WORK SECONDS MAX_LEN
 #   BIN      the fuzz-<what> executable
 #   SRC      tests/fuzz/fuzz-<what> (corpus/ and regressions/)

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Starts or stops a throwaway dockerd whose every path lives under DIR.
 #   tests/tools/dockerd.sh start DIR [GROUP]   -> socket DIR/docker.sock, pid DIR/dockerd.pid
 #   tests/tools/dockerd.sh stop DIR

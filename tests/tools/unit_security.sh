@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # tests/tools/unit_security.sh UNIT_FILE MAX
 # Fails when `systemd-analyze security --offline=true` scores UNIT_FILE's
 # exposure above MAX (ctest unit_systemd_security): a change that loosens the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The qman and enforcement routes of one agent over a Store the caller filled:
 // usage from a FakeSource, enforcement in dry-run with a runtime that does
 // nothing. What the API tests (test_utf8.cpp) and the API fuzz harness
@@ -13,13 +14,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/enforcer.h"
-#include "agent/quotas.h"
-#include "agent/store.h"
-#include "agent/usage.h"
-#include "exporter/enforcement_api.h"
-#include "exporter/http_api.h"
-#include "exporter/qman_api.h"
+#include "agent/enforcement/enforcer.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
+#include "api/enforcement_api.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
 
 namespace dockquota::testing {
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Real docker.sock captures (tests/data/captures/*.json, one chunk per client
 // syscall, as the BPF probe sees them): loading, shared by the parser and
 // recogniser tests.

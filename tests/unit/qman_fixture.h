@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Shared by the [qman] tests: a store with alice/bob/carol's objects and
 // Docker figures that match them, served through a fake UsageSource.
 #pragma once
@@ -9,8 +10,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "agent/store.h"
-#include "agent/usage.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
 
 namespace dockquota::testing {
 

@@ -1,10 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
 #include <catch2/catch.hpp>
 
 #include <cstdio>
 #include <fstream>
 
-#include "agent/config.h"
-#include "agent/qman_wiring.h"
+#include "app/config.h"
+#include "app/qman_wiring.h"
 
 using namespace dockquota;
 

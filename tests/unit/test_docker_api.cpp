@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // recognize() and uploadBodyIsIrrelevant() on real Engine API captures
 // (tests/data/captures) and on synthetic exchanges for what a dockerd without
 // network could not produce (successful pulls, BuildKit streams).
@@ -13,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/docker_api.h"
-#include "agent/http_stream.h"
+#include "agent/capture/docker_api.h"
+#include "agent/capture/http_stream.h"
 #include "tests/unit/captures.h"
 
 using dockquota::ApiAction;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // DockerClient, Backoff and DockerEventStream.
 //
 // Three layers of tests:
@@ -30,7 +31,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/docker_client.h"
+#include "agent/runtime/docker_client.h"
 
 using dockquota::Backoff;
 using dockquota::DockerClient;

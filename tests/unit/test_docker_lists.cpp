@@ -1,4 +1,5 @@
-// Docker's list replies read with SAX into compact records (agent/docker_lists.h):
+// SPDX-License-Identifier: Apache-2.0
+// Docker's list replies read with SAX into compact records (agent/runtime/docker_lists.h):
 // real shapes, unknown and missing fields, odd numbers, malformed JSON, wrong
 // shapes, and input that arrives a byte at a time.
 #include <catch2/catch.hpp>
@@ -7,7 +8,7 @@
 #include <streambuf>
 #include <string>
 
-#include "agent/docker_lists.h"
+#include "agent/runtime/docker_lists.h"
 
 using namespace dockquota;
 using nlohmann::json;

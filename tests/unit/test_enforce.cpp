@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Enforcement: the pure policy, the Store's v4 tables (a real SQLite file),
 // and the Enforcer's decisions against a real Store with a fake runtime (the
 // real-dockerd and VM runs are tests/e2e/test_enforce.py).
@@ -8,9 +9,9 @@
 #include <thread>
 #include <vector>
 
-#include "agent/enforcer.h"
-#include "agent/policy.h"
-#include "agent/store.h"
+#include "agent/enforcement/enforcer.h"
+#include "agent/enforcement/policy.h"
+#include "agent/store/store.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

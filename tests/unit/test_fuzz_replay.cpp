@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Every committed fuzz input (tests/fuzz/fuzz-*/corpus and regressions), run
 // through the same harness functions as the libFuzzer targets, without
 // libFuzzer: a crash found once stays fixed. Harness invariants abort; in the
@@ -18,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/http_stream.h"
+#include "agent/capture/http_stream.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
 #include "tests/unit/captures.h"

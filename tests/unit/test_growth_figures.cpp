@@ -1,8 +1,9 @@
+// SPDX-License-Identifier: Apache-2.0
 // What the agent does with the growth probe's figures: deltas between two
 // reads (the early signal) and sums per owner. No kernel needed.
 #include <catch2/catch.hpp>
 
-#include "agent/growth_probe.h"
+#include "agent/probes/growth_probe.h"
 
 using namespace dockquota;
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The agent's HTTP surface over real loopback HTTP, backed by a real SQLite store.
 #include <catch2/catch.hpp>
 
@@ -11,8 +12,8 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/store.h"
-#include "exporter/http_api.h"
+#include "agent/store/store.h"
+#include "api/http_api.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

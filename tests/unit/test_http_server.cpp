@@ -1,4 +1,5 @@
-// The API's transport (exporter/http_server.h) over real loopback sockets:
+// SPDX-License-Identifier: Apache-2.0
+// The API's transport (api/http_server.h) over real loopback sockets:
 // deadlines, caps, eviction, oversized heads and bodies, keep-alive and
 // pipelining, HEAD, HTTP/1.0, TLS, stop(). Deadlines are short (hundreds of
 // ms) so the suite stays fast; each check says what it proves.
@@ -25,11 +26,11 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/log.h"
-#include "agent/store.h"
-#include "exporter/http_api.h"
-#include "exporter/http_server.h"
-#include "exporter/metrics.h"
+#include "agent/base/log.h"
+#include "agent/store/store.h"
+#include "api/http_api.h"
+#include "api/http_server.h"
+#include "api/metrics.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

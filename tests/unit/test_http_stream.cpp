@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // HttpConnection: real docker.sock captures (tests/data/captures, one event per
 // client syscall as the BPF probe sees them) and synthetic hostile input.
 #include <catch2/catch.hpp>
@@ -12,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/http_stream.h"
+#include "agent/capture/http_stream.h"
 #include "tests/unit/captures.h"
 
 using dockquota::HttpConnection;

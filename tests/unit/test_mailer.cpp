@@ -1,4 +1,5 @@
-// Quota mail (agent/mailer.h).
+// SPDX-License-Identifier: Apache-2.0
+// Quota mail (agent/delivery/mailer.h).
 //
 // Three layers:
 //  - pure: composeMail, humanBytes, addresses and EmailDirectory, planMails
@@ -37,7 +38,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/mailer.h"
+#include "agent/delivery/mailer.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

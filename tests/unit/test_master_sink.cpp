@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // MasterSink against a real httplib::Server on loopback standing in for the
 // qman master, fed by an in-memory EventSpool.
 #include <catch2/catch.hpp>
@@ -19,7 +20,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/master_sink.h"
+#include "agent/delivery/master_sink.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

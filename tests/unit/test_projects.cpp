@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Project-quota logic that needs no kernel: id allocation in the store, kernel
 // figures joined into the usage snapshot, finding a layer root in mountinfo.
 // (The kernel side is tests/bpf/test_prjquota.cpp, on real XFS and ext4.)
@@ -5,10 +6,10 @@
 
 #include <sys/sysmacros.h>
 
-#include "agent/config.h"
-#include "agent/mountinfo.h"
-#include "agent/project_quotas.h"
-#include "agent/usage.h"
+#include "agent/base/mountinfo.h"
+#include "agent/quota/project_quotas.h"
+#include "agent/usage/usage.h"
+#include "app/config.h"
 #include "qman_fixture.h"
 
 using namespace dockquota;

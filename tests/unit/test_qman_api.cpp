@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The qman slave contract over real loopback HTTP: a real Store file, the real
 // routes, a fake UsageSource with known figures (tests/unit/qman_fixture.h).
 #include <catch2/catch.hpp>
@@ -12,9 +13,9 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/quotas.h"
-#include "exporter/http_api.h"
-#include "exporter/qman_api.h"
+#include "agent/quota/quotas.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
 #include "qman_fixture.h"
 
 using namespace dockquota;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Store: migrations, restart, refusal of foreign files, join rules, reconcile,
 // resolve, concurrency and timing, on real SQLite files in a temp dir.
 #include <sqlite3.h>
@@ -16,7 +17,7 @@
 #include <random>
 #include <thread>
 
-#include "agent/store.h"
+#include "agent/store/store.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The database's file modes: directory 0700, files 0600, whatever the umask of
 // whoever started the agent (a shell's 022 by hand, systemd's UMask=0077,
 // install.sh), and existing ones that are more open are tightened.
@@ -8,7 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "agent/store.h"
+#include "agent/store/store.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Store schema v2: per-uid limits, device defaults, layers, sizes, override
 // resolver, evidence rows. Real SQLite files in a temp dir.
 #include <catch2/catch.hpp>
@@ -7,8 +8,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "agent/quotas.h"
-#include "agent/store.h"
+#include "agent/quota/quotas.h"
+#include "agent/store/store.h"
 #include "tests/unit/qman_fixture.h"
 #include "tests/unit/temp_dir.h"
 

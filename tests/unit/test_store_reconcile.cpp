@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Issue 11: reconciles and removals that cannot erase a bill, and losses made
 // visible. Store rules on real SQLite files; the Attributor against a real
 // dockerd (tests/tools/dockerd.sh; skipped without root/dockerd outside CI,
@@ -14,11 +15,11 @@
 #include <random>
 #include <thread>
 
-#include "agent/attributor.h"
-#include "agent/docker_client.h"
-#include "agent/probe_util.h"
-#include "agent/store.h"
-#include "exporter/metrics.h"
+#include "agent/attribution/attributor.h"
+#include "agent/probes/probe_util.h"
+#include "agent/runtime/docker_client.h"
+#include "agent/store/store.h"
+#include "api/metrics.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace dockquota;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ConnTracker over synthesised probe events: the glue between the probe, the
 // stream parser and the recogniser, without a kernel.
 #include <catch2/catch.hpp>
@@ -10,7 +11,7 @@
 #include <set>
 #include <vector>
 
-#include "agent/conn_tracker.h"
+#include "agent/capture/conn_tracker.h"
 
 using namespace dockquota;
 

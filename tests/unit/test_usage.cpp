@@ -1,11 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
 // Usage accounting with synthetic Docker figures: per-user sums, layer
 // ownership (once per host, first image wins), and the device totals.
 #include <catch2/catch.hpp>
 
 #include <fstream>
 
-#include "agent/quotas.h"
-#include "agent/usage.h"
+#include "agent/quota/quotas.h"
+#include "agent/usage/usage.h"
 #include "qman_fixture.h"
 
 using namespace dockquota;

@@ -1,4 +1,5 @@
-// Issue 12, "errors that never fail": the UTF-8 helpers (agent/utf8.h), the
+// SPDX-License-Identifier: Apache-2.0
+// Issue 12, "errors that never fail": the UTF-8 helpers (agent/base/utf8.h), the
 // logger's sanitizer, and the routes that answered 500 for a path or query
 // holding invalid UTF-8, over real loopback HTTP with the qman and
 // enforcement routes on a real SQLite store.
@@ -19,13 +20,13 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/enforcer.h"
-#include "agent/log.h"
-#include "agent/quotas.h"
-#include "agent/utf8.h"
-#include "exporter/enforcement_api.h"
-#include "exporter/http_api.h"
-#include "exporter/qman_api.h"
+#include "agent/base/log.h"
+#include "agent/base/utf8.h"
+#include "agent/enforcement/enforcer.h"
+#include "agent/quota/quotas.h"
+#include "api/enforcement_api.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
 #include "api_stack.h"
 #include "qman_fixture.h"
 

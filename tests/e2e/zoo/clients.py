@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The zoo's client stacks other than raw sockets: Python's http.client, curl,
 the docker CLIs and python3-docker (Debian's, run by /usr/bin/python3 in a
 child process of the user). Each runs in the calling process, so with its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Processes with other credentials: fork, optionally setuid to a user of the
 docker group, run a function, hand its JSON result back over a pipe."""
 import grp

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A small HTTP/1.1 client over a unix socket that does exactly what it is
 told: the raw-socket stack of the client zoo and the regression cases.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One zoo worker: a process with one user's credentials (or root's) that runs
 a seeded random sequence of Engine API calls through random client stacks and
 connection patterns, and reports every object it made (with the uid of the

@@ -1,0 +1,663 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "agent/quota/project_quotas.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "agent/base/clock.h"
+#include "agent/base/log.h"
+#include "agent/base/mountinfo.h"
+#include "agent/store/billing.h"
+
+namespace dockquota {
+namespace {
+
+constexpr const char* kSub = "prjquota";
+constexpr const char* kUser = "user";
+constexpr const char* kContainer = "container";
+
+std::string parentDir(const std::string& p) {
+  auto slash = p.find_last_of('/');
+  return slash == std::string::npos || slash == 0 ? p : p.substr(0, slash);
+}
+
+bool isDir(const std::string& p) {
+  struct stat st {};
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string key(const std::string& kind, const std::string& owner) { return kind + ":" + owner; }
+
+}  // namespace
+
+const char* toString(ProjectMode m) { return m == ProjectMode::User ? "user" : "container"; }
+
+// --- where things live -------------------------------------------------------------
+
+std::string layerRootFromMounts(const std::string& mountinfo, const std::string& container_id) {
+  for (const auto& m : parseMountinfo(mountinfo)) {
+    if (m.fstype != "overlay" || m.mount_point.find(container_id) == std::string::npos) continue;
+    std::istringstream so(m.super_options);
+    for (std::string opt; std::getline(so, opt, ',');)
+      if (opt.rfind("upperdir=", 0) == 0) return parentDir(opt.substr(9));
+  }
+  return "";
+}
+
+DockerLayerLocator::DockerLayerLocator(DockerClient& docker, std::string data_root)
+    : docker_(docker), root_(std::move(data_root)) {}
+
+Result<std::vector<std::string>> DockerLayerLocator::container(const std::string& id) {
+  std::vector<std::string> dirs;
+  // overlay2's own record of the container's layer (what dockerd reads at
+  // start): a file read, no Engine API round trip while `docker run` goes on.
+  if (id.find('/') == std::string::npos && id.find("..") == std::string::npos) {
+    std::ifstream in(root_ + "/image/overlay2/layerdb/mounts/" + id + "/mount-id");
+    std::string mount_id;
+    if (in >> mount_id && mount_id.find('/') == std::string::npos && mount_id.find("..") == std::string::npos &&
+        isDir(root_ + "/overlay2/" + mount_id)) {
+      dirs.push_back(root_ + "/overlay2/" + mount_id);
+      if (isDir(dirs.back() + "-init")) dirs.push_back(dirs.back() + "-init");
+      return dirs;
+    }
+  }
+  auto j = docker_.inspectContainer(id);
+  if (!j) return j.error();
+  std::string upper;
+  const auto& gd = (*j)["GraphDriver"];
+  if (gd.is_object() && gd["Data"].is_object() && gd["Data"]["UpperDir"].is_string())
+    upper = gd["Data"]["UpperDir"].get<std::string>();
+  if (!upper.empty()) {
+    std::string layer = parentDir(upper);
+    dirs.push_back(layer);
+    if (isDir(layer + "-init")) dirs.push_back(layer + "-init");  // the container's small init layer
+    return dirs;
+  }
+  // The containerd image store has no GraphDriver: the mounted rootfs says where its upper dir is.
+  std::ifstream in("/proc/self/mountinfo");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string layer = layerRootFromMounts(text.str(), id);
+  if (!layer.empty()) dirs.push_back(layer);
+  return dirs;
+}
+
+Result<std::string> DockerLayerLocator::layer(const std::string& chain_id) {
+  std::string hex = chain_id.rfind("sha256:", 0) == 0 ? chain_id.substr(7) : chain_id;
+  std::ifstream in(root_ + "/image/overlay2/layerdb/sha256/" + hex + "/cache-id");
+  std::string cache;
+  if (!in || !(in >> cache) || cache.find('/') != std::string::npos || cache.find("..") != std::string::npos)
+    return Error{ENOENT, "no overlay2 cache-id for layer " + chain_id};
+  return root_ + "/overlay2/" + cache;
+}
+
+Result<std::string> DockerLayerLocator::volume(const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+    return Error{EINVAL, "bad volume name " + name};
+  std::string dir = root_ + "/volumes/" + name;
+  if (!isDir(dir)) return Error{ENOENT, "no local volume directory " + dir};
+  return dir;
+}
+
+// --- the backend ---------------------------------------------------------------------
+
+ProjectQuotas::ProjectQuotas(Store& store, QuotaBook& book, std::unique_ptr<LayerLocator> locator, QuotaFs fs,
+                             Options options)
+    : store_(store), book_(book), locator_(std::move(locator)), fs_(std::move(fs)), opt_(options) {
+  if (!active()) return;
+  if (auto projects = store_.projects()) {
+    for (const auto& p : *projects) ids_[key(p.owner_kind, p.owner)] = p.id;
+  }
+}
+
+ProjectQuotas::~ProjectQuotas() { stop(); }
+
+void ProjectQuotas::start() {
+  if (!active() || thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = false;
+  }
+  thread_ = std::thread([this] { run(); });
+  if (opt_.mode == ProjectMode::User && !locator_->layersDir().empty() && isDir(locator_->layersDir())) {
+    stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (stop_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
+  }
+}
+
+void ProjectQuotas::stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (stop_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!write(stop_fd_, &one, sizeof one);
+  }
+  if (watch_thread_.joinable()) watch_thread_.join();
+  if (stop_fd_ >= 0) close(stop_fd_);
+  stop_fd_ = -1;
+  if (thread_.joinable()) thread_.join();
+}
+
+void ProjectQuotas::setCreatorLookup(CreatorLookup f) {
+  std::lock_guard<std::mutex> l(mu_);
+  creator_ = std::move(f);
+}
+
+namespace {
+bool isLayerId(const char* name) {  // overlay2 names a container layer by 64 hex ("<id>-init" is its init layer)
+  size_t n = 0;
+  for (; name[n]; n++)
+    if (!std::isxdigit(static_cast<unsigned char>(name[n])) || std::isupper(static_cast<unsigned char>(name[n])))
+      return false;
+  return n == 64;
+}
+}  // namespace
+
+// overlay2 makes <root>/overlay2/<id> (with diff/ and work/) inside the create
+// request, and mounts it only at start, after the reply: a tag put on here
+// is in place before any mount, so no overlayfs operation can see the id
+// change and no byte is written outside the project. Image layers from pulls
+// and builds also appear here, while being extracted: they have no
+// "<id>-init" sibling, are never touched here, and are tagged layer by layer
+// in sync() once their image is attributed, as before.
+void ProjectQuotas::watchLayers() {
+  const std::string dir = locator_->layersDir();
+  int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (in < 0 || inotify_add_watch(in, dir.c_str(), IN_CREATE | IN_ONLYDIR) < 0) {
+    LOG_WARN(kSub, "cannot watch %s for new layers (%s): container layers are tagged at Docker's create reply",
+             dir.c_str(), std::strerror(errno));
+    if (in >= 0) close(in);
+    return;
+  }
+  LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", dir.c_str());
+  alignas(inotify_event) char buf[64 * 1024];
+  for (;;) {
+    pollfd fds[2] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents) break;
+    ssize_t n = read(in, buf, sizeof buf);
+    for (ssize_t off = 0; n > 0 && off < n;) {
+      const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+      off += sizeof(inotify_event) + ev->len;
+      if (ev->mask & IN_Q_OVERFLOW) stats_.early_unclear++;
+      if (!(ev->mask & IN_ISDIR) || !ev->len || !isLayerId(ev->name)) continue;
+      // A container layer comes right after its init layer; an image layer
+      // (a pull or build extracting into it now) has none, and is left alone.
+      const std::string root = dir + "/" + ev->name;
+      if (!isDir(root + "-init")) continue;
+      CreatorLookup lookup;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        lookup = creator_;
+      }
+      auto uid = lookup ? lookup() : std::nullopt;
+      if (!uid) {
+        stats_.early_unclear++;
+        continue;
+      }
+      // The user's project exists (the usual case): tagged right here, not
+      // behind a sync pass that may hold the backend's thread for a while.
+      // Another tag of the same layer at the same time (the create reply's)
+      // follows the same order with the same id: no harm.
+      if (auto id = projectOfUser(*uid)) {
+        if (auto st = tagDirs({root}, *id); !st) {
+          stats_.errors++;
+          LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
+        } else {
+          stats_.early_tagged++;
+        }
+        continue;
+      }
+      // The user's first object: an id must be allocated, which a sync pass
+      // must not see half done. Here when no pass runs, else on the
+      // backend's thread right after the pass (the start may win then:
+      // counted as a deferred layer).
+      if (std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock); s.owns_lock()) {
+        tagEarly(root, *uid);
+        continue;
+      }
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        early_.emplace_back(root, *uid);
+      }
+      cv_.notify_all();
+    }
+  }
+  close(in);
+}
+
+void ProjectQuotas::tagEarly(const std::string& root, uint32_t uid) {
+  auto p = projectFor(kUser, std::to_string(uid));
+  if (!p) {
+    stats_.errors++;
+    LOG_WARN(kSub, "new layer %s: %s", root.c_str(), p.error().message.c_str());
+    return;
+  }
+  if (auto st = tagDirs({root}, *p); !st) {
+    stats_.errors++;
+    LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
+    return;
+  }
+  stats_.early_tagged++;
+  LOG_DEBUG(kSub, "new layer %s tagged with project %u (uid %u) as Docker made it", root.c_str(), *p, uid);
+}
+
+void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
+  if (!active()) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (kind == ObjectKind::Image) return;  // images are tagged layer by layer, in sync()
+    queue_.emplace_back(kind, id);
+    if (kind == ObjectKind::Container) queued_at_.emplace(id, unixNow());
+  }
+  cv_.notify_all();
+}
+
+void ProjectQuotas::wake() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    wake_ = true;
+  }
+  cv_.notify_all();
+}
+
+void ProjectQuotas::setUsageListener(std::function<void()> f) {
+  std::lock_guard<std::mutex> l(mu_);
+  on_usage_ = std::move(f);
+}
+
+std::shared_ptr<const KernelUsage> ProjectQuotas::usage() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return usage_;
+}
+
+std::optional<uint32_t> ProjectQuotas::projectOfUser(uint32_t uid) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = ids_.find(key(kUser, std::to_string(uid)));
+  return it == ids_.end() ? std::nullopt : std::optional<uint32_t>(it->second);
+}
+
+std::optional<uint32_t> ProjectQuotas::projectOfContainer(const std::string& id) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = ids_.find(key(kContainer, id));
+  return it == ids_.end() ? std::nullopt : std::optional<uint32_t>(it->second);
+}
+
+void ProjectQuotas::run() {
+  auto next_sync = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stop_) {
+    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty() || !early_.empty(); });
+    if (stop_) break;
+    // Layers Docker is making now, then new objects: their layer roots should
+    // carry the id before they are mounted and written to.
+    while (!early_.empty()) {
+      auto [root, uid] = early_.front();
+      early_.pop_front();
+      l.unlock();
+      {
+        std::lock_guard<std::mutex> s(sync_mu_);
+        tagEarly(root, uid);
+      }
+      l.lock();
+    }
+    while (!queue_.empty()) {
+      auto [kind, id] = queue_.front();
+      queue_.pop_front();
+      l.unlock();
+      {
+        std::lock_guard<std::mutex> s(sync_mu_);
+        auto rec = store_.get(kind, id);
+        if (rec && *rec && !(*rec)->gone_at) {
+          if (auto st = tagObject(kind, **rec); !st) {
+            stats_.errors++;
+            LOG_WARN(kSub, "%s", st.error().message.c_str());
+          }
+        }
+      }
+      l.lock();
+    }
+    bool due = wake_ || std::chrono::steady_clock::now() >= next_sync;
+    if (!due) continue;
+    wake_ = false;
+    l.unlock();
+    if (auto st = sync(); !st) LOG_WARN(kSub, "sync: %s", st.error().message.c_str());
+    l.lock();
+    next_sync = std::chrono::steady_clock::now() + opt_.interval;
+  }
+}
+
+Result<uint32_t> ProjectQuotas::projectFor(const std::string& kind, const std::string& owner) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = ids_.find(key(kind, owner));
+    if (it != ids_.end()) return it->second;
+  }
+  // A free id is one the kernel charges nothing to: not Docker's, not an admin's.
+  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, unixNow(), [this](uint32_t id) {
+    auto u = readProject(fs_, id);
+    return u && u->bytes == 0 && u->inodes == 0;
+  });
+  if (!p) return p.error();
+  stats_.ids_allocated++;
+  LOG_INFO(kSub, "project %u for %s %s", p->id, kind.c_str(), owner.c_str());
+  // The limit goes on before anything is tagged, so no byte is written unlimited.
+  if (auto s = applyLimits({*p}); !s) return s.error();
+  std::lock_guard<std::mutex> l(mu_);
+  ids_[key(kind, owner)] = p->id;
+  return p->id;
+}
+
+Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id) {
+  for (const auto& dir : dirs) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0) continue;  // removed meanwhile
+    if (st.st_dev != fs_.dev) continue;         // not on the quota filesystem (a bind-mounted volume driver...)
+    TagStats ts;
+    if (isLayerRoot(dir)) {
+      // Docker mounts a container's init layer once, inside the create (to
+      // write /etc/hosts and the like), and never again: a young work/work
+      // there is that finished mount, not one in progress.
+      const bool init = dir.size() > 5 && dir.compare(dir.size() - 5, 5, "-init") == 0;
+      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); }, init ? 0 : kMountSetupSeconds);
+      if (!r) return r.error();
+      noteLayer(dir, *r);
+      if (r->stats.already && !r->stats.tagged) continue;
+      ts = r->stats;
+    } else {
+      auto cur = projectOf(dir);
+      if (cur && *cur == id) continue;  // tagged before; its tree inherited the id since
+      // A volume may be in use: ids first, flags second, as tagLayer() does for diff/.
+      auto ids = tagTree(dir, id, TagFlags::IdsOnly);
+      if (!ids) return ids.error();
+      auto r = tagTree(dir, id);
+      if (!r) return r.error();
+      ts = *ids;
+      ts.tagged += r->tagged;
+    }
+    stats_.tagged_trees++;
+    stats_.tagged_inodes += ts.tagged;
+    if (ts.failed) {
+      stats_.errors++;
+      LOG_WARN(kSub, "tagging %s with project %u: %llu inode(s) failed, first: %s", dir.c_str(), id,
+               (unsigned long long)ts.failed, ts.error.c_str());
+    }
+    LOG_DEBUG(kSub, "tagged %s with project %u (%llu inodes changed)", dir.c_str(), id, (unsigned long long)ts.tagged);
+  }
+  return {};
+}
+
+// A layer whose container started before its owner was known keeps writing
+// outside the owner's project until it stops: counted, in /healthz, retried
+// by every sync (tagLayer() touches its diff/ only once it is unmounted).
+void ProjectQuotas::noteLayer(const std::string& root, const LayerTagResult& r) {
+  if (r.raced_mount) stats_.raced_mounts++;
+  std::lock_guard<std::mutex> l(mu_);
+  if (r.state == LayerTag::Deferred) {
+    if (deferred_.insert(root).second) {
+      stats_.deferred_layers_total++;
+      LOG_WARN(kSub, "%s was mounted before its owner was known: its writes are outside the owner's project until "
+               "the container stops (then it is tagged)", root.c_str());
+    }
+  } else if (deferred_.erase(root)) {
+    LOG_INFO(kSub, "%s tagged after its container stopped", root.c_str());
+  }
+  stats_.deferred_layers = deferred_.size();
+}
+
+Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
+  // Which project, if any, should this object's directories carry?
+  std::string pkind, powner;
+  if (kind == ObjectKind::Container && opt_.mode == ProjectMode::Container) {
+    pkind = kContainer, powner = rec.id;
+  } else if ((kind == ObjectKind::Container || kind == ObjectKind::Volume) && opt_.mode == ProjectMode::User &&
+             rec.owner) {
+    pkind = kUser, powner = std::to_string(billedUid(*rec.owner, opt_.bill_root_to_login_uid));
+  } else if (kind == ObjectKind::Image) {
+    return {};  // images are tagged layer by layer (sync())
+  }
+
+  std::vector<std::string> dirs;
+  if (kind == ObjectKind::Container) {
+    auto cached = container_dirs_.find(rec.id);
+    if (cached == container_dirs_.end() || cached->second.empty()) {
+      auto d = locator_->container(rec.id);
+      if (!d) return d.error().context("container " + rec.id.substr(0, 12));
+      cached = container_dirs_.insert_or_assign(rec.id, *d).first;
+    }
+    dirs = cached->second;
+  } else {
+    auto d = locator_->volume(rec.id);
+    if (!d) return {};  // not a local volume on this filesystem: nothing to tag
+    dirs.push_back(*d);
+  }
+  if (dirs.empty()) return {};
+
+  uint32_t id = 0;  // unattributed: back to project 0, but only from one of our ids
+  if (!pkind.empty()) {
+    auto p = projectFor(pkind, powner);
+    if (!p) return p.error();
+    id = *p;
+  } else {
+    auto cur = projectOf(dirs.front());
+    if (!cur || !ours(*cur)) return {};
+  }
+  if (auto s = tagDirs(dirs, id); !s) return s.error().context(std::string(toString(kind)) + " " + rec.id.substr(0, 12));
+
+  std::lock_guard<std::mutex> l(mu_);
+  auto q = queued_at_.find(rec.id);
+  if (q != queued_at_.end()) {
+    stats_.last_tag_latency = unixNow() - q->second;
+    queued_at_.erase(q);
+  }
+  return {};
+}
+
+Status ProjectQuotas::sync() {
+  if (!active()) return Error{ENOTSUP, "prjquota: " + fs_.reason};
+  std::lock_guard<std::mutex> s(sync_mu_);
+  auto t0 = std::chrono::steady_clock::now();
+  Status first_error;
+  auto note = [&](Status st) {
+    if (st) return;
+    stats_.errors++;
+    LOG_WARN(kSub, "%s", st.error().message.c_str());
+    if (first_error) first_error = st;
+  };
+
+  // 1. Every live container and volume carries its project.
+  std::set<std::string> live_containers, live_users;
+  for (ObjectKind kind : {ObjectKind::Container, ObjectKind::Volume}) {
+    auto rows = store_.list(kind);
+    if (!rows) return rows.error().context(kSub);
+    for (const auto& rec : *rows) {
+      if (kind == ObjectKind::Container) live_containers.insert(rec.id);
+      if (rec.owner) live_users.insert(std::to_string(billedUid(*rec.owner, opt_.bill_root_to_login_uid)));
+      note(tagObject(kind, rec));
+    }
+  }
+  std::set<std::string> live_dirs;
+  for (const auto& [c, dirs] : container_dirs_)
+    if (live_containers.count(c)) live_dirs.insert(dirs.begin(), dirs.end());
+  std::erase_if(container_dirs_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    std::erase_if(deferred_, [&](const std::string& d) { return !live_dirs.count(d); });
+    stats_.deferred_layers = deferred_.size();
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    std::erase_if(queued_at_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  }
+
+  // 2. Per-user mode: each image layer carries the project of the uid it is billed to.
+  if (opt_.mode == ProjectMode::User) {
+    auto layers = store_.layers();
+    if (!layers) return layers.error().context(kSub);
+    for (const auto& l : *layers) {
+      if (!l.owner_uid) continue;
+      auto dir = locator_->layer(l.id);
+      if (!dir) continue;  // not an overlay2 layer we can find: the walk still counts it
+      std::string owner = std::to_string(*l.owner_uid);
+      live_users.insert(owner);
+      auto p = projectFor(kUser, owner);
+      if (!p) {
+        note(p.error());
+        continue;
+      }
+      note(tagDirs({*dir}, *p));
+    }
+  }
+
+  // 3. Ids whose last object is gone are freed (limit cleared first, so the id is clean for reuse).
+  auto projects = store_.projects();
+  if (!projects) return projects.error().context(kSub);
+  std::vector<ProjectRecord> kept;
+  for (const auto& p : *projects) {
+    bool live = p.owner_kind == kUser ? live_users.count(p.owner) > 0 : live_containers.count(p.owner) > 0;
+    bool wrong_mode = (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User);
+    if (live && !wrong_mode) {
+      kept.push_back(p);
+      continue;
+    }
+    if (live && wrong_mode) {  // left from the other mode: keep the row until the object is gone
+      continue;
+    }
+    note(setProjectLimit(fs_, p.id, 0));
+    if (auto st = store_.releaseProject(p.owner_kind, p.owner); !st) {
+      note(st);
+      continue;
+    }
+    applied_.erase(p.id);
+    stats_.ids_released++;
+    LOG_INFO(kSub, "project %u of %s %s released", p.id, p.owner_kind.c_str(), p.owner.c_str());
+    std::lock_guard<std::mutex> l(mu_);
+    ids_.erase(key(p.owner_kind, p.owner));
+  }
+
+  // 4. Limits, then 5. usage.
+  note(applyLimits(kept));
+  auto r0 = std::chrono::steady_clock::now();
+  note(readUsage(kept));
+  auto t1 = std::chrono::steady_clock::now();
+  stats_.last_read_seconds = std::chrono::duration<double>(t1 - r0).count();
+  stats_.last_sync_seconds = std::chrono::duration<double>(t1 - t0).count();
+  stats_.last_sync = unixNow();
+  stats_.syncs++;
+  return first_error;
+}
+
+uint64_t ProjectQuotas::limitFor(const ProjectRecord& p) const {
+  if (p.owner_kind == kUser) return book_.limitKiB(uint32_t(std::stoul(p.owner))) * 1024;
+  return p.limit_bytes.value_or(opt_.container_default_bytes);
+}
+
+Status ProjectQuotas::applyLimits(const std::vector<ProjectRecord>& projects) {
+  Status first;
+  for (const auto& p : projects) {
+    uint64_t want = limitFor(p);
+    auto it = applied_.find(p.id);
+    if (it != applied_.end() && it->second == want) continue;
+    if (auto s = setProjectLimit(fs_, p.id, want); !s) {
+      if (first) first = s;
+      continue;
+    }
+    applied_[p.id] = want;
+    stats_.limit_sets++;
+    LOG_INFO(kSub, "project %u (%s %s): hard limit %llu bytes", p.id, p.owner_kind.c_str(), p.owner.c_str(),
+             (unsigned long long)want);
+  }
+  return first;
+}
+
+void ProjectQuotas::setFastUsageListener(std::function<void()> f) {
+  std::lock_guard<std::mutex> l(mu_);
+  on_fast_usage_ = std::move(f);
+}
+
+Status ProjectQuotas::readProjectsOf(const std::vector<std::string>& containers) {
+  if (!active()) return {};
+  // container -> (project id, where its bytes go in KernelUsage)
+  std::map<uint32_t, std::pair<bool, std::string>> wanted;  // id -> (per user?, uid text or container id)
+  for (const auto& c : containers) {
+    if (opt_.mode == ProjectMode::Container) {
+      if (auto id = projectOfContainer(c)) wanted[*id] = {false, c};
+      continue;
+    }
+    auto rec = store_.get(ObjectKind::Container, c);
+    if (!rec || !*rec || !(*rec)->owner) continue;
+    const uint32_t uid = billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid);
+    if (auto id = projectOfUser(uid)) wanted[*id] = {true, std::to_string(uid)};
+  }
+  if (wanted.empty()) return {};
+  std::map<uint32_t, uint64_t> bytes;
+  for (const auto& [id, _] : wanted) {
+    auto u = readProject(fs_, id);
+    if (!u) return u.error().context(kSub);
+    bytes[id] = u->bytes;
+  }
+  std::function<void()> listener;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!usage_) return {};  // before the first full read: nothing to update yet
+    auto k = std::make_shared<KernelUsage>(*usage_);
+    for (const auto& [id, where] : wanted) {
+      if (where.first)
+        k->users[uint32_t(std::stoul(where.second))] = bytes[id];
+      else
+        k->containers[where.second] = bytes[id];
+    }
+    k->read_at = unixNow();
+    usage_ = std::move(k);
+    listener = on_fast_usage_;
+  }
+  if (listener) listener();
+  return {};
+}
+
+Status ProjectQuotas::readUsage(const std::vector<ProjectRecord>& projects) {
+  auto all = readProjects(fs_);
+  std::map<uint32_t, ProjectUsage> by_id;
+  if (all) {
+    by_id = std::move(*all);
+  } else {
+    // No Q_XGETNEXTQUOTA (pre-4.6 kernels): one read per id we hold.
+    for (const auto& p : projects) {
+      auto u = readProject(fs_, p.id);
+      if (!u) return u.error();
+      by_id[p.id] = *u;
+    }
+  }
+  auto k = std::make_shared<KernelUsage>();
+  k->per_user = opt_.mode == ProjectMode::User;
+  k->read_at = unixNow();
+  for (const auto& p : projects) {
+    auto it = by_id.find(p.id);
+    uint64_t bytes = it == by_id.end() ? 0 : it->second.bytes;
+    if (p.owner_kind == kUser)
+      k->users[uint32_t(std::stoul(p.owner))] = bytes;
+    else
+      k->containers[p.owner] = bytes;
+  }
+  std::function<void()> listener;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    usage_ = std::move(k);
+    listener = on_usage_;
+  }
+  if (listener) listener();
+  return {};
+}
+
+}  // namespace dockquota

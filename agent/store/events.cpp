@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "agent/store/events.h"
+
+namespace dockquota {
+
+const char* toString(Channel c) { return c == Channel::Master ? "master" : "mail"; }
+
+bool channelWants(Channel c, const std::string& type) {
+  using namespace event_type;
+  const bool person = type == kExceeded || type == kStopped || type == kRemoved;
+  if (c == Channel::Master) return person;  // the master ignores every other type (spec §5)
+  return person || type == kWarning;
+}
+
+}  // namespace dockquota

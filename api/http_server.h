@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// The API's HTTP/1.1 transport: one epoll loop owns every socket, a bounded
+// pool of workers runs the handlers. Replaces httplib::Server, whose thread
+// per connection let 8 slow-drip clients (a byte now and then) hold all 4
+// workers so /healthz timed out (issue 12).
+//
+//   loop thread   accept (caps, eviction), non-blocking reads with deadlines,
+//                 head/body parsing, 4xx without a handler, writes, TLS
+//   workers (N)   run the handler on a complete request, serialise the answer
+//
+// A worker only ever sees a complete request, so slow clients cost a slot in
+// the connection table and a few KiB, never a worker. httplib::Request and
+// httplib::Response stay the plain data types the handlers see.
+//
+// Limits (HttpServerOptions) and why:
+//   request_timeout     the whole head and body of one request, from its first
+//                       byte (from accept for the first); 408 after it. Caps the
+//                       time a slow client holds a slot, however it drips.
+//   idle_timeout        keep-alive wait for the next request's first byte.
+//   max_head_bytes      16 KiB: our longest legitimate head (Basic auth, a 64-hex
+//                       id in the path, a query) is under 1 KiB; 431, or 414
+//                       when the request line alone is over it.
+//   max_body_bytes      1 MiB: the largest body is a quota batch (~100 B/user).
+//   max_buffered_bytes  all connections' request bodies together: a limit per
+//                       connection is not one when there are hundreds of them.
+//   max_connections(_per_peer)  see victim() in http_server.cpp: a full cap
+//                       evicts the oldest incomplete connection, not the newcomer.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "agent/base/result.h"
+#include "api/metrics.h"
+
+namespace httplib {
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace dockquota {
+
+struct HttpServerOptions {
+  std::string address = "127.0.0.1";
+  uint16_t port = 0;  // 0 = pick a free port
+  // Both set: HTTPS only (PEM; the certificate file may hold the chain).
+  std::string tls_cert_file = {};
+  std::string tls_key_file = {};
+  int threads = 4;
+  int max_connections = 256;
+  int max_connections_per_peer = 32;
+  std::chrono::milliseconds request_timeout{10000};
+  std::chrono::milliseconds idle_timeout{5000};
+  size_t max_head_bytes = 16 << 10;
+  size_t max_body_bytes = 1 << 20;
+  size_t max_buffered_bytes = 32 << 20;
+};
+
+class HttpServer {
+ public:
+  // Runs on a worker; `req` is complete (body read, path decoded, params parsed).
+  // A status left at -1 is sent as 200.
+  using Handler = std::function<void(httplib::Request& req, httplib::Response& res)>;
+
+  // `metrics` must outlive the server.
+  HttpServer(HttpServerOptions options, Handler handler, TransportMetrics& metrics);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Loads the TLS files (if set), binds with SO_REUSEADDR (never SO_REUSEPORT:
+  // a second agent must fail to bind, not share the port), starts the loop and
+  // the workers. Returns the bound port.
+  Result<int> start();
+  // Closes every connection and joins the threads; a handler still running is
+  // waited for, its answer dropped. Idempotent.
+  void stop();
+  bool tls() const { return !opt_.tls_cert_file.empty(); }
+  const HttpServerOptions& options() const { return opt_; }
+
+ private:
+  struct Loop;
+  HttpServerOptions opt_;
+  Handler handler_;
+  TransportMetrics& metrics_;
+  std::unique_ptr<Loop> loop_;
+};
+
+// "Not Found" for 404 ... ("" for codes we never send).
+const char* httpReason(int status);
+
+// One complete request head as the loop reads it (request line, header lines,
+// the blank line) into `req`: method, target, version, headers, decoded path,
+// params. status 0 = accepted; else what the loop answers (400, 431, 505) and
+// why. Pure, for the fuzz-http-head harness.
+struct HeadVerdict {
+  int status = 0;
+  std::string msg;
+};
+HeadVerdict parseRequestHead(std::string_view head, httplib::Request& req);
+constexpr size_t kMaxRequestHeaders = 100;  // header fields in one head; more: 431
+
+}  // namespace dockquota

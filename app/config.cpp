@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "app/config.h"
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/base/log.h"
+#include "agent/probes/dsock_probe.h"
+#include "agent/probes/growth_probe.h"
+
+namespace dockquota {
+namespace {
+
+using json = nlohmann::json;
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) i++;
+  return s.substr(i);
+}
+
+Error keyError(const std::string& origin, const std::string& key, const std::string& why) {
+  return Error{EINVAL, "config " + origin + ": key \"" + key + "\": " + why};
+}
+
+// A string key that must take one of `allowed`: nothing, or the key's error
+// listing them.
+std::optional<Error> oneOf(const std::string& origin, const char* key, const std::string& value,
+                           const std::vector<std::string>& allowed) {
+  if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return std::nullopt;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  return keyError(origin, key, "must be one of " + list);
+}
+
+// "auto", then a probe's hook sets.
+std::vector<std::string> hookChoices(const std::vector<std::string>& sets) {
+  std::vector<std::string> out{"auto"};
+  out.insert(out.end(), sets.begin(), sets.end());
+  return out;
+}
+
+// Typed readers: each checks the JSON type and range, names the key on failure.
+using Reader = std::function<Status(const json&, Config&)>;
+
+template <typename T>
+Reader uintKey(const std::string& origin, const std::string& key, T Config::*field, uint64_t lo, uint64_t hi) {
+  return [=](const json& v, Config& c) -> Status {
+    if (!v.is_number_integer() || (v.is_number_integer() && v.get<int64_t>() < 0)) {
+      return keyError(origin, key, "must be a non-negative integer");
+    }
+    uint64_t n = v.get<uint64_t>();
+    if (n < lo || n > hi) {
+      return keyError(origin, key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    }
+    c.*field = static_cast<T>(n);
+    return {};
+  };
+}
+
+Reader stringKey(const std::string& origin, const std::string& key, std::string Config::*field, bool nonempty = true) {
+  return [=](const json& v, Config& c) -> Status {
+    if (!v.is_string()) return keyError(origin, key, "must be a string");
+    if (nonempty && v.get<std::string>().empty()) return keyError(origin, key, "must not be empty");
+    c.*field = v.get<std::string>();
+    return {};
+  };
+}
+
+Reader pathListKey(const std::string& origin, const std::string& key, std::vector<std::string> Config::*field) {
+  return [=](const json& v, Config& c) -> Status {
+    if (!v.is_array()) return keyError(origin, key, "must be an array of absolute paths");
+    std::vector<std::string> out;
+    for (const auto& e : v) {
+      if (!e.is_string() || e.get<std::string>().empty() || e.get<std::string>()[0] != '/') {
+        return keyError(origin, key, "must be an array of absolute paths");
+      }
+      out.push_back(e.get<std::string>());
+    }
+    c.*field = std::move(out);
+    return {};
+  };
+}
+
+Reader boolKey(const std::string& origin, const std::string& key, bool Config::*field) {
+  return [=](const json& v, Config& c) -> Status {
+    if (!v.is_boolean()) return keyError(origin, key, "must be true or false");
+    c.*field = v.get<bool>();
+    return {};
+  };
+}
+
+// A file's content, trimmed; the key names the file in errors.
+Result<std::string> readSecret(const std::string& origin, const std::string& key, const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return keyError(origin, key, "cannot read " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string v = trim(ss.str());
+  if (v.empty()) return keyError(origin, key, path + " is empty");
+  return v;
+}
+
+}  // namespace
+
+Result<Config> parseConfig(const std::string& text, const std::string& origin) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  if (j.is_discarded()) return Error{EINVAL, "config " + origin + ": not valid JSON"};
+  if (!j.is_object()) return Error{EINVAL, "config " + origin + ": must be a JSON object"};
+
+  const std::map<std::string, Reader> readers = {
+      {"listen_address", stringKey(origin, "listen_address", &Config::listen_address)},
+      {"listen_port", uintKey(origin, "listen_port", &Config::listen_port, 1, 65535)},
+      {"api_key", stringKey(origin, "api_key", &Config::api_key)},
+      {"api_key_file", stringKey(origin, "api_key_file", &Config::api_key_file)},
+      // 64 workers: handlers are short reads of memory and SQLite; more would
+      // only contend on the store.
+      {"http_threads", uintKey(origin, "http_threads", &Config::http_threads, 1, 64)},
+      // 16: room for the master, probes and a few admins; 65536: each
+      // connection costs a descriptor (LimitNOFILE) and up to 16 KiB of head.
+      {"http_max_connections", uintKey(origin, "http_max_connections", &Config::http_max_connections, 16, 65536)},
+      {"http_max_connections_per_peer",
+       uintKey(origin, "http_max_connections_per_peer", &Config::http_max_connections_per_peer, 1, 65536)},
+      // Below 1 s a loaded host's legitimate client could miss it; over 5 min a
+      // slow client holds its slot that long.
+      {"http_request_timeout_s", uintKey(origin, "http_request_timeout_s", &Config::http_request_timeout_s, 1, 300)},
+      {"http_idle_timeout_s", uintKey(origin, "http_idle_timeout_s", &Config::http_idle_timeout_s, 1, 3600)},
+      {"docker_socket", stringKey(origin, "docker_socket", &Config::docker_socket)},
+      {"watch_sockets", pathListKey(origin, "watch_sockets", &Config::watch_sockets)},
+      {"docker_binaries", pathListKey(origin, "docker_binaries", &Config::docker_binaries)},
+      {"database", stringKey(origin, "database", &Config::database)},
+      {"capture_bytes", uintKey(origin, "capture_bytes", &Config::capture_bytes, 512, 4096)},
+      {"ringbuf_kib", uintKey(origin, "ringbuf_kib", &Config::ringbuf_kib, 256, 1 << 20)},
+      {"poll_interval_ms", uintKey(origin, "poll_interval_ms", &Config::poll_interval_ms, 1, 1000)},
+      {"tracker_memory_mib", uintKey(origin, "tracker_memory_mib", &Config::tracker_memory_mib, 1, 4096)},
+      {"probe_hook", stringKey(origin, "probe_hook", &Config::probe_hook)},
+      {"bill_root_to_login_uid", boolKey(origin, "bill_root_to_login_uid", &Config::bill_root_to_login_uid)},
+      // 100 ms: a busy host's ring drain and inspect still fit; 10 min: a miss is still news.
+      {"missed_check_ms", uintKey(origin, "missed_check_ms", &Config::missed_check_ms, 100, 600000)},
+      {"log_level", stringKey(origin, "log_level", &Config::log_level)},
+      {"tls_cert_file", stringKey(origin, "tls_cert_file", &Config::tls_cert_file)},
+      {"tls_key_file", stringKey(origin, "tls_key_file", &Config::tls_key_file)},
+      {"docker_quota_enabled", boolKey(origin, "docker_quota_enabled", &Config::docker_quota_enabled)},
+      // 2^62: sums with 9,000 users' limits still fit in 64 bits (saturating anyway).
+      {"docker_quota_reserved_bytes",
+       uintKey(origin, "docker_quota_reserved_bytes", &Config::docker_quota_reserved_bytes, 0, uint64_t(1) << 62)},
+      {"docker_data_root", stringKey(origin, "docker_data_root", &Config::docker_data_root)},
+      // Below 5 s the measurement (one /system/df) would run back to back on a big host.
+      {"usage_interval_s", uintKey(origin, "usage_interval_s", &Config::usage_interval_s, 5, 86400)},
+      {"default_apply_interval_s",
+       uintKey(origin, "default_apply_interval_s", &Config::default_apply_interval_s, 10, 86400)},
+      {"project_quotas", stringKey(origin, "project_quotas", &Config::project_quotas)},
+      {"project_quota_mode", stringKey(origin, "project_quota_mode", &Config::project_quota_mode)},
+      // Id 0 is "no project"; ids are 32-bit, (u32)-1 is reserved by the kernel.
+      {"project_id_min", uintKey(origin, "project_id_min", &Config::project_id_min, 1, UINT32_MAX - 1)},
+      {"project_id_max", uintKey(origin, "project_id_max", &Config::project_id_max, 1, UINT32_MAX - 1)},
+      // 2^40 MiB = 1 EiB: beyond any filesystem, and * 2^20 still fits in 64 bits.
+      {"container_quota_default_mib",
+       uintKey(origin, "container_quota_default_mib", &Config::container_quota_default_mib, 0, uint64_t(1) << 40)},
+      {"project_sync_interval_s", uintKey(origin, "project_sync_interval_s", &Config::project_sync_interval_s, 1, 3600)},
+      {"growth_probe", boolKey(origin, "growth_probe", &Config::growth_probe)},
+      {"growth_probe_hook", stringKey(origin, "growth_probe_hook", &Config::growth_probe_hook)},
+      {"growth_signal_mib", uintKey(origin, "growth_signal_mib", &Config::growth_signal_mib, 1, 1u << 20)},
+      {"enforcement", stringKey(origin, "enforcement", &Config::enforcement)},
+      {"enforcement_order", stringKey(origin, "enforcement_order", &Config::enforcement_order)},
+      {"enforcement_grace_s", uintKey(origin, "enforcement_grace_s", &Config::enforcement_grace_s, 0, 30 * 86400)},
+      {"enforcement_stop_timeout_s",
+       uintKey(origin, "enforcement_stop_timeout_s", &Config::enforcement_stop_timeout_s, 0, 3600)},
+      {"enforcement_remove_volumes",
+       boolKey(origin, "enforcement_remove_volumes", &Config::enforcement_remove_volumes)},
+      {"enforcement_interval_s", uintKey(origin, "enforcement_interval_s", &Config::enforcement_interval_s, 1, 86400)},
+      {"enforcement_exempt_users",
+       [origin](const json& v, Config& c) -> Status {
+         const char* why = "must be an array of user names or uids";
+         if (!v.is_array()) return keyError(origin, "enforcement_exempt_users", why);
+         for (const auto& e : v) {
+           if (e.is_number_unsigned()) c.enforcement_exempt_users.push_back(std::to_string(e.get<uint64_t>()));
+           else if (e.is_string() && !e.get<std::string>().empty()) c.enforcement_exempt_users.push_back(e.get<std::string>());
+           else return keyError(origin, "enforcement_exempt_users", why);
+         }
+         return {};
+       }},
+      {"quota_warn_percent", uintKey(origin, "quota_warn_percent", &Config::quota_warn_percent, 1, 99)},
+      {"event_retention_days", uintKey(origin, "event_retention_days", &Config::event_retention_days, 1, 3650)},
+      {"host_id", stringKey(origin, "host_id", &Config::host_id)},
+      {"master_url", stringKey(origin, "master_url", &Config::master_url, /*nonempty=*/false)},
+      {"master_secret", stringKey(origin, "master_secret", &Config::master_secret)},
+      {"master_secret_file", stringKey(origin, "master_secret_file", &Config::master_secret_file)},
+      {"master_ca_file", stringKey(origin, "master_ca_file", &Config::master_ca_file)},
+      {"smtp_url", stringKey(origin, "smtp_url", &Config::smtp_url, /*nonempty=*/false)},
+      {"smtp_from", stringKey(origin, "smtp_from", &Config::smtp_from)},
+      {"smtp_username", stringKey(origin, "smtp_username", &Config::smtp_username)},
+      {"smtp_password_file", stringKey(origin, "smtp_password_file", &Config::smtp_password_file)},
+      {"smtp_starttls", boolKey(origin, "smtp_starttls", &Config::smtp_starttls)},
+      {"email_to", stringKey(origin, "email_to", &Config::email_to, /*nonempty=*/false)},
+      {"email_addresses",
+       [origin](const json& v, Config& c) -> Status {
+         if (!v.is_object()) return keyError(origin, "email_addresses", "must be an object of user name -> address");
+         for (const auto& [user, addr] : v.items()) {
+           if (!addr.is_string() || addr.get<std::string>().find('@') == std::string::npos)
+             return keyError(origin, "email_addresses", "the address of \"" + user + "\" must be a string with an @");
+           c.email_addresses[user] = addr.get<std::string>();
+         }
+         return {};
+       }},
+      {"email_burst_s", uintKey(origin, "email_burst_s", &Config::email_burst_s, 0, 86400)},
+      {"email_interval_s", uintKey(origin, "email_interval_s", &Config::email_interval_s, 0, 7 * 86400)},
+      {"email_max_per_hour", uintKey(origin, "email_max_per_hour", &Config::email_max_per_hour, 1, 100000)},
+  };
+
+  Config c;
+  for (const auto& [key, value] : j.items()) {
+    auto it = readers.find(key);
+    if (it == readers.end()) return keyError(origin, key, "unknown key (see README.md, Configuration)");
+    if (auto st = it->second(value, c); !st) return st.error();
+  }
+
+  if (j.contains("api_key") && j.contains("api_key_file")) {
+    return keyError(origin, "api_key_file", "set either api_key or api_key_file, not both");
+  }
+  if (!c.api_key_file.empty()) {
+    auto v = readSecret(origin, "api_key_file", c.api_key_file);
+    if (!v) return v.error();
+    c.api_key = *v;
+  }
+  if (c.http_max_connections_per_peer > c.http_max_connections) {
+    return keyError(origin, "http_max_connections_per_peer", "must not be above http_max_connections");
+  }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    return keyError(origin, c.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",
+                    "set both tls_cert_file and tls_key_file, or neither");
+  }
+  for (const auto* key : {"tls_cert_file", "tls_key_file"}) {
+    const std::string& file = std::string(key) == "tls_cert_file" ? c.tls_cert_file : c.tls_key_file;
+    if (file.empty()) continue;
+    std::ifstream f(file);
+    if (!f) return keyError(origin, key, "cannot read " + file + ": " + std::strerror(errno));
+  }
+  if (!c.docker_data_root.empty() && c.docker_data_root[0] != '/') {
+    return keyError(origin, "docker_data_root", "must be an absolute path");
+  }
+  const uint32_t kib = c.ringbuf_kib;
+  if ((kib & (kib - 1)) != 0) return keyError(origin, "ringbuf_kib", "must be a power of two");
+  if (c.watch_sockets.size() > 16) return keyError(origin, "watch_sockets", "at most 16 paths");
+  if (c.docker_binaries.size() > 16) return keyError(origin, "docker_binaries", "at most 16 paths");
+  for (auto err : {oneOf(origin, "probe_hook", c.probe_hook, hookChoices(DsockProbe::kHookSets)),
+                   oneOf(origin, "growth_probe_hook", c.growth_probe_hook, hookChoices(GrowthProbe::kHookSets)),
+                   oneOf(origin, "project_quotas", c.project_quotas, {"auto", "required", "off"}),
+                   oneOf(origin, "project_quota_mode", c.project_quota_mode, {"user", "container"})}) {
+    if (err) return *err;
+  }
+  if (c.project_id_min > c.project_id_max) {
+    return keyError(origin, "project_id_max", "must not be below project_id_min");
+  }
+  for (auto err : {oneOf(origin, "enforcement", c.enforcement, {"off", "dry-run", "enforce"}),
+                   oneOf(origin, "enforcement_order", c.enforcement_order, {"newest", "oldest", "largest"})}) {
+    if (err) return *err;
+  }
+  if (j.contains("master_secret") && j.contains("master_secret_file")) {
+    return keyError(origin, "master_secret_file", "set either master_secret or master_secret_file, not both");
+  }
+  if (!c.master_secret_file.empty()) {
+    auto v = readSecret(origin, "master_secret_file", c.master_secret_file);
+    if (!v) return v.error();
+    c.master_secret = *v;
+  }
+  if (!c.master_url.empty()) {
+    if (c.master_url.rfind("http://", 0) != 0 && c.master_url.rfind("https://", 0) != 0)
+      return keyError(origin, "master_url", "must start with http:// or https://");
+    if (c.master_secret.empty())
+      return keyError(origin, "master_url", "needs master_secret or master_secret_file (the master's SLAVE_EVENT_SECRET)");
+  }
+  if (!c.smtp_password_file.empty()) {
+    auto v = readSecret(origin, "smtp_password_file", c.smtp_password_file);
+    if (!v) return v.error();
+    c.smtp_password = *v;
+  }
+  if (!c.smtp_url.empty()) {
+    if (c.smtp_url.rfind("smtp://", 0) != 0 && c.smtp_url.rfind("smtps://", 0) != 0)
+      return keyError(origin, "smtp_url", "must start with smtp:// or smtps://");
+    if (c.smtp_from.find('@') == std::string::npos)
+      return keyError(origin, "smtp_from", "smtp_url needs a sender address with an @");
+    if (c.email_to.empty() && c.email_addresses.empty())
+      return keyError(origin, "smtp_url", "needs email_to (e.g. \"{user}@example.org\") or email_addresses");
+  }
+  if (!c.email_to.empty() && c.email_to.find('@') == std::string::npos) {
+    return keyError(origin, "email_to", "must be an address template with an @, e.g. \"{user}@example.org\"");
+  }
+  if (c.host_id.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) == 0) c.host_id = host;
+  }
+  log::Level lvl;
+  if (!log::parseLevel(c.log_level, &lvl)) {
+    return keyError(origin, "log_level", "must be one of error, warning, notice, info, debug");
+  }
+  return c;
+}
+
+Result<Config> loadConfig(const std::string& path, bool optional) {
+  std::ifstream f(path);
+  if (!f) {
+    if (optional && errno == ENOENT) return parseConfig("{}", "(defaults)");
+    return osError(errno, "config: cannot read " + path);
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parseConfig(ss.str(), path);
+}
+
+}  // namespace dockquota

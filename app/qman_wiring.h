@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+// Everything the qman slave surface needs, built from the config and started
+// and stopped as one: the usage accountant (its own Docker client), the quota
+// book, the user directory, the /remote-api + /metrics routes on the agent's
+// ApiServer, and the periodic default-quota job.
+//
+// main.cpp, after the ApiServer is constructed and before api.start():
+//   ApiServer api(apiServerOptions(config), store, health);
+//   auto qman = QmanServices::create(config, store, api, [&] { return health()["probes"]; });
+//   if (!qman) { LOG_ERROR(kSub, "%s", qman.error().message.c_str()); return 1; }
+//   (*qman)->start();
+//   ... at shutdown, after api.stop():  (*qman)->stop();
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/quota/project_quotas.h"
+#include "agent/quota/quotas.h"
+#include "agent/runtime/docker_client.h"
+#include "agent/store/store.h"
+#include "agent/usage/usage.h"
+#include "api/http_api.h"
+#include "api/qman_api.h"
+#include "app/config.h"
+
+namespace dockquota {
+
+// The ApiServer options the config asks for (address, port, key, TLS, the
+// transport's workers, caps and deadlines).
+ApiServerOptions apiServerOptions(const Config& config);
+
+class QmanServices {
+ public:
+  // Installs the routes on `api` (call before api.start()). `probe_counters`
+  // feeds dockquota_probe_counter in /metrics (may be empty).
+  static Result<std::unique_ptr<QmanServices>> create(const Config& config, Store& store, ApiServer& api,
+                                                      std::function<nlohmann::json()> probe_counters);
+  ~QmanServices();  // stops
+
+  void start();  // the accountant's thread and the defaults job
+  void stop();
+
+  UsageAccountant& usage() { return *usage_; }
+  UserDirectory& users() { return *users_; }
+  QmanContext& context() { return *ctx_; }
+  // Called after every usage publish (the enforcer's trigger). Set before start().
+  void setUsageListener(std::function<void()> f) { on_usage_ = std::move(f); }
+  QuotaBook& quotas() { return *quotas_; }
+  // The kernel project-quota backend; nullptr when the config turns it off.
+  ProjectQuotas* projects() { return projects_.get(); }
+  // One run of the periodic default application; returns how many users got a limit.
+  Result<size_t> applyDefaultsNow();
+
+ private:
+  QmanServices() = default;
+  void runDefaults();
+
+  std::chrono::seconds default_interval_{600};
+  std::unique_ptr<DockerClient> measure_client_;  // slow calls (/system/df) off the attributor's client
+  std::unique_ptr<DockerClient> inspect_client_;  // short timeout: a request waits on it
+  std::unique_ptr<QuotaBook> quotas_;
+  std::unique_ptr<UserDirectory> users_;
+  std::unique_ptr<UsageAccountant> usage_;
+  std::unique_ptr<DockerClient> project_client_;  // inspect for layer roots, never behind a slow /system/df
+  std::unique_ptr<ProjectQuotas> projects_;
+  std::unique_ptr<QmanContext> ctx_;
+  std::function<void()> on_usage_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread defaults_thread_;
+};
+
+}  // namespace dockquota
