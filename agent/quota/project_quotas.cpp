@@ -127,7 +127,7 @@ void ProjectQuotas::start() {
     stop_ = false;
   }
   thread_ = std::thread([this] { run(); });
-  if (opt_.mode == ProjectMode::User && !locator_->layersDir().empty() && isDir(locator_->layersDir())) {
+  if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
     if (stop_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
   }
@@ -196,6 +196,19 @@ void ProjectQuotas::watchLayers() {
       // (a pull or build extracting into it now) has none, and is left alone.
       const std::string root = dir + "/" + ev->name;
       if (!isDir(root + "-init")) continue;
+      if (opt_.mode == ProjectMode::Container) {
+        // Its own project from the start, keyed by the layer until the create
+        // reply names the container (tagObject() then renames it).
+        std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock);
+        if (s.owns_lock()) {
+          tagEarly(root, std::nullopt);
+        } else {
+          std::lock_guard<std::mutex> l(mu_);
+          early_.emplace_back(root, std::nullopt);
+          cv_.notify_all();
+        }
+        continue;
+      }
       CreatorLookup lookup;
       {
         std::lock_guard<std::mutex> l(mu_);
@@ -224,7 +237,7 @@ void ProjectQuotas::watchLayers() {
       // backend's thread right after the pass (the start may win then:
       // counted as a deferred layer).
       if (std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock); s.owns_lock()) {
-        tagEarly(root, *uid);
+        tagEarly(root, uid);
         continue;
       }
       {
@@ -237,8 +250,12 @@ void ProjectQuotas::watchLayers() {
   close(in);
 }
 
-void ProjectQuotas::tagEarly(const std::string& root, uint32_t uid) {
-  auto p = projectFor(kUser, std::to_string(uid));
+std::string ProjectQuotas::layerKey(const std::string& root) {
+  return "layer:" + root.substr(root.find_last_of('/') + 1);
+}
+
+void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> uid) {
+  auto p = uid ? projectFor(kUser, std::to_string(*uid)) : projectFor(kContainer, layerKey(root));
   if (!p) {
     stats_.errors++;
     LOG_WARN(kSub, "new layer %s: %s", root.c_str(), p.error().message.c_str());
@@ -250,7 +267,7 @@ void ProjectQuotas::tagEarly(const std::string& root, uint32_t uid) {
     return;
   }
   stats_.early_tagged++;
-  LOG_DEBUG(kSub, "new layer %s tagged with project %u (uid %u) as Docker made it", root.c_str(), *p, uid);
+  LOG_DEBUG(kSub, "new layer %s tagged with project %u as Docker made it", root.c_str(), *p);
 }
 
 void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
@@ -444,6 +461,7 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
   }
   if (dirs.empty()) return {};
 
+  if (pkind == kContainer && !dirs.empty()) adoptLayerProject(dirs.front(), rec.id);
   uint32_t id = 0;  // unattributed: back to project 0, but only from one of our ids
   if (!pkind.empty()) {
     auto p = projectFor(pkind, powner);
@@ -462,6 +480,24 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
     queued_at_.erase(q);
   }
   return {};
+}
+
+// Per-container mode: the project a layer got as Docker made it becomes its
+// container's (same id and limit: nothing is retagged).
+void ProjectQuotas::adoptLayerProject(const std::string& root, const std::string& container_id) {
+  const std::string from = layerKey(root);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!ids_.count(key(kContainer, from)) || ids_.count(key(kContainer, container_id))) return;
+  }
+  if (auto st = store_.renameProject(kContainer, from, container_id); !st) {
+    stats_.errors++;
+    LOG_WARN(kSub, "%s", st.error().message.c_str());
+    return;
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  ids_[key(kContainer, container_id)] = ids_[key(kContainer, from)];
+  ids_.erase(key(kContainer, from));
 }
 
 Status ProjectQuotas::sync() {
@@ -526,6 +562,9 @@ Status ProjectQuotas::sync() {
   std::vector<ProjectRecord> kept;
   for (const auto& p : *projects) {
     bool live = p.owner_kind == kUser ? live_users.count(p.owner) > 0 : live_containers.count(p.owner) > 0;
+    // A layer's own project, its container not named yet (create reply pending): live while the layer is.
+    if (p.owner_kind == kContainer && p.owner.rfind("layer:", 0) == 0)
+      live = isDir(locator_->layersDir() + "/" + p.owner.substr(6));
     bool wrong_mode = (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User);
     if (live && !wrong_mode) {
       kept.push_back(p);

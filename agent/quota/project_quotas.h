@@ -138,9 +138,11 @@ class ProjectQuotas {
   void onOwnerChanged(ObjectKind kind, const std::string& id);
   // Who is creating a container right now: the billed uid when every create
   // Docker has not answered yet comes from that one user, else nullopt.
-  // Per-user mode watches the storage driver's layer directory: a container
-  // layer is tagged for that uid as Docker makes it, before the create
-  // reply, so the tag is in place before any start can mount it.
+  // The storage driver's layer directory is watched: a container layer is
+  // tagged as Docker makes it, before the create reply, so the tag is in
+  // place before any start can mount it: per-user mode for that uid,
+  // per-container mode with the layer's own project (the container's once
+  // the reply names it).
   using CreatorLookup = std::function<std::optional<uint32_t>()>;
   void setCreatorLookup(CreatorLookup f);
   // Something changed that a sync should see soon (a limit, a removal).
@@ -175,7 +177,9 @@ class ProjectQuotas {
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
   void run();
   void watchLayers();          // the watch thread: new layer directories
-  void tagEarly(const std::string& root, uint32_t uid);
+  void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
+  static std::string layerKey(const std::string& root);                // "layer:<dir name>"
+  void adoptLayerProject(const std::string& root, const std::string& container_id);
 
   Store& store_;
   QuotaBook& book_;
@@ -196,7 +200,7 @@ class ProjectQuotas {
   std::deque<std::pair<ObjectKind, std::string>> queue_;
   std::map<std::string, double> queued_at_;
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
-  std::deque<std::pair<std::string, uint32_t>> early_;  // new layer root, its maker's billed uid
+  std::deque<std::pair<std::string, std::optional<uint32_t>>> early_;  // new layer root, its maker's billed uid
   CreatorLookup creator_;
   int stop_fd_ = -1;  // eventfd: stops the watch thread
   std::thread watch_thread_;

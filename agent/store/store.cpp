@@ -1354,6 +1354,24 @@ Status Store::releaseProject(const std::string& kind, const std::string& owner) 
   return st.run("release project of " + kind + " " + owner);
 }
 
+Status Store::renameProject(const std::string& kind, const std::string& owner, const std::string& new_owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string what = "rename project of " + kind + " " + owner + " to " + new_owner;
+  Stmt taken(db_, "SELECT 1 FROM projects WHERE owner_kind = ?1 AND owner = ?2");
+  taken.bind(1, kind);
+  taken.bind(2, new_owner);
+  auto r = taken.next(what);
+  if (!r) return r.error();
+  if (*r) return Error{EEXIST, "store: " + what + ": it has one"};
+  Stmt st(db_, "UPDATE projects SET owner = ?3 WHERE owner_kind = ?1 AND owner = ?2");
+  st.bind(1, kind);
+  st.bind(2, owner);
+  st.bind(3, new_owner);
+  if (auto s = st.run(what); !s) return s;
+  if (sqlite3_changes(db_) == 0) return Error{ENOENT, "store: " + what + ": no such project"};
+  return {};
+}
+
 Status Store::setProjectLimit(const std::string& kind, const std::string& owner, std::optional<uint64_t> bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "set project limit of " + kind + " " + owner;

@@ -326,6 +326,10 @@ class Store : public EventSpool {
                                 double now, const std::function<bool(uint32_t)>& usable = {});
   // Frees the id (no-op when there is none).
   Status releaseProject(const std::string& kind, const std::string& owner);
+  // The project keeps its id and limit under a new owner (a layer's project
+  // becomes its container's once the create reply names it). ENOENT when
+  // there is none; EEXIST when the new owner has one already.
+  Status renameProject(const std::string& kind, const std::string& owner, const std::string& new_owner);
   Status setProjectLimit(const std::string& kind, const std::string& owner, std::optional<uint64_t> bytes);
   Result<std::vector<ProjectRecord>> projects() const;
 

@@ -15,6 +15,25 @@
 using namespace dockquota;
 using namespace dockquota::testing;
 
+TEST_CASE("projects: a layer's project becomes its container's, id and limit kept", "[projects]") {
+  QmanTempDir dir;
+  auto store = Store::open(dir.path + "/s.db");
+  REQUIRE(store.ok());
+  Store& s = **store;
+  auto layer = s.project("container", "layer:abc", 10, 13, 1);
+  REQUIRE(layer.ok());
+  REQUIRE(s.setProjectLimit("container", "layer:abc", 1 << 20).ok());
+  REQUIRE(s.project("container", "c2", 10, 13, 1).ok());
+  REQUIRE(s.renameProject("container", "layer:abc", "c1").ok());
+  auto c1 = s.project("container", "c1", 10, 13, 2);
+  REQUIRE(c1.ok());
+  CHECK(c1->id == layer->id);
+  CHECK(c1->limit_bytes == std::optional<uint64_t>(1 << 20));
+  CHECK(s.renameProject("container", "layer:abc", "c3").error().code == ENOENT);  // gone under its old name
+  CHECK(s.renameProject("container", "c1", "c2").error().code == EEXIST);        // c2 has its own
+  CHECK(s.projects()->size() == 2);
+}
+
 TEST_CASE("projects: ids are allocated lowest-first, kept, freed and reused", "[projects]") {
   QmanTempDir dir;
   const std::string path = dir.path + "/s.db";
