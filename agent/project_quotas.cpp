@@ -201,14 +201,7 @@ void ProjectQuotas::watchLayers() {
       if (opt_.mode == ProjectMode::Container) {
         // Its own project from the start, keyed by the layer until the create
         // reply names the container (tagObject() then renames it).
-        std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock);
-        if (s.owns_lock()) {
-          tagEarly(root, std::nullopt);
-        } else {
-          std::lock_guard<std::mutex> l(mu_);
-          early_.emplace_back(root, std::nullopt);
-          cv_.notify_all();
-        }
+        tagEarly(root, std::nullopt);
         continue;
       }
       CreatorLookup lookup;
@@ -234,19 +227,10 @@ void ProjectQuotas::watchLayers() {
         }
         continue;
       }
-      // The user's first object: an id must be allocated, which a sync pass
-      // must not see half done. Here when no pass runs, else on the
-      // backend's thread right after the pass (the start may win then:
-      // counted as a deferred layer).
-      if (std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock); s.owns_lock()) {
-        tagEarly(root, uid);
-        continue;
-      }
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        early_.emplace_back(root, *uid);
-      }
-      cv_.notify_all();
+      // The user's first object: the id is allocated right here, not after
+      // a sync pass (which would let the start win). A pass that began
+      // before leaves a project younger than itself alone (sync(), step 3).
+      tagEarly(root, uid);
     }
   }
   close(in);
@@ -256,8 +240,30 @@ std::string ProjectQuotas::layerKey(const std::string& root) {
   return "layer:" + root.substr(root.find_last_of('/') + 1);
 }
 
+// On the watch thread, beside a sync pass: the store allocates (one
+// transaction), the limit goes on before the tag, and applied_ (the pass's)
+// is left to the next pass, which sets the same limit again.
+Result<uint32_t> ProjectQuotas::allocateNow(const std::string& kind, const std::string& owner) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = ids_.find(key(kind, owner));
+    if (it != ids_.end()) return it->second;
+  }
+  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, nowUnix(), [this](uint32_t id) {
+    auto u = readProject(fs_, id);
+    return u && u->bytes == 0 && u->inodes == 0;
+  });
+  if (!p) return p.error();
+  if (auto st = setProjectLimit(fs_, p->id, limitFor(*p)); !st) return st.error();
+  stats_.ids_allocated++;
+  LOG_INFO(kSub, "project %u for %s %s (a new layer)", p->id, kind.c_str(), owner.c_str());
+  std::lock_guard<std::mutex> l(mu_);
+  ids_[key(kind, owner)] = p->id;
+  return p->id;
+}
+
 void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> uid) {
-  auto p = uid ? projectFor(kUser, std::to_string(*uid)) : projectFor(kContainer, layerKey(root));
+  auto p = uid ? allocateNow(kUser, std::to_string(*uid)) : allocateNow(kContainer, layerKey(root));
   if (!p) {
     stats_.errors++;
     LOG_WARN(kSub, "new layer %s: %s", root.c_str(), p.error().message.c_str());
@@ -506,6 +512,7 @@ Status ProjectQuotas::sync() {
   if (!active()) return Error{ENOTSUP, "prjquota: " + fs_.reason};
   std::lock_guard<std::mutex> s(sync_mu_);
   auto t0 = std::chrono::steady_clock::now();
+  const double pass_started = nowUnix();
   Status first_error;
   auto note = [&](Status st) {
     if (st) return;
@@ -563,6 +570,10 @@ Status ProjectQuotas::sync() {
   if (!projects) return projects.error().context(kSub);
   std::vector<ProjectRecord> kept;
   for (const auto& p : *projects) {
+    if (p.created_at >= pass_started) {  // allocated for a new layer while this pass ran: not judged on its snapshot
+      kept.push_back(p);
+      continue;
+    }
     bool live = p.owner_kind == kUser ? live_users.count(p.owner) > 0 : live_containers.count(p.owner) > 0;
     // A layer's own project, its container not named yet (create reply pending): live while the layer is.
     if (p.owner_kind == kContainer && p.owner.rfind("layer:", 0) == 0)

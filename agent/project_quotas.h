@@ -178,6 +178,7 @@ class ProjectQuotas {
   void watchLayers();          // the watch thread: new layer directories
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
   static std::string layerKey(const std::string& root);                // "layer:<dir name>"
+  Result<uint32_t> allocateNow(const std::string& kind, const std::string& owner);
   void adoptLayerProject(const std::string& root, const std::string& container_id);
 
   Store& store_;
