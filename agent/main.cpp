@@ -279,6 +279,17 @@ int main(int argc, char** argv) {
           .control = [&](uint64_t conn_id, const dsock_ctl& ctl) { if (dsock) dsock->control(conn_id, ctl); },
           .exe_of = nullptr,
           .alive = nullptr,
+          // A user's first container layer is tagged as Docker makes it only if
+          // their project exists by then: allocated as soon as the create is sent.
+          .on_create_sent =
+              [&](uint32_t uid, uint32_t loginuid) {
+                auto* p = projects.load();
+                if (!p) return;
+                Evidence ev;
+                ev.uid = uid;
+                if (loginuid != UINT32_MAX) ev.login_uid = loginuid;
+                p->prepareUser(billedUid(ev, config.bill_root_to_login_uid));
+              },
       },
       ConnTracker::kMaxConnections, size_t{config.tracker_memory_mib} << 20);
 

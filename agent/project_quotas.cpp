@@ -131,7 +131,8 @@ void ProjectQuotas::start() {
   thread_ = std::thread([this] { run(); });
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (stop_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
+    prepare_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (stop_fd_ >= 0 && prepare_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
   }
 }
 
@@ -147,8 +148,20 @@ void ProjectQuotas::stop() {
   }
   if (watch_thread_.joinable()) watch_thread_.join();
   if (stop_fd_ >= 0) close(stop_fd_);
-  stop_fd_ = -1;
+  if (prepare_fd_ >= 0) close(prepare_fd_);
+  stop_fd_ = prepare_fd_ = -1;
   if (thread_.joinable()) thread_.join();
+}
+
+void ProjectQuotas::prepareUser(uint32_t uid) {
+  if (opt_.mode != ProjectMode::User || projectOfUser(uid) || prepare_fd_ < 0) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (prepare_.size() >= 64) return;  // a flood of creates from new users: the layer watch allocates then
+    prepare_.push_back(uid);
+  }
+  uint64_t one = 1;
+  (void)!write(prepare_fd_, &one, sizeof one);
 }
 
 void ProjectQuotas::setCreatorLookup(CreatorLookup f) {
@@ -185,9 +198,20 @@ void ProjectQuotas::watchLayers() {
   LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", dir.c_str());
   alignas(inotify_event) char buf[64 * 1024];
   for (;;) {
-    pollfd fds[2] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    pollfd fds[3] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {prepare_fd_, POLLIN, 0}};
+    if (poll(fds, 3, -1) < 0 && errno != EINTR) break;
     if (fds[1].revents) break;
+    if (fds[2].revents) {
+      uint64_t n;
+      (void)!read(prepare_fd_, &n, sizeof n);
+      std::vector<uint32_t> uids;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        uids.swap(prepare_);
+      }
+      for (uint32_t uid : uids)
+        if (auto id = allocateNow(kUser, std::to_string(uid)); !id) LOG_WARN(kSub, "%s", id.error().message.c_str());
+    }
     ssize_t n = read(in, buf, sizeof buf);
     for (ssize_t off = 0; n > 0 && off < n;) {
       const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);

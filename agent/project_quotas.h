@@ -144,6 +144,10 @@ class ProjectQuotas {
   // the reply names it).
   using CreatorLookup = std::function<std::optional<uint32_t>()>;
   void setCreatorLookup(CreatorLookup f);
+  // A user just sent a container create: their project is allocated now (on
+  // the watch thread), so the layer Docker makes next is tagged without
+  // waiting for an allocation. Never blocks.
+  void prepareUser(uint32_t uid);
   // Something changed that a sync should see soon (a limit, a removal).
   void wake();
   // Called after every usage read (the accountant re-publishes).
@@ -202,7 +206,9 @@ class ProjectQuotas {
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
   std::deque<std::pair<std::string, std::optional<uint32_t>>> early_;  // new layer root, its maker's billed uid
   CreatorLookup creator_;
-  int stop_fd_ = -1;  // eventfd: stops the watch thread
+  int stop_fd_ = -1;     // eventfd: stops the watch thread
+  int prepare_fd_ = -1;  // eventfd: users to prepare (prepare_)
+  std::vector<uint32_t> prepare_;
   std::thread watch_thread_;
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;
