@@ -264,7 +264,7 @@ std::string ProjectQuotas::layerKey(const std::string& root) {
   return "layer:" + root.substr(root.find_last_of('/') + 1);
 }
 
-// On the watch thread, beside a sync pass: the store allocates (one
+// Also on the watch thread, beside a sync pass: the store allocates (one
 // transaction), the limit goes on before the tag, and applied_ (the pass's)
 // is left to the next pass, which sets the same limit again.
 Result<uint32_t> ProjectQuotas::allocateNow(const std::string& kind, const std::string& owner) {
@@ -280,7 +280,7 @@ Result<uint32_t> ProjectQuotas::allocateNow(const std::string& kind, const std::
   if (!p) return p.error();
   if (auto st = setProjectLimit(fs_, p->id, limitFor(*p)); !st) return st.error();
   stats_.ids_allocated++;
-  LOG_INFO(kSub, "project %u for %s %s (a new layer)", p->id, kind.c_str(), owner.c_str());
+  LOG_INFO(kSub, "project %u for %s %s", p->id, kind.c_str(), owner.c_str());
   std::lock_guard<std::mutex> l(mu_);
   ids_[key(kind, owner)] = p->id;
   return p->id;
@@ -387,25 +387,10 @@ void ProjectQuotas::run() {
   }
 }
 
+// The limit goes on before anything is tagged, so no byte is written
+// unlimited (allocateNow()); the next pass records it in applied_.
 Result<uint32_t> ProjectQuotas::projectFor(const std::string& kind, const std::string& owner) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = ids_.find(key(kind, owner));
-    if (it != ids_.end()) return it->second;
-  }
-  // A free id is one the kernel charges nothing to: not Docker's, not an admin's.
-  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, nowUnix(), [this](uint32_t id) {
-    auto u = readProject(fs_, id);
-    return u && u->bytes == 0 && u->inodes == 0;
-  });
-  if (!p) return p.error();
-  stats_.ids_allocated++;
-  LOG_INFO(kSub, "project %u for %s %s", p->id, kind.c_str(), owner.c_str());
-  // The limit goes on before anything is tagged, so no byte is written unlimited.
-  if (auto s = applyLimits({*p}); !s) return s.error();
-  std::lock_guard<std::mutex> l(mu_);
-  ids_[key(kind, owner)] = p->id;
-  return p->id;
+  return allocateNow(kind, owner);
 }
 
 Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id) {
