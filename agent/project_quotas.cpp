@@ -238,22 +238,11 @@ void ProjectQuotas::watchLayers() {
         stats_.early_unclear++;
         continue;
       }
-      // The user's project exists (the usual case): tagged right here, not
-      // behind a sync pass that may hold the backend's thread for a while.
-      // Another tag of the same layer at the same time (the create reply's)
-      // follows the same order with the same id: no harm.
-      if (auto id = projectOfUser(*uid)) {
-        if (auto st = tagDirs({root}, *id); !st) {
-          stats_.errors++;
-          LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
-        } else {
-          stats_.early_tagged++;
-        }
-        continue;
-      }
-      // The user's first object: the id is allocated right here, not after
-      // a sync pass (which would let the start win). A pass that began
-      // before leaves a project younger than itself alone (sync(), step 3).
+      // Tagged right here, not behind a sync pass that may hold the backend's
+      // thread; a user's first object gets its id allocated here too (a pass
+      // that began before leaves a project younger than itself alone). A tag
+      // of the same layer at the same time (the create reply's) follows the
+      // same order with the same id: no harm.
       tagEarly(root, uid);
     }
   }
@@ -347,20 +336,9 @@ void ProjectQuotas::run() {
   auto next_sync = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_) {
-    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty() || !early_.empty(); });
+    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty(); });
     if (stop_) break;
-    // Layers Docker is making now, then new objects: their layer roots should
-    // carry the id before they are mounted and written to.
-    while (!early_.empty()) {
-      auto [root, uid] = early_.front();
-      early_.pop_front();
-      l.unlock();
-      {
-        std::lock_guard<std::mutex> s(sync_mu_);
-        tagEarly(root, uid);
-      }
-      l.lock();
-    }
+    // New objects first: their layer roots should carry the id before they are written to.
     while (!queue_.empty()) {
       auto [kind, id] = queue_.front();
       queue_.pop_front();
@@ -478,7 +456,7 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
   }
   if (dirs.empty()) return {};
 
-  if (pkind == kContainer && !dirs.empty()) adoptLayerProject(dirs.front(), rec.id);
+  if (pkind == kContainer) adoptLayerProject(dirs.front(), rec.id);
   uint32_t id = 0;  // unattributed: back to project 0, but only from one of our ids
   if (!pkind.empty()) {
     auto p = projectFor(pkind, powner);
@@ -549,9 +527,6 @@ Status ProjectQuotas::sync() {
     std::lock_guard<std::mutex> l(mu_);
     std::erase_if(deferred_, [&](const std::string& d) { return !live_dirs.count(d); });
     stats_.deferred_layers = deferred_.size();
-  }
-  {
-    std::lock_guard<std::mutex> l(mu_);
     std::erase_if(queued_at_, [&](const auto& kv) { return !live_containers.count(kv.first); });
   }
 

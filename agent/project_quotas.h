@@ -204,7 +204,6 @@ class ProjectQuotas {
   std::deque<std::pair<ObjectKind, std::string>> queue_;
   std::map<std::string, double> queued_at_;
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
-  std::deque<std::pair<std::string, std::optional<uint32_t>>> early_;  // new layer root, its maker's billed uid
   CreatorLookup creator_;
   int stop_fd_ = -1;     // eventfd: stops the watch thread
   int prepare_fd_ = -1;  // eventfd: users to prepare (prepare_)
