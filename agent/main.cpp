@@ -272,6 +272,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> degraded;
   std::mutex tracker_mu;  // the main loop feeds it; /healthz reads its stats
   std::unique_ptr<ExecProbe> exec;
+  // Who pays for a container create the probe saw (uid, login uid as the kernel gives it).
+  auto billedCreator = [&config](uint32_t uid, uint32_t loginuid) {
+    Evidence ev;
+    ev.uid = uid;
+    if (loginuid != UINT32_MAX) ev.login_uid = loginuid;
+    return billedUid(ev, config.bill_root_to_login_uid);
+  };
   ConnTracker tracker(
       {
           .on_call = [&](const ApiCall& call, const ClientInfo& who) { attributor.onApiCall(call, who); },
@@ -285,10 +292,7 @@ int main(int argc, char** argv) {
               [&](uint32_t uid, uint32_t loginuid) {
                 auto* p = projects.load();
                 if (!p) return;
-                Evidence ev;
-                ev.uid = uid;
-                if (loginuid != UINT32_MAX) ev.login_uid = loginuid;
-                p->prepareUser(billedUid(ev, config.bill_root_to_login_uid));
+                p->prepareUser(billedCreator(uid, loginuid));
               },
       },
       ConnTracker::kMaxConnections, size_t{config.tracker_memory_mib} << 20);
@@ -531,10 +535,7 @@ int main(int argc, char** argv) {
       }
       std::optional<uint32_t> who;
       for (const auto& pc : tracker.pendingCreates()) {
-        Evidence ev;
-        ev.uid = pc.uid;
-        if (pc.loginuid != UINT32_MAX) ev.login_uid = pc.loginuid;
-        const uint32_t billed = billedUid(ev, config.bill_root_to_login_uid);
+        const uint32_t billed = billedCreator(pc.uid, pc.loginuid);
         if (who && *who != billed) return std::nullopt;  // two users creating at once: which layer is whose?
         who = billed;
       }
