@@ -273,6 +273,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> degraded;
   std::mutex tracker_mu;  // the main loop feeds it; /healthz reads its stats
   std::unique_ptr<ExecProbe> exec;
+  // Who pays for a container create the probe saw (uid, login uid as the kernel gives it).
+  auto billedCreator = [&config](uint32_t uid, uint32_t loginuid) {
+    Evidence ev;
+    ev.uid = uid;
+    if (loginuid != UINT32_MAX) ev.login_uid = loginuid;
+    return billedUid(ev, config.bill_root_to_login_uid);
+  };
   ConnTracker tracker(
       {
           .on_call = [&](const ApiCall& call, const ClientInfo& who) { attributor.onApiCall(call, who); },
@@ -280,6 +287,14 @@ int main(int argc, char** argv) {
           .control = [&](uint64_t conn_id, const dsock_ctl& ctl) { if (dsock) dsock->control(conn_id, ctl); },
           .exe_of = nullptr,
           .alive = nullptr,
+          // A user's first container layer is tagged as Docker makes it only if
+          // their project exists by then: allocated as soon as the create is sent.
+          .on_create_sent =
+              [&](uint32_t uid, uint32_t loginuid) {
+                auto* p = projects.load();
+                if (!p) return;
+                p->prepareUser(billedCreator(uid, loginuid));
+              },
       },
       ConnTracker::kMaxConnections, size_t{config.tracker_memory_mib} << 20);
 
@@ -521,10 +536,7 @@ int main(int argc, char** argv) {
       }
       std::optional<uint32_t> who;
       for (const auto& pc : tracker.pendingCreates()) {
-        Evidence ev;
-        ev.uid = pc.uid;
-        if (pc.loginuid != UINT32_MAX) ev.login_uid = pc.loginuid;
-        const uint32_t billed = billedUid(ev, config.bill_root_to_login_uid);
+        const uint32_t billed = billedCreator(pc.uid, pc.loginuid);
         if (who && *who != billed) return std::nullopt;  // two users creating at once: which layer is whose?
         who = billed;
       }

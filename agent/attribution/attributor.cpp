@@ -127,9 +127,18 @@ void Attributor::run() {
   }
 }
 
+bool Attributor::goneSince(ObjectKind kind, const std::string& id, double t) {
+  auto rec = store_.get(kind, id);
+  return rec && *rec && (*rec)->gone_at && *(*rec)->gone_at >= t;
+}
+
 void Attributor::expectEvidence(ObjectKind kind, const std::string& id, double created_at) {
   if (!options_.watching || !options_.watching(created_at - options_.request_grace.count() / 1000.0)) {
-    // Not watching: Docker made it without the probes able to see who asked.
+    // Not watching: Docker made it without the probes able to see who asked,
+    // unless an earlier run of the agent did (a create replayed after a
+    // restart, already attributed or removed).
+    auto rec = store_.get(kind, id);
+    if (rec && *rec && ((*rec)->owner || (*rec)->gone_at)) return;
     stats_.unwatched_creates++;
     LOG_WARN(kSub, "%s %s created while the agent was not watching docker.sock: it stays unattributed",
              toString(kind), shortId(id).c_str());
@@ -383,11 +392,14 @@ void Attributor::onDockerEvent(const nlohmann::json& e) {
   const std::string id = jsonText(*actor, "ID");
   const nlohmann::json attrs = actor->value("Attributes", nlohmann::json::object());
   if (id.empty()) return;
-  // Events are Docker's own word, in order: a destroy/delete marks gone, a
-  // create is current (noteSeen without observed_since).
+  // Events are Docker's own word, in order: a destroy/delete marks gone. A
+  // create event lags the create reply (and the removal reply right after
+  // it), and after a restart the stream replays creates already removed: it
+  // never revives a gone container (ids are never reused; a wrong gone mark
+  // is the next list's to undo), nor a volume marked gone after it happened.
   if (type == "container") {
     if (action == "create") {
-      noteSeen(ObjectKind::Container, id, jsonText(attrs, "name"), "", labelUser(attrs));
+      noteSeen(ObjectKind::Container, id, jsonText(attrs, "name"), "", labelUser(attrs), 0);
       expectEvidence(ObjectKind::Container, id, eventTime(e));
     } else if (action == "destroy") {
       if (markGone(ObjectKind::Container, id)) stats_.gone_by_event++;
@@ -417,6 +429,7 @@ void Attributor::onDockerEvent(const nlohmann::json& e) {
     }
   } else if (type == "volume") {
     if (action == "create") {
+      if (goneSince(ObjectKind::Volume, id, eventTime(e))) return;
       noteSeen(ObjectKind::Volume, id, id, "", std::nullopt);
       expectEvidence(ObjectKind::Volume, id, eventTime(e));
     } else if (action == "destroy") {

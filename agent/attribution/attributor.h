@@ -121,6 +121,8 @@ class Attributor {
   // Inspect: a 404 marks it gone (unless the row changed since). After a
   // removal call Docker answered 2xx, finding it is counted unconfirmed.
   void confirmGone(ObjectKind kind, const std::string& id, bool after_removal);
+  // The store marked it gone at or after t (an event from before its removal).
+  bool goneSince(ObjectKind kind, const std::string& id, double t);
   void expectEvidence(ObjectKind kind, const std::string& id, double created_at);
   void checkMissed(ObjectKind kind, const std::string& id, double created_at);
 

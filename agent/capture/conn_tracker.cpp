@@ -135,6 +135,7 @@ ConnTracker::Conn& ConnTracker::open(const dsock_event& ev) {
           const HttpSender& s = req.sender;
           const ClientInfo& ci = it->second.client;
           creates_[conn_id] = {s.known ? s.uid : ci.uid, s.known ? s.loginuid : ci.loginuid, req.first_ns};
+          if (hooks_.on_create_sent) hooks_.on_create_sent(creates_[conn_id].uid, creates_[conn_id].loginuid);
         }
         // Uploads (build contexts, image loads) can be gigabytes that
         // attribution never reads: stop copying them for this turn.

@@ -80,6 +80,8 @@ class ConnTracker {
     std::function<std::string(uint32_t tgid)> exe_of;  // default: readlink /proc/<tgid>/exe
     // Does tgid's fd still name socket inode `ino`? Default: /proc/<tgid>/fd/<fd>.
     std::function<bool(uint32_t tgid, uint32_t fd, uint64_t ino)> alive;
+    // A container create was sent (its head seen), before Docker acts on it.
+    std::function<void(uint32_t uid, uint32_t loginuid)> on_create_sent;  // may be empty
   };
   static constexpr size_t kMaxConnections = 16384;  // as the kernel's conns map
   static constexpr size_t kMaxExecs = 4096;

@@ -129,7 +129,8 @@ void ProjectQuotas::start() {
   thread_ = std::thread([this] { run(); });
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (stop_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
+    prepare_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (stop_fd_ >= 0 && prepare_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
   }
 }
 
@@ -145,8 +146,20 @@ void ProjectQuotas::stop() {
   }
   if (watch_thread_.joinable()) watch_thread_.join();
   if (stop_fd_ >= 0) close(stop_fd_);
-  stop_fd_ = -1;
+  if (prepare_fd_ >= 0) close(prepare_fd_);
+  stop_fd_ = prepare_fd_ = -1;
   if (thread_.joinable()) thread_.join();
+}
+
+void ProjectQuotas::prepareUser(uint32_t uid) {
+  if (opt_.mode != ProjectMode::User || projectOfUser(uid) || prepare_fd_ < 0) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (prepare_.size() >= 64) return;  // a flood of creates from new users: the layer watch allocates then
+    prepare_.push_back(uid);
+  }
+  uint64_t one = 1;
+  (void)!write(prepare_fd_, &one, sizeof one);
 }
 
 void ProjectQuotas::setCreatorLookup(CreatorLookup f) {
@@ -183,9 +196,20 @@ void ProjectQuotas::watchLayers() {
   LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", dir.c_str());
   alignas(inotify_event) char buf[64 * 1024];
   for (;;) {
-    pollfd fds[2] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    pollfd fds[3] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {prepare_fd_, POLLIN, 0}};
+    if (poll(fds, 3, -1) < 0 && errno != EINTR) break;
     if (fds[1].revents) break;
+    if (fds[2].revents) {
+      uint64_t n;
+      (void)!read(prepare_fd_, &n, sizeof n);
+      std::vector<uint32_t> uids;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        uids.swap(prepare_);
+      }
+      for (uint32_t uid : uids)
+        if (auto id = allocateNow(kUser, std::to_string(uid)); !id) LOG_WARN(kSub, "%s", id.error().message.c_str());
+    }
     ssize_t n = read(in, buf, sizeof buf);
     for (ssize_t off = 0; n > 0 && off < n;) {
       const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
@@ -199,14 +223,7 @@ void ProjectQuotas::watchLayers() {
       if (opt_.mode == ProjectMode::Container) {
         // Its own project from the start, keyed by the layer until the create
         // reply names the container (tagObject() then renames it).
-        std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock);
-        if (s.owns_lock()) {
-          tagEarly(root, std::nullopt);
-        } else {
-          std::lock_guard<std::mutex> l(mu_);
-          early_.emplace_back(root, std::nullopt);
-          cv_.notify_all();
-        }
+        tagEarly(root, std::nullopt);
         continue;
       }
       CreatorLookup lookup;
@@ -219,32 +236,12 @@ void ProjectQuotas::watchLayers() {
         stats_.early_unclear++;
         continue;
       }
-      // The user's project exists (the usual case): tagged right here, not
-      // behind a sync pass that may hold the backend's thread for a while.
-      // Another tag of the same layer at the same time (the create reply's)
-      // follows the same order with the same id: no harm.
-      if (auto id = projectOfUser(*uid)) {
-        if (auto st = tagDirs({root}, *id); !st) {
-          stats_.errors++;
-          LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
-        } else {
-          stats_.early_tagged++;
-        }
-        continue;
-      }
-      // The user's first object: an id must be allocated, which a sync pass
-      // must not see half done. Here when no pass runs, else on the
-      // backend's thread right after the pass (the start may win then:
-      // counted as a deferred layer).
-      if (std::unique_lock<std::mutex> s(sync_mu_, std::try_to_lock); s.owns_lock()) {
-        tagEarly(root, uid);
-        continue;
-      }
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        early_.emplace_back(root, *uid);
-      }
-      cv_.notify_all();
+      // Tagged right here, not behind a sync pass that may hold the backend's
+      // thread; a user's first object gets its id allocated here too (a pass
+      // that began before leaves a project younger than itself alone). A tag
+      // of the same layer at the same time (the create reply's) follows the
+      // same order with the same id: no harm.
+      tagEarly(root, uid);
     }
   }
   close(in);
@@ -254,8 +251,30 @@ std::string ProjectQuotas::layerKey(const std::string& root) {
   return "layer:" + root.substr(root.find_last_of('/') + 1);
 }
 
+// Also on the watch thread, beside a sync pass: the store allocates (one
+// transaction), the limit goes on before the tag, and applied_ (the pass's)
+// is left to the next pass, which sets the same limit again.
+Result<uint32_t> ProjectQuotas::allocateNow(const std::string& kind, const std::string& owner) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = ids_.find(key(kind, owner));
+    if (it != ids_.end()) return it->second;
+  }
+  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, unixNow(), [this](uint32_t id) {
+    auto u = readProject(fs_, id);
+    return u && u->bytes == 0 && u->inodes == 0;
+  });
+  if (!p) return p.error();
+  if (auto st = setProjectLimit(fs_, p->id, limitFor(*p)); !st) return st.error();
+  stats_.ids_allocated++;
+  LOG_INFO(kSub, "project %u for %s %s", p->id, kind.c_str(), owner.c_str());
+  std::lock_guard<std::mutex> l(mu_);
+  ids_[key(kind, owner)] = p->id;
+  return p->id;
+}
+
 void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> uid) {
-  auto p = uid ? projectFor(kUser, std::to_string(*uid)) : projectFor(kContainer, layerKey(root));
+  auto p = uid ? allocateNow(kUser, std::to_string(*uid)) : allocateNow(kContainer, layerKey(root));
   if (!p) {
     stats_.errors++;
     LOG_WARN(kSub, "new layer %s: %s", root.c_str(), p.error().message.c_str());
@@ -315,20 +334,9 @@ void ProjectQuotas::run() {
   auto next_sync = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_) {
-    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty() || !early_.empty(); });
+    cv_.wait_until(l, next_sync, [this] { return stop_ || wake_ || !queue_.empty(); });
     if (stop_) break;
-    // Layers Docker is making now, then new objects: their layer roots should
-    // carry the id before they are mounted and written to.
-    while (!early_.empty()) {
-      auto [root, uid] = early_.front();
-      early_.pop_front();
-      l.unlock();
-      {
-        std::lock_guard<std::mutex> s(sync_mu_);
-        tagEarly(root, uid);
-      }
-      l.lock();
-    }
+    // New objects first: their layer roots should carry the id before they are written to.
     while (!queue_.empty()) {
       auto [kind, id] = queue_.front();
       queue_.pop_front();
@@ -355,25 +363,10 @@ void ProjectQuotas::run() {
   }
 }
 
+// The limit goes on before anything is tagged, so no byte is written
+// unlimited (allocateNow()); the next pass records it in applied_.
 Result<uint32_t> ProjectQuotas::projectFor(const std::string& kind, const std::string& owner) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = ids_.find(key(kind, owner));
-    if (it != ids_.end()) return it->second;
-  }
-  // A free id is one the kernel charges nothing to: not Docker's, not an admin's.
-  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, unixNow(), [this](uint32_t id) {
-    auto u = readProject(fs_, id);
-    return u && u->bytes == 0 && u->inodes == 0;
-  });
-  if (!p) return p.error();
-  stats_.ids_allocated++;
-  LOG_INFO(kSub, "project %u for %s %s", p->id, kind.c_str(), owner.c_str());
-  // The limit goes on before anything is tagged, so no byte is written unlimited.
-  if (auto s = applyLimits({*p}); !s) return s.error();
-  std::lock_guard<std::mutex> l(mu_);
-  ids_[key(kind, owner)] = p->id;
-  return p->id;
+  return allocateNow(kind, owner);
 }
 
 Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id) {
@@ -461,7 +454,7 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
   }
   if (dirs.empty()) return {};
 
-  if (pkind == kContainer && !dirs.empty()) adoptLayerProject(dirs.front(), rec.id);
+  if (pkind == kContainer) adoptLayerProject(dirs.front(), rec.id);
   uint32_t id = 0;  // unattributed: back to project 0, but only from one of our ids
   if (!pkind.empty()) {
     auto p = projectFor(pkind, powner);
@@ -504,6 +497,7 @@ Status ProjectQuotas::sync() {
   if (!active()) return Error{ENOTSUP, "prjquota: " + fs_.reason};
   std::lock_guard<std::mutex> s(sync_mu_);
   auto t0 = std::chrono::steady_clock::now();
+  const double pass_started = unixNow();
   Status first_error;
   auto note = [&](Status st) {
     if (st) return;
@@ -531,9 +525,6 @@ Status ProjectQuotas::sync() {
     std::lock_guard<std::mutex> l(mu_);
     std::erase_if(deferred_, [&](const std::string& d) { return !live_dirs.count(d); });
     stats_.deferred_layers = deferred_.size();
-  }
-  {
-    std::lock_guard<std::mutex> l(mu_);
     std::erase_if(queued_at_, [&](const auto& kv) { return !live_containers.count(kv.first); });
   }
 
@@ -561,6 +552,10 @@ Status ProjectQuotas::sync() {
   if (!projects) return projects.error().context(kSub);
   std::vector<ProjectRecord> kept;
   for (const auto& p : *projects) {
+    if (p.created_at >= pass_started) {  // allocated for a new layer while this pass ran: not judged on its snapshot
+      kept.push_back(p);
+      continue;
+    }
     bool live = p.owner_kind == kUser ? live_users.count(p.owner) > 0 : live_containers.count(p.owner) > 0;
     // A layer's own project, its container not named yet (create reply pending): live while the layer is.
     if (p.owner_kind == kContainer && p.owner.rfind("layer:", 0) == 0)

@@ -145,6 +145,10 @@ class ProjectQuotas {
   // the reply names it).
   using CreatorLookup = std::function<std::optional<uint32_t>()>;
   void setCreatorLookup(CreatorLookup f);
+  // A user just sent a container create: their project is allocated now (on
+  // the watch thread), so the layer Docker makes next is tagged without
+  // waiting for an allocation. Never blocks.
+  void prepareUser(uint32_t uid);
   // Something changed that a sync should see soon (a limit, a removal).
   void wake();
   // Called after every usage read (the accountant re-publishes).
@@ -179,6 +183,7 @@ class ProjectQuotas {
   void watchLayers();          // the watch thread: new layer directories
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
   static std::string layerKey(const std::string& root);                // "layer:<dir name>"
+  Result<uint32_t> allocateNow(const std::string& kind, const std::string& owner);
   void adoptLayerProject(const std::string& root, const std::string& container_id);
 
   Store& store_;
@@ -200,9 +205,10 @@ class ProjectQuotas {
   std::deque<std::pair<ObjectKind, std::string>> queue_;
   std::map<std::string, double> queued_at_;
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
-  std::deque<std::pair<std::string, std::optional<uint32_t>>> early_;  // new layer root, its maker's billed uid
   CreatorLookup creator_;
-  int stop_fd_ = -1;  // eventfd: stops the watch thread
+  int stop_fd_ = -1;     // eventfd: stops the watch thread
+  int prepare_fd_ = -1;  // eventfd: users to prepare (prepare_)
+  std::vector<uint32_t> prepare_;
   std::thread watch_thread_;
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;

@@ -221,6 +221,9 @@ def race(env, fstype, rounds):
     print("FIGURES %s: four 8 MiB writers under an 8 MiB margin: usage %d, limit %s, %s bytes past it, %d bytes outside "
           "the project" % (fstype, after.get("used_bytes", 0), limit, past, outside), flush=True)
     check(past == 0 and outside == 0, "%s: 0 bytes past alice's limit (past %s, outside %d)" % (fstype, past, outside))
+    deferred_after = metric(env, "dockquota_project_deferred_layers_total")
+    check(deferred_after == deferred, "%s: no writer's layer was mounted before it was tagged (deferred %s -> %s)" % (
+        fstype, deferred, deferred_after))
 
 
 def run(env):

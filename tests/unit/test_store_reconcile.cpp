@@ -447,6 +447,54 @@ TEST_CASE("attributor: a 2xx removal marks nothing gone until Docker confirms it
   a.stop();
 }
 
+// Seen in the crash test (seed 527013715 on a loaded host): alice's create,
+// her DELETE's 204 and its confirming 404 all came before Docker's create
+// event (the stream lags, and replays from before a restart); the event then
+// "restored" the removed container and warned it was unwatched.
+TEST_CASE("attributor: a create event that lags the removal revives nothing and warns of nothing",
+          "[attributor][issue11]") {
+  REQUIRE_REAL_DOCKERD();
+  TempDir dir;
+  auto store = openStore(dir.file("s.db"));
+  DockerClient docker(SharedDockerd::get().socket());
+  std::atomic<bool> watching{true};
+  Attributor a(*store, docker, {.missed_after = 300ms, .watching = [&](double) { return watching.load(); }});
+  a.start();
+
+  const std::string id = create(docker);
+  const json created = event("container", "create", id);  // Docker's, made now, delivered late
+  a.onApiCall(call(ApiAction::ContainerCreate, {id}), client(kAlice));
+  remove(docker, id);
+  a.onApiCall(call(ApiAction::ContainerRemove, {}, {id}), client(kAlice));
+  a.drain();
+  REQUIRE(rec(*store, ObjectKind::Container, id).gone_at.has_value());
+
+  watching = false;  // a new run of the agent: its probes were not there at the create
+  a.onDockerEvent(created);
+  a.drain();
+  CHECK(rec(*store, ObjectKind::Container, id).gone_at.has_value());
+  CHECK(rec(*store, ObjectKind::Container, id).owner->uid == kAlice);
+  CHECK(a.stats().restored == 0);
+  CHECK(a.stats().unwatched_creates == 0);
+
+  // The same for a volume name: its create event is older than its gone mark.
+  const json vcreated = event("volume", "create", "dq-lagging-vol");
+  a.onApiCall(call(ApiAction::VolumeCreate, {"dq-lagging-vol"}), client(kBob));
+  a.onDockerEvent(event("volume", "destroy", "dq-lagging-vol"));
+  a.onDockerEvent(vcreated);
+  a.drain();
+  CHECK(rec(*store, ObjectKind::Volume, "dq-lagging-vol").gone_at.has_value());
+  CHECK(a.stats().revived_reset == 0);
+  CHECK(a.stats().unwatched_creates == 0);
+
+  // A create nobody saw is still reported as unwatched.
+  const std::string unseen = create(docker);
+  a.onDockerEvent(event("container", "create", unseen));
+  CHECK(a.stats().unwatched_creates == 1);
+  a.stop();
+  remove(docker, unseen);
+}
+
 TEST_CASE("attributor: created while watching without kernel evidence is missed, once", "[attributor][issue11]") {
   REQUIRE_REAL_DOCKERD();
   TempDir dir;
