@@ -861,9 +861,10 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
     promSample(out, "dockquota_project_deferred_layers", "", st.deferred_layers.load());
     promHeader(out, "dockquota_project_deferred_layers_total", "counter", "Container layers ever found mounted before they could be tagged.");
     promSample(out, "dockquota_project_deferred_layers_total", "", st.deferred_layers_total.load());
-    promHeader(out, "dockquota_project_early_tags_total", "counter", "New container layers tagged as Docker made them (before the create reply), and those whose maker was unclear (tagged at the reply).");
+    promHeader(out, "dockquota_project_early_tags_total", "counter", "New container layers tagged as Docker made them (before the create reply), those whose maker was unclear, and those Docker's create had mounted at the time (both tagged at the reply).");
     promSample(out, "dockquota_project_early_tags_total", "result=\"tagged\"", st.early_tagged.load());
     promSample(out, "dockquota_project_early_tags_total", "result=\"unclear\"", st.early_unclear.load());
+    promSample(out, "dockquota_project_early_tags_total", "result=\"mounting\"", st.early_mounting.load());
     promHeader(out, "dockquota_project_raced_mounts_total", "counter", "Layers Docker mounted while their diff/ was being tagged (a second pass fixed what was written).");
     promSample(out, "dockquota_project_raced_mounts_total", "", st.raced_mounts.load());
   }

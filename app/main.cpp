@@ -71,6 +71,7 @@ json projectQuotaHealth(const ProjectQuotas& p) {
   j["raced_mounts"] = st.raced_mounts.load();
   j["early_tagged"] = st.early_tagged.load();
   j["early_unclear"] = st.early_unclear.load();
+  j["early_mounting"] = st.early_mounting.load();
   j["last_sync"] = st.last_sync.load();
   j["last_sync_seconds"] = st.last_sync_seconds.load();
   return j;

@@ -277,14 +277,25 @@ Status waitForMkdirs(const std::string& dir) {
   return {};
 }
 
-bool mountInProgress(const std::string& workwork, uint32_t id, int setup_seconds) {
+// Why a mount may be in progress ("" = none): see tagLayer().
+std::string mountInProgress(const std::string& workwork, uint32_t id, int setup_seconds, double finished_before) {
   struct stat st {};
-  if (lstat(workwork.c_str(), &st) != 0) return false;  // no mount yet: the first one creates it in tagged work/
+  if (lstat(workwork.c_str(), &st) != 0) return "";  // no mount yet: the first one creates it in tagged work/
   auto t = projectTagOf(workwork);
-  if (t && t->id == id) return false;  // born after step 1
+  if (t && t->id == id) return "";  // born after step 1
+  const double born = static_cast<double>(st.st_ctim.tv_sec) + st.st_ctim.tv_nsec / 1e9;
+  if (born < finished_before) return "";  // left by a mount known to be over
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
-  return now.tv_sec - st.st_ctim.tv_sec < setup_seconds;
+  const double age = static_cast<double>(now.tv_sec) + now.tv_nsec / 1e9 - born;
+  if (age >= setup_seconds) return "";
+  char why[160];
+  if (finished_before > 0) {
+    snprintf(why, sizeof why, "work/work made %.3f s ago, %.3f s after the create reply", age, born - finished_before);
+  } else {
+    snprintf(why, sizeof why, "work/work made %.3f s ago (no create reply known)", age);
+  }
+  return why;
 }
 
 }  // namespace
@@ -315,7 +326,7 @@ bool overlayUpperMounted(const std::string& upper_dir) {
 }
 
 Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted,
-                                int mount_setup_seconds) {
+                                int mount_setup_seconds, double finished_before) {
   LayerTagResult out;
   const std::string diff = root + "/diff", work = root + "/work";
   auto top = projectTagOf(root);
@@ -342,8 +353,14 @@ Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std:
   //    creates work/work: a young work/work with another id is a mount in
   //    progress that began before step 1 (an older one is what an earlier
   //    mount left, and the next mount replaces it with one born in work/).
-  if (upper_mounted() || mountInProgress(work + "/work", id, mount_setup_seconds)) {
+  if (upper_mounted()) {
     out.state = LayerTag::Deferred;
+    out.why = "mounted";
+    return out;
+  }
+  if (auto why = mountInProgress(work + "/work", id, mount_setup_seconds, finished_before); !why.empty()) {
+    out.state = LayerTag::Deferred;
+    out.why = std::move(why);
     return out;
   }
   // 3. diff/: ids everywhere first, then the flags; inodes created between

@@ -101,15 +101,21 @@ Result<ProjectTag> projectTagOf(const std::string& path);
 // tagged, and diff/ of a new container is empty: nothing in it has another id.
 // `upper_mounted` says whether `<root>/diff` is an overlay upper dir now
 // (overlayUpperMounted()). A false "in progress" only defers to the next sync.
+// `finished_before` (unix seconds, 0 = unknown): every mount that began
+// before it is known to be over. Docker mounts a new container's layer once
+// inside the create request (to make the mount points of its volumes) and
+// unmounts it before it replies: a work/work older than the create reply is
+// that finished mount, not one in progress, however young.
 enum class LayerTag { Tagged, Deferred };
 struct LayerTagResult {
   LayerTag state = LayerTag::Tagged;
   TagStats stats;
   bool raced_mount = false;  // the layer was mounted while diff/ was being tagged
+  std::string why;           // Deferred: "mounted", or how old work/work is (for the log)
 };
 constexpr int kMountSetupSeconds = 10;  // a slow mount under load, with margin
 Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted,
-                                int mount_setup_seconds = kMountSetupSeconds);
+                                int mount_setup_seconds = kMountSetupSeconds, double finished_before = 0);
 // `root` holds diff/ and work/ (an overlay2 layer root, not a volume).
 bool isLayerRoot(const std::string& root);
 // diff/ carries `id` with PROJINHERIT: the layer was tagged.

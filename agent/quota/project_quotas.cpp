@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "agent/base/clock.h"
 #include "agent/base/log.h"
@@ -129,8 +130,8 @@ void ProjectQuotas::start() {
   thread_ = std::thread([this] { run(); });
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
-    prepare_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (stop_fd_ >= 0 && prepare_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
+    work_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (stop_fd_ >= 0 && work_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
   }
 }
 
@@ -146,20 +147,20 @@ void ProjectQuotas::stop() {
   }
   if (watch_thread_.joinable()) watch_thread_.join();
   if (stop_fd_ >= 0) close(stop_fd_);
-  if (prepare_fd_ >= 0) close(prepare_fd_);
-  stop_fd_ = prepare_fd_ = -1;
+  if (work_fd_ >= 0) close(work_fd_);
+  stop_fd_ = work_fd_ = -1;
   if (thread_.joinable()) thread_.join();
 }
 
 void ProjectQuotas::prepareUser(uint32_t uid) {
-  if (opt_.mode != ProjectMode::User || projectOfUser(uid) || prepare_fd_ < 0) return;
+  if (opt_.mode != ProjectMode::User || projectOfUser(uid) || work_fd_ < 0) return;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (prepare_.size() >= 64) return;  // a flood of creates from new users: the layer watch allocates then
     prepare_.push_back(uid);
   }
   uint64_t one = 1;
-  (void)!write(prepare_fd_, &one, sizeof one);
+  (void)!write(work_fd_, &one, sizeof one);
 }
 
 void ProjectQuotas::setCreatorLookup(CreatorLookup f) {
@@ -194,21 +195,31 @@ void ProjectQuotas::watchLayers() {
     return;
   }
   LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", dir.c_str());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    watching_ = true;
+  }
   alignas(inotify_event) char buf[64 * 1024];
   for (;;) {
-    pollfd fds[3] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {prepare_fd_, POLLIN, 0}};
+    pollfd fds[3] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0}};
     if (poll(fds, 3, -1) < 0 && errno != EINTR) break;
     if (fds[1].revents) break;
     if (fds[2].revents) {
       uint64_t n;
-      (void)!read(prepare_fd_, &n, sizeof n);
+      (void)!read(work_fd_, &n, sizeof n);
       std::vector<uint32_t> uids;
+      std::vector<std::string> owned;
       {
         std::lock_guard<std::mutex> l(mu_);
         uids.swap(prepare_);
+        owned.swap(owned_);
       }
       for (uint32_t uid : uids)
         if (auto id = allocateNow(kUser, std::to_string(uid)); !id) LOG_WARN(kSub, "%s", id.error().message.c_str());
+      // A create reply named its owner: the start that mounts the layer is
+      // one client round trip away, so it is tagged here, not behind a sync
+      // pass (which can take seconds on a loaded host with many containers).
+      for (const auto& id : owned) tagQueued(ObjectKind::Container, id);
     }
     ssize_t n = read(in, buf, sizeof buf);
     for (ssize_t off = 0; n > 0 && off < n;) {
@@ -245,6 +256,11 @@ void ProjectQuotas::watchLayers() {
     }
   }
   close(in);
+  std::lock_guard<std::mutex> l(mu_);  // what it had not tagged yet goes to the sync thread
+  watching_ = false;
+  for (auto& id : owned_) queue_.emplace_back(ObjectKind::Container, std::move(id));
+  owned_.clear();
+  cv_.notify_all();
 }
 
 std::string ProjectQuotas::layerKey(const std::string& root) {
@@ -273,16 +289,45 @@ Result<uint32_t> ProjectQuotas::allocateNow(const std::string& kind, const std::
   return p->id;
 }
 
+namespace {
+// overlay2 makes a container layer as <root>/, diff/, "link", work/ and, last,
+// "lower"; the two files are written to a temporary name in <root> and
+// renamed. A tag put on <root> between the two would make that rename cross
+// projects: EXDEV, and `docker create` fails. So the early tag waits for
+// "lower" (a few ms at most; 2 s on a host so loaded that the reply's tag
+// will come first anyway).
+bool layerMade(const std::string& root) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  struct stat st {};
+  while (lstat((root + "/lower").c_str(), &st) != 0) {
+    if (errno != ENOENT || std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+}  // namespace
+
 void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> uid) {
+  if (!layerMade(root)) {
+    stats_.early_unclear++;
+    LOG_DEBUG(kSub, "new layer %s: Docker is still making it: tagged at the reply", root.c_str());
+    return;
+  }
   auto p = uid ? allocateNow(kUser, std::to_string(*uid)) : allocateNow(kContainer, layerKey(root));
   if (!p) {
     stats_.errors++;
     LOG_WARN(kSub, "new layer %s: %s", root.c_str(), p.error().message.c_str());
     return;
   }
-  if (auto st = tagDirs({root}, *p); !st) {
+  auto deferred = tagDirs({root}, *p, {.provisional = true});
+  if (!deferred) {
     stats_.errors++;
-    LOG_WARN(kSub, "new layer %s: %s", root.c_str(), st.error().message.c_str());
+    LOG_WARN(kSub, "new layer %s: %s", root.c_str(), deferred.error().message.c_str());
+    return;
+  }
+  if (*deferred) {
+    stats_.early_mounting++;
+    LOG_DEBUG(kSub, "new layer %s: Docker's create has it mounted now: tagged at the reply", root.c_str());
     return;
   }
   stats_.early_tagged++;
@@ -290,14 +335,33 @@ void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> ui
 }
 
 void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
-  if (!active()) return;
+  if (!active() || kind == ObjectKind::Image) return;  // images are tagged layer by layer, in sync()
+  bool to_watch = false;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (kind == ObjectKind::Image) return;  // images are tagged layer by layer, in sync()
-    queue_.emplace_back(kind, id);
     if (kind == ObjectKind::Container) queued_at_.emplace(id, unixNow());
+    to_watch = kind == ObjectKind::Container && watching_;
+    if (to_watch) {
+      owned_.push_back(id);
+    } else {
+      queue_.emplace_back(kind, id);
+    }
   }
-  cv_.notify_all();
+  if (!to_watch) {
+    cv_.notify_all();
+    return;
+  }
+  uint64_t one = 1;
+  (void)!write(work_fd_, &one, sizeof one);
+}
+
+void ProjectQuotas::tagQueued(ObjectKind kind, const std::string& id) {
+  auto rec = store_.get(kind, id);
+  if (!rec || !*rec || (*rec)->gone_at) return;
+  if (auto st = tagObject(kind, **rec); !st) {
+    stats_.errors++;
+    LOG_WARN(kSub, "%s", st.error().message.c_str());
+  }
 }
 
 void ProjectQuotas::wake() {
@@ -343,13 +407,7 @@ void ProjectQuotas::run() {
       l.unlock();
       {
         std::lock_guard<std::mutex> s(sync_mu_);
-        auto rec = store_.get(kind, id);
-        if (rec && *rec && !(*rec)->gone_at) {
-          if (auto st = tagObject(kind, **rec); !st) {
-            stats_.errors++;
-            LOG_WARN(kSub, "%s", st.error().message.c_str());
-          }
-        }
+        tagQueued(kind, id);
       }
       l.lock();
     }
@@ -369,7 +427,8 @@ Result<uint32_t> ProjectQuotas::projectFor(const std::string& kind, const std::s
   return allocateNow(kind, owner);
 }
 
-Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id) {
+Result<size_t> ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id, TagWhen when) {
+  size_t deferred = 0;
   for (const auto& dir : dirs) {
     struct stat st {};
     if (stat(dir.c_str(), &st) != 0) continue;  // removed meanwhile
@@ -380,9 +439,11 @@ Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id)
       // write /etc/hosts and the like), and never again: a young work/work
       // there is that finished mount, not one in progress.
       const bool init = dir.size() > 5 && dir.compare(dir.size() - 5, 5, "-init") == 0;
-      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); }, init ? 0 : kMountSetupSeconds);
+      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); }, init ? 0 : kMountSetupSeconds,
+                        when.finished_before);
       if (!r) return r.error();
-      noteLayer(dir, *r);
+      if (r->state == LayerTag::Deferred) deferred++;
+      if (!when.provisional || r->state != LayerTag::Deferred) noteLayer(dir, *r);
       if (r->stats.already && !r->stats.tagged) continue;
       ts = r->stats;
     } else {
@@ -405,7 +466,7 @@ Status ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint32_t id)
     }
     LOG_DEBUG(kSub, "tagged %s with project %u (%llu inodes changed)", dir.c_str(), id, (unsigned long long)ts.tagged);
   }
-  return {};
+  return deferred;
 }
 
 // A layer whose container started before its owner was known keeps writing
@@ -417,8 +478,8 @@ void ProjectQuotas::noteLayer(const std::string& root, const LayerTagResult& r) 
   if (r.state == LayerTag::Deferred) {
     if (deferred_.insert(root).second) {
       stats_.deferred_layers_total++;
-      LOG_WARN(kSub, "%s was mounted before its owner was known: its writes are outside the owner's project until "
-               "the container stops (then it is tagged)", root.c_str());
+      LOG_WARN(kSub, "%s was mounted before its owner was known (%s): its writes are outside the owner's project "
+               "until the container stops (then it is tagged)", root.c_str(), r.why.c_str());
     }
   } else if (deferred_.erase(root)) {
     LOG_INFO(kSub, "%s tagged after its container stopped", root.c_str());
@@ -427,6 +488,7 @@ void ProjectQuotas::noteLayer(const std::string& root, const LayerTagResult& r) 
 }
 
 Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
+  std::lock_guard<std::mutex> t(tag_mu_);
   // Which project, if any, should this object's directories carry?
   std::string pkind, powner;
   if (kind == ObjectKind::Container && opt_.mode == ProjectMode::Container) {
@@ -464,7 +526,14 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
     auto cur = projectOf(dirs.front());
     if (!cur || !ours(*cur)) return {};
   }
-  if (auto s = tagDirs(dirs, id); !s) return s.error().context(std::string(toString(kind)) + " " + rec.id.substr(0, 12));
+  // Docker's create reply, from the kernel's capture: its one mount inside
+  // the create was over by then (tagLayer()), and the start's comes after.
+  double finished_before = 0;
+  if (kind == ObjectKind::Container && rec.owner && rec.owner->method == "container_create" &&
+      (rec.owner->source == Source::Bpf || rec.owner->source == Source::Audit))
+    finished_before = rec.owner->time;
+  if (auto s = tagDirs(dirs, id, {.finished_before = finished_before}); !s)
+    return s.error().context(std::string(toString(kind)) + " " + rec.id.substr(0, 12));
 
   std::lock_guard<std::mutex> l(mu_);
   auto q = queued_at_.find(rec.id);
@@ -518,9 +587,12 @@ Status ProjectQuotas::sync() {
     }
   }
   std::set<std::string> live_dirs;
-  for (const auto& [c, dirs] : container_dirs_)
-    if (live_containers.count(c)) live_dirs.insert(dirs.begin(), dirs.end());
-  std::erase_if(container_dirs_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  {
+    std::lock_guard<std::mutex> t(tag_mu_);
+    for (const auto& [c, dirs] : container_dirs_)
+      if (live_containers.count(c)) live_dirs.insert(dirs.begin(), dirs.end());
+    std::erase_if(container_dirs_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+  }
   {
     std::lock_guard<std::mutex> l(mu_);
     std::erase_if(deferred_, [&](const std::string& d) { return !live_dirs.count(d); });
@@ -543,7 +615,7 @@ Status ProjectQuotas::sync() {
         note(p.error());
         continue;
       }
-      note(tagDirs({*dir}, *p));
+      if (auto t = tagDirs({*dir}, *p); !t) note(t.error());
     }
   }
 

@@ -108,6 +108,17 @@ struct ProjectQuotaStats {
   // tagged at the reply instead, which can lose the race with the start).
   std::atomic<uint64_t> early_tagged{0};
   std::atomic<uint64_t> early_unclear{0};
+  std::atomic<uint64_t> early_mounting{0};  // found in Docker's mount inside the create: tagged at the reply
+};
+
+// When a tag is made. finished_before: see tagLayer() (a container's create
+// reply, 0 = unknown). provisional: tried before the owner is settled (the
+// layer watch, as Docker makes the layer); a layer found mounting then is in
+// Docker's own mount inside the create, left to the reply's tag, not noted
+// as deferred.
+struct TagWhen {
+  double finished_before = 0;
+  bool provisional = false;
 };
 
 class ProjectQuotas {
@@ -174,7 +185,8 @@ class ProjectQuotas {
   Status tagObject(ObjectKind kind, const ObjectRecord& rec);
   uint64_t limitFor(const ProjectRecord& p) const;  // bytes, 0 = none
   Result<uint32_t> projectFor(const std::string& kind, const std::string& owner);
-  Status tagDirs(const std::vector<std::string>& dirs, uint32_t id);
+  // The number of layers left untagged because they were (being) mounted.
+  Result<size_t> tagDirs(const std::vector<std::string>& dirs, uint32_t id, TagWhen when = {});
   void noteLayer(const std::string& root, const LayerTagResult& r);
   Status applyLimits(const std::vector<ProjectRecord>& projects);
   Status readUsage(const std::vector<ProjectRecord>& projects);
@@ -182,6 +194,7 @@ class ProjectQuotas {
   void run();
   void watchLayers();          // the watch thread: new layer directories
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
+  void tagQueued(ObjectKind kind, const std::string& id);              // an owner change, as the store has it now
   static std::string layerKey(const std::string& root);                // "layer:<dir name>"
   Result<uint32_t> allocateNow(const std::string& kind, const std::string& owner);
   void adoptLayerProject(const std::string& root, const std::string& container_id);
@@ -194,6 +207,8 @@ class ProjectQuotas {
   ProjectQuotaStats stats_;
 
   std::mutex sync_mu_;  // one pass at a time
+  // One object tagged at a time: the sync pass and the watch thread both tag.
+  std::mutex tag_mu_;   // guards container_dirs_ too
   std::map<std::string, std::vector<std::string>> container_dirs_;  // cache: container id -> layer roots
   std::map<uint32_t, uint64_t> applied_;                            // project id -> hard limit set
 
@@ -207,8 +222,10 @@ class ProjectQuotas {
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
   CreatorLookup creator_;
   int stop_fd_ = -1;     // eventfd: stops the watch thread
-  int prepare_fd_ = -1;  // eventfd: users to prepare (prepare_)
+  int work_fd_ = -1;      // eventfd: work for the watch thread (prepare_, owned_)
   std::vector<uint32_t> prepare_;
+  std::vector<std::string> owned_;  // containers whose owner just became known
+  bool watching_ = false;           // the watch thread runs: owned_ is its to tag
   std::thread watch_thread_;
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;

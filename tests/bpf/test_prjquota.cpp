@@ -332,6 +332,38 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
     for (int i = 4; i < 7; i++) CHECK(containerWrites(l.merged, i) == 0);
     CHECK(firstNotTagged(l.diff, 4302) == "");
   }
+  SECTION("a mount known to be over (Docker's inside the create) does not defer the tag at the reply") {
+    // docker create mounts the new layer once (volume mount points) and
+    // unmounts it before replying: its work/work is young and untagged when
+    // the reply's tag comes, yet no mount is in progress.
+    Layer l(lfs, "created");
+    REQUIRE(l.mount());
+    l.umount();
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    const double reply = now.tv_sec + now.tv_nsec / 1e9 + 0.001;
+    auto unknown = tagLayer(l.root, 4303, [&] { return overlayUpperMounted(l.diff); });
+    REQUIRE(unknown.ok());
+    CHECK(unknown->state == LayerTag::Deferred);  // without the reply's time: cannot tell
+    auto at_reply = tagLayer(l.root, 4303, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);
+    REQUIRE(at_reply.ok());
+    CHECK(at_reply->state == LayerTag::Tagged);
+    CHECK(firstNotTagged(l.diff, 4303) == "");
+    REQUIRE(l.mount());  // the start: its work/work is born in the tagged work/
+    for (int i = 0; i < 3; i++) CHECK(containerWrites(l.merged, i) == 0);
+    CHECK(firstNotTagged(l.diff, 4303) == "");
+  }
+  SECTION("a work/work made after the reply is a mount in progress, reply time or not") {
+    Layer l(lfs, "restarted");
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    const double reply = now.tv_sec + now.tv_nsec / 1e9 - 0.5;
+    REQUIRE(l.mount());
+    l.umount();
+    auto r = tagLayer(l.root, 4304, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);
+    REQUIRE(r.ok());
+    CHECK(r->state == LayerTag::Deferred);
+  }
   SECTION("Docker mounting a new layer while it is tagged: never an EXDEV, no write outside the project") {
     // docker run: the layer is created, then the tag (at the create reply)
     // races the mount (at start) and the container's first writes.

@@ -189,9 +189,11 @@ def race(env, fstype, rounds):
     latency = metric(env, "dockquota_project_tag_latency_seconds")
     early = metric(env, 'dockquota_project_early_tags_total{result="tagged"}')
     unclear = metric(env, 'dockquota_project_early_tags_total{result="unclear"}')
+    mounting = metric(env, 'dockquota_project_early_tags_total{result="mounting"}')
     print("FIGURES %s: outside alice's project: %d bytes in %d inodes; layers tagged as Docker made them %s (maker "
-          "unclear %s), deferred %s, raced mounts %s, last reply-to-tag latency %.1f ms" % (
-              fstype, total_bytes, total_inodes, early, unclear, deferred, raced, (latency or 0) * 1000), flush=True)
+          "unclear %s, in Docker's create-time mount %s: tagged at the reply), deferred %s, raced mounts %s, last "
+          "reply-to-tag latency %.1f ms" % (fstype, total_bytes, total_inodes, early, unclear, mounting, deferred, raced,
+                                            (latency or 0) * 1000), flush=True)
     for f in firsts[:3]:
         print("  " + f)
     if deferred:
