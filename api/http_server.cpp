@@ -22,13 +22,13 @@
 #include <deque>
 #include <mutex>
 #include <string_view>
-#include <thread>
 #include <unordered_map>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "agent/base/log.h"
+#include "agent/base/worker.h"
 
 namespace dockquota {
 namespace {
@@ -317,7 +317,6 @@ struct HttpServer::Loop {
   TransportMetrics& metrics;
   int listen_fd = -1, epoll_fd = -1, wake_fd = -1;
   SSL_CTX* ssl_ctx = nullptr;
-  std::thread thread;
   std::atomic<bool> stopping{false};
 
   // Loop thread only.
@@ -331,13 +330,16 @@ struct HttpServer::Loop {
 
   // Workers: the queue holds at most one request per connection, so it is
   // bounded by max_connections.
-  std::vector<std::thread> workers;
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Job> jobs;
   bool workers_stop = false;
   std::mutex done_mu;
   std::vector<Done> done;
+
+  // Last: a worker still running when the rest goes would wake a destroyed cv.
+  Worker loop_worker;
+  std::vector<Worker> workers;
 
   Loop(const HttpServerOptions& o, const Handler& h, TransportMetrics& m) : opt(o), handler(h), metrics(m) {}
   ~Loop() {
@@ -422,22 +424,32 @@ struct HttpServer::Loop {
     epoll_ctl(epoll_fd, EPOLL_CTL_ADD, listen_fd, &ev);
     ev.data.u64 = kWakeId;
     epoll_ctl(epoll_fd, EPOLL_CTL_ADD, wake_fd, &ev);
-    for (int i = 0; i < std::max(1, opt.threads); i++) workers.emplace_back([this] { work(); });
-    thread = std::thread([this] { run(); });
+    const int n = std::max(1, opt.threads);
+    workers.reserve(n);
+    for (int i = 0; i < n; i++) {
+      workers.emplace_back();
+      workers.back().start("dq-http-" + std::to_string(i), [this] { work(); }, [this] { stopWorkers(); });
+    }
+    loop_worker.start("dq-http-loop", [this] { run(); }, [this] {
+      stopping = true;
+      wake();
+    });
     return {};
   }
 
+  // The loop first: it queues no job once joined; then the workers.
   void stop() {
-    stopping = true;
-    wake();
-    if (thread.joinable()) thread.join();
+    loop_worker.stop();
+    for (auto& w : workers) w.stop();
+    workers.clear();
+  }
+
+  void stopWorkers() {
     {
       std::lock_guard<std::mutex> l(mu);
       workers_stop = true;
     }
     cv.notify_all();
-    for (auto& w : workers) w.join();
-    workers.clear();
   }
 
   void wake() {

@@ -124,16 +124,11 @@ void QmanServices::start() {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  defaults_thread_ = std::thread([this] { runDefaults(); });
+  defaults_worker_.start("dq-defaults", [this] { runDefaults(); }, [this] { haltDefaults(); });
 }
 
 void QmanServices::stop() {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  if (defaults_thread_.joinable()) defaults_thread_.join();
+  defaults_worker_.stop();
   if (usage_) usage_->stop();
   if (projects_) projects_->stop();
 }
@@ -150,6 +145,14 @@ Result<size_t> QmanServices::applyDefaultsNow() {
   auto n = applyDefaults(*quotas_, {candidates.begin(), candidates.end()}, usage);
   if (n && *n > 0) LOG_INFO(kSub, "default docker quota applied to %zu user(s)", *n);
   return n;
+}
+
+void QmanServices::haltDefaults() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
 }
 
 void QmanServices::runDefaults() {

@@ -16,10 +16,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/worker.h"
 #include "agent/quota/project_quotas.h"
 #include "agent/quota/quotas.h"
 #include "agent/runtime/docker_client.h"
@@ -60,6 +60,7 @@ class QmanServices {
  private:
   QmanServices() = default;
   void runDefaults();
+  void haltDefaults();  // sets stop_ and wakes runDefaults()
 
   std::chrono::seconds default_interval_{600};
   std::unique_ptr<DockerClient> measure_client_;  // slow calls (/system/df) off the attributor's client
@@ -75,7 +76,7 @@ class QmanServices {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::thread defaults_thread_;
+  Worker defaults_worker_;
 };
 
 }  // namespace dockquota

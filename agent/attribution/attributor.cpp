@@ -58,18 +58,22 @@ Attributor::~Attributor() { stop(); }
 
 void Attributor::start() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (worker_.joinable()) return;
+  if (worker_.running()) return;
   stop_ = false;
-  worker_ = std::thread([this] { run(); });
+  worker_.start("dq-attrib", [this] { run(); }, [this] { halt(); });
 }
 
 void Attributor::stop() {
+  halt();  // also when never started: drain() returns once stopped
+  worker_.stop();
+}
+
+void Attributor::halt() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (worker_.joinable()) worker_.join();
 }
 
 void Attributor::post(std::function<void()> task) {

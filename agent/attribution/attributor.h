@@ -23,12 +23,12 @@
 #include <functional>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/worker.h"
 #include "agent/capture/conn_tracker.h"
 #include "agent/capture/docker_api.h"
 #include "agent/runtime/docker_client.h"
@@ -111,6 +111,7 @@ class Attributor {
  private:
   void post(std::function<void()> task);
   void run();
+  void halt();  // sets stop_ and wakes run()
   void attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new);
   void attributeImageRef(const std::string& ref, const Evidence& ev);
   void attributeContainerVolumes(const std::string& container_id, const Evidence& ev);
@@ -145,7 +146,7 @@ class Attributor {
   std::deque<MissCheck> checks_;  // in due order (one fixed delay)
   bool busy_ = false;
   bool stop_ = false;
-  std::thread worker_;
+  Worker worker_;  // last: stopped before the state its body uses goes
 };
 
 }  // namespace dockquota

@@ -869,22 +869,26 @@ MailNotifier::~MailNotifier() { stop(); }
 
 void MailNotifier::start() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (thread_.joinable()) return;
+  if (worker_.running()) return;
   stop_ = false;
   running_ = true;
-  thread_ = std::thread([this] { run(); });
+  worker_.start("dq-mail", [this] { run(); }, [this] { halt(); });
 }
 
 void MailNotifier::stop() {
+  halt();  // also when never started: runOnce() called directly then stops early
+  worker_.stop();
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ = false;
+}
+
+void MailNotifier::halt() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   cv_.notify_all();
   transport_.interrupt();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
-  std::lock_guard<std::mutex> lock(mu_);
-  running_ = false;
 }
 
 void MailNotifier::wake() {

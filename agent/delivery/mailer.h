@@ -24,13 +24,13 @@
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "agent/base/backoff.h"
 #include "agent/base/result.h"
+#include "agent/base/worker.h"
 #include "agent/store/events.h"
 
 namespace dockquota {
@@ -163,6 +163,7 @@ class MailNotifier {
 
  private:
   void run();
+  void halt();  // sets stop_, wakes run() and ends a send in progress
   void giveUp(const std::vector<int64_t>& seqs, double now);
   void recordError(const std::string& message);
 
@@ -182,12 +183,13 @@ class MailNotifier {
   std::condition_variable cv_;
   bool stop_ = false;
   bool woken_ = false;
-  std::thread thread_;
   bool running_ = false;
   uint64_t mails_sent_ = 0, events_mailed_ = 0, failures_ = 0, skipped_no_address_ = 0, refused_ = 0;
   size_t pending_ = 0;
   bool failing_ = false;    // the last send failed (and was not a refused recipient)
   std::string last_error_;  // kept after recovery, for /healthz
+
+  Worker worker_;
 };
 
 // What to do at `now`.

@@ -203,7 +203,7 @@ MasterSink::~MasterSink() { stop(); }
 // --- thread --------------------------------------------------------------------
 
 void MasterSink::start() {
-  if (thread_.joinable()) return;
+  if (worker_.running()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(false);
@@ -212,24 +212,23 @@ void MasterSink::start() {
   running_.store(true);
   refreshPending();
   LOG_INFO(kLog, "delivering events to %s (%" PRIu64 " pending)", post_url_.c_str(), pending_.load());
-  thread_ = std::thread([this] {
-    run();
-    running_.store(false);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-  });
+  worker_.start(
+      "dq-master",
+      [this] {
+        run();
+        running_.store(false);
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          done_ = true;
+        }
+        cv_.notify_all();
+      },
+      [this] { halt(); });
 }
 
 void MasterSink::stop() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);  // no lost wakeup against the waits in run()
-    stop_.store(true);
-  }
-  cv_.notify_all();
-  if (!thread_.joinable() || thread_.get_id() == std::this_thread::get_id()) return;
+  worker_.requestStop();
+  if (!worker_.running() || worker_.onThisThread()) return;
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (in_flight_.load()) cv_.wait_for(lock, kStopGrace, [this] { return done_; });
@@ -240,7 +239,15 @@ void MasterSink::stop() {
       cv_.wait_for(lock, kStopPoll, [this] { return done_; });
     }
   }
-  thread_.join();
+  worker_.stop();
+}
+
+void MasterSink::halt() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // no lost wakeup against the waits in run()
+    stop_.store(true);
+  }
+  cv_.notify_all();
 }
 
 void MasterSink::wake() {

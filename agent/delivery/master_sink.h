@@ -26,12 +26,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "agent/base/result.h"
+#include "agent/base/worker.h"
 #include "agent/store/events.h"
 
 namespace httplib {
@@ -144,6 +144,7 @@ class MasterSink {
   void refreshPending();
   void setLastError(std::string error);
   bool waitFor(std::chrono::milliseconds d, bool wake_ends);  // false when stopping
+  void halt();  // sets stop_ and wakes the waits in run()
 
   EventSpool& spool_;
   const Options opt_;
@@ -151,7 +152,6 @@ class MasterSink {
   const std::string post_url_;
   std::unique_ptr<httplib::ClientImpl> cli_;  // SSLClient for https; used by the thread, stop() only aborts it
 
-  std::thread thread_;
   std::mutex mu_;  // guards woken_, done_ and the waits
   std::condition_variable cv_;
   bool woken_ = false;
@@ -176,6 +176,8 @@ class MasterSink {
   uint64_t recovered_events_ = 0;
   uint64_t recovered_after_attempts_ = 0;
   std::chrono::steady_clock::duration recovered_after_{};
+
+  Worker worker_;
 };
 
 }  // namespace dockquota

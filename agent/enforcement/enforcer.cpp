@@ -539,16 +539,17 @@ void Enforcer::start() {
     stop_ = false;
     wake_ = true;  // a first sweep at once: finishes what a crash interrupted
   }
-  thread_ = std::thread([this] { run(); });
+  worker_.start("dq-enforce", [this] { run(); }, [this] { halt(); });
 }
 
-void Enforcer::stop() {
+void Enforcer::stop() { worker_.stop(); }
+
+void Enforcer::halt() {
   {
     std::lock_guard<std::mutex> l(cv_mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
 }
 
 void Enforcer::wake() {

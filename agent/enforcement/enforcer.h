@@ -44,11 +44,11 @@
 #include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/worker.h"
 #include "agent/enforcement/policy.h"
 #include "agent/quota/quotas.h"
 #include "agent/runtime/runtime.h"
@@ -150,6 +150,7 @@ class Enforcer {
   bool stillOwnedBy(const std::string& id, uint32_t uid) const;
   uint64_t recentlyFreed(uint32_t uid, double since) const;
   void run();
+  void halt();  // sets stop_ and wakes run()
 
   Store& store_;
   QuotaBook& book_;
@@ -185,7 +186,7 @@ class Enforcer {
   std::mutex cv_mu_;
   std::condition_variable cv_;
   bool wake_ = false, stop_ = false;
-  std::thread thread_;
+  Worker worker_;
 };
 
 }  // namespace dockquota

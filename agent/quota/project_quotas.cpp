@@ -122,34 +122,42 @@ ProjectQuotas::ProjectQuotas(Store& store, QuotaBook& book, std::unique_ptr<Laye
 ProjectQuotas::~ProjectQuotas() { stop(); }
 
 void ProjectQuotas::start() {
-  if (!active() || thread_.joinable()) return;
+  if (!active() || sync_worker_.running()) return;
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  thread_ = std::thread([this] { run(); });
+  sync_worker_.start("dq-prj-sync", [this] { run(); }, [this] { haltSync(); });
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
     work_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (stop_fd_ >= 0 && work_fd_ >= 0) watch_thread_ = std::thread([this] { watchLayers(); });
+    if (stop_fd_ >= 0 && work_fd_ >= 0)
+      watch_worker_.start("dq-prj-watch", [this] { watchLayers(); }, [this] { haltWatch(); });
   }
 }
 
+// The sync pass is told first, so both wind down together; the watch is
+// joined (and its eventfds closed) before the sync thread.
 void ProjectQuotas::stop() {
+  sync_worker_.requestStop();
+  watch_worker_.stop();
+  if (stop_fd_ >= 0) close(stop_fd_);
+  if (work_fd_ >= 0) close(work_fd_);
+  stop_fd_ = work_fd_ = -1;
+  sync_worker_.stop();
+}
+
+void ProjectQuotas::haltSync() {
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (stop_fd_ >= 0) {
-    uint64_t one = 1;
-    (void)!write(stop_fd_, &one, sizeof one);
-  }
-  if (watch_thread_.joinable()) watch_thread_.join();
-  if (stop_fd_ >= 0) close(stop_fd_);
-  if (work_fd_ >= 0) close(work_fd_);
-  stop_fd_ = work_fd_ = -1;
-  if (thread_.joinable()) thread_.join();
+}
+
+void ProjectQuotas::haltWatch() {
+  uint64_t one = 1;
+  (void)!write(stop_fd_, &one, sizeof one);
 }
 
 void ProjectQuotas::prepareUser(uint32_t uid) {

@@ -39,8 +39,8 @@
 #include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 
+#include "agent/base/worker.h"
 #include "agent/quota/prjquota.h"
 #include "agent/quota/quotas.h"
 #include "agent/runtime/docker_client.h"
@@ -192,6 +192,8 @@ class ProjectQuotas {
   Status readUsage(const std::vector<ProjectRecord>& projects);
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
   void run();
+  void haltSync();   // sets stop_ and wakes run()
+  void haltWatch();  // writes stop_fd_: watchLayers() returns
   void watchLayers();          // the watch thread: new layer directories
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
   void tagQueued(ObjectKind kind, const std::string& id);              // an owner change, as the store has it now
@@ -226,10 +228,10 @@ class ProjectQuotas {
   std::vector<uint32_t> prepare_;
   std::vector<std::string> owned_;  // containers whose owner just became known
   bool watching_ = false;           // the watch thread runs: owned_ is its to tag
-  std::thread watch_thread_;
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;
-  std::thread thread_;
+  Worker sync_worker_;   // run(): sync passes
+  Worker watch_worker_;  // watchLayers()
 };
 
 }  // namespace dockquota

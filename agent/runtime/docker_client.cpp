@@ -714,19 +714,21 @@ DockerEventStream::~DockerEventStream() {
 }
 
 void DockerEventStream::start() {
-  if (thread_.joinable()) return;
+  if (worker_.running()) return;
   stop_.store(false);
-  thread_ = std::thread([this] { run(); });
+  worker_.start("dq-events", [this] { run(); }, [this] { halt(); });
 }
 
-void DockerEventStream::stop() {
+// A callback may stop its own stream: the worker then only halts, and the next stop() joins.
+void DockerEventStream::stop() { worker_.stop(); }
+
+void DockerEventStream::halt() {
   {
     std::lock_guard<std::mutex> lock(wait_mu_);  // no lost wakeup against the backoff wait
     stop_.store(true);
   }
   wait_cv_.notify_all();
   if (multi_) curl_multi_wakeup(static_cast<CURLM*>(multi_));
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
 void DockerEventStream::run() {

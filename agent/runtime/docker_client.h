@@ -14,13 +14,13 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "agent/base/backoff.h"
 #include "agent/base/result.h"
+#include "agent/base/worker.h"
 #include "agent/runtime/docker_lists.h"
 
 namespace dockquota {
@@ -104,17 +104,18 @@ class DockerEventStream {
 
  private:
   void run();
+  void halt();  // sets stop_, wakes the backoff wait and an idle poll
   std::string socket_;
   Callbacks cb_;
   Backoff backoff_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> reconnects_{0};
-  std::thread thread_;
   // stop() must not wait out a backoff sleep or an idle stream: it wakes both.
   std::mutex wait_mu_;
   std::condition_variable wait_cv_;  // the backoff sleep waits here
   void* multi_ = nullptr;            // CURLM*; curl_multi_wakeup() ends an idle poll
+  Worker worker_;
 };
 
 }  // namespace dockquota

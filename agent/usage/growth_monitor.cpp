@@ -18,16 +18,17 @@ void GrowthMonitor::start() {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  thread_ = std::thread([this] { run(); });
+  worker_.start("dq-growth", [this] { run(); }, [this] { halt(); });
 }
 
-void GrowthMonitor::stop() {
+void GrowthMonitor::stop() { worker_.stop(); }
+
+void GrowthMonitor::halt() {
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
 }
 
 void GrowthMonitor::watch(const std::string& id) {

@@ -15,11 +15,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/worker.h"
 #include "agent/probes/growth_probe.h"
 #include "agent/runtime/docker_client.h"
 
@@ -54,6 +54,7 @@ class GrowthMonitor {
  private:
   void watch(const std::string& id);
   void run();
+  void halt();  // sets stop_ and wakes run()
 
   std::unique_ptr<GrowthProbe> probe_;
   DockerClient& docker_;
@@ -64,7 +65,7 @@ class GrowthMonitor {
   uint64_t signals_ = 0;
   bool stop_ = false;
   std::condition_variable cv_;
-  std::thread thread_;
+  Worker worker_;
 };
 
 }  // namespace dockquota

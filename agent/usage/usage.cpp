@@ -417,16 +417,17 @@ void UsageAccountant::start() {
     std::lock_guard<std::mutex> l(cv_mu_);
     stop_ = false;
   }
-  thread_ = std::thread([this] { run(); });
+  worker_.start("dq-usage", [this] { run(); }, [this] { halt(); });
 }
 
-void UsageAccountant::stop() {
+void UsageAccountant::stop() { worker_.stop(); }
+
+void UsageAccountant::halt() {
   {
     std::lock_guard<std::mutex> l(cv_mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
 }
 
 void UsageAccountant::refreshNow() {

@@ -29,11 +29,11 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <unordered_set>
 #include <vector>
 
 #include "agent/base/result.h"
+#include "agent/base/worker.h"
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
 
@@ -275,6 +275,7 @@ class UsageAccountant {
  private:
   Status publish(bool measured, const std::string& error);
   void run();
+  void halt();  // sets stop_ and wakes run()
 
   Store& store_;
   std::unique_ptr<UsageSource> source_;
@@ -292,7 +293,7 @@ class UsageAccountant {
   std::mutex cv_mu_;
   std::condition_variable cv_;
   bool stop_ = false, wake_ = false, rejoin_ = false;
-  std::thread thread_;
+  Worker worker_;
 };
 
 }  // namespace dockquota
