@@ -26,6 +26,7 @@
 #include <mutex>
 
 #include "agent/attribution/attributor.h"
+#include "agent/base/clock.h"
 #include "agent/base/log.h"
 #include "agent/capture/conn_tracker.h"
 #include "agent/probes/dsock_probe.h"
@@ -84,13 +85,6 @@ constexpr const char* kSub = "dockquotad";
 constexpr const char* kDefaultConfig = "/etc/dockquota/config.json";
 constexpr auto kRefreshEvery = std::chrono::seconds(30);
 constexpr auto kSweepEvery = std::chrono::seconds(5);
-
-// The probe's clock (bpf_ktime_get_ns).
-uint64_t monotonicNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
-}
 
 // /healthz "stream": the connection tracker's figures, and under "losses"
 // every way it lost or doubted an attribution, by reason. Any loss makes the

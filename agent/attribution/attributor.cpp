@@ -5,19 +5,15 @@
 
 #include <set>
 
+#include "agent/base/clock.h"
 #include "agent/base/log.h"
-#include "agent/probes/probe_util.h"
+#include "agent/base/short_id.h"
 #include "agent/runtime/docker_lists.h"
 
 namespace dockquota {
 namespace {
 
 constexpr const char* kSub = "attribution";
-
-std::string shortId(const std::string& id) {
-  std::string s = id.rfind("sha256:", 0) == 0 ? id.substr(7) : id;
-  return s.substr(0, 12);
-}
 
 }  // namespace
 

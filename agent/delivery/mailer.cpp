@@ -28,6 +28,7 @@
 
 #include "agent/base/clock.h"
 #include "agent/base/log.h"
+#include "agent/base/short_id.h"
 
 namespace dockquota {
 namespace {
@@ -265,11 +266,8 @@ std::optional<uint64_t> limitBytes(const json& d) {
   return *kib << 10;
 }
 
-std::string shortId(std::string_view id) {
-  std::string c = clean(id, 64);
-  if (c.size() > 12) c.resize(12);
-  return c;
-}
+// A container id from an event's text, printable and short.
+std::string mailId(std::string_view id) { return shortId(clean(id, 64)); }
 
 // Kind of event, most severe last.
 enum class Kind { Other, Warning, Exceeded, Stopped, Removed };
@@ -297,8 +295,8 @@ const char* subjectFor(Kind k) {
 std::string containerText(const Event& e) {
   std::string name = clean(stringField(e.detail, "container_name"));
   if (!name.empty() && name[0] == '/') name.erase(0, 1);  // Docker's "/name" form
-  std::string id = shortId(stringField(e.detail, "container_id"));
-  if (id.empty()) id = shortId(e.container_id);
+  std::string id = mailId(stringField(e.detail, "container_id"));
+  if (id.empty()) id = mailId(e.container_id);
   if (!name.empty() && !id.empty()) return "\"" + name + "\" (" + id + ")";
   if (!name.empty()) return "\"" + name + "\"";
   if (!id.empty()) return id;
@@ -353,14 +351,14 @@ std::string describe(const Event& e) {
       std::string s = "your container " + containerText(e) + " was stopped because " + overText(usage, limit, false) +
                       ".";
       if (auto size = u64Field(d, "size_bytes")) s += " Its writable layer holds " + figure(*size) + ".";
-      std::string own = shortId(stringField(d, "container_id"));
-      if (own.empty()) own = shortId(e.container_id);
+      std::string own = mailId(stringField(d, "container_id"));
+      if (own.empty()) own = mailId(e.container_id);
       std::vector<std::string> others;
       auto it = d.is_object() ? d.find("stopped_ids") : d.end();
       if (d.is_object() && it != d.end() && it->is_array()) {
         for (const auto& x : *it)
-          if (x.is_string() && shortId(x.get<std::string>()) != own && others.size() < 20)
-            others.push_back(shortId(x.get<std::string>()));
+          if (x.is_string() && mailId(x.get<std::string>()) != own && others.size() < 20)
+            others.push_back(mailId(x.get<std::string>()));
       }
       if (!others.empty()) {
         s += " Also stopped:";

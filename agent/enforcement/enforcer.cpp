@@ -6,6 +6,7 @@
 
 #include "agent/base/clock.h"
 #include "agent/base/log.h"
+#include "agent/base/short_id.h"
 #include "agent/store/billing.h"
 
 namespace dockquota {
@@ -20,13 +21,7 @@ constexpr const char* kInsufficientCond = "insufficient";
 // Removals stay "freed but maybe not yet measured" this long at most.
 constexpr double kFreedMemorySeconds = 3600;
 
-std::string shortId(const std::string& id) { return id.substr(0, 12); }
-
 double mib(uint64_t b) { return double(b) / (1 << 20); }
-
-double secondsSince(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 // Only kernel evidence or an admin decides whose container is stopped: a
 // label (Source::Label) is something any docker user can write.

@@ -107,14 +107,6 @@ Result<FileId> fileId(const std::string& path) {
   return FileId{kernelDev(st.st_dev), static_cast<uint64_t>(st.st_ino)};
 }
 
-double monoToUnix(uint64_t mono_ns) {
-  timespec rt, mono;
-  clock_gettime(CLOCK_REALTIME, &rt);
-  clock_gettime(CLOCK_MONOTONIC, &mono);
-  double offset = (rt.tv_sec - mono.tv_sec) + (rt.tv_nsec - mono.tv_nsec) / 1e9;
-  return mono_ns / 1e9 + offset;
-}
-
 uint32_t pidMax() {
   std::ifstream f("/proc/sys/kernel/pid_max");
   uint64_t v = 0;

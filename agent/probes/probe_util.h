@@ -33,9 +33,6 @@ struct FileId {
 };
 Result<FileId> fileId(const std::string& path);
 
-// Converts bpf_ktime_get_ns() (CLOCK_MONOTONIC) to unix seconds.
-double monoToUnix(uint64_t mono_ns);
-
 // The hook-set choice of the probes that watch syscalls (dsock, growth).
 // A probe has several sets of programs for the same job, `sets`, cheapest for
 // the rest of the host first; the last one works wherever BTF does. `hook` is

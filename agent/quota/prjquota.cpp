@@ -13,9 +13,9 @@
 #include <unistd.h>
 
 #include <climits>
-#include <ctime>
 #include <cstdlib>
 
+#include "agent/base/clock.h"
 #include "agent/base/mountinfo.h"
 
 namespace dockquota {
@@ -285,9 +285,7 @@ std::string mountInProgress(const std::string& workwork, uint32_t id, int setup_
   if (t && t->id == id) return "";  // born after step 1
   const double born = static_cast<double>(st.st_ctim.tv_sec) + st.st_ctim.tv_nsec / 1e9;
   if (born < finished_before) return "";  // left by a mount known to be over
-  timespec now{};
-  clock_gettime(CLOCK_REALTIME, &now);
-  const double age = static_cast<double>(now.tv_sec) + now.tv_nsec / 1e9 - born;
+  const double age = unixNow() - born;
   if (age >= setup_seconds) return "";
   char why[160];
   if (finished_before > 0) {

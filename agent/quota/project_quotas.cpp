@@ -16,6 +16,7 @@
 #include "agent/base/clock.h"
 #include "agent/base/log.h"
 #include "agent/base/mountinfo.h"
+#include "agent/base/short_id.h"
 #include "agent/store/billing.h"
 
 namespace dockquota {
@@ -513,7 +514,7 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
     auto cached = container_dirs_.find(rec.id);
     if (cached == container_dirs_.end() || cached->second.empty()) {
       auto d = locator_->container(rec.id);
-      if (!d) return d.error().context("container " + rec.id.substr(0, 12));
+      if (!d) return d.error().context("container " + shortId(rec.id));
       cached = container_dirs_.insert_or_assign(rec.id, *d).first;
     }
     dirs = cached->second;
@@ -541,7 +542,7 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
       (rec.owner->source == Source::Bpf || rec.owner->source == Source::Audit))
     finished_before = rec.owner->time;
   if (auto s = tagDirs(dirs, id, {.finished_before = finished_before}); !s)
-    return s.error().context(std::string(toString(kind)) + " " + rec.id.substr(0, 12));
+    return s.error().context(std::string(toString(kind)) + " " + shortId(rec.id));
 
   std::lock_guard<std::mutex> l(mu_);
   auto q = queued_at_.find(rec.id);

@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/short_id.h"
+
 namespace dockquota {
 namespace {
 
@@ -33,7 +35,7 @@ Result<uint64_t> DockerRuntime::writableBytes(const std::string& id) {
   if (!validContainerId(id)) return Error{EINVAL, "docker: size of container '" + id + "': not a container id"};
   // size=1 makes Docker walk the writable layer now: current, unlike /system/df's cached figure.
   auto j = docker_.getJson("/containers/" + id + "/json?size=1");
-  if (!j) return j.error().context("docker: size of container " + id.substr(0, 12));
+  if (!j) return j.error().context("docker: size of container " + shortId(id));
   const auto& v = (*j)["SizeRw"];
   if (v.is_number_integer() && v.get<int64_t>() > 0) return uint64_t(v.get<int64_t>());
   return uint64_t(0);  // absent (older daemons without a layer yet) or -1
@@ -41,7 +43,7 @@ Result<uint64_t> DockerRuntime::writableBytes(const std::string& id) {
 
 Status DockerRuntime::stop(const std::string& id, std::chrono::seconds timeout) {
   if (!validContainerId(id)) return Error{EINVAL, "docker: stop container '" + id + "': not a container id"};
-  const std::string what = "stop container " + id.substr(0, 12);
+  const std::string what = "stop container " + shortId(id);
   auto r = docker_.request("POST", "/containers/" + id + "/stop?t=" + std::to_string(timeout.count()));
   if (!r) return r.error().context("docker: " + what);
   if (r->status == 204 || r->status == 304) return {};  // stopped now / already stopped
@@ -50,7 +52,7 @@ Status DockerRuntime::stop(const std::string& id, std::chrono::seconds timeout) 
 
 Status DockerRuntime::remove(const std::string& id, bool volumes) {
   if (!validContainerId(id)) return Error{EINVAL, "docker: remove container '" + id + "': not a container id"};
-  const std::string what = "remove container " + id.substr(0, 12);
+  const std::string what = "remove container " + shortId(id);
   auto r = docker_.request("DELETE", "/containers/" + id + "?force=1&v=" + (volumes ? "1" : "0"));
   if (!r) return r.error().context("docker: " + what);
   if (r->status == 204) return {};

@@ -2,6 +2,7 @@
 #include "agent/usage/growth_monitor.h"
 
 #include "agent/base/log.h"
+#include "agent/base/short_id.h"
 
 namespace dockquota {
 namespace {
@@ -34,7 +35,7 @@ void GrowthMonitor::halt() {
 void GrowthMonitor::watch(const std::string& id) {
   auto c = docker_.inspectContainer(id);
   if (!c) {
-    LOG_DEBUG(kSub, "container %s: %s", id.substr(0, 12).c_str(), c.error().message.c_str());
+    LOG_DEBUG(kSub, "container %s: %s", shortId(id).c_str(), c.error().message.c_str());
     return;
   }
   const auto& state = (*c)["State"];
@@ -42,7 +43,7 @@ void GrowthMonitor::watch(const std::string& id) {
   pid_t pid = state.value("Pid", 0);
   auto cg = containerCgroup(id, pid);
   if (!cg) {
-    LOG_WARN(kSub, "container %s: no cgroup to watch: %s", id.substr(0, 12).c_str(), cg.error().message.c_str());
+    LOG_WARN(kSub, "container %s: no cgroup to watch: %s", shortId(id).c_str(), cg.error().message.c_str());
     return;
   }
   std::lock_guard<std::mutex> l(mu_);
@@ -98,7 +99,7 @@ void GrowthMonitor::run() {
     for (const auto& [id, g] : growthSince(last_, *now)) {
       if (g.bytes > 0) wrote.push_back(id);
       if (g.bytes >= opt_.signal_bytes) {
-        LOG_DEBUG(kSub, "container %s wrote %llu bytes in its layer since the last read", id.substr(0, 12).c_str(),
+        LOG_DEBUG(kSub, "container %s wrote %llu bytes in its layer since the last read", shortId(id).c_str(),
                   (unsigned long long)g.bytes);
         signal = true;
       }

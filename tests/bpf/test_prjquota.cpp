@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/base/clock.h"
 #include "agent/quota/prjquota.h"
 #include "agent/quota/project_quotas.h"
 #include "agent/quota/quotas.h"
@@ -339,9 +340,7 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
     Layer l(lfs, "created");
     REQUIRE(l.mount());
     l.umount();
-    timespec now{};
-    clock_gettime(CLOCK_REALTIME, &now);
-    const double reply = now.tv_sec + now.tv_nsec / 1e9 + 0.001;
+    const double reply = unixNow() + 0.001;
     auto unknown = tagLayer(l.root, 4303, [&] { return overlayUpperMounted(l.diff); });
     REQUIRE(unknown.ok());
     CHECK(unknown->state == LayerTag::Deferred);  // without the reply's time: cannot tell
@@ -355,9 +354,7 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
   }
   SECTION("a work/work made after the reply is a mount in progress, reply time or not") {
     Layer l(lfs, "restarted");
-    timespec now{};
-    clock_gettime(CLOCK_REALTIME, &now);
-    const double reply = now.tv_sec + now.tv_nsec / 1e9 - 0.5;
+    const double reply = unixNow() - 0.5;
     REQUIRE(l.mount());
     l.umount();
     auto r = tagLayer(l.root, 4304, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);

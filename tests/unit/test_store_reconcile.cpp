@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "agent/attribution/attributor.h"
+#include "agent/base/clock.h"
 #include "agent/probes/probe_util.h"
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
@@ -359,12 +360,6 @@ void remove(DockerClient& c, const std::string& id) {
   REQUIRE(r->status == 204);
 }
 
-uint64_t monoNowNs() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return uint64_t(t.tv_sec) * 1'000'000'000ull + uint64_t(t.tv_nsec);
-}
-
 // What the tracker hands the attributor for a recognised call.
 ApiCall call(ApiAction action, std::vector<std::string> ids, std::vector<std::string> refs = {}) {
   ApiCall c{action};
@@ -372,8 +367,8 @@ ApiCall call(ApiAction action, std::vector<std::string> ids, std::vector<std::st
   c.succeeded = true;
   c.ids = std::move(ids);
   c.refs = std::move(refs);
-  c.request_ns = monoNowNs() - 2'000'000;
-  c.response_ns = monoNowNs() - 1'000'000;
+  c.request_ns = monotonicNs() - 2'000'000;
+  c.response_ns = monotonicNs() - 1'000'000;
   return c;
 }
 
