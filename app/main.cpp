@@ -317,6 +317,12 @@ int main(int argc, char** argv) {
               dsock_r.error().message.c_str());
     degraded.push_back("docker.sock probe unavailable: " + dsock_r.error().message);
   }
+  // Re-watches the sockets (a socket Docker re-created has a new inode), on
+  // every Docker (re)connect and every kRefreshEvery, which also retries a failure.
+  auto refreshSockets = [&] {
+    if (!dsock) return;
+    if (auto st = dsock->refreshSockets(); !st) LOG_WARN(kSub, "%s", st.error().message.c_str());
+  };
 
   // Live growth of running containers' layers: an early signal to re-read
   // project quotas (issue 4). Needs Docker's client for inspect.
@@ -373,8 +379,11 @@ int main(int argc, char** argv) {
       .on_connected =
           [&] {
             watching_since = unixNow();
-            if (dsock) dsock->refreshSockets();
-            docker.negotiate();
+            refreshSockets();
+            // The daemon may be a new one, speaking another API version. On
+            // failure the version stays unknown: the next request negotiates
+            // again and reports the error itself (the reconcile below).
+            (void)docker.negotiate();
             if (auto st = attributor.reconcile(); !st) {
               LOG_WARN(kSub, "%s", st.error().message.c_str());
               std::lock_guard<std::mutex> l(docker_err_mu);
@@ -525,7 +534,9 @@ int main(int argc, char** argv) {
   if (auto* p = projects.load()) {
     p->setCreatorLookup([&]() -> std::optional<uint32_t> {
       std::lock_guard<std::mutex> l(tracker_mu);
-      if (exec) exec->consume();
+      if (exec) {
+        if (auto r = exec->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
+      }
       if (dsock) {
         if (auto r = dsock->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
       }
@@ -642,7 +653,9 @@ int main(int argc, char** argv) {
     {
       // Exec events first: a docker CLI's exec precedes its connect.
       std::lock_guard<std::mutex> l(tracker_mu);
-      if (exec) exec->consume();
+      if (exec) {
+        if (auto r = exec->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
+      }
       if (dsock) {
         if (auto r = dsock->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
       }
@@ -665,8 +678,10 @@ int main(int argc, char** argv) {
     }
     if (std::chrono::steady_clock::now() >= next_refresh) {
       next_refresh = std::chrono::steady_clock::now() + kRefreshEvery;
-      if (dsock) dsock->refreshSockets();
-      if (exec) exec->refreshBinaries();
+      refreshSockets();
+      if (exec) {
+        if (auto st = exec->refreshBinaries(); !st) LOG_WARN(kSub, "%s", st.error().message.c_str());
+      }
     }
   }
 

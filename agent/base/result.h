@@ -26,8 +26,10 @@ inline Error osError(int err, const std::string& what) {
   return Error{err, what + ": " + std::strerror(err)};
 }
 
+// [[nodiscard]]: an error nobody looked at is an error lost. A call whose
+// failure is really of no interest says so with (void) and a comment why.
 template <typename T>
-class Result {
+class [[nodiscard]] Result {
  public:
   Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit on purpose
   Result(Error error) : v_(std::move(error)) {}     // NOLINT
@@ -46,7 +48,7 @@ class Result {
 };
 
 template <>
-class Result<void> {
+class [[nodiscard]] Result<void> {
  public:
   Result() = default;
   Result(Error error) : err_(std::move(error)) {}  // NOLINT

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 #include <vector>
 
@@ -27,6 +29,14 @@ class SyntheticSource : public UsageSource {
 inline double pct(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+// A step that fails makes every figure after it meaningless: stop there, saying which.
+template <typename R>
+void must(const R& r, const char* what) {
+  if (r.ok()) return;
+  std::fprintf(stderr, "bench: %s: %s\n", what, r.error().message.c_str());
+  std::exit(1);
 }
 
 }  // namespace dockquota::bench

@@ -31,6 +31,7 @@
 #include "tests/bench/bench_util.h"
 
 using namespace dockquota;
+using bench::must;
 using bench::pct;
 using bench::SyntheticSource;
 using Clock = std::chrono::steady_clock;
@@ -95,19 +96,19 @@ int main(int argc, char** argv) {
   for (int i = 0; i < containers; i++) {
     char id[65];
     snprintf(id, sizeof id, "c%063d", i);
-    store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "", std::nullopt, 1000 + i);
+    must(store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "", std::nullopt, 1000 + i), "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = uidOf(i);
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
-    store.attribute(ObjectKind::Container, id, ev, true);
+    must(store.attribute(ObjectKind::Container, id, ev, true), "attribute");
     f.containers.push_back({id, "c" + std::to_string(i), "", "running", per_container});
   }
   const uint64_t held = per_container * uint64_t(containers / users);
   auto book = std::move(*QuotaBook::load(store));
   QuotaBook::Limits limits;
   for (int i = 0; i < users; i++) limits[uidOf(i)] = 2 * held / 1024;  // everyone at 50 %
-  book->setLimits(limits);
+  must(book->setLimits(limits), "setLimits");
   std::vector<PasswdUser> passwd;
   for (int i = 0; i < users; i++) passwd.push_back({uidOf(i), "user" + std::to_string(i)});
   UserDirectory names([passwd] { return passwd; });
@@ -129,7 +130,7 @@ int main(int argc, char** argv) {
   std::vector<double> sweep_ms, rejoin_ms;
   for (int r = 0; r < rounds; r++) {
     auto t = Clock::now();
-    accountant.rejoin();
+    must(accountant.rejoin(), "rejoin");
     rejoin_ms.push_back(ms(Clock::now() - t));
     t = Clock::now();
     auto rep = enforcer->sweep();
@@ -147,7 +148,7 @@ int main(int argc, char** argv) {
   QuotaBook::Limits tight;
   const int over = users / 100;
   for (int i = 0; i < over; i++) tight[uidOf(i)] = (held - per_container) / 1024;  // one container over
-  book->setLimits(tight);
+  must(book->setLimits(tight), "setLimits");
   auto t = Clock::now();
   auto rep = enforcer->sweep();
   const double over_ms = ms(Clock::now() - t);
@@ -159,7 +160,7 @@ int main(int argc, char** argv) {
   std::vector<double> lat;
   for (int r = 0; r < rounds; r++) {
     const uint32_t uid = uidOf(over + 1 + r % (users - over - 1));
-    book->setLimit(uid, (held - per_container) / 1024);
+    must(book->setLimit(uid, (held - per_container) / 1024), "setLimit");
     std::unique_lock<std::mutex> l(runtime.mu);
     const uint64_t before = runtime.stops;
     const auto t0 = Clock::now();
@@ -170,7 +171,7 @@ int main(int argc, char** argv) {
     }
     lat.push_back(ms(runtime.last_stop - t0));
     l.unlock();
-    book->setLimit(uid, 2 * held / 1024);  // back under: the next round's sweep leaves it
+    must(book->setLimit(uid, 2 * held / 1024), "setLimit");  // back under: the next round's sweep leaves it
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   enforcer->stop();

@@ -45,6 +45,7 @@
 #include "tests/bench/bench_util.h"
 
 using namespace dockquota;
+using bench::must;
 using bench::pct;
 using bench::SyntheticSource;
 using Clock = std::chrono::steady_clock;
@@ -232,12 +233,13 @@ int main(int argc, char** argv) {
   for (int i = 0; i < containers; i++) {
     char id[65];
     snprintf(id, sizeof id, "c%063d", i);
-    store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "sha256:img", std::nullopt, 1000 + i);
+    must(store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "sha256:img", std::nullopt, 1000 + i),
+         "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = static_cast<uint32_t>(2000 + i % users);
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
-    store.attribute(ObjectKind::Container, id, ev, true);
+    must(store.attribute(ObjectKind::Container, id, ev, true), "attribute");
     f.containers.push_back({id, "c" + std::to_string(i), SharedText("sha256:img"), "running", 4096});
   }
   auto book = QuotaBook::load(store);
@@ -247,7 +249,7 @@ int main(int argc, char** argv) {
     limits[static_cast<uint32_t>(2000 + i)] = 10485760;
     passwd.push_back({static_cast<uint32_t>(2000 + i), "user" + std::to_string(i)});
   }
-  (*book)->setLimits(limits);
+  must((*book)->setLimits(limits), "setLimits");
   UserDirectory dirusers([passwd] { return passwd; });
   UsageAccountant usage(store, std::make_unique<SyntheticSource>(std::move(f)), {});
   if (auto s = usage.refresh(); !s) {
