@@ -82,7 +82,7 @@ TEST_CASE("worker: the thread carries its name, cut to 15 characters", "[worker]
   CHECK(threadNames().count("dq-a-name-longe") == 0);
 }
 
-TEST_CASE("worker: stop() wakes once and joins once; again is a no-op; it starts again after", "[worker]") {
+TEST_CASE("worker: stop() wakes once and joins once, again is a no-op, and it starts again after", "[worker]") {
   Worker w;
   w.stop();  // never started
   std::atomic<bool> stop{false};
@@ -110,7 +110,7 @@ TEST_CASE("worker: stop() wakes once and joins once; again is a no-op; it starts
   CHECK(runs == 2);
 }
 
-TEST_CASE("worker: stop() from the body only asks; the owner's stop() joins", "[worker]") {
+TEST_CASE("worker: stop() from the body only asks, the owner's stop() joins", "[worker]") {
   Worker w;
   std::atomic<bool> stop{false}, asked{false};
   REQUIRE(w.start("dq-test", [&] {
@@ -125,7 +125,7 @@ TEST_CASE("worker: stop() from the body only asks; the owner's stop() joins", "[
   CHECK_FALSE(w.running());
 }
 
-TEST_CASE("worker: the threads of the started services carry their names; stop() twice is harmless", "[worker]") {
+TEST_CASE("worker: the threads of the started services carry their names, and stop() twice is harmless", "[worker]") {
   TempDir dir;
   auto store = Store::open(dir.file("s.db"));
   REQUIRE(store.ok());
