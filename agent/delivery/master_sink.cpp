@@ -488,10 +488,16 @@ void MasterSink::exchange(const std::string& body, Exchange& x) {
   CurlSlist headers;
   const bool https = url_.scheme == "https";
   const TlsSetup tls{&url_.host, opt_.ca_file.empty()};
-  if (!easy || !headers.add("X-API-Key: " + opt_.secret) || !headers.add("Accept: application/json") ||
-      !headers.add("Content-Type: application/json") ||
-      !headers.add("Connection: close") ||  // a connection per batch: an idle one the master closed would fail the next POST
-      !headers.add("Expect:")) {            // no 100-continue round trip: the body goes with the headers
+  // The headers cpp-httplib sent, but for its User-Agent (curl sends none).
+  // A connection per batch: an idle keep-alive connection the master (or a
+  // proxy) closed would fail the next POST for nothing. The empty Expect keeps
+  // curl from waiting for a 100 Continue before a big body.
+  const std::string lines[] = {"X-API-Key: " + opt_.secret, "Accept: application/json",
+                               "Content-Type: application/json", "User-Agent: dockquotad",
+                               "Connection: close", "Expect:"};
+  bool ok = easy != nullptr;
+  for (const std::string& line : lines) ok = ok && headers.add(line);
+  if (!ok) {
     x.rc = CURLE_OUT_OF_MEMORY;
     return;
   }
@@ -507,7 +513,6 @@ void MasterSink::exchange(const std::string& body, Exchange& x) {
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
   curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);  // a redirect is a misconfigured url: reported, not followed with the secret
-  curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");  // error bodies from a compressing proxy are read, as before
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.list);
   curl_easy_setopt(c, CURLOPT_POST, 1L);
   curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());

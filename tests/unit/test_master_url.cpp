@@ -232,6 +232,8 @@ TEST_CASE("master url: a POST over IPv6 loopback under a path prefix, headers as
   CHECK(r.get_header_value("Connection") == "close");
   CHECK(r.get_header_value("Host") == "[::1]:" + std::to_string(master.port()));
   CHECK_FALSE(r.has_header("Expect"));
+  CHECK_FALSE(r.has_header("Accept-Encoding"));  // cpp-httplib asked for none: replies are not compressed
+  CHECK(r.get_header_value("User-Agent") == "dockquotad");
   CHECK(r.body.size() > (1u << 20));
   CHECK(json::parse(r.body)["events"].size() == 40);
   CHECK((*sink)->stats().batches_sent == 1);
