@@ -512,7 +512,8 @@ void MasterSink::exchange(const std::string& body, Exchange& x) {
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, x.errbuf);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);  // a redirect is a misconfigured url: reported, not followed with the secret
+  // A redirect is a misconfigured url: reported, not followed with the secret.
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.list);
   curl_easy_setopt(c, CURLOPT_POST, 1L);
   curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
@@ -642,7 +643,8 @@ void MasterSink::transportFailure(const Exchange& x, Attempt& a) const {
       const std::string cas =
           opt_.ca_file.empty() ? "system CAs; set ca_file for a private CA" : "CA file " + opt_.ca_file;
       a.key = "transport verify " + std::to_string(v);
-      const bool other_host = v == X509_V_OK || v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH;
+      const bool other_host =
+          v == X509_V_OK || v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH;
       a.error = !other_host
                     ? "certificate of " + hp + " not trusted: " + X509_verify_cert_error_string(v) + " (" + cas + ")"
                     : "certificate of " + hp + " is not for host " + url_.host;

@@ -168,7 +168,8 @@ TEST_CASE("master url: ports, explicit or the scheme's", "[master][url]") {
   CHECK(MasterSink::parseUrl("http://m:443")->scheme == "http");
   CHECK(MasterSink::parseUrl("http://m:080")->port == 80);
   CHECK(MasterSink::parseUrl("http://m:8080/x")->path == std::string("/x") + kEvents);
-  for (const char* bad : {"http://m:/x", "http://m:0/", "http://m:-1", "http://m:99999", "http://m:+80", "http://m:1:2"}) {
+  for (const char* bad :
+       {"http://m:/x", "http://m:0/", "http://m:-1", "http://m:99999", "http://m:+80", "http://m:1:2"}) {
     INFO(bad);
     auto r = MasterSink::parseUrl(bad);
     REQUIRE_FALSE(r.ok());
@@ -263,7 +264,8 @@ TEST_CASE("master url: the *_proxy environment is not used", "[master][url]") {
   auto sink = MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port())));
   REQUIRE(sink.ok());
   (*sink)->start();
-  REQUIRE(eventually([&] { return spool.pendingCount(Channel::Master).value() == 0 || (*sink)->stats().failures > 0; }));
+  REQUIRE(eventually(
+      [&] { return spool.pendingCount(Channel::Master).value() == 0 || (*sink)->stats().failures > 0; }));
   (*sink)->stop();
   CHECK((*sink)->stats().failures == 0);
   CHECK(master.got().size() == 1);
