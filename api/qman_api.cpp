@@ -865,6 +865,14 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
     promSample(out, "dockquota_project_early_tags_total", "result=\"tagged\"", st.early_tagged.load());
     promSample(out, "dockquota_project_early_tags_total", "result=\"unclear\"", st.early_unclear.load());
     promSample(out, "dockquota_project_early_tags_total", "result=\"mounting\"", st.early_mounting.load());
+    {
+      const auto g = p->gateHealth();
+      promHeader(out, "dockquota_layer_gate_on", "gauge", "1 when new container layers' mounts wait for their project (fanotify), 0 when the gate is unavailable.");
+      promSample(out, "dockquota_layer_gate_on", "", uint64_t{g.value("state", "") == "on" ? 1u : 0u});
+      promHeader(out, "dockquota_layer_gate_mounts_total", "counter", "Container layer mounts the gate held: tagged while held, or let through untagged after the longest hold.");
+      promSample(out, "dockquota_layer_gate_mounts_total", "result=\"tagged\"", g.value("tagged", uint64_t{0}));
+      promSample(out, "dockquota_layer_gate_mounts_total", "result=\"timeout\"", g.value("timeouts", uint64_t{0}));
+    }
     promHeader(out, "dockquota_project_raced_mounts_total", "counter", "Layers Docker mounted while their diff/ was being tagged (a second pass fixed what was written).");
     promSample(out, "dockquota_project_raced_mounts_total", "", st.raced_mounts.load());
   }

@@ -125,9 +125,13 @@ nlohmann::json EnforcementServices::delivery() const {
   return d;
 }
 
-nlohmann::json EnforcementServices::health() const {
-  nlohmann::json h = enforcer_->health();
-  h["delivery"] = delivery();
+Health EnforcementServices::health() const {
+  Health h;
+  h.report = enforcer_->health();
+  h.report["delivery"] = delivery();
+  for (const auto& [channel, d] : h.report["delivery"].items())
+    if (d.value("consecutive_failures", 0) > 0 || d.value("failing", false))
+      h.degraded.push_back("event delivery to the " + channel + " is failing: " + d.value("last_error", std::string()));
   return h;
 }
 

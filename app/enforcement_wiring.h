@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/health.h"
 #include "agent/delivery/mailer.h"
 #include "agent/delivery/master_sink.h"
 #include "agent/enforcement/enforcer.h"
@@ -39,8 +40,9 @@ class EnforcementServices {
   // New usage figures were published: sweep soon.
   void usageChanged() { enforcer_->wake(); }
   Enforcer& enforcer() { return *enforcer_; }
-  // For /healthz: the enforcer's counters and each sender's state.
-  nlohmann::json health() const;
+  // For /healthz: the enforcer's counters and each sender's state (a failing
+  // sender degrades the agent).
+  Health health() const;
 
  private:
   EnforcementServices() = default;

@@ -29,8 +29,8 @@
  *   syscalls:sys_{enter,exit}_* program costs a perf record per call (built
  *   even for processes we ignore): measured +290 ns on a 4 KiB file write with
  *   enter+exit programs. A raw tracepoint calls the program directly.
- * - At sys_exit the arguments are still in pt_regs (di, si, dx) and the result
- *   is known, so one program sees everything: no enter program, no map of
+ * - At sys_exit the arguments are still in pt_regs (lib/syscall.bpf.h) and
+ *   the result is known, so one program sees everything: no enter program, no map of
  *   calls in flight, half the invocations.
  * - Filter first, copy second: for everything but connect, the first step is
  *   one bit test in an array map indexed by tgid (the verifier inlines array
@@ -49,6 +49,7 @@
 #include <bpf/bpf_tracing.h>
 #include "dsock.h"
 #include "lib/probe.bpf.h"
+#include "lib/syscall.bpf.h"
 #include "lib/task.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -631,11 +632,17 @@ static __always_inline int on_close(__u32 tgid, __u32 fd, long ret)
 	return 0;
 }
 
-/* Syscall numbers: lib/probe.bpf.h (DSOCK_SYSCALLS). */
+/* Syscall numbers: lib/syscall.bpf.h (DSOCK_SYSCALLS), per architecture. On
+ * both, recvmsg has the highest number of the calls on_sys_exit() handles
+ * after connect: its early return relies on that. */
+_Static_assert(NR_close < NR_recvmsg && NR_read < NR_recvmsg && NR_write < NR_recvmsg && NR_readv < NR_recvmsg &&
+		       NR_writev < NR_recvmsg && NR_sendto < NR_recvmsg && NR_recvfrom < NR_recvmsg &&
+		       NR_sendmsg < NR_recvmsg,
+	       "on_sys_exit() skips every call numbered above NR_recvmsg");
 
 /* The read/write calls, by syscall number: what every hook set funnels into.
- * fd, arg1, arg2 are the syscall's first three arguments (x86-64: di, si,
- * dx). Returns -1 for a call that is not one of the eight. */
+ * fd, arg1, arg2 are the syscall's first three arguments (SYSCALL_ARG1..3).
+ * Returns -1 for a call that is not one of the eight. */
 static __always_inline int on_data_call(long nr, __u32 tgid, __u64 fd, __u64 arg1, __u64 arg2, long ret,
 					struct sock *sk, const struct dsock_sock_val *watched)
 {
@@ -664,15 +671,15 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 	__u32 tgid;
 
 	if (nr == NR_connect)
-		return on_connect((__u32)regs->di, ret);
+		return on_connect((__u32)SYSCALL_ARG1(regs), ret);
 	if (nr > NR_recvmsg)
 		return 0;
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!tgid_tracked(tgid))
 		return 0;
 	if (nr == NR_close)
-		return on_close(tgid, (__u32)regs->di, ret);
-	on_data_call(nr, tgid, (__u32)regs->di, regs->si, regs->dx, ret, NULL, NULL);
+		return on_close(tgid, (__u32)SYSCALL_ARG1(regs), ret);
+	on_data_call(nr, tgid, (__u32)SYSCALL_ARG1(regs), SYSCALL_ARG2(regs), SYSCALL_ARG3(regs), ret, NULL, NULL);
 	return 0;
 }
 
@@ -775,7 +782,8 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int d
 		return 0;
 	/* Inside the syscall: its number and arguments are in the task's pt_regs. */
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	if (on_data_call(regs->orig_ax, tgid, (__u32)regs->di, regs->si, regs->dx, ret, sk, watched) < 0)
+	if (on_data_call(SYSCALL_NR(regs), tgid, (__u32)SYSCALL_ARG1(regs), SYSCALL_ARG2(regs), SYSCALL_ARG3(regs), ret,
+			 sk, watched) < 0)
 		count(DSOCK_CTR_UNSUPPORTED_CALL); /* sendmmsg, splice, sendfile, io_uring */
 	return 0;
 }
@@ -798,7 +806,7 @@ int BPF_PROG(tp_btf__sock_recv_length, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 {
-	return on_sys_exit(regs->orig_ax, regs, ret);
+	return on_sys_exit(SYSCALL_NR(regs), regs, ret);
 }
 
 /* ---- hook set "fentry" ---------------------------------------------------- */

@@ -38,7 +38,7 @@
 #define DSOCK_F_LOST_RX 2 /* the same for the receive side */
 
 /* Per-CPU counters, indexed by reason (tetragon-style error metrics).
- * DSOCK_CTR_LIST: keep agent/probes/dsock_probe.cpp kCounterNames in the same order. */
+ * DSOCK_CTR_LIST: keep kDsockCounterNames in agent/probes/dsock_event.hpp in the same order. */
 #define DSOCK_CTR_RINGBUF_FULL 0   /* event lost: ring buffer full */
 #define DSOCK_CTR_READ_FAIL 1      /* event sent without data: user memory unreadable */
 #define DSOCK_CTR_TRACK_FULL 2     /* connection not tracked: map full */

@@ -18,10 +18,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define EXEC_CTR_RINGBUF_FULL 0 /* event lost */
-#define EXEC_CTR_EVENTS 1
-#define EXEC_CTR_MAX 2
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, EXEC_MAX_BINS);

@@ -9,6 +9,12 @@
 #define EXEC_ARGS_LEN 512 /* NUL-separated argv prefix: enough for `docker run ... IMAGE` */
 #define EXEC_MAX_BINS 16
 
+/* Per-CPU counters of exec_counters, indexed by reason (tetragon-style error
+ * metrics). agent/probes/exec_probe.cpp reports EXEC_CTR_RINGBUF_FULL as lost. */
+#define EXEC_CTR_RINGBUF_FULL 0 /* event lost: ring buffer full */
+#define EXEC_CTR_EVENTS 1       /* events sent */
+#define EXEC_CTR_MAX 2
+
 /* Identity of a watched binary: its inode (symlinks and relative paths resolve
  * to it; a copied binary does not, the socket probe still sees its traffic). */
 struct exec_bin_key {

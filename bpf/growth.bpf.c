@@ -37,6 +37,7 @@
 #include <bpf/bpf_tracing.h>
 #include "growth.h"
 #include "lib/probe.bpf.h"
+#include "lib/syscall.bpf.h"
 #include "lib/task.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -142,10 +143,8 @@ static __always_inline int add_if_overlay(struct growth_val *v, struct file *fil
 	return 0;
 }
 
-/* Syscall numbers: lib/probe.bpf.h (GROWTH_SYSCALLS: keep the dispatch below, the
- * fexit list and README in step). */
-
-#define USER_CS 0x33 /* __USER_CS: a 64-bit syscall (ia32 entries run with __USER32_CS) */
+/* Syscall numbers: lib/syscall.bpf.h (GROWTH_SYSCALLS: keep the dispatch below, the
+ * fexit list and README in step), per architecture. */
 
 /* Syscall `nr` returned `ret`; its arguments are still in regs. */
 static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
@@ -161,11 +160,11 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 	case NR_pwritev:
 	case NR_pwritev2:
 	case NR_sendfile64:
-		fd = (__u32)regs->di; /* the fd written, or out_fd */
+		fd = (__u32)SYSCALL_ARG1(regs); /* the fd written, or out_fd */
 		break;
 	case NR_splice:
 	case NR_copy_file_range:
-		fd = (__u32)regs->dx; /* fd_out, the third argument */
+		fd = (__u32)SYSCALL_ARG3(regs); /* fd_out, the third argument */
 		break;
 	default:
 		return 0;
@@ -192,10 +191,10 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 {
-	/* The numbers above are the 64-bit table's; ia32 has its own. */
-	if (regs->cs != USER_CS)
+	/* The numbers are the 64-bit table's; ia32 (arm64: AArch32) has its own. */
+	if (!SYSCALL_NATIVE(regs))
 		return 0;
-	return on_sys_exit(regs->orig_ax, regs, ret);
+	return on_sys_exit(SYSCALL_NR(regs), regs, ret);
 }
 
 /* Hook set "fentry" without overlayfs BTF: fexit on the syscall functions.

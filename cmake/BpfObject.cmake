@@ -31,6 +31,28 @@ foreach(d ${_sys_dirs})
   list(APPEND BPF_SYS_INCLUDES -idirafter ${d})
 endforeach()
 
+# The architecture the BPF objects are built for: it picks the syscall numbers,
+# the syscall wrapper names fexit attaches to and the pt_regs layout
+# (bpf/lib/syscall.bpf.h, via -D__TARGET_ARCH_<arch>) and bpf/vmlinux/<arch>/.
+# The objects only load on a kernel of that architecture.
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+  set(_bpf_host_arch x86)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$")
+  set(_bpf_host_arch arm64)
+else()
+  set(_bpf_host_arch "")
+endif()
+set(DOCKQUOTA_BPF_ARCH "${_bpf_host_arch}" CACHE STRING "x86|arm64: target architecture of the BPF objects (default: the host's)")
+set_property(CACHE DOCKQUOTA_BPF_ARCH PROPERTY STRINGS x86 arm64)
+if(NOT DOCKQUOTA_BPF_ARCH MATCHES "^(x86|arm64)$")
+  message(FATAL_ERROR "bpf: DOCKQUOTA_BPF_ARCH='${DOCKQUOTA_BPF_ARCH}' (host ${CMAKE_SYSTEM_PROCESSOR}): set it to x86 or arm64")
+endif()
+message(STATUS "bpf: target arch ${DOCKQUOTA_BPF_ARCH} (host ${CMAKE_SYSTEM_PROCESSOR})")
+
+# Flags of every BPF compile but the arch and vmlinux.h ones (also used by the
+# arm64 build check, tests/tools/bpf_arch_check.sh).
+set(BPF_CFLAGS -g -O2 -target bpf -Wall -Werror)
+
 set(VMLINUX_H "provided" CACHE STRING "provided|generated: use bpf/vmlinux/<arch>/vmlinux.h or dump this host's BTF")
 set_property(CACHE VMLINUX_H PROPERTY STRINGS provided generated)
 if(VMLINUX_H STREQUAL "generated")
@@ -41,8 +63,12 @@ if(VMLINUX_H STREQUAL "generated")
   if(NOT _rc EQUAL 0)
     message(FATAL_ERROR "bpf: VMLINUX_H=generated but dumping /sys/kernel/btf/vmlinux failed")
   endif()
+  if(NOT DOCKQUOTA_BPF_ARCH STREQUAL _bpf_host_arch)
+    message(FATAL_ERROR "bpf: VMLINUX_H=generated dumps this ${_bpf_host_arch} host's BTF; "
+                        "DOCKQUOTA_BPF_ARCH=${DOCKQUOTA_BPF_ARCH} needs VMLINUX_H=provided")
+  endif()
 else()
-  set(BPF_VMLINUX_DIR ${PROJECT_SOURCE_DIR}/bpf/vmlinux/x86)
+  set(BPF_VMLINUX_DIR ${PROJECT_SOURCE_DIR}/bpf/vmlinux/${DOCKQUOTA_BPF_ARCH})
 endif()
 message(STATUS "bpf: vmlinux.h ${VMLINUX_H} (${BPF_VMLINUX_DIR})")
 
@@ -60,7 +86,7 @@ function(bpf_object name src)
   add_custom_command(
     OUTPUT ${skel} ${obj}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${out}
-    COMMAND ${BPF_CLANG} -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror
+    COMMAND ${BPF_CLANG} ${BPF_CFLAGS} -D__TARGET_ARCH_${DOCKQUOTA_BPF_ARCH}
             -I${BPF_VMLINUX_DIR} -I${PROJECT_SOURCE_DIR}/bpf ${BPF_SYS_INCLUDES}
             -c ${PROJECT_SOURCE_DIR}/${src} -o ${tmp_obj}
     COMMAND ${BPFTOOL} gen object ${obj} ${tmp_obj}

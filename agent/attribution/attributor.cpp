@@ -503,4 +503,35 @@ Status Attributor::reconcile() {
   return {};
 }
 
+Health Attributor::health() const {
+  Health h;
+  const auto& as = stats_;
+  h.report = {{"calls", as.calls.load()},         {"failed_calls", as.failed_calls.load()},
+              {"attributed", as.attributed.load()}, {"docker_errors", as.docker_errors.load()},
+              {"store_errors", as.store_errors.load()}, {"reconciles", as.reconciles.load()}};
+  nlohmann::json losses = nlohmann::json::object();
+  for (const auto& [reason, n] : lossCounters(as)) losses[reason] = n;
+  auto unresolved = store_.unresolvedMissed();
+  if (!unresolved) h.degraded.push_back("store: " + unresolved.error().message);
+  const uint64_t open_misses = unresolved ? *unresolved : 0;
+  const auto missed_ms = std::to_string(options_.missed_after.count());
+  h.report["losses"] = losses;
+  h.report["missed_unresolved"] = open_misses;
+  h.report["missed_check_ms"] = options_.missed_after.count();
+  h.report["watching"] = options_.watching ? options_.watching(unixNow()) : false;
+  h.report["gone"] = {{"event", as.gone_by_event.load()}, {"inspect_404", as.gone_by_check.load()},
+                      {"reconcile", as.reconcile_gone.load()}};
+  h.report["reconcile_skipped"] = {{"changed_while_listing", as.reconcile_kept_recent.load()},
+                                   {"stale", as.stale_observations.load()}};
+  if (as.missed.load() > 0 || open_misses > 0)
+    h.degraded.push_back("missed: " + std::to_string(as.missed.load()) + " object(s) created since the start " +
+                         "while the agent watched had no kernel evidence after " + missed_ms + " ms; " +
+                         std::to_string(open_misses) +
+                         " flagged object(s) still without an owner (see the review queue)");
+  if (as.removal_unconfirmed.load() > 0)
+    h.degraded.push_back(std::to_string(as.removal_unconfirmed.load()) +
+                         " removal call(s) answered 2xx for objects Docker still has (not marked gone)");
+  return h;
+}
+
 }  // namespace dockquota

@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/health.h"
 #include "agent/base/worker.h"
 #include "agent/capture/conn_tracker.h"
 #include "agent/capture/docker_api.h"
@@ -104,6 +105,8 @@ class Attributor {
 
   const AttributorStats& stats() const { return stats_; }
   const Options& options() const { return options_; }
+  // /healthz "attribution": calls, losses by reason, misses, gone marks.
+  Health health() const;
   // Blocks until the worker queue is empty (tests, benchmarks); pending miss checks are not waited for.
   void drain();
   size_t pendingMissChecks() const;

@@ -389,4 +389,29 @@ TrackerStats ConnTracker::stats() const {
   return s;
 }
 
+Health ConnTracker::health(const TrackerStats& ts) {
+  Health h;
+  const nlohmann::json losses = {
+      {"doubtful_calls", ts.doubtful_calls},  // recognised, not billed: pairing in doubt, several writers
+      {"dropped_memory", ts.dropped_memory},  // connections dropped over the memory budget
+      {"evicted", ts.evicted},                // dropped over the connection count limit
+      {"lost_events", ts.http.lost_events},   // stream calls lost to a full ring
+  };
+  for (const auto& [reason, n] : losses.items()) {
+    if (n.get<uint64_t>() > 0) h.degraded.push_back("attribution stream: " + reason + " " + n.dump());
+  }
+  h.report = {{"connections", ts.connections}, {"open", ts.open}, {"exchanges", ts.http.exchanges},
+              {"parse_errors", ts.http.parse_errors}, {"resyncs", ts.http.resyncs},
+              {"gap_bytes", ts.http.gap_bytes}, {"discarded_bytes", ts.http.discarded_bytes},
+              {"orphan_responses", ts.http.orphan_responses}, {"orphan_events", ts.orphan_events},
+              {"late_connects", ts.late_connects}, {"replaced", ts.replaced}, {"ended_unseen", ts.ended_unseen},
+              {"lost_heads", ts.http.lost_heads}, {"doubts", ts.http.doubts},
+              {"doubtful_exchanges", ts.http.doubtful_exchanges}, {"doubtful_billed", ts.doubtful_billed},
+              {"api_calls", ts.calls}, {"docker_execs", ts.execs}, {"muted_uploads", ts.muted_uploads},
+              {"muted_downloads", ts.muted_downloads}, {"memory_bytes", ts.memory_bytes},
+              {"memory_peak_bytes", ts.memory_peak}, {"memory_budget_bytes", ts.memory_budget},
+              {"losses", losses}};
+  return h;
+}
+
 }  // namespace dockquota

@@ -25,6 +25,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "agent/base/health.h"
 #include "agent/capture/docker_api.h"
 #include "agent/capture/http_stream.h"
 #include "agent/probes/dsock_event.hpp"
@@ -103,6 +104,9 @@ class ConnTracker {
   void sweep(uint64_t now_ns);
 
   TrackerStats stats() const;
+  // /healthz "stream": these figures, and under "losses" every way an
+  // attribution was lost or doubted, by reason; any loss degrades the agent.
+  static Health health(const TrackerStats& ts);
   size_t openConnections() const { return conns_.size(); }
 
   // Container creates sent and not answered yet, with who sent them: the

@@ -14,6 +14,7 @@
 #include "agent/delivery/mailer.h"
 
 #include <curl/curl.h>
+#include <openssl/evp.h>
 #include <time.h>
 
 #include <algorithm>
@@ -88,29 +89,6 @@ bool isAscii(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
 
-std::string base64(std::string_view in) {
-  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = static_cast<unsigned char>(in[i]) << 16 | static_cast<unsigned char>(in[i + 1]) << 8 |
-                 static_cast<unsigned char>(in[i + 2]);
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += kAlphabet[v & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = static_cast<unsigned char>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<unsigned char>(in[i + 1]) << 8;
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
 // Header text: control characters gone; not ASCII -> RFC 2047 encoded words
 // of at most 45 bytes each (60 base64 characters, under the 75 allowed),
 // split between UTF-8 sequences and folded onto their own lines.
@@ -124,7 +102,7 @@ std::string headerText(std::string_view s, size_t max = kMaxValue) {
     while (i + n < c.size() && n > 0 && (static_cast<unsigned char>(c[i + n]) & 0xc0) == 0x80) --n;
     if (n == 0) n = std::min<size_t>(45, c.size() - i);  // not UTF-8: any cut will do
     if (!out.empty()) out += "\r\n ";
-    out += "=?utf-8?B?" + base64(std::string_view(c).substr(i, n)) + "?=";
+    out += "=?utf-8?B?" + base64Encode(std::string_view(c).substr(i, n)) + "?=";
     i += n;
   }
   return out;
@@ -464,6 +442,21 @@ std::string curlText(CURLcode rc, const char* errbuf) {
 }
 
 }  // namespace
+
+std::string base64Encode(std::string_view in) {
+  // EVP_EncodeBlock takes an int length: long input goes in pieces of whole
+  // 3-byte groups, so no padding lands in the middle.
+  constexpr size_t kPiece = 3 << 10;
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  unsigned char buf[kPiece / 3 * 4 + 1];  // + the NUL EVP_EncodeBlock writes
+  for (size_t i = 0; i < in.size(); i += kPiece) {
+    const size_t n = std::min(kPiece, in.size() - i);
+    const int len = EVP_EncodeBlock(buf, reinterpret_cast<const unsigned char*>(in.data() + i), static_cast<int>(n));
+    out.append(reinterpret_cast<const char*>(buf), static_cast<size_t>(len));
+  }
+  return out;
+}
 
 // --- addresses -------------------------------------------------------------------
 

@@ -24,6 +24,8 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +40,10 @@ namespace dockquota {
 // send()'s error code when the server refused the recipient for good (a 5xx
 // reply to RCPT TO): retrying cannot help. Every other error is worth a retry.
 constexpr int kMailRecipientRefused = EADDRNOTAVAIL;
+
+// RFC 4648 base64 with padding (OpenSSL's EVP_EncodeBlock), no line breaks:
+// the text of RFC 2047 encoded words in headers.
+std::string base64Encode(std::string_view in);
 
 // A plain addr-spec, "local@domain": no display name, no quoting, no comments,
 // at most 254 bytes; the local part is RFC 5322 atext and dots, the domain is

@@ -2,6 +2,8 @@
 // Event delivery to the qman master; see master_sink.h for the design.
 #include "agent/delivery/master_sink.h"
 
+#include <curl/curl.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <unistd.h>
 
@@ -9,8 +11,7 @@
 #include <cctype>
 #include <cinttypes>
 #include <cstdio>
-
-#include <httplib.h>
+#include <optional>
 
 #include "agent/base/backoff.h"
 #include "agent/base/clock.h"
@@ -30,6 +31,12 @@ constexpr auto kStopPoll = std::chrono::milliseconds(20);
 // Of a failed reply's body, in logs and last_error: the master's are one short
 // {"msg": ...}; a proxy's HTML page is cut.
 constexpr size_t kMaxBodySnippet = 200;
+// Kept of a reply's body: the master's error bodies are one short JSON object;
+// the bound keeps a misbehaving peer from filling the agent's memory. The rest
+// is read and dropped, so a 2xx with a big body is still a 2xx.
+constexpr size_t kMaxBody = 64u << 10;
+// Longest sleep of the request loop: a stall is noticed at most this late.
+constexpr long kMaxPollMs = 1000;
 
 bool isControl(char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; }
 
@@ -43,11 +50,11 @@ std::string snippet(const std::string& body) {
 }
 
 // The master's error bodies are {"msg": "..."} (spec §1, §5); anything else is quoted.
-std::string masterMessage(const httplib::Response& r) {
-  if (r.body.empty()) return "(empty body)";
-  json j = json::parse(r.body, nullptr, false);
+std::string masterMessage(const std::string& body) {
+  if (body.empty()) return "(empty body)";
+  json j = json::parse(body, nullptr, false);
   if (j.is_object() && j.contains("msg") && j["msg"].is_string()) return j["msg"].get<std::string>();
-  return snippet(r.body);
+  return snippet(body);
 }
 
 std::string seconds(std::chrono::milliseconds d) {
@@ -75,6 +82,63 @@ std::string hostForUrl(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
 }
 
+void globalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+// A part of a parsed URL, nullopt when the URL has none.
+std::optional<std::string> urlPart(CURLU* u, CURLUPart part) {
+  char* s = nullptr;
+  const CURLUcode rc = curl_url_get(u, part, &s, 0);
+  std::optional<std::string> out;
+  if (rc == CURLUE_OK) out = s ? s : "";
+  curl_free(s);
+  return out;
+}
+
+// Why curl refused a URL, in the words of the checks that follow it.
+std::string urlProblem(CURLUcode rc, const std::string& authority) {
+  switch (rc) {
+    case CURLUE_BAD_SCHEME:
+    case CURLUE_BAD_SLASHES:
+      return "want http://host[:port][/path] or https://...";
+    case CURLUE_NO_HOST:
+      return "no host";
+    case CURLUE_BAD_PORT_NUMBER:
+      if (authority[0] != '[' && std::count(authority.begin(), authority.end(), ':') > 1)
+        return "an IPv6 address must be in brackets";
+      return "bad port";
+    case CURLUE_BAD_IPV6:
+      return "bad IPv6 address in brackets";
+    case CURLUE_BAD_LOGIN:
+    case CURLUE_BAD_USER:
+    case CURLUE_BAD_PASSWORD:
+      return "user info is not allowed (the secret is its own option)";
+    default:
+      return curl_url_strerror(rc);
+  }
+}
+
+// The path as cpp-httplib, the client before libcurl, put it on the wire
+// (its encode_url: ' ', '+', '\'', ',', ';' and non-ASCII bytes as %XX), so
+// that a master behind such a path sees the same request line as before.
+// parseUrl() has refused spaces and control characters already.
+std::string wirePath(const std::string& path) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : path) {
+    if (c >= 0x80 || c == '+' || c == '\'' || c == ',' || c == ';') {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 // One POST: its outcome, and what to log about a failure.
@@ -94,54 +158,48 @@ Result<MasterUrl> MasterSink::parseUrl(const std::string& url) {
   auto bad = [&](const std::string& why) { return Error{EINVAL, "master: bad url \"" + url + "\": " + why}; };
   if (url.empty()) return bad("empty");
   if (std::any_of(url.begin(), url.end(), isControl)) return bad("contains spaces or control characters");
+  // curl drops an empty query or fragment ("http://m/#") without a trace.
+  if (url.find_first_of("?#") != std::string::npos) return bad("a query or fragment is not allowed");
   const size_t sep = url.find("://");
-  if (sep == std::string::npos) return bad("want http://host[:port][/path] or https://...");
-  MasterUrl u;
-  u.scheme = url.substr(0, sep);
-  std::transform(u.scheme.begin(), u.scheme.end(), u.scheme.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (u.scheme != "http" && u.scheme != "https") return bad("scheme must be http or https");
-  const std::string rest = url.substr(sep + 3);
-  if (rest.find_first_of("?#") != std::string::npos) return bad("a query or fragment is not allowed");
-  const size_t slash = rest.find('/');
-  const std::string authority = rest.substr(0, slash);
-  std::string path = slash == std::string::npos ? "" : rest.substr(slash);
-  if (authority.find('@') != std::string::npos) return bad("user info is not allowed (the secret is its own option)");
+  // The authority as written; curl has read "m:" as "m" and "m%41" as "mA" by the time it is asked.
+  const std::string authority = sep == std::string::npos ? "" : url.substr(sep + 3, url.find('/', sep + 3) - sep - 3);
 
-  std::string port;
-  bool has_port = false;
-  if (!authority.empty() && authority[0] == '[') {  // [IPv6]
-    const size_t close = authority.find(']');
-    if (close == std::string::npos) return bad("unclosed '[' in the host");
-    u.host = authority.substr(1, close - 1);
-    if (u.host.empty() || u.host.find_first_not_of("0123456789abcdefABCDEF:.") != std::string::npos)
+  globalInit();
+  std::unique_ptr<CURLU, void (*)(CURLU*)> h(curl_url(), curl_url_cleanup);
+  if (!h) return Error{ENOMEM, "master: cannot create a curl URL handle"};
+  // As written: "/a/../b" stays, since the master's path is the admin's, not ours to resolve.
+  const CURLUcode rc = curl_url_set(h.get(), CURLUPART_URL, url.c_str(), CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS);
+  if (rc != CURLUE_OK) return bad(urlProblem(rc, authority));
+  MasterUrl u;
+  u.scheme = urlPart(h.get(), CURLUPART_SCHEME).value_or("");  // lower case
+  if (u.scheme != "http" && u.scheme != "https") return bad("scheme must be http or https");
+  // curl also takes "http:/m" and "http:///m".
+  if (sep != u.scheme.size()) return bad("want http://host[:port][/path] or https://...");
+  if (authority.empty()) return bad("no host");
+  if (urlPart(h.get(), CURLUPART_USER) || urlPart(h.get(), CURLUPART_PASSWORD) || urlPart(h.get(), CURLUPART_OPTIONS))
+    return bad("user info is not allowed (the secret is its own option)");
+
+  u.host = urlPart(h.get(), CURLUPART_HOST).value_or("");
+  if (!u.host.empty() && u.host[0] == '[') {  // checked by curl, but a zone (fe80::1%25eth0) is not for us
+    if (urlPart(h.get(), CURLUPART_ZONEID) || authority.find('%') != std::string::npos)
       return bad("bad IPv6 address in brackets");
-    const std::string after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') return bad("junk after ']'");
-      port = after.substr(1);
-      has_port = true;
-    }
+    u.host = u.host.substr(1, u.host.size() - 2);
   } else {
-    const size_t colon = authority.find(':');
-    u.host = authority.substr(0, colon);
-    if (colon != std::string::npos) {
-      port = authority.substr(colon + 1);
-      has_port = true;
-      if (port.find(':') != std::string::npos) return bad("an IPv6 address must be in brackets");
-    }
-    if (u.host.empty()) return bad("no host");
-    for (char c : u.host)
+    if (authority.find('%') != std::string::npos) return bad("bad character '%' in the host");
+    for (char c : u.host)  // curl takes IDN and more
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_')
         return bad(std::string("bad character '") + c + "' in the host");
   }
-  if (has_port) {
-    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
-      return bad("bad port");
-    u.port = std::stoi(port);
-    if (u.port < 1 || u.port > 65535) return bad("port out of range");
+
+  if (auto port = urlPart(h.get(), CURLUPART_PORT)) {
+    u.port = std::stoi(*port);  // curl checked: decimal, at most 65535
+    if (u.port < 1) return bad("port out of range");
+  } else if (authority.back() == ':') {
+    return bad("bad port");
   } else {
     u.port = u.scheme == "https" ? 443 : 80;
   }
+  std::string path = urlPart(h.get(), CURLUPART_PATH).value_or("");
   while (!path.empty() && path.back() == '/') path.pop_back();  // the master's own URLs have none either
   u.path = path + kEventsPath;
   return u;
@@ -171,8 +229,7 @@ Result<std::unique_ptr<MasterSink>> MasterSink::create(EventSpool& spool, Option
   if (Status st = validate(options); !st) return st.error();
   MasterUrl url = *parseUrl(options.url);
   std::unique_ptr<MasterSink> sink(new MasterSink(spool, std::move(options), std::move(url)));
-  if (!sink->cli_->is_valid())
-    return Error{EINVAL, "master: cannot set up a client for " + sink->post_url_ + " (TLS context)"};
+  if (!sink->multi_) return Error{ENOMEM, "master: cannot set up a client for " + sink->post_url_ + " (curl)"};
   return sink;
 }
 
@@ -180,25 +237,17 @@ MasterSink::MasterSink(EventSpool& spool, Options options, MasterUrl url)
     : spool_(spool),
       opt_(std::move(options)),
       url_(std::move(url)),
-      post_url_(url_.scheme + "://" + hostForUrl(url_.host) + ":" + std::to_string(url_.port) + url_.path) {
-  if (url_.scheme == "https") {
-    auto c = std::make_unique<httplib::SSLClient>(url_.host, url_.port);
-    if (!opt_.ca_file.empty()) c->set_ca_cert_path(opt_.ca_file);  // else the system's (OpenSSL default paths)
-    c->enable_server_certificate_verification(true);               // httplib's default; said out loud
-    cli_ = std::move(c);
-  } else {
-    cli_ = std::make_unique<httplib::ClientImpl>(url_.host, url_.port);
-  }
-  cli_->set_connection_timeout(std::min(opt_.timeout, std::chrono::milliseconds(kConnectTimeout)));
-  cli_->set_read_timeout(opt_.timeout);
-  cli_->set_write_timeout(opt_.timeout);
-  // A connection per batch: an idle keep-alive connection the master (or a
-  // proxy) closed would fail the next POST for nothing.
-  cli_->set_keep_alive(false);
-  cli_->set_follow_location(false);  // a redirect is a misconfigured url: reported, not followed with the secret
+      post_url_(url_.scheme + "://" + hostForUrl(url_.host) + ":" + std::to_string(url_.port) + url_.path),
+      request_url_(url_.scheme + "://" + hostForUrl(url_.host) + ":" + std::to_string(url_.port) +
+                   wirePath(url_.path)) {
+  globalInit();
+  multi_ = curl_multi_init();
 }
 
-MasterSink::~MasterSink() { stop(); }
+MasterSink::~MasterSink() {
+  stop();
+  if (multi_) curl_multi_cleanup(static_cast<CURLM*>(multi_));
+}
 
 // --- thread --------------------------------------------------------------------
 
@@ -207,6 +256,7 @@ void MasterSink::start() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(false);
+    cut_.store(false);
     done_ = false;
   }
   running_.store(true);
@@ -234,7 +284,8 @@ void MasterSink::stop() {
     if (in_flight_.load()) cv_.wait_for(lock, kStopGrace, [this] { return done_; });
     while (!done_) {
       lock.unlock();
-      cli_->stop();  // shuts the socket of a request in flight; waits out a connect in progress
+      cut_.store(true);  // the request loop gives up at its next step
+      curl_multi_wakeup(static_cast<CURLM*>(multi_));
       lock.lock();
       cv_.wait_for(lock, kStopPoll, [this] { return done_; });
     }
@@ -334,6 +385,65 @@ void MasterSink::run() {
   }
 }
 
+// One POST's transport and reply, filled in by exchange().
+struct MasterSink::Exchange {
+  CURLcode rc = CURLE_OK;  // curl's verdict, when it finished the transfer
+  bool cut = false;        // by stop()
+  bool stalled = false;    // connected, but nothing moved for `timeout`
+  bool sent = false;       // the whole request went out: a stall was waiting for the reply
+  long status = 0;
+  std::string body;      // its first kMaxBody bytes
+  std::string location;  // of a redirect
+  long verify_result = X509_V_OK;
+  char errbuf[CURL_ERROR_SIZE] = {};
+};
+
+namespace {
+
+size_t keepBody(char* p, size_t size, size_t n, void* ud) noexcept {
+  auto* body = static_cast<std::string*>(ud);
+  const size_t len = size * n;
+  try {
+    body->append(p, std::min(len, kMaxBody - std::min(kMaxBody, body->size())));
+  } catch (...) {  // bad_alloc: the body only explains a failure
+  }
+  return len;
+}
+
+// What the TLS context gets beyond curl's options.
+struct TlsSetup {
+  const std::string* host;
+  bool system_cas;
+};
+
+// "the system's" CAs were OpenSSL's default paths under cpp-httplib (which
+// honour SSL_CERT_FILE and SSL_CERT_DIR); curl's own default is a bundle path
+// fixed at its build. And OpenSSL checks the host name during the handshake
+// as well as curl after it: a mismatch then has its own verify result
+// (X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH), where curl's check
+// leaves CURLINFO_SSL_VERIFYRESULT at an unspecified error.
+CURLcode setupTls(CURL*, void* ssl_ctx, void* ud) noexcept {
+  const auto* t = static_cast<const TlsSetup*>(ud);
+  auto* ctx = static_cast<SSL_CTX*>(ssl_ctx);
+  if (t->system_cas && SSL_CTX_set_default_verify_paths(ctx) != 1) return CURLE_SSL_CACERT_BADFILE;
+  X509_VERIFY_PARAM* param = SSL_CTX_get0_param(ctx);
+  const bool named = X509_VERIFY_PARAM_set1_ip_asc(param, t->host->c_str()) == 1 ||
+                     X509_VERIFY_PARAM_set1_host(param, t->host->c_str(), 0) == 1;
+  return named ? CURLE_OK : CURLE_SSL_CONNECT_ERROR;
+}
+
+struct CurlSlist {
+  curl_slist* list = nullptr;
+  ~CurlSlist() { curl_slist_free_all(list); }
+  bool add(const std::string& line) {
+    curl_slist* l = curl_slist_append(list, line.c_str());
+    if (l) list = l;
+    return l != nullptr;
+  }
+};
+
+}  // namespace
+
 MasterSink::Attempt MasterSink::post(const std::vector<Event>& batch) {
   json events = json::array();
   for (const Event& e : batch)
@@ -343,71 +453,214 @@ MasterSink::Attempt MasterSink::post(const std::vector<Event>& batch) {
   const json envelope = {{"host_id", opt_.host_id}, {"events", std::move(events)}};
   // Names come from the system and containers: invalid UTF-8 must not throw.
   const std::string body = envelope.dump(-1, ' ', false, json::error_handler_t::replace);
-  const httplib::Headers headers = {{"X-API-Key", opt_.secret}, {"Accept", "application/json"}};
 
+  Exchange x;
   in_flight_.store(true);
-  httplib::Result r = cli_->Post(url_.path, headers, body, "application/json");
+  exchange(body, x);
   in_flight_.store(false);
 
   Attempt a;
   a.where = "POST " + post_url_;
-  if (stop_.load() && !r) {
+  const bool replied = !x.cut && !x.stalled && x.rc == CURLE_OK;
+  if (stop_.load() && !replied) {
     a.stopped = true;
     return a;
   }
-  if (r) {
-    a.status = r->status;
-    if (r->status >= 200 && r->status < 300) {
+  if (replied) {
+    a.status = static_cast<int>(x.status);
+    if (x.status >= 200 && x.status < 300) {
       a.ok = true;
       return a;
     }
-    a.key = "http " + std::to_string(r->status);
-    a.error = "HTTP " + std::to_string(r->status) + ": " + masterMessage(*r);
+    a.key = "http " + std::to_string(x.status);
+    a.error = "HTTP " + std::to_string(x.status) + ": " + masterMessage(x.body);
     // 400/401/403/404... do not heal by themselves (secret, host_id, url);
     // 408 and 429 are load, like 5xx.
-    a.needs_admin = r->status >= 400 && r->status < 500 && r->status != 408 && r->status != 429;
-    if (r->status == 401 || r->status == 403) a.error += " (check the secret against the master's SLAVE_EVENT_SECRET)";
-    if (r->status == 404) a.error += " (check the url's path)";
-    if (r->status >= 300 && r->status < 400) a.error += " (redirect to " + r->get_header_value("Location") + ")";
+    a.needs_admin = x.status >= 400 && x.status < 500 && x.status != 408 && x.status != 429;
+    if (x.status == 401 || x.status == 403) a.error += " (check the secret against the master's SLAVE_EVENT_SECRET)";
+    if (x.status == 404) a.error += " (check the url's path)";
+    if (x.status >= 300 && x.status < 400) a.error += " (redirect to " + x.location + ")";
     return a;
   }
-  const httplib::Error err = r.error();
-  a.key = "transport " + std::to_string(static_cast<int>(err));
+  transportFailure(x, a);
+  return a;
+}
+
+// One POST on multi_, driven step by step: stop() can cut it at any point,
+// and the loop applies `timeout` the way it is meant, to each wait for the
+// master (curl's own timeouts are for the whole transfer or an average speed).
+void MasterSink::exchange(const std::string& body, Exchange& x) {
+  auto* multi = static_cast<CURLM*>(multi_);
+  std::unique_ptr<CURL, void (*)(CURL*)> easy(curl_easy_init(), curl_easy_cleanup);
+  CurlSlist headers;
+  const bool https = url_.scheme == "https";
+  const TlsSetup tls{&url_.host, opt_.ca_file.empty()};
+  // The headers cpp-httplib sent, but for its User-Agent (curl sends none).
+  // A connection per batch: an idle keep-alive connection the master (or a
+  // proxy) closed would fail the next POST for nothing. The empty Expect keeps
+  // curl from waiting for a 100 Continue before a big body.
+  const std::string lines[] = {"X-API-Key: " + opt_.secret, "Accept: application/json",
+                               "Content-Type: application/json", "User-Agent: dockquotad",
+                               "Connection: close", "Expect:"};
+  bool ok = easy != nullptr;
+  for (const std::string& line : lines) ok = ok && headers.add(line);
+  if (!ok) {
+    x.rc = CURLE_OUT_OF_MEMORY;
+    return;
+  }
+  CURL* c = easy.get();
+  const long connect_ms = static_cast<long>(std::min(opt_.timeout, kConnectTimeout).count());
+  curl_easy_setopt(c, CURLOPT_URL, request_url_.c_str());
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
+  curl_easy_setopt(c, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
+  curl_easy_setopt(c, CURLOPT_PROXY, "");  // the *_proxy environment is not the master's url
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, x.errbuf);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+  curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
+  // A redirect is a misconfigured url: reported, not followed with the secret.
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.list);
+  curl_easy_setopt(c, CURLOPT_POST, 1L);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
+  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keepBody);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &x.body);
+  if (https) {
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);  // curl's defaults; said out loud
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    // ca_file alone, or OpenSSL's default paths (setupTls): never curl's build-time bundle or dir.
+    curl_easy_setopt(c, CURLOPT_CAPATH, nullptr);
+    curl_easy_setopt(c, CURLOPT_CAINFO, opt_.ca_file.empty() ? nullptr : opt_.ca_file.c_str());
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, setupTls);
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, &tls);
+  }
+  if (curl_multi_add_handle(multi, c) != CURLM_OK) {
+    x.rc = CURLE_OUT_OF_MEMORY;
+    return;
+  }
+  drive(c, body.size(), x);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &x.status);
+  curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &x.verify_result);
+  curl_header* loc = nullptr;
+  if (curl_easy_header(c, "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK && loc) x.location = loc->value;
+  curl_multi_remove_handle(multi, c);
+}
+
+// Runs the transfer on multi_ until it ends, stop() cuts it, or nothing moves
+// for `timeout` once connected: cpp-httplib's read and write timeouts, which
+// bounded each wait for the master, not the whole request.
+void MasterSink::drive(void* easy, size_t body_size, Exchange& x) {
+  auto* multi = static_cast<CURLM*>(multi_);
+  auto* c = static_cast<CURL*>(easy);
+  const bool https = url_.scheme == "https";
+  bool connected = false;
+  curl_off_t up = -1, down = -1;
+  long header_bytes = -1;
+  Clock::time_point moved = Clock::now();
+  for (;;) {
+    if (cut_.load()) {
+      x.cut = true;
+      return;
+    }
+    int running = 0;
+    if (curl_multi_perform(multi, &running) != CURLM_OK) {
+      x.rc = CURLE_OUT_OF_MEMORY;  // the multi interface fails only on bad use or memory
+      return;
+    }
+    int queued = 0;
+    while (CURLMsg* m = curl_multi_info_read(multi, &queued))
+      if (m->msg == CURLMSG_DONE) {
+        x.rc = m->data.result;
+        return;
+      }
+    curl_off_t now_up = 0, now_down = 0, connect_us = 0;
+    long now_headers = 0;
+    curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &now_up);
+    curl_easy_getinfo(c, CURLINFO_SIZE_DOWNLOAD_T, &now_down);
+    curl_easy_getinfo(c, CURLINFO_HEADER_SIZE, &now_headers);
+    curl_easy_getinfo(c, https ? CURLINFO_APPCONNECT_TIME_T : CURLINFO_CONNECT_TIME_T, &connect_us);
+    const auto now = Clock::now();
+    if (connect_us > 0 && !connected) {
+      connected = true;  // the connect had its own timeout
+      moved = now;
+    }
+    if (now_up != up || now_down != down || now_headers != header_bytes) {
+      up = now_up;
+      down = now_down;
+      header_bytes = now_headers;
+      moved = now;
+    }
+    x.sent = up >= static_cast<curl_off_t>(body_size);
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(moved + opt_.timeout - now);
+    if (connected && left.count() <= 0) {
+      x.stalled = true;
+      return;
+    }
+    const long wait_ms = connected ? std::clamp<long>(static_cast<long>(left.count()), 1, kMaxPollMs) : kMaxPollMs;
+    if (running > 0 && curl_multi_poll(multi, nullptr, 0, static_cast<int>(wait_ms), nullptr) != CURLM_OK) {
+      x.rc = CURLE_OUT_OF_MEMORY;
+      return;
+    }
+  }
+}
+
+void MasterSink::transportFailure(const Exchange& x, Attempt& a) const {
   const std::string hp = hostForUrl(url_.host) + ":" + std::to_string(url_.port);
-  switch (err) {
-    case httplib::Error::Connection:
+  const std::string no_reply = "no reply (connection closed, or nothing within " + seconds(opt_.timeout) + ")";
+  const std::string no_send =
+      "cannot send the request (connection closed, or stalled for " + seconds(opt_.timeout) + ")";
+  if (x.stalled) {
+    a.key = x.sent ? "transport read" : "transport write";
+    a.error = x.sent ? no_reply : no_send;
+    return;
+  }
+  switch (x.rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+      a.key = "transport connect";
       a.error = "cannot connect to " + hp;
       break;
-    case httplib::Error::ConnectionTimeout:
-      a.error = "no connection to " + hp + " within " +
-                seconds(std::min(opt_.timeout, std::chrono::milliseconds(kConnectTimeout)));
+    case CURLE_OPERATION_TIMEDOUT:  // the only curl timeout set is the connect's
+      a.key = "transport connect timeout";
+      a.error = "no connection to " + hp + " within " + seconds(std::min(opt_.timeout, kConnectTimeout));
       break;
-    case httplib::Error::Read:
-      a.error = "no reply (connection closed, or nothing within " + seconds(opt_.timeout) + ")";
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_WEIRD_SERVER_REPLY:
+      a.key = "transport read";
+      a.error = no_reply;
       break;
-    case httplib::Error::Write:
-      a.error = "cannot send the request (connection closed, or stalled for " + seconds(opt_.timeout) + ")";
+    case CURLE_SEND_ERROR:
+      a.key = "transport write";
+      a.error = no_send;
       break;
-    case httplib::Error::SSLConnection:
+    case CURLE_SSL_CONNECT_ERROR:
+      a.key = "transport tls";
       a.error = "TLS handshake with " + hp + " failed";
       break;
-    case httplib::Error::SSLLoadingCerts:
+    case CURLE_SSL_CACERT_BADFILE:
+      a.key = "transport ca";
       a.error = "cannot load CA certificates from " + (opt_.ca_file.empty() ? "the system store" : opt_.ca_file);
       break;
-    case httplib::Error::SSLServerVerification: {
-      long v = static_cast<httplib::SSLClient*>(cli_.get())->get_openssl_verify_result();
+    case CURLE_PEER_FAILED_VERIFICATION: {
+      const long v = x.verify_result;
       const std::string cas =
           opt_.ca_file.empty() ? "system CAs; set ca_file for a private CA" : "CA file " + opt_.ca_file;
-      a.error = v != X509_V_OK
+      a.key = "transport verify " + std::to_string(v);
+      const bool other_host =
+          v == X509_V_OK || v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH;
+      a.error = !other_host
                     ? "certificate of " + hp + " not trusted: " + X509_verify_cert_error_string(v) + " (" + cas + ")"
                     : "certificate of " + hp + " is not for host " + url_.host;
-      a.key += " " + std::to_string(v);
       break;
     }
     default:
-      a.error = httplib::to_string(err);
+      a.key = "transport curl " + std::to_string(static_cast<int>(x.rc));
+      a.error = x.errbuf[0] ? std::string(x.errbuf) : std::string(curl_easy_strerror(x.rc));
   }
-  return a;
 }
 
 // --- stats and logs --------------------------------------------------------------

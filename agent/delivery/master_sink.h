@@ -34,10 +34,6 @@
 #include "agent/base/worker.h"
 #include "agent/store/events.h"
 
-namespace httplib {
-class ClientImpl;
-}
-
 namespace dockquota {
 
 // The master's URL, split: scheme://host[:port][/base-path].
@@ -96,8 +92,10 @@ class MasterSink {
     double oldest_pending_at = 0;  // created_at of the oldest pending event, 0 when none
   };
 
-  // Splits and checks a URL: an error naming it when it is not
-  // http(s)://host[:port][/path] (no user info, query or fragment).
+  // Splits (with libcurl's URL parser) and checks a URL: an error naming it
+  // when it is not http(s)://host[:port][/path] (no user info, query or
+  // fragment; a host name of letters, digits, '.', '-' and '_', or an IPv6
+  // address in brackets without a zone).
   static Result<MasterUrl> parseUrl(const std::string& url);
   // Checks the options (URL, host_id, secret, batch_max, timeout, readable ca_file).
   static Status validate(const Options& options);
@@ -107,9 +105,8 @@ class MasterSink {
   MasterSink& operator=(const MasterSink&) = delete;
 
   void start();
-  // Returns within ~1 s from a request (a reply already on its way is still
-  // taken), at once from a backoff sleep; a connect in progress ends within
-  // kConnectTimeout.
+  // Returns within ~1 s from a request, a connect included (a reply already
+  // on its way is still taken), at once from a backoff sleep.
   void stop();
   // New events were recorded: send now, unless backing off.
   void wake();
@@ -121,8 +118,10 @@ class MasterSink {
   const MasterUrl& url() const { return url_; }
   const std::string& postUrl() const { return post_url_; }  // scheme://host:port/path, for messages
 
-  // A connect that takes longer fails (and is retried): stop() waits for at
-  // most this, since httplib cannot interrupt a connect.
+  // A connect (TCP, and the TLS handshake for https) that takes longer fails
+  // and is retried. The figure once bounded stop(), when the client could not
+  // interrupt a connect; it is kept so that a silent master is retried at the
+  // same pace as before (and not after the kernel's minutes of SYN retries).
   static constexpr std::chrono::milliseconds kConnectTimeout{3000};
   // stop() lets a request in flight finish for this long before cutting it:
   // a reply on its way is taken, so the batch is not sent twice.
@@ -143,6 +142,10 @@ class MasterSink {
   void finishRecovery();
   void refreshPending();
   void setLastError(std::string error);
+  struct Exchange;
+  void exchange(const std::string& body, Exchange& x);
+  void drive(void* easy, size_t body_size, Exchange& x);
+  void transportFailure(const Exchange& x, Attempt& a) const;
   bool waitFor(std::chrono::milliseconds d, bool wake_ends);  // false when stopping
   void halt();  // sets stop_ and wakes the waits in run()
 
@@ -150,7 +153,10 @@ class MasterSink {
   const Options opt_;
   const MasterUrl url_;
   const std::string post_url_;
-  std::unique_ptr<httplib::ClientImpl> cli_;  // SSLClient for https; used by the thread, stop() only aborts it
+  const std::string request_url_;  // post_url_ with the path escaped as it goes on the wire
+  // CURLM*, the sink's for its life: the thread drives each POST on it, and
+  // stop() wakes its poll (curl_multi_wakeup) to cut a request.
+  void* multi_ = nullptr;
 
   std::mutex mu_;  // guards woken_, done_ and the waits
   std::condition_variable cv_;
@@ -158,6 +164,7 @@ class MasterSink {
   bool done_ = true;  // the thread has left run()
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_flight_{false};
+  std::atomic<bool> cut_{false};  // stop() gave up on the request in flight
   std::atomic<bool> running_{false};  // the thread is in run()
 
   // Stats.

@@ -171,4 +171,17 @@ std::array<uint64_t, DSOCK_CTR_MAX> DsockProbe::counters() const {
   return out;
 }
 
+Health DsockProbe::health() const {
+  Health h;
+  h.report = {{"attached", true}, {"hook", hook()}, {"programs", attached()}};
+  if (!refusedHooks().empty()) h.report["hooks_refused"] = refusedHooks();
+  auto ctr = counters();
+  nlohmann::json kc = nlohmann::json::object();
+  for (int i = 0; i < DSOCK_CTR_MAX; i++) kc[kDsockCounterNames[i]] = ctr[i];
+  h.report["kernel_counters"] = kc;
+  if (ctr[DSOCK_CTR_RINGBUF_FULL] || ctr[DSOCK_CTR_TRACK_FULL] || ctr[DSOCK_CTR_UNSUPPORTED_CALL])
+    h.degraded.push_back("the docker.sock probe dropped events (see kernel_counters)");
+  return h;
+}
+
 }  // namespace dockquota

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/base/health.h"
 #include "agent/base/result.h"
 #include "agent/probes/dsock_event.hpp"
 
@@ -59,6 +60,9 @@ class DsockProbe {
   // cheaper ones, if it did.
   const std::string& hook() const { return hook_; }
   const std::string& refusedHooks() const { return refused_hooks_; }
+  // /healthz probes.docker_sock: hook, programs, the kernel side's counters
+  // (any ring or table overflow degrades the agent).
+  Health health() const;
   const std::vector<std::string>& socketPaths() const { return options_.socket_paths; }
 
  private:

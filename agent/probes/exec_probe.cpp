@@ -107,7 +107,7 @@ uint64_t ExecProbe::lost() const {
   int ncpu = libbpf_num_possible_cpus();
   if (ncpu <= 0) return 0;
   std::vector<uint64_t> per(ncpu);
-  uint32_t key = 0;  // EXEC_CTR_RINGBUF_FULL
+  uint32_t key = EXEC_CTR_RINGBUF_FULL;
   uint64_t sum = 0;
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.exec_counters), &key, per.data()) == 0) {
     for (uint64_t v : per) sum += v;

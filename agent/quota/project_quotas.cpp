@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent/quota/project_quotas.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
@@ -34,6 +35,11 @@ std::string parentDir(const std::string& p) {
 bool isDir(const std::string& p) {
   struct stat st {};
   return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool exists(const std::string& p) {
+  struct stat st {};
+  return lstat(p.c_str(), &st) == 0;
 }
 
 std::string key(const std::string& kind, const std::string& owner) { return kind + ":" + owner; }
@@ -132,14 +138,41 @@ void ProjectQuotas::start() {
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
     work_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (stop_fd_ >= 0 && work_fd_ >= 0)
+    if (stop_fd_ >= 0 && work_fd_ >= 0) {
+      openGate();
       watch_worker_.start("dq-prj-watch", [this] { watchLayers(); }, [this] { haltWatch(); });
+    }
   }
+}
+
+// The gate holds a new layer's mounts until it is tagged (layer_gate.h).
+// Without it (an old or locked-down kernel) the watch still tags early, and
+// a lost race is deferred and counted, as before.
+void ProjectQuotas::openGate() {
+  auto g = LayerGate::open({}, [this](const std::string& root) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      gated_.push_back(root);
+    }
+    uint64_t one = 1;
+    (void)!write(work_fd_, &one, sizeof one);
+  });
+  if (!g) {
+    gate_unavailable_ = g.error().message;
+    LOG_WARN(kSub, "%s: a container start can win the race against its layer's tag (then deferred and counted)",
+             gate_unavailable_.c_str());
+    return;
+  }
+  gate_ = std::move(*g);
+  gate_->start();
+  LOG_INFO(kSub, "layer gate on: a new container layer's mounts wait for its project (at most %lld ms)",
+           static_cast<long long>(LayerGate::Options{}.hold.count()));
 }
 
 // The sync pass is told first, so both wind down together; the watch is
 // joined (and its eventfds closed) before the sync thread.
 void ProjectQuotas::stop() {
+  if (gate_) gate_->stop();  // first: no mount waits on a stopping agent
   sync_worker_.requestStop();
   watch_worker_.stop();
   if (stop_fd_ >= 0) close(stop_fd_);
@@ -208,68 +241,199 @@ void ProjectQuotas::watchLayers() {
     std::lock_guard<std::mutex> l(mu_);
     watching_ = true;
   }
-  alignas(inotify_event) char buf[64 * 1024];
+  // The mount table, polled (POLLPRI) only while a new layer waits out
+  // Docker's create-time mount.
+  const int mounts = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
   for (;;) {
-    pollfd fds[3] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0}};
-    if (poll(fds, 3, -1) < 0 && errno != EINTR) break;
+    const bool waiting = waitingForUnmounts();
+    pollfd fds[4] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0},
+                     {waiting ? mounts : -1, POLLPRI, 0}};
+    if (poll(fds, 4, waiting ? 100 : -1) < 0 && errno != EINTR) break;
     if (fds[1].revents) break;
-    if (fds[2].revents) {
-      uint64_t n;
-      (void)!read(work_fd_, &n, sizeof n);
-      std::vector<uint32_t> uids;
-      std::vector<std::string> owned;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        uids.swap(prepare_);
-        owned.swap(owned_);
-      }
-      for (uint32_t uid : uids)
-        if (auto id = allocateNow(kUser, std::to_string(uid)); !id) LOG_WARN(kSub, "%s", id.error().message.c_str());
-      // A create reply named its owner: the start that mounts the layer is
-      // one client round trip away, so it is tagged here, not behind a sync
-      // pass (which can take seconds on a loaded host with many containers).
-      for (const auto& id : owned) tagQueued(ObjectKind::Container, id);
-    }
-    ssize_t n = read(in, buf, sizeof buf);
-    for (ssize_t off = 0; n > 0 && off < n;) {
-      const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
-      off += sizeof(inotify_event) + ev->len;
-      if (ev->mask & IN_Q_OVERFLOW) stats_.early_unclear++;
-      if (!(ev->mask & IN_ISDIR) || !ev->len || !isLayerId(ev->name)) continue;
-      // A container layer comes right after its init layer; an image layer
-      // (a pull or build extracting into it now) has none, and is left alone.
-      const std::string root = dir + "/" + ev->name;
-      if (!isDir(root + "-init")) continue;
-      if (opt_.mode == ProjectMode::Container) {
-        // Its own project from the start, keyed by the layer until the create
-        // reply names the container (tagObject() then renames it).
-        tagEarly(root, std::nullopt);
-        continue;
-      }
-      CreatorLookup lookup;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        lookup = creator_;
-      }
-      auto uid = lookup ? lookup() : std::nullopt;
-      if (!uid) {
-        stats_.early_unclear++;
-        continue;
-      }
-      // Tagged right here, not behind a sync pass that may hold the backend's
-      // thread; a user's first object gets its id allocated here too (a pass
-      // that began before leaves a project younger than itself alone). A tag
-      // of the same layer at the same time (the create reply's) follows the
-      // same order with the same id: no harm.
-      tagEarly(root, uid);
-    }
+    if (fds[2].revents) handleWork();
+    if (fds[0].revents) handleNewLayers(in, dir);
+    if (waiting) resolveCreateMounts();
   }
+  if (mounts >= 0) close(mounts);
   close(in);
   std::lock_guard<std::mutex> l(mu_);  // what it had not tagged yet goes to the sync thread
   watching_ = false;
   for (auto& id : owned_) queue_.emplace_back(ObjectKind::Container, std::move(id));
   owned_.clear();
   cv_.notify_all();
+}
+
+void ProjectQuotas::handleWork() {
+  uint64_t n;
+  (void)!read(work_fd_, &n, sizeof n);
+  std::vector<uint32_t> uids;
+  std::vector<std::string> owned, gated;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    uids.swap(prepare_);
+    owned.swap(owned_);
+    gated.swap(gated_);
+  }
+  for (const auto& root : gated) tagHeld(root);  // a mount waits on each
+  for (uint32_t uid : uids)
+    if (auto id = allocateNow(kUser, std::to_string(uid)); !id) LOG_WARN(kSub, "%s", id.error().message.c_str());
+  // A create reply named its owner: the start that mounts the layer is one
+  // client round trip away, so it is tagged here, not behind a sync pass
+  // (which can take seconds on a loaded host with many containers).
+  for (const auto& id : owned) tagQueued(ObjectKind::Container, id);
+}
+
+void ProjectQuotas::handleNewLayers(int in, const std::string& dir) {
+  alignas(inotify_event) char buf[64 * 1024];
+  ssize_t n = read(in, buf, sizeof buf);
+  for (ssize_t off = 0; n > 0 && off < n;) {
+    const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+    off += sizeof(inotify_event) + ev->len;
+    if (ev->mask & IN_Q_OVERFLOW) stats_.early_unclear++;
+    if (!(ev->mask & IN_ISDIR) || !ev->len || !isLayerId(ev->name)) continue;
+    // A container layer comes right after its init layer; an image layer
+    // (a pull or build extracting into it now) has none, and is left alone.
+    const std::string root = dir + "/" + ev->name;
+    if (!isDir(root + "-init")) continue;
+    if (gate_) {
+      if (auto st = gate_->guard(root); !st) LOG_WARN(kSub, "%s", st.error().message.c_str());
+    }
+    if (opt_.mode == ProjectMode::Container) {
+      // Its own project from the start, keyed by the layer until the create
+      // reply names the container (tagObject() then renames it).
+      tagEarly(root, std::nullopt);
+      continue;
+    }
+    CreatorLookup lookup;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      lookup = creator_;
+    }
+    auto uid = lookup ? lookup() : std::nullopt;
+    // The lookup names this layer's maker only while its create is pending:
+    // a layer with a work/work has been mounted, so the reply may have gone
+    // out before the lookup, and the pending creates be others'.
+    if (!uid || exists(root + "/work/work")) {
+      stats_.early_unclear++;
+      continue;
+    }
+    // Tagged right here, not behind a sync pass that may hold the backend's
+    // thread; a user's first object gets its id allocated here too (a pass
+    // that began before leaves a project younger than itself alone). A tag
+    // of the same layer at the same time (the create reply's) follows the
+    // same order with the same id: no harm.
+    tagEarly(root, uid);
+  }
+}
+
+bool ProjectQuotas::waitingForUnmounts() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return !create_mounts_.empty();
+}
+
+// Docker's create mounts the new layer (the working dir, volume mount points)
+// and unmounts it before it replies; the start mounts it again only after the
+// reply. A layer the early tag found in that first mount is tagged as soon as
+// the mount table shows it gone: every mount that began before was then over,
+// and one that began since (the start) made a newer work/work (tagLayer()).
+void ProjectQuotas::resolveCreateMounts() {
+  std::map<std::string, CreateMount> waiting;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    waiting = create_mounts_;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& [root, cm] : waiting) {
+    const bool mounted = overlayUpperMounted(root + "/diff");
+    if (mounted && cm.until > now) continue;  // still in the create's mount
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!create_mounts_.erase(root)) continue;  // the reply's tag took it over meanwhile
+    }
+    if (mounted) continue;  // past the wait: the reply's tag decides (and counts)
+    // Just after the waited-out mount's work/work, so that one counts as over.
+    auto deferred = tagDirs({root}, cm.project, {.finished_before = cm.work_born + 1e-6});
+    if (!deferred) {
+      stats_.errors++;
+      LOG_WARN(kSub, "new layer %s: %s", root.c_str(), deferred.error().message.c_str());
+      continue;
+    }
+    if (*deferred) continue;  // a newer mount (the start's): counted and warned by tagDirs()
+    stats_.early_tagged++;
+    std::lock_guard<std::mutex> l(mu_);
+    waited_out_[root] = cm.work_born;
+    LOG_DEBUG(kSub, "new layer %s tagged with project %u once Docker's create unmounted it", root.c_str(),
+              cm.project);
+  }
+}
+
+// The create reply settles whether the mount the early tag waited out was the
+// create's (made before the reply) or already the start's (after it): then
+// the container ran before its layer was tagged, and that is counted.
+void ProjectQuotas::settleCreateMount(const std::string& root, double reply) {
+  std::optional<double> born;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    create_mounts_.erase(root);  // still waiting: the reply's own tag decides
+    auto it = waited_out_.find(root);
+    if (it == waited_out_.end()) return;
+    born = it->second;
+    waited_out_.erase(it);
+  }
+  if (reply > 0 && *born < reply) return;
+  LayerTagResult r;
+  r.state = LayerTag::Deferred;
+  r.why = reply > 0 ? "the mount waited out began after the create reply: the container's own"
+                    : "no create reply known for the mount waited out";
+  noteLayer(root, r);
+  noteLayer(root, LayerTagResult{});  // tagged since: not deferred now
+}
+
+// A mount of `root` waits at the gate. Nothing else mounts or unmounts the
+// layer while it waits (overlay2 holds the layer's lock), so a tag now is
+// safe whatever work/work says. Its owner: the layer's own project
+// (per-container mode); the one user with creates pending, but only at the
+// layer's first mount (inside its create, before the reply: the pending
+// creates include its own); else the create reply's tag, which releases it.
+void ProjectQuotas::tagHeld(const std::string& root) {
+  if (!isLayerRoot(root) || !exists(root + "/lower")) {
+    gate_->release(root);  // not a layer overlay2 made whole: nothing to hold for
+    return;
+  }
+  const bool first_mount = !exists(root + "/work/work");
+  std::optional<Result<uint32_t>> p;
+  if (opt_.mode == ProjectMode::Container) {
+    p = allocateNow(kContainer, layerKey(root));
+  } else if (first_mount) {
+    CreatorLookup lookup;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      lookup = creator_;
+    }
+    if (auto uid = lookup ? lookup() : std::nullopt) p = allocateNow(kUser, std::to_string(*uid));
+  }
+  if (!p) {
+    // A create's own mount with its maker unclear goes on (the reply's tag
+    // comes before the start); a later one waits for that tag.
+    if (first_mount) gate_->release(root);
+    return;
+  }
+  if (!*p) {
+    stats_.errors++;
+    LOG_WARN(kSub, "held layer %s: %s", root.c_str(), p->error().message.c_str());
+    gate_->release(root);
+    return;
+  }
+  auto deferred = tagDirs({root}, **p, {.finished_before = unixNow()});
+  if (!deferred) {
+    stats_.errors++;
+    LOG_WARN(kSub, "held layer %s: %s", root.c_str(), deferred.error().message.c_str());
+    gate_->release(root);
+    return;
+  }
+  if (!*deferred) stats_.gated_tags++;
+  LOG_DEBUG(kSub, "held layer %s: tagged with project %u before its %s mount", root.c_str(), **p,
+            first_mount ? "first" : "next");
 }
 
 std::string ProjectQuotas::layerKey(const std::string& root) {
@@ -336,7 +500,13 @@ void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> ui
   }
   if (*deferred) {
     stats_.early_mounting++;
-    LOG_DEBUG(kSub, "new layer %s: Docker's create has it mounted now: tagged at the reply", root.c_str());
+    struct stat st {};
+    if (lstat((root + "/work/work").c_str(), &st) != 0) return;  // gone meanwhile
+    std::lock_guard<std::mutex> l(mu_);
+    if (create_mounts_.size() >= kMaxCreateMounts) return;  // a flood: the replies' tags decide
+    create_mounts_[root] = {*p, static_cast<double>(st.st_ctim.tv_sec) + st.st_ctim.tv_nsec / 1e9,
+                            std::chrono::steady_clock::now() + kCreateMountWait};
+    LOG_DEBUG(kSub, "new layer %s: Docker's create has it mounted: tagged when it unmounts", root.c_str());
     return;
   }
   stats_.early_tagged++;
@@ -452,7 +622,10 @@ Result<size_t> ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint
                         when.finished_before);
       if (!r) return r.error();
       if (r->state == LayerTag::Deferred) deferred++;
-      if (!when.provisional || r->state != LayerTag::Deferred) noteLayer(dir, *r);
+      if (!when.provisional || r->state != LayerTag::Deferred) {
+        noteLayer(dir, *r);
+        if (gate_) gate_->release(dir);  // tagged, or deferred for good: its mounts go on
+      }
       if (r->stats.already && !r->stats.tagged) continue;
       ts = r->stats;
     } else {
@@ -541,6 +714,7 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
   if (kind == ObjectKind::Container && rec.owner && rec.owner->method == "container_create" &&
       (rec.owner->source == Source::Bpf || rec.owner->source == Source::Audit))
     finished_before = rec.owner->time;
+  if (kind == ObjectKind::Container && !dirs.empty()) settleCreateMount(dirs.front(), finished_before);
   if (auto s = tagDirs(dirs, id, {.finished_before = finished_before}); !s)
     return s.error().context(std::string(toString(kind)) + " " + shortId(rec.id));
 
@@ -607,6 +781,9 @@ Status ProjectQuotas::sync() {
     std::erase_if(deferred_, [&](const std::string& d) { return !live_dirs.count(d); });
     stats_.deferred_layers = deferred_.size();
     std::erase_if(queued_at_, [&](const auto& kv) { return !live_containers.count(kv.first); });
+    // A layer whose create never got a reply (Docker failed it) is not settled.
+    const double stale = unixNow() - 3600;
+    std::erase_if(waited_out_, [&](const auto& kv) { return kv.second < stale; });
   }
 
   // 2. Per-user mode: each image layer carries the project of the uid it is billed to.
@@ -641,6 +818,15 @@ Status ProjectQuotas::sync() {
     // A layer's own project, its container not named yet (create reply pending): live while the layer is.
     if (p.owner_kind == kContainer && p.owner.rfind("layer:", 0) == 0)
       live = isDir(locator_->layersDir() + "/" + p.owner.substr(6));
+    // A user's project the kernel still charges is in use, whatever the
+    // store says: the layers the watch tagged for creates Docker has not
+    // answered yet (their rows are not attributed yet). Freed then, the next
+    // layer would get a new id and every running container of the first
+    // batch be found mounted under the old one (seen on 6.1: 3 deferred).
+    if (!live && p.owner_kind == kUser) {
+      auto u = readProject(fs_, p.id);
+      live = !u || u->inodes > 0 || u->bytes > 0;
+    }
     bool wrong_mode = (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User);
     if (live && !wrong_mode) {
       kept.push_back(p);
@@ -773,6 +959,52 @@ Status ProjectQuotas::readUsage(const std::vector<ProjectRecord>& projects) {
   }
   if (listener) listener();
   return {};
+}
+
+nlohmann::json ProjectQuotas::gateHealth() const {
+  if (!gate_) {
+    return {{"state", gate_unavailable_.empty() ? "off" : "unavailable"},
+            {"reason", gate_unavailable_.empty() ? "no layer watch" : gate_unavailable_}};
+  }
+  const auto& g = gate_->stats();
+  return {{"state", "on"},           {"guarded", g.guarded.load()},   {"held", g.held.load()},
+          {"tagged", stats_.gated_tags.load()}, {"timeouts", g.timeouts.load()},
+          {"longest_hold_ms", g.longest_hold.load() * 1000}};
+}
+
+Health ProjectQuotas::health() const {
+  Health h;
+  const auto& st = stats_;
+  h.report = {{"state", active() ? "active" : "degraded"},
+              {"usage_source", active() ? "kernel" : "docker"},
+              {"mode", toString(opt_.mode)},
+              {"path", fs_.path},
+              {"filesystem", fs_.fstype},
+              {"device", fs_.device},
+              {"ids", {opt_.id_min, opt_.id_max}}};
+  if (!active()) {
+    h.report["reason"] = fs_.reason;
+    h.degraded.push_back("no kernel project quotas: " + fs_.reason + " (usage is walk-based)");
+    return h;
+  }
+  h.report["syncs"] = st.syncs.load();
+  h.report["errors"] = st.errors.load();
+  h.report["ids_allocated"] = st.ids_allocated.load();
+  h.report["ids_released"] = st.ids_released.load();
+  h.report["tagged_trees"] = st.tagged_trees.load();
+  h.report["deferred_layers"] = st.deferred_layers.load();
+  h.report["deferred_layers_total"] = st.deferred_layers_total.load();
+  h.report["raced_mounts"] = st.raced_mounts.load();
+  h.report["early_tagged"] = st.early_tagged.load();
+  h.report["early_unclear"] = st.early_unclear.load();
+  h.report["early_mounting"] = st.early_mounting.load();
+  h.report["gate"] = gateHealth();
+  h.report["last_sync"] = st.last_sync.load();
+  h.report["last_sync_seconds"] = st.last_sync_seconds.load();
+  if (auto n = st.deferred_layers.load())
+    h.degraded.push_back(std::to_string(n) + " container layer(s) started before their owner was known: their "
+                         "writes are outside the owner's project limit until they stop");
+  return h;
 }
 
 }  // namespace dockquota

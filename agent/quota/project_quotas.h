@@ -40,6 +40,8 @@
 #include <set>
 #include <string>
 
+#include "agent/base/health.h"
+#include "agent/quota/layer_gate.h"
 #include "agent/base/worker.h"
 #include "agent/quota/prjquota.h"
 #include "agent/quota/quotas.h"
@@ -108,7 +110,8 @@ struct ProjectQuotaStats {
   // tagged at the reply instead, which can lose the race with the start).
   std::atomic<uint64_t> early_tagged{0};
   std::atomic<uint64_t> early_unclear{0};
-  std::atomic<uint64_t> early_mounting{0};  // found in Docker's mount inside the create: tagged at the reply
+  std::atomic<uint64_t> early_mounting{0};
+  std::atomic<uint64_t> gated_tags{0};  // tagged while the gate held the layer's mount  // found in Docker's mount inside the create: tagged at the reply
 };
 
 // When a tag is made. finished_before: see tagLayer() (a container's create
@@ -180,6 +183,10 @@ class ProjectQuotas {
   std::optional<uint32_t> projectOfContainer(const std::string& id) const;
 
   const ProjectQuotaStats& stats() const { return stats_; }
+  // /healthz "project_quotas": the backend's state in words an admin can act on.
+  Health health() const;
+  // The layer gate's state and figures ("state": on, off, unavailable + "reason").
+  nlohmann::json gateHealth() const;
 
  private:
   Status tagObject(ObjectKind kind, const ObjectRecord& rec);
@@ -196,7 +203,14 @@ class ProjectQuotas {
   void haltWatch();  // writes stop_fd_: watchLayers() returns
   void watchLayers();          // the watch thread: new layer directories
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
-  void tagQueued(ObjectKind kind, const std::string& id);              // an owner change, as the store has it now
+  void tagQueued(ObjectKind kind, const std::string& id);
+  void openGate();
+  void tagHeld(const std::string& root);                               // the gate holds a mount of it              // an owner change, as the store has it now
+  void handleWork();                                                   // the watch thread: prepare_ and owned_
+  void handleNewLayers(int inotify_fd, const std::string& dir);        // the watch thread: new layer directories
+  bool waitingForUnmounts() const;
+  void resolveCreateMounts();
+  void settleCreateMount(const std::string& root, double create_reply);
   static std::string layerKey(const std::string& root);                // "layer:<dir name>"
   Result<uint32_t> allocateNow(const std::string& kind, const std::string& owner);
   void adoptLayerProject(const std::string& root, const std::string& container_id);
@@ -228,6 +242,21 @@ class ProjectQuotas {
   std::vector<uint32_t> prepare_;
   std::vector<std::string> owned_;  // containers whose owner just became known
   bool watching_ = false;           // the watch thread runs: owned_ is its to tag
+  // New layers the early tag found in Docker's create-time mount: tagged when
+  // it unmounts (resolveCreateMounts()), then checked against the create
+  // reply (settleCreateMount()).
+  struct CreateMount {
+    uint32_t project = 0;
+    double work_born = 0;  // that mount's work/work, unix seconds
+    std::chrono::steady_clock::time_point until;
+  };
+  static constexpr size_t kMaxCreateMounts = 256;  // creates in flight at once, with margin
+  static constexpr auto kCreateMountWait = std::chrono::seconds(10);
+  std::map<std::string, CreateMount> create_mounts_;
+  std::map<std::string, double> waited_out_;  // layer root -> work_born of the mount waited out
+  std::unique_ptr<LayerGate> gate_;  // nullptr: unavailable (gate_unavailable_ says why)
+  std::string gate_unavailable_;
+  std::vector<std::string> gated_;   // roots whose mount the gate holds, for the watch thread
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;
   Worker sync_worker_;   // run(): sync passes

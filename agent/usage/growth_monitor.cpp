@@ -119,4 +119,15 @@ void GrowthMonitor::run() {
   }
 }
 
+Health GrowthMonitor::health() const {
+  Health h;
+  const auto& gp = probe();
+  h.report = {{"attached", true}, {"hook", gp.hook()}, {"programs", gp.attached()}, {"signals", signals()}};
+  auto ctr = gp.counters();
+  nlohmann::json kc = nlohmann::json::object();
+  for (size_t i = 0; i < ctr.size(); i++) kc[GrowthProbe::counterName(i)] = ctr[i];
+  h.report["kernel_counters"] = kc;
+  return h;
+}
+
 }  // namespace dockquota

@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/health.h"
 #include "agent/base/worker.h"
 #include "agent/probes/growth_probe.h"
 #include "agent/runtime/docker_client.h"
@@ -50,6 +51,8 @@ class GrowthMonitor {
   std::map<std::string, GrowthFigure> figures() const;
   const GrowthProbe& probe() const { return *probe_; }
   uint64_t signals() const;
+  // /healthz probes.growth: hook, programs, signals and the kernel counters.
+  Health health() const;
 
  private:
   void watch(const std::string& id);

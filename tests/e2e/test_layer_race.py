@@ -190,16 +190,30 @@ def race(env, fstype, rounds):
     early = metric(env, 'dockquota_project_early_tags_total{result="tagged"}')
     unclear = metric(env, 'dockquota_project_early_tags_total{result="unclear"}')
     mounting = metric(env, 'dockquota_project_early_tags_total{result="mounting"}')
+    gate_on = metric(env, "dockquota_layer_gate_on")
+    gated = metric(env, 'dockquota_layer_gate_mounts_total{result="tagged"}')
+    gate_timeouts = metric(env, 'dockquota_layer_gate_mounts_total{result="timeout"}')
     print("FIGURES %s: outside alice's project: %d bytes in %d inodes; layers tagged as Docker made them %s (maker "
           "unclear %s, in Docker's create-time mount %s: tagged at the reply), deferred %s, raced mounts %s, last "
           "reply-to-tag latency %.1f ms" % (fstype, total_bytes, total_inodes, early, unclear, mounting, deferred, raced,
                                             (latency or 0) * 1000), flush=True)
+    print("FIGURES %s: layer gate on %s: %s mounts held until tagged, %s let through untagged after the hold" % (
+        fstype, gate_on, gated, gate_timeouts), flush=True)
+    check(gate_on == 1, "%s: the layer gate is on (fanotify permission events on this kernel)" % fstype)
     for f in firsts[:3]:
         print("  " + f)
     if deferred:
-        for line in open(env.agent_log, errors="replace"):
+        lines = open(env.agent_log, errors="replace").read().splitlines()
+        named = []
+        for line in lines:
             if "mounted before" in line or "prjquota" in line and "<4>" in line:
                 print("  agent: " + line.rstrip())
+                named.append(line.split(" prjquota: ", 1)[-1].split(" ", 1)[0])
+        # The whole story of the first one: every line naming its layer.
+        layer = os.path.basename(named[0]) if named else ""
+        for line in lines if layer else []:
+            if layer in line or layer[:12] in line:
+                print("  story: " + line.rstrip()[:300])
     check(total_inodes == 0, "%s: every inode of every container's upper dir is in alice's project (%d bytes outside)" % (
         fstype, total_bytes))
     check(deferred == 0, "%s: no layer was mounted before its owner's project was on it (deferred %s)" % (fstype, deferred))

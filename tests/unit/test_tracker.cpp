@@ -355,3 +355,21 @@ TEST_CASE("tracker: doubtful calls are billed only when one user wrote everythin
   CHECK(t.stats().doubtful_billed == 1);
   CHECK(t.stats().doubtful_calls == 1);
 }
+
+TEST_CASE("tracker: its health report names every loss by reason, and any loss degrades", "[tracker][health]") {
+  TrackerStats ts;
+  ts.connections = 3;
+  Health ok = ConnTracker::health(ts);
+  CHECK(ok.degraded.empty());
+  CHECK(ok.report["connections"] == 3);
+  CHECK(ok.report["losses"]["dropped_memory"] == 0);
+
+  ts.dropped_memory = 2;
+  ts.http.lost_events = 1;
+  Health lossy = ConnTracker::health(ts);
+  CHECK(lossy.report["losses"]["dropped_memory"] == 2);
+  CHECK(lossy.report["losses"]["lost_events"] == 1);
+  REQUIRE(lossy.degraded.size() == 2);
+  CHECK(std::find(lossy.degraded.begin(), lossy.degraded.end(), "attribution stream: dropped_memory 2") !=
+        lossy.degraded.end());
+}
