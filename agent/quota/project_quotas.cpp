@@ -537,7 +537,7 @@ void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
 void ProjectQuotas::tagQueued(ObjectKind kind, const std::string& id) {
   auto rec = store_.get(kind, id);
   if (!rec || !*rec || (*rec)->gone_at) return;
-  if (auto st = tagObject(kind, **rec); !st) {
+  if (auto st = tagObject(kind, **rec, /*owner_changed=*/true); !st) {
     stats_.errors++;
     LOG_WARN(kSub, "%s", st.error().message.c_str());
   }
@@ -669,7 +669,7 @@ void ProjectQuotas::noteLayer(const std::string& root, const LayerTagResult& r) 
   stats_.deferred_layers = deferred_.size();
 }
 
-Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
+Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec, bool owner_changed) {
   std::lock_guard<std::mutex> t(tag_mu_);
   // Which project, if any, should this object's directories carry?
   std::string pkind, powner;
@@ -705,6 +705,12 @@ Status ProjectQuotas::tagObject(ObjectKind kind, const ObjectRecord& rec) {
     if (!p) return p.error();
     id = *p;
   } else {
+    // Only when its owner was taken away (an owner change). A sync pass sees
+    // unattributed rows whose create reply is still on its way (Docker's
+    // create event inserted them): their layer carries the project the
+    // watch gave it as Docker made it, and resetting it to 0 there let the
+    // start mount it untagged (seen on 6.1: 3 deferred).
+    if (!owner_changed) return {};
     auto cur = projectOf(dirs.front());
     if (!cur || !ours(*cur)) return {};
   }
@@ -766,7 +772,7 @@ Status ProjectQuotas::sync() {
     for (const auto& rec : *rows) {
       if (kind == ObjectKind::Container) live_containers.insert(rec.id);
       if (rec.owner) live_users.insert(std::to_string(billedUid(*rec.owner, opt_.bill_root_to_login_uid)));
-      note(tagObject(kind, rec));
+      note(tagObject(kind, rec, /*owner_changed=*/false));
     }
   }
   std::set<std::string> live_dirs;

@@ -189,7 +189,8 @@ class ProjectQuotas {
   nlohmann::json gateHealth() const;
 
  private:
-  Status tagObject(ObjectKind kind, const ObjectRecord& rec);
+  // owner_changed: an owner change, not a sync pass (only it takes a project away).
+  Status tagObject(ObjectKind kind, const ObjectRecord& rec, bool owner_changed);
   uint64_t limitFor(const ProjectRecord& p) const;  // bytes, 0 = none
   Result<uint32_t> projectFor(const std::string& kind, const std::string& owner);
   // The number of layers left untagged because they were (being) mounted.
