@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent/quota/project_quotas.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -62,6 +63,25 @@ std::string layerRootFromMounts(const std::string& mountinfo, const std::string&
 
 DockerLayerLocator::DockerLayerLocator(DockerClient& docker, std::string data_root)
     : docker_(docker), root_(std::move(data_root)) {}
+
+std::optional<std::string> DockerLayerLocator::containerOfLayer(const std::string& root) {
+  const std::string want = root.substr(root.find_last_of('/') + 1);
+  const std::string mounts = root_ + "/image/overlay2/layerdb/mounts";
+  DIR* d = opendir(mounts.c_str());
+  if (!d) return std::nullopt;
+  std::optional<std::string> found;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(mounts + "/" + e->d_name + "/mount-id");
+    std::string mount_id;
+    if (in >> mount_id && mount_id == want) {
+      found = e->d_name;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
 
 Result<std::vector<std::string>> DockerLayerLocator::container(const std::string& id) {
   std::vector<std::string> dirs;
@@ -411,6 +431,23 @@ void ProjectQuotas::tagHeld(const std::string& root) {
       lookup = creator_;
     }
     if (auto uid = lookup ? lookup() : std::nullopt) p = allocateNow(kUser, std::to_string(*uid));
+  }
+  if (!p && !first_mount) {
+    // A later mount (the start): its create was answered. The reply may not
+    // have been read from the ring yet: drained (the lookup does), then the
+    // container's owner from the store, without waiting for its turn in the
+    // watch's queue.
+    CreatorLookup lookup;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      lookup = creator_;
+    }
+    if (lookup) (void)lookup();
+    if (auto cid = locator_->containerOfLayer(root)) {
+      auto rec = store_.get(ObjectKind::Container, *cid);
+      if (rec && *rec && (*rec)->owner)
+        p = allocateNow(kUser, std::to_string(billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid)));
+    }
   }
   if (!p) {
     // A create's own mount with its maker unclear goes on (the reply's tag

@@ -69,6 +69,8 @@ class LayerLocator {
   virtual Result<std::string> volume(const std::string& name) = 0;
   // Where the storage driver makes a directory per new layer ("" = none to watch).
   virtual std::string layersDir() const { return ""; }
+  // The container whose writable layer `root` is, if the layer store says.
+  virtual std::optional<std::string> containerOfLayer(const std::string& root) { return std::nullopt; }
 };
 
 // The overlay2 layout under Docker's data root.
@@ -79,6 +81,9 @@ class DockerLayerLocator : public LayerLocator {
   Result<std::string> layer(const std::string& chain_id) override;
   Result<std::string> volume(const std::string& name) override;
   std::string layersDir() const override { return root_ + "/overlay2"; }
+  // Reads mounts/*/mount-id (one small file per container): for a mount
+  // the gate holds, not for every layer.
+  std::optional<std::string> containerOfLayer(const std::string& root) override;
 
  private:
   DockerClient& docker_;

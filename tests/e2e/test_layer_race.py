@@ -137,6 +137,21 @@ def start_all(env, names, command, concurrency):
     return result
 
 
+def print_deferred(env, skip):
+    """The agent's deferral warnings after the first `skip`, and every line naming the first such layer."""
+    lines = open(env.agent_log, errors="replace").read().splitlines()
+    named = []
+    for line in lines:
+        if "mounted before" in line:
+            named.append(line.split(" prjquota: ", 1)[-1].split(" ", 1)[0])
+            if len(named) > skip:
+                print("  agent: " + line.rstrip()[:300])
+    layer = os.path.basename(named[skip]) if len(named) > skip else ""
+    for line in lines if layer else []:
+        if layer in line:
+            print("  story: " + line.rstrip()[:300])
+
+
 def race(env, fstype, rounds):
     print("== %d containers started while their layers are tagged, on %s" % (rounds, fstype), flush=True)
     mount_data_root(env, fstype)
@@ -203,17 +218,7 @@ def race(env, fstype, rounds):
     for f in firsts[:3]:
         print("  " + f)
     if deferred:
-        lines = open(env.agent_log, errors="replace").read().splitlines()
-        named = []
-        for line in lines:
-            if "mounted before" in line or "prjquota" in line and "<4>" in line:
-                print("  agent: " + line.rstrip())
-                named.append(line.split(" prjquota: ", 1)[-1].split(" ", 1)[0])
-        # The whole story of the first one: every line naming its layer.
-        layer = os.path.basename(named[0]) if named else ""
-        for line in lines if layer else []:
-            if layer in line or layer[:12] in line:
-                print("  story: " + line.rstrip()[:300])
+        print_deferred(env, 0)
     check(total_inodes == 0, "%s: every inode of every container's upper dir is in alice's project (%d bytes outside)" % (
         fstype, total_bytes))
     check(deferred == 0, "%s: no layer was mounted before its owner's project was on it (deferred %s)" % (fstype, deferred))
@@ -238,6 +243,8 @@ def race(env, fstype, rounds):
           "the project" % (fstype, after.get("used_bytes", 0), limit, past, outside), flush=True)
     check(past == 0 and outside == 0, "%s: 0 bytes past alice's limit (past %s, outside %d)" % (fstype, past, outside))
     deferred_after = metric(env, "dockquota_project_deferred_layers_total")
+    if deferred_after != deferred:
+        print_deferred(env, int(deferred or 0))
     check(deferred_after == deferred, "%s: no writer's layer was mounted before it was tagged (deferred %s -> %s)" % (
         fstype, deferred, deferred_after))
 
