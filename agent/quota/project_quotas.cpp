@@ -443,16 +443,21 @@ void ProjectQuotas::tagHeld(const std::string& root) {
       lookup = creator_;
     }
     if (lookup) (void)lookup();
-    if (auto cid = locator_->containerOfLayer(root)) {
-      auto rec = store_.get(ObjectKind::Container, *cid);
-      if (rec && *rec && (*rec)->owner)
-        p = allocateNow(kUser, std::to_string(billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid)));
-    }
+    auto cid = locator_->containerOfLayer(root);
+    auto rec = cid ? store_.get(ObjectKind::Container, *cid) : Result<std::optional<ObjectRecord>>(std::nullopt);
+    if (rec && *rec && (*rec)->owner)
+      p = allocateNow(kUser, std::to_string(billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid)));
+    else
+      LOG_DEBUG(kSub, "held layer %s: a later mount, container %s, owner %s: waits for the reply's tag", root.c_str(),
+                cid ? shortId(*cid).c_str() : "not in the layer store", rec && *rec ? "not known yet" : "no row yet");
   }
   if (!p) {
     // A create's own mount with its maker unclear goes on (the reply's tag
     // comes before the start); a later one waits for that tag.
-    if (first_mount) gate_->release(root);
+    if (first_mount) {
+      LOG_DEBUG(kSub, "held layer %s: its create's own mount, maker unclear: let through", root.c_str());
+      gate_->release(root);
+    }
     return;
   }
   if (!*p) {
