@@ -105,6 +105,15 @@ void LayerGate::release(const std::string& root) {
   (void)!write(wake_fd_, &one, sizeof one);
 }
 
+void LayerGate::pass(const std::string& root) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    released_.insert(root);
+  }
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof one);
+}
+
 bool LayerGate::guarded(const std::string& root) const {
   std::lock_guard<std::mutex> l(mu_);
   return guarded_.count(root) > 0;

@@ -65,6 +65,9 @@ class LayerGate {
   // ones are not held.
   void release(const std::string& root);
   bool guarded(const std::string& root) const;
+  // Lets the mounts of `root` held now go on, and keeps holding later ones
+  // (Docker's create mounts a new layer more than once before it replies).
+  void pass(const std::string& root);
 
   const LayerGateStats& stats() const { return stats_; }
 
@@ -87,7 +90,7 @@ class LayerGate {
   LayerGateStats stats_;
   mutable std::mutex mu_;
   std::set<std::string> guarded_;
-  std::set<std::string> released_;  // since the gate's thread last looked
+  std::set<std::string> released_;  // since the gate's thread last looked (released or passed)
   bool stop_ = false;
   std::vector<Held> held_;  // the gate's thread only
   Worker worker_;

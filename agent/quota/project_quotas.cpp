@@ -445,19 +445,24 @@ void ProjectQuotas::tagHeld(const std::string& root) {
     if (lookup) (void)lookup();
     auto cid = locator_->containerOfLayer(root);
     auto rec = cid ? store_.get(ObjectKind::Container, *cid) : Result<std::optional<ObjectRecord>>(std::nullopt);
-    if (rec && *rec && (*rec)->owner)
+    if (rec && *rec && (*rec)->owner) {
       p = allocateNow(kUser, std::to_string(billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid)));
-    else
-      LOG_DEBUG(kSub, "held layer %s: a later mount, container %s, owner %s: waits for the reply's tag", root.c_str(),
-                cid ? shortId(*cid).c_str() : "not in the layer store", rec && *rec ? "not known yet" : "no row yet");
+    } else {
+      // No owner after the rings were drained: the client has not read the
+      // create reply, so this is still the create's own mount (Docker's
+      // create mounts a new layer more than once; seen on 5.10 and 6.1:
+      // held for the reply that could not come, 1 s, then deferred).
+      LOG_DEBUG(kSub, "held layer %s: container %s has no owner yet: a mount inside its create, let through",
+                root.c_str(), cid ? shortId(*cid).c_str() : "not in the layer store");
+      gate_->pass(root);  // its start is still held
+      return;
+    }
   }
   if (!p) {
-    // A create's own mount with its maker unclear goes on (the reply's tag
-    // comes before the start); a later one waits for that tag.
-    if (first_mount) {
-      LOG_DEBUG(kSub, "held layer %s: its create's own mount, maker unclear: let through", root.c_str());
-      gate_->release(root);
-    }
+    // A create's own first mount with its maker unclear goes on; the start
+    // is held until the reply names the owner.
+    LOG_DEBUG(kSub, "held layer %s: its create's own mount, maker unclear: let through", root.c_str());
+    gate_->pass(root);
     return;
   }
   if (!*p) {

@@ -128,6 +128,21 @@ TEST_CASE("layer gate: a mount's read of lower waits for the tag, and never long
     Opener again(root + "/lower");
     CHECK(again.tookMs(500ms) >= 0);
   }
+  SECTION("passed: the held mount goes on, and the next one is held again (a create mounts twice)") {
+    const std::string root = makeLayer(dir, "p");
+    REQUIRE(g.guard(root).ok());
+    Opener first(root + "/lower");
+    CHECK(first.tookMs(300ms) == -1);
+    g.pass(root);
+    CHECK(first.tookMs(1000ms) >= 0);
+    CHECK(g.guarded(root));
+    Opener start(root + "/lower");
+    CHECK(start.tookMs(300ms) == -1);  // held again
+    g.release(root);
+    CHECK(start.tookMs(1000ms) >= 0);
+    CHECK(g.stats().held == 2);
+    CHECK(g.stats().timeouts == 0);
+  }
   SECTION("other files, other layers and our own opens never wait") {
     const std::string root = makeLayer(dir, "c"), other = makeLayer(dir, "d");
     REQUIRE(g.guard(root).ok());
