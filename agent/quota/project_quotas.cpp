@@ -225,6 +225,17 @@ void ProjectQuotas::prepareUser(uint32_t uid) {
   (void)!write(work_fd_, &one, sizeof one);
 }
 
+// The creator lookup, outside mu_ (it drains the rings, which may call back
+// into this backend); it also brings every captured reply into the store.
+std::optional<uint32_t> ProjectQuotas::soleCreator() {
+  CreatorLookup lookup;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    lookup = creator_;
+  }
+  return lookup ? lookup() : std::nullopt;
+}
+
 void ProjectQuotas::setCreatorLookup(CreatorLookup f) {
   std::lock_guard<std::mutex> l(mu_);
   creator_ = std::move(f);
@@ -324,12 +335,7 @@ void ProjectQuotas::handleNewLayers(int in, const std::string& dir) {
       tagEarly(root, std::nullopt);
       continue;
     }
-    CreatorLookup lookup;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      lookup = creator_;
-    }
-    auto uid = lookup ? lookup() : std::nullopt;
+    auto uid = soleCreator();
     // The lookup names this layer's maker only while its create is pending:
     // a layer with a work/work has been mounted, so the reply may have gone
     // out before the lookup, and the pending creates be others'.
@@ -425,24 +431,14 @@ void ProjectQuotas::tagHeld(const std::string& root) {
   if (opt_.mode == ProjectMode::Container) {
     p = allocateNow(kContainer, layerKey(root));
   } else if (first_mount) {
-    CreatorLookup lookup;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      lookup = creator_;
-    }
-    if (auto uid = lookup ? lookup() : std::nullopt) p = allocateNow(kUser, std::to_string(*uid));
+    if (auto uid = soleCreator()) p = allocateNow(kUser, std::to_string(*uid));
   }
   if (!p && !first_mount) {
     // A later mount (the start): its create was answered. The reply may not
     // have been read from the ring yet: drained (the lookup does), then the
     // container's owner from the store, without waiting for its turn in the
     // watch's queue.
-    CreatorLookup lookup;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      lookup = creator_;
-    }
-    if (lookup) (void)lookup();
+    (void)soleCreator();
     auto cid = locator_->containerOfLayer(root);
     auto rec = cid ? store_.get(ObjectKind::Container, *cid) : Result<std::optional<ObjectRecord>>(std::nullopt);
     if (rec && *rec && (*rec)->owner) {

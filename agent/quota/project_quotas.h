@@ -211,6 +211,7 @@ class ProjectQuotas {
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
   void tagQueued(ObjectKind kind, const std::string& id);
   void openGate();
+  std::optional<uint32_t> soleCreator();  // creator_, called outside mu_
   void tagHeld(const std::string& root);                               // the gate holds a mount of it              // an owner change, as the store has it now
   void handleWork();                                                   // the watch thread: prepare_ and owned_
   void handleNewLayers(int inotify_fd, const std::string& dir);        // the watch thread: new layer directories
