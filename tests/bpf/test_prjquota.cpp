@@ -571,20 +571,19 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
     alice_id = *pq.projectOfUser(2001);
     bob_id = *pq.projectOfUser(2002);
     CHECK(*projectOf(root + "/overlay2/c1") == alice_id);
-    // bob's objects are all gone: his id is freed and his limit cleared; a new user reuses it.
+    // bob's objects are all gone from the store, but his layer's bytes are
+    // still charged to his id (Docker has not deleted the layer yet): the id
+    // stays his, so the next user is not billed for bob's bytes.
     REQUIRE(s.markGone(ObjectKind::Container, "c3", 2).ok());
     REQUIRE(s.markGone(ObjectKind::Volume, "v1", 2).ok());
     REQUIRE(pq.sync().ok());
-    CHECK_FALSE(pq.projectOfUser(2002));
-    CHECK(pq.stats().ids_released.load() == 1);
-  }
-  {
-    // The freed id still has bob's bytes charged until Docker deletes his layer: here we delete it.
+    CHECK(pq.projectOfUser(2002));
+    CHECK(pq.stats().ids_released.load() == 0);
+    // Docker deletes the layer: the id is freed and its limit cleared.
     std::filesystem::remove_all(root + "/overlay2/c3");
     std::filesystem::remove_all(root + "/volumes/v1");
     // XFS frees unlinked inodes in the background since 5.19 (inodegc): wait
-    // until the kernel shows bob's old id empty (the allocator skips an id
-    // that is still charged, rightly; that is not what this checks).
+    // until the kernel shows bob's old id empty.
     ::sync();
     for (int i = 0; i < 100; i++) {
       auto u = readProject(fs, bob_id);
@@ -592,6 +591,12 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     REQUIRE(readProject(fs, bob_id)->inodes == 0);
+    REQUIRE(pq.sync().ok());
+    CHECK_FALSE(pq.projectOfUser(2002));
+    CHECK(pq.stats().ids_released.load() == 1);
+    CHECK(readProject(fs, bob_id)->hard_bytes == 0);
+  }
+  {
     mkdir((root + "/overlay2/c4").c_str(), 0755);
     REQUIRE(s.noteSeen(ObjectKind::Container, "c4", "c4", "", std::nullopt, 3).ok());
     REQUIRE(s.attribute(ObjectKind::Container, "c4", ev(2003), true).ok());
