@@ -60,7 +60,7 @@ struct ObjectRecord {
   double first_seen = 0;    // unix seconds the agent first knew of it
   std::optional<double> gone_at;  // set when Docker no longer has it
   uint64_t size_bytes = 0;  // last measured size (later issues)
-  // Schema v5 (issue 11):
+  // Schema v5:
   std::optional<double> missed_at;  // created while the agent watched, no kernel evidence after the check delay
   uint64_t seq = 0;         // the store's change counter at this row's last insert, attribution, gone mark or revival
 
@@ -75,7 +75,7 @@ struct ObjectRecord {
 enum class Decision { Attribute, Keep };
 Decision decide(const ObjectRecord* existing, const Evidence& ev, bool brings_new);
 
-// Schema v2: quotas and measured usage (issue 3).
+// Schema v2: quotas and measured usage.
 
 // One image layer as measured on the host: counted once, whoever shares it.
 struct LayerRecord {
@@ -132,7 +132,7 @@ enum class Seen {
 };
 const char* toString(Seen s);
 
-// Schema v3: a kernel project-quota id and what it is for (issue 4).
+// Schema v3: a kernel project-quota id and what it is for.
 struct ProjectRecord {
   uint32_t id = 0;
   std::string owner_kind;                // "user" (owner = uid) or "container" (owner = container id)
@@ -141,7 +141,7 @@ struct ProjectRecord {
   double created_at = 0;
 };
 
-// Schema v4: enforcement (issue 5).
+// Schema v4: enforcement.
 
 // A container the enforcer acted on. Written before each Docker call (the
 // intent) and after it (the outcome, with its event in the same transaction),
