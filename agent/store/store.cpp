@@ -826,7 +826,27 @@ Result<Seen> Store::noteSeen(ObjectKind kind, const std::string& id, const std::
   return seen;
 }
 
+void Store::setOwnerListener(ObjectListener f) {
+  std::lock_guard<std::mutex> l(listener_mu_);
+  on_owner_ = std::move(f);
+}
+
+void Store::ownerChanged(ObjectKind kind, const std::string& id) {
+  ObjectListener f;
+  {
+    std::lock_guard<std::mutex> l(listener_mu_);
+    f = on_owner_;
+  }
+  if (f) f(kind, id);
+}
+
 Result<bool> Store::attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
+  auto changed = attributeTxn(kind, id, ev, brings_new);
+  if (changed && *changed) ownerChanged(kind, id);
+  return changed;
+}
+
+Result<bool> Store::attributeTxn(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "attribute " + describe(kind, id);
 
@@ -893,6 +913,12 @@ Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence
 }
 
 Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver) {
+  auto st = setOverrideTxn(kind, id, ev, resolver);
+  if (st) ownerChanged(kind, id);
+  return st;
+}
+
+Status Store::setOverrideTxn(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "set override on " + describe(kind, id);
   Evidence admin = ev;
@@ -916,6 +942,12 @@ Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence
 }
 
 Status Store::clearOverride(ObjectKind kind, const std::string& id) {
+  auto st = clearOverrideTxn(kind, id);
+  if (st) ownerChanged(kind, id);
+  return st;
+}
+
+Status Store::clearOverrideTxn(ObjectKind kind, const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "clear override on " + describe(kind, id);
 

@@ -255,6 +255,13 @@ class Store : public EventSpool {
   // Admin override (Source::Admin) and its removal (back to the best automatic evidence).
   Status setOverride(ObjectKind kind, const std::string& id, const Evidence& ev);
   Status clearOverride(ObjectKind kind, const std::string& id);
+  // Called after every committed change of an object's owner: an attribution
+  // that changed it, an admin override set or cleared. On the writer's thread,
+  // outside the store's lock (the listener may read the store). Whoever
+  // changes an owner, the attributor or the API, the listeners hear it, so
+  // project quotas re-tag at once, not at the next sync.
+  using ObjectListener = std::function<void(ObjectKind, const std::string& id)>;
+  void setOwnerListener(ObjectListener f);
   // Docker confirmed the object is gone (its destroy/delete event, a 404 after a
   // removal). With `unless_changed_after` (the sequence() read before asking
   // Docker), a row changed since is left live. True when the row was marked.
@@ -371,6 +378,12 @@ class Store : public EventSpool {
  private:
   Store(sqlite3* db, std::string path);
   uint64_t nextSeq() { return ++seq_; }  // under mu_
+  Result<bool> attributeTxn(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new);
+  Status setOverrideTxn(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver);
+  Status clearOverrideTxn(ObjectKind kind, const std::string& id);
+  void ownerChanged(ObjectKind kind, const std::string& id);
+  std::mutex listener_mu_;
+  ObjectListener on_owner_;  // under listener_mu_
   sqlite3* db_;
   std::string path_;
   mutable std::mutex mu_;
