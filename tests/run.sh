@@ -73,8 +73,10 @@ for label in $labels; do
     *) dir=$build ;;
   esac
   log=$(mktemp)
+  # -j: the short suites (unit, fuzz, asan) share the cores; the kernel, dockerd
+  # and VM tests are RUN_SERIAL and still run one at a time.
   # sh has no pipefail: ctest's status goes through a file past tee.
-  (cd "$dir" && ctest --output-on-failure --no-tests=error -L "^$label\$"; echo $? >"$log.rc") 2>&1 | tee "$log"
+  (cd "$dir" && ctest -j"$jobs" --output-on-failure --no-tests=error -L "^$label\$"; echo $? >"$log.rc") 2>&1 | tee "$log"
   [ "$(cat "$log.rc")" = 0 ] || failed="$failed $label"
   rm -f "$log.rc"
   # Failures, and tests of 10 s or more (the unit label has hundreds of short ones).
