@@ -128,6 +128,7 @@ void App::attachProbes() {
   auto exec = ExecProbe::open(config_.docker_binaries, [this](const ExecRecord& r) { tracker_->onExec(r); });
   if (exec) {
     exec_ = std::move(*exec);
+    sources_.push_back(exec_.get());  // first: a docker CLI's exec precedes its connect
   } else {
     LOG_WARN(kSub, "%s; docker CLI executions will not be recorded (socket attribution still works)",
              exec.error().message.c_str());
@@ -141,6 +142,7 @@ void App::attachProbes() {
   auto dsock = DsockProbe::open(dopt, [this](const DsockEventView& ev) { tracker_->onEvent(*ev.raw); });
   if (dsock) {
     dsock_ = std::move(*dsock);
+    sources_.push_back(dsock_.get());
   } else {
     LOG_ERROR(kSub, "%s; NEW OBJECTS WILL BE UNATTRIBUTED until the probe can attach", dsock.error().message.c_str());
     degraded_.push_back("docker.sock probe unavailable: " + dsock.error().message);
@@ -259,12 +261,8 @@ std::optional<uint32_t> App::soleCreator() {
 }
 
 void App::consumeProbes() {
-  // Exec events first: a docker CLI's exec precedes its connect.
-  if (exec_) {
-    if (auto r = exec_->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
-  }
-  if (dsock_) {
-    if (auto r = dsock_->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
+  for (EvidenceSource* source : sources_) {
+    if (auto r = source->consume(); !r) LOG_ERROR(kSub, "%s", r.error().message.c_str());
   }
 }
 
@@ -405,18 +403,19 @@ void App::stop() {
 }
 
 json App::probesHealth(std::vector<std::string>& reasons) {
-  json probes = json::object();
-  probes["exec"] = {{"attached", exec_ != nullptr}, {"hook", "tracepoint"},
-                    {"programs", exec_ ? json::array({"tp/sched/sched_process_exec"}) : json::array()},
-                    {"binaries", config_.docker_binaries}, {"lost_events", exec_ ? exec_->lost() : 0}};
-  json dj = {{"attached", false}};
-  if (dsock_) {
-    Health h = dsock_->health();
-    dj = std::move(h.report);
+  // What an evidence source that could not attach shows; one that did gives its own report.
+  json probes = {{"exec",
+                  {{"attached", false},
+                   {"hook", "tracepoint"},
+                   {"programs", json::array()},
+                   {"binaries", config_.docker_binaries},
+                   {"lost_events", 0}}},
+                 {"docker_sock", {{"attached", false}, {"sockets", config_.watch_sockets}}}};
+  for (const EvidenceSource* source : sources_) {
+    Health h = source->health();
+    probes[source->name()] = std::move(h.report);
     reasons.insert(reasons.end(), h.degraded.begin(), h.degraded.end());
   }
-  dj["sockets"] = config_.watch_sockets;
-  probes["docker_sock"] = dj;
   json gj = {{"attached", false}};
   if (growth_) gj = growth_->health().report;
   if (!growth_unavailable_.empty()) gj["unavailable"] = growth_unavailable_;

@@ -82,6 +82,7 @@ class App {
   std::unique_ptr<ConnTracker> tracker_;
   std::unique_ptr<ExecProbe> exec_;
   std::unique_ptr<DsockProbe> dsock_;
+  std::vector<EvidenceSource*> sources_;  // exec_, dsock_: the ones attached, drained in this order
   std::mutex refresh_mu_;  // refreshSockets() from two threads
   std::unique_ptr<GrowthMonitor> growth_;
   std::string growth_unavailable_;

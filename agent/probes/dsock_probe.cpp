@@ -173,7 +173,7 @@ std::array<uint64_t, DSOCK_CTR_MAX> DsockProbe::counters() const {
 
 Health DsockProbe::health() const {
   Health h;
-  h.report = {{"attached", true}, {"hook", hook()}, {"programs", attached()}};
+  h.report = {{"attached", true}, {"hook", hook()}, {"programs", attached()}, {"sockets", options_.socket_paths}};
   if (!refusedHooks().empty()) h.report["hooks_refused"] = refusedHooks();
   auto ctr = counters();
   nlohmann::json kc = nlohmann::json::object();

@@ -13,13 +13,14 @@
 #include "agent/base/health.h"
 #include "agent/base/result.h"
 #include "agent/probes/dsock_event.hpp"
+#include "agent/probes/evidence_source.h"
 
 struct dsock_bpf;
 struct ring_buffer;
 
 namespace dockquota {
 
-class DsockProbe {
+class DsockProbe : public EvidenceSource {
  public:
   struct Options {
     std::vector<std::string> socket_paths;      // e.g. /var/run/docker.sock, /run/docker.sock
@@ -36,7 +37,7 @@ class DsockProbe {
 
   // Open, set rodata and map sizes, load, attach (libbpf-tools order).
   static Result<std::unique_ptr<DsockProbe>> open(const Options& options, Handler handler);
-  ~DsockProbe();
+  ~DsockProbe() override;
 
   // Re-reads the socket paths' inodes into the kernel map (dockerd re-creates
   // its socket on restart). Paths that do not exist yet are skipped; their
@@ -48,7 +49,8 @@ class DsockProbe {
   Result<int> poll(int timeout_ms);
   // For callers that wait themselves (to drain the exec ring first).
   int epollFd() const;
-  Result<int> consume();
+  Result<int> consume() override;
+  const char* name() const override { return "docker_sock"; }
 
   // The agent's instructions for one connection (bpf/dsock.h dsock_ctl:
   // mutes by turn, ignore). Written whole; only the agent writes that map.
@@ -62,7 +64,7 @@ class DsockProbe {
   const std::string& refusedHooks() const { return refused_hooks_; }
   // /healthz probes.docker_sock: hook, programs, the kernel side's counters
   // (any ring or table overflow degrades the agent).
-  Health health() const;
+  Health health() const override;
   const std::vector<std::string>& socketPaths() const { return options_.socket_paths; }
 
  private:

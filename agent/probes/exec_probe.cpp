@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent/probes/exec_probe.h"
 
+#include <nlohmann/json.hpp>
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -113,6 +115,19 @@ uint64_t ExecProbe::lost() const {
     for (uint64_t v : per) sum += v;
   }
   return sum;
+}
+
+Health ExecProbe::health() const {
+  Health h;
+  const uint64_t lost_events = lost();
+  h.report = {{"attached", true},
+              {"hook", "tracepoint"},
+              {"programs", nlohmann::json::array({"tp/sched/sched_process_exec"})},
+              {"binaries", binaries_},
+              {"lost_events", lost_events}};
+  if (lost_events > 0)
+    h.degraded.push_back("the exec probe lost " + std::to_string(lost_events) + " events (ring buffer full)");
+  return h;
 }
 
 }  // namespace dockquota

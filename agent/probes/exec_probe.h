@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "agent/base/result.h"
+#include "agent/probes/evidence_source.h"
 
 struct exec_bpf;
 struct ring_buffer;
@@ -24,19 +25,23 @@ struct ExecRecord {
   std::vector<std::string> argv;  // possibly cut at EXEC_ARGS_LEN bytes
 };
 
-class ExecProbe {
+class ExecProbe : public EvidenceSource {
  public:
   using Handler = std::function<void(const ExecRecord&)>;
   static Result<std::unique_ptr<ExecProbe>> open(const std::vector<std::string>& binaries, Handler handler);
-  ~ExecProbe();
+  ~ExecProbe() override;
 
   // Re-reads the binaries' inodes (a package upgrade replaces the file).
   Status refreshBinaries();
   // The ring buffer's fd, to poll alongside others; consume() drains it.
   int fd() const;
-  Result<int> consume();
+  Result<int> consume() override;
   const std::vector<std::string>& binaries() const { return binaries_; }
   uint64_t lost() const;
+  const char* name() const override { return "exec"; }
+  // The hook, the binaries watched and the events the ring had no room for
+  // (degraded: an exec lost is a docker CLI the agent cannot name).
+  Health health() const override;
 
  private:
   ExecProbe(std::vector<std::string> b, Handler h) : binaries_(std::move(b)), handler_(std::move(h)) {}

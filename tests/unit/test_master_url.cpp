@@ -16,48 +16,16 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/delivery/master_sink.h"
+#include "tests/unit/master_fakes.h"
 
 using namespace dockquota;
+using namespace dockquota::test;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
 
 constexpr const char* kEvents = "/api/internal/slave-events";
-
-// An event spool with `n` pending master events; delivered ones are dropped.
-class Spool : public EventSpool {
- public:
-  explicit Spool(int n, size_t padding = 0) {
-    for (int i = 1; i <= n; ++i) {
-      Event e;
-      e.seq = i;
-      e.type = event_type::kExceeded;
-      e.user = "alice";
-      e.detail = {{"event_id", i}};
-      if (padding > 0) e.detail["padding"] = std::string(padding, 'x');
-      e.created_at = 1000.0 + i;
-      events_.push_back(e);
-    }
-  }
-  Result<std::vector<Event>> pending(Channel, size_t max) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return std::vector<Event>(events_.begin(), events_.begin() + std::min(max, events_.size()));
-  }
-  Status delivered(Channel, const std::vector<int64_t>& seqs, bool, double) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::erase_if(events_, [&](const Event& e) { return std::find(seqs.begin(), seqs.end(), e.seq) != seqs.end(); });
-    return {};
-  }
-  Result<size_t> pendingCount(Channel) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return events_.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<Event> events_;
-};
 
 // One handler on `host`; every request's headers and path are kept.
 class Server {
@@ -93,27 +61,6 @@ class Server {
   std::mutex mu_;
   std::vector<httplib::Request> got_;
 };
-
-MasterSink::Options options(const std::string& url) {
-  MasterSink::Options o;
-  o.url = url;
-  o.secret = "s3cret";
-  o.host_id = "gpu-01";
-  o.timeout = 2s;
-  o.backoff_base = 10ms;
-  o.backoff_cap = 40ms;
-  return o;
-}
-
-template <typename P>
-bool eventually(P pred, std::chrono::milliseconds limit = 3000ms) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
 
 // Sets an environment variable for a scope.
 class ScopedEnv {
@@ -214,7 +161,8 @@ TEST_CASE("master url: a POST over IPv6 loopback under a path prefix, headers as
     res.set_content(R"({"msg": "ok"})", "application/json");
   });
   // A body over 1 MiB: curl 7.88 adds "Expect: 100-continue" above that (older ones above 1 KiB).
-  Spool spool(40, 30000);
+  FakeSpool spool;
+  spool.recordMany(40, 30000);
   auto sink = MasterSink::create(spool, options("http://[::1]:" + std::to_string(master.port()) + "/pre/fix/"));
   REQUIRE(sink.ok());
   CHECK((*sink)->postUrl() == "http://[::1]:" + std::to_string(master.port()) + "/pre/fix" + kEvents);
@@ -243,7 +191,8 @@ TEST_CASE("master url: a POST over IPv6 loopback under a path prefix, headers as
 TEST_CASE("master url: the path goes on the wire escaped as before", "[master][url]") {
   // '+', ',', ';', '\'' and non-ASCII bytes as %XX: the request line cpp-httplib sent.
   Server master("127.0.0.1", ".*", [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
-  Spool spool(1);
+  FakeSpool spool;
+  spool.recordMany(1);
   auto sink = MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port()) +
                                                 "/a+b,c;d'e\xc3\xbc"));
   REQUIRE(sink.ok());
@@ -260,7 +209,8 @@ TEST_CASE("master url: the *_proxy environment is not used", "[master][url]") {
   Server proxy("127.0.0.1", ".*", [](const httplib::Request&, httplib::Response& res) { res.status = 502; });
   const std::string proxy_url = "http://127.0.0.1:" + std::to_string(proxy.port());
   ScopedEnv http_proxy("http_proxy", proxy_url), all_proxy("ALL_PROXY", proxy_url), no_proxy("NO_PROXY", "");
-  Spool spool(1);
+  FakeSpool spool;
+  spool.recordMany(1);
   auto sink = MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port())));
   REQUIRE(sink.ok());
   (*sink)->start();
@@ -277,7 +227,8 @@ TEST_CASE("master url: a master silent for `timeout` after the request is a fail
     std::this_thread::sleep_for(800ms);
     res.status = 200;
   });
-  Spool spool(1);
+  FakeSpool spool;
+  spool.recordMany(1);
   auto o = options("http://127.0.0.1:" + std::to_string(master.port()));
   o.timeout = 200ms;
   o.backoff_base = 5s;  // one attempt within the test
@@ -302,7 +253,8 @@ TEST_CASE("master url: a redirect is reported with its Location, not followed", 
     res.set_header("Location", "https://elsewhere.example/qman/api/internal/slave-events");
     res.set_content(R"({"msg": "moved"})", "application/json");
   });
-  Spool spool(1);
+  FakeSpool spool;
+  spool.recordMany(1);
   auto sink = MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port())));
   REQUIRE(sink.ok());
   (*sink)->start();
