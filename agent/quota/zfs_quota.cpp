@@ -272,7 +272,7 @@ bool ZfsBackend::excluded(const std::string& name) const {
                      [&](const std::string& p) { return ::fnmatch(p.c_str(), name.c_str(), 0) == 0; });
 }
 
-std::vector<std::string> ZfsBackend::wantedNames() {
+std::vector<std::string> ZfsBackend::names() {
   std::vector<std::string> names;
   std::string problem;
   if (!sel_.discover) {
@@ -300,10 +300,10 @@ std::shared_ptr<ZfsDataset> ZfsBackend::datasetFor(const std::string& name) {
 }
 
 std::vector<std::shared_ptr<ZfsDataset>> ZfsBackend::datasets() {
-  auto names = wantedNames();
+  auto wanted = names();
   std::lock_guard lk(mu_);
   std::vector<std::shared_ptr<ZfsDataset>> now;
-  for (auto& n : names) now.push_back(datasetFor(n));
+  for (auto& n : wanted) now.push_back(datasetFor(n));
   known_ = now;
   return now;
 }

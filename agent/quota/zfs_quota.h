@@ -153,10 +153,12 @@ class ZfsBackend {
   // (no binary, `zfs list` failed) leaves the list empty and is reported by
   // health().
   std::vector<std::shared_ptr<ZfsDataset>> datasets();
+  // Only the names (a registry with a fixed set of devices builds its own
+  // ZfsDataset per name, once); same errors as datasets().
+  std::vector<std::string> names();
   Health health() const;
 
  private:
-  std::vector<std::string> wantedNames();
   std::shared_ptr<ZfsDataset> datasetFor(const std::string& name);
   bool excluded(const std::string& name) const;
 

@@ -232,6 +232,7 @@ TEST_CASE("zfs: discovery, exclusion, and a missing binary reported loudly", "[z
   CHECK(ds[0]->name() == "tank");
   CHECK(ds[1]->name() == "tank/home");
   CHECK(b.datasets()[1] == ds[1]);  // the same object across refreshes
+  CHECK(b.names() == std::vector<std::string>{"tank", "tank/home"});
   CHECK(b.health().degraded.empty());
 
   ZfsBackend configured(ZfsSelection{false, {"tank/home", "tank/scratch"}, {"tank/scratch"}}, z.cli());
