@@ -200,13 +200,20 @@ void App::attachZfs() {
     LOG_INFO(kSub, "zfs: not used (%s)", why.c_str());
     return;
   }
+  ZfsSelection sel{config_.zfs_datasets.empty(), config_.zfs_datasets, config_.zfs_exclude};
   if (!why.empty()) {
     LOG_ERROR(kSub, "zfs: configured on, but %s", why.c_str());
-    degraded_.push_back("zfs: " + why);
+    // Discovery reports its own failure (and its recovery) on every run;
+    // configured datasets only fail when read.
+    if (!sel.discover) degraded_.push_back("zfs: " + why);
   }
-  ZfsSelection sel{config_.zfs_datasets.empty(), config_.zfs_datasets, config_.zfs_exclude};
   zfs_ = std::make_unique<ZfsBackend>(
       std::move(sel), std::make_shared<ZfsCli>(config_.zfs_binary, realZfsExec(config_.zfs_binary)));
+  // One discovery now (bounded by the list's 30 s limit): the log says what
+  // is served, and a failure is in /healthz and /metrics from the start.
+  std::string names;
+  for (const auto& n : zfs_->names()) names += (names.empty() ? "" : ", ") + n;
+  LOG_INFO(kSub, "zfs: datasets: %s", names.empty() ? "none" : names.c_str());
 }
 
 Status App::buildServices() {
