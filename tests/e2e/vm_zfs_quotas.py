@@ -95,7 +95,7 @@ def main():
     install_zfs(root)
     make_pool()
     sh("useradd", "-M", "-u", str(UID), USER)
-    env = dict(os.environ, DQ_ZFS_BINARY="/usr/sbin/zfs", DQ_ZFS_POOL=POOL, DQ_ZFS_UID=str(UID))
+    env = dict(os.environ, DQ_ZFS_BINARY="/usr/sbin/zfs", DQ_ZPOOL_BINARY="/usr/sbin/zpool", DQ_ZFS_POOL=POOL, DQ_ZFS_UID=str(UID))
     t1 = time.monotonic()
     rc = subprocess.run([args.unit_tests, "[.zfs-vm]"], env=env).returncode
     print("backend test: %.1f s, exit %d" % (time.monotonic() - t1, rc), flush=True)
