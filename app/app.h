@@ -24,6 +24,7 @@
 #include "agent/capture/conn_tracker.h"
 #include "agent/probes/dsock_probe.h"
 #include "agent/probes/exec_probe.h"
+#include "agent/quota/zfs_quota.h"
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
 #include "agent/usage/growth_monitor.h"
@@ -57,6 +58,7 @@ class App {
   Status openStore();
   void attachProbes();
   void attachGrowth();
+  void attachZfs();
   Status buildServices();
   void wire();
   void consumeProbes();                    // under tracker_mu_
@@ -95,6 +97,9 @@ class App {
   ProjectQuotas* projects_ = nullptr;          // qman_'s kernel backend, when on
   UsageAccountant* measure_on_change_ = nullptr;  // no kernel usage: a create asks for a measure
   std::unique_ptr<EnforcementServices> enforcement_;
+  // ZFS datasets as quota devices (config zfs); null when off. The device
+  // registry reads them; here: health, /metrics.
+  std::unique_ptr<ZfsBackend> zfs_;
   bool started_ = false, stopped_ = false;
 };
 

@@ -16,6 +16,7 @@
 #include "agent/base/log.h"
 #include "agent/probes/dsock_probe.h"
 #include "agent/probes/growth_probe.h"
+#include "agent/quota/zfs_quota.h"
 
 namespace dockquota {
 namespace {
@@ -216,6 +217,29 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"email_burst_s", uintKey(origin, "email_burst_s", &Config::email_burst_s, 0, 86400)},
       {"email_interval_s", uintKey(origin, "email_interval_s", &Config::email_interval_s, 0, 7 * 86400)},
       {"email_max_per_hour", uintKey(origin, "email_max_per_hour", &Config::email_max_per_hour, 1, 100000)},
+      {"zfs", stringKey(origin, "zfs", &Config::zfs)},
+      {"zfs_datasets",
+       [origin](const json& v, Config& c) -> Status {
+         // Checked here: a name is handed to the zfs CLI as an argument.
+         const char* why = "must be an array of dataset names (pool/child, no '@', not starting with '-')";
+         if (!v.is_array()) return keyError(origin, "zfs_datasets", why);
+         for (const auto& e : v) {
+           if (!e.is_string() || !validZfsDatasetName(e.get<std::string>())) return keyError(origin, "zfs_datasets", why);
+           c.zfs_datasets.push_back(e.get<std::string>());
+         }
+         return {};
+       }},
+      {"zfs_exclude",
+       [origin](const json& v, Config& c) -> Status {
+         const char* why = "must be an array of non-empty patterns";
+         if (!v.is_array()) return keyError(origin, "zfs_exclude", why);
+         for (const auto& e : v) {
+           if (!e.is_string() || e.get<std::string>().empty()) return keyError(origin, "zfs_exclude", why);
+           c.zfs_exclude.push_back(e.get<std::string>());
+         }
+         return {};
+       }},
+      {"zfs_binary", stringKey(origin, "zfs_binary", &Config::zfs_binary)},
   };
 
   Config c;
@@ -259,6 +283,10 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
                    oneOf(origin, "project_quota_mode", c.project_quota_mode, {"user", "container"})}) {
     if (err) return *err;
   }
+  if (auto err = oneOf(origin, "zfs", c.zfs, {"off", "auto", "on"})) return *err;
+  if (c.zfs_binary[0] != '/') return keyError(origin, "zfs_binary", "must be an absolute path");
+  if (c.zfs_datasets.size() > 4096) return keyError(origin, "zfs_datasets", "at most 4096 datasets");
+  if (c.zfs_exclude.size() > 256) return keyError(origin, "zfs_exclude", "at most 256 patterns");
   if (c.project_id_min > c.project_id_max) {
     return keyError(origin, "project_id_max", "must not be below project_id_min");
   }

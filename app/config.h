@@ -101,6 +101,11 @@ struct Config {
   uint32_t email_burst_s = 60;
   uint32_t email_interval_s = 900;
   uint32_t email_max_per_hour = 100;
+  // ZFS datasets as qman quota devices (README "ZFS datasets").
+  std::string zfs = "off";                // off | auto (when the binary and /dev/zfs exist) | on
+  std::vector<std::string> zfs_datasets;  // exactly these; [] = every dataset `zfs list` shows
+  std::vector<std::string> zfs_exclude;   // fnmatch(3) patterns on dataset names
+  std::string zfs_binary = "/sbin/zfs";   // Debian's and Ubuntu's path (a link into /usr/sbin on merged /usr)
 };
 
 // Parses and validates; `origin` names the source in errors (the file path).

@@ -1,6 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0
 # vmtest/fetch.sh [NAME...]      download + unpack kernels, build their initramfs
+#                                (Debian kernels through apt; SUITE `pinned` ones:
+#                                the .debs of pinned-debs.txt, sha256-checked)
 # vmtest/fetch.sh --list [SUITE...]   show the image packages a suite offers
 #
 # For each kernel of vmtest/kernels.txt (default: all) this leaves in
@@ -21,6 +23,7 @@ set -euo pipefail
 VMTEST_DIR=$(cd "$(dirname "$0")" && pwd -P)
 CACHE=${VMTEST_CACHE:-$VMTEST_DIR/.cache}
 KERNELS_TXT=$VMTEST_DIR/kernels.txt
+PINNED_DEBS=$VMTEST_DIR/pinned-debs.txt
 APT_DIR=$CACHE/apt
 
 # Modules put in the initramfs, loaded in this order (with dependencies first).
@@ -177,10 +180,60 @@ build_initrd() {
 	rm -rf "$stage"
 }
 
+# unpack_debs DIR DEB...: extract each package into DIR/root, then delete it.
+unpack_debs() {
+	local dir=$1 deb; shift
+	for deb in "$@"; do
+		dpkg-deb -x "$deb" "$dir/root" || die "cannot unpack $deb"
+		rm -f "$deb"
+	done
+}
+
+# fetch_debian DIR PKG VER SUITE: the image package from the Debian mirror.
+fetch_debian() {
+	local dir=$1 pkg=$2 ver=$3 suite=$4
+	# Lists may be missing or older than the pinned version: update once, retry.
+	if [ ! -f "$APT_DIR/updated" ] || ! apt_cmd apt-cache show "$pkg=$ver" >/dev/null 2>&1; then
+		apt_update
+	fi
+	apt_cmd apt-cache show "$pkg=$ver" >/dev/null 2>&1 ||
+		die "$pkg=$ver is not on the mirror (suite $suite); see 'vmtest/fetch.sh --list $suite' and bump kernels.txt"
+	(cd "$dir" && apt_cmd apt-get -q download "$pkg=$ver" >&2) || die "$pkg: download failed"
+	unpack_debs "$dir" "$dir"/*.deb
+}
+
+# pinned_lines NAME: the pinned-debs.txt lines of kernel NAME, comments stripped.
+pinned_lines() {
+	sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$PINNED_DEBS" | awk -v n="$1" '$1 == n'
+}
+
+# fetch_pinned DIR NAME: every .deb pinned-debs.txt lists for NAME, from its
+# archive by path, each checked against its sha256 before it is unpacked (the
+# checksum is the trust anchor: no archive keyring is needed for these).
+fetch_pinned() {
+	local dir=$1 name=$2 _n sum archive path base url lines
+	lines=$(pinned_lines "$name")
+	[ -n "$lines" ] || die "$name: no lines for it in $PINNED_DEBS"
+	while read -r _n sum archive path; do
+		case $archive in
+		ubuntu) url=${VMTEST_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}/$path ;;
+		*) die "$name: unknown archive '$archive' in $PINNED_DEBS" ;;
+		esac
+		base=$(basename "$path")
+		log "$name: downloading $base"
+		curl -fsSL --retry 3 -o "$dir/$base" "$url" || die "$name: cannot download $url"
+		echo "$sum  $dir/$base" | sha256sum -c --quiet - >&2 ||
+			die "$name: $base does not match its sha256 in $PINNED_DEBS"
+		unpack_debs "$dir" "$dir/$base"
+	done <<<"$lines"
+}
+
 fetch_one() {
-	local name=$1 suite=$2 pkg=$3 ver=$4 dir spec kver moddir deb
+	local name=$1 suite=$2 pkg=$3 ver=$4 dir spec kver moddir
 	dir=$CACHE/$name
 	spec="$suite $pkg $ver initrd:$INITRD_MODULES"
+	# A pinned kernel's cache also depends on its list of packages.
+	[ "$suite" != pinned ] || spec="$spec $(pinned_lines "$name" | awk '{ print $2 }' | tr '\n' ' ')"
 	if [ -f "$dir/spec" ] && [ "$(cat "$dir/spec")" = "$spec" ] && [ -f "$dir/initrd.img" ]; then
 		log "$name: cached ($pkg $ver)"
 		return
@@ -188,17 +241,11 @@ fetch_one() {
 	log "$name: fetching $pkg=$ver from $suite"
 	rm -rf "$dir"
 	mkdir -p "$dir"
-
-	# Lists may be missing or older than the pinned version: update once, retry.
-	if [ ! -f "$APT_DIR/updated" ] || ! apt_cmd apt-cache show "$pkg=$ver" >/dev/null 2>&1; then
-		apt_update
+	if [ "$suite" = pinned ]; then
+		fetch_pinned "$dir" "$name"
+	else
+		fetch_debian "$dir" "$pkg" "$ver" "$suite"
 	fi
-	apt_cmd apt-cache show "$pkg=$ver" >/dev/null 2>&1 ||
-		die "$name: $pkg=$ver is not on the mirror (suite $suite); see 'vmtest/fetch.sh --list $suite' and bump kernels.txt"
-	(cd "$dir" && apt_cmd apt-get -q download "$pkg=$ver" >&2) || die "$name: download failed"
-	deb=$(ls "$dir"/*.deb)
-	dpkg-deb -x "$deb" "$dir/root"
-	rm -f "$deb"
 
 	# Newer packages (merged /usr) ship usr/lib/modules; depmod -b wants lib/.
 	if [ ! -d "$dir/root/lib/modules" ] && [ -d "$dir/root/usr/lib/modules" ]; then
@@ -228,7 +275,7 @@ main() {
 	# Always the suites of ALL kernels, so fetching one kernel does not make
 	# the lists of the others stale.
 	# shellcheck disable=SC2046  # suites are single words
-	write_sources $(kernel_lines | awk '{ print $2 }')
+	write_sources $(kernel_lines | awk '$2 != "pinned" { print $2 }')
 	while read -r name suite pkg ver; do
 		[ -n "$ver" ] || die "$name: kernels.txt line needs NAME SUITE PACKAGE VERSION"
 		fetch_one "$name" "$suite" "$pkg" "$ver"

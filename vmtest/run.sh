@@ -10,7 +10,7 @@
 # status of the first kernel that failed. 124 means that kernel timed out, 125
 # that the VM itself failed (no exit marker: panic, missing module, bad init).
 #
-#   -k NAME     a kernel from kernels.txt (repeatable)
+#   -k NAME     a kernel from kernels.txt (repeatable; `pinned` ones only so)
 #   -s          interactive shell in the first chosen kernel instead of CMD
 #   -S          boot systemd as init (PID 1); CMD runs as a service of it
 #               once basic.target is up (see init.sh, boot_systemd)
@@ -50,7 +50,8 @@ if [ "$shell" = 0 ] && [ $# -eq 0 ]; then usage; fi
 if [ "$shell" = 1 ] && [ "$systemd" = 1 ]; then say "-s and -S do not go together"; exit 2; fi
 
 if [ ${#kernels[@]} -eq 0 ]; then
-	mapfile -t kernels < <(sed -e 's/#.*//' "$VMTEST_DIR/kernels.txt" | awk 'NF { print $1 }')
+	# The matrix: every kernel but the `pinned` ones (those only by -k NAME).
+	mapfile -t kernels < <(sed -e 's/#.*//' "$VMTEST_DIR/kernels.txt" | awk 'NF && $2 != "pinned" { print $1 }')
 fi
 [ "$shell" = 0 ] || kernels=("${kernels[0]}")   # a shell is for one kernel
 
@@ -101,6 +102,9 @@ make_initrd() {
 	{
 		echo "export PATH=$(q "$PATH") HOME=/root USER=root LOGNAME=root"
 		echo "export VMTEST_KERNEL=$(q "$name")"
+		# The unpacked packages of this kernel (a pinned kernel's userland, e.g.
+		# zfs in sbin/ and its libraries in lib/x86_64-linux-gnu/).
+		echo "export VMTEST_KERNEL_ROOT=$(q "$CACHE/$name/root")"
 		for var in CI LANG LC_ALL ${VMTEST_PASSENV:-}; do
 			[ -z "${!var+set}" ] || echo "export $var=$(q "${!var}")"
 		done

@@ -9,6 +9,7 @@
 // Configuration), whatever the input.
 #include <string>
 
+#include "agent/quota/zfs_quota.h"
 #include "app/config.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_targets.h"
@@ -37,6 +38,9 @@ int config(const uint8_t* data, size_t size) {
   DQ_FUZZ_CHECK(c->master_url.empty() || !c->master_secret.empty());
   DQ_FUZZ_CHECK(c->smtp_url.empty() || c->smtp_from.find('@') != std::string::npos);
   DQ_FUZZ_CHECK(c->api_key_file.empty() || !c->api_key.empty());
+  DQ_FUZZ_CHECK(c->zfs == "off" || c->zfs == "auto" || c->zfs == "on");
+  DQ_FUZZ_CHECK(!c->zfs_binary.empty() && c->zfs_binary[0] == '/');
+  for (const auto& d : c->zfs_datasets) DQ_FUZZ_CHECK(validZfsDatasetName(d));
   return 0;
 }
 

@@ -23,6 +23,7 @@ int config(const uint8_t* data, size_t size);       // fuzz-config
 int dockerJson(const uint8_t* data, size_t size);   // fuzz-docker-json
 int api(const uint8_t* data, size_t size);          // fuzz-api
 int httpHead(const uint8_t* data, size_t size);     // fuzz-http-head
+int zfsOutput(const uint8_t* data, size_t size);    // fuzz-zfs-output
 
 // One client syscall as the probe reports it: `data` copied of `total` moved.
 struct Chunk {
@@ -51,5 +52,7 @@ struct ApiRequest {
   std::vector<std::pair<std::string, std::string>> headers = {};
 };
 std::string encodeApiRequest(const ApiRequest& r);
+// fuzz-zfs-output: which parser (0 list, 1 userspace, 2 get, 3 name), then the text.
+std::string encodeZfsOutput(uint8_t kind, const std::string& text);
 
 }  // namespace dockquota::fuzz

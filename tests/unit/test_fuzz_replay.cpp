@@ -74,6 +74,34 @@ TEST_CASE("fuzz replay: fuzz-config", "[fuzz]") { replay("fuzz-config", fuzz::co
 TEST_CASE("fuzz replay: fuzz-docker-json", "[fuzz]") { replay("fuzz-docker-json", fuzz::dockerJson); }
 TEST_CASE("fuzz replay: fuzz-api", "[fuzz]") { replay("fuzz-api", fuzz::api); }
 TEST_CASE("fuzz replay: fuzz-http-head", "[fuzz]") { replay("fuzz-http-head", fuzz::httpHead); }
+TEST_CASE("fuzz replay: fuzz-zfs-output", "[fuzz]") { replay("fuzz-zfs-output", fuzz::zfsOutput); }
+
+// Not a test: writes fuzz-zfs-output's hand-* seeds (the spec's and verified
+// outputs of ZFS 2.1). Hidden ([.]), run by hand with '[.fuzz-seeds]'.
+TEST_CASE("fuzz seeds: zfs CLI outputs", "[.fuzz-seeds]") {
+  const std::vector<std::tuple<std::string, uint8_t, std::string>> seeds = {
+      {"hand-list", 0,
+       "tank\t/tank\t16948224\t41772032\ntank/home\t/tank/home\t16806912\t41772032\n"
+       "tank/legacy\tlegacy\t1\t2\ntank/vol\t-\t1\t2\ntank/off\tnone\t1\t2\n"},
+      {"hand-list-huge", 0, "fz\t/fz\t18446744073709551615\t18446744073709551615\n"},
+      {"hand-userspace-spec", 1,
+       "POSIX User\t0\t1536\t0\t1\t0\nPOSIX User\t1001\t3150848\t4194304\t6\t10\n"
+       "POSIX User\t1003\t0\t2097152\t-\t-\nPOSIX User\t70000\t68608\t0\t6\t0\n"},
+      {"hand-userspace-four", 1, "POSIX User\t1002\t1073741824\t0\nPOSIX User\t1002\t1\t1\r\n"},
+      {"hand-userspace-names", 1, "POSIX User\talice\t16781824\t0\t1\t0\nSMB User\tS-1-5\t1\t0\n"},
+      {"hand-get", 2, "1073741824\n21474836480\n"},
+      {"hand-get-none", 2, "0\nnone\n"},
+      {"hand-name", 3, "rpool/ROOT/debian_1.0:x-y"},
+      {"hand-name-option", 3, "-o"},
+  };
+  for (const auto& [name, kind, text] : seeds) {
+    const fs::path dir = fs::path(kFuzzDir) / "fuzz-zfs-output" / "corpus";
+    fs::create_directories(dir);
+    std::ofstream f(dir / name, std::ios::binary | std::ios::trunc);
+    f << fuzz::encodeZfsOutput(kind, text);
+    REQUIRE(f.good());
+  }
+}
 
 // Not a test: writes the capture-* seeds. Hidden ([.]), run by hand.
 TEST_CASE("fuzz seeds: write the corpora's capture seeds", "[.fuzz-seeds]") {
