@@ -461,6 +461,7 @@ json App::health() {
   }
   h["probes"] = std::move(probes);
   if (enforcement_) take("enforcement", enforcement_->health());
+  if (qman_) take("quota_devices", qman_->devicesHealth());
   h["kernel"] = kernel_;
   h["degraded"] = reasons;
   h["status"] = reasons.empty() ? "ok" : "degraded";

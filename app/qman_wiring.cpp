@@ -111,6 +111,8 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
                                             .reserved_bytes = config.docker_quota_reserved_bytes,
                                             .data_root = config.docker_data_root}});
   q->ctx_->projects = q->projects_.get();
+  q->devices_ = openQuotaDevices(config, {});
+  q->ctx_->devices = q->devices_.devices.get();
   installQmanRoutes(api, *q->ctx_);
   return q;
 }
@@ -120,6 +122,7 @@ QmanServices::~QmanServices() { stop(); }
 void QmanServices::start() {
   if (projects_) projects_->start();
   usage_->start();
+  devices_.devices->start();
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
@@ -129,6 +132,7 @@ void QmanServices::start() {
 
 void QmanServices::stop() {
   defaults_worker_.stop();
+  if (devices_.devices) devices_.devices->stop();
   if (usage_) usage_->stop();
   if (projects_) projects_->stop();
 }
@@ -144,6 +148,23 @@ Result<size_t> QmanServices::applyDefaultsNow() {
   }
   auto n = applyDefaults(*quotas_, {candidates.begin(), candidates.end()}, usage);
   if (n && *n > 0) LOG_INFO(kSub, "default docker quota applied to %zu user(s)", *n);
+  applyDeviceDefaults();
+  return n;
+}
+
+size_t QmanServices::applyDeviceDefaults() {
+  // Block devices and ZFS (spec §3.7): eligible = managed passwd users.
+  std::vector<uint32_t> eligible;
+  for (const auto& u : users_->managed()) eligible.push_back(u.uid);
+  size_t n = 0;
+  for (QuotaDevice* dev : devices_.devices->all()) {
+    auto d = quotas_->deviceDefault(dev->name());
+    if (!d) {
+      LOG_WARN(kSub, "default quota of %s: %s", dev->name().c_str(), d.error().message.c_str());
+      continue;
+    }
+    if (*d) n += applyDeviceDefault(*devices_.devices, *dev, eligible, **d);
+  }
   return n;
 }
 

@@ -28,6 +28,7 @@
 #include "api/http_api.h"
 #include "api/qman_api.h"
 #include "app/config.h"
+#include "app/device_wiring.h"
 
 namespace dockquota {
 
@@ -54,8 +55,13 @@ class QmanServices {
   QuotaBook& quotas() { return *quotas_; }
   // The kernel project-quota backend; nullptr when the config turns it off.
   ProjectQuotas* projects() { return projects_.get(); }
+  // Block devices and ZFS datasets: their figures and reasons for /healthz.
+  Health devicesHealth() const { return devices_.health(); }
+  QuotaDevices& devices() { return *devices_.devices; }
   // One run of the periodic default application; returns how many users got a limit.
   Result<size_t> applyDefaultsNow();
+  // The same for block devices and ZFS datasets (part of applyDefaultsNow()); how many users got limits.
+  size_t applyDeviceDefaults();
 
  private:
   QmanServices() = default;
@@ -70,6 +76,7 @@ class QmanServices {
   std::unique_ptr<UsageAccountant> usage_;
   std::unique_ptr<DockerClient> project_client_;  // inspect for layer roots, never behind a slow /system/df
   std::unique_ptr<ProjectQuotas> projects_;
+  DeviceServices devices_;
   std::unique_ptr<QmanContext> ctx_;
   std::function<void()> on_usage_;
 
