@@ -241,6 +241,7 @@ void App::wire() {
     promAttributionCounters(out, attributor_->health().report);
   };
   qman_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
+  qman_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
 }
 
 // The create's request event may still wait in the ring (consumed on a

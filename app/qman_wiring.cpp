@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "app/qman_wiring.h"
 
+#include <ctime>
 #include <set>
 
 #include "agent/base/log.h"
@@ -113,6 +114,18 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
   q->ctx_->projects = q->projects_.get();
   q->devices_ = openQuotaDevices(config, {});
   q->ctx_->devices = q->devices_.devices.get();
+  // Quota events of block devices and ZFS after each refresh (spec §5), to
+  // whichever senders are configured, as enforcement's events.
+  q->notices_ = std::make_unique<DiskNotices>(
+      store, DiskNotices::Options{.window_s = config.disk_notification_window_s,
+                                  .route = EventRoute{.master = !config.master_url.empty(), .mail = !config.smtp_url.empty()},
+                                  .name_of = [u = q->users_.get()](uint32_t uid) { return u->name(uid); },
+                                  .on_events = [q = q.get()] {
+                                    if (q->on_disk_events_) q->on_disk_events_();
+                                  }});
+  q->devices_.devices->setRefreshListener([q = q.get()] {
+    q->notices_->scan(*q->devices_.devices->view(), static_cast<uint64_t>(time(nullptr)));
+  });
   installQmanRoutes(api, *q->ctx_);
   return q;
 }

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/base/worker.h"
+#include "agent/quota/disk_notices.h"
 #include "agent/quota/project_quotas.h"
 #include "agent/quota/quotas.h"
 #include "agent/runtime/docker_client.h"
@@ -52,6 +53,8 @@ class QmanServices {
   QmanContext& context() { return *ctx_; }
   // Called after every usage publish (the enforcer's trigger). Set before start().
   void setUsageListener(std::function<void()> f) { on_usage_ = std::move(f); }
+  // Called after block/ZFS quota events were recorded (wakes the senders). Set before start().
+  void setDiskEventsListener(std::function<void()> f) { on_disk_events_ = std::move(f); }
   QuotaBook& quotas() { return *quotas_; }
   // The kernel project-quota backend; nullptr when the config turns it off.
   ProjectQuotas* projects() { return projects_.get(); }
@@ -79,6 +82,8 @@ class QmanServices {
   DeviceServices devices_;
   std::unique_ptr<QmanContext> ctx_;
   std::function<void()> on_usage_;
+  std::function<void()> on_disk_events_;
+  std::unique_ptr<DiskNotices> notices_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -43,6 +43,8 @@ class QuotaDevices {
   QuotaDevices(const QuotaDevices&) = delete;
   QuotaDevices& operator=(const QuotaDevices&) = delete;
 
+  // Called after each full refresh (replaces Options::on_refresh). Before start().
+  void setRefreshListener(std::function<void()> f) { opt_.on_refresh = std::move(f); }
   // Before start(). Two devices may not share a name (the second is refused, logged).
   void add(std::unique_ptr<QuotaDevice> device);
   // Refreshes in the background: at once, then every interval.
