@@ -161,7 +161,6 @@ Result<size_t> QmanServices::applyDefaultsNow() {
   }
   auto n = applyDefaults(*quotas_, {candidates.begin(), candidates.end()}, usage);
   if (n && *n > 0) LOG_INFO(kSub, "default docker quota applied to %zu user(s)", *n);
-  applyDeviceDefaults();
   return n;
 }
 
@@ -190,15 +189,28 @@ void QmanServices::haltDefaults() {
 }
 
 void QmanServices::runDefaults() {
+  using Clock = std::chrono::steady_clock;
   std::unique_lock<std::mutex> l(mu_);
-  // First run once usage is known (a default depends on it), then every interval.
-  for (int i = 0; i < 600 && !stop_ && !usage_->snapshot()->measured; i++)
-    cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_; });
+  // Each backend's first run once its figures are known (a default depends on
+  // usage: Docker's first measurement, at most 600 s late; the devices' first
+  // read), then every interval. Apart: block devices need no dockerd.
+  const auto docker_deadline = Clock::now() + std::chrono::seconds(600);
+  auto docker_next = Clock::now(), devices_next = Clock::now();
   while (!stop_) {
-    l.unlock();
-    if (auto n = applyDefaultsNow(); !n) LOG_WARN(kSub, "default quotas: %s", n.error().message.c_str());
-    l.lock();
-    cv_.wait_for(l, default_interval_, [this] { return stop_; });
+    const auto now = Clock::now();
+    if (now >= docker_next && (usage_->snapshot()->measured || now >= docker_deadline)) {
+      l.unlock();
+      if (auto n = applyDefaultsNow(); !n) LOG_WARN(kSub, "default quotas: %s", n.error().message.c_str());
+      l.lock();
+      docker_next = now + default_interval_;
+    }
+    if (now >= devices_next && devices_.devices->view()->refreshed_at > 0) {
+      l.unlock();
+      applyDeviceDefaults();
+      l.lock();
+      devices_next = now + default_interval_;
+    }
+    cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_; });
   }
 }
 

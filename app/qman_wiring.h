@@ -63,7 +63,7 @@ class QmanServices {
   QuotaDevices& devices() { return *devices_.devices; }
   // One run of the periodic default application; returns how many users got a limit.
   Result<size_t> applyDefaultsNow();
-  // The same for block devices and ZFS datasets (part of applyDefaultsNow()); how many users got limits.
+  // The same for block devices and ZFS datasets; how many users got limits.
   size_t applyDeviceDefaults();
 
  private:
