@@ -75,9 +75,10 @@ def write_as(user, path, mib):
 # --- the kernel's own report ------------------------------------------------------
 
 def repquota(mp, kind):
-    """{id: (used KiB, soft, hard, grace end, inodes, isoft, ihard, igrace end)} from repquota -n -p (ext4)."""
+    """{id: (used KiB, soft, hard, grace end, inodes, isoft, ihard, igrace end)} from repquota -v -n -p (ext4)."""
     out = {}
-    p = sh("repquota -%s -n -p %s" % ("u" if kind == "user" else "g", mp))
+    # -v: also ids with no usage (limits only), which repquota skips by default.
+    p = sh("repquota -v -%s -n -p %s" % ("u" if kind == "user" else "g", mp))
     for line in p.stdout.splitlines():
         t = line.split()
         if not t or not t[0].startswith("#"):
