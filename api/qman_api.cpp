@@ -288,14 +288,12 @@ std::shared_ptr<const std::string> dockerBody(QmanContext& ctx) {
 
 // GET /remote-api/quotas: block and ZFS devices (their text cached per
 // refresh), then docker's, merged in the spec's order (§2).
-std::string quotasBody(QmanContext& ctx) {
-  std::vector<std::pair<std::string, std::string>> named;
-  if (ctx.devices) {
-    auto texts = ctx.device_cache->texts(*ctx.devices->view(), ctx.users, ctx.candidates);
-    named = *texts;
-  }
-  if (ctx.options.docker_enabled) named.emplace_back(kDockerDevice, *dockerBody(ctx));
-  return mergeDevices(std::move(named));
+std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
+  std::shared_ptr<const DeviceListCache::Texts> texts;
+  if (ctx.devices) texts = ctx.device_cache->texts(*ctx.devices->view(), ctx.users, ctx.candidates);
+  std::shared_ptr<const std::string> docker;
+  if (ctx.options.docker_enabled) docker = dockerBody(ctx);
+  return ctx.device_cache->merged(texts, docker);
 }
 
 json deviceDefaultJson(const DeviceDefault& d) {
@@ -1040,7 +1038,7 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
             }));
   api.route("GET", "/remote-api/quotas", guarded([](QmanContext& c, const Req&, Res& res) {
               res.status = 200;
-              res.set_content(quotasBody(c), "application/json");
+              res.set_content(*quotasBody(c), "application/json");
             }));
   api.route("GET", R"(/remote-api/quotas/users/by-name/([^/]+))", guarded([](QmanContext& c, const Req& req, Res& res) {
               const std::string name = req.matches[1];

@@ -157,10 +157,9 @@ std::string mergeDevices(std::vector<std::pair<std::string, std::string>> named)
 
 std::shared_ptr<const DeviceListCache::Texts> DeviceListCache::texts(const QuotaDevices::View& v, UserDirectory& users,
                                                                      const std::function<Candidates()>& candidates) {
-  const auto t = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (texts_ && generation_ == v.generation && t - at_ < kMaxAge) return texts_;
+    if (texts_ && generation_ == v.generation) return texts_;
   }
   // Built outside the lock; two requests racing both build, the last one stays.
   const Candidates c = candidates();
@@ -169,10 +168,28 @@ std::shared_ptr<const DeviceListCache::Texts> DeviceListCache::texts(const Quota
   for (const auto& d : v.devices)
     if (auto text = deviceText(*d, c, name_of)) out->emplace_back(d->name, std::move(*text));
   std::lock_guard<std::mutex> l(mu_);
-  generation_ = v.generation;
-  at_ = t;
-  texts_ = out;
+  if (v.generation >= generation_) {  // a slower build of an older view never replaces a newer one
+    generation_ = v.generation;
+    texts_ = out;
+  }
   return out;
+}
+
+std::shared_ptr<const std::string> DeviceListCache::merged(const std::shared_ptr<const Texts>& texts,
+                                                           const std::shared_ptr<const std::string>& docker) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (merged_ && merged_texts_ == texts && merged_docker_ == docker) return merged_;
+  }
+  std::vector<std::pair<std::string, std::string>> named;
+  if (texts) named = *texts;
+  if (docker) named.emplace_back("docker", *docker);
+  auto body = std::make_shared<const std::string>(mergeDevices(std::move(named)));
+  std::lock_guard<std::mutex> l(mu_);
+  merged_texts_ = texts;
+  merged_docker_ = docker;
+  merged_ = body;
+  return body;
 }
 
 // --- writes ------------------------------------------------------------------------

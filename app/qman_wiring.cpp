@@ -124,7 +124,10 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
                                     if (q->on_disk_events_) q->on_disk_events_();
                                   }});
   q->devices_.devices->setRefreshListener([q = q.get()] {
-    q->notices_->scan(*q->devices_.devices->view(), static_cast<uint64_t>(time(nullptr)));
+    auto view = q->devices_.devices->view();
+    // The list's text now, on this thread, so that no request builds it.
+    (void)q->ctx_->device_cache->texts(*view, *q->users_, q->ctx_->candidates);
+    q->notices_->scan(*view, static_cast<uint64_t>(time(nullptr)));
   });
   installQmanRoutes(api, *q->ctx_);
   return q;

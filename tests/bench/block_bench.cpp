@@ -125,6 +125,13 @@ int httpBench(int users, int requests) {
   QmanContext ctx{store, **book, usage, dirusers, nullptr, nullptr, {}};
   ctx.devices = &devices;
   ctx.candidates = [passwd] { return Candidates{passwd, passwd}; };
+  // As app/qman_wiring.cpp: each refresh builds the list's text on the refresh thread.
+  std::vector<double> builds;
+  devices.setRefreshListener([&] {
+    auto t = Clock::now();
+    (void)ctx.device_cache->texts(*devices.view(), dirusers, ctx.candidates);
+    builds.push_back(ms(t));
+  });
   ApiServer api({.address = "127.0.0.1", .port = 0, .api_key = "bench", .bill_root_to_login_uid = true, .threads = 4},
                 store, nullptr);
   installQmanRoutes(api, ctx);
@@ -136,7 +143,9 @@ int httpBench(int users, int requests) {
   size_t bytes = 0;
   timeGets(cli, 50, {}, bytes);  // warm-up
   auto warm = timeGets(cli, requests, {}, bytes);
-  // Every request after a refresh: the devices' text and docker's rebuilt.
+  // Every request after a refresh (whose thread built the devices' text) and
+  // with docker's text rebuilt: the merge is the request's.
+  builds.clear();
   auto cold = timeGets(cli, requests / 4, [&] {
     devices.refreshNow();
     ctx.cache->body.reset();
@@ -144,8 +153,9 @@ int httpBench(int users, int requests) {
   printf("GET /remote-api/quotas, %d users on 3 block devices (users+groups) + docker, %zu bytes:\n", users, bytes);
   printf("  from memory (cached text):   %d requests: p50 %.2f ms, p99 %.2f ms, max %.2f ms (target p99 <= 10 ms)\n",
          requests, pct(warm, 0.5), pct(warm, 0.99), pct(warm, 1.0));
-  printf("  rebuilt after each refresh: %d requests: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", requests / 4,
+  printf("  first after each refresh:  %d requests: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", requests / 4,
          pct(cold, 0.5), pct(cold, 0.99), pct(cold, 1.0));
+  printf("  (the refresh thread's text build: p50 %.2f ms, max %.2f ms)\n", pct(builds, 0.5), pct(builds, 1.0));
   api.stop();
   std::system(("rm -rf " + dir).c_str());
   return 0;
