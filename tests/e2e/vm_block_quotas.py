@@ -294,8 +294,14 @@ def start_agent(env):
     raise AssertionError("agent did not read the devices; log:\n" + env.tail_log())
 
 
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
 def main():
     import argparse
+    print("guest uptime at start: %.1f s" % uptime())
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", required=True)
     args = ap.parse_args()
@@ -305,6 +311,7 @@ def main():
     if missing:
         skip_or_fail("block quota prerequisites missing: " + ", ".join(missing))
     harness.ensure_users()
+    print("users ready at guest uptime %.1f s" % uptime())
     env = harness.Env(args.agent)
     fs = {}
     started = time.time()
@@ -321,7 +328,7 @@ def main():
         for _, mp in fs.values():
             subprocess.run(["umount", mp], check=False)
         subprocess.run(["rm", "-rf", env.dir], check=False)
-    print("%d failure(s) in %.1f s" % (len(failures), time.time() - started))
+    print("%d failure(s) in %.1f s (guest uptime %.1f s)" % (len(failures), time.time() - started, uptime()))
     sys.exit(1 if failures else 0)
 
 
