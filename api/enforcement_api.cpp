@@ -86,7 +86,7 @@ void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& r
     if (body->contains("reason")) {
       if (!(*body)["reason"].is_string()) return sendError(res, 400, "reason must be a string");
       // Cut on a character boundary: a cut "é" is invalid UTF-8 that every later
-      // listing would serve (issue 12).
+      // listing would serve.
       reason = utf8Prefix((*body)["reason"].get<std::string>(), kMaxReasonBytes);
     }
   }

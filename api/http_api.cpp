@@ -56,7 +56,7 @@ std::string userName(uint32_t uid) {
 }
 
 // Every JSON answer: names, comm, exe, Docker's text and stored rows may hold
-// bytes that are not UTF-8, and dump() would throw on them (issue 12).
+// bytes that are not UTF-8, and dump() would throw on them.
 void sendJson(httplib::Response& res, int status, const json& body) { sendJsonText(res, status, jsonText(body)); }
 
 void sendJsonText(httplib::Response& res, int status, std::string body) {

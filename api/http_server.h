@@ -2,7 +2,7 @@
 // The API's HTTP/1.1 transport: one epoll loop owns every socket, a bounded
 // pool of workers runs the handlers. Replaces httplib::Server, whose thread
 // per connection let 8 slow-drip clients (a byte now and then) hold all 4
-// workers so /healthz timed out (issue 12).
+// workers so /healthz timed out.
 //
 //   loop thread   accept (caps, eviction), non-blocking reads with deadlines,
 //                 head/body parsing, 4xx without a handler, writes, TLS

@@ -99,7 +99,7 @@ void promSample(std::string& out, const char* name, const std::string& labels, u
 // as 0/1, strings skipped) into dockquota_probe_counter{name="..."} samples.
 void promProbeCounters(std::string& out, const nlohmann::json& counters);
 
-// Attribution losses and doubts (issue 11), from /healthz's "attribution":
+// Attribution losses and doubts, from /healthz's "attribution":
 // dockquota_attribution_losses_total{reason} for every key of "losses",
 // dockquota_attribution_missed_unresolved (live missed objects nobody owns),
 // dockquota_attribution_gone_total{confirmed_by} and

@@ -355,7 +355,7 @@ void putUserQuota(QmanContext& ctx, const Req& req, Res& res) {
   if (!body) return;
   Limits4 l;
   if (!readLimits(*body, l, res)) return;
-  // Deliberate (issue 3): qman turns a missing limit into 0 and silently
+  // Deliberate: qman turns a missing limit into 0 and silently
   // removes the user's limit; we refuse and change nothing.
   if (!l.block_hard) {
     sendError(res, 400, "block_hard_limit is required (1 KiB blocks; 0 removes the limit); nothing was changed");

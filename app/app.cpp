@@ -224,7 +224,8 @@ Status App::buildServices() {
 void App::wire() {
   const bool kernel_usage = projects_ && projects_->active();
   if (config_.enforcement != "off" && !kernel_usage) measure_on_change_ = &qman_->usage();
-  attributor_->setOwnerListener([this](ObjectKind kind, const std::string& id) {
+  // Owner changes from the store, whoever made them (a reply, an admin).
+  store_->setOwnerListener([this](ObjectKind kind, const std::string& id) {
     if (projects_) projects_->onOwnerChanged(kind, id);
     if (measure_on_change_ && kind != ObjectKind::Volume) measure_on_change_->refreshNow();
   });
@@ -400,6 +401,7 @@ void App::stop() {
   if (events_) events_->stop();
   if (attributor_) attributor_->stop();
   if (qman_) qman_->stop();
+  if (store_) store_->setOwnerListener(nullptr);  // it points into what is torn down next
   if (started_) LOG_NOTICE(kSub, "stopped");
 }
 

@@ -42,12 +42,12 @@ struct Config {
   std::string probe_hook = "auto";  // docker.sock probe: auto | socket | fentry | tracepoint
   // Attribution
   bool bill_root_to_login_uid = true;
-  // Issue 11: an object Docker created while the agent watched, still without
+  // An object Docker created while the agent watched, still without
   // kernel evidence this long after Docker's create event, counts as missed.
   uint32_t missed_check_ms = 5000;
   // Logging
   std::string log_level = "info";
-  // qman slave (/remote-api, issue 3):
+  // qman slave (/remote-api):
   //   tls_cert_file, tls_key_file   PEM paths; both set = serve HTTPS only (the API
   //                                 key travels in every request), neither = HTTP.
   //   docker_quota_enabled          false: no "docker" device, Docker pages answer
@@ -65,7 +65,7 @@ struct Config {
   std::string docker_data_root;
   uint32_t usage_interval_s = 60;
   uint32_t default_apply_interval_s = 600;
-  // Kernel project quotas on Docker's storage (issue 4; README "Project quotas").
+  // Kernel project quotas on Docker's storage (README "Project quotas").
   std::string project_quotas = "auto";     // auto | required | off
   std::string project_quota_mode = "user";  // user | container
   uint32_t project_id_min = 100000;         // ids we allocate from (inclusive)
@@ -81,7 +81,7 @@ struct Config {
   std::vector<std::string> block_quota_exclude;
   uint32_t device_refresh_interval_s = 30;       // background re-read of every block/ZFS device
   uint32_t disk_notification_window_s = 86400;   // qman QUOTA_NOTIFICATION_GRACE_ALERT_WINDOW_SECONDS
-  // Enforcement and notification (issue 5; README "Enforcement").
+  // Enforcement and notification (README "Enforcement").
   std::string enforcement = "dry-run";          // off | dry-run | enforce
   std::string enforcement_order = "newest";     // newest | oldest | largest
   uint32_t enforcement_grace_s = 300;           // stop -> remove

@@ -27,8 +27,10 @@ for label in $labels; do
 done
 
 if $main; then
+  bstart=$(date +%s)
   cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build "$build" -j"$jobs"
+  echo "==> gcc build: $(($(date +%s) - bstart))s"
 fi
 # The clang build is made when its first suite comes, so the gcc suites run
 # (and report) even if it fails; a failed build fails fuzz and asan.
@@ -43,11 +45,16 @@ build_clang() {
     -DDOCKQUOTA_FUZZ=ON -DDOCKQUOTA_SANITIZE=address,undefined >/dev/null &&
     cmake --build "$asan_build" -j"$jobs" --target unit_tests bpf_tests \
       fuzz-http-stream fuzz-recognizer fuzz-conn-tracker fuzz-config fuzz-docker-json fuzz-api fuzz-http-head || return 1
-  echo "==> clang ASan+UBSan build: $(($(date +%s) - bstart))s"
+  echo "==> clang ASan+UBSan build: $(($(date +%s) - bstart))s" | tee -a "$summary"
 }
 
 # Every suite runs, even after one failed; the exit status says if any did.
+# Each test's line (name, status, seconds) is kept for the summary at the end,
+# the part of a long CI log that is always read.
 failed=""
+t0=$(date +%s)
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
 for label in $labels; do
   echo "==> tests: $label"
   start=$(date +%s)
@@ -65,11 +72,21 @@ for label in $labels; do
       ;;
     *) dir=$build ;;
   esac
-  if ! (cd "$dir" && ctest --output-on-failure --no-tests=error -L "^$label\$"); then
-    failed="$failed $label"
-  fi
-  echo "==> tests: $label took $(($(date +%s) - start))s"
+  log=$(mktemp)
+  # -j: the short suites (unit, fuzz, asan) share the cores; the kernel, dockerd
+  # and VM tests are RUN_SERIAL and still run one at a time.
+  # sh has no pipefail: ctest's status goes through a file past tee.
+  (cd "$dir" && ctest -j"$jobs" --output-on-failure --no-tests=error -L "^$label\$"; echo $? >"$log.rc") 2>&1 | tee "$log"
+  [ "$(cat "$log.rc")" = 0 ] || failed="$failed $label"
+  rm -f "$log.rc"
+  # Failures, and tests of 10 s or more (the unit label has hundreds of short ones).
+  grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: " "$log" | sed -e 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: /  /' |
+    awk '$(NF-1) + 0 >= 10 || !/Passed/' >>"$summary"
+  rm -f "$log"
+  echo "==> tests: $label took $(($(date +%s) - start))s (at $(($(date +%s) - t0))s)" | tee -a "$summary"
 done
+echo "==> summary (each test, then each suite)"
+cat "$summary"
 if [ -n "$failed" ]; then
   echo "==> FAILED:$failed" >&2
   exit 1

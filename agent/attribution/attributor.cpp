@@ -197,7 +197,6 @@ void Attributor::attribute(ObjectKind kind, const std::string& id, const Evidenc
     stats_.attributed++;
     LOG_INFO(kSub, "%s %s -> uid %u (login uid %d, pid %u, %s, %s)", toString(kind), shortId(id).c_str(), ev.uid,
              ev.login_uid ? static_cast<int>(*ev.login_uid) : -1, ev.pid, ev.comm.c_str(), ev.method.c_str());
-    if (on_owner_) on_owner_(kind, id);
   }
 }
 

@@ -97,10 +97,9 @@ class Attributor {
   // Adds what Docker has and the store lacks (unattributed), marks the rest gone.
   Status reconcile();
 
-  // Called (on the attributing thread) whenever an object's owner is set or
-  // changes, and when an object is gone. Set before start().
+  // Called (on the attributing thread) when an object is gone. Set before
+  // start(). Owner changes come from the store (Store::setOwnerListener).
   using ObjectListener = std::function<void(ObjectKind, const std::string& id)>;
-  void setOwnerListener(ObjectListener f) { on_owner_ = std::move(f); }
   void setGoneListener(ObjectListener f) { on_gone_ = std::move(f); }
 
   const AttributorStats& stats() const { return stats_; }
@@ -134,7 +133,7 @@ class Attributor {
   DockerClient& docker_;
   Options options_;
   AttributorStats stats_;
-  ObjectListener on_owner_, on_gone_;
+  ObjectListener on_gone_;
 
   struct MissCheck {
     std::chrono::steady_clock::time_point due;

@@ -3,7 +3,7 @@
 // exe, a Docker name, a row an older agent stored) made safe for the three
 // places that choke on it:
 //   - JSON: nlohmann's dump() throws on invalid UTF-8 (type_error.316), which
-//     turned 3,865 of ~1 M fuzzed requests into 500s (issue 12): every dump
+//     turned 3,865 of ~1 M fuzzed requests into 500s: every dump
 //     of text that may hold outside bytes goes through jsonText();
 //   - stored text: cut with utf8Prefix(), never in the middle of a character
 //     (an exemption reason cut at byte 500 broke GET /api/v1/exemptions until

@@ -278,12 +278,12 @@ Status waitForMkdirs(const std::string& dir) {
 }
 
 // Why a mount may be in progress ("" = none): see tagLayer().
-std::string mountInProgress(const std::string& workwork, uint32_t id, int setup_seconds, double finished_before) {
-  struct stat st {};
-  if (lstat(workwork.c_str(), &st) != 0) return "";  // no mount yet: the first one creates it in tagged work/
-  auto t = projectTagOf(workwork);
+std::string mountInProgress(const std::string& root, uint32_t id, int setup_seconds, double finished_before) {
+  const auto when = workWorkBorn(root);
+  if (!when) return "";  // no mount yet: the first one creates it in tagged work/
+  auto t = projectTagOf(root + "/work/work");
   if (t && t->id == id) return "";  // born after step 1
-  const double born = static_cast<double>(st.st_ctim.tv_sec) + st.st_ctim.tv_nsec / 1e9;
+  const double born = *when;
   if (born < finished_before) return "";  // left by a mount known to be over
   const double age = unixNow() - born;
   if (age >= setup_seconds) return "";
@@ -297,6 +297,12 @@ std::string mountInProgress(const std::string& workwork, uint32_t id, int setup_
 }
 
 }  // namespace
+
+std::optional<double> workWorkBorn(const std::string& root) {
+  struct stat st {};
+  if (lstat((root + "/work/work").c_str(), &st) != 0) return std::nullopt;
+  return static_cast<double>(st.st_ctim.tv_sec) + st.st_ctim.tv_nsec / 1e9;
+}
 
 bool isLayerRoot(const std::string& root) { return isDirNoFollow(root + "/diff") && isDirNoFollow(root + "/work"); }
 
@@ -356,7 +362,7 @@ Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std:
     out.why = "mounted";
     return out;
   }
-  if (auto why = mountInProgress(work + "/work", id, mount_setup_seconds, finished_before); !why.empty()) {
+  if (auto why = mountInProgress(root, id, mount_setup_seconds, finished_before); !why.empty()) {
     out.state = LayerTag::Deferred;
     out.why = std::move(why);
     return out;

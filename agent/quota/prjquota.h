@@ -118,6 +118,11 @@ Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std:
                                 int mount_setup_seconds = kMountSetupSeconds, double finished_before = 0);
 // `root` holds diff/ and work/ (an overlay2 layer root, not a volume).
 bool isLayerRoot(const std::string& root);
+
+// When a layer's work/work was made (its ctime, Unix seconds), or nullopt
+// before the layer's first mount: overlayfs makes it at every mount, so it
+// dates the last mount that began.
+std::optional<double> workWorkBorn(const std::string& root);
 // diff/ carries `id` with PROJINHERIT: the layer was tagged.
 bool layerTagged(const std::string& root, uint32_t id);
 // Some overlay mount in /proc/self/mountinfo has `upper_dir` as its upperdir.

@@ -543,12 +543,11 @@ void ProjectQuotas::tagEarly(const std::string& root, std::optional<uint32_t> ui
   }
   if (*deferred) {
     stats_.early_mounting++;
-    struct stat st {};
-    if (lstat((root + "/work/work").c_str(), &st) != 0) return;  // gone meanwhile
+    const auto born = workWorkBorn(root);
+    if (!born) return;  // gone meanwhile
     std::lock_guard<std::mutex> l(mu_);
     if (create_mounts_.size() >= kMaxCreateMounts) return;  // a flood: the replies' tags decide
-    create_mounts_[root] = {*p, static_cast<double>(st.st_ctim.tv_sec) + st.st_ctim.tv_nsec / 1e9,
-                            std::chrono::steady_clock::now() + kCreateMountWait};
+    create_mounts_[root] = {*p, *born, std::chrono::steady_clock::now() + kCreateMountWait};
     LOG_DEBUG(kSub, "new layer %s: Docker's create has it mounted: tagged when it unmounts", root.c_str());
     return;
   }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The attribution store on SQLite: see store.h for the model.
 //
-// Schema v5 (issue 11): objects.seq (the change counter, see Store::sequence())
+// Schema v5: objects.seq (the change counter, see Store::sequence())
 //   and objects.missed_at (the missed-object check).
 //
 // Tables (schema v1):
@@ -11,7 +11,7 @@
 //              clearOverride() falls back to the automatic owner underneath.
 //   evidence   every attribution attempt, applied or not (the detail view).
 //   meta       key/value facts about the file itself.
-// Schema v2 (issue 3):
+// Schema v2:
 //   user_limits      per-uid Docker limit, 1 KiB blocks (no row = no limit).
 //   device_defaults  qman's default quota per device.
 //   layers           image layers by chain id: size, owner, first_seen.
@@ -113,7 +113,7 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 INSERT INTO meta (key, value) VALUES ('created_at', CAST(strftime('%s', 'now') AS TEXT));
 )sql",
-    // v2: quotas and measured usage (issue 3). Limits are 1 KiB blocks in
+    // v2: quotas and measured usage. Limits are 1 KiB blocks in
     // 64-bit INTEGER columns; sizes are bytes.
     R"sql(
 CREATE TABLE user_limits (
@@ -143,7 +143,7 @@ CREATE TABLE layers (
 -- Who set an admin override (qman's manual_resolver).
 ALTER TABLE overrides ADD COLUMN resolver TEXT;
 )sql",
-    // v3: kernel project-quota ids (issue 4). One row per id in use; an id
+    // v3: kernel project-quota ids. One row per id in use; an id
     // is free again when its row is deleted (its last object is gone).
     R"sql(
 CREATE TABLE projects (
@@ -155,7 +155,7 @@ CREATE TABLE projects (
   UNIQUE (owner_kind, owner)
 );
 )sql",
-    // v4: enforcement (issue 5): events and their delivery, the conditions
+    // v4: enforcement: events and their delivery, the conditions
     // already announced, the containers acted on, admin exemptions.
     R"sql(
 -- Delivery state per channel: 0 not for this channel, 1 pending, 2 delivered, 3 given up.
@@ -208,7 +208,7 @@ CREATE TABLE exemptions (
 );
 )sql",
     // v5: removals and reconciles that cannot erase a bill, misses made
-    // visible (issue 11). seq orders a row's last change against the moment a
+    // visible. seq orders a row's last change against the moment a
     // Docker list or inspect began (Store::sequence()); rows from before v5
     // have 0, older than any list this agent takes.
     R"sql(
@@ -826,7 +826,27 @@ Result<Seen> Store::noteSeen(ObjectKind kind, const std::string& id, const std::
   return seen;
 }
 
+void Store::setOwnerListener(ObjectListener f) {
+  std::lock_guard<std::mutex> l(listener_mu_);
+  on_owner_ = std::move(f);
+}
+
+void Store::ownerChanged(ObjectKind kind, const std::string& id) {
+  ObjectListener f;
+  {
+    std::lock_guard<std::mutex> l(listener_mu_);
+    f = on_owner_;
+  }
+  if (f) f(kind, id);
+}
+
 Result<bool> Store::attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
+  auto changed = attributeTxn(kind, id, ev, brings_new);
+  if (changed && *changed) ownerChanged(kind, id);
+  return changed;
+}
+
+Result<bool> Store::attributeTxn(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "attribute " + describe(kind, id);
 
@@ -893,6 +913,12 @@ Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence
 }
 
 Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver) {
+  auto st = setOverrideTxn(kind, id, ev, resolver);
+  if (st) ownerChanged(kind, id);
+  return st;
+}
+
+Status Store::setOverrideTxn(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "set override on " + describe(kind, id);
   Evidence admin = ev;
@@ -916,6 +942,12 @@ Status Store::setOverride(ObjectKind kind, const std::string& id, const Evidence
 }
 
 Status Store::clearOverride(ObjectKind kind, const std::string& id) {
+  auto st = clearOverrideTxn(kind, id);
+  if (st) ownerChanged(kind, id);
+  return st;
+}
+
+Status Store::clearOverrideTxn(ObjectKind kind, const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "clear override on " + describe(kind, id);
 

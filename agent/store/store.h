@@ -60,7 +60,7 @@ struct ObjectRecord {
   double first_seen = 0;    // unix seconds the agent first knew of it
   std::optional<double> gone_at;  // set when Docker no longer has it
   uint64_t size_bytes = 0;  // last measured size (later issues)
-  // Schema v5 (issue 11):
+  // Schema v5:
   std::optional<double> missed_at;  // created while the agent watched, no kernel evidence after the check delay
   uint64_t seq = 0;         // the store's change counter at this row's last insert, attribution, gone mark or revival
 
@@ -75,7 +75,7 @@ struct ObjectRecord {
 enum class Decision { Attribute, Keep };
 Decision decide(const ObjectRecord* existing, const Evidence& ev, bool brings_new);
 
-// Schema v2: quotas and measured usage (issue 3).
+// Schema v2: quotas and measured usage.
 
 // One image layer as measured on the host: counted once, whoever shares it.
 struct LayerRecord {
@@ -132,7 +132,7 @@ enum class Seen {
 };
 const char* toString(Seen s);
 
-// Schema v3: a kernel project-quota id and what it is for (issue 4).
+// Schema v3: a kernel project-quota id and what it is for.
 struct ProjectRecord {
   uint32_t id = 0;
   std::string owner_kind;                // "user" (owner = uid) or "container" (owner = container id)
@@ -141,7 +141,7 @@ struct ProjectRecord {
   double created_at = 0;
 };
 
-// Schema v4: enforcement (issue 5).
+// Schema v4: enforcement.
 
 // A container the enforcer acted on. Written before each Docker call (the
 // intent) and after it (the outcome, with its event in the same transaction),
@@ -255,6 +255,13 @@ class Store : public EventSpool {
   // Admin override (Source::Admin) and its removal (back to the best automatic evidence).
   Status setOverride(ObjectKind kind, const std::string& id, const Evidence& ev);
   Status clearOverride(ObjectKind kind, const std::string& id);
+  // Called after every committed change of an object's owner: an attribution
+  // that changed it, an admin override set or cleared. On the writer's thread,
+  // outside the store's lock (the listener may read the store). Whoever
+  // changes an owner, the attributor or the API, the listeners hear it, so
+  // project quotas re-tag at once, not at the next sync.
+  using ObjectListener = std::function<void(ObjectKind, const std::string& id)>;
+  void setOwnerListener(ObjectListener f);
   // Docker confirmed the object is gone (its destroy/delete event, a 404 after a
   // removal). With `unless_changed_after` (the sequence() read before asking
   // Docker), a row changed since is left live. True when the row was marked.
@@ -371,6 +378,12 @@ class Store : public EventSpool {
  private:
   Store(sqlite3* db, std::string path);
   uint64_t nextSeq() { return ++seq_; }  // under mu_
+  Result<bool> attributeTxn(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new);
+  Status setOverrideTxn(ObjectKind kind, const std::string& id, const Evidence& ev, const std::string& resolver);
+  Status clearOverrideTxn(ObjectKind kind, const std::string& id);
+  void ownerChanged(ObjectKind kind, const std::string& id);
+  std::mutex listener_mu_;
+  ObjectListener on_owner_;  // under listener_mu_
   sqlite3* db_;
   std::string path_;
   mutable std::mutex mu_;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Attribution latency (issue 11 item 8): Docker's `Created` time of a
+"""Attribution latency: Docker's `Created` time of a
 container -> the moment the agent's API lists it with its owner, idle and with
 both cores busy, side by side in one run. A benchmark, not a test: it prints
 figures (p50/p90/p99/max) and fails only if it could not measure.

@@ -168,7 +168,7 @@ double throughput(int port, const std::string& path, bool auth, double seconds) 
   return static_cast<double>(done) / seconds;
 }
 
-// The old transport, as ApiServer set up httplib::Server before issue 12, in
+// The old transport, as ApiServer set up httplib::Server before the transport was replaced, in
 // front of the same router.
 std::unique_ptr<httplib::Server> oldServer(ApiServer& api, int* port) {
   auto s = std::make_unique<httplib::Server>();

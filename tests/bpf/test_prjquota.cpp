@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -606,6 +607,47 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
     CHECK(*pq.projectOfUser(2003) == bob_id);  // the lowest free id again
     CHECK(*pq.projectOfUser(2001) == alice_id);
   }
+}
+
+// An admin override through the API changes an owner in the store, not in
+// the attributor: the store tells the backend, which re-tags at once, not at
+// the next full sync (an hour away here).
+TEST_CASE("prjquota: an admin override moves the container's layer to the new owner's project at once", "[prjquota]") {
+  if (!prerequisites()) return;
+  auto t = quotaTree({"/overlay2/c1"});
+  if (!t) return;
+  const std::string& root = t->root;
+  Store& s = *t->store;
+  REQUIRE(s.noteSeen(ObjectKind::Container, "c1", "c1", "", std::nullopt, 1).ok());
+  REQUIRE(s.attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
+  auto book = QuotaBook::load(s);
+  REQUIRE(book.ok());
+  ProjectQuotas::Options o;
+  o.id_min = 500;
+  o.id_max = 502;
+  o.interval = std::chrono::hours(1);
+  ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), t->fs, o);
+  REQUIRE(pq.active());
+  s.setOwnerListener([&pq](ObjectKind kind, const std::string& id) { pq.onOwnerChanged(kind, id); });
+  pq.start();  // its first pass tags c1 for alice
+  auto settles = [&](const std::function<bool()>& ok) {
+    for (int i = 0; i < 50 && !ok(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return ok();
+  };
+  REQUIRE(settles([&] { return pq.projectOfUser(2001) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2001); }));
+  Evidence admin = ev(2002);
+  admin.source = Source::Admin;
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(s.setOverride(ObjectKind::Container, "c1", admin, "admin").ok());
+  CHECK(settles([&] { return pq.projectOfUser(2002) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2002); }));
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  INFO("re-tagged " << ms << " ms after the override");
+  CHECK(ms < 5000);
+  // And back when the override is cleared.
+  REQUIRE(s.clearOverride(ObjectKind::Container, "c1").ok());
+  CHECK(settles([&] { return *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2001); }));
+  pq.stop();
+  s.setOwnerListener(nullptr);
 }
 
 TEST_CASE("prjquota: per-container mode gives each container its own id and the default limit", "[prjquota]") {

@@ -520,7 +520,7 @@ TEST_CASE("dsock probe ignores the agent's own connections", "[bpf]") {
   CHECK(types.empty());
 }
 
-// Issue 11, item 1: a client that closes without the probe seeing an end
+// A client that closes without the probe seeing an end
 // (dockerd closed first; the client never read EOF) and connects again gets
 // the same fd and often the same struct sock back. Every connection must
 // still be a new one, with its own id and its socket's inode.
@@ -570,7 +570,7 @@ TEST_CASE("dsock probe: a new socket on a reused fd and address is a new connect
   }
 }
 
-// Issue 11, item 2: credentials are read at every call, not fixed at connect.
+// Credentials are read at every call, not fixed at connect.
 TEST_CASE("dsock probe: every call carries the credentials of its caller, also after setuid", "[bpf][identity]") {
   if (!prerequisites()) return;
   EchoServer srv;
@@ -607,7 +607,7 @@ TEST_CASE("dsock probe: every call carries the credentials of its caller, also a
   CHECK(tx[0].conn_id == tx[1].conn_id);
 }
 
-// Issue 11, item 3: the agent's mutes name the turn (exchange) they are for;
+// The agent's mutes name the turn (exchange) they are for;
 // a mute that arrives after the client moved on is ignored; the kernel's
 // own fields are never overwritten by the agent.
 TEST_CASE("dsock probe: mutes apply to their turn only, and ignore stops a connection", "[bpf][mute]") {

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared by test_reconcile.py and test_crash.py (issue 11): users that create
+"""Shared by test_reconcile.py and test_crash.py: users that create
 and remove containers over the Engine API as fast as Docker lets them, each in
 its own process with its own uid, logging every call with its times; Docker's
 own view of what exists; and the checks that no attribution the agent's API

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Crash safety (issue 11): `kill -9` of the agent at random moments while two
+"""Crash safety: `kill -9` of the agent at random moments while two
 users create and remove containers, once while dockerd restarts. After every
 restart: each attribution the API had already shown is still there for every
 container Docker still has, nothing is billed to anyone but its creator, and

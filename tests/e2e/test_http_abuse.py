@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""The HTTP API holds under abuse (issue 12), on the real agent: an
+"""The HTTP API holds under abuse, on the real agent: an
 unprivileged local user (carol) keeps DRIPPERS slow-drip connections open (a
 byte now and then, a head that never ends, reconnecting whenever the agent
 closes one), more than the agent's per-peer cap. Meanwhile /healthz (no auth)

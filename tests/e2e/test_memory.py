@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Issue 11, item 6: unprivileged input cannot grow the agent without bound.
+"""Unprivileged input cannot grow the agent without bound.
 
 A docker-group user opens 150 connections to docker.sock and pipelines 60 KiB
 request heads on each without ever reading a reply (17.6 MiB in all). Before

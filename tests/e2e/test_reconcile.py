@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""The reconcile race and missed objects (issue 11), against a real dockerd.
+"""The reconcile race and missed objects, against a real dockerd.
 
 1. Two users create and remove containers without pause while the agent
    reconciles: at each of its starts, and at each events reconnect after a
@@ -127,7 +127,7 @@ def run(env):
 
 
 def slipped_removal(env):
-    """Issue 11 item 5: bob pipelines a ping padded past the capture prefix (one
+    """bob pipelines a ping padded past the capture prefix (one
     write) and a DELETE of alice's running container (a second write); Docker
     answers 200 and 409. Whatever
     the agent pairs, alice's container stays listed and billed to her, and a

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""End-to-end regression cases of issue 11, each on its own dockerd and agent,
+"""End-to-end regression cases of the attribution core, each on its own dockerd and agent,
 each asserting the correct outcome (they fail on the agent of commit 631f42c):
 
   (1) fd and address reuse: a malformed request, dockerd's 400 with

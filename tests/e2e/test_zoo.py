@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""The randomized client zoo (issue 11): a real dockerd, the real agent, and
+"""The randomized client zoo: a real dockerd, the real agent, and
 five worker processes (alice, bob, carol, dave and root) running seeded random
 sequences of Engine API calls through several client stacks (raw sockets,
 Python http.client, curl, the docker CLIs, python3-docker) over random

@@ -421,7 +421,7 @@ TEST_CASE("http server: a full table evicts the oldest incomplete connection, ne
   }
 }
 
-TEST_CASE("http server: 50 slow-drip connections do not delay /healthz (issue 12)", "[http][http_server]") {
+TEST_CASE("http server: 50 slow-drip connections do not delay /healthz", "[http][http_server]") {
   // The reported attack: slow clients held all of httplib's 4 workers and 4 of 5
   // probes timed out at 5 s. Here they cost a table slot each, no worker.
   Fixture f;  // defaults: 4 workers, 256 connections, 32 per peer, 10 s deadline

@@ -1016,7 +1016,7 @@ TEST_CASE("fuzz: random and mutated input never crashes and stays bounded", "[ht
   CHECK(total_errors > 1000);
 }
 
-// Issue 11, item 4: every docker CLI command starts with HEAD /_ping answered
+// Every docker CLI command starts with HEAD /_ping answered
 // 200 with Content-Length: 0. Pairing it freed the request the response-head
 // sink then read (ASan: heap-use-after-free in headComplete).
 TEST_CASE("a HEAD answered with Content-Length: 0 pairs without touching the freed request",
@@ -1035,7 +1035,7 @@ TEST_CASE("a HEAD answered with Content-Length: 0 pairs without touching the fre
   CHECK(sink_calls == 0);  // no body to follow: nothing to mute
 }
 
-// Issue 11, item 5: a head longer than the capture is lost; the next
+// A head longer than the capture is lost; the next
 // pipelined request must not take its reply.
 TEST_CASE("a request head cut by a gap never shifts pairing", "[http_stream][gaps][regression]") {
   std::string ping = "GET /_ping HTTP/1.1\r\nHost: d\r\nX-Pad: " + std::string(5000, 'p') + "\r\n\r\n";

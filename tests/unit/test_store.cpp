@@ -970,3 +970,45 @@ TEST_CASE("store: forEach calls back without the lock, sees what is added meanwh
   CHECK(store->count(ObjectKind::Volume, true).value() == 601);
   CHECK(store->count(ObjectKind::Image).value() == 0);
 }
+
+// An owner changed by the API (an admin override) re-tags project quotas as
+// one changed by a create reply does: the store tells its listener whoever
+// wrote, once the change is committed, and outside its lock (the listener
+// reads the store).
+TEST_CASE("store: every committed owner change reaches the owner listener (whoever made it)", "[store]") {
+  TempDir dir;
+  auto store = openOk(dir.file("state.db"));
+  const std::string c1 = hexId('c');
+  std::vector<std::pair<ObjectKind, std::string>> heard;
+  std::optional<uint32_t> owner_seen;
+  store->setOwnerListener([&](ObjectKind kind, const std::string& id) {
+    heard.emplace_back(kind, id);
+    owner_seen = getOk(*store, kind, id).owner->uid;  // the store is readable from the listener
+  });
+  REQUIRE(store->noteSeen(ObjectKind::Container, c1, "web", "", std::nullopt, 100));
+  CHECK(heard.empty());  // a row without an owner is no owner change
+
+  REQUIRE(*store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
+  REQUIRE(heard.size() == 1);
+  CHECK(heard[0] == std::make_pair(ObjectKind::Container, c1));
+  CHECK(owner_seen == kBob);
+
+  // The same evidence again changes nothing: not heard.
+  CHECK_FALSE(*store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
+  CHECK(heard.size() == 1);
+
+  REQUIRE(store->setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 150, "admin")));
+  REQUIRE(heard.size() == 2);
+  CHECK(owner_seen == kCarol);
+  REQUIRE(store->clearOverride(ObjectKind::Container, c1));
+  REQUIRE(heard.size() == 3);
+  CHECK(owner_seen == kBob);
+
+  // A failed change is not heard.
+  CHECK_FALSE(store->setOverride(ObjectKind::Container, hexId('d'), makeEv(Source::Admin, kCarol, 0, 150, "admin")));
+  CHECK(heard.size() == 3);
+
+  store->setOwnerListener(nullptr);
+  REQUIRE(store->setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 160, "admin")));
+  CHECK(heard.size() == 3);
+}

@@ -85,7 +85,7 @@ TEST_CASE("store modes: an existing 0755 directory and 0644 files are tightened"
     writeSomething(**s);
   }
   std::ofstream(db + ".bak") << "a copy";
-  for (const std::string f : {db, db + "-wal", db + "-shm", db + ".bak"}) {
+  for (const std::string& f : {db, db + "-wal", db + "-shm", db + ".bak"}) {
     if (!fs::exists(f)) std::ofstream(f).flush();  // SQLite may have removed the -wal at close
     REQUIRE(::chmod(f.c_str(), 0644) == 0);
   }

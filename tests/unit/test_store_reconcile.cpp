@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Issue 11: reconciles and removals that cannot erase a bill, and losses made
+// Reconciles and removals that cannot erase a bill, and losses made
 // visible. Store rules on real SQLite files; the Attributor against a real
 // dockerd (tests/tools/dockerd.sh; skipped without root/dockerd outside CI,
 // a failure with CI=true).

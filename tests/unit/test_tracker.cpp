@@ -179,7 +179,7 @@ TEST_CASE("tracker: big downloads are muted after their head, and the next call 
   CHECK(t.stats().http.parse_errors == 0);
 }
 
-// Issue 11, item 2: each request is billed to the process that sent it, not
+// Each request is billed to the process that sent it, not
 // to whoever opened the connection.
 TEST_CASE("tracker: every request is billed to its own sender (setuid, a child on an inherited fd)", "[tracker]") {
   std::vector<ClientInfo> who;
@@ -204,7 +204,7 @@ TEST_CASE("tracker: every request is billed to its own sender (setuid, a child o
   CHECK(who[2].exe == "/proc-exe-of-11");
 }
 
-// Issue 11, item 1: a new connection on the same fd is a new connection,
+// A new connection on the same fd is a new connection,
 // even when its end was never reported.
 TEST_CASE("tracker: a new connection on the same (tgid, fd) replaces an old one stuck mid-reply", "[tracker]") {
   std::vector<ApiCall> calls;
@@ -223,7 +223,7 @@ TEST_CASE("tracker: a new connection on the same (tgid, fd) replaces an old one 
   CHECK(calls[0].ids == std::vector<std::string>{kId});
 }
 
-// Issue 11, item 3: a mute names the exchange (turn) it was decided for.
+// A mute names the exchange (turn) it was decided for.
 TEST_CASE("tracker: a download mute carries the turn of the reply it is for", "[tracker]") {
   std::vector<dsock_ctl> ctls;
   ConnTracker t({.on_call = nullptr, .control = [&](uint64_t, const dsock_ctl& c) { ctls.push_back(c); },
@@ -245,7 +245,7 @@ TEST_CASE("tracker: a download mute carries the turn of the reply it is for", "[
   CHECK(ctls.size() == 3);
 }
 
-// Issue 11, item 5 and "losses are visible": calls the ring lost make the
+// Calls the ring lost make the
 // rest of the connection doubtful; doubtful calls are counted, not billed.
 TEST_CASE("tracker: after events were lost, calls are doubtful: counted and not billed", "[tracker]") {
   int billed = 0, doubted = 0;
@@ -268,7 +268,7 @@ TEST_CASE("tracker: after events were lost, calls are doubtful: counted and not 
   CHECK(s.http.doubts == 1);
 }
 
-// Issue 11, item 6: one budget over all connections.
+// One budget over all connections.
 TEST_CASE("tracker: a global memory budget holds over many connections that pipeline and never read",
           "[tracker]") {
   std::vector<uint64_t> ignored;

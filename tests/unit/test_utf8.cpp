@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Issue 12, "errors that never fail": the UTF-8 helpers (agent/base/utf8.h), the
+// "Errors that never fail": the UTF-8 helpers (agent/base/utf8.h), the
 // logger's sanitizer, and the routes that answered 500 for a path or query
 // holding invalid UTF-8, over real loopback HTTP with the qman and
 // enforcement routes on a real SQLite store.
@@ -164,7 +164,7 @@ const char* kJson = "application/json";
 
 }  // namespace
 
-TEST_CASE("routes: %ff in a path or query answers 4xx JSON, never 500 (issue 12's list)", "[utf8][qman][http]") {
+TEST_CASE("routes: %ff in a path or query answers 4xx JSON, never 500 (the fuzzed routes)", "[utf8][qman][http]") {
   Host h;
   auto c = h.client();
   // Each of the measured 500s.

@@ -355,7 +355,7 @@ class Worker:
 
     def op_padded_create(self, same=False):
         """A request head longer than the probe's capture prefix in one write,
-        then, pipelined, a create in a second write (issue 11's slip)."""
+        then, pipelined, a create in a second write (the pairing slip)."""
         self.creates += 1
         pattern = "padded-same-write" if same else "padded-pipeline"
         c = self._conn()
