@@ -63,6 +63,7 @@ json deviceHead(const DeviceSnapshot& s, bool groups) {
 size_t appendListed(std::string& out, const QuotaTable& t, ListRule rule, const std::vector<PasswdUser>& candidates,
                     const char* id_key, const std::function<std::string(uint32_t)>& name_of) {
   size_t n = 0;
+  if (!t.active) return n;  // quota off: qman's slave lists [] (every quotactl fails)
   auto add = [&](const QuotaFigures& f, const std::string& name) {
     if (n++ > 0) out += ',';
     appendEntry(out, f, id_key, name);
@@ -126,7 +127,7 @@ std::optional<std::string> deviceText(const DeviceSnapshot& s, const Candidates&
 }
 
 std::optional<std::string> deviceTextFor(const DeviceSnapshot& s, uint32_t uid, const std::string& name) {
-  if (!s.users.on) return std::nullopt;
+  if (!s.users.on || !s.users.active) return std::nullopt;  // qman: Q_GETQUOTA failed, device left out
   // ZFS lists no one outside the uid filter (§4.3); block devices filter no one (§3.5).
   if (s.rule == ListRule::kAllIds && !managedUid(uid)) return std::nullopt;
   const QuotaFigures* f = findEntry(s.users.entries, uid);

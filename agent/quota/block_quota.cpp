@@ -245,6 +245,7 @@ QuotaTable BlockQuotaDevice::readTable(Handle& h, QuotaType type, bool& per_id, 
   } else if (errno == ESRCH) {
     // Quota accounting off (quotaoff, or never quotaon'd): the kernel answers
     // ESRCH to everything; the device is listed with no entries (spec §3.2).
+    t.active = false;
     problem = std::string(typeName(type)) + " quota is off on " + mount_.source + " (" + mount_.mount_points.front() +
               " is mounted with " + (type == QuotaType::kUser ? "usrquota" : "grpquota") + "; run quotaon)";
     return t;

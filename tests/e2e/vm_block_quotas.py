@@ -56,7 +56,13 @@ def make_filesystems(d):
     sh("truncate -s 320M %s/x.img && mkfs.xfs -q %s/x.img" % (d, d))
     if sh("mount -o loop,uquota,gquota %s/x.img %s" % (d, x), check_rc=False).returncode != 0:
         skip_or_fail("this kernel cannot mount XFS with uquota,gquota")
-    for kind, mp in (("ext4", e4), ("xfs", x)):
+    # Quota asked for and never turned on (no quotacheck, no quotaon): listed
+    # with empty lists, and /healthz says why.
+    off = os.path.join(d, "off")
+    os.makedirs(off)
+    sh("truncate -s 16M %s/off.img && mkfs.ext4 -q %s/off.img" % (d, d))
+    sh("mount -o loop,usrquota %s/off.img %s" % (d, off))
+    for kind, mp in (("ext4", e4), ("xfs", x), ("off", off)):
         os.chmod(mp, 0o1777)
         dev = sh("findmnt -n -o SOURCE %s" % mp).stdout.strip()
         out[kind] = (dev, mp)
@@ -119,6 +125,8 @@ def same_as_kernel(env, fs):
     status, listing = env.http("/remote-api/quotas")
     check(status == 200, "GET /remote-api/quotas: %s" % status)
     for kind, (dev, mp) in fs.items():
+        if kind == "off":
+            continue
         d = device(listing, dev)
         check(d is not None, "%s (%s) listed" % (dev, kind))
         if d is None:
@@ -170,12 +178,19 @@ def run(env, fs):
     print("agent up in %.1f s" % (time.time() - t0))
     h = env.health()
     qd = h.get("quota_devices", {})
-    check(set(qd.get("devices", {})) == {e4dev, xdev}, "healthz lists both devices: %s" % qd)
-    check(not [r for r in h.get("degraded", []) if "quota" in r], "no quota device degraded: %s" % h.get("degraded"))
+    offdev = fs["off"][0]
+    check(set(qd.get("devices", {})) == {e4dev, xdev, offdev}, "healthz lists the three devices: %s" % qd)
+    quota_reasons = [r for r in h.get("degraded", []) if "quota" in r]
+    check(len(quota_reasons) == 1 and quota_reasons[0].startswith(offdev + ": user quota is off on " + offdev)
+          and "quotaon" in quota_reasons[0], "degraded: only the device with quota off, saying so: %s" % quota_reasons)
 
     listing = same_as_kernel(env, fs)
     names = [d["name"] for d in listing]
     check(names == sorted(names) and names[-1] == "docker", "order: %s" % names)
+    doff = device(listing, offdev) or {}
+    check(doff.get("user_quotas") == [] and "user_quota_format" not in doff and "user_quota_info" not in doff
+          and "group_quotas" not in doff and "usrquota" in doff.get("opts", []),
+          "quota off: listed with no entries, no format or info, no group fields: %s" % doff)
     d4 = device(listing, e4dev) or {}
     check(d4.get("fstype") == "ext4" and "usrquota" in d4.get("opts", []) and "grpquota" in d4.get("opts", []),
           "ext4 fstype and opts: %s" % d4.get("opts"))

@@ -136,14 +136,14 @@ TEST_CASE("block devices: the spec's example device, field for field", "[block]"
 
   // Quota off (every quotactl ESRCH): listed with empty lists and no format/info.
   DeviceSnapshot off = exampleExt4();
-  off.users = {true, std::nullopt, std::nullopt, {}};
-  off.groups = {true, std::nullopt, std::nullopt, {}};
-  off.rule = ListRule::kPasswdPresent;
+  off.users = {true, std::nullopt, std::nullopt, {}, false};
+  off.groups = {true, std::nullopt, std::nullopt, {}, false};  // ext4 would zero-fill every candidate if it were on
   json oj = json::parse(*deviceText(off, exampleCandidates(), nameOf));
   CHECK(oj["user_quotas"] == json::array());
   CHECK(oj["group_quotas"] == json::array());
   CHECK_FALSE(oj.contains("user_quota_format"));
   CHECK_FALSE(oj.contains("user_quota_info"));
+  CHECK_FALSE(deviceTextFor(off, 1001, "alice"));  // the per-uid routes leave it out
   // usrquota only: no group fields at all.
   DeviceSnapshot u = exampleExt4();
   u.groups = {};
