@@ -61,17 +61,22 @@ bool readLimits(const json& body, Limits4& l, Res& res) {
          readLimit(body, "inode_hard_limit", l.inode_hard, res) && readLimit(body, "inode_soft_limit", l.inode_soft, res);
 }
 
-// device= must be present and "docker" (and Docker quota on).
-bool checkDevice(const QmanContext& ctx, const std::string& device, bool present, Res& res) {
+// Where a device= value goes: the docker device, or a block/ZFS device.
+struct Target {
+  QuotaDevice* device = nullptr;  // nullptr: docker
+};
+
+// device= must be present and name a device served here: "docker" (when
+// Docker quota is on) or a QuotaDevices device. Else 400, as qman.
+std::optional<Target> checkDevice(const QmanContext& ctx, const std::string& device, bool present, Res& res) {
   if (!present || device.empty()) {
     sendError(res, 400, "device query parameter required");
-    return false;
+    return std::nullopt;
   }
-  if (device != kDockerDevice || !ctx.options.docker_enabled) {
-    sendError(res, 400, "device not recognized: " + printable(device, kEchoBytes));
-    return false;
-  }
-  return true;
+  if (device == kDockerDevice && ctx.options.docker_enabled) return Target{};
+  if (QuotaDevice* d = ctx.devices ? ctx.devices->find(device) : nullptr) return Target{d};
+  sendError(res, 400, "device not recognized: " + printable(device, kEchoBytes));
+  return std::nullopt;
 }
 
 std::optional<uint32_t> parseUid(const std::string& digits) {
@@ -242,20 +247,26 @@ namespace {
 
 // --- route bodies --------------------------------------------------------------------
 
-json quotasFor(QmanContext& ctx, std::optional<uint32_t> uid) {
-  json devices = json::array();
-  if (!ctx.options.docker_enabled) return devices;
-  auto snap = ctx.usage.snapshot();
-  auto limits = ctx.quotas.limits();
-  if (uid) {
-    // Spec §4.1: the docker device only if the uid is listed and has a limit or bytes.
-    if (!managedUid(*uid) || (lookup(*limits, *uid) == 0 && usageOf(*snap, *uid).total() == 0)) return devices;
+// A user's devices (the per-user routes): block and ZFS devices where the uid
+// has an entry, and docker, in the spec's order.
+std::string quotasFor(QmanContext& ctx, uint32_t uid) {
+  std::vector<std::pair<std::string, std::string>> named;
+  if (ctx.devices) {
+    const std::string name = ctx.users.name(uid);
+    for (const auto& d : ctx.devices->view()->devices)
+      if (auto text = deviceTextFor(*d, uid, name)) named.emplace_back(d->name, std::move(*text));
   }
-  devices.push_back(dockerDevice(ctx, *snap, *limits, uid));
-  return devices;  // sorted by name: one device
+  if (ctx.options.docker_enabled) {
+    auto snap = ctx.usage.snapshot();
+    auto limits = ctx.quotas.limits();
+    // Spec §4.1: the docker device only if the uid is listed and has a limit or bytes.
+    if (managedUid(uid) && (lookup(*limits, uid) != 0 || usageOf(*snap, uid).total() != 0))
+      named.emplace_back(kDockerDevice, dockerDeviceText(ctx, *snap, *limits, uid));
+  }
+  return mergeDevices(std::move(named));
 }
 
-std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
+std::shared_ptr<const std::string> dockerBody(QmanContext& ctx) {
   QuotasCache& c = *ctx.cache;
   auto snap = ctx.usage.snapshot();
   auto limits = ctx.quotas.limits();
@@ -266,14 +277,23 @@ std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
       return c.body;
   }
   // Built outside the lock; two requests racing both build, the last one stays.
-  auto body = std::make_shared<const std::string>(
-      ctx.options.docker_enabled ? "[" + dockerDeviceText(ctx, *snap, *limits, std::nullopt) + "]" : "[]");
+  auto body = std::make_shared<const std::string>(dockerDeviceText(ctx, *snap, *limits, std::nullopt));
   std::lock_guard<std::mutex> l(c.mu);
   c.generation = snap->generation;
   c.limits = std::move(limits);
   c.at = t;
   c.body = body;
   return body;
+}
+
+// GET /remote-api/quotas: block and ZFS devices (their text cached per
+// refresh), then docker's, merged in the spec's order (§2).
+std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
+  std::shared_ptr<const DeviceListCache::Texts> texts;
+  if (ctx.devices) texts = ctx.device_cache->texts(*ctx.devices->view(), ctx.users, ctx.candidates);
+  std::shared_ptr<const std::string> docker;
+  if (ctx.options.docker_enabled) docker = dockerBody(ctx);
+  return ctx.device_cache->merged(texts, docker);
 }
 
 json deviceDefaultJson(const DeviceDefault& d) {
@@ -284,8 +304,47 @@ json deviceDefaultJson(const DeviceDefault& d) {
               {"inode_hard_limit", d.inode_hard}};
 }
 
+LimitsUpdate toUpdate(const Limits4& l) { return LimitsUpdate{l.block_hard, l.block_soft, l.inode_hard, l.inode_soft}; }
+bool anyField(const Limits4& l) { return l.block_hard || l.block_soft || l.inode_hard || l.inode_soft; }
+
+// PUT on a block device or ZFS dataset (spec §3.6, §4.4). Deliberate
+// differences from qman, each refused before anything is written: a uid with
+// no passwd entry (qman lets the kernel take the limits, then answers an HTML
+// 500), soft above a non-zero hard (XFS would drop the write silently), a
+// body with no limit at all. An absent field keeps its current value.
+void putDeviceQuota(QmanContext& ctx, QuotaDevice& dev, const Req& req, Res& res) {
+  auto uid = parseUid(req.matches[1]);
+  if (!uid) return sendError(res, 400, "uid " + printable(req.matches[1].str(), kEchoBytes) + " is not a valid uid");
+  auto body = jsonBody(req, res, ctx.options.max_body_bytes);
+  if (!body) return;
+  Limits4 l;
+  if (!readLimits(*body, l, res)) return;
+  if (!anyField(l))
+    return sendError(res, 400, "no limit given (block_hard_limit, block_soft_limit, inode_hard_limit, inode_soft_limit); nothing was changed");
+  if (!ctx.users.known(*uid))
+    return sendError(res, 404, "user not found: uid " + std::to_string(*uid) + " has no passwd entry; nothing was changed");
+  const LimitsUpdate u = toUpdate(l);
+  auto view = ctx.devices->view();
+  const DeviceSnapshot* snap = nullptr;
+  for (const auto& d : view->devices)
+    if (d->name == dev.name()) snap = d.get();
+  if (std::string why = checkLimits(u, currentFigures(snap, *uid), dev.singleLimit()); !why.empty())
+    return sendError(res, 400, why);
+  auto now = ctx.devices->setUserLimits(dev, *uid, u);
+  if (!now) {
+    LOG_ERROR(kSub, "%s", now.error().message.c_str());
+    return sendError(res, 500, now.error().message);
+  }
+  LOG_INFO(kSub, "limits of uid %u on %s set", *uid, dev.name().c_str());
+  std::string text;
+  appendEntry(text, now->value_or(QuotaFigures{.id = *uid}), "uid", ctx.users.name(*uid));
+  sendJsonText(res, 200, std::move(text));
+}
+
 void putUserQuota(QmanContext& ctx, const Req& req, Res& res) {
-  if (!checkDevice(ctx, req.get_param_value("device"), req.has_param("device"), res)) return;
+  auto target = checkDevice(ctx, req.get_param_value("device"), req.has_param("device"), res);
+  if (!target) return;
+  if (target->device) return putDeviceQuota(ctx, *target->device, req, res);
   auto uid = parseUid(req.matches[1]);
   if (!uid || !managedUid(*uid)) {
     sendError(res, 400,
@@ -322,15 +381,54 @@ void getDefaults(QmanContext& ctx, const Req& req, Res& res) {
 
 void putDefaults(QmanContext& ctx, const Req& req, Res& res) {
   const std::string device = req.get_param_value("device");
-  if (!checkDevice(ctx, device, req.has_param("device"), res)) return;
+  auto target = checkDevice(ctx, device, req.has_param("device"), res);
+  if (!target) return;
   auto body = jsonBody(req, res, ctx.options.max_body_bytes);
   if (!body) return;
   Limits4 l;
   if (!readLimits(*body, l, res)) return;
   DeviceDefault d{device, l.block_soft.value_or(0), l.block_hard.value_or(0), l.inode_soft.value_or(0),
                   l.inode_hard.value_or(0)};
+  if (target->device) {
+    const LimitsUpdate u{d.block_hard_kib, d.block_soft_kib, d.inode_hard, d.inode_soft};
+    if (std::string why = checkLimits(u, QuotaFigures{}, target->device->singleLimit()); !why.empty())
+      return sendError(res, 400, why);
+  }
   if (auto s = ctx.quotas.setDeviceDefault(d); !s) return sendError(res, 500, s.error().message);
   sendJson(res, 200, deviceDefaultJson(d));
+}
+
+// "preserve_if_nonzero" / "preserve_if_usage_exceeds": absent = false; else a boolean.
+bool readFlag(const json& body, const char* key, bool& out, Res& res) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return true;
+  if (!it->is_boolean()) {
+    sendError(res, 400, std::string(key) + " must be true or false");
+    return false;
+  }
+  out = it->get<bool>();
+  return true;
+}
+
+// Batch on a block device or ZFS dataset (spec §3.7). Every field is checked
+// before the first write; absent limits keep each user's current value.
+void deviceBatch(QmanContext& ctx, QuotaDevice& dev, const json& body, const Limits4& l, Res& res) {
+  DeviceBatch b;
+  b.limits = toUpdate(l);
+  if (!readFlag(body, "preserve_if_nonzero", b.preserve_if_nonzero, res) ||
+      !readFlag(body, "preserve_if_usage_exceeds", b.preserve_if_usage_exceeds, res))
+    return;
+  if (!anyField(l))
+    return sendError(res, 400, "no limit given (block_hard_limit, block_soft_limit, inode_hard_limit, inode_soft_limit); nothing was changed");
+  // Checked against zeros: with both of a pair in the body the check is exact;
+  // with one, each user's other value is checked by the kernel's rule below.
+  if (std::string why = checkLimits(b.limits, QuotaFigures{}, dev.singleLimit()); !why.empty())
+    return sendError(res, 400, why);
+  std::vector<uint32_t> eligible;
+  for (const auto& u : ctx.users.managed()) eligible.push_back(u.uid);
+  DeviceBatchResult r = runDeviceBatch(*ctx.devices, dev, eligible, b);
+  sendJson(res, 200, json{{"total_users", r.total_users}, {"updated_users", r.updated_users},
+                          {"skipped_users", r.skipped_users}, {"errors", r.errors}});
 }
 
 void postBatch(QmanContext& ctx, const Req& req, Res& res) {
@@ -339,9 +437,11 @@ void postBatch(QmanContext& ctx, const Req& req, Res& res) {
   auto dev = body->find("device");
   if (dev == body->end() || !dev->is_string() || dev->get<std::string>().empty())
     return sendError(res, 400, "device is required");
-  if (!checkDevice(ctx, dev->get<std::string>(), true, res)) return;
+  auto target = checkDevice(ctx, dev->get<std::string>(), true, res);
+  if (!target) return;
   Limits4 l;
   if (!readLimits(*body, l, res)) return;
+  if (target->device) return deviceBatch(ctx, *target->device, *body, l, res);
   // Same rule as PUT: a batch without a limit would clear everyone's.
   if (!l.block_hard)
     return sendError(res, 400, "block_hard_limit is required (1 KiB blocks; 0 removes limits); nothing was changed");
@@ -885,6 +985,8 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   promHeader(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
   promSample(out, "process_resident_memory_bytes", "", residentBytes());
 
+  if (ctx.devices)
+    appendDeviceMetrics(out, *ctx.devices->view(), [&ctx](uint32_t uid) { return ctx.users.name(uid); });
   promProbeCounters(out, ctx.probe_counters ? ctx.probe_counters() : json::object());
   if (ctx.more_metrics) ctx.more_metrics(out);
   api.requestMetrics().render(out);
@@ -942,11 +1044,12 @@ void installQmanRoutes(ApiServer& api, QmanContext& ctx) {
               const std::string name = req.matches[1];
               auto uid = c.users.uid(name);
               if (!uid) return sendError(res, 404, "user not found: " + printable(name, kEchoBytes));
-              sendJson(res, 200, quotasFor(c, uid));
+              sendJsonText(res, 200, quotasFor(c, *uid));
             }));
   api.route("GET", R"(/remote-api/quotas/users/(\d+))", guarded([](QmanContext& c, const Req& req, Res& res) {
               auto uid = parseUid(req.matches[1]);
-              sendJson(res, 200, uid ? quotasFor(c, uid) : json::array());
+              if (!uid) return sendJson(res, 200, json::array());
+              sendJsonText(res, 200, quotasFor(c, *uid));
             }));
   api.route("PUT", R"(/remote-api/quotas/users/(\d+))", guarded(putUserQuota));
   // §4.2

@@ -20,11 +20,13 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/quota/project_quotas.h"
+#include "agent/quota/quota_devices.h"
 #include "agent/quota/quotas.h"
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
 #include "agent/usage/usage.h"
 #include "api/http_api.h"
+#include "api/qman_devices.h"
 
 namespace dockquota {
 
@@ -35,7 +37,7 @@ struct QmanOptions {
   size_t max_body_bytes = 64 * 1024;  // PUT/POST bodies are a few hundred bytes
 };
 
-// The serialized GET /remote-api/quotas answer, reused while neither the
+// The docker device's text in the GET /remote-api/quotas answer, reused while neither the
 // snapshot nor the limits changed (and names are at most kMaxAge old): the
 // master polls it, and 1,000 users are 300 KB of JSON.
 struct QuotasCache {
@@ -60,6 +62,9 @@ struct QmanContext {
   std::shared_ptr<QuotasCache> cache = std::make_shared<QuotasCache>();
   ProjectQuotas* projects = nullptr;                // kernel project quotas (nullptr: off)
   std::function<void(std::string&)> more_metrics = {};  // appended to /metrics (enforcement); may be empty
+  QuotaDevices* devices = nullptr;  // block devices and ZFS datasets (nullptr: docker only)
+  std::shared_ptr<DeviceListCache> device_cache = std::make_shared<DeviceListCache>();
+  std::function<Candidates()> candidates = readCandidates;  // who block devices list, in passwd order
 };
 
 // Registers every route on `api` (before api.start()). `ctx` must outlive it.

@@ -271,6 +271,7 @@ void App::wire() {
     if (zfs_) promZfsCounters(out, zfs_->health().report);
   };
   qman_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
+  qman_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
 }
 
 // The create's request event may still wait in the ring (consumed on a
@@ -490,6 +491,7 @@ json App::health() {
   h["probes"] = std::move(probes);
   if (enforcement_) take("enforcement", enforcement_->health());
   if (zfs_) take("zfs", zfs_->health());
+  if (qman_) take("quota_devices", qman_->devicesHealth());
   h["kernel"] = kernel_;
   h["degraded"] = reasons;
   h["status"] = reasons.empty() ? "ok" : "degraded";

@@ -172,6 +172,14 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"growth_probe", boolKey(origin, "growth_probe", &Config::growth_probe)},
       {"growth_probe_hook", stringKey(origin, "growth_probe_hook", &Config::growth_probe_hook)},
       {"growth_signal_mib", uintKey(origin, "growth_signal_mib", &Config::growth_signal_mib, 1, 1u << 20)},
+      {"block_quotas", stringKey(origin, "block_quotas", &Config::block_quotas)},
+      {"block_quota_include", pathListKey(origin, "block_quota_include", &Config::block_quota_include)},
+      {"block_quota_exclude", pathListKey(origin, "block_quota_exclude", &Config::block_quota_exclude)},
+      // 1 s: a quotactl pass over 1,000 ids takes milliseconds; 1 h: the dashboard is that stale at worst.
+      {"device_refresh_interval_s",
+       uintKey(origin, "device_refresh_interval_s", &Config::device_refresh_interval_s, 1, 3600)},
+      {"disk_notification_window_s",
+       uintKey(origin, "disk_notification_window_s", &Config::disk_notification_window_s, 0, 365 * 86400)},
       {"enforcement", stringKey(origin, "enforcement", &Config::enforcement)},
       {"enforcement_order", stringKey(origin, "enforcement_order", &Config::enforcement_order)},
       {"enforcement_grace_s", uintKey(origin, "enforcement_grace_s", &Config::enforcement_grace_s, 0, 30 * 86400)},
@@ -280,7 +288,8 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   for (auto err : {oneOf(origin, "probe_hook", c.probe_hook, hookChoices(DsockProbe::kHookSets)),
                    oneOf(origin, "growth_probe_hook", c.growth_probe_hook, hookChoices(GrowthProbe::kHookSets)),
                    oneOf(origin, "project_quotas", c.project_quotas, {"auto", "required", "off"}),
-                   oneOf(origin, "project_quota_mode", c.project_quota_mode, {"user", "container"})}) {
+                   oneOf(origin, "project_quota_mode", c.project_quota_mode, {"user", "container"}),
+                   oneOf(origin, "block_quotas", c.block_quotas, {"auto", "on", "off"})}) {
     if (err) return *err;
   }
   if (auto err = oneOf(origin, "zfs", c.zfs, {"off", "auto", "on"})) return *err;

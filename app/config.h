@@ -75,6 +75,12 @@ struct Config {
   bool growth_probe = true;                  // live per-container layer growth (BPF)
   std::string growth_probe_hook = "auto";    // auto (fentry, else off) | fentry | tracepoint
   uint32_t growth_signal_mib = 16;           // a container writing this much in 1 s re-reads quotas at once
+  // Block devices with user/group quotas (README "Block devices").
+  std::string block_quotas = "auto";             // auto | on | off
+  std::vector<std::string> block_quota_include;  // device names or mount points; empty = all
+  std::vector<std::string> block_quota_exclude;
+  uint32_t device_refresh_interval_s = 30;       // background re-read of every block/ZFS device
+  uint32_t disk_notification_window_s = 86400;   // qman QUOTA_NOTIFICATION_GRACE_ALERT_WINDOW_SECONDS
   // Enforcement and notification (README "Enforcement").
   std::string enforcement = "dry-run";          // off | dry-run | enforce
   std::string enforcement_order = "newest";     // newest | oldest | largest

@@ -40,6 +40,8 @@ class EnforcementServices {
   // New usage figures were published: sweep soon.
   void usageChanged() { enforcer_->wake(); }
   Enforcer& enforcer() { return *enforcer_; }
+  // Events were recorded elsewhere (the block devices' quota events): send them now.
+  void wakeDelivery() { eventsRecorded(); }
   // For /healthz: the enforcer's counters and each sender's state (a failing
   // sender degrades the agent).
   Health health() const;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "app/qman_wiring.h"
 
+#include <ctime>
 #include <set>
 
 #include "agent/base/log.h"
@@ -111,6 +112,23 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
                                             .reserved_bytes = config.docker_quota_reserved_bytes,
                                             .data_root = config.docker_data_root}});
   q->ctx_->projects = q->projects_.get();
+  q->devices_ = openQuotaDevices(config, {});
+  q->ctx_->devices = q->devices_.devices.get();
+  // Quota events of block devices and ZFS after each refresh (spec §5), to
+  // whichever senders are configured, as enforcement's events.
+  q->notices_ = std::make_unique<DiskNotices>(
+      store, DiskNotices::Options{.window_s = config.disk_notification_window_s,
+                                  .route = EventRoute{.master = !config.master_url.empty(), .mail = !config.smtp_url.empty()},
+                                  .name_of = [u = q->users_.get()](uint32_t uid) { return u->name(uid); },
+                                  .on_events = [q = q.get()] {
+                                    if (q->on_disk_events_) q->on_disk_events_();
+                                  }});
+  q->devices_.devices->setRefreshListener([q = q.get()] {
+    auto view = q->devices_.devices->view();
+    // The list's text now, on this thread, so that no request builds it.
+    (void)q->ctx_->device_cache->texts(*view, *q->users_, q->ctx_->candidates);
+    q->notices_->scan(*view, static_cast<uint64_t>(time(nullptr)));
+  });
   installQmanRoutes(api, *q->ctx_);
   return q;
 }
@@ -120,6 +138,7 @@ QmanServices::~QmanServices() { stop(); }
 void QmanServices::start() {
   if (projects_) projects_->start();
   usage_->start();
+  devices_.devices->start();
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
@@ -129,6 +148,7 @@ void QmanServices::start() {
 
 void QmanServices::stop() {
   defaults_worker_.stop();
+  if (devices_.devices) devices_.devices->stop();
   if (usage_) usage_->stop();
   if (projects_) projects_->stop();
 }
@@ -147,6 +167,22 @@ Result<size_t> QmanServices::applyDefaultsNow() {
   return n;
 }
 
+size_t QmanServices::applyDeviceDefaults() {
+  // Block devices and ZFS (spec §3.7): eligible = managed passwd users.
+  std::vector<uint32_t> eligible;
+  for (const auto& u : users_->managed()) eligible.push_back(u.uid);
+  size_t n = 0;
+  for (QuotaDevice* dev : devices_.devices->all()) {
+    auto d = quotas_->deviceDefault(dev->name());
+    if (!d) {
+      LOG_WARN(kSub, "default quota of %s: %s", dev->name().c_str(), d.error().message.c_str());
+      continue;
+    }
+    if (*d) n += applyDeviceDefault(*devices_.devices, *dev, eligible, **d);
+  }
+  return n;
+}
+
 void QmanServices::haltDefaults() {
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -156,15 +192,28 @@ void QmanServices::haltDefaults() {
 }
 
 void QmanServices::runDefaults() {
+  using Clock = std::chrono::steady_clock;
   std::unique_lock<std::mutex> l(mu_);
-  // First run once usage is known (a default depends on it), then every interval.
-  for (int i = 0; i < 600 && !stop_ && !usage_->snapshot()->measured; i++)
-    cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_; });
+  // Each backend's first run once its figures are known (a default depends on
+  // usage: Docker's first measurement, at most 600 s late; the devices' first
+  // read), then every interval. Apart: block devices need no dockerd.
+  const auto docker_deadline = Clock::now() + std::chrono::seconds(600);
+  auto docker_next = Clock::now(), devices_next = Clock::now();
   while (!stop_) {
-    l.unlock();
-    if (auto n = applyDefaultsNow(); !n) LOG_WARN(kSub, "default quotas: %s", n.error().message.c_str());
-    l.lock();
-    cv_.wait_for(l, default_interval_, [this] { return stop_; });
+    const auto now = Clock::now();
+    if (now >= docker_next && (usage_->snapshot()->measured || now >= docker_deadline)) {
+      l.unlock();
+      if (auto n = applyDefaultsNow(); !n) LOG_WARN(kSub, "default quotas: %s", n.error().message.c_str());
+      l.lock();
+      docker_next = now + default_interval_;
+    }
+    if (now >= devices_next && devices_.devices->view()->refreshed_at > 0) {
+      l.unlock();
+      applyDeviceDefaults();
+      l.lock();
+      devices_next = now + default_interval_;
+    }
+    cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_; });
   }
 }
 

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/base/worker.h"
+#include "agent/quota/disk_notices.h"
 #include "agent/quota/project_quotas.h"
 #include "agent/quota/quotas.h"
 #include "agent/runtime/docker_client.h"
@@ -28,6 +29,7 @@
 #include "api/http_api.h"
 #include "api/qman_api.h"
 #include "app/config.h"
+#include "app/device_wiring.h"
 
 namespace dockquota {
 
@@ -51,11 +53,18 @@ class QmanServices {
   QmanContext& context() { return *ctx_; }
   // Called after every usage publish (the enforcer's trigger). Set before start().
   void setUsageListener(std::function<void()> f) { on_usage_ = std::move(f); }
+  // Called after block/ZFS quota events were recorded (wakes the senders). Set before start().
+  void setDiskEventsListener(std::function<void()> f) { on_disk_events_ = std::move(f); }
   QuotaBook& quotas() { return *quotas_; }
   // The kernel project-quota backend; nullptr when the config turns it off.
   ProjectQuotas* projects() { return projects_.get(); }
+  // Block devices and ZFS datasets: their figures and reasons for /healthz.
+  Health devicesHealth() const { return devices_.health(); }
+  QuotaDevices& devices() { return *devices_.devices; }
   // One run of the periodic default application; returns how many users got a limit.
   Result<size_t> applyDefaultsNow();
+  // The same for block devices and ZFS datasets; how many users got limits.
+  size_t applyDeviceDefaults();
 
  private:
   QmanServices() = default;
@@ -70,8 +79,11 @@ class QmanServices {
   std::unique_ptr<UsageAccountant> usage_;
   std::unique_ptr<DockerClient> project_client_;  // inspect for layer roots, never behind a slow /system/df
   std::unique_ptr<ProjectQuotas> projects_;
+  DeviceServices devices_;
   std::unique_ptr<QmanContext> ctx_;
   std::function<void()> on_usage_;
+  std::function<void()> on_disk_events_;
+  std::unique_ptr<DiskNotices> notices_;
 
   std::mutex mu_;
   std::condition_variable cv_;

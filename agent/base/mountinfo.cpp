@@ -43,6 +43,7 @@ std::vector<MountEntry> parseMountinfo(const std::string& text) {
     e.dev = makedev(maj, min);
     e.root = unescape(root);
     e.mount_point = unescape(mp);
+    e.options = opts;
     e.source = unescape(e.source);
     out.push_back(std::move(e));
   }

@@ -248,9 +248,10 @@ std::optional<uint64_t> limitBytes(const json& d) {
 std::string mailId(std::string_view id) { return shortId(clean(id, 64)); }
 
 // Kind of event, most severe last.
-enum class Kind { Other, Warning, Exceeded, Stopped, Removed };
+enum class Kind { Other, Disk, Warning, Exceeded, Stopped, Removed };
 
 Kind kindOf(const std::string& type) {
+  if (diskEventType(type)) return Kind::Disk;
   if (type == event_type::kWarning) return Kind::Warning;
   if (type == event_type::kExceeded) return Kind::Exceeded;
   if (type == event_type::kStopped) return Kind::Stopped;
@@ -264,6 +265,7 @@ const char* subjectFor(Kind k) {
     case Kind::Stopped: return "container stopped";
     case Kind::Exceeded: return "quota exceeded";
     case Kind::Warning: return "nearly full";
+    case Kind::Disk: return "disk quota notice";
     case Kind::Other: break;
   }
   return "notice";
@@ -292,6 +294,29 @@ std::string overText(std::optional<uint64_t> usage, std::optional<uint64_t> limi
   if (usage) return "your Docker disk usage " + is + " " + figure(*usage);
   if (limit) return "your Docker disk usage " + is + " over your limit of " + figure(*limit);
   return "your Docker disk usage " + is + " over your limit";
+}
+
+// A block device / ZFS quota event (spec slave-devices §5) in plain English.
+std::string diskText(const Event& e) {
+  const json& d = e.detail;
+  const std::string dev = clean(stringField(d, "device_name"));
+  std::string s;
+  if (e.type == "disk_soft_limit_exceeded") s = "you went over your soft limit on " + dev;
+  else if (e.type == "disk_soft_grace_ending") s = "your grace period on " + dev + " is ending";
+  else if (e.type == "disk_soft_grace_expired") s = "your grace period on " + dev + " has expired: writes are refused until you are under the soft limit";
+  else if (e.type == "disk_hard_limit_reached") s = "you reached your hard limit on " + dev + ": writes are refused";
+  else if (e.type == "disk_back_to_ok") s = "you are back within your limits on " + dev;
+  else s = "your disk quota on " + dev + " changed state (" + clean(e.type) + ")";
+  auto kib = [&](const char* k) -> std::optional<uint64_t> {
+    auto v = u64Field(d, k);
+    if (!v || *v == 0 || *v > (std::numeric_limits<uint64_t>::max() >> 10)) return std::nullopt;
+    return *v << 10;
+  };
+  if (auto used = u64Field(d, "block_current")) s += ". Usage " + figure(*used);
+  if (auto soft = kib("block_soft_limit")) s += ", soft limit " + figure(*soft);
+  if (auto hard = kib("block_hard_limit")) s += ", hard limit " + figure(*hard);
+  if (auto end = u64Field(d, "block_time_limit"); end && *end > 0) s += ", grace ends " + whenText(static_cast<double>(*end));
+  return s + ".";
 }
 
 // One paragraph per event, in plain English.
@@ -353,6 +378,7 @@ std::string describe(const Event& e) {
       if (auto now = u64Field(d, "new_usage")) s += " Your Docker disk usage is now " + figure(*now) + ".";
       return cap(s);
     }
+    case Kind::Disk: return cap(diskText(e));
     case Kind::Other: break;
   }
   return "";
@@ -690,7 +716,8 @@ Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& 
 
   const std::string host = clean(info.host).empty() ? "(unknown host)" : clean(info.host);
   const std::string user = clean(info.user);
-  std::string subject = "[dockquota " + host + "] Docker disk quota: " + subjectFor(worst);
+  const bool disk_only = worst == Kind::Disk;
+  std::string subject = "[dockquota " + host + "] " + (disk_only ? "Disk quota: " : "Docker disk quota: ") + subjectFor(worst);
   if (shown.size() > 1) subject += " (" + std::to_string(shown.size()) + " notices)";
 
   std::string m;
@@ -707,8 +734,10 @@ Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& 
   m += "\r\n";
 
   m += "Hello " + (user.empty() ? "uid " + std::to_string(info.uid) : user) + ",\r\n\r\n";
-  m += wrap("This is dockquota on " + host + ". The Docker containers, images and volumes you create on " + host +
-                " count against your Docker disk quota (uid " + std::to_string(info.uid) + ").",
+  m += wrap(disk_only ? "This is dockquota on " + host + ". Your files on " + host +
+                            "'s filesystems count against your disk quotas (uid " + std::to_string(info.uid) + ")."
+                      : "This is dockquota on " + host + ". The Docker containers, images and volumes you create on " +
+                            host + " count against your Docker disk quota (uid " + std::to_string(info.uid) + ").",
             72, "", "");
   m += "\r\n";
   size_t skip = shown.size() > kMaxListed ? shown.size() - kMaxListed : 0;

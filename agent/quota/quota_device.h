@@ -68,6 +68,7 @@ struct QuotaTable {
   std::optional<std::string> format;  // "vfsv0", "vfsv1", "zfs"; absent when unreadable (XFS: ESRCH)
   std::optional<QuotaInfo> info;      // absent when unreadable, and always for ZFS
   std::vector<QuotaFigures> entries;  // sorted by id, unique; every id the backend knows (one pass)
+  bool active = true;                 // false: quota off in the kernel (ESRCH): listed empty, nobody zero-filled
 };
 
 // Everything one device reports; immutable once read (shared with readers).

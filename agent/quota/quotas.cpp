@@ -151,6 +151,12 @@ std::string UserDirectory::name(uint32_t uid) {
   return it != by_uid_.end() ? it->second : "user_" + std::to_string(uid);
 }
 
+bool UserDirectory::known(uint32_t uid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  refreshLocked();
+  return by_uid_.count(uid) > 0;
+}
+
 std::optional<uint32_t> UserDirectory::uid(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   refreshLocked();

@@ -111,6 +111,8 @@ class UserDirectory {
  public:
   explicit UserDirectory(PasswdFn passwd = readPasswd, std::chrono::seconds ttl = std::chrono::seconds(30));
   std::string name(uint32_t uid);
+  // The uid has a passwd entry (as of the cached list).
+  bool known(uint32_t uid);
   // passwd name, or "user_<uid>" for a uid not in passwd.
   std::optional<uint32_t> uid(const std::string& name);
   // A uid written out ("2001") or a name as uid() takes it: how an admin

@@ -39,7 +39,11 @@ constexpr const char* kRemoved = "docker_container_removed";
 constexpr const char* kDryRun = "docker_enforcement_dry_run";
 constexpr const char* kFailed = "docker_enforcement_failed";
 constexpr const char* kAttributionMissed = "docker_attribution_missed";
+// Block devices and ZFS datasets (agent/quota/disk_notices.h; spec slave-devices §5).
+constexpr const char* kDiskPrefix = "disk_";  // disk_soft_limit_exceeded, _soft_grace_ending, ...
 }  // namespace event_type
+// A block device / ZFS quota event (disk_*): to the master and mailed, like the docker_* ones.
+bool diskEventType(const std::string& type);
 
 // Where an event goes besides the agent's own API.
 enum class Channel { Master, Mail };

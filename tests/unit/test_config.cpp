@@ -164,3 +164,27 @@ TEST_CASE("config: the API transport's workers, caps and deadlines", "[config][h
   REQUIRE_FALSE(over.ok());
   CHECK_THAT(over.error().message, Catch::Contains("http_max_connections_per_peer"));
 }
+
+TEST_CASE("config: block device keys", "[config][block]") {
+  auto d = parseConfig("{}", "t.json");
+  REQUIRE(d.ok());
+  CHECK(d->block_quotas == "auto");
+  CHECK(d->block_quota_include.empty());
+  CHECK(d->device_refresh_interval_s == 30);
+  CHECK(d->disk_notification_window_s == 86400);
+  auto ok = parseConfig(R"({"block_quotas": "on", "block_quota_include": ["/home", "/dev/sdb1"],
+                            "block_quota_exclude": ["/srv"], "device_refresh_interval_s": 5,
+                            "disk_notification_window_s": 3600})",
+                        "t.json");
+  REQUIRE(ok.ok());
+  CHECK(ok->block_quotas == "on");
+  CHECK(ok->block_quota_include == std::vector<std::string>{"/home", "/dev/sdb1"});
+  CHECK(ok->block_quota_exclude == std::vector<std::string>{"/srv"});
+  CHECK(ok->device_refresh_interval_s == 5);
+  for (const char* bad : {R"({"block_quotas": "yes"})", R"({"block_quota_include": ["home"]})",
+                          R"({"block_quota_exclude": "/srv"})", R"({"device_refresh_interval_s": 0})",
+                          R"({"block_quota": "auto"})"}) {
+    INFO(bad);
+    CHECK_FALSE(parseConfig(bad, "t.json").ok());
+  }
+}
