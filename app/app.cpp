@@ -82,7 +82,6 @@ Result<std::unique_ptr<App>> App::create(Config config) {
                             return a->dsock_ != nullptr && from > 0 && from <= since;
                           }});
   app->attachProbes();
-  app->attachZfs();
   if (auto st = app->buildServices(); !st) return st.error();
   app->wire();
   return app;
@@ -193,31 +192,6 @@ void App::attachGrowth() {
                                  }});
 }
 
-// ZFS datasets through the zfs CLI. "auto" stays off on a host without ZFS
-// (no binary, no module); "on" runs degraded, loudly, until it has them.
-void App::attachZfs() {
-  if (config_.zfs == "off") return;
-  const std::string why = zfsUnavailable(config_.zfs_binary);
-  if (!why.empty() && config_.zfs == "auto") {
-    LOG_INFO(kSub, "zfs: not used (%s)", why.c_str());
-    return;
-  }
-  ZfsSelection sel{config_.zfs_datasets.empty(), config_.zfs_datasets, config_.zfs_exclude};
-  if (!why.empty()) {
-    LOG_ERROR(kSub, "zfs: configured on, but %s", why.c_str());
-    // Discovery reports its own failure (and its recovery) on every run;
-    // configured datasets only fail when read.
-    if (!sel.discover) degraded_.push_back("zfs: " + why);
-  }
-  zfs_ = std::make_unique<ZfsBackend>(
-      std::move(sel), std::make_shared<ZfsCli>(config_.zfs_binary, realZfsExec(config_.zfs_binary)));
-  // One discovery now (bounded by the list's 30 s limit): the log says what
-  // is served, and a failure is in /healthz and /metrics from the start.
-  std::string names;
-  for (const auto& n : zfs_->names()) names += (names.empty() ? "" : ", ") + n;
-  LOG_INFO(kSub, "zfs: datasets: %s", names.empty() ? "none" : names.c_str());
-}
-
 Status App::buildServices() {
   // Docker events: a reconcile on every (re)connect.
   events_ = std::make_unique<DockerEventStream>(
@@ -268,7 +242,7 @@ void App::wire() {
   more = [prev = more, this](std::string& out) {
     if (prev) prev(out);
     promAttributionCounters(out, attributor_->health().report);
-    if (zfs_) promZfsCounters(out, zfs_->health().report);
+    if (auto h = qman_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
   };
   qman_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
   qman_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
@@ -490,7 +464,6 @@ json App::health() {
   }
   h["probes"] = std::move(probes);
   if (enforcement_) take("enforcement", enforcement_->health());
-  if (zfs_) take("zfs", zfs_->health());
   if (qman_) take("quota_devices", qman_->devicesHealth());
   h["kernel"] = kernel_;
   h["degraded"] = reasons;

@@ -58,7 +58,6 @@ class App {
   Status openStore();
   void attachProbes();
   void attachGrowth();
-  void attachZfs();
   Status buildServices();
   void wire();
   void consumeProbes();                    // under tracker_mu_
@@ -97,9 +96,6 @@ class App {
   ProjectQuotas* projects_ = nullptr;          // qman_'s kernel backend, when on
   UsageAccountant* measure_on_change_ = nullptr;  // no kernel usage: a create asks for a measure
   std::unique_ptr<EnforcementServices> enforcement_;
-  // ZFS datasets as quota devices (config zfs); null when off. The device
-  // registry reads them; here: health, /metrics.
-  std::unique_ptr<ZfsBackend> zfs_;
   bool started_ = false, stopped_ = false;
 };
 

@@ -4,6 +4,7 @@
 #include "agent/base/log.h"
 #include "agent/base/mountinfo.h"
 #include "agent/quota/block_quota.h"
+#include "agent/quota/zfs_quota.h"
 #include "api/qman_devices.h"
 
 namespace dockquota {
@@ -35,10 +36,39 @@ void addBlockDevices(const Config& config, DeviceServices& s) {
   if (mounts.empty()) LOG_INFO(kSub, "no ext4 or XFS mount with usrquota or grpquota");
 }
 
+// ZFS datasets (spec §4): discovered once here (or as configured), each a
+// device of the registry; the backend stays for its discovery health and
+// the CLI's counters.
+void addZfsDevices(const Config& config, DeviceServices& s) {
+  const std::string why = zfsUnavailable(config.zfs_binary);
+  if (!why.empty() && config.zfs == "auto") {
+    LOG_INFO("zfs", "not used (%s)", why.c_str());
+    return;
+  }
+  ZfsSelection sel{config.zfs_datasets.empty(), config.zfs_datasets, config.zfs_exclude};
+  if (!why.empty()) {
+    LOG_ERROR("zfs", "configured on, but %s", why.c_str());
+    if (!sel.discover) s.degraded.push_back("zfs: " + why);
+  }
+  auto cli = std::make_shared<ZfsCli>(config.zfs_binary, realZfsExec(config.zfs_binary));
+  s.zfs = std::make_unique<ZfsBackend>(std::move(sel), cli);
+  std::string names;
+  for (const auto& n : s.zfs->names()) {
+    s.devices->add(std::make_unique<ZfsDataset>(n, cli));
+    names += (names.empty() ? "" : ", ") + n;
+  }
+  LOG_INFO("zfs", "datasets: %s", names.empty() ? "none" : names.c_str());
+}
+
 }  // namespace
 
 Health DeviceServices::health() const {
   Health h = devices ? devices->health() : Health{};
+  if (zfs) {
+    Health z = zfs->health();
+    h.report["zfs"] = std::move(z.report);
+    h.absorb(std::move(z));
+  }
   for (const auto& r : degraded) h.degraded.push_back(r);
   return h;
 }
@@ -48,6 +78,7 @@ DeviceServices openQuotaDevices(const Config& config, std::function<void()> on_r
   s.devices = std::make_unique<QuotaDevices>(QuotaDevices::Options{
       .interval = std::chrono::seconds(config.device_refresh_interval_s), .on_refresh = std::move(on_refresh)});
   if (config.block_quotas != "off") addBlockDevices(config, s);
+  if (config.zfs != "off") addZfsDevices(config, s);
   for (const auto& r : s.degraded) LOG_WARN(kSub, "DEGRADED: %s", r.c_str());
   return s;
 }

@@ -11,6 +11,7 @@
 
 #include "agent/base/health.h"
 #include "agent/quota/quota_devices.h"
+#include "agent/quota/zfs_quota.h"
 #include "app/config.h"
 
 namespace dockquota {
@@ -20,6 +21,7 @@ struct DeviceServices {
   // Reasons found while building (block_quotas "on" with no device, mounts
   // asking for quotas on a filesystem we do not serve): degraded for good.
   std::vector<std::string> degraded;
+  std::unique_ptr<ZfsBackend> zfs;  // config zfs not off: discovery and the CLI's counters
   Health health() const;
 };
 
