@@ -443,6 +443,15 @@ void ProjectQuotas::tagHeld(const std::string& root) {
     auto rec = cid ? store_.get(ObjectKind::Container, *cid) : Result<std::optional<ObjectRecord>>(std::nullopt);
     if (rec && *rec && (*rec)->owner) {
       p = allocateNow(kUser, std::to_string(billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid)));
+    } else if (rec && *rec) {
+      // The container has its row (Docker's create event, or the reply a
+      // moment before its owner is written): the create is over, so this is
+      // the start, and the reply that names the owner is being read (seen on
+      // 5.10: 40 ms between the reply's capture and its owner in the
+      // store). Held: the reply's tag releases it, else the gate's hold ends.
+      LOG_DEBUG(kSub, "held layer %s: container %s is made but has no owner yet: held for the create reply",
+                root.c_str(), shortId(*cid).c_str());
+      return;
     } else {
       // No owner after the rings were drained: the client has not read the
       // create reply, so this is still the create's own mount (Docker's
