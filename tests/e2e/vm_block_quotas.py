@@ -336,6 +336,10 @@ def main():
     except AssertionError as e:
         failures.append(str(e))
         print("FAIL: %s" % e)
+    except Exception as e:  # the agent gone or stuck: its log says why
+        failures.append(repr(e))
+        print("FAIL: %r" % e)
+        raise
     finally:
         if failures:
             print("---- agent log (tail) ----\n" + env.tail_log(80))
