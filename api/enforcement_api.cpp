@@ -74,7 +74,8 @@ void listEvents(EnforcementContext& ctx, const Req& req, Res& res) {
   json list = json::array();
   for (const auto& r : *rows) list.push_back(eventJson(r));
   sendJson(res, 200,
-           {{"events", std::move(list)}, {"next_after", rows->empty() ? q.after : rows->back().event.seq},
+           {{"events", std::move(list)},
+            {"next_after", rows->empty() ? q.after : rows->back().event.seq},
             {"has_more", more}});
 }
 
@@ -148,16 +149,23 @@ void installEnforcementRoutes(ApiServer& api, EnforcementContext& ctx) {
               if (!uid) return sendError(res, 404, "no such user: " + printable(req.matches[1].str(), kEchoBytes));
               json s = c.enforcer.state(*uid);
               if (s["users"].empty())
-                return sendError(res, 404, "uid " + std::to_string(*uid) + " has no Docker limit and no pending action");
+                return sendError(res, 404,
+                                 "uid " + std::to_string(*uid) + " has no Docker limit and no pending action");
               sendJson(res, 200, s["users"][0]);
             }));
   api.route("POST", "/api/v1/enforcement/sweep", guarded([](EnforcementContext& c, const Req&, Res& res) {
               auto r = c.enforcer.sweep();
               if (!r) return sendError(res, 500, r.error().message);
               sendJson(res, 200,
-                       {{"users", r->users}, {"over", r->over}, {"stopped", r->stopped}, {"removed", r->removed},
-                        {"spared", r->spared}, {"failed", r->failed}, {"events", r->events},
-                        {"skipped", r->skipped}, {"seconds", r->seconds}});
+                       {{"users", r->users},
+                        {"over", r->over},
+                        {"stopped", r->stopped},
+                        {"removed", r->removed},
+                        {"spared", r->spared},
+                        {"failed", r->failed},
+                        {"events", r->events},
+                        {"skipped", r->skipped},
+                        {"seconds", r->seconds}});
             }));
   api.route("GET", "/api/v1/exemptions", guarded([](EnforcementContext& c, const Req&, Res& res) {
               auto xs = c.store.exemptions();
@@ -190,7 +198,8 @@ void renderEnforcementMetrics(std::string& out, const EnforcementContext& ctx) {
   promSample(out, "dockquota_enforcement_sweep_seconds", "", h["last_sweep_seconds"].get<double>());
   promHeader(out, "dockquota_users_over_limit", "gauge", "Users over their Docker limit at the last sweep.");
   promSample(out, "dockquota_users_over_limit", "", h["users_over_limit"].get<uint64_t>());
-  promHeader(out, "dockquota_enforcement_actions_total", "counter", "Containers stopped, removed, spared, and failed actions.");
+  promHeader(out, "dockquota_enforcement_actions_total", "counter",
+             "Containers stopped, removed, spared, and failed actions.");
   for (const char* a : {"stopped", "removed", "spared", "failed"})
     promSample(out, "dockquota_enforcement_actions_total", std::string("action=\"") + a + "\"", h[a].get<uint64_t>());
   promHeader(out, "dockquota_events_recorded_total", "counter", "Enforcement events recorded.");
@@ -208,8 +217,8 @@ void renderEnforcementMetrics(std::string& out, const EnforcementContext& ctx) {
       if (!fields.is_object()) continue;
       for (const auto& [k, v] : fields.items())
         if (v.is_number())
-          promSample(out, "dockquota_delivery", "channel=\"" + promEscape(channel) + "\",field=\"" + promEscape(k) + "\"",
-                     v.get<double>());
+          promSample(out, "dockquota_delivery",
+                     "channel=\"" + promEscape(channel) + "\",field=\"" + promEscape(k) + "\"", v.get<double>());
     }
   }
 }

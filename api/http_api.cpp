@@ -67,7 +67,9 @@ void sendJsonText(httplib::Response& res, int status, std::string body) {
   res.set_header("Content-Type", "application/json");
 }
 
-void sendError(httplib::Response& res, int status, const std::string& msg) { sendJson(res, status, json{{"msg", msg}}); }
+void sendError(httplib::Response& res, int status, const std::string& msg) {
+  sendJson(res, status, json{{"msg", msg}});
+}
 
 // The JSON object in a PUT/POST body, or the 4xx already written to `res`.
 std::optional<json> jsonBody(const httplib::Request& req, httplib::Response& res, size_t max_bytes) {
@@ -205,9 +207,7 @@ void ApiServer::handle(const Route& r, httplib::Request& req, httplib::Response&
   try {
     r.handler(req, res);
     if (res.status < 0 && res.body.empty()) failure = "the handler wrote no answer";
-  } catch (const std::exception& e) {
-    failure = e.what();
-  } catch (...) {
+  } catch (const std::exception& e) { failure = e.what(); } catch (...) {
     failure = "unknown exception";
   }
   if (!failure.empty()) {
@@ -239,7 +239,7 @@ void ApiServer::route(httplib::Request& req, httplib::Response& res) {
     const bool head = req.method == "HEAD";
     static const std::string kGet = "GET";
     const std::string& method = head ? kGet : req.method;
-    std::set<std::string> allowed;   // methods of the patterns that match the path
+    std::set<std::string> allowed;       // methods of the patterns that match the path
     const std::string* first = nullptr;  // the first of them
     for (const Route& r : routes_) {
       if (!std::regex_match(req.path, req.matches, r.re)) continue;
@@ -300,8 +300,8 @@ json ApiServer::objectJson(const ObjectRecord& r, const std::function<const std:
   j["gone_at"] = r.gone_at ? json(isoTime(*r.gone_at)) : json(nullptr);
   if (!r.owner) {
     j["source"] = "unattributed";
-    for (const char* k : {"uid", "user", "login_uid", "billed_uid", "billed_user", "pid", "comm", "exe", "method",
-                          "attributed_at"}) {
+    for (const char* k :
+         {"uid", "user", "login_uid", "billed_uid", "billed_user", "pid", "comm", "exe", "method", "attributed_at"}) {
       j[k] = nullptr;
     }
     return j;

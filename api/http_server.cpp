@@ -200,8 +200,7 @@ void localAddr(int fd, std::string* addr, int* port) {
 }
 
 bool isLoopback(const sockaddr_storage& ss) {
-  if (ss.ss_family == AF_INET)
-    return (ntohl(reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr.s_addr) >> 24) == 127;
+  if (ss.ss_family == AF_INET) return (ntohl(reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr.s_addr) >> 24) == 127;
   const auto& a = reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
   return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127);
 }
@@ -357,8 +356,8 @@ struct HttpServer::Loop {
     SSL_CTX_set_options(ssl_ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     // Partial writes from a buffer we keep; RELEASE_BUFFERS frees the 34 KiB
     // record buffers of an idle connection.
-    SSL_CTX_set_mode(ssl_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                                  SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(ssl_ctx,
+                     SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ssl_ctx, opt.tls_cert_file.c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(ssl_ctx, opt.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ssl_ctx) != 1) {
@@ -428,12 +427,15 @@ struct HttpServer::Loop {
     workers.reserve(n);
     for (int i = 0; i < n; i++) {
       workers.emplace_back();
-      workers.back().start("dq-http-" + std::to_string(i), [this] { work(); }, [this] { stopWorkers(); });
+      workers.back().start(
+          "dq-http-" + std::to_string(i), [this] { work(); }, [this] { stopWorkers(); });
     }
-    loop_worker.start("dq-http-loop", [this] { run(); }, [this] {
-      stopping = true;
-      wake();
-    });
+    loop_worker.start(
+        "dq-http-loop", [this] { run(); },
+        [this] {
+          stopping = true;
+          wake();
+        });
     return {};
   }
 
@@ -488,7 +490,8 @@ struct HttpServer::Loop {
       size_t length = res.body.size();
       if (head && length == 0) {  // the router dropped the GET answer's body and said its size
         const std::string v = res.get_header_value("Content-Length");
-        if (!v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos) length = std::stoull(v);
+        if (!v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos)
+          length = std::stoull(v);
       }
       Done d{j.conn, responseHead(res, status, length, j.keep_alive, opt.idle_timeout), {}};
       if (!head) d.body = std::move(res.body);
@@ -600,8 +603,9 @@ struct HttpServer::Loop {
       Conn* v = victim(&key);
       if (!v) {
         metrics.add(M::kRefusedMaxPerPeer);
-        logLimited(log_refused, now,
-                   [&] { return "refused a connection from " + addr + ": all its connections are busy (" + caps() + ")"; });
+        logLimited(log_refused, now, [&] {
+          return "refused a connection from " + addr + ": all its connections are busy (" + caps() + ")";
+        });
         return false;
       }
       metrics.add(M::kEvictedMaxPerPeer);
@@ -717,7 +721,8 @@ struct HttpServer::Loop {
           } else {
             if (!SSL_is_init_finished(c.ssl) && c.phase != Phase::Lingering) {
               metrics.add(M::kTlsHandshakeFailed);
-              logLimited(log_tls, Clock::now(), [&] { return "TLS handshake with " + c.peer + " failed: " + opensslError(); });
+              logLimited(log_tls, Clock::now(),
+                         [&] { return "TLS handshake with " + c.peer + " failed: " + opensslError(); });
             }
             ERR_clear_error();
             closeConn(c);
@@ -795,7 +800,8 @@ struct HttpServer::Loop {
         if (nl == std::string::npos || nl > opt.max_head_bytes)
           return reject(c, 414, "request URI too long (limit " + std::to_string(opt.max_head_bytes) + " bytes)",
                         M::kRejectUriTooLong);
-        return reject(c, 431, "request header fields too large (limit " + std::to_string(opt.max_head_bytes) + " bytes)",
+        return reject(c, 431,
+                      "request header fields too large (limit " + std::to_string(opt.max_head_bytes) + " bytes)",
                       M::kRejectHeadTooLarge);
       }
       auto req = std::make_unique<httplib::Request>();
@@ -824,8 +830,7 @@ struct HttpServer::Loop {
       }
       if (length > opt.max_body_bytes)
         return reject(c, 413, "request body too large", M::kRejectBodyTooLarge);  // as httplib said it
-      if (buffered + length > opt.max_buffered_bytes)
-        return reject(c, 503, "server busy, retry", M::kRejectBusy);
+      if (buffered + length > opt.max_buffered_bytes) return reject(c, 503, "server busy, retry", M::kRejectBusy);
       buffered += length;
       c.reserved = length;
       c.body_need = length;
@@ -1009,8 +1014,10 @@ struct HttpServer::Loop {
     if (listen_paused) next = listen_resume;
     for (auto& [id, cp] : conns) {
       if (cp->phase == Phase::Handling) continue;
-      if (cp->deadline <= now) due.push_back(id);
-      else next = std::min(next, cp->deadline);
+      if (cp->deadline <= now)
+        due.push_back(id);
+      else
+        next = std::min(next, cp->deadline);
     }
     for (uint64_t id : due) {
       auto it = conns.find(id);

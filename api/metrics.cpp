@@ -104,8 +104,10 @@ nlohmann::json TransportMetrics::toJson() const {
   nlohmann::json j = {{"open", open()}};
   for (size_t i = 0; i < kCount; i++) {
     const CounterName& n = kNames[i];
-    if (n.group) j[n.group][n.value] = get(static_cast<Counter>(i));
-    else j[n.value] = get(static_cast<Counter>(i));
+    if (n.group)
+      j[n.group][n.value] = get(static_cast<Counter>(i));
+    else
+      j[n.value] = get(static_cast<Counter>(i));
   }
   return j;
 }
@@ -115,10 +117,14 @@ nlohmann::json TransportMetrics::toJson() const {
 std::string promEscape(const std::string& s) {
   std::string out;
   for (char c : utf8Fix(s)) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -165,7 +171,7 @@ void promProbeCounters(std::string& out, const nlohmann::json& counters) {
   promHeader(out, "dockquota_probe_counter", "gauge",
              "BPF probe counters and state (drops by reason, attached = 1), as the probes report them.");
   std::function<void(const nlohmann::json&, const std::string&)> walk = [&](const nlohmann::json& j,
-                                                                           const std::string& prefix) {
+                                                                            const std::string& prefix) {
     for (const auto& [k, v] : j.items()) {
       const std::string name = prefix.empty() ? k : prefix + "_" + k;
       if (v.is_object()) {
@@ -188,7 +194,8 @@ void promAttributionCounters(std::string& out, const nlohmann::json& a) {
     if (it == a.end() || !it->is_object()) return;
     promHeader(out, name, type, help);
     for (const auto& [k, v] : it->items())
-      if (v.is_number_unsigned()) promSample(out, name, std::string(label) + "=\"" + promEscape(k) + "\"", v.get<uint64_t>());
+      if (v.is_number_unsigned())
+        promSample(out, name, std::string(label) + "=\"" + promEscape(k) + "\"", v.get<uint64_t>());
   };
   family("dockquota_attribution_losses_total", "counter",
          "Ways an attribution was lost or doubted, by reason (see /healthz attribution.losses).", "losses", "reason");

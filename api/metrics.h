@@ -25,21 +25,21 @@ class TransportMetrics {
   // PROMETHEUS_TRANSPORT: each counter's family and label are in kNames (metrics.cpp).
   enum Counter : size_t {
     kAccepted,
-    kRefusedMaxConnections,    // table full, nobody evictable: closed at accept
-    kRefusedMaxPerPeer,        // this peer's share full, none of its own evictable
-    kRefusedFdLimit,           // accept() hit EMFILE/ENFILE
-    kEvictedMaxConnections,    // closed to make room for a new connection
+    kRefusedMaxConnections,  // table full, nobody evictable: closed at accept
+    kRefusedMaxPerPeer,      // this peer's share full, none of its own evictable
+    kRefusedFdLimit,         // accept() hit EMFILE/ENFILE
+    kEvictedMaxConnections,  // closed to make room for a new connection
     kEvictedMaxPerPeer,
-    kTimeoutHead,              // request head not complete by the deadline (408)
-    kTimeoutBody,              // body not complete by the deadline (408)
-    kTimeoutWrite,             // the client did not read the answer
-    kIdleClosed,               // keep-alive connection idle past http_idle_timeout_s
-    kRejectHeadTooLarge,       // 431
-    kRejectUriTooLong,         // 414
-    kRejectBodyTooLarge,       // 413
-    kRejectLengthRequired,     // 411: chunked request body
-    kRejectBadRequest,         // 400: unparsable head
-    kRejectBusy,               // 503: all connections' bodies over the memory budget
+    kTimeoutHead,           // request head not complete by the deadline (408)
+    kTimeoutBody,           // body not complete by the deadline (408)
+    kTimeoutWrite,          // the client did not read the answer
+    kIdleClosed,            // keep-alive connection idle past http_idle_timeout_s
+    kRejectHeadTooLarge,    // 431
+    kRejectUriTooLong,      // 414
+    kRejectBodyTooLarge,    // 413
+    kRejectLengthRequired,  // 411: chunked request body
+    kRejectBadRequest,      // 400: unparsable head
+    kRejectBusy,            // 503: all connections' bodies over the memory budget
     kTlsHandshakeFailed,
     kCount
   };
@@ -64,8 +64,7 @@ class RequestMetrics {
  public:
   // Histogram buckets in seconds: the qman master's timeouts are 5..180 s, our
   // target is p99 <= 10 ms, so resolution sits below 100 ms.
-  static constexpr std::array<double, 10> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                      0.025,  0.05,  0.1,    0.5,   2.5};
+  static constexpr std::array<double, 10> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5};
 
   // `route` is the registered pattern ("unmatched" for 404s), never the raw path:
   // label values stay bounded.

@@ -46,7 +46,8 @@ bool readLimit(const json& body, const char* key, std::optional<uint64_t>& out, 
   }
   const uint64_t v = it->get<uint64_t>();
   if (v > kMaxLimitKiB) {
-    sendError(res, 400, std::string(key) + " must not exceed " + std::to_string(kMaxLimitKiB) + " (1 KiB blocks, 1 PiB)");
+    sendError(res, 400,
+              std::string(key) + " must not exceed " + std::to_string(kMaxLimitKiB) + " (1 KiB blocks, 1 PiB)");
     return false;
   }
   out = v;
@@ -57,8 +58,10 @@ struct Limits4 {
   std::optional<uint64_t> block_hard, block_soft, inode_hard, inode_soft;
 };
 bool readLimits(const json& body, Limits4& l, Res& res) {
-  return readLimit(body, "block_hard_limit", l.block_hard, res) && readLimit(body, "block_soft_limit", l.block_soft, res) &&
-         readLimit(body, "inode_hard_limit", l.inode_hard, res) && readLimit(body, "inode_soft_limit", l.inode_soft, res);
+  return readLimit(body, "block_hard_limit", l.block_hard, res) &&
+         readLimit(body, "block_soft_limit", l.block_soft, res) &&
+         readLimit(body, "inode_hard_limit", l.inode_hard, res) &&
+         readLimit(body, "inode_soft_limit", l.inode_soft, res);
 }
 
 // Where a device= value goes: the docker device, or a block/ZFS device.
@@ -110,7 +113,9 @@ std::optional<Entity> readEntity(const std::function<std::optional<std::string>(
     sendError(res, 400, "entity_type must be container, image or volume");
     return std::nullopt;
   }
-  const char* key = *kind == ObjectKind::Container ? "container_id" : *kind == ObjectKind::Image ? "image_id" : "volume_name";
+  const char* key = *kind == ObjectKind::Container ? "container_id"
+                    : *kind == ObjectKind::Image   ? "image_id"
+                                                   : "volume_name";
   auto ref = get(key);
   if (!ref || ref->empty()) ref = get("entity_id");
   if (id_required && (!ref || ref->empty())) {
@@ -185,7 +190,8 @@ std::string dockerDeviceText(QmanContext& ctx, const UsageSnapshot& snap, const 
   uint64_t l = 0;
   for (const auto& [uid, kib] : limits)
     if (managedUid(uid)) l = satAdd(l, kib * 1024);
-  const uint64_t total = ctx.options.reserved_bytes > 0 ? ctx.options.reserved_bytes : std::max<uint64_t>(satAdd(l, u), 1);
+  const uint64_t total =
+      ctx.options.reserved_bytes > 0 ? ctx.options.reserved_bytes : std::max<uint64_t>(satAdd(l, u), 1);
   const uint64_t used = satAdd(a, u);  // used = A + U on every route (spec §3.3: deliberate deviation)
   const uint64_t free_ = total > used ? total - used : 0;
   const double percent = std::round(static_cast<double>(total - free_) / static_cast<double>(total) * 1000.0) / 10.0;
@@ -320,9 +326,12 @@ void putDeviceQuota(QmanContext& ctx, QuotaDevice& dev, const Req& req, Res& res
   Limits4 l;
   if (!readLimits(*body, l, res)) return;
   if (!anyField(l))
-    return sendError(res, 400, "no limit given (block_hard_limit, block_soft_limit, inode_hard_limit, inode_soft_limit); nothing was changed");
+    return sendError(
+        res, 400,
+        "no limit given (block_hard_limit, block_soft_limit, inode_hard_limit, inode_soft_limit); nothing was changed");
   if (!ctx.users.known(*uid))
-    return sendError(res, 404, "user not found: uid " + std::to_string(*uid) + " has no passwd entry; nothing was changed");
+    return sendError(res, 404,
+                     "user not found: uid " + std::to_string(*uid) + " has no passwd entry; nothing was changed");
   const LimitsUpdate u = toUpdate(l);
   auto view = ctx.devices->view();
   const DeviceSnapshot* snap = nullptr;
@@ -419,7 +428,9 @@ void deviceBatch(QmanContext& ctx, QuotaDevice& dev, const json& body, const Lim
       !readFlag(body, "preserve_if_usage_exceeds", b.preserve_if_usage_exceeds, res))
     return;
   if (!anyField(l))
-    return sendError(res, 400, "no limit given (block_hard_limit, block_soft_limit, inode_hard_limit, inode_soft_limit); nothing was changed");
+    return sendError(
+        res, 400,
+        "no limit given (block_hard_limit, block_soft_limit, inode_hard_limit, inode_soft_limit); nothing was changed");
   // Checked against zeros: with both of a pair in the body the check is exact;
   // with one, each user's other value is checked by the kernel's rule below.
   if (std::string why = checkLimits(b.limits, QuotaFigures{}, dev.singleLimit()); !why.empty())
@@ -427,8 +438,11 @@ void deviceBatch(QmanContext& ctx, QuotaDevice& dev, const json& body, const Lim
   std::vector<uint32_t> eligible;
   for (const auto& u : ctx.users.managed()) eligible.push_back(u.uid);
   DeviceBatchResult r = runDeviceBatch(*ctx.devices, dev, eligible, b);
-  sendJson(res, 200, json{{"total_users", r.total_users}, {"updated_users", r.updated_users},
-                          {"skipped_users", r.skipped_users}, {"errors", r.errors}});
+  sendJson(res, 200,
+           json{{"total_users", r.total_users},
+                {"updated_users", r.updated_users},
+                {"skipped_users", r.skipped_users},
+                {"errors", r.errors}});
 }
 
 void postBatch(QmanContext& ctx, const Req& req, Res& res) {
@@ -461,10 +475,13 @@ void postBatch(QmanContext& ctx, const Req& req, Res& res) {
   for (const auto& [uid, u] : snap->users) usage[uid] = u.total();
   BatchPlan plan = planBatch(eligible, *ctx.quotas.limits(), usage, br);
   if (auto s = ctx.quotas.setLimits(plan.set); !s) return sendError(res, 500, s.error().message);
-  LOG_INFO(kSub, "batch: docker limit %llu KiB for %zu of %zu users", static_cast<unsigned long long>(br.block_hard_kib),
-           plan.set.size(), plan.total_users);
-  sendJson(res, 200, json{{"total_users", plan.total_users}, {"updated_users", plan.set.size()},
-                          {"skipped_users", plan.skipped_users}, {"errors", json::array()}});
+  LOG_INFO(kSub, "batch: docker limit %llu KiB for %zu of %zu users",
+           static_cast<unsigned long long>(br.block_hard_kib), plan.set.size(), plan.total_users);
+  sendJson(res, 200,
+           json{{"total_users", plan.total_users},
+                {"updated_users", plan.set.size()},
+                {"skipped_users", plan.skipped_users},
+                {"errors", json::array()}});
 }
 
 // --- Docker pages (spec §4.3) -------------------------------------------------------------
@@ -501,13 +518,15 @@ std::string containersPage(QmanContext& ctx, const UsageSnapshot& snap) {
   return jsonObjectText({{"total_bytes", snap.container_bytes},
                          {"attributed_bytes", attributed},
                          {"unattributed_bytes", snap.container_bytes - attributed}},
-                        {{"containers", [&](const JsonRowSink& add) {
+                        {{"containers",
+                          [&](const JsonRowSink& add) {
                             for (const UsageRow* r : rows) {
-                              json c = {{"container_id", r->id}, {"name", r->name},     {"image", r->parent},
-                                        {"status", r->status},    {"size_bytes", r->size_bytes},
-                                        {"created_at", isoOrNull(r->attributed_at)}};
+                              json c = {{"container_id", r->id},       {"name", r->name},
+                                        {"image", r->parent},          {"status", r->status},
+                                        {"size_bytes", r->size_bytes}, {"created_at", isoOrNull(r->attributed_at)}};
                               ownerNullable(ctx, c, *r, "host_user_name", "uid");
-                              c["source"] = toString(r->source);  // ours, extra: "bpf", "label", "admin", "unattributed"
+                              c["source"] =
+                                  toString(r->source);  // ours, extra: "bpf", "label", "admin", "unattributed"
                               add(c);
                             }
                           }}},
@@ -535,7 +554,10 @@ std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
       {{"images",
         [&](const JsonRowSink& add) {
           for (const UsageRow* r : sorted(snap.images)) {
-            json i = {{"image_id", r->id}, {"tags", r->tags()}, {"size_bytes", r->size_bytes}, {"created", isoOrNull(r->created())}};
+            json i = {{"image_id", r->id},
+                      {"tags", r->tags()},
+                      {"size_bytes", r->size_bytes},
+                      {"created", isoOrNull(r->created())}};
             if (r->uid) {  // optional, not nullable
               i["puller_host_user_name"] = ctx.users.name(*r->uid);
               i["puller_uid"] = *r->uid;
@@ -543,11 +565,14 @@ std::string imagesPage(QmanContext& ctx, const UsageSnapshot& snap) {
             add(i);
           }
         }},
-       {"layers", [&](const JsonRowSink& add) {
+       {"layers",
+        [&](const JsonRowSink& add) {
           for (const UsageRow* r : layers) {
-            json l = {{"layer_id", r->id}, {"size_bytes", r->size_bytes},
-                      {"creation_method", r->method.empty() ? json(nullptr) : json(r->method)},
-                      {"first_seen_at", r->first_seen && *r->first_seen > 0 ? json(isoTime(*r->first_seen)) : json(nullptr)}};
+            json l = {
+                {"layer_id", r->id},
+                {"size_bytes", r->size_bytes},
+                {"creation_method", r->method.empty() ? json(nullptr) : json(r->method)},
+                {"first_seen_at", r->first_seen && *r->first_seen > 0 ? json(isoTime(*r->first_seen)) : json(nullptr)}};
             ownerNullable(ctx, l, *r, "first_puller_host_user_name", "first_puller_uid");
             add(l);
           }
@@ -561,9 +586,12 @@ std::string volumesPage(QmanContext& ctx, const UsageSnapshot& snap) {
   return jsonObjectText({{"total_bytes", snap.volume_bytes},
                          {"attributed_bytes", attributed},
                          {"unattributed_bytes", snap.volume_bytes - attributed}},
-                        {{"volumes", [&](const JsonRowSink& add) {
+                        {{"volumes",
+                          [&](const JsonRowSink& add) {
                             for (const UsageRow* r : rows) {
-                              json v = {{"volume_name", r->id}, {"size_bytes", r->size_bytes}, {"ref_count", r->refCount()},
+                              json v = {{"volume_name", r->id},
+                                        {"size_bytes", r->size_bytes},
+                                        {"ref_count", r->refCount()},
                                         {"first_seen_at", isoOrNull(r->first_seen)}};
                               if (auto reported = r->reportedSize()) v["reported_size_bytes"] = *reported;
                               ownerNullable(ctx, v, *r, "host_user_name", "uid");
@@ -588,7 +616,8 @@ void inspect(QmanContext& ctx, const Req& req, Res& res) {
            : *kind == ObjectKind::Image   ? ctx.inspect->inspectImage(id)
                                           : ctx.inspect->inspectVolume(id);
   if (!r) {
-    if (r.error().code == ENOENT) return sendError(res, 404, std::string(toString(*kind)) + " not found: " + printable(id, kEchoBytes));
+    if (r.error().code == ENOENT)
+      return sendError(res, 404, std::string(toString(*kind)) + " not found: " + printable(id, kEchoBytes));
     return sendError(res, 502, r.error().message);
   }
   sendJson(res, 200, json{{"inspect", std::move(*r)}});
@@ -609,9 +638,16 @@ std::optional<std::string> resolveEntity(QmanContext& ctx, const Entity& e, Res&
 }
 
 json evidenceJson(QmanContext& ctx, const Evidence& ev) {
-  json j = {{"source", toString(ev.source)}, {"uid", ev.uid}, {"host_user_name", ctx.users.name(ev.uid)},
-            {"gid", ev.gid}, {"pid", ev.pid}, {"comm", ev.comm}, {"exe", ev.exe}, {"method", ev.method},
-            {"request_ts", isoTime(ev.request_time)}, {"attributed_at", isoTime(ev.time)}};
+  json j = {{"source", toString(ev.source)},
+            {"uid", ev.uid},
+            {"host_user_name", ctx.users.name(ev.uid)},
+            {"gid", ev.gid},
+            {"pid", ev.pid},
+            {"comm", ev.comm},
+            {"exe", ev.exe},
+            {"method", ev.method},
+            {"request_ts", isoTime(ev.request_time)},
+            {"attributed_at", isoTime(ev.time)}};
   if (ev.login_uid) j["login_uid"] = *ev.login_uid;
   return j;
 }
@@ -790,7 +826,8 @@ void events(QmanContext& ctx, const Req& req, Res& res) {
   }
   auto include_used = boolParam(req, "include_used", false);
   auto include_resolved = boolParam(req, "include_resolved", false);
-  if (!include_used || !include_resolved) return sendError(res, 400, "include_used and include_resolved must be true or false");
+  if (!include_used || !include_resolved)
+    return sendError(res, 400, "include_used and include_resolved must be true or false");
   auto rows = ctx.store.evidenceRows(kind, id, 500);
   if (!rows) return sendError(res, 500, rows.error().message);
   std::map<std::pair<ObjectKind, std::string>, std::optional<AttributionDetail>> details;
@@ -903,9 +940,12 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   std::string out;
   auto snap = ctx.usage.snapshot();
   auto limits = ctx.quotas.limits();
-  auto lbl = [&](uint32_t uid) { return "uid=\"" + std::to_string(uid) + "\",user=\"" + promEscape(ctx.users.name(uid)) + "\""; };
+  auto lbl = [&](uint32_t uid) {
+    return "uid=\"" + std::to_string(uid) + "\",user=\"" + promEscape(ctx.users.name(uid)) + "\"";
+  };
 
-  promHeader(out, "dockquota_user_usage_bytes", "gauge", "Bytes billed to a uid, by kind (container writable layers, image layers, volumes).");
+  promHeader(out, "dockquota_user_usage_bytes", "gauge",
+             "Bytes billed to a uid, by kind (container writable layers, image layers, volumes).");
   for (const auto& [uid, u] : snap->users) {
     promSample(out, "dockquota_user_usage_bytes", lbl(uid) + ",kind=\"container\"", u.container_bytes);
     promSample(out, "dockquota_user_usage_bytes", lbl(uid) + ",kind=\"image_layer\"", u.image_layer_bytes);
@@ -915,7 +955,8 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   for (const auto& [uid, kib] : *limits) promSample(out, "dockquota_user_limit_bytes", lbl(uid), kib * 1024);
 
   json dev = dockerDevice(ctx, *snap, *limits, std::nullopt);
-  promHeader(out, "dockquota_device_bytes", "gauge", "The docker device as qman sees it (usage.total/used/free, unattributed).");
+  promHeader(out, "dockquota_device_bytes", "gauge",
+             "The docker device as qman sees it (usage.total/used/free, unattributed).");
   for (const char* k : {"total", "used", "free"})
     promSample(out, "dockquota_device_bytes", std::string("field=\"") + k + "\"", dev["usage"][k].get<uint64_t>());
   promSample(out, "dockquota_device_bytes", "field=\"unattributed\"", dev.value("unattributed_usage", uint64_t(0)));
@@ -935,15 +976,19 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   promHeader(out, "dockquota_usage_measured_timestamp_seconds", "gauge", "When the figures served were measured.");
   promSample(out, "dockquota_usage_measured_timestamp_seconds", "", snap->measured ? snap->measured_at : 0.0);
 
-  promHeader(out, "dockquota_usage_source", "gauge", "Where per-user figures come from: kernel (project-quota reads) or docker (walks, Docker's figures).");
+  promHeader(out, "dockquota_usage_source", "gauge",
+             "Where per-user figures come from: kernel (project-quota reads) or docker (walks, Docker's figures).");
   promSample(out, "dockquota_usage_source", "source=\"kernel\"", uint64_t(snap->kernel ? 1 : 0));
   promSample(out, "dockquota_usage_source", "source=\"docker\"", uint64_t(snap->kernel ? 0 : 1));
   if (const ProjectQuotas* p = ctx.projects) {
     const auto& st = p->stats();
-    std::string fs = "filesystem=\"" + promEscape(p->filesystem().fstype) + "\",mode=\"" + toString(p->options().mode) + "\"";
-    promHeader(out, "dockquota_project_quota_active", "gauge", "1 when kernel project quotas hold limits on Docker's storage, 0 when degraded (see /healthz).");
+    std::string fs =
+        "filesystem=\"" + promEscape(p->filesystem().fstype) + "\",mode=\"" + toString(p->options().mode) + "\"";
+    promHeader(out, "dockquota_project_quota_active", "gauge",
+               "1 when kernel project quotas hold limits on Docker's storage, 0 when degraded (see /healthz).");
     promSample(out, "dockquota_project_quota_active", fs, uint64_t(p->active() ? 1 : 0));
-    promHeader(out, "dockquota_project_quota_syncs_total", "counter", "Full project-quota passes (tag, limits, usage read).");
+    promHeader(out, "dockquota_project_quota_syncs_total", "counter",
+               "Full project-quota passes (tag, limits, usage read).");
     promSample(out, "dockquota_project_quota_syncs_total", "", st.syncs.load());
     promHeader(out, "dockquota_project_quota_errors_total", "counter", "Tagging, limit and read failures.");
     promSample(out, "dockquota_project_quota_errors_total", "", st.errors.load());
@@ -952,28 +997,40 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
     promSample(out, "dockquota_project_ids_total", "event=\"released\"", st.ids_released.load());
     promHeader(out, "dockquota_project_tagged_inodes_total", "counter", "Inodes given a project id by a (re)tag walk.");
     promSample(out, "dockquota_project_tagged_inodes_total", "", st.tagged_inodes.load());
-    promHeader(out, "dockquota_project_sync_seconds", "gauge", "Duration of the last pass, and of its usage read alone.");
+    promHeader(out, "dockquota_project_sync_seconds", "gauge",
+               "Duration of the last pass, and of its usage read alone.");
     promSample(out, "dockquota_project_sync_seconds", "part=\"all\"", st.last_sync_seconds.load());
     promSample(out, "dockquota_project_sync_seconds", "part=\"read\"", st.last_read_seconds.load());
-    promHeader(out, "dockquota_project_tag_latency_seconds", "gauge", "Owner known to layer root tagged, for the last container.");
+    promHeader(out, "dockquota_project_tag_latency_seconds", "gauge",
+               "Owner known to layer root tagged, for the last container.");
     promSample(out, "dockquota_project_tag_latency_seconds", "", st.last_tag_latency.load());
-    promHeader(out, "dockquota_project_deferred_layers", "gauge", "Container layers mounted before they could be tagged: their writes are outside the owner's project until the container stops.");
+    promHeader(out, "dockquota_project_deferred_layers", "gauge",
+               "Container layers mounted before they could be tagged: their writes are outside the owner's project "
+               "until the container stops.");
     promSample(out, "dockquota_project_deferred_layers", "", st.deferred_layers.load());
-    promHeader(out, "dockquota_project_deferred_layers_total", "counter", "Container layers ever found mounted before they could be tagged.");
+    promHeader(out, "dockquota_project_deferred_layers_total", "counter",
+               "Container layers ever found mounted before they could be tagged.");
     promSample(out, "dockquota_project_deferred_layers_total", "", st.deferred_layers_total.load());
-    promHeader(out, "dockquota_project_early_tags_total", "counter", "New container layers tagged as Docker made them (before the create reply), those whose maker was unclear, and those Docker's create had mounted at the time (both tagged at the reply).");
+    promHeader(out, "dockquota_project_early_tags_total", "counter",
+               "New container layers tagged as Docker made them (before the create reply), those whose maker was "
+               "unclear, and those Docker's create had mounted at the time (both tagged at the reply).");
     promSample(out, "dockquota_project_early_tags_total", "result=\"tagged\"", st.early_tagged.load());
     promSample(out, "dockquota_project_early_tags_total", "result=\"unclear\"", st.early_unclear.load());
     promSample(out, "dockquota_project_early_tags_total", "result=\"mounting\"", st.early_mounting.load());
     {
       const auto g = p->gateHealth();
-      promHeader(out, "dockquota_layer_gate_on", "gauge", "1 when new container layers' mounts wait for their project (fanotify), 0 when the gate is unavailable.");
+      promHeader(
+          out, "dockquota_layer_gate_on", "gauge",
+          "1 when new container layers' mounts wait for their project (fanotify), 0 when the gate is unavailable.");
       promSample(out, "dockquota_layer_gate_on", "", uint64_t{g.value("state", "") == "on" ? 1u : 0u});
-      promHeader(out, "dockquota_layer_gate_mounts_total", "counter", "Container layer mounts the gate held: tagged while held, or let through untagged after the longest hold.");
+      promHeader(
+          out, "dockquota_layer_gate_mounts_total", "counter",
+          "Container layer mounts the gate held: tagged while held, or let through untagged after the longest hold.");
       promSample(out, "dockquota_layer_gate_mounts_total", "result=\"tagged\"", g.value("tagged", uint64_t{0}));
       promSample(out, "dockquota_layer_gate_mounts_total", "result=\"timeout\"", g.value("timeouts", uint64_t{0}));
     }
-    promHeader(out, "dockquota_project_raced_mounts_total", "counter", "Layers Docker mounted while their diff/ was being tagged (a second pass fixed what was written).");
+    promHeader(out, "dockquota_project_raced_mounts_total", "counter",
+               "Layers Docker mounted while their diff/ was being tagged (a second pass fixed what was written).");
     promSample(out, "dockquota_project_raced_mounts_total", "", st.raced_mounts.load());
   }
   // Memory, for the RSS budget (README: 1,000 users and 10,000 containers).
@@ -985,8 +1042,7 @@ void metrics(QmanContext& ctx, ApiServer& api, Res& res) {
   promHeader(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
   promSample(out, "process_resident_memory_bytes", "", residentBytes());
 
-  if (ctx.devices)
-    appendDeviceMetrics(out, *ctx.devices->view(), [&ctx](uint32_t uid) { return ctx.users.name(uid); });
+  if (ctx.devices) appendDeviceMetrics(out, *ctx.devices->view(), [&ctx](uint32_t uid) { return ctx.users.name(uid); });
   promProbeCounters(out, ctx.probe_counters ? ctx.probe_counters() : json::object());
   if (ctx.more_metrics) ctx.more_metrics(out);
   api.requestMetrics().render(out);

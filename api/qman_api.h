@@ -31,9 +31,9 @@
 namespace dockquota {
 
 struct QmanOptions {
-  bool docker_enabled = true;     // false: no docker device; Docker pages answer 400
-  uint64_t reserved_bytes = 0;    // DOCKER_QUOTA_RESERVED_BYTES: usage.total when > 0
-  std::string data_root = {};     // mount point; "" = Docker's DockerRootDir, else /var/lib/docker
+  bool docker_enabled = true;         // false: no docker device; Docker pages answer 400
+  uint64_t reserved_bytes = 0;        // DOCKER_QUOTA_RESERVED_BYTES: usage.total when > 0
+  std::string data_root = {};         // mount point; "" = Docker's DockerRootDir, else /var/lib/docker
   size_t max_body_bytes = 64 * 1024;  // PUT/POST bodies are a few hundred bytes
 };
 
@@ -56,13 +56,13 @@ struct QmanContext {
   QuotaBook& quotas;
   UsageAccountant& usage;
   UserDirectory& users;
-  DockerClient* inspect = nullptr;                  // nullptr: inspect answers 502
+  DockerClient* inspect = nullptr;                 // nullptr: inspect answers 502
   std::function<nlohmann::json()> probe_counters;  // BPF counters for /metrics (may be empty)
   QmanOptions options;
   std::shared_ptr<QuotasCache> cache = std::make_shared<QuotasCache>();
-  ProjectQuotas* projects = nullptr;                // kernel project quotas (nullptr: off)
+  ProjectQuotas* projects = nullptr;                    // kernel project quotas (nullptr: off)
   std::function<void(std::string&)> more_metrics = {};  // appended to /metrics (enforcement); may be empty
-  QuotaDevices* devices = nullptr;  // block devices and ZFS datasets (nullptr: docker only)
+  QuotaDevices* devices = nullptr;                      // block devices and ZFS datasets (nullptr: docker only)
   std::shared_ptr<DeviceListCache> device_cache = std::make_shared<DeviceListCache>();
   std::function<Candidates()> candidates = readCandidates;  // who block devices list, in passwd order
 };

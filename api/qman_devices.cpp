@@ -48,7 +48,8 @@ json deviceHead(const DeviceSnapshot& s, bool groups) {
             {"mount_points", s.mount_points},
             {"fstype", s.fstype},
             {"opts", s.opts},
-            {"usage", {{"total", s.usage.total}, {"used", s.usage.used}, {"free", s.usage.free}, {"percent", s.usage.percent}}}};
+            {"usage",
+             {{"total", s.usage.total}, {"used", s.usage.used}, {"free", s.usage.free}, {"percent", s.usage.percent}}}};
   if (s.users.format) d["user_quota_format"] = *s.users.format;
   if (s.users.info) d["user_quota_info"] = infoJson(*s.users.info);
   if (groups && s.groups.on) {
@@ -75,8 +76,10 @@ size_t appendListed(std::string& out, const QuotaTable& t, ListRule rule, const 
   }
   for (const auto& c : candidates) {
     const QuotaFigures* f = findEntry(t.entries, c.uid);
-    if (f) add(*f, c.name);
-    else if (rule == ListRule::kPasswdZeroFill) add(QuotaFigures{.id = c.uid}, c.name);
+    if (f)
+      add(*f, c.name);
+    else if (rule == ListRule::kPasswdZeroFill)
+      add(QuotaFigures{.id = c.uid}, c.name);
   }
   return n;
 }
@@ -260,7 +263,8 @@ DeviceBatchResult runDeviceBatch(QuotaDevices& devices, QuotaDevice& device, con
 size_t applyDeviceDefault(QuotaDevices& devices, QuotaDevice& device, const std::vector<uint32_t>& eligible,
                           const DeviceDefault& d) {
   const bool single = device.singleLimit();
-  const bool none = single ? d.block_hard_kib == 0 : (d.block_hard_kib | d.block_soft_kib | d.inode_hard | d.inode_soft) == 0;
+  const bool none =
+      single ? d.block_hard_kib == 0 : (d.block_hard_kib | d.block_soft_kib | d.inode_hard | d.inode_soft) == 0;
   if (none) return 0;
   auto view = devices.view();
   const DeviceSnapshot* snap = snapshotOf(*view, device.name());
@@ -293,8 +297,10 @@ void appendDeviceMetrics(std::string& out, const QuotaDevices::View& v,
       if (!managedUid(f.id)) continue;
       const std::string l = dev + "uid=\"" + std::to_string(f.id) + "\",user=\"" + promEscape(name_of(f.id)) + "\"";
       promSample(bytes, "dockquota_device_user_bytes", l + ",kind=\"used\"", f.block_current);
-      if (f.block_soft_kib) promSample(bytes, "dockquota_device_user_bytes", l + ",kind=\"soft\"", f.block_soft_kib * 1024);
-      if (f.block_hard_kib) promSample(bytes, "dockquota_device_user_bytes", l + ",kind=\"hard\"", f.block_hard_kib * 1024);
+      if (f.block_soft_kib)
+        promSample(bytes, "dockquota_device_user_bytes", l + ",kind=\"soft\"", f.block_soft_kib * 1024);
+      if (f.block_hard_kib)
+        promSample(bytes, "dockquota_device_user_bytes", l + ",kind=\"hard\"", f.block_hard_kib * 1024);
       if (!inode_figures) continue;
       promSample(inodes, "dockquota_device_user_inodes", l + ",kind=\"used\"", f.inode_current);
       if (f.inode_soft) promSample(inodes, "dockquota_device_user_inodes", l + ",kind=\"soft\"", f.inode_soft);
@@ -306,9 +312,11 @@ void appendDeviceMetrics(std::string& out, const QuotaDevices::View& v,
     }
   }
   promHeader(out, "dockquota_device_user_bytes", "gauge",
-             "A uid's figures on a block device or ZFS dataset in bytes: used (block_current), soft and hard limits (absent = none).");
+             "A uid's figures on a block device or ZFS dataset in bytes: used (block_current), soft and hard limits "
+             "(absent = none).");
   out += bytes;
-  promHeader(out, "dockquota_device_user_inodes", "gauge", "A uid's inodes on a block device: used, soft and hard limits (absent = none).");
+  promHeader(out, "dockquota_device_user_inodes", "gauge",
+             "A uid's inodes on a block device: used, soft and hard limits (absent = none).");
   out += inodes;
   promHeader(out, "dockquota_device_user_grace_end_timestamp_seconds", "gauge",
              "When a uid's grace period on a device ends, block or inode (absent = none running).");

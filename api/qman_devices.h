@@ -110,6 +110,7 @@ size_t applyDeviceDefault(QuotaDevices& devices, QuotaDevice& device, const std:
 
 // /metrics lines for every listed user of every device (like docker's):
 // dockquota_device_user_bytes{device,uid,user,kind=used|soft|hard} etc.
-void appendDeviceMetrics(std::string& out, const QuotaDevices::View& v, const std::function<std::string(uint32_t)>& name_of);
+void appendDeviceMetrics(std::string& out, const QuotaDevices::View& v,
+                         const std::function<std::string(uint32_t)>& name_of);
 
 }  // namespace dockquota

@@ -39,8 +39,7 @@ void sdNotify(const char* state) {
   sa.sun_family = AF_UNIX;
   strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
   if (path[0] == '@') sa.sun_path[0] = '\0';
-  sendto(fd, state, strlen(state), 0, reinterpret_cast<sockaddr*>(&sa),
-         offsetof(sockaddr_un, sun_path) + strlen(path));
+  sendto(fd, state, strlen(state), 0, reinterpret_cast<sockaddr*>(&sa), offsetof(sockaddr_un, sun_path) + strlen(path));
   close(fd);
 }
 
@@ -110,7 +109,10 @@ void App::attachProbes() {
       ConnTracker::Hooks{
           .on_call = [this](const ApiCall& call, const ClientInfo& who) { attributor_->onApiCall(call, who); },
           .on_doubtful_call = nullptr,
-          .control = [this](uint64_t conn_id, const dsock_ctl& ctl) { if (dsock_) dsock_->control(conn_id, ctl); },
+          .control =
+              [this](uint64_t conn_id, const dsock_ctl& ctl) {
+                if (dsock_) dsock_->control(conn_id, ctl);
+              },
           .exe_of = nullptr,
           .alive = nullptr,
           // A user's first container layer is tagged as Docker makes it only if
@@ -167,29 +169,30 @@ void App::attachGrowth() {
                                                      ? " (the tp_btf/sys_exit fallback would slow every syscall on "
                                                        "the host; growth_probe_hook \"tracepoint\" accepts that)"
                                                      : "");
-    LOG_WARN(kSub, "%s; live container growth is not watched (quotas are re-read on their interval only)",
-             why.c_str());
+    LOG_WARN(kSub, "%s; live container growth is not watched (quotas are re-read on their interval only)", why.c_str());
     degraded_.push_back("growth probe unavailable: " + why);
     growth_unavailable_ = why;
     return;
   }
-  growth_ = std::make_unique<GrowthMonitor>(
-      std::move(*g), *docker_,
-      // Read every 250 ms: a container filling its owner's quota is seen (a
-      // targeted quota read of its project) well within a second.
-      GrowthMonitor::Options{.interval = std::chrono::milliseconds(250),
-                             .signal_bytes = uint64_t(config_.growth_signal_mib) << 20,
-                             .on_growth =
-                                 [this] {
-                                   if (projects_ && projects_->active()) projects_->wake();
-                                   else if (measure_on_change_) measure_on_change_->refreshNow();
-                                 },
-                             .on_write =
-                                 [this](const std::vector<std::string>& ids) {
-                                   if (!projects_ || !projects_->active()) return;
-                                   if (auto st = projects_->readProjectsOf(ids); !st)
-                                     LOG_WARN(kSub, "%s", st.error().message.c_str());
-                                 }});
+  growth_ =
+      std::make_unique<GrowthMonitor>(std::move(*g), *docker_,
+                                      // Read every 250 ms: a container filling its owner's quota is seen (a
+                                      // targeted quota read of its project) well within a second.
+                                      GrowthMonitor::Options{.interval = std::chrono::milliseconds(250),
+                                                             .signal_bytes = uint64_t(config_.growth_signal_mib) << 20,
+                                                             .on_growth =
+                                                                 [this] {
+                                                                   if (projects_ && projects_->active())
+                                                                     projects_->wake();
+                                                                   else if (measure_on_change_)
+                                                                     measure_on_change_->refreshNow();
+                                                                 },
+                                                             .on_write =
+                                                                 [this](const std::vector<std::string>& ids) {
+                                                                   if (!projects_ || !projects_->active()) return;
+                                                                   if (auto st = projects_->readProjectsOf(ids); !st)
+                                                                     LOG_WARN(kSub, "%s", st.error().message.c_str());
+                                                                 }});
 }
 
 Status App::buildServices() {
@@ -433,9 +436,9 @@ json App::dockerHealth(std::vector<std::string>& reasons) {
   }
   const bool connected = events_->connected();
   if (!connected) reasons.push_back("not connected to Docker at " + config_.docker_socket);
-  return {{"socket", config_.docker_socket}, {"connected", connected},
+  return {{"socket", config_.docker_socket},      {"connected", connected},
           {"api_version", docker_->apiVersion()}, {"reconnects", events_->reconnects()},
-          {"reconciled", reconciled_.load()}, {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
+          {"reconciled", reconciled_.load()},     {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
 }
 
 json App::health() {

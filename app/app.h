@@ -60,8 +60,8 @@ class App {
   void attachGrowth();
   Status buildServices();
   void wire();
-  void consumeProbes();                    // under tracker_mu_
-  std::optional<uint32_t> soleCreator();   // the one user with container creates pending
+  void consumeProbes();                   // under tracker_mu_
+  std::optional<uint32_t> soleCreator();  // the one user with container creates pending
   uint32_t billedCreator(uint32_t uid, uint32_t loginuid) const;
   void refreshSockets();
   void onEventsConnected();
@@ -84,7 +84,7 @@ class App {
   std::unique_ptr<ExecProbe> exec_;
   std::unique_ptr<DsockProbe> dsock_;
   std::vector<EvidenceSource*> sources_;  // exec_, dsock_: the ones attached, drained in this order
-  std::mutex refresh_mu_;  // refreshSockets() from two threads
+  std::mutex refresh_mu_;                 // refreshSockets() from two threads
   std::unique_ptr<GrowthMonitor> growth_;
   std::string growth_unavailable_;
   std::unique_ptr<DockerEventStream> events_;
@@ -93,7 +93,7 @@ class App {
   std::string docker_error_;
   std::unique_ptr<ApiServer> api_;
   std::unique_ptr<QmanServices> qman_;
-  ProjectQuotas* projects_ = nullptr;          // qman_'s kernel backend, when on
+  ProjectQuotas* projects_ = nullptr;             // qman_'s kernel backend, when on
   UsageAccountant* measure_on_change_ = nullptr;  // no kernel usage: a create asks for a measure
   std::unique_ptr<EnforcementServices> enforcement_;
   bool started_ = false, stopped_ = false;

@@ -315,7 +315,8 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
     if (c.master_url.rfind("http://", 0) != 0 && c.master_url.rfind("https://", 0) != 0)
       return keyError(origin, "master_url", "must start with http:// or https://");
     if (c.master_secret.empty())
-      return keyError(origin, "master_url", "needs master_secret or master_secret_file (the master's SLAVE_EVENT_SECRET)");
+      return keyError(origin, "master_url",
+                      "needs master_secret or master_secret_file (the master's SLAVE_EVENT_SECRET)");
   }
   if (!c.smtp_password_file.empty()) {
     auto v = readSecret(origin, "smtp_password_file", c.smtp_password_file);

@@ -66,7 +66,7 @@ struct Config {
   uint32_t usage_interval_s = 60;
   uint32_t default_apply_interval_s = 600;
   // Kernel project quotas on Docker's storage (README "Project quotas").
-  std::string project_quotas = "auto";     // auto | required | off
+  std::string project_quotas = "auto";      // auto | required | off
   std::string project_quota_mode = "user";  // user | container
   uint32_t project_id_min = 100000;         // ids we allocate from (inclusive)
   uint32_t project_id_max = 199999;
@@ -79,30 +79,30 @@ struct Config {
   std::string block_quotas = "auto";             // auto | on | off
   std::vector<std::string> block_quota_include;  // device names or mount points; empty = all
   std::vector<std::string> block_quota_exclude;
-  uint32_t device_refresh_interval_s = 30;       // background re-read of every block/ZFS device
-  uint32_t disk_notification_window_s = 86400;   // qman QUOTA_NOTIFICATION_GRACE_ALERT_WINDOW_SECONDS
+  uint32_t device_refresh_interval_s = 30;      // background re-read of every block/ZFS device
+  uint32_t disk_notification_window_s = 86400;  // qman QUOTA_NOTIFICATION_GRACE_ALERT_WINDOW_SECONDS
   // Enforcement and notification (README "Enforcement").
-  std::string enforcement = "dry-run";          // off | dry-run | enforce
-  std::string enforcement_order = "newest";     // newest | oldest | largest
-  uint32_t enforcement_grace_s = 300;           // stop -> remove
-  uint32_t enforcement_stop_timeout_s = 10;     // SIGTERM -> SIGKILL
-  bool enforcement_remove_volumes = true;       // anonymous volumes of removed containers
-  uint32_t enforcement_interval_s = 60;         // periodic sweep
+  std::string enforcement = "dry-run";                // off | dry-run | enforce
+  std::string enforcement_order = "newest";           // newest | oldest | largest
+  uint32_t enforcement_grace_s = 300;                 // stop -> remove
+  uint32_t enforcement_stop_timeout_s = 10;           // SIGTERM -> SIGKILL
+  bool enforcement_remove_volumes = true;             // anonymous volumes of removed containers
+  uint32_t enforcement_interval_s = 60;               // periodic sweep
   std::vector<std::string> enforcement_exempt_users;  // names or uids, as given
-  uint32_t quota_warn_percent = 80;             // warning event at this share of the limit
-  uint32_t event_retention_days = 90;           // delivered events are deleted after this
-  std::string host_id;                          // qman SLAVE_HOST_ID; "" = hostname
-  std::string master_url;                       // qman master base URL; "" = no push
-  std::string master_secret;                    // resolved: master_secret or master_secret_file
+  uint32_t quota_warn_percent = 80;                   // warning event at this share of the limit
+  uint32_t event_retention_days = 90;                 // delivered events are deleted after this
+  std::string host_id;                                // qman SLAVE_HOST_ID; "" = hostname
+  std::string master_url;                             // qman master base URL; "" = no push
+  std::string master_secret;                          // resolved: master_secret or master_secret_file
   std::string master_secret_file;
   std::string master_ca_file;
-  std::string smtp_url;                         // "" = no mail
+  std::string smtp_url;  // "" = no mail
   std::string smtp_from;
   std::string smtp_username;
-  std::string smtp_password;                    // resolved from smtp_password_file
+  std::string smtp_password;  // resolved from smtp_password_file
   std::string smtp_password_file;
   bool smtp_starttls = false;
-  std::string email_to;                         // template: {user}, {uid}
+  std::string email_to;                                // template: {user}, {uid}
   std::map<std::string, std::string> email_addresses;  // user name -> address (wins over email_to)
   uint32_t email_burst_s = 60;
   uint32_t email_interval_s = 900;

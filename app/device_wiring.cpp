@@ -31,8 +31,9 @@ void addBlockDevices(const Config& config, DeviceServices& s) {
   for (const auto& m : mounts) s.devices->add(std::make_unique<BlockQuotaDevice>(m, candidateIds));
   for (const auto& why : unservedQuotaMounts(*table)) s.degraded.push_back("block quotas: " + why);
   if (mounts.empty() && config.block_quotas == "on")
-    s.degraded.push_back("block quotas: block_quotas is \"on\" but no ext4 or XFS mount has usrquota or grpquota" +
-                         std::string(filter.include.empty() && filter.exclude.empty() ? "" : " (after include/exclude)"));
+    s.degraded.push_back(
+        "block quotas: block_quotas is \"on\" but no ext4 or XFS mount has usrquota or grpquota" +
+        std::string(filter.include.empty() && filter.exclude.empty() ? "" : " (after include/exclude)"));
   if (mounts.empty()) LOG_INFO(kSub, "no ext4 or XFS mount with usrquota or grpquota");
 }
 

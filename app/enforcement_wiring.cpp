@@ -50,10 +50,9 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
                                               std::chrono::seconds(config.enforcement_stop_timeout_s + 60));
   s->runtime_ = std::make_unique<DockerRuntime>(*s->client_);
   auto* raw = s.get();
-  auto e = Enforcer::create(store, qman.quotas(), [&u = qman.usage()] { return u.snapshot(); }, qman.users(),
-                            *s->runtime_, o,
-                            {.on_events = [raw] { raw->eventsRecorded(); },
-                             .on_freed = [&u = qman.usage()] { u.refreshNow(); }});
+  auto e = Enforcer::create(
+      store, qman.quotas(), [&u = qman.usage()] { return u.snapshot(); }, qman.users(), *s->runtime_, o,
+      {.on_events = [raw] { raw->eventsRecorded(); }, .on_freed = [&u = qman.usage()] { u.refreshNow(); }});
   if (!e) return e.error();
   s->enforcer_ = std::move(*e);
   if (auto* p = qman.projects(); p && p->active()) p->setFastUsageListener([raw] { raw->usageChanged(); });
@@ -94,8 +93,9 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
            config.master_url.empty() ? "off" : config.master_url.c_str(),
            config.smtp_url.empty() ? "off" : config.smtp_url.c_str());
   if (o.mode == EnforceMode::DryRun)
-    LOG_NOTICE(kSub, "enforcement is dry-run: over-limit users are reported, no container is stopped "
-                     "(config \"enforcement\": \"enforce\" to act)");
+    LOG_NOTICE(kSub,
+               "enforcement is dry-run: over-limit users are reported, no container is stopped "
+               "(config \"enforcement\": \"enforce\" to act)");
   return s;
 }
 

@@ -28,7 +28,6 @@
 
 namespace dockquota {
 
-
 class EnforcementServices {
  public:
   static Result<std::unique_ptr<EnforcementServices>> create(const Config& config, Store& store, QmanServices& qman,
@@ -54,8 +53,8 @@ class EnforcementServices {
   std::unique_ptr<DockerClient> client_;  // stop waits up to the stop timeout: its own client
   std::unique_ptr<DockerRuntime> runtime_;
   std::unique_ptr<Enforcer> enforcer_;
-  std::unique_ptr<MasterSink> master_;     // when master_url is set
-  std::unique_ptr<SmtpMailer> mailer_;     // when smtp_url is set
+  std::unique_ptr<MasterSink> master_;  // when master_url is set
+  std::unique_ptr<SmtpMailer> mailer_;  // when smtp_url is set
   std::unique_ptr<MailNotifier> mail_;
   std::unique_ptr<EnforcementContext> ctx_;
 };

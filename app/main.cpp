@@ -51,15 +51,15 @@ int main(int argc, char** argv) {
   setMallocPolicy();
   std::string config_path = kDefaultConfig;
   bool config_given = false, verbose = false, check_only = false;
-  static const option kOptions[] = {{"config", required_argument, nullptr, 'c'},
-                                    {"verbose", no_argument, nullptr, 'v'},
-                                    {"check-config", no_argument, nullptr, 'C'},
-                                    {"version", no_argument, nullptr, 'V'},
-                                    {"help", no_argument, nullptr, 'h'},
-                                    {nullptr, 0, nullptr, 0}};
+  static const option kOptions[] = {{"config", required_argument, nullptr, 'c'}, {"verbose", no_argument, nullptr, 'v'},
+                                    {"check-config", no_argument, nullptr, 'C'}, {"version", no_argument, nullptr, 'V'},
+                                    {"help", no_argument, nullptr, 'h'},         {nullptr, 0, nullptr, 0}};
   for (int c; (c = getopt_long(argc, argv, "c:vh", kOptions, nullptr)) != -1;) {
     switch (c) {
-      case 'c': config_path = optarg; config_given = true; break;
+      case 'c':
+        config_path = optarg;
+        config_given = true;
+        break;
       case 'v': verbose = true; break;
       case 'C': check_only = true; break;
       case 'V': printf("dockquotad 0.1.0\n"); return 0;

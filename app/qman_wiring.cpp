@@ -117,12 +117,14 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
   // Quota events of block devices and ZFS after each refresh (spec §5), to
   // whichever senders are configured, as enforcement's events.
   q->notices_ = std::make_unique<DiskNotices>(
-      store, DiskNotices::Options{.window_s = config.disk_notification_window_s,
-                                  .route = EventRoute{.master = !config.master_url.empty(), .mail = !config.smtp_url.empty()},
-                                  .name_of = [u = q->users_.get()](uint32_t uid) { return u->name(uid); },
-                                  .on_events = [q = q.get()] {
-                                    if (q->on_disk_events_) q->on_disk_events_();
-                                  }});
+      store,
+      DiskNotices::Options{.window_s = config.disk_notification_window_s,
+                           .route = EventRoute{.master = !config.master_url.empty(), .mail = !config.smtp_url.empty()},
+                           .name_of = [u = q->users_.get()](uint32_t uid) { return u->name(uid); },
+                           .on_events =
+                               [q = q.get()] {
+                                 if (q->on_disk_events_) q->on_disk_events_();
+                               }});
   q->devices_.devices->setRefreshListener([q = q.get()] {
     auto view = q->devices_.devices->view();
     // The list's text now, on this thread, so that no request builds it.
@@ -143,7 +145,8 @@ void QmanServices::start() {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  defaults_worker_.start("dq-defaults", [this] { runDefaults(); }, [this] { haltDefaults(); });
+  defaults_worker_.start(
+      "dq-defaults", [this] { runDefaults(); }, [this] { haltDefaults(); });
 }
 
 void QmanServices::stop() {

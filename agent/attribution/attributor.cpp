@@ -32,7 +32,6 @@ Evidence evidenceFor(const ApiCall& call, const ClientInfo& client, Source sourc
   return ev;
 }
 
-
 std::vector<std::pair<const char*, uint64_t>> lossCounters(const AttributorStats& s) {
   return {{"store_error", s.store_errors.load()},
           {"docker_error", s.docker_errors.load()},
@@ -56,7 +55,8 @@ void Attributor::start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (worker_.running()) return;
   stop_ = false;
-  worker_.start("dq-attrib", [this] { run(); }, [this] { halt(); });
+  worker_.start(
+      "dq-attrib", [this] { run(); }, [this] { halt(); });
 }
 
 void Attributor::stop() {
@@ -118,9 +118,7 @@ void Attributor::run() {
     lock.unlock();
     try {
       task();
-    } catch (const std::exception& e) {
-      LOG_ERROR(kSub, "task failed: %s", e.what());
-    }
+    } catch (const std::exception& e) { LOG_ERROR(kSub, "task failed: %s", e.what()); }
     lock.lock();
     busy_ = false;
     cv_.notify_all();
@@ -140,8 +138,8 @@ void Attributor::expectEvidence(ObjectKind kind, const std::string& id, double c
     auto rec = store_.get(kind, id);
     if (rec && *rec && ((*rec)->owner || (*rec)->gone_at)) return;
     stats_.unwatched_creates++;
-    LOG_WARN(kSub, "%s %s created while the agent was not watching docker.sock: it stays unattributed",
-             toString(kind), shortId(id).c_str());
+    LOG_WARN(kSub, "%s %s created while the agent was not watching docker.sock: it stays unattributed", toString(kind),
+             shortId(id).c_str());
     return;
   }
   {
@@ -178,7 +176,10 @@ void Attributor::checkMissed(ObjectKind kind, const std::string& id, double crea
   e.user = "";
   e.container_id = kind == ObjectKind::Container ? id : "";
   e.created_at = now;
-  e.detail = {{"entity_type", toString(kind)}, {"entity_id", id}, {"name", name}, {"created_at", created_at},
+  e.detail = {{"entity_type", toString(kind)},
+              {"entity_id", id},
+              {"name", name},
+              {"created_at", created_at},
               {"check_after_s", options_.missed_after.count() / 1000.0}};
   if (auto r = store_.addEvent(e, EventRoute{}); !r) {
     stats_.store_errors++;
@@ -214,14 +215,11 @@ void Attributor::noteSeen(ObjectKind kind, const std::string& id, const std::str
       LOG_INFO(kSub, "%s %s: gone, and Docker has it again: a new object with a reused name (unattributed)",
                toString(kind), shortId(id).c_str());
       break;
-    case Seen::Restored:
-      stats_.restored++;
-      break;
+    case Seen::Restored: stats_.restored++; break;
     case Seen::Stale:
       if (observed_since && *observed_since != 0) stats_.stale_observations++;
       break;
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -247,14 +245,14 @@ void Attributor::confirmGone(ObjectKind kind, const std::string& id, bool after_
     // this request's (a slipped pairing) or something re-made it. Nothing is
     // marked; the destroy event or a later list decides.
     stats_.removal_unconfirmed++;
-    LOG_WARN(kSub, "%s %s: a removal call got a 2xx reply, but Docker still has it; not marked gone",
-             toString(kind), shortId(id).c_str());
+    LOG_WARN(kSub, "%s %s: a removal call got a 2xx reply, but Docker still has it; not marked gone", toString(kind),
+             shortId(id).c_str());
     return;
   }
   if (r.error().code != ENOENT) {
     stats_.docker_errors++;
-    LOG_WARN(kSub, "cannot check whether Docker still has %s %s: %s (its event or the next reconcile will)", toString(kind),
-             shortId(id).c_str(), r.error().message.c_str());
+    LOG_WARN(kSub, "cannot check whether Docker still has %s %s: %s (its event or the next reconcile will)",
+             toString(kind), shortId(id).c_str(), r.error().message.c_str());
     return;
   }
   if (markGone(kind, id, since)) stats_.gone_by_check++;
@@ -407,8 +405,8 @@ void Attributor::onDockerEvent(const nlohmann::json& e) {
     // Image events name an id ("sha256:...") or a reference, by action.
     if (action == "delete") {
       if (markGone(ObjectKind::Image, id.rfind("sha256:", 0) == 0 ? id : "sha256:" + id)) stats_.gone_by_event++;
-    } else if (action == "pull" || action == "import" || action == "load" || action == "tag" ||
-               action == "commit" || action == "build") {
+    } else if (action == "pull" || action == "import" || action == "load" || action == "tag" || action == "commit" ||
+               action == "build") {
       // Only an import always makes a new image (pull, load, build may find it there).
       const double created = eventTime(e);
       const bool is_new = action == "import";
@@ -497,17 +495,20 @@ Status Attributor::reconcile() {
   LOG_INFO(kSub,
            "reconciled with Docker: %zu containers, %zu images, %zu volumes; %zu new (unattributed), %zu gone, "
            "%zu restored, %zu changed while listing (left as they are)",
-           containers->size(), images->size(), volumes->size(), total.added + total.revived, total.gone,
-           total.restored, total.kept_recent + total.stale);
+           containers->size(), images->size(), volumes->size(), total.added + total.revived, total.gone, total.restored,
+           total.kept_recent + total.stale);
   return {};
 }
 
 Health Attributor::health() const {
   Health h;
   const auto& as = stats_;
-  h.report = {{"calls", as.calls.load()},         {"failed_calls", as.failed_calls.load()},
-              {"attributed", as.attributed.load()}, {"docker_errors", as.docker_errors.load()},
-              {"store_errors", as.store_errors.load()}, {"reconciles", as.reconciles.load()}};
+  h.report = {{"calls", as.calls.load()},
+              {"failed_calls", as.failed_calls.load()},
+              {"attributed", as.attributed.load()},
+              {"docker_errors", as.docker_errors.load()},
+              {"store_errors", as.store_errors.load()},
+              {"reconciles", as.reconciles.load()}};
   nlohmann::json losses = nlohmann::json::object();
   for (const auto& [reason, n] : lossCounters(as)) losses[reason] = n;
   auto unresolved = store_.unresolvedMissed();
@@ -518,7 +519,8 @@ Health Attributor::health() const {
   h.report["missed_unresolved"] = open_misses;
   h.report["missed_check_ms"] = options_.missed_after.count();
   h.report["watching"] = options_.watching ? options_.watching(unixNow()) : false;
-  h.report["gone"] = {{"event", as.gone_by_event.load()}, {"inspect_404", as.gone_by_check.load()},
+  h.report["gone"] = {{"event", as.gone_by_event.load()},
+                      {"inspect_404", as.gone_by_check.load()},
                       {"reconcile", as.reconcile_gone.load()}};
   h.report["reconcile_skipped"] = {{"changed_while_listing", as.reconcile_kept_recent.load()},
                                    {"stale", as.stale_observations.load()}};

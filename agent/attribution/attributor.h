@@ -41,11 +41,10 @@ namespace dockquota {
 // Evidence for a call, from the kernel's view of the client.
 Evidence evidenceFor(const ApiCall& call, const ClientInfo& client, Source source = Source::Bpf);
 
-
 struct AttributorStats {
-  std::atomic<uint64_t> calls{0};          // recognised successful calls handled
-  std::atomic<uint64_t> failed_calls{0};   // calls Docker refused (nothing created)
-  std::atomic<uint64_t> attributed{0};     // owner set or changed
+  std::atomic<uint64_t> calls{0};         // recognised successful calls handled
+  std::atomic<uint64_t> failed_calls{0};  // calls Docker refused (nothing created)
+  std::atomic<uint64_t> attributed{0};    // owner set or changed
   std::atomic<uint64_t> reconciles{0};
   std::atomic<double> last_reconcile{0};
   // Losses and doubts, by reason (LOSS_REASONS: keep in step with
@@ -60,10 +59,10 @@ struct AttributorStats {
   std::atomic<uint64_t> unwatched_creates{0};    // created while not attached/watching: unattributed by design
   std::atomic<uint64_t> missed_unchecked{0};     // watching stopped before a pending miss check was due
   // Confirmations and what the reconcile left alone (not losses).
-  std::atomic<uint64_t> gone_by_event{0};        // destroy/delete events that marked a row gone
-  std::atomic<uint64_t> gone_by_check{0};        // removals confirmed by a 404 after the call
+  std::atomic<uint64_t> gone_by_event{0};          // destroy/delete events that marked a row gone
+  std::atomic<uint64_t> gone_by_check{0};          // removals confirmed by a 404 after the call
   std::atomic<uint64_t> reconcile_kept_recent{0};  // changed after the list began: not judged by it
-  std::atomic<uint64_t> stale_observations{0};   // a list/inspect older than a gone mark: ignored
+  std::atomic<uint64_t> stale_observations{0};     // a list/inspect older than a gone mark: ignored
 };
 
 // {"reason": count} of every loss/doubt counter above (LOSS_REASONS).

@@ -40,9 +40,14 @@ Level level() { return static_cast<Level>(g_level.load()); }
 bool enabled(Level l) { return static_cast<int>(l) <= g_level.load(std::memory_order_relaxed); }
 
 bool parseLevel(const std::string& name, Level* out) {
-  static const struct { const char* n; Level l; } kLevels[] = {
-      {"error", Level::Error}, {"warning", Level::Warning}, {"notice", Level::Notice},
-      {"info", Level::Info},   {"debug", Level::Debug}};
+  static const struct {
+    const char* n;
+    Level l;
+  } kLevels[] = {{"error", Level::Error},
+                 {"warning", Level::Warning},
+                 {"notice", Level::Notice},
+                 {"info", Level::Info},
+                 {"debug", Level::Debug}};
   for (const auto& e : kLevels) {
     if (name == e.n) {
       *out = e.l;

@@ -28,8 +28,8 @@ void vwrite(Level level, const char* subsystem, const char* fmt, va_list ap);
 #define LOG_WARN(sub, ...) ::dockquota::log::write(::dockquota::log::Level::Warning, sub, __VA_ARGS__)
 #define LOG_NOTICE(sub, ...) ::dockquota::log::write(::dockquota::log::Level::Notice, sub, __VA_ARGS__)
 #define LOG_INFO(sub, ...) ::dockquota::log::write(::dockquota::log::Level::Info, sub, __VA_ARGS__)
-#define LOG_DEBUG(sub, ...)                                                   \
-  do {                                                                        \
-    if (::dockquota::log::enabled(::dockquota::log::Level::Debug))            \
+#define LOG_DEBUG(sub, ...)                                                      \
+  do {                                                                           \
+    if (::dockquota::log::enabled(::dockquota::log::Level::Debug))               \
       ::dockquota::log::write(::dockquota::log::Level::Debug, sub, __VA_ARGS__); \
   } while (0)

@@ -34,8 +34,7 @@ std::vector<MountEntry> parseMountinfo(const std::string& text) {
     std::istringstream ls(line);
     std::string id, parent, majmin, root, mp, opts, tok;
     if (!(ls >> id >> parent >> majmin >> root >> mp >> opts)) continue;
-    while (ls >> tok && tok != "-") {
-    }
+    while (ls >> tok && tok != "-") {}
     MountEntry e;
     unsigned maj = 0, min = 0;
     if (tok != "-" || !(ls >> e.fstype >> e.source) || sscanf(majmin.c_str(), "%u:%u", &maj, &min) != 2) continue;

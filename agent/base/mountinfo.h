@@ -15,10 +15,10 @@ namespace dockquota {
 
 // One line: "id parent maj:min root mount-point options [optional...] - fstype source super-options".
 struct MountEntry {
-  dev_t dev = 0;              // maj:min
-  std::string root;           // the mounted subtree of its filesystem
-  std::string mount_point;    // octal escapes (\040 ...) undone
-  std::string options;        // the mount's own: "rw,nosuid,relatime"
+  dev_t dev = 0;            // maj:min
+  std::string root;         // the mounted subtree of its filesystem
+  std::string mount_point;  // octal escapes (\040 ...) undone
+  std::string options;      // the mount's own: "rw,nosuid,relatime"
   std::string fstype;
   std::string source;         // escapes undone
   std::string super_options;  // "rw,lowerdir=...,upperdir=..."

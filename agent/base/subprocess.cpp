@@ -78,7 +78,8 @@ Status collect(int out_r, int err_r, const RunLimits& limits, RunOutput& o) {
   char buf[65536];
   while (fds[0].fd >= 0 || fds[1].fd >= 0) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return Error{ETIMEDOUT, "no answer within " + std::to_string(limits.timeout.count()) + " ms"};
+    if (left.count() <= 0)
+      return Error{ETIMEDOUT, "no answer within " + std::to_string(limits.timeout.count()) + " ms"};
     int n = ::poll(fds, 2, static_cast<int>(left.count()));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return osError(errno, "poll");
@@ -116,8 +117,7 @@ Result<RunOutput> runProgram(const std::vector<std::string>& argv, const RunLimi
   Status st = collect(out_r.fd, err_r.fd, limits, o);
   if (!st) ::kill(*pid, SIGKILL);
   int ws = 0;
-  while (::waitpid(*pid, &ws, 0) < 0 && errno == EINTR) {
-  }
+  while (::waitpid(*pid, &ws, 0) < 0 && errno == EINTR) {}
   if (!st) return st.error().context(argv[0] + " killed");
   if (WIFEXITED(ws)) o.exit_code = WEXITSTATUS(ws);
   if (WIFSIGNALED(ws)) o.signal = WTERMSIG(ws);

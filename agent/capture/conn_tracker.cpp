@@ -185,8 +185,8 @@ void ConnTracker::deliver(uint64_t conn_id, const HttpExchange& x) {
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
   auto call = recognize(x);
-  LOG_DEBUG(kSub, "conn %llx: %s %s -> %d%s%s", static_cast<unsigned long long>(conn_id),
-            x.request.method.c_str(), x.request.target.c_str(), x.response.status, call ? " (recognised)" : "",
+  LOG_DEBUG(kSub, "conn %llx: %s %s -> %d%s%s", static_cast<unsigned long long>(conn_id), x.request.method.c_str(),
+            x.request.target.c_str(), x.response.status, call ? " (recognised)" : "",
             x.request.doubtful ? " (doubtful)" : "");
   if (!call) return;
   const ClientInfo client = clientOf(it->second, x.request.sender);
@@ -200,9 +200,10 @@ void ConnTracker::deliver(uint64_t conn_id, const HttpExchange& x) {
     // The reply may be another user's request's: billing on it could credit
     // the wrong user. Counted; the object goes to the missed-object check.
     closed_.doubtful_calls++;
-    LOG_WARN(kSub, "conn %llx: %s by uid %u (pid %u) not billed: the connection lost bytes, so which reply "
-             "answers it is not certain", static_cast<unsigned long long>(conn_id), toString(call->action),
-             client.uid, client.tgid);
+    LOG_WARN(kSub,
+             "conn %llx: %s by uid %u (pid %u) not billed: the connection lost bytes, so which reply "
+             "answers it is not certain",
+             static_cast<unsigned long long>(conn_id), toString(call->action), client.uid, client.tgid);
     if (hooks_.on_doubtful_call) hooks_.on_doubtful_call(*call, client);
     return;
   }
@@ -278,8 +279,7 @@ void ConnTracker::onEvent(const dsock_event& ev) {
   if (c.http->stats().doubts != doubts) {
     LOG_DEBUG(kSub, "conn %llx of pid %u: pairing in doubt from a %s of %llu bytes (%u copied, flags %u): %s",
               static_cast<unsigned long long>(conn_id), ev.tgid, toString(type),
-              static_cast<unsigned long long>(ev.len), ev.cap_len, ev.flags,
-              printable(data.substr(0, 120)).c_str());
+              static_cast<unsigned long long>(ev.len), ev.cap_len, ev.flags, printable(data.substr(0, 120)).c_str());
   }
   // The callbacks above may have run; the connection is still ours (only
   // closeConn erases, and the callbacks never call it). A hijacked stream
@@ -311,7 +311,8 @@ void ConnTracker::enforceBudget(uint64_t ts_ns) {
     const uint64_t id = biggest->first;
     const Conn& c = biggest->second;
     closed_.dropped_memory++;
-    LOG_WARN(kSub, "conn %llx of pid %u (uid %u): dropped from tracking: it holds %zu bytes and all connections "
+    LOG_WARN(kSub,
+             "conn %llx of pid %u (uid %u): dropped from tracking: it holds %zu bytes and all connections "
              "%zu, over the %zu-byte budget; its calls are not attributed",
              static_cast<unsigned long long>(id), c.client.tgid, c.client.uid, c.charged, memory_bytes_, budget_);
     stopFollowing(id, ts_ns);
@@ -400,16 +401,29 @@ Health ConnTracker::health(const TrackerStats& ts) {
   for (const auto& [reason, n] : losses.items()) {
     if (n.get<uint64_t>() > 0) h.degraded.push_back("attribution stream: " + reason + " " + n.dump());
   }
-  h.report = {{"connections", ts.connections}, {"open", ts.open}, {"exchanges", ts.http.exchanges},
-              {"parse_errors", ts.http.parse_errors}, {"resyncs", ts.http.resyncs},
-              {"gap_bytes", ts.http.gap_bytes}, {"discarded_bytes", ts.http.discarded_bytes},
-              {"orphan_responses", ts.http.orphan_responses}, {"orphan_events", ts.orphan_events},
-              {"late_connects", ts.late_connects}, {"replaced", ts.replaced}, {"ended_unseen", ts.ended_unseen},
-              {"lost_heads", ts.http.lost_heads}, {"doubts", ts.http.doubts},
-              {"doubtful_exchanges", ts.http.doubtful_exchanges}, {"doubtful_billed", ts.doubtful_billed},
-              {"api_calls", ts.calls}, {"docker_execs", ts.execs}, {"muted_uploads", ts.muted_uploads},
-              {"muted_downloads", ts.muted_downloads}, {"memory_bytes", ts.memory_bytes},
-              {"memory_peak_bytes", ts.memory_peak}, {"memory_budget_bytes", ts.memory_budget},
+  h.report = {{"connections", ts.connections},
+              {"open", ts.open},
+              {"exchanges", ts.http.exchanges},
+              {"parse_errors", ts.http.parse_errors},
+              {"resyncs", ts.http.resyncs},
+              {"gap_bytes", ts.http.gap_bytes},
+              {"discarded_bytes", ts.http.discarded_bytes},
+              {"orphan_responses", ts.http.orphan_responses},
+              {"orphan_events", ts.orphan_events},
+              {"late_connects", ts.late_connects},
+              {"replaced", ts.replaced},
+              {"ended_unseen", ts.ended_unseen},
+              {"lost_heads", ts.http.lost_heads},
+              {"doubts", ts.http.doubts},
+              {"doubtful_exchanges", ts.http.doubtful_exchanges},
+              {"doubtful_billed", ts.doubtful_billed},
+              {"api_calls", ts.calls},
+              {"docker_execs", ts.execs},
+              {"muted_uploads", ts.muted_uploads},
+              {"muted_downloads", ts.muted_downloads},
+              {"memory_bytes", ts.memory_bytes},
+              {"memory_peak_bytes", ts.memory_peak},
+              {"memory_budget_bytes", ts.memory_budget},
               {"losses", losses}};
   return h;
 }

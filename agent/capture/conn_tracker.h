@@ -43,9 +43,9 @@ struct ClientInfo {
   uint32_t loginuid = UINT32_MAX;  // UINT32_MAX = unset
   uint32_t sock = 0;               // index of the watched socket path
   std::string comm;
-  std::string exe;                 // docker CLI path from the exec probe, else /proc/<tgid>/exe
-  std::vector<std::string> argv;   // when the exec probe saw the process start
-  uint64_t connect_ns = 0;         // when the connection was first seen
+  std::string exe;                // docker CLI path from the exec probe, else /proc/<tgid>/exe
+  std::vector<std::string> argv;  // when the exec probe saw the process start
+  uint64_t connect_ns = 0;        // when the connection was first seen
 };
 
 struct TrackerStats {
@@ -78,7 +78,7 @@ class ConnTracker {
     std::function<void(const ApiCall&, const ClientInfo&)> on_doubtful_call;  // may be empty
     // Writes the probe's instructions for a connection (bpf/dsock.h dsock_ctl).
     std::function<void(uint64_t conn_id, const dsock_ctl&)> control;  // may be empty
-    std::function<std::string(uint32_t tgid)> exe_of;  // default: readlink /proc/<tgid>/exe
+    std::function<std::string(uint32_t tgid)> exe_of;                 // default: readlink /proc/<tgid>/exe
     // Does tgid's fd still name socket inode `ino`? Default: /proc/<tgid>/fd/<fd>.
     std::function<bool(uint32_t tgid, uint32_t fd, uint64_t ino)> alive;
     // A container create was sent (its head seen), before Docker acts on it.
@@ -124,11 +124,11 @@ class ConnTracker {
     ClientInfo client;
     uint32_t fd = 0;
     uint64_t ino = 0;
-    uint64_t seq = 0;       // for eviction of the oldest
-    uint64_t last_ns = 0;   // last event
-    uint32_t turn = 0;      // the probe's exchange number of the event being fed
-    size_t charged = 0;     // bytes counted in memory_bytes_
-    dsock_ctl ctl{};        // what the probe was last told
+    uint64_t seq = 0;      // for eviction of the oldest
+    uint64_t last_ns = 0;  // last event
+    uint32_t turn = 0;     // the probe's exchange number of the event being fed
+    size_t charged = 0;    // bytes counted in memory_bytes_
+    dsock_ctl ctl{};       // what the probe was last told
     // Who wrote to it: one (uid, login uid) so far, or several (or bytes
     // from an unknown writer were lost). See deliver().
     bool have_writer = false, mixed_writers = false;
@@ -151,13 +151,13 @@ class ConnTracker {
   size_t budget_;
   uint64_t seq_ = 0;
   size_t memory_bytes_ = 0;
-  std::unordered_map<uint64_t, Conn> conns_;         // by conn_id
-  std::unordered_map<uint64_t, uint64_t> by_fd_;     // (tgid << 32 | fd) -> conn_id
+  std::unordered_map<uint64_t, Conn> conns_;             // by conn_id
+  std::unordered_map<uint64_t, uint64_t> by_fd_;         // (tgid << 32 | fd) -> conn_id
   std::unordered_map<uint64_t, PendingCreate> creates_;  // conn_id -> its unanswered container create
-  std::unordered_set<uint64_t> ignored_;             // conn_ids we stopped following
-  std::deque<uint64_t> ignored_order_;               // bounds ignored_
-  std::unordered_map<uint32_t, ExecRecord> execs_;   // by tgid, until the process exits
-  TrackerStats closed_;                              // stats of connections already gone
+  std::unordered_set<uint64_t> ignored_;                 // conn_ids we stopped following
+  std::deque<uint64_t> ignored_order_;                   // bounds ignored_
+  std::unordered_map<uint32_t, ExecRecord> execs_;       // by tgid, until the process exits
+  TrackerStats closed_;                                  // stats of connections already gone
 };
 
 }  // namespace dockquota

@@ -300,8 +300,7 @@ void recognizeStream(const HttpExchange& x, ApiCall& call) {
         }
         break;
       }
-      default:
-        break;
+      default: break;
     }
   });
 }
@@ -343,9 +342,7 @@ std::optional<ApiCall> recognize(const HttpExchange& x) {
   std::string_view path = req.path;
 
   switch (call.action) {
-    case ApiAction::ContainerCreate:
-      recognizeContainerCreate(x, form, call);
-      break;
+    case ApiAction::ContainerCreate: recognizeContainerCreate(x, form, call); break;
     case ApiAction::ContainerRemove:
       addUnique(call.refs, std::string(path.substr(std::string_view("/containers/").size())));
       break;
@@ -363,9 +360,7 @@ std::optional<ApiCall> recognize(const HttpExchange& x) {
       if (std::string labels = form.get("labels"); !labels.empty()) call.label_user = userLabel(parseJson(labels));
       recognizeStream(x, call);
       break;
-    case ApiAction::ImageLoad:
-      recognizeStream(x, call);
-      break;
+    case ApiAction::ImageLoad: recognizeStream(x, call); break;
     case ApiAction::ImageCommit: {
       call.container_name = form.get("container");
       addUnique(call.refs, repoTagRef(form.get("repo"), form.get("tag")));
@@ -427,7 +422,8 @@ bool uploadBodyIsIrrelevant(const HttpRequest& r) {
     // PUT /containers/{id}/archive: files copied into a container.
     auto rest = restAfter(p, "/containers/");
     constexpr std::string_view kArchive = "/archive";
-    if (!rest || rest->size() <= kArchive.size() || rest->substr(rest->size() - kArchive.size()) != kArchive) return false;
+    if (!rest || rest->size() <= kArchive.size() || rest->substr(rest->size() - kArchive.size()) != kArchive)
+      return false;
     std::string_view id = rest->substr(0, rest->size() - kArchive.size());
     return id.find('/') == std::string_view::npos;
   }

@@ -32,8 +32,8 @@ const char* toString(ApiAction a);
 
 struct ApiCall {
   ApiAction action;
-  int status = 0;           // Docker's HTTP status
-  bool succeeded = false;   // 2xx and, for streams, no error message in the stream
+  int status = 0;          // Docker's HTTP status
+  bool succeeded = false;  // 2xx and, for streams, no error message in the stream
   // Identifiers Docker returned: 64-hex container ids, "sha256:<64hex>" image ids,
   // volume names. For ImageRemove: the "Deleted" ids.
   std::vector<std::string> ids;
@@ -41,14 +41,14 @@ struct ApiCall {
   // "busybox:latest" (tag defaulted to "latest" where Docker does), the name/id a
   // remove named, the tag a tag call created ("repo:tag").
   std::vector<std::string> refs;
-  std::string container_name;          // create: ?name=
-  std::string image;                   // create: body "Image"
-  std::vector<std::string> volumes;    // create: anonymous volume targets from body "Volumes"
+  std::string container_name;             // create: ?name=
+  std::string image;                      // create: body "Image"
+  std::vector<std::string> volumes;       // create: anonymous volume targets from body "Volumes"
   std::optional<std::string> label_user;  // create/volume create: the "qman.user" label, recorded only
-  std::string method;                  // request method
-  std::string path;                    // request path without version
-  uint64_t request_ns = 0;             // first byte of the request (probe clock)
-  uint64_t response_ns = 0;            // last byte of the response (probe clock)
+  std::string method;                     // request method
+  std::string path;                       // request path without version
+  uint64_t request_ns = 0;                // first byte of the request (probe clock)
+  uint64_t response_ns = 0;               // last byte of the response (probe clock)
 };
 
 // Returns the call if this exchange is one we recognise, else nullopt.

@@ -359,14 +359,14 @@ struct HttpConnection::Impl {
     explicit Side(bool req) : is_request(req) {}
     const bool is_request;
     State state = State::Idle;
-    std::string head;        // head bytes so far (<= kMaxHeadBytes)
-    size_t line_start = 0;   // offset in `head` of the line not yet terminated
-    std::string line;        // chunk-size or trailer line so far
+    std::string head;       // head bytes so far (<= kMaxHeadBytes)
+    size_t line_start = 0;  // offset in `head` of the line not yet terminated
+    std::string line;       // chunk-size or trailer line so far
     size_t trailer_bytes = 0;
     uint64_t remaining = 0;
-    bool saw_cr = false;     // ChunkEnd: the CR of the CRLF already seen
-    uint64_t first_ns = 0;   // timestamp of the message's first byte
-    HttpSender sender;       // requests: who wrote the first byte
+    bool saw_cr = false;    // ChunkEnd: the CR of the CRLF already seen
+    uint64_t first_ns = 0;  // timestamp of the message's first byte
+    HttpSender sender;      // requests: who wrote the first byte
     // The message. Requests are shared with the pending queue: a response may
     // be paired while the upload is still arriving.
     std::shared_ptr<HttpRequest> req;
@@ -379,7 +379,7 @@ struct HttpConnection::Impl {
     std::shared_ptr<HttpRequest> req;  // null for a placeholder
     uint64_t skipped = 0;              // placeholder: how many requests (lost or not kept)
     bool hijack_candidate = false;
-    size_t cost = 0;                   // bytes charged to kMaxPendingBytes
+    size_t cost = 0;  // bytes charged to kMaxPendingBytes
   };
 
   // Counts kept aside while a request that may switch the connection to a raw
@@ -401,13 +401,13 @@ struct HttpConnection::Impl {
   HttpStreamStats stats_;
   Side tx_{true}, rx_{false};
   std::deque<Pending> pending_;
-  size_t real_pending_ = 0;     // non-placeholder entries in pending_
-  size_t pending_bytes_ = 0;    // sum of Pending::cost
-  size_t hijack_pending_ = 0;   // hijack candidates in pending_
+  size_t real_pending_ = 0;    // non-placeholder entries in pending_
+  size_t pending_bytes_ = 0;   // sum of Pending::cost
+  size_t hijack_pending_ = 0;  // hijack candidates in pending_
   Speculative spec_;
   bool raw_ = false;
   bool closed_ = false;
-  bool doubt_ = false;                  // pairing is no longer certain (see the top of this file)
+  bool doubt_ = false;                      // pairing is no longer certain (see the top of this file)
   const HttpSender* cur_sender_ = nullptr;  // the sender of the call being fed (tx)
 
   // Pairing can no longer be trusted from here on: requests already queued
@@ -825,7 +825,7 @@ struct HttpConnection::Impl {
   void consumeChunkSize(Side& s, std::string_view& data, uint64_t ts) {
     if (!consumeLine(s, data, kMaxChunkLineBytes, ts)) return;
     std::string_view line = s.line;
-    line.remove_suffix(1);  // '\n'
+    line.remove_suffix(1);                  // '\n'
     line = line.substr(0, line.find(';'));  // chunk extensions
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
     line = trim(line);
@@ -916,9 +916,7 @@ struct HttpConnection::Impl {
           consumeHead(s, data, ts);
           break;
         }
-        case State::Head:
-          consumeHead(s, data, ts);
-          break;
+        case State::Head: consumeHead(s, data, ts); break;
         case State::Body:
         case State::ChunkData: {
           size_t n = static_cast<size_t>(std::min<uint64_t>(s.remaining, data.size()));
@@ -944,8 +942,7 @@ struct HttpConnection::Impl {
           appendBodyBytes(s, data, ts);
           data = {};
           break;
-        case State::Lost:
-          break;
+        case State::Lost: break;
       }
     }
     if (raw_) return;
@@ -980,9 +977,7 @@ struct HttpConnection::Impl {
           appendBodyGap(s, gap, ts);
           gap = 0;
           break;
-        case State::Lost:
-          gap = 0;
-          break;
+        case State::Lost: gap = 0; break;
         case State::Idle:
         case State::Head:
         case State::ChunkSize:
@@ -1028,8 +1023,8 @@ struct HttpConnection::Impl {
     // response is that request's, and must not be given to the next one.
     const bool at_boundary = rx_.state == State::Idle || rx_.state == State::Lost;
     const bool starts_response = data.substr(0, 7) == "HTTP/1.";
-    const bool hold = !early_.empty() || (at_boundary && pending_.empty() && starts_response &&
-                                          tx_.state != State::Lost);
+    const bool hold =
+        !early_.empty() || (at_boundary && pending_.empty() && starts_response && tx_.state != State::Lost);
     if (!raw_ && hold && early_bytes_ + data.size() <= kMaxEarlyBytes) {
       early_.push_back(Early{std::string(data), total, ts});
       early_bytes_ += data.size();
@@ -1100,8 +1095,7 @@ struct HttpConnection::Impl {
       }
       case State::Idle:
       case State::Head:
-      case State::Lost:
-        break;
+      case State::Lost: break;
     }
     // No response can switch the connection to a raw stream any more.
     commitSpeculation();
@@ -1115,8 +1109,7 @@ struct HttpConnection::Impl {
 
 HttpConnection::HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head,
                                ResponseHeadSink on_response_head)
-    : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head),
-                                   std::move(on_response_head))) {}
+    : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head), std::move(on_response_head))) {}
 
 void HttpConnection::onSend(std::string_view data, uint64_t total, uint64_t ts_ns, const HttpSender* sender) {
   impl_->send(data, std::max<uint64_t>(total, data.size()), ts_ns, sender);

@@ -40,19 +40,19 @@ struct HttpSender {
 };
 
 struct HttpRequest {
-  std::string method;       // "POST"
-  std::string target;       // as sent: "/v1.41/containers/create?name=web"
-  std::string path;         // decoded path without query and version prefix: "/containers/create"
-  std::string api_version;  // "1.41", or "" when the client sent no /vX.YZ prefix
+  std::string method;                             // "POST"
+  std::string target;                             // as sent: "/v1.41/containers/create?name=web"
+  std::string path;                               // decoded path without query and version prefix: "/containers/create"
+  std::string api_version;                        // "1.41", or "" when the client sent no /vX.YZ prefix
   std::multimap<std::string, std::string> query;  // percent-decoded
   std::vector<HttpHeader> headers;
-  std::string body;          // first kBodyHeadBytes of the body
-  std::string body_tail;     // last kBodyTailBytes when the body was longer than the head, else ""
-  uint64_t body_bytes = 0;   // full body length seen on the wire (captured or not)
-  bool body_gap = false;     // some body bytes were not captured (probe prefix limit)
-  uint64_t first_ns = 0;     // probe timestamp of the first byte
-  uint64_t last_ns = 0;      // probe timestamp of the last byte
-  HttpSender sender;         // who wrote its first byte
+  std::string body;         // first kBodyHeadBytes of the body
+  std::string body_tail;    // last kBodyTailBytes when the body was longer than the head, else ""
+  uint64_t body_bytes = 0;  // full body length seen on the wire (captured or not)
+  bool body_gap = false;    // some body bytes were not captured (probe prefix limit)
+  uint64_t first_ns = 0;    // probe timestamp of the first byte
+  uint64_t last_ns = 0;     // probe timestamp of the last byte
+  HttpSender sender;        // who wrote its first byte
   // Sent after the request stream lost bytes it could not frame (a gap over a
   // head, garbage, events the ring dropped): dockerd may have seen requests
   // we did not, so the response paired with this one may be another's.
@@ -83,16 +83,16 @@ struct HttpExchange {
 };
 
 struct HttpStreamStats {
-  uint64_t exchanges = 0;       // complete request/response pairs delivered
-  uint64_t parse_errors = 0;    // malformed start lines, headers, chunk sizes, oversize heads
-  uint64_t resyncs = 0;         // times the parser found its footing again after an error or gap
-  uint64_t gap_bytes = 0;       // bytes the probe reported but did not copy
-  uint64_t discarded_bytes = 0; // captured bytes thrown away while out of sync
-  uint64_t orphan_responses = 0;// responses with no request to pair with
-  uint64_t lost_heads = 0;      // request heads cut by a gap or garbage (a placeholder keeps their reply's place)
-  uint64_t doubts = 0;          // times pairing stopped being certain (requests dockerd may have seen unseen)
+  uint64_t exchanges = 0;           // complete request/response pairs delivered
+  uint64_t parse_errors = 0;        // malformed start lines, headers, chunk sizes, oversize heads
+  uint64_t resyncs = 0;             // times the parser found its footing again after an error or gap
+  uint64_t gap_bytes = 0;           // bytes the probe reported but did not copy
+  uint64_t discarded_bytes = 0;     // captured bytes thrown away while out of sync
+  uint64_t orphan_responses = 0;    // responses with no request to pair with
+  uint64_t lost_heads = 0;          // request heads cut by a gap or garbage (a placeholder keeps their reply's place)
+  uint64_t doubts = 0;              // times pairing stopped being certain (requests dockerd may have seen unseen)
   uint64_t doubtful_exchanges = 0;  // exchanges delivered with request.doubtful set
-  uint64_t lost_events = 0;     // probe events lost before a call (ring buffer full), per direction
+  uint64_t lost_events = 0;         // probe events lost before a call (ring buffer full), per direction
 };
 
 class HttpConnection {

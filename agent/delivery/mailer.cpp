@@ -114,8 +114,8 @@ std::string displayName(std::string_view s) {
   std::string c = clean(s);
   if (!isAscii(c)) return headerText(c);
   bool plain = std::all_of(c.begin(), c.end(), [](char ch) {
-    return std::isalnum(static_cast<unsigned char>(ch)) || std::string_view(" !#$%&'*+-/=?^_`{|}~").find(ch) !=
-                                                               std::string_view::npos;
+    return std::isalnum(static_cast<unsigned char>(ch)) ||
+           std::string_view(" !#$%&'*+-/=?^_`{|}~").find(ch) != std::string_view::npos;
   });
   if (plain) return c;
   std::string q = "\"";
@@ -130,8 +130,7 @@ std::string displayName(std::string_view s) {
 std::string domainPart(std::string_view host) {
   std::string d;
   for (char c : host) {
-    if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || (c == '.' && !d.empty() && d.back() != '.'))
-      d += c;
+    if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || (c == '.' && !d.empty() && d.back() != '.')) d += c;
   }
   while (!d.empty() && d.back() == '.') d.pop_back();
   if (d.size() > 200) d.resize(200);
@@ -172,8 +171,7 @@ std::string newMessageId(const std::string& host) {
     std::random_device rd;
     return static_cast<uint64_t>(rd()) << 32 ^ rd();
   }();
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                std::chrono::system_clock::now().time_since_epoch())
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
                 .count();
   char buf[96];
   std::snprintf(buf, sizeof buf, "%lld.%016llx.%llu", static_cast<long long>(ms),
@@ -301,12 +299,18 @@ std::string diskText(const Event& e) {
   const json& d = e.detail;
   const std::string dev = clean(stringField(d, "device_name"));
   std::string s;
-  if (e.type == "disk_soft_limit_exceeded") s = "you went over your soft limit on " + dev;
-  else if (e.type == "disk_soft_grace_ending") s = "your grace period on " + dev + " is ending";
-  else if (e.type == "disk_soft_grace_expired") s = "your grace period on " + dev + " has expired: writes are refused until you are under the soft limit";
-  else if (e.type == "disk_hard_limit_reached") s = "you reached your hard limit on " + dev + ": writes are refused";
-  else if (e.type == "disk_back_to_ok") s = "you are back within your limits on " + dev;
-  else s = "your disk quota on " + dev + " changed state (" + clean(e.type) + ")";
+  if (e.type == "disk_soft_limit_exceeded")
+    s = "you went over your soft limit on " + dev;
+  else if (e.type == "disk_soft_grace_ending")
+    s = "your grace period on " + dev + " is ending";
+  else if (e.type == "disk_soft_grace_expired")
+    s = "your grace period on " + dev + " has expired: writes are refused until you are under the soft limit";
+  else if (e.type == "disk_hard_limit_reached")
+    s = "you reached your hard limit on " + dev + ": writes are refused";
+  else if (e.type == "disk_back_to_ok")
+    s = "you are back within your limits on " + dev;
+  else
+    s = "your disk quota on " + dev + " changed state (" + clean(e.type) + ")";
   auto kib = [&](const char* k) -> std::optional<uint64_t> {
     auto v = u64Field(d, k);
     if (!v || *v == 0 || *v > (std::numeric_limits<uint64_t>::max() >> 10)) return std::nullopt;
@@ -315,7 +319,8 @@ std::string diskText(const Event& e) {
   if (auto used = u64Field(d, "block_current")) s += ". Usage " + figure(*used);
   if (auto soft = kib("block_soft_limit")) s += ", soft limit " + figure(*soft);
   if (auto hard = kib("block_hard_limit")) s += ", hard limit " + figure(*hard);
-  if (auto end = u64Field(d, "block_time_limit"); end && *end > 0) s += ", grace ends " + whenText(static_cast<double>(*end));
+  if (auto end = u64Field(d, "block_time_limit"); end && *end > 0)
+    s += ", grace ends " + whenText(static_cast<double>(*end));
   return s + ".";
 }
 
@@ -343,16 +348,18 @@ std::string describe(const Event& e) {
       } else {
         s += "nearly all of your limit";
       }
-      if (usage && limit) s += ": " + figure(*usage) + " of " + figure(*limit);
-      else if (usage) s += ": " + figure(*usage);
-      else if (limit) s += " of " + figure(*limit);
+      if (usage && limit)
+        s += ": " + figure(*usage) + " of " + figure(*limit);
+      else if (usage)
+        s += ": " + figure(*usage);
+      else if (limit)
+        s += " of " + figure(*limit);
       return cap(s + ". Over the limit, your containers may be stopped or removed.");
     }
-    case Kind::Exceeded:
-      return cap(overText(usage, limit, false) + ".");
+    case Kind::Exceeded: return cap(overText(usage, limit, false) + ".");
     case Kind::Stopped: {
-      std::string s = "your container " + containerText(e) + " was stopped because " + overText(usage, limit, false) +
-                      ".";
+      std::string s =
+          "your container " + containerText(e) + " was stopped because " + overText(usage, limit, false) + ".";
       if (auto size = u64Field(d, "size_bytes")) s += " Its writable layer holds " + figure(*size) + ".";
       std::string own = mailId(stringField(d, "container_id"));
       if (own.empty()) own = mailId(e.container_id);
@@ -438,8 +445,7 @@ int keepReply(CURL*, curl_infotype type, char* p, size_t len, void* ud) noexcept
     size_t nl = data.rfind('\n');  // a multi-line reply: its last line
     if (nl != std::string_view::npos) data.remove_prefix(nl + 1);
     if (!data.empty() && (data[0] == '4' || data[0] == '5')) *last = clean(data, kMaxReply);
-  } catch (...) {
-  }
+  } catch (...) {}
   return 0;
 }
 
@@ -491,8 +497,7 @@ bool validMailAddress(const std::string& a) {
   size_t at = a.find('@');
   if (at == std::string::npos || at == 0 || a.find('@', at + 1) != std::string::npos) return false;
   std::string_view local(a.data(), at), domain(a.data() + at + 1, a.size() - at - 1);
-  if (local.size() > 64 || local.front() == '.' || local.back() == '.' ||
-      local.find("..") != std::string_view::npos)
+  if (local.size() > 64 || local.front() == '.' || local.back() == '.' || local.find("..") != std::string_view::npos)
     return false;
   static constexpr std::string_view kAtext = "!#$%&'*+-/=?^_`{|}~.";
   for (char c : local)
@@ -538,8 +543,7 @@ Result<std::unique_ptr<SmtpMailer>> SmtpMailer::create(Options o) {
   if (!validMailAddress(o.from))
     return Error{EINVAL, "mail: sender \"" + clean(o.from) + "\" is not a plain address like dockquota@example.org"};
   if (o.timeout.count() <= 0) return Error{EINVAL, "mail: the SMTP timeout must be positive"};
-  if (o.username.empty() != o.password.empty())
-    return Error{EINVAL, "mail: SMTP username and password go together"};
+  if (o.username.empty() != o.password.empty()) return Error{EINVAL, "mail: SMTP username and password go together"};
   if (!part(CURLUPART_USER).empty())
     return Error{EINVAL, what + ": credentials go in username and password, not in the URL"};
   std::string server = scheme + "://" + host + (port.empty() ? "" : ":" + port);
@@ -602,7 +606,7 @@ Status SmtpMailer::send(const std::string& to, const std::string& message) {
   std::unique_ptr<CURL, void (*)(CURL*)> h(curl_easy_init(), curl_easy_cleanup);
   std::string mail_from = "<" + opt_.from + ">", rcpt = "<" + to + ">";
   std::unique_ptr<curl_slist, void (*)(curl_slist*)> rcpts(curl_slist_append(nullptr, rcpt.c_str()),
-                                                          curl_slist_free_all);
+                                                           curl_slist_free_all);
   if (!h || !rcpts) return Error{ENOMEM, what + ": cannot create a curl handle"};
   Upload up{&message, 0};
   std::string reply;
@@ -653,21 +657,14 @@ Status SmtpMailer::send(const std::string& to, const std::string& message) {
   }
   int err = EIO;
   switch (rc) {
-    case CURLE_ABORTED_BY_CALLBACK:
-      return Error{ECANCELED, what + ": interrupted"};
-    case CURLE_COULDNT_CONNECT:
-      err = os > 0 ? static_cast<int>(os) : ECONNREFUSED;
-      break;
-    case CURLE_COULDNT_RESOLVE_HOST:
-      err = EHOSTUNREACH;
-      break;
+    case CURLE_ABORTED_BY_CALLBACK: return Error{ECANCELED, what + ": interrupted"};
+    case CURLE_COULDNT_CONNECT: err = os > 0 ? static_cast<int>(os) : ECONNREFUSED; break;
+    case CURLE_COULDNT_RESOLVE_HOST: err = EHOSTUNREACH; break;
     case CURLE_OPERATION_TIMEDOUT:
       err = ETIMEDOUT;
       text += " (timeout " + std::to_string(opt_.timeout.count()) + " s)";
       break;
-    case CURLE_LOGIN_DENIED:
-      err = EACCES;
-      break;
+    case CURLE_LOGIN_DENIED: err = EACCES; break;
     case CURLE_USE_SSL_FAILED:
       err = EPROTO;
       text += " (starttls is on: the server must offer STARTTLS)";
@@ -676,8 +673,7 @@ Status SmtpMailer::send(const std::string& to, const std::string& message) {
       // curl's "RCPT failed: 550": the server will never take this recipient.
       if (text.rfind("RCPT failed", 0) == 0 && code >= 500 && code < 600) err = kMailRecipientRefused;
       break;
-    default:
-      break;
+    default: break;
   }
   return Error{err, what + ": " + text + smtp};
 }
@@ -695,14 +691,18 @@ std::string humanBytes(uint64_t bytes) {
   }
   char buf[32];
   // Truncated, not rounded: 99.97% of a GiB must not print as "100.0 GiB" next to a 100 GiB limit.
-  if (v < 100) std::snprintf(buf, sizeof buf, "%.1f %s", std::floor(v * 10) / 10, kUnits[u]);
-  else std::snprintf(buf, sizeof buf, "%.0f %s", std::floor(v), kUnits[u]);
+  if (v < 100)
+    std::snprintf(buf, sizeof buf, "%.1f %s", std::floor(v * 10) / 10, kUnits[u]);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f %s", std::floor(v), kUnits[u]);
   return buf;
 }
 
 Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& events) {
-  if (!validMailAddress(info.to)) return Error{EINVAL, "mail: recipient \"" + clean(info.to) + "\" is not a plain address"};
-  if (!validMailAddress(info.from)) return Error{EINVAL, "mail: sender \"" + clean(info.from) + "\" is not a plain address"};
+  if (!validMailAddress(info.to))
+    return Error{EINVAL, "mail: recipient \"" + clean(info.to) + "\" is not a plain address"};
+  if (!validMailAddress(info.from))
+    return Error{EINVAL, "mail: sender \"" + clean(info.from) + "\" is not a plain address"};
   std::vector<const Event*> shown;
   Kind worst = Kind::Other;
   for (const auto& e : events) {
@@ -717,7 +717,8 @@ Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& 
   const std::string host = clean(info.host).empty() ? "(unknown host)" : clean(info.host);
   const std::string user = clean(info.user);
   const bool disk_only = worst == Kind::Disk;
-  std::string subject = "[dockquota " + host + "] " + (disk_only ? "Disk quota: " : "Docker disk quota: ") + subjectFor(worst);
+  std::string subject =
+      "[dockquota " + host + "] " + (disk_only ? "Disk quota: " : "Docker disk quota: ") + subjectFor(worst);
   if (shown.size() > 1) subject += " (" + std::to_string(shown.size()) + " notices)";
 
   std::string m;
@@ -742,9 +743,9 @@ Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& 
   m += "\r\n";
   size_t skip = shown.size() > kMaxListed ? shown.size() - kMaxListed : 0;
   if (skip > 0) {
-    m += wrap(std::to_string(skip) + " earlier notices are not listed; the latest " + std::to_string(kMaxListed) +
-                  " follow.",
-              72, "", "");
+    m += wrap(
+        std::to_string(skip) + " earlier notices are not listed; the latest " + std::to_string(kMaxListed) + " follow.",
+        72, "", "");
     m += "\r\n";
   }
   bool stopped = false;
@@ -758,18 +759,18 @@ Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& 
   m += "      docker ps --all --size\r\n";
   m += "      docker images\r\n";
   m += "      docker volume ls\r\n";
-  m += wrap("Remove the containers, images and volumes you no longer need (removing a volume deletes its data):",
-            72, "  * ", "    ");
+  m += wrap("Remove the containers, images and volumes you no longer need (removing a volume deletes its data):", 72,
+            "  * ", "    ");
   m += "      docker rm <container>\r\n";
   m += "      docker rmi <image>\r\n";
   m += "      docker volume rm <volume>\r\n";
   if (stopped) {
-    m += wrap("A stopped container is kept. Once you are under your limit again, start it with: docker start "
-              "<container>",
-              72, "  * ", "    ");
+    m += wrap(
+        "A stopped container is kept. Once you are under your limit again, start it with: docker start "
+        "<container>",
+        72, "  * ", "    ");
   }
-  m += wrap("If you need more space, ask the administrators of " + host + " for a higher limit.", 72, "  * ",
-            "    ");
+  m += wrap("If you need more space, ask the administrators of " + host + " for a higher limit.", 72, "  * ", "    ");
   m += "\r\n";
   m += "-- \r\n";
   m += wrap("Sent automatically by dockquota on " + host + ".", 72, "", "");
@@ -855,8 +856,10 @@ MailPlan planMails(const std::vector<Event>& pending, const std::map<uint32_t, d
     double at = first + burst;
     auto it = last_sent.find(uid);
     if (it != last_sent.end()) at = std::max(at, it->second + interval);
-    if (at <= now) ready.emplace_back(first, uid);
-    else wakeAt(at);
+    if (at <= now)
+      ready.emplace_back(first, uid);
+    else
+      wakeAt(at);
   }
   std::sort(ready.begin(), ready.end());
   size_t room = ready.size();
@@ -892,7 +895,8 @@ void MailNotifier::start() {
   if (worker_.running()) return;
   stop_ = false;
   running_ = true;
-  worker_.start("dq-mail", [this] { run(); }, [this] { halt(); });
+  worker_.start(
+      "dq-mail", [this] { run(); }, [this] { halt(); });
 }
 
 void MailNotifier::stop() {
@@ -972,8 +976,10 @@ double MailNotifier::runOnce(double now) {
   std::map<uint32_t, std::vector<const Event*>> by_uid;
   std::vector<int64_t> foreign;
   for (const auto& e : *pending) {
-    if (channelWants(Channel::Mail, e.type)) by_uid[e.uid].push_back(&e);
-    else foreign.push_back(e.seq);
+    if (channelWants(Channel::Mail, e.type))
+      by_uid[e.uid].push_back(&e);
+    else
+      foreign.push_back(e.seq);
   }
   if (!foreign.empty()) {
     LOG_DEBUG(kLog, "%zu pending events are of types never mailed; marking them not mailable", foreign.size());
@@ -1073,8 +1079,8 @@ double MailNotifier::runOnce(double now) {
         refused_ += seqs.size();
         last_error_ = msg;
       }
-      LOG_WARN(kLog, "%s; %zu notices for user %s (uid %u) are given up", msg.c_str() + (msg.rfind("mail: ", 0) == 0 ? 6 : 0),
-               seqs.size(), clean(user).c_str(), uid);
+      LOG_WARN(kLog, "%s; %zu notices for user %s (uid %u) are given up",
+               msg.c_str() + (msg.rfind("mail: ", 0) == 0 ? 6 : 0), seqs.size(), clean(user).c_str(), uid);
       continue;
     }
     if (st.error().code == ECANCELED && stopping()) break;
@@ -1090,9 +1096,11 @@ double MailNotifier::runOnce(double now) {
       last_error_ = msg;
     }
     const char* shown = msg.c_str() + (msg.rfind("mail: ", 0) == 0 ? 6 : 0);
-    if (changed) LOG_WARN(kLog, "%s; %zu notices stay pending, retrying in %lld ms", shown, seqs.size(),
-                          static_cast<long long>(delay.count()));
-    else LOG_DEBUG(kLog, "%s; retrying in %lld ms", shown, static_cast<long long>(delay.count()));
+    if (changed)
+      LOG_WARN(kLog, "%s; %zu notices stay pending, retrying in %lld ms", shown, seqs.size(),
+               static_cast<long long>(delay.count()));
+    else
+      LOG_DEBUG(kLog, "%s; retrying in %lld ms", shown, static_cast<long long>(delay.count()));
     break;  // most failures are the relay's: the others would fail alike
   }
 
@@ -1106,15 +1114,9 @@ double MailNotifier::runOnce(double now) {
 
 nlohmann::json MailNotifier::health() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return json{{"running", running_ && !stop_},
-              {"mails_sent", mails_sent_},
-              {"events_mailed", events_mailed_},
-              {"failures", failures_},
-              {"failing", failing_},
-              {"skipped_no_address", skipped_no_address_},
-              {"events_refused", refused_},
-              {"last_error", last_error_},
-              {"pending", pending_}};
+  return json{{"running", running_ && !stop_}, {"mails_sent", mails_sent_}, {"events_mailed", events_mailed_},
+              {"failures", failures_},         {"failing", failing_},       {"skipped_no_address", skipped_no_address_},
+              {"events_refused", refused_},    {"last_error", last_error_}, {"pending", pending_}};
 }
 
 }  // namespace dockquota

@@ -70,7 +70,7 @@ class SmtpMailer : public MailTransport {
     std::string from;      // envelope sender and From header
     std::string username;  // both empty: no AUTH
     std::string password;
-    bool starttls = false;  // smtp:// only: require STARTTLS (CURLUSESSL_ALL) before anything is sent
+    bool starttls = false;             // smtp:// only: require STARTTLS (CURLUSESSL_ALL) before anything is sent
     std::chrono::seconds timeout{30};  // the whole exchange, connection included
   };
 
@@ -97,10 +97,10 @@ class SmtpMailer : public MailTransport {
 
 // Everything in a mail besides its events.
 struct MailInfo {
-  std::string host;        // the agent's host id: subject, body, Message-ID
-  std::string from;        // sender address
-  std::string to;          // recipient address
-  std::string user;        // host user name, to greet them
+  std::string host;  // the agent's host id: subject, body, Message-ID
+  std::string from;  // sender address
+  std::string to;    // recipient address
+  std::string user;  // host user name, to greet them
   uint32_t uid = 0;
   double date = 0;         // unix seconds for the Date header; 0: now
   std::string message_id;  // "" : a fresh "<...@host>"
@@ -140,13 +140,13 @@ class EmailDirectory {
 class MailNotifier {
  public:
   struct Options {
-    std::string host_id;                          // names this host in mails
-    std::chrono::seconds burst{60};               // collect a user's events this long after the first
-    std::chrono::seconds min_interval{900};       // at most one mail per user per interval
-    size_t max_per_hour = 100;                    // all users together, a sliding hour; 0 = no cap
-    std::chrono::milliseconds backoff_base{1000};  // SMTP failures: full jitter, doubling...
+    std::string host_id;                            // names this host in mails
+    std::chrono::seconds burst{60};                 // collect a user's events this long after the first
+    std::chrono::seconds min_interval{900};         // at most one mail per user per interval
+    size_t max_per_hour = 100;                      // all users together, a sliding hour; 0 = no cap
+    std::chrono::milliseconds backoff_base{1000};   // SMTP failures: full jitter, doubling...
     std::chrono::milliseconds backoff_cap{300000};  // ...up to 5 min
-    std::chrono::seconds poll{30};                // the longest sleep; wake() cuts it short
+    std::chrono::seconds poll{30};                  // the longest sleep; wake() cuts it short
   };
 
   // `spool` and `transport` must outlive the notifier.

@@ -101,22 +101,17 @@ std::optional<std::string> urlPart(CURLU* u, CURLUPart part) {
 std::string urlProblem(CURLUcode rc, const std::string& authority) {
   switch (rc) {
     case CURLUE_BAD_SCHEME:
-    case CURLUE_BAD_SLASHES:
-      return "want http://host[:port][/path] or https://...";
-    case CURLUE_NO_HOST:
-      return "no host";
+    case CURLUE_BAD_SLASHES: return "want http://host[:port][/path] or https://...";
+    case CURLUE_NO_HOST: return "no host";
     case CURLUE_BAD_PORT_NUMBER:
       if (authority[0] != '[' && std::count(authority.begin(), authority.end(), ':') > 1)
         return "an IPv6 address must be in brackets";
       return "bad port";
-    case CURLUE_BAD_IPV6:
-      return "bad IPv6 address in brackets";
+    case CURLUE_BAD_IPV6: return "bad IPv6 address in brackets";
     case CURLUE_BAD_LOGIN:
     case CURLUE_BAD_USER:
-    case CURLUE_BAD_PASSWORD:
-      return "user info is not allowed (the secret is its own option)";
-    default:
-      return curl_url_strerror(rc);
+    case CURLUE_BAD_PASSWORD: return "user info is not allowed (the secret is its own option)";
+    default: return curl_url_strerror(rc);
   }
 }
 
@@ -499,9 +494,9 @@ void MasterSink::exchange(const std::string& body, Exchange& x) {
   // A connection per batch: an idle keep-alive connection the master (or a
   // proxy) closed would fail the next POST for nothing. The empty Expect keeps
   // curl from waiting for a 100 Continue before a big body.
-  const std::string lines[] = {"X-API-Key: " + opt_.secret, "Accept: application/json",
-                               "Content-Type: application/json", "User-Agent: dockquotad",
-                               "Connection: close", "Expect:"};
+  const std::string lines[] = {
+      "X-API-Key: " + opt_.secret, "Accept: application/json", "Content-Type: application/json",
+      "User-Agent: dockquotad",    "Connection: close",        "Expect:"};
   bool ok = easy != nullptr;
   for (const std::string& line : lines) ok = ok && headers.add(line);
   if (!ok) {

@@ -147,7 +147,7 @@ class MasterSink {
   void drive(void* easy, size_t body_size, Exchange& x);
   void transportFailure(const Exchange& x, Attempt& a) const;
   bool waitFor(std::chrono::milliseconds d, bool wake_ends);  // false when stopping
-  void halt();  // sets stop_ and wakes the waits in run()
+  void halt();                                                // sets stop_ and wakes the waits in run()
 
   EventSpool& spool_;
   const Options opt_;
@@ -164,7 +164,7 @@ class MasterSink {
   bool done_ = true;  // the thread has left run()
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_flight_{false};
-  std::atomic<bool> cut_{false};  // stop() gave up on the request in flight
+  std::atomic<bool> cut_{false};      // stop() gave up on the request in flight
   std::atomic<bool> running_{false};  // the thread is in run()
 
   // Stats.

@@ -26,8 +26,8 @@ double mib(uint64_t b) { return double(b) / (1 << 20); }
 // Only kernel evidence or an admin decides whose container is stopped: a
 // label (Source::Label) is something any docker user can write.
 bool actionableOwner(const ObjectRecord& r) {
-  return r.owner && (r.owner->source == Source::Bpf || r.owner->source == Source::Audit ||
-                     r.owner->source == Source::Admin);
+  return r.owner &&
+         (r.owner->source == Source::Bpf || r.owner->source == Source::Audit || r.owner->source == Source::Admin);
 }
 
 }  // namespace
@@ -44,10 +44,15 @@ Result<std::unique_ptr<Enforcer>> Enforcer::create(Store& store, QuotaBook& book
   return e;
 }
 
-Enforcer::Enforcer(Store& store, QuotaBook& book, SnapshotFn snapshot, UserDirectory& users,
-                   ContainerRuntime& runtime, EnforcerOptions options, Hooks hooks)
-    : store_(store), book_(book), snapshot_(std::move(snapshot)), users_(users), runtime_(runtime),
-      opt_(std::move(options)), hooks_(std::move(hooks)) {}
+Enforcer::Enforcer(Store& store, QuotaBook& book, SnapshotFn snapshot, UserDirectory& users, ContainerRuntime& runtime,
+                   EnforcerOptions options, Hooks hooks)
+    : store_(store),
+      book_(book),
+      snapshot_(std::move(snapshot)),
+      users_(users),
+      runtime_(runtime),
+      opt_(std::move(options)),
+      hooks_(std::move(hooks)) {}
 
 Enforcer::~Enforcer() { stop(); }
 
@@ -97,8 +102,8 @@ void Enforcer::announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel
       ++it;
       continue;
     }
-    LOG_INFO(kSub, "uid %u (%s): %s ended (usage %.1f MiB of %.1f MiB)", uid, users_.name(uid).c_str(),
-             it->c_str(), mib(usage), mib(limit));
+    LOG_INFO(kSub, "uid %u (%s): %s ended (usage %.1f MiB of %.1f MiB)", uid, users_.name(uid).c_str(), it->c_str(),
+             mib(usage), mib(limit));
     it = held.erase(it);
   }
   const uint64_t limit_kib = limit / 1024;
@@ -152,8 +157,10 @@ Result<SweepReport> Enforcer::sweep() {
   exempt_containers_.clear();
   if (auto xs = store_.exemptions()) {
     for (const auto& x : *xs) {
-      if (x.kind == "container") exempt_containers_.insert(x.id);
-      else if (x.kind == "user") exempt.insert(uint32_t(std::stoul(x.id)));
+      if (x.kind == "container")
+        exempt_containers_.insert(x.id);
+      else if (x.kind == "user")
+        exempt.insert(uint32_t(std::stoul(x.id)));
     }
   } else {
     // Without the list, nobody can be known not to be exempt: act on no one this time.
@@ -308,7 +315,8 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
                         {"error", "removing every container enforcement may touch frees " + std::to_string(sel.freed) +
                                       " bytes, not enough: images and volumes hold the rest"}});
     if (record(e, {kInsufficientCond}, rep))
-      LOG_WARN(kSub, "host %s uid %u (%s): over the limit and its %zu removable container(s) free only %llu bytes; "
+      LOG_WARN(kSub,
+               "host %s uid %u (%s): over the limit and its %zu removable container(s) free only %llu bytes; "
                "images and volumes hold the rest",
                opt_.host_id.c_str(), uid, user.c_str(), cands.size(), (unsigned long long)sel.freed);
   }
@@ -317,12 +325,17 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
   if (opt_.mode == EnforceMode::DryRun) {
     nlohmann::json would = nlohmann::json::array();
     for (size_t i : sel.picked)
-      would.push_back({{"container_id", cands[i].id}, {"container_name", cands[i].name}, {"size_bytes", sizes[cands[i].id]}});
+      would.push_back(
+          {{"container_id", cands[i].id}, {"container_name", cands[i].name}, {"size_bytes", sizes[cands[i].id]}});
     auto e = makeEvent(event_type::kDryRun, uid,
-                       {{"would_stop", would}, {"order", toString(opt_.order)}, {"block_current", usage},
-                        {"block_hard_limit", limit / 1024}, {"grace_seconds", opt_.grace.count()}});
+                       {{"would_stop", would},
+                        {"order", toString(opt_.order)},
+                        {"block_current", usage},
+                        {"block_hard_limit", limit / 1024},
+                        {"grace_seconds", opt_.grace.count()}});
     if (record(e, {kDryRunCond}, rep))
-      LOG_NOTICE(kSub, "dry-run: host %s uid %u (%s) is over the limit: would stop %zu container(s) (%s first), "
+      LOG_NOTICE(kSub,
+                 "dry-run: host %s uid %u (%s) is over the limit: would stop %zu container(s) (%s first), "
                  "freeing %llu bytes",
                  opt_.host_id.c_str(), uid, user.c_str(), sel.picked.size(), toString(opt_.order),
                  (unsigned long long)sel.freed);
@@ -357,7 +370,7 @@ void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::ve
 }
 
 std::optional<EnforcementAction> Enforcer::stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit,
-                                                        SweepReport& rep) {
+                                                         SweepReport& rep) {
   const std::string user = users_.name(a.uid);
   a.state = ActionState::Stopping;
   if (auto st = store_.putAction(a); !st) {  // the intent first: a crash now is finished at the next start
@@ -383,7 +396,8 @@ std::optional<EnforcementAction> Enforcer::stopContainer(EnforcementAction a, ui
     a.stopped_at = now();
     a.remove_after = *a.stopped_at + double(opt_.grace.count());
     events.push_back(stoppedEvent(a, usage, limit));
-    LOG_NOTICE(kSub, "host %s uid %u (%s): stopped container %s (%s) in %.2fs, %llu bytes in its layer; usage %llu of "
+    LOG_NOTICE(kSub,
+               "host %s uid %u (%s): stopped container %s (%s) in %.2fs, %llu bytes in its layer; usage %llu of "
                "limit %llu bytes; removal in %llds unless the user gets under the limit",
                opt_.host_id.c_str(), a.uid, user.c_str(), a.name.c_str(), shortId(a.container_id).c_str(), stop_s,
                (unsigned long long)a.size_bytes, (unsigned long long)usage, (unsigned long long)limit,
@@ -433,8 +447,8 @@ void Enforcer::removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint6
       a.state = ActionState::Spared;
       a.finished_at = now();
       a.error = spare_why;
-      LOG_INFO(kSub, "uid %u (%s): container %s (%s) stays stopped, not removed: %s", uid, user.c_str(),
-               a.name.c_str(), shortId(a.container_id).c_str(), spare_why.c_str());
+      LOG_INFO(kSub, "uid %u (%s): container %s (%s) stays stopped, not removed: %s", uid, user.c_str(), a.name.c_str(),
+               shortId(a.container_id).c_str(), spare_why.c_str());
       if (auto st = store_.putAction(a); !st) storeFailed(st.error());
       rep.spared++;
       stats_.spared++;
@@ -480,7 +494,8 @@ void Enforcer::removeContainer(EnforcementAction a, uint64_t usage, uint64_t new
                                 {"block_hard_limit", limit / 1024},
                                 {"removed_ids", {a.container_id}}},
                                a.container_id));
-    LOG_NOTICE(kSub, "host %s uid %u (%s): %s container %s (%s) in %.2fs, freeing %llu bytes; usage now about %llu "
+    LOG_NOTICE(kSub,
+               "host %s uid %u (%s): %s container %s (%s) in %.2fs, freeing %llu bytes; usage now about %llu "
                "of limit %llu bytes",
                opt_.host_id.c_str(), a.uid, user.c_str(), running ? "stopped (killed) and removed" : "removed",
                a.name.c_str(), shortId(a.container_id).c_str(), secondsSince(t_remove),
@@ -500,10 +515,10 @@ Event Enforcer::failed(EnforcementAction& a, const char* action, const Error& er
             users_.name(a.uid).c_str(), action, a.name.c_str(), shortId(a.container_id).c_str(), a.error.c_str());
   rep.failed++;
   stats_.failed++;
-  return makeEvent(event_type::kFailed, a.uid,
-                   {{"action", action}, {"container_id", shortId(a.container_id)}, {"container_name", a.name},
-                    {"error", a.error}},
-                   a.container_id);
+  return makeEvent(
+      event_type::kFailed, a.uid,
+      {{"action", action}, {"container_id", shortId(a.container_id)}, {"container_name", a.name}, {"error", a.error}},
+      a.container_id);
 }
 
 void Enforcer::settle(const EnforcementAction& a, std::vector<Event> events, SweepReport& rep) {
@@ -534,7 +549,8 @@ void Enforcer::start() {
     stop_ = false;
     wake_ = true;  // a first sweep at once: finishes what a crash interrupted
   }
-  worker_.start("dq-enforce", [this] { run(); }, [this] { halt(); });
+  worker_.start(
+      "dq-enforce", [this] { run(); }, [this] { halt(); });
 }
 
 void Enforcer::stop() { worker_.stop(); }
@@ -595,7 +611,9 @@ nlohmann::json Enforcer::state(std::optional<uint32_t> uid) const {
   if (auto open = store_.actions(true)) {
     for (const auto& a : *open) {
       if (uid && a.uid != *uid) continue;
-      nlohmann::json j = {{"container_id", a.container_id}, {"container_name", a.name}, {"state", toString(a.state)},
+      nlohmann::json j = {{"container_id", a.container_id},
+                          {"container_name", a.name},
+                          {"state", toString(a.state)},
                           {"size_bytes", a.size_bytes}};
       if (a.remove_after) j["remove_after"] = *a.remove_after;
       acts[a.uid].push_back(j);

@@ -60,34 +60,34 @@ namespace dockquota {
 struct EnforcerOptions {
   EnforceMode mode = EnforceMode::DryRun;
   EnforceOrder order = EnforceOrder::Newest;
-  std::chrono::seconds grace{300};         // stop -> remove; 0: one forced removal (kill, remove)
+  std::chrono::seconds grace{300};  // stop -> remove; 0: one forced removal (kill, remove)
   // SIGTERM -> SIGKILL, as `docker stop -t`. With grace 0 too: stopped
   // (SIGTERM first), then removed at once; 0 here and there = one forced
   // removal (SIGKILL at once: fastest, but a process writing to a volume,
   // which outlives the container, gets no chance to finish its write).
   std::chrono::seconds stop_timeout{10};
-  bool remove_volumes = true;              // a removed container's anonymous volumes go too
+  bool remove_volumes = true;                                     // a removed container's anonymous volumes go too
   std::chrono::milliseconds interval = std::chrono::seconds(60);  // periodic sweep
   Thresholds thresholds;
-  std::set<uint32_t> exempt_uids;          // from the config (the Store has the API's)
+  std::set<uint32_t> exempt_uids;  // from the config (the Store has the API's)
   bool bill_root_to_login_uid = true;
-  std::string host_id;                     // in logs and event details
-  bool to_master = false;                  // queue events for the master / for mail
+  std::string host_id;     // in logs and event details
+  bool to_master = false;  // queue events for the master / for mail
   bool to_mail = false;
   // Kernel figures fresher than the snapshot (ProjectQuotas::usage(), updated
   // by targeted reads every growth tick); per-user ones replace the snapshot's
   // user totals. May be empty.
   std::function<std::shared_ptr<const KernelUsage>()> kernel_usage;
   std::chrono::seconds event_retention{90 * 86400};  // delivered events older than this are deleted (hourly)
-  std::function<double()> clock;           // unix seconds; default: the wall clock
+  std::function<double()> clock;                     // unix seconds; default: the wall clock
 };
 
 struct SweepReport {
-  size_t users = 0;     // with a limit
-  size_t over = 0;      // over it
+  size_t users = 0;  // with a limit
+  size_t over = 0;   // over it
   size_t stopped = 0, removed = 0, spared = 0, failed = 0;
-  size_t events = 0;    // recorded
-  bool skipped = false; // no usage measured yet
+  size_t events = 0;     // recorded
+  bool skipped = false;  // no usage measured yet
   double seconds = 0;
 };
 
@@ -160,9 +160,9 @@ class Enforcer {
   EnforcerOptions opt_;
   Hooks hooks_;
 
-  std::mutex sweep_mu_;  // one sweep at a time; guards what follows
+  std::mutex sweep_mu_;                                   // one sweep at a time; guards what follows
   std::map<uint32_t, std::set<std::string>> conditions_;  // announced, as in the Store
-  std::set<uint32_t> exempt_uids_;                         // this sweep's: config + Store
+  std::set<uint32_t> exempt_uids_;                        // this sweep's: config + Store
   std::set<std::string> exempt_containers_;
   struct Freed {
     uint32_t uid;

@@ -48,10 +48,10 @@ bool overLimit(uint64_t usage, uint64_t limit, const Thresholds& t);
 bool conditionHolds(const std::string& condition, uint64_t usage, uint64_t limit, const Thresholds& t);
 
 struct Candidate {
-  std::string id;                  // full container id
+  std::string id;  // full container id
   std::string name;
-  double created = 0;              // unix seconds (the agent's first sight of it)
-  std::optional<uint64_t> size;    // writable-layer bytes, when known
+  double created = 0;            // unix seconds (the agent's first sight of it)
+  std::optional<uint64_t> size;  // writable-layer bytes, when known
 };
 
 // Sorts in place; ties by id, so the order is total and repeatable.

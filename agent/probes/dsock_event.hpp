@@ -36,16 +36,14 @@ inline const char* toString(DsockEventType t) {
 struct DsockEventView {
   const dsock_event* raw;
   DsockEventType type() const { return static_cast<DsockEventType>(raw->type); }
-  std::string_view data() const {
-    return {reinterpret_cast<const char*>(raw->data), raw->cap_len};
-  }
+  std::string_view data() const { return {reinterpret_cast<const char*>(raw->data), raw->cap_len}; }
   std::string comm() const { return std::string(raw->comm, strnlen(raw->comm, sizeof raw->comm)); }
 };
 
 // Kernel-side counter names, in DSOCK_CTR_* order (DSOCK_CTR_LIST).
 inline constexpr const char* kDsockCounterNames[DSOCK_CTR_MAX] = {
-    "ringbuf_full", "read_fail", "track_full", "unsupported_call",
-    "truncated_calls", "stale_fd", "events", "connects", "sock_reused", "ignored_calls",
+    "ringbuf_full", "read_fail", "track_full", "unsupported_call", "truncated_calls",
+    "stale_fd",     "events",    "connects",   "sock_reused",      "ignored_calls",
 };
 
 }  // namespace dockquota

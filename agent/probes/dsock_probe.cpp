@@ -24,9 +24,7 @@ int onRingEvent(void* ctx, void* data, size_t size) {
   // Never let an exception unwind through libbpf's C frames.
   try {
     (*self)(DsockEventView{ev});
-  } catch (const std::exception& e) {
-    LOG_ERROR(kSub, "event handler failed: %s", e.what());
-  }
+  } catch (const std::exception& e) { LOG_ERROR(kSub, "event handler failed: %s", e.what()); }
   return 0;
 }
 
@@ -46,8 +44,9 @@ Result<std::unique_ptr<DsockProbe>> DsockProbe::open(const Options& options, Han
     return Error{EINVAL, std::string(kSub) + ": capture_bytes must be 1.." + std::to_string(DSOCK_CAP_BYTES)};
   }
   std::unique_ptr<DsockProbe> p(new DsockProbe(options, std::move(handler)));
-  auto hook = loadHookSet(kSub, options.hook, kHookSets, kHookSets.size(),
-                          [&](const std::string& set) { return p->loadAndAttach(set); }, p->refused_hooks_);
+  auto hook = loadHookSet(
+      kSub, options.hook, kHookSets, kHookSets.size(), [&](const std::string& set) { return p->loadAndAttach(set); },
+      p->refused_hooks_);
   if (!hook) return hook.error();
   p->hook_ = *hook;
   if (auto st = p->refreshSockets(); !st) return st.error();

@@ -23,11 +23,11 @@ namespace dockquota {
 class DsockProbe : public EvidenceSource {
  public:
   struct Options {
-    std::vector<std::string> socket_paths;      // e.g. /var/run/docker.sock, /run/docker.sock
-    uint32_t capture_bytes = DSOCK_CAP_BYTES;   // per call, <= DSOCK_CAP_BYTES
-    uint32_t ringbuf_bytes = 2u << 20;          // power of two (config ringbuf_kib)
-    bool ignore_self = true;                    // do not capture this process's own Docker calls
-    std::string hook = "auto";                  // "auto" (kHookSets in order) or one of kHookSets
+    std::vector<std::string> socket_paths;     // e.g. /var/run/docker.sock, /run/docker.sock
+    uint32_t capture_bytes = DSOCK_CAP_BYTES;  // per call, <= DSOCK_CAP_BYTES
+    uint32_t ringbuf_bytes = 2u << 20;         // power of two (config ringbuf_kib)
+    bool ignore_self = true;                   // do not capture this process's own Docker calls
+    std::string hook = "auto";                 // "auto" (kHookSets in order) or one of kHookSets
   };
   using Handler = std::function<void(const DsockEventView&)>;
   // The hook sets (bpf/dsock.bpf.c), cheapest for the rest of the host first:

@@ -42,9 +42,7 @@ int onRingEvent(void* ctx, void* data, size_t size) {
   }
   try {
     (*static_cast<ExecProbe::Handler*>(ctx))(r);
-  } catch (const std::exception& ex) {
-    LOG_ERROR(kSub, "event handler failed: %s", ex.what());
-  }
+  } catch (const std::exception& ex) { LOG_ERROR(kSub, "event handler failed: %s", ex.what()); }
   return 0;
 }
 

@@ -73,9 +73,7 @@ Result<std::string> cgroup2Mount() {
 Result<CgroupRef> cgroupOfDir(const std::string& dir) {
   auto mnt = cgroup2Mount();
   if (!mnt) return mnt.error();
-  if (!underMount(dir, *mnt)) {
-    return Error{EINVAL, dir + " is not under the cgroup2 mount " + *mnt};
-  }
+  if (!underMount(dir, *mnt)) { return Error{EINVAL, dir + " is not under the cgroup2 mount " + *mnt}; }
   struct stat st;
   if (stat(dir.c_str(), &st) != 0) return osError(errno, "stat " + dir);
   CgroupRef ref{static_cast<uint64_t>(st.st_ino), levelOf(dir.substr(mnt->size())), dir};
@@ -107,8 +105,8 @@ Result<CgroupRef> containerCgroup(const std::string& container_id, pid_t pid) {
     if (!container_id.empty() && part.find(container_id) != std::string::npos) keep = walked;
   }
   if (keep.empty()) {
-    return Error{ENOENT, "container " + container_id + ": no component of pid " + std::to_string(pid) +
-                             "'s cgroup " + rel + " names it"};
+    return Error{ENOENT, "container " + container_id + ": no component of pid " + std::to_string(pid) + "'s cgroup " +
+                             rel + " names it"};
   }
   auto mnt = cgroup2Mount();
   if (!mnt) return mnt.error();
@@ -127,9 +125,9 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   if (options.max_containers == 0) return Error{EINVAL, std::string(kSub) + ": max_containers must be > 0"};
   std::unique_ptr<GrowthProbe> p(new GrowthProbe(options));
   // Tracing and raw tracepoint programs share one helper list (bpf_tracing_func_proto).
-  p->ancestor_helper_ = !options.force_probe_reads &&
-                        libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT,
-                                                BPF_FUNC_get_current_ancestor_cgroup_id, nullptr) == 1;
+  p->ancestor_helper_ =
+      !options.force_probe_reads &&
+      libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_FUNC_get_current_ancestor_cgroup_id, nullptr) == 1;
   p->task_btf_ = !options.force_probe_reads &&
                  libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_FUNC_get_current_task_btf, nullptr) == 1;
   // fexit programs run only on the calls they hook (only overlay writes,
@@ -137,8 +135,8 @@ Result<std::unique_ptr<GrowthProbe>> GrowthProbe::open(const Options& options) {
   // every process on the slow path for the sake of an early signal (quota
   // reads still see every byte), so "auto" never falls back to it.
   std::string refused;
-  auto hook = loadHookSet(kSub, options.hook, kHookSets, 1,
-                          [&](const std::string& set) { return p->loadAndAttach(set); }, refused);
+  auto hook = loadHookSet(
+      kSub, options.hook, kHookSets, 1, [&](const std::string& set) { return p->loadAndAttach(set); }, refused);
   if (!hook) return hook.error();
   p->hook_ = *hook;
   LOG_INFO(kSub, "attached %zu programs (%s hooks: %s...); up to %u containers; cgroup by %s, fd table by %s",

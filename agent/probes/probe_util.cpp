@@ -19,7 +19,7 @@ namespace dockquota {
 namespace {
 
 int libbpfPrint(enum libbpf_print_level level, const char* fmt, va_list ap) {
-  log::Level l = level == LIBBPF_WARN ? log::Level::Warning
+  log::Level l = level == LIBBPF_WARN   ? log::Level::Warning
                  : level == LIBBPF_INFO ? log::Level::Info
                                         : log::Level::Debug;
   if (!log::enabled(l)) return 0;
@@ -92,9 +92,7 @@ Result<std::string> ensureTracefs() {
     if (statfs(dir, &sfs) == 0 && sfs.f_type == kTracefsMagic) return std::string(dir);
   }
   const char* dir = "/sys/kernel/tracing";
-  if (mount("none", dir, "tracefs", 0, nullptr) != 0) {
-    return osError(errno, std::string("mount tracefs on ") + dir);
-  }
+  if (mount("none", dir, "tracefs", 0, nullptr) != 0) { return osError(errno, std::string("mount tracefs on ") + dir); }
   LOG_NOTICE("probe", "mounted tracefs on %s (it was not mounted; libbpf needs it for tracepoints)", dir);
   return std::string(dir);
 }

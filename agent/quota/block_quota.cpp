@@ -75,8 +75,15 @@ std::string sysfsDevName(dev_t dev) {
 
 template <typename T>
 QuotaFigures figuresOf(const T& d, uint32_t id) {
-  return QuotaFigures{id,           d.dqb_bhardlimit, d.dqb_bsoftlimit, d.dqb_curspace, d.dqb_ihardlimit,
-                      d.dqb_isoftlimit, d.dqb_curinodes, d.dqb_btime,    d.dqb_itime};
+  return QuotaFigures{id,
+                      d.dqb_bhardlimit,
+                      d.dqb_bsoftlimit,
+                      d.dqb_curspace,
+                      d.dqb_ihardlimit,
+                      d.dqb_isoftlimit,
+                      d.dqb_curinodes,
+                      d.dqb_btime,
+                      d.dqb_itime};
 }
 
 int quotaTypeId(QuotaType t) { return t == QuotaType::kUser ? USRQUOTA : GRPQUOTA; }
@@ -331,12 +338,9 @@ Status BlockQuotaDevice::setUserLimits(uint32_t uid, const LimitsUpdate& u) {
 Health BlockQuotaDevice::health() const {
   std::lock_guard<std::mutex> l(mu_);
   Health h;
-  h.report = {{"fstype", mount_.fstype},
-              {"mount_points", mount_.mount_points},
-              {"usrquota", mount_.usrquota},
-              {"grpquota", mount_.grpquota},
-              {"quotactl_calls", stats_.calls},
-              {"read", stats_.per_id ? "per-id" : "one-pass"}};
+  h.report = {{"fstype", mount_.fstype},        {"mount_points", mount_.mount_points},
+              {"usrquota", mount_.usrquota},    {"grpquota", mount_.grpquota},
+              {"quotactl_calls", stats_.calls}, {"read", stats_.per_id ? "per-id" : "one-pass"}};
   h.degraded = problems_;
   return h;
 }

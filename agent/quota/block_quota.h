@@ -27,7 +27,7 @@ namespace dockquota {
 
 // One filesystem with user and/or group quotas asked for (spec §3.1-3.2).
 struct BlockMount {
-  std::string source;                     // the device's `name`: "/dev/sda1" (/dev/root resolved)
+  std::string source;  // the device's `name`: "/dev/sda1" (/dev/root resolved)
   dev_t dev = 0;
   std::vector<std::string> mount_points;  // every mount of it, table order (bind mounts too)
   std::string fstype;                     // of the first mount

@@ -61,20 +61,20 @@ const char* diskEventType(DiskStatus from, DiskStatus to) {
 
 json diskEventDetail(const std::string& device, const QuotaFigures& f, const std::optional<QuotaInfo>& info) {
   auto orNull = [](uint64_t t) { return t == 0 ? json(nullptr) : json(t); };
-  return json{{"uid", f.id},
-              {"device_name", device},
-              {"block_current", f.block_current},
-              {"block_soft_limit", f.block_soft_kib},
-              {"block_hard_limit", f.block_hard_kib},
-              {"inode_current", f.inode_current},
-              {"inode_soft_limit", f.inode_soft},
-              {"inode_hard_limit", f.inode_hard},
-              {"block_time_limit", orNull(f.block_time)},
-              {"inode_time_limit", orNull(f.inode_time)},
-              {"user_quota_info", info ? json{{"block_grace", info->block_grace},
-                                              {"inode_grace", info->inode_grace},
-                                              {"flags", info->flags}}
-                                       : json(nullptr)}};
+  return json{
+      {"uid", f.id},
+      {"device_name", device},
+      {"block_current", f.block_current},
+      {"block_soft_limit", f.block_soft_kib},
+      {"block_hard_limit", f.block_hard_kib},
+      {"inode_current", f.inode_current},
+      {"inode_soft_limit", f.inode_soft},
+      {"inode_hard_limit", f.inode_hard},
+      {"block_time_limit", orNull(f.block_time)},
+      {"inode_time_limit", orNull(f.inode_time)},
+      {"user_quota_info",
+       info ? json{{"block_grace", info->block_grace}, {"inode_grace", info->inode_grace}, {"flags", info->flags}}
+            : json(nullptr)}};
 }
 
 DiskNotices::DiskNotices(Store& store, Options options) : store_(store), opt_(std::move(options)) {}
@@ -89,8 +89,10 @@ size_t DiskNotices::scan(const QuotaDevices::View& view, uint64_t now) {
       auto key = std::make_pair(d->name, f.id);
       auto it = state_.find(key);
       const DiskStatus from = it == state_.end() ? DiskStatus::kOk : it->second;
-      if (to == DiskStatus::kOk) state_.erase(key);
-      else state_[key] = to;
+      if (to == DiskStatus::kOk)
+        state_.erase(key);
+      else
+        state_[key] = to;
       const char* type = diskEventType(from, to);
       if (!type) continue;
       Event e;

@@ -48,9 +48,9 @@ class DiskNotices {
  public:
   struct Options {
     uint64_t window_s = 86400;
-    EventRoute route;                                 // which senders get the events
-    std::function<std::string(uint32_t)> name_of;     // passwd name, else user_<uid>
-    std::function<void()> on_events = {};             // events were recorded: wake the senders
+    EventRoute route;                              // which senders get the events
+    std::function<std::string(uint32_t)> name_of;  // passwd name, else user_<uid>
+    std::function<void()> on_events = {};          // events were recorded: wake the senders
   };
   DiskNotices(Store& store, Options options);
 
@@ -60,7 +60,7 @@ class DiskNotices {
  private:
   Store& store_;
   Options opt_;
-  std::mutex mu_;  // one scan at a time; guards state_
+  std::mutex mu_;                                                 // one scan at a time; guards state_
   std::map<std::pair<std::string, uint32_t>, DiskStatus> state_;  // none = ok
 };
 

@@ -37,7 +37,7 @@ Result<std::unique_ptr<LayerGate>> LayerGate::open(Options options, HeldFn on_he
   if (fan < 0) {
     const int e = errno;
     return osError(e, std::string("layer-gate: fanotify_init(FAN_CLASS_CONTENT)") +
-                          (e == EINVAL ? " (kernel without CONFIG_FANOTIFY_ACCESS_PERMISSIONS)"
+                          (e == EINVAL  ? " (kernel without CONFIG_FANOTIFY_ACCESS_PERMISSIONS)"
                            : e == EPERM ? " (needs CAP_SYS_ADMIN, and fanotify_init in the unit's SystemCallFilter)"
                                         : ""));
   }
@@ -61,14 +61,16 @@ LayerGate::~LayerGate() {
 
 void LayerGate::start() {
   if (worker_.running()) return;
-  worker_.start("dq-layer-gate", [this] { run(); }, [this] {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      stop_ = true;
-    }
-    uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof one);
-  });
+  worker_.start(
+      "dq-layer-gate", [this] { run(); },
+      [this] {
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          stop_ = true;
+        }
+        uint64_t one = 1;
+        (void)!write(wake_fd_, &one, sizeof one);
+      });
 }
 
 void LayerGate::stop() { worker_.stop(); }
@@ -187,8 +189,8 @@ void LayerGate::run() {
   for (;;) {
     int timeout = -1;
     if (!held_.empty()) {
-      auto oldest = std::min_element(held_.begin(), held_.end(),
-                                     [](const Held& a, const Held& b) { return a.since < b.since; });
+      auto oldest =
+          std::min_element(held_.begin(), held_.end(), [](const Held& a, const Held& b) { return a.since < b.since; });
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(oldest->since + opt_.hold -
                                                                         std::chrono::steady_clock::now());
       timeout = static_cast<int>(std::max<int64_t>(1, left.count() + 1));

@@ -33,11 +33,11 @@
 namespace dockquota {
 
 struct LayerGateStats {
-  std::atomic<uint64_t> guarded{0};   // layer roots marked
-  std::atomic<uint64_t> held{0};      // mounts held until the tag (or the timeout)
-  std::atomic<uint64_t> timeouts{0};  // held mounts let through untagged after `hold`
-  std::atomic<uint64_t> passed{0};    // other opens under a marked root, answered at once
-  std::atomic<uint64_t> errors{0};    // a mark or an answer failed
+  std::atomic<uint64_t> guarded{0};     // layer roots marked
+  std::atomic<uint64_t> held{0};        // mounts held until the tag (or the timeout)
+  std::atomic<uint64_t> timeouts{0};    // held mounts let through untagged after `hold`
+  std::atomic<uint64_t> passed{0};      // other opens under a marked root, answered at once
+  std::atomic<uint64_t> errors{0};      // a mark or an answer failed
   std::atomic<double> longest_hold{0};  // seconds
 };
 
@@ -45,7 +45,7 @@ class LayerGate {
  public:
   struct Options {
     std::chrono::milliseconds hold{1000};  // longest a mount waits for its tag
-    size_t max_layers = 4096;               // roots guarded at once (creates in flight, with margin)
+    size_t max_layers = 4096;              // roots guarded at once (creates in flight, with margin)
   };
   // on_held(root): a mount of `root` waits now. Called on the
   // gate's thread: must return at once (queue the work for the tagger).

@@ -44,7 +44,7 @@ struct QuotaFs {
 Result<QuotaFs> probeQuotaFs(const std::string& path);
 
 struct ProjectUsage {
-  uint64_t bytes = 0;       // blocks in use, in bytes
+  uint64_t bytes = 0;  // blocks in use, in bytes
   uint64_t inodes = 0;
   uint64_t hard_bytes = 0;  // 0 = no limit
   uint64_t soft_bytes = 0;

@@ -154,13 +154,15 @@ void ProjectQuotas::start() {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  sync_worker_.start("dq-prj-sync", [this] { run(); }, [this] { haltSync(); });
+  sync_worker_.start(
+      "dq-prj-sync", [this] { run(); }, [this] { haltSync(); });
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
     work_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (stop_fd_ >= 0 && work_fd_ >= 0) {
       openGate();
-      watch_worker_.start("dq-prj-watch", [this] { watchLayers(); }, [this] { haltWatch(); });
+      watch_worker_.start(
+          "dq-prj-watch", [this] { watchLayers(); }, [this] { haltWatch(); });
     }
   }
 }
@@ -277,8 +279,8 @@ void ProjectQuotas::watchLayers() {
   const int mounts = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
   for (;;) {
     const bool waiting = waitingForUnmounts();
-    pollfd fds[4] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0},
-                     {waiting ? mounts : -1, POLLPRI, 0}};
+    pollfd fds[4] = {
+        {in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0}, {waiting ? mounts : -1, POLLPRI, 0}};
     if (poll(fds, 4, waiting ? 100 : -1) < 0 && errno != EINTR) break;
     if (fds[1].revents) break;
     if (fds[2].revents) handleWork();
@@ -388,8 +390,7 @@ void ProjectQuotas::resolveCreateMounts() {
     stats_.early_tagged++;
     std::lock_guard<std::mutex> l(mu_);
     waited_out_[root] = cm.work_born;
-    LOG_DEBUG(kSub, "new layer %s tagged with project %u once Docker's create unmounted it", root.c_str(),
-              cm.project);
+    LOG_DEBUG(kSub, "new layer %s tagged with project %u once Docker's create unmounted it", root.c_str(), cm.project);
   }
 }
 
@@ -669,8 +670,9 @@ Result<size_t> ProjectQuotas::tagDirs(const std::vector<std::string>& dirs, uint
       // write /etc/hosts and the like), and never again: a young work/work
       // there is that finished mount, not one in progress.
       const bool init = dir.size() > 5 && dir.compare(dir.size() - 5, 5, "-init") == 0;
-      auto r = tagLayer(dir, id, [&] { return overlayUpperMounted(dir + "/diff"); }, init ? 0 : kMountSetupSeconds,
-                        when.finished_before);
+      auto r = tagLayer(
+          dir, id, [&] { return overlayUpperMounted(dir + "/diff"); }, init ? 0 : kMountSetupSeconds,
+          when.finished_before);
       if (!r) return r.error();
       if (r->state == LayerTag::Deferred) deferred++;
       if (!when.provisional || r->state != LayerTag::Deferred) {
@@ -711,8 +713,10 @@ void ProjectQuotas::noteLayer(const std::string& root, const LayerTagResult& r) 
   if (r.state == LayerTag::Deferred) {
     if (deferred_.insert(root).second) {
       stats_.deferred_layers_total++;
-      LOG_WARN(kSub, "%s was mounted before its owner was known (%s): its writes are outside the owner's project "
-               "until the container stops (then it is tagged)", root.c_str(), r.why.c_str());
+      LOG_WARN(kSub,
+               "%s was mounted before its owner was known (%s): its writes are outside the owner's project "
+               "until the container stops (then it is tagged)",
+               root.c_str(), r.why.c_str());
     }
   } else if (deferred_.erase(root)) {
     LOG_INFO(kSub, "%s tagged after its container stopped", root.c_str());
@@ -1024,8 +1028,11 @@ nlohmann::json ProjectQuotas::gateHealth() const {
             {"reason", gate_unavailable_.empty() ? "no layer watch" : gate_unavailable_}};
   }
   const auto& g = gate_->stats();
-  return {{"state", "on"},           {"guarded", g.guarded.load()},   {"held", g.held.load()},
-          {"tagged", stats_.gated_tags.load()}, {"timeouts", g.timeouts.load()},
+  return {{"state", "on"},
+          {"guarded", g.guarded.load()},
+          {"held", g.held.load()},
+          {"tagged", stats_.gated_tags.load()},
+          {"timeouts", g.timeouts.load()},
           {"longest_hold_ms", g.longest_hold.load() * 1000}};
 }
 
@@ -1059,7 +1066,8 @@ Health ProjectQuotas::health() const {
   h.report["last_sync"] = st.last_sync.load();
   h.report["last_sync_seconds"] = st.last_sync_seconds.load();
   if (auto n = st.deferred_layers.load())
-    h.degraded.push_back(std::to_string(n) + " container layer(s) started before their owner was known: their "
+    h.degraded.push_back(std::to_string(n) +
+                         " container layer(s) started before their owner was known: their "
                          "writes are outside the owner's project limit until they stop");
   return h;
 }

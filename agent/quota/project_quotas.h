@@ -96,9 +96,9 @@ std::string layerRootFromMounts(const std::string& mountinfo, const std::string&
 
 struct ProjectQuotaStats {
   std::atomic<uint64_t> syncs{0};
-  std::atomic<uint64_t> tagged_trees{0};    // trees (re)tagged
+  std::atomic<uint64_t> tagged_trees{0};  // trees (re)tagged
   std::atomic<uint64_t> tagged_inodes{0};
-  std::atomic<uint64_t> errors{0};          // tagging, limits, reads
+  std::atomic<uint64_t> errors{0};  // tagging, limits, reads
   std::atomic<uint64_t> limit_sets{0};
   std::atomic<uint64_t> ids_allocated{0};
   std::atomic<uint64_t> ids_released{0};
@@ -116,7 +116,8 @@ struct ProjectQuotaStats {
   std::atomic<uint64_t> early_tagged{0};
   std::atomic<uint64_t> early_unclear{0};
   std::atomic<uint64_t> early_mounting{0};
-  std::atomic<uint64_t> gated_tags{0};  // tagged while the gate held the layer's mount  // found in Docker's mount inside the create: tagged at the reply
+  std::atomic<uint64_t> gated_tags{0};  // tagged while the gate held the layer's mount  // found in Docker's mount
+                                        // inside the create: tagged at the reply
 };
 
 // When a tag is made. finished_before: see tagLayer() (a container's create
@@ -133,9 +134,9 @@ class ProjectQuotas {
  public:
   struct Options {
     ProjectMode mode = ProjectMode::User;
-    uint32_t id_min = 100000;                 // the range we allocate from
+    uint32_t id_min = 100000;  // the range we allocate from
     uint32_t id_max = 199999;
-    uint64_t container_default_bytes = 0;     // per-container mode: 0 = no limit
+    uint64_t container_default_bytes = 0;  // per-container mode: 0 = no limit
     bool bill_root_to_login_uid = true;
     std::chrono::milliseconds interval = std::chrono::seconds(10);  // full sync + usage read
   };
@@ -205,20 +206,21 @@ class ProjectQuotas {
   Status readUsage(const std::vector<ProjectRecord>& projects);
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
   void run();
-  void haltSync();   // sets stop_ and wakes run()
-  void haltWatch();  // writes stop_fd_: watchLayers() returns
-  void watchLayers();          // the watch thread: new layer directories
+  void haltSync();                                                      // sets stop_ and wakes run()
+  void haltWatch();                                                     // writes stop_fd_: watchLayers() returns
+  void watchLayers();                                                   // the watch thread: new layer directories
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
   void tagQueued(ObjectKind kind, const std::string& id);
   void openGate();
   std::optional<uint32_t> soleCreator();  // creator_, called outside mu_
-  void tagHeld(const std::string& root);                               // the gate holds a mount of it              // an owner change, as the store has it now
-  void handleWork();                                                   // the watch thread: prepare_ and owned_
-  void handleNewLayers(int inotify_fd, const std::string& dir);        // the watch thread: new layer directories
+  void tagHeld(const std::string&
+                   root);  // the gate holds a mount of it              // an owner change, as the store has it now
+  void handleWork();       // the watch thread: prepare_ and owned_
+  void handleNewLayers(int inotify_fd, const std::string& dir);  // the watch thread: new layer directories
   bool waitingForUnmounts() const;
   void resolveCreateMounts();
   void settleCreateMount(const std::string& root, double create_reply);
-  static std::string layerKey(const std::string& root);                // "layer:<dir name>"
+  static std::string layerKey(const std::string& root);  // "layer:<dir name>"
   Result<uint32_t> allocateNow(const std::string& kind, const std::string& owner);
   void adoptLayerProject(const std::string& root, const std::string& container_id);
 
@@ -231,7 +233,7 @@ class ProjectQuotas {
 
   std::mutex sync_mu_;  // one pass at a time
   // One object tagged at a time: the sync pass and the watch thread both tag.
-  std::mutex tag_mu_;   // guards container_dirs_ too
+  std::mutex tag_mu_;                                               // guards container_dirs_ too
   std::map<std::string, std::vector<std::string>> container_dirs_;  // cache: container id -> layer roots
   std::map<uint32_t, uint64_t> applied_;                            // project id -> hard limit set
 
@@ -244,8 +246,8 @@ class ProjectQuotas {
   std::map<std::string, double> queued_at_;
   std::set<std::string> deferred_;  // layer roots tagLayer() deferred (mounted untagged)
   CreatorLookup creator_;
-  int stop_fd_ = -1;     // eventfd: stops the watch thread
-  int work_fd_ = -1;      // eventfd: work for the watch thread (prepare_, owned_)
+  int stop_fd_ = -1;  // eventfd: stops the watch thread
+  int work_fd_ = -1;  // eventfd: work for the watch thread (prepare_, owned_)
   std::vector<uint32_t> prepare_;
   std::vector<std::string> owned_;  // containers whose owner just became known
   bool watching_ = false;           // the watch thread runs: owned_ is its to tag
@@ -261,9 +263,9 @@ class ProjectQuotas {
   static constexpr auto kCreateMountWait = std::chrono::seconds(10);
   std::map<std::string, CreateMount> create_mounts_;
   std::map<std::string, double> waited_out_;  // layer root -> work_born of the mount waited out
-  std::unique_ptr<LayerGate> gate_;  // nullptr: unavailable (gate_unavailable_ says why)
+  std::unique_ptr<LayerGate> gate_;           // nullptr: unavailable (gate_unavailable_ says why)
   std::string gate_unavailable_;
-  std::vector<std::string> gated_;   // roots whose mount the gate holds, for the watch thread
+  std::vector<std::string> gated_;  // roots whose mount the gate holds, for the watch thread
   bool wake_ = false, stop_ = false;
   std::condition_variable cv_;
   Worker sync_worker_;   // run(): sync passes

@@ -79,9 +79,9 @@ struct DeviceSnapshot {
   std::vector<std::string> opts;          // mount options split on ',' (ZFS: ["zfs"])
   DeviceUsage usage;
   QuotaTable users;
-  QuotaTable groups;                      // ZFS: on = false
+  QuotaTable groups;  // ZFS: on = false
   ListRule rule = ListRule::kPasswdZeroFill;
-  bool drop_when_empty = false;           // ZFS: a dataset with no listed entry is not listed (§4.1)
+  bool drop_when_empty = false;  // ZFS: a dataset with no listed entry is not listed (§4.1)
 };
 
 // A PUT body: an absent field keeps its current value (spec §3.6, ours).

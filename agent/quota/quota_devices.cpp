@@ -121,9 +121,12 @@ Result<std::optional<QuotaFigures>> QuotaDevices::setUserLimits(QuotaDevice& dev
     auto& e = copy->users.entries;
     auto it = std::lower_bound(e.begin(), e.end(), uid, [](const QuotaFigures& f, uint32_t id) { return f.id < id; });
     const bool there = it != e.end() && it->id == uid;
-    if (*now && there) *it = **now;
-    else if (*now) e.insert(it, **now);
-    else if (there) e.erase(it);
+    if (*now && there)
+      *it = **now;
+    else if (*now)
+      e.insert(it, **now);
+    else if (there)
+      e.erase(it);
     d = std::move(copy);
   }
   publish(std::move(devices), false);

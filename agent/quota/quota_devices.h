@@ -33,9 +33,9 @@ class QuotaDevices {
   };
   // Immutable; swapped whole on every refresh or write.
   struct View {
-    uint64_t generation = 0;  // +1 on every publish: the JSON caches key on it
+    uint64_t generation = 0;                                     // +1 on every publish: the JSON caches key on it
     std::vector<std::shared_ptr<const DeviceSnapshot>> devices;  // sorted by name, code point order
-    double refreshed_at = 0;  // unix seconds of the last full refresh, 0 = never
+    double refreshed_at = 0;                                     // unix seconds of the last full refresh, 0 = never
   };
 
   explicit QuotaDevices(Options options);
@@ -77,8 +77,8 @@ class QuotaDevices {
   std::shared_ptr<const View> view_;
   std::vector<std::string> failures_;  // devices whose last read failed, with why
   double last_seconds_ = 0;
-  std::mutex write_mu_;  // one write (set + re-read + publish) at a time, and not during a refresh's publish
-  uint64_t write_gen_ = 0;                          // guarded by write_mu_: +1 per write
+  std::mutex write_mu_;     // one write (set + re-read + publish) at a time, and not during a refresh's publish
+  uint64_t write_gen_ = 0;  // guarded by write_mu_: +1 per write
   std::map<std::string, uint64_t> written_during_;  // guarded by write_mu_: device -> its last write's gen
 
   std::mutex mu_;  // guards stop_ for the Worker's wait

@@ -163,7 +163,8 @@ std::optional<uint32_t> UserDirectory::uid(const std::string& name) {
   if (auto it = by_name_.find(name); it != by_name_.end()) return it->second;
   // The fallback name qman shows for a uid without a passwd entry.
   static const std::string kPrefix = "user_";
-  if (name.size() > kPrefix.size() && name.size() <= kPrefix.size() + 10 && name.compare(0, kPrefix.size(), kPrefix) == 0 &&
+  if (name.size() > kPrefix.size() && name.size() <= kPrefix.size() + 10 &&
+      name.compare(0, kPrefix.size(), kPrefix) == 0 &&
       name.find_first_not_of("0123456789", kPrefix.size()) == std::string::npos &&
       (name.size() == kPrefix.size() + 1 || name[kPrefix.size()] != '0')) {
     const uint64_t v = std::stoull(name.substr(kPrefix.size()));

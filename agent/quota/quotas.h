@@ -26,9 +26,7 @@ constexpr const char* kDockerDevice = "docker";  // qman's device name and devic
 constexpr uint32_t kMinManagedUid = 1000;
 constexpr uint32_t kMaxManagedUid = 9999;
 constexpr uint32_t kNobodyUid = 65534;
-constexpr bool managedUid(uint32_t uid) {
-  return uid >= kMinManagedUid && uid <= kMaxManagedUid && uid != kNobodyUid;
-}
+constexpr bool managedUid(uint32_t uid) { return uid >= kMinManagedUid && uid <= kMaxManagedUid && uid != kNobodyUid; }
 
 // The largest limit we accept: 1 PiB in KiB blocks. As bytes (2^50) it leaves
 // room for 9,000 users' limits summed in 64 bits (spec L = sum of limits).

@@ -61,8 +61,8 @@ std::optional<uint64_t> sizeOrZero(std::string_view s) {
 bool validComponent(std::string_view c) {
   if (c.empty() || c == "." || c == "..") return false;
   return std::all_of(c.begin(), c.end(), [](char ch) {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-           ch == '-' || ch == '.' || ch == ':' || ch == ' ';
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' ||
+           ch == '.' || ch == ':' || ch == ' ';
   });
 }
 
@@ -131,8 +131,7 @@ bool validZfsDatasetName(std::string_view name) {
   size_t start = 0;
   for (;;) {
     size_t slash = name.find('/', start);
-    if (!validComponent(name.substr(start, slash == std::string_view::npos ? slash : slash - start)))
-      return false;
+    if (!validComponent(name.substr(start, slash == std::string_view::npos ? slash : slash - start))) return false;
     if (slash == std::string_view::npos) return true;
     start = slash + 1;
   }
@@ -183,8 +182,8 @@ void ZfsDataset::noteResult(const Status& st) {
 }
 
 Result<DeviceSnapshot> ZfsDataset::read() {
-  auto listed = cli_->run({"list", "-H", "-p", "-o", "name,mountpoint,used,avail", name_},
-                          cli_->timeouts().list_one, "zfs list " + name_);
+  auto listed = cli_->run({"list", "-H", "-p", "-o", "name,mountpoint,used,avail", name_}, cli_->timeouts().list_one,
+                          "zfs list " + name_);
   if (!listed) {
     // "cannot open 'tank/x': dataset does not exist": gone since configured.
     if (listed.error().message.find("does not exist") != std::string::npos) cli_->counters().dataset_missing++;
@@ -341,9 +340,10 @@ void promZfsCounters(std::string& out, const nlohmann::json& r) {
   };
   out += "# HELP dockquota_zfs_cli_runs_total Runs of the zfs CLI.\n# TYPE dockquota_zfs_cli_runs_total counter\n";
   out += "dockquota_zfs_cli_runs_total " + std::to_string(n("runs")) + "\n";
-  out += "# HELP dockquota_zfs_cli_failures_total zfs CLI runs without usable output, by reason "
-         "(other: a non-zero exit, a timeout, an output cap).\n"
-         "# TYPE dockquota_zfs_cli_failures_total counter\n";
+  out +=
+      "# HELP dockquota_zfs_cli_failures_total zfs CLI runs without usable output, by reason "
+      "(other: a non-zero exit, a timeout, an output cap).\n"
+      "# TYPE dockquota_zfs_cli_failures_total counter\n";
   const uint64_t missing = n("binary_missing"), gone = n("dataset_missing"), all = n("failures");
   out += "dockquota_zfs_cli_failures_total{reason=\"binary_missing\"} " + std::to_string(missing) + "\n";
   out += "dockquota_zfs_cli_failures_total{reason=\"dataset_missing\"} " + std::to_string(gone) + "\n";

@@ -83,9 +83,9 @@ ZfsExec realZfsExec(std::string binary);
 // Where a CLI failure is counted (exposed on /healthz; /metrics labels).
 struct ZfsCounters {
   std::atomic<uint64_t> runs{0};
-  std::atomic<uint64_t> failures{0};          // any call that did not give usable output
-  std::atomic<uint64_t> binary_missing{0};    // the binary could not be started
-  std::atomic<uint64_t> dataset_missing{0};   // a configured dataset is gone
+  std::atomic<uint64_t> failures{0};         // any call that did not give usable output
+  std::atomic<uint64_t> binary_missing{0};   // the binary could not be started
+  std::atomic<uint64_t> dataset_missing{0};  // a configured dataset is gone
 };
 
 class ZfsCli {

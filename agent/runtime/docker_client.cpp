@@ -65,8 +65,8 @@ std::string escape(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   for (unsigned char c : s) {
-    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 c == '-' || c == '.' || c == '_' || c == '~';
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+                 c == '_' || c == '~';
     if (plain) {
       out += static_cast<char>(c);
     } else {
@@ -132,22 +132,20 @@ int compareApiVersions(int amaj, int amin, int bmaj, int bmin) {
 
 // The version we speak with a daemon whose GET /version reply is `body`.
 Result<std::string> chooseApiVersion(long status, const std::string& body) {
-  if (status != 200)
-    return Error{EIO, "HTTP " + std::to_string(status) + ": " + dockerMessage(body)};
+  if (status != 200) return Error{EIO, "HTTP " + std::to_string(status) + ": " + dockerMessage(body)};
   json j = json::parse(body, nullptr, false);
   if (!j.is_object()) return Error{EPROTO, "reply is not a JSON object: " + snippet(body)};
   std::string api = stringField(j, "ApiVersion");
   int dmaj, dmin, kmaj, kmin;
-  if (!parseApiVersion(api, &dmaj, &dmin))
-    return Error{EPROTO, "no usable ApiVersion in reply: " + snippet(body)};
+  if (!parseApiVersion(api, &dmaj, &dmin)) return Error{EPROTO, "no usable ApiVersion in reply: " + snippet(body)};
   parseApiVersion(DockerClient::kMaxApiVersion, &kmaj, &kmin);
   std::string chosen = compareApiVersions(kmaj, kmin, dmaj, dmin) < 0 ? DockerClient::kMaxApiVersion : api;
   int cmaj, cmin, mmaj, mmin;
   parseApiVersion(chosen, &cmaj, &cmin);
   std::string min_api = stringField(j, "MinAPIVersion");
   if (parseApiVersion(min_api, &mmaj, &mmin) && compareApiVersions(cmaj, cmin, mmaj, mmin) < 0)
-    return Error{EPROTONOSUPPORT, "dockerd speaks API " + min_api + ".." + api + ", we speak up to " +
-                                      DockerClient::kMaxApiVersion};
+    return Error{EPROTONOSUPPORT,
+                 "dockerd speaks API " + min_api + ".." + api + ", we speak up to " + DockerClient::kMaxApiVersion};
   return chosen;
 }
 
@@ -195,8 +193,8 @@ Error transportError(CURL* h, CURLcode rc, const char* errbuf, const std::string
       double connect_s = 0;
       curl_easy_getinfo(h, CURLINFO_CONNECT_TIME, &connect_s);
       if (connect_s <= 0)
-        return Error{ETIMEDOUT, "cannot connect to " + socket + ": no answer within " +
-                                    std::to_string(kConnectTimeoutMs) + " ms"};
+        return Error{ETIMEDOUT,
+                     "cannot connect to " + socket + ": no answer within " + std::to_string(kConnectTimeoutMs) + " ms"};
       return Error{ETIMEDOUT, "no complete reply within " + std::to_string(timeout_ms) + " ms"};
     }
     case CURLE_FILESIZE_EXCEEDED:
@@ -204,20 +202,15 @@ Error transportError(CURL* h, CURLcode rc, const char* errbuf, const std::string
     case CURLE_WRITE_ERROR:
       if (overflow) return Error{EMSGSIZE, "reply larger than " + std::to_string(kMaxBody >> 20) + " MiB, refused"};
       return Error{EIO, detail};
-    case CURLE_ABORTED_BY_CALLBACK:
-      return Error{ECANCELED, "stopped"};
-    case CURLE_GOT_NOTHING:
-      return Error{EIO, "connection closed without a reply (dockerd restarting?)"};
-    case CURLE_PARTIAL_FILE:
-      return Error{EIO, "connection closed in the middle of the reply (dockerd restarting?)"};
+    case CURLE_ABORTED_BY_CALLBACK: return Error{ECANCELED, "stopped"};
+    case CURLE_GOT_NOTHING: return Error{EIO, "connection closed without a reply (dockerd restarting?)"};
+    case CURLE_PARTIAL_FILE: return Error{EIO, "connection closed in the middle of the reply (dockerd restarting?)"};
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
       if (os > 0) return Error{static_cast<int>(os), "connection lost: " + std::string(std::strerror(os))};
       return Error{EIO, "connection lost: " + detail};
-    case CURLE_OUT_OF_MEMORY:
-      return Error{ENOMEM, detail};
-    default:
-      return Error{EIO, detail};
+    case CURLE_OUT_OF_MEMORY: return Error{ENOMEM, detail};
+    default: return Error{EIO, detail};
   }
 }
 
@@ -309,12 +302,12 @@ constexpr size_t kStreamChunk = 64u << 10;
 // One request's reply as the callbacks fill it in.
 struct Reply {
   CURL* h = nullptr;
-  bool stream = false;      // a 200 reply's body goes to `pending` for a BodyReader
-  bool drop = false;        // the reader is done: what is left of the body is dropped
-  long status = 0;          // of the final head, once read
-  Body kept;                // any other body, whole
-  std::string pending;      // streamed bytes the reader has not taken yet
-  bool paused = false;      // curl holds bytes back until the reader wants more
+  bool stream = false;  // a 200 reply's body goes to `pending` for a BodyReader
+  bool drop = false;    // the reader is done: what is left of the body is dropped
+  long status = 0;      // of the final head, once read
+  Body kept;            // any other body, whole
+  std::string pending;  // streamed bytes the reader has not taken yet
+  bool paused = false;  // curl holds bytes back until the reader wants more
 };
 
 size_t replyHeader(char* p, size_t size, size_t n, void* ud) noexcept {
@@ -334,9 +327,7 @@ size_t replyBody(char* p, size_t size, size_t n, void* ud) noexcept {
   }
   try {
     r->pending.append(p, len);
-  } catch (...) {
-    return 0;
-  }
+  } catch (...) { return 0; }
   return len;
 }
 
@@ -372,9 +363,9 @@ class ReplyStream : public std::streambuf {
 // One blocking request on a (reused) easy handle, driven by the multi handle
 // `m`. Errors are the transport's. With `read`, a 200 reply's body goes to it
 // as it arrives, and what it returns is put in *read_status.
-Result<DockerReply> perform(CURLM* m, CURL* h, const std::string& socket, long timeout_ms,
-                            const std::string& method, const std::string& url, const std::string& body,
-                            const BodyReader* read = nullptr, Status* read_status = nullptr) {
+Result<DockerReply> perform(CURLM* m, CURL* h, const std::string& socket, long timeout_ms, const std::string& method,
+                            const std::string& url, const std::string& body, const BodyReader* read = nullptr,
+                            Status* read_status = nullptr) {
   curl_easy_reset(h);
   char errbuf[CURL_ERROR_SIZE];
   setCommon(h, socket, url, errbuf);
@@ -472,13 +463,12 @@ std::string DockerClient::apiVersion() const {
   return version_;
 }
 
-Result<DockerReply> DockerClient::request(const std::string& method, const std::string& path,
-                                          const std::string& body) {
+Result<DockerReply> DockerClient::request(const std::string& method, const std::string& path, const std::string& body) {
   return exchange(method, path, body, nullptr);
 }
 
-Result<DockerReply> DockerClient::exchange(const std::string& method, const std::string& path,
-                                           const std::string& body, const BodyReader* read) {
+Result<DockerReply> DockerClient::exchange(const std::string& method, const std::string& path, const std::string& body,
+                                           const BodyReader* read) {
   const std::string what = "docker: " + method + " " + path;
   if (path.empty() || path[0] != '/') return Error{EINVAL, what + ": path must start with /"};
   std::lock_guard<std::mutex> lock(mu_);
@@ -551,7 +541,8 @@ Result<T> DockerClient::getParsed(const std::string& path, Result<T> (*parse)(st
     return {};
   });
   if (!st) return st.error();
-  if (!out) return Error{EPROTO, "docker: GET " + path + ": no reply body was read"};  // not reached: 200 runs the reader
+  if (!out)
+    return Error{EPROTO, "docker: GET " + path + ": no reply body was read"};  // not reached: 200 runs the reader
   return std::move(*out);
 }
 
@@ -600,8 +591,8 @@ struct StreamConn {
   const char* socket = "";
   long status = 0;
   bool headers_done = false;
-  std::string line;        // partial message carried across callbacks
-  bool skipping = false;   // inside a message longer than kMaxEventLine
+  std::string line;       // partial message carried across callbacks
+  bool skipping = false;  // inside a message longer than kMaxEventLine
   uint64_t events = 0;
   uint64_t skipped = 0;
   std::string error_body;  // of a non-200 reply
@@ -611,9 +602,7 @@ template <typename F>
 void guarded(const char* which, F&& f) noexcept {
   try {
     f();
-  } catch (const std::exception& e) {
-    LOG_ERROR(kLog, "events: %s callback threw: %s", which, e.what());
-  } catch (...) {
+  } catch (const std::exception& e) { LOG_ERROR(kLog, "events: %s callback threw: %s", which, e.what()); } catch (...) {
     LOG_ERROR(kLog, "events: %s callback threw a non-exception", which);
   }
 }
@@ -655,8 +644,7 @@ size_t streamBody(char* p, size_t size, size_t n, void* ud) noexcept {
     size_t room = kMaxErrorBody > c->error_body.size() ? kMaxErrorBody - c->error_body.size() : 0;
     try {
       c->error_body.append(p, std::min(room, len));
-    } catch (...) {
-    }
+    } catch (...) {}
     return len;
   }
   std::string_view data(p, len);
@@ -701,8 +689,7 @@ CURLcode runTransfer(CURLM* m, CURL* h, const std::atomic<bool>& stop) {
 }  // namespace
 
 DockerEventStream::DockerEventStream(std::string socket_path, Callbacks callbacks,
-                                     std::chrono::milliseconds backoff_base,
-                                     std::chrono::milliseconds backoff_cap)
+                                     std::chrono::milliseconds backoff_base, std::chrono::milliseconds backoff_cap)
     : socket_(std::move(socket_path)), cb_(std::move(callbacks)), backoff_(backoff_base, backoff_cap) {
   globalInit();
   multi_ = curl_multi_init();
@@ -716,7 +703,8 @@ DockerEventStream::~DockerEventStream() {
 void DockerEventStream::start() {
   if (worker_.running()) return;
   stop_.store(false);
-  worker_.start("dq-events", [this] { run(); }, [this] { halt(); });
+  worker_.start(
+      "dq-events", [this] { run(); }, [this] { halt(); });
 }
 
 // A callback may stop its own stream: the worker then only halts, and the next stop() joins.
@@ -745,7 +733,7 @@ void DockerEventStream::run() {
   char errbuf[CURL_ERROR_SIZE];
 
   while (!stop_.load()) {
-    std::string reason;      // why this round ended
+    std::string reason;  // why this round ended
     bool was_connected = false;
     uint64_t delivered = 0;
     Clock::time_point connected_at;

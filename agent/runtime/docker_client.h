@@ -38,8 +38,7 @@ class DockerClient {
   // The highest API version we speak; the client uses min(this, daemon's).
   static constexpr const char* kMaxApiVersion = "1.45";
 
-  explicit DockerClient(std::string socket_path,
-                        std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  explicit DockerClient(std::string socket_path, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   ~DockerClient();
   DockerClient(const DockerClient&) = delete;
   DockerClient& operator=(const DockerClient&) = delete;
@@ -51,8 +50,7 @@ class DockerClient {
 
   // One request; `path` has no version prefix ("/containers/json?all=1").
   // Transport failures are errors; any HTTP status is a reply.
-  Result<DockerReply> request(const std::string& method, const std::string& path,
-                              const std::string& body = "");
+  Result<DockerReply> request(const std::string& method, const std::string& path, const std::string& body = "");
   // GET that expects 200 and a JSON body; 404 is Error{ENOENT, ...}.
   Result<nlohmann::json> getJson(const std::string& path);
   // GET that expects 200, whose body `read` takes as it arrives: the reply is
@@ -63,10 +61,10 @@ class DockerClient {
   Result<nlohmann::json> inspectImage(const std::string& ref);     // /images/{ref}/json
   Result<nlohmann::json> inspectVolume(const std::string& name);   // /volumes/{name}
   // Lists, streamed into compact records (agent/runtime/docker_lists.h).
-  Result<std::vector<DockerContainer>> listContainers();        // /containers/json?all=1
+  Result<std::vector<DockerContainer>> listContainers();          // /containers/json?all=1
   Result<std::vector<DockerImage>> listImages(bool all = false);  // /images/json, intermediate ones with all
-  Result<std::vector<DockerVolume>> listVolumes();              // /volumes
-  Result<DockerDiskUsage> systemDf();                           // /system/df: sizes of containers and volumes
+  Result<std::vector<DockerVolume>> listVolumes();                // /volumes
+  Result<DockerDiskUsage> systemDf();                             // /system/df: sizes of containers and volumes
 
  private:
   Result<DockerReply> exchange(const std::string& method, const std::string& path, const std::string& body,

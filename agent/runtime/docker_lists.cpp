@@ -15,9 +15,9 @@ using json = nlohmann::json;
 // One list in a reply: where it is, what of each element is kept, and who
 // takes the elements.
 struct ListSpec {
-  std::string_view key;  // key of the root object holding the list; "" = the root is the list
+  std::string_view key;                    // key of the root object holding the list; "" = the root is the list
   std::span<const std::string_view> keep;  // keys kept of each element (an object)
-  std::function<void(const json&)> take;         // called once per element, with only `keep`
+  std::function<void(const json&)> take;   // called once per element, with only `keep`
 };
 
 // SAX handler: walks the reply, builds a tree of one list element at a time
@@ -111,31 +111,23 @@ class ListReader final : public nlohmann::json_sax<json> {
 
   bool scalar(json v) {
     switch (place()) {
-      case Place::Tree:
-        attach(std::move(v));
-        return true;
-      case Place::Root:
-        return fail(rootList() ? "expected a JSON array" : "expected a JSON object");
+      case Place::Tree: attach(std::move(v)); return true;
+      case Place::Root: return fail(rootList() ? "expected a JSON array" : "expected a JSON object");
       case Place::List: {
         const ListSpec* spec = std::exchange(pending_, nullptr);
         if (v.is_null()) return true;  // older daemons send null for an empty list
         return fail("\"" + std::string(spec->key) + "\" is not an array");
       }
       case Place::Element:  // not an object: nothing to read in it
-      case Place::Skip:
-        return true;
+      case Place::Skip: return true;
     }
     return true;
   }
 
   bool open(json::value_t type) {
     switch (place()) {
-      case Place::Skip:
-        ++skip_;
-        return true;
-      case Place::Tree:
-        stack_.push_back(attach(json(type)));
-        break;
+      case Place::Skip: ++skip_; return true;
+      case Place::Tree: stack_.push_back(attach(json(type))); break;
       case Place::Element:
         if (type != json::value_t::object) {
           ++skip_;
@@ -184,8 +176,8 @@ class ListReader final : public nlohmann::json_sax<json> {
   std::initializer_list<ListSpec> specs_;
   std::string error_;
   int depth_ = 0;
-  int skip_ = 0;               // open arrays/objects inside a skipped value
-  bool skip_next_ = false;     // the next value is skipped (a key we do not read)
+  int skip_ = 0;                       // open arrays/objects inside a skipped value
+  bool skip_next_ = false;             // the next value is skipped (a key we do not read)
   const ListSpec* pending_ = nullptr;  // the root key just read names this list
   const ListSpec* list_ = nullptr;     // the list being read
   int list_depth_ = 0;                 // depth_ inside that list (its elements start here)
@@ -294,8 +286,9 @@ Result<std::vector<DockerVolume>> parseVolumeList(std::istream& in) {
 
 Result<DockerDiskUsage> parseDiskUsage(std::istream& in) {
   DockerDiskUsage out;
-  if (auto s = readLists(in, {{"Containers", kContainerKeys, [&](const json& c) { out.containers.push_back(containerOf(c)); }},
-                              {"Volumes", kVolumeKeys, [&](const json& v) { out.volumes.push_back(volumeOf(v)); }}});
+  if (auto s = readLists(
+          in, {{"Containers", kContainerKeys, [&](const json& c) { out.containers.push_back(containerOf(c)); }},
+               {"Volumes", kVolumeKeys, [&](const json& v) { out.volumes.push_back(volumeOf(v)); }}});
       !s)
     return s.error();
   return out;

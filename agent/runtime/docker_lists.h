@@ -66,7 +66,7 @@ Result<std::vector<DockerVolume>> parseVolumeList(std::istream& in);        // {
 Result<DockerDiskUsage> parseDiskUsage(std::istream& in);                   // {"Containers": [...], "Volumes": [...]}
 
 // Field readers for Docker's JSON, shared with the DOM readers (inspect, events).
-std::string jsonText(const nlohmann::json& obj, const char* key);               // "" unless a string
+std::string jsonText(const nlohmann::json& obj, const char* key);              // "" unless a string
 std::optional<uint64_t> jsonSize(const nlohmann::json& obj, const char* key);  // see above
 std::optional<std::string> labelUser(const nlohmann::json& labels);            // labels["qman.user"]
 

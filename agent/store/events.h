@@ -53,13 +53,13 @@ const char* toString(Channel c);  // "master", "mail"
 bool channelWants(Channel c, const std::string& type);
 
 struct Event {
-  int64_t seq = 0;            // stable id: the order of recording, never reused
-  std::string type;           // event_type::*
+  int64_t seq = 0;   // stable id: the order of recording, never reused
+  std::string type;  // event_type::*
   uint32_t uid = 0;
-  std::string user;           // host user name (qman's host_user_name)
-  std::string container_id;   // full id, "" when the event is about the user
-  nlohmann::json detail;      // object; see the table above
-  double created_at = 0;      // unix seconds
+  std::string user;          // host user name (qman's host_user_name)
+  std::string container_id;  // full id, "" when the event is about the user
+  nlohmann::json detail;     // object; see the table above
+  double created_at = 0;     // unix seconds
 };
 
 // The persistent queue behind a channel (the Store implements it). pending()

@@ -24,11 +24,8 @@ inline Error sqlError(sqlite3* db, int rc, const std::string& what) {
     case SQLITE_IOERR:
     case SQLITE_FULL:
     case SQLITE_READONLY:
-    case SQLITE_PERM:
-      code = db ? sqlite3_system_errno(db) : 0;
-      break;
-    default:
-      break;
+    case SQLITE_PERM: code = db ? sqlite3_system_errno(db) : 0; break;
+    default: break;
   }
   std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
   if (code != 0) msg += std::string(" (") + std::strerror(code) + ")";

@@ -296,8 +296,8 @@ Status readObject(const Stmt& st, ObjectKind kind, ObjectRecord& r, std::optiona
     } else if (text == "label") {
       src = Source::Label;
     } else {
-      return Error{0, "store: " + describe(kind, r.id) + ": bad owner source '" + std::string(text) +
-                          "' in the database"};
+      return Error{0,
+                   "store: " + describe(kind, r.id) + ": bad owner source '" + std::string(text) + "' in the database"};
     }
   }
   if (st.isNull(13)) {
@@ -360,8 +360,8 @@ Result<std::optional<Row>> loadRow(sqlite3* db, ObjectKind kind, const std::stri
 }
 
 Status insertObject(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& name,
-                    const std::string& parent, const std::optional<std::string>& label, double first_seen,
-                    uint64_t seq, const std::string& what) {
+                    const std::string& parent, const std::optional<std::string>& label, double first_seen, uint64_t seq,
+                    const std::string& what) {
   Stmt st(db,
           "INSERT INTO objects (kind, id, name, parent, label_user, first_seen, seq) "
           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
@@ -396,8 +396,8 @@ Status restoreObject(sqlite3* db, ObjectKind kind, const std::string& id, uint64
 // A gone id that Docker has again is a new object with a reused name: forget
 // the old one's owner, override and evidence, keep nothing but the key.
 Status resetObject(sqlite3* db, ObjectKind kind, const std::string& id, const std::string& name,
-                   const std::string& parent, const std::optional<std::string>& label, double first_seen,
-                   uint64_t seq, const std::string& what) {
+                   const std::string& parent, const std::optional<std::string>& label, double first_seen, uint64_t seq,
+                   const std::string& what) {
   {
     Stmt st(db,
             "UPDATE objects SET name = ?3, parent = ?4, label_user = ?5, first_seen = ?6, gone_at = NULL, "
@@ -414,8 +414,8 @@ Status resetObject(sqlite3* db, ObjectKind kind, const std::string& id, const st
     st.bind(7, static_cast<int64_t>(seq));
     if (auto s = st.run(what); !s) return s;
   }
-  for (const char* sql : {"DELETE FROM overrides WHERE kind = ?1 AND id = ?2",
-                          "DELETE FROM evidence WHERE kind = ?1 AND id = ?2"}) {
+  for (const char* sql :
+       {"DELETE FROM overrides WHERE kind = ?1 AND id = ?2", "DELETE FROM evidence WHERE kind = ?1 AND id = ?2"}) {
     Stmt st(db, sql);
     st.bind(1, toString(kind));
     st.bind(2, id);
@@ -586,8 +586,8 @@ void tightenMode(const std::string& path, mode_t mode, const char* what) {
   if ((now & 07077) == 0) return;
   const mode_t want = now & 0700;
   if (::chmod(path.c_str(), want) != 0) {
-    LOG_WARN("store", "%s %s has mode %04o (open to other users) and could not be set to %04o: %s", what,
-             path.c_str(), unsigned(now), unsigned(want), strerror(errno));
+    LOG_WARN("store", "%s %s has mode %04o (open to other users) and could not be set to %04o: %s", what, path.c_str(),
+             unsigned(now), unsigned(want), strerror(errno));
     return;
   }
   LOG_WARN("store", "%s %s had mode %04o (open to other users); set to %04o", what, path.c_str(), unsigned(now),
@@ -626,7 +626,8 @@ void secureStateFiles(const std::string& dir, const std::string& path) {
   } else {
     // A directory shared with other files (/var/lib, a home): not ours to
     // close; the files above are 0600 all the same.
-    LOG_WARN("store", "database directory %s has mode %04o and holds other files too: leaving its mode; the "
+    LOG_WARN("store",
+             "database directory %s has mode %04o and holds other files too: leaving its mode; the "
              "database files are %04o (give the database a directory of its own)",
              dir.c_str(), unsigned(st.st_mode & 07777), unsigned(kStateFileMode));
   }
@@ -675,8 +676,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::v
 
   sqlite3* raw = nullptr;
   // NOMUTEX: every use of the handle is under Store::mu_.
-  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   std::unique_ptr<sqlite3, int (*)(sqlite3*)> db(raw, sqlite3_close_v2);
   if (rc != SQLITE_OK) return sqlError(raw, rc, what);
   sqlite3_busy_timeout(raw, 5000);  // another dockquotad or the CLI holding the write lock
@@ -782,8 +783,8 @@ Status Store::noteSeen(ObjectKind kind, const std::string& id, const std::string
   return {};
 }
 
-Result<Seen> Store::noteSeen(ObjectKind kind, const std::string& id, const std::string& name,
-                             const std::string& parent, const std::optional<std::string>& label_user, double now,
+Result<Seen> Store::noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
+                             const std::optional<std::string>& label_user, double now,
                              std::optional<uint64_t> observed_since) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string what = "note " + describe(kind, id);
@@ -893,8 +894,8 @@ Result<bool> Store::attributeTxn(ObjectKind kind, const std::string& id, const E
       bindEvidence(st, 4, ev);
       if (auto s = st.run(what); !s) return s.error();
       changed = fresh || !row->overridden();
-    } else if (brings_new && !fresh && automatic.owner && isKernel(automatic.owner->source) &&
-               isKernel(ev.source) && automatic.owner->uid != ev.uid) {
+    } else if (brings_new && !fresh && automatic.owner && isKernel(automatic.owner->source) && isKernel(ev.source) &&
+               automatic.owner->uid != ev.uid) {
       // Ids of new objects are unique, so two creators means a probe bug or a
       // reused volume name we did not see go.
       LOG_WARN("store", "%s: %s evidence for uid %u (pid %u %s, %s) ignored: already owned by uid %u (%s, %s)",
@@ -964,7 +965,7 @@ Status Store::clearOverrideTxn(ObjectKind kind, const std::string& id) {
 }
 
 Result<bool> Store::markGone(ObjectKind kind, const std::string& id, double now,
-                              std::optional<uint64_t> unless_changed_after) {
+                             std::optional<uint64_t> unless_changed_after) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt st(db_,
           "UPDATE objects SET gone_at = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2 AND gone_at IS NULL "
@@ -1044,9 +1045,7 @@ Result<ReconcileResult> Store::reconcile(ObjectKind kind, const std::set<std::st
       if (!row) return row.error();
       if (!*row) continue;
       switch (reviveDecision(kind, **row, listed_after)) {
-        case Seen::Stale:
-          ++out.stale;
-          break;
+        case Seen::Stale: ++out.stale; break;
         case Seen::Reset:
           if (auto s = resetObject(db_, kind, id, "", "", std::nullopt, now, nextSeq(), what + ": " + id); !s)
             return s.error();
@@ -1123,9 +1122,10 @@ Result<size_t> scanObjects(sqlite3* db, ObjectKind kind, bool include_gone,
   static const std::string from_start = kSelectObject +
                                         "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) "
                                         "ORDER BY o.first_seen, o.id LIMIT ?3";
-  static const std::string from_after = kSelectObject +
-                                        "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) AND (o.first_seen, o.id) > (?4, ?5) "
-                                        "ORDER BY o.first_seen, o.id LIMIT ?3";
+  static const std::string from_after =
+      kSelectObject +
+      "WHERE o.kind = ?1 AND (?2 OR o.gone_at IS NULL) AND (o.first_seen, o.id) > (?4, ?5) "
+      "ORDER BY o.first_seen, o.id LIMIT ?3";
   Stmt st(db, after ? from_after : from_start);
   st.bind(1, toString(kind));
   st.bind(2, static_cast<int64_t>(include_gone));
@@ -1216,8 +1216,7 @@ Result<std::optional<std::string>> Store::resolve(ObjectKind kind, const std::st
   if (!exact) return exact.error();
   if (!exact->empty()) return Found(exact->front());
 
-  auto named = lookup("SELECT id FROM objects WHERE kind = ?1 AND name = ?2 AND gone_at IS NULL LIMIT 2",
-                      std::nullopt);
+  auto named = lookup("SELECT id FROM objects WHERE kind = ?1 AND name = ?2 AND gone_at IS NULL LIMIT 2", std::nullopt);
   if (!named) return named.error();
   if (named->size() == 1) return Found(named->front());
   if (named->size() > 1) return Found();
@@ -1362,7 +1361,8 @@ Result<ProjectRecord> Store::project(const std::string& kind, const std::string&
   }
   take(uint64_t(hi) + 1);
   if (!chosen)
-    return Error{ENOSPC, "store: " + what + ": no free project id in " + std::to_string(lo) + ".." + std::to_string(hi)};
+    return Error{ENOSPC,
+                 "store: " + what + ": no free project id in " + std::to_string(lo) + ".." + std::to_string(hi)};
   Stmt ins(db_, "INSERT INTO projects (id, owner_kind, owner, created_at) VALUES (?1, ?2, ?3, ?4)");
   ins.bind(1, *chosen);
   ins.bind(2, kind);
@@ -1454,8 +1454,7 @@ Status Store::setDeviceDefault(const DeviceDefault& d, double now) {
 
 Result<std::optional<DeviceDefault>> Store::deviceDefault(const std::string& device) const {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_,
-          "SELECT block_soft_kib, block_hard_kib, inode_soft, inode_hard FROM device_defaults WHERE device = ?1");
+  Stmt st(db_, "SELECT block_soft_kib, block_hard_kib, inode_soft, inode_hard FROM device_defaults WHERE device = ?1");
   st.bind(1, device);
   auto r = st.next("get default quota of device " + device);
   if (!r) return r.error();
@@ -1511,8 +1510,8 @@ Result<std::vector<LayerRecord>> Store::syncLayers(const std::vector<LayerRecord
     mark.bind(1, l.id);
     if (auto s = mark.run(what + ": " + l.id); !s) return s.error();
   }
-  if (auto s = execSql(db_, "DELETE FROM layers WHERE id NOT IN (SELECT id FROM layers_now); DELETE FROM layers_now",
-                       what);
+  if (auto s =
+          execSql(db_, "DELETE FROM layers WHERE id NOT IN (SELECT id FROM layers_now); DELETE FROM layers_now", what);
       !s)
     return s.error();
   auto rows = readLayers(db_, what);

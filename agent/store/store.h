@@ -45,24 +45,24 @@ struct Evidence {
   uint32_t pid = 0;
   std::string comm;
   std::string exe;
-  std::string method;    // "container_create", "image_pull", ... (ApiAction name) or "anonymous_volume"
+  std::string method;       // "container_create", "image_pull", ... (ApiAction name) or "anonymous_volume"
   double request_time = 0;  // unix seconds: first byte of the request
   double time = 0;          // unix seconds: Docker's reply (attribution time)
 };
 
 struct ObjectRecord {
   ObjectKind kind = ObjectKind::Container;
-  std::string id;           // container id (64 hex), image id ("sha256:..."), volume name
-  std::string name;         // container name, first image tag, volume name
-  std::string parent;       // container: image id; volume: container that made it; image: ""
-  std::optional<Evidence> owner;  // nullopt = unattributed
+  std::string id;                         // container id (64 hex), image id ("sha256:..."), volume name
+  std::string name;                       // container name, first image tag, volume name
+  std::string parent;                     // container: image id; volume: container that made it; image: ""
+  std::optional<Evidence> owner;          // nullopt = unattributed
   std::optional<std::string> label_user;  // qman.user label as set by the creator: recorded, never trusted
-  double first_seen = 0;    // unix seconds the agent first knew of it
-  std::optional<double> gone_at;  // set when Docker no longer has it
-  uint64_t size_bytes = 0;  // last measured size (later issues)
+  double first_seen = 0;                  // unix seconds the agent first knew of it
+  std::optional<double> gone_at;          // set when Docker no longer has it
+  uint64_t size_bytes = 0;                // last measured size (later issues)
   // Schema v5:
   std::optional<double> missed_at;  // created while the agent watched, no kernel evidence after the check delay
-  uint64_t seq = 0;         // the store's change counter at this row's last insert, attribution, gone mark or revival
+  uint64_t seq = 0;  // the store's change counter at this row's last insert, attribution, gone mark or revival
 
   bool attributed() const { return owner.has_value(); }
 };
@@ -79,11 +79,11 @@ Decision decide(const ObjectRecord* existing, const Evidence& ev, bool brings_ne
 
 // One image layer as measured on the host: counted once, whoever shares it.
 struct LayerRecord {
-  std::string id;            // chain id ("sha256:..."): the layer on disk, parent chain included
-  uint64_t size_bytes = 0;   // Docker's DiffSize of this layer alone
+  std::string id;                     // chain id ("sha256:..."): the layer on disk, parent chain included
+  uint64_t size_bytes = 0;            // Docker's DiffSize of this layer alone
   std::optional<uint32_t> owner_uid;  // billed uid of the image that brought it; nullopt = unattributed
-  std::string owner_image;   // that image's id ("" when unattributed)
-  double first_seen = 0;     // unix seconds the agent first measured it
+  std::string owner_image;            // that image's id ("" when unattributed)
+  double first_seen = 0;              // unix seconds the agent first measured it
 };
 
 // A device's default quota (qman DeviceDefaultQuota); limits in 1 KiB blocks.
@@ -97,26 +97,26 @@ struct DeviceDefault {
 
 // An object's owner split into its layers (the attribution-detail view).
 struct AttributionDetail {
-  ObjectRecord record;                 // owner = the effective one
-  std::optional<Evidence> automatic;   // best kernel/label evidence, nullopt = none
-  std::optional<Evidence> override_;   // the admin override, if any
-  std::string resolver;                // who set the override ("" unknown)
+  ObjectRecord record;                // owner = the effective one
+  std::optional<Evidence> automatic;  // best kernel/label evidence, nullopt = none
+  std::optional<Evidence> override_;  // the admin override, if any
+  std::string resolver;               // who set the override ("" unknown)
 };
 
 // One evidence row with its key (the events view).
 struct EvidenceRow {
-  int64_t seq = 0;           // insertion order, stable id
+  int64_t seq = 0;  // insertion order, stable id
   ObjectKind kind = ObjectKind::Container;
   std::string id;
   Evidence ev;
 };
 
 struct ReconcileResult {
-  size_t added = 0;   // present in Docker, unknown to the store: inserted unattributed
-  size_t gone = 0;    // in the store, not in Docker: marked gone
-  size_t revived = 0; // a gone id that Docker has again (a volume name reused): reset, unattributed
-  size_t restored = 0;  // a gone row whose object Docker still has (container ids are never reused, or the
-                        // owner's reply came after the gone mark): live again, owner and evidence kept
+  size_t added = 0;        // present in Docker, unknown to the store: inserted unattributed
+  size_t gone = 0;         // in the store, not in Docker: marked gone
+  size_t revived = 0;      // a gone id that Docker has again (a volume name reused): reset, unattributed
+  size_t restored = 0;     // a gone row whose object Docker still has (container ids are never reused, or the
+                           // owner's reply came after the gone mark): live again, owner and evidence kept
   size_t kept_recent = 0;  // not in the list, but inserted/attributed/marked after the list began: untouched
   size_t stale = 0;        // gone after the list began, yet in it: the list predates the removal, left gone
   std::vector<std::string> kept_ids;  // the kept_recent rows (the caller checks them one by one)
@@ -135,9 +135,9 @@ const char* toString(Seen s);
 // Schema v3: a kernel project-quota id and what it is for.
 struct ProjectRecord {
   uint32_t id = 0;
-  std::string owner_kind;                // "user" (owner = uid) or "container" (owner = container id)
+  std::string owner_kind;  // "user" (owner = uid) or "container" (owner = container id)
   std::string owner;
-  std::optional<uint64_t> limit_bytes;   // container projects: own limit; nullopt = the default
+  std::optional<uint64_t> limit_bytes;  // container projects: own limit; nullopt = the default
   double created_at = 0;
 };
 
@@ -154,21 +154,22 @@ std::optional<ActionState> parseActionState(const std::string& s);
 struct EnforcementAction {
   std::string container_id;
   uint32_t uid = 0;
-  std::string name;                    // container name when acted on
-  uint64_t size_bytes = 0;             // its writable layer when chosen
+  std::string name;         // container name when acted on
+  uint64_t size_bytes = 0;  // its writable layer when chosen
   ActionState state = ActionState::Stopping;
-  double started_at = 0;               // when it was chosen (unix seconds)
+  double started_at = 0;  // when it was chosen (unix seconds)
   std::optional<double> stopped_at;
   std::optional<double> remove_after;  // stopped_at + grace
   std::optional<double> finished_at;   // removed, spared or failed
   std::string error;                   // last failure ("" none)
-  bool open() const { return state == ActionState::Stopping || state == ActionState::Stopped ||
-                             state == ActionState::Removing; }
+  bool open() const {
+    return state == ActionState::Stopping || state == ActionState::Stopped || state == ActionState::Removing;
+  }
 };
 
 // What an admin exempted from enforcement (never by a label users can set).
 struct Exemption {
-  std::string kind;   // "user" (id = uid) or "container" (id = full container id)
+  std::string kind;  // "user" (id = uid) or "container" (id = full container id)
   std::string id;
   std::string reason;
   double set_at = 0;
@@ -244,8 +245,8 @@ class Store : public EventSpool {
   // whose owner's reply came after the gone mark is Restored with its owner; an
   // image or volume is Reset (a new object with a reused name).
   // `observed_since` 0: never revive (a create reply: attribute() decides by time).
-  Result<Seen> noteSeen(ObjectKind kind, const std::string& id, const std::string& name,
-                        const std::string& parent, const std::optional<std::string>& label_user, double now,
+  Result<Seen> noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
+                        const std::optional<std::string>& label_user, double now,
                         std::optional<uint64_t> observed_since);
   // The same for a current observation, when the outcome does not matter.
   Status noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
@@ -290,8 +291,7 @@ class Store : public EventSpool {
   // ~6 MiB as a list). Read in batches, each under the store's lock; `fn`
   // runs without it. Objects changed meanwhile are seen as they are when
   // their batch is read (one added then comes last, by first_seen).
-  Status forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn,
-                 bool include_gone = false) const;
+  Status forEach(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn, bool include_gone = false) const;
   // Resolves a name, a unique id prefix or a full id to the full id of a live object.
   Result<std::optional<std::string>> resolve(ObjectKind kind, const std::string& ref) const;
 
@@ -329,8 +329,8 @@ class Store : public EventSpool {
   // --- v3: project-quota ids ---------------------------------------------------
   // The project of (kind, owner); a new one takes the lowest id in [lo, hi]
   // that no row holds and `usable` accepts (ENOSPC when none).
-  Result<ProjectRecord> project(const std::string& kind, const std::string& owner, uint32_t lo, uint32_t hi,
-                                double now, const std::function<bool(uint32_t)>& usable = {});
+  Result<ProjectRecord> project(const std::string& kind, const std::string& owner, uint32_t lo, uint32_t hi, double now,
+                                const std::function<bool(uint32_t)>& usable = {});
   // Frees the id (no-op when there is none).
   Status releaseProject(const std::string& kind, const std::string& owner);
   // The project keeps its id and limit under a new owner (a layer's project

@@ -29,7 +29,8 @@ const char* deliveryName(int64_t d) {
 const char* stateColumn(Channel c) { return c == Channel::Master ? "master" : "mail"; }
 const char* timeColumn(Channel c) { return c == Channel::Master ? "master_at" : "mail_at"; }
 
-constexpr const char* kEventCols = "SELECT seq, type, uid, user, container_id, detail, created_at, master, mail FROM events ";
+constexpr const char* kEventCols =
+    "SELECT seq, type, uid, user, container_id, detail, created_at, master, mail FROM events ";
 
 Event eventRow(const Stmt& st) {
   Event e;
@@ -240,8 +241,7 @@ Status Store::putAction(const EnforcementAction& a, const std::vector<RoutedEven
 
 Result<std::vector<EnforcementAction>> Store::actions(bool open_only, size_t limit) const {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, std::string(kActionCols) +
-                   (open_only ? "WHERE state IN ('stopping', 'stopped', 'removing') " : "") +
+  Stmt st(db_, std::string(kActionCols) + (open_only ? "WHERE state IN ('stopping', 'stopped', 'removing') " : "") +
                    "ORDER BY started_at DESC, container_id LIMIT ?1");
   st.bind(1, int64_t(limit));
   std::vector<EnforcementAction> out;

@@ -19,7 +19,8 @@ void GrowthMonitor::start() {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  worker_.start("dq-growth", [this] { run(); }, [this] { halt(); });
+  worker_.start(
+      "dq-growth", [this] { run(); }, [this] { halt(); });
 }
 
 void GrowthMonitor::stop() { worker_.stop(); }

@@ -106,8 +106,8 @@ Result<UsageFigures> DockerUsageSource::measure() {
     for (auto& c : df->containers) {
       auto image = image_ids.find(c.image_id);
       if (image == image_ids.end()) image = image_ids.emplace(c.image_id, SharedText(c.image_id)).first;
-      f.containers.push_back({std::move(c.id), std::move(c.name), image->second, std::move(c.state),
-                              c.size_rw.value_or(0)});
+      f.containers.push_back(
+          {std::move(c.id), std::move(c.name), image->second, std::move(c.state), c.size_rw.value_or(0)});
     }
     f.volumes.reserve(df->volumes.size());
     for (auto& v : df->volumes) {
@@ -265,12 +265,13 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
   // Rows for the store's objects of `kind`, each with its figure when Docker
   // has one, then for the figures of objects the store never saw.
   auto join = [&](ObjectKind kind, auto& figures, auto add) -> Status {
-    if (auto st = owners(kind, [&](const ObjectRecord& rec) {
-          count(rec);
-          auto it = figures.find(rec.id);
-          add(it == figures.end() ? nullptr : it->second, &rec);
-          if (it != figures.end()) figures.erase(it);
-        });
+    if (auto st = owners(kind,
+                         [&](const ObjectRecord& rec) {
+                           count(rec);
+                           auto it = figures.find(rec.id);
+                           add(it == figures.end() ? nullptr : it->second, &rec);
+                           if (it != figures.end()) figures.erase(it);
+                         });
         !st)
       return st;
     for (const auto& [key, fig] : figures) add(fig, nullptr);
@@ -350,14 +351,15 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
       }
     }
   };
-  if (auto st = owners(ObjectKind::Image, [&](const ObjectRecord& rec) {
-        count(rec);
-        auto it = images.find(rec.id);
-        const ImageFigure* fig = it == images.end() ? nullptr : it->second;
-        addImage(fig, &rec);
-        if (fig) claimLayers(*fig, s.images.back());
-        if (it != images.end()) images.erase(it);
-      });
+  if (auto st = owners(ObjectKind::Image,
+                       [&](const ObjectRecord& rec) {
+                         count(rec);
+                         auto it = images.find(rec.id);
+                         const ImageFigure* fig = it == images.end() ? nullptr : it->second;
+                         addImage(fig, &rec);
+                         if (fig) claimLayers(*fig, s.images.back());
+                         if (it != images.end()) images.erase(it);
+                       });
       !st)
     return st.error();
   for (const auto& [id, fig] : images) {
@@ -417,7 +419,8 @@ void UsageAccountant::start() {
     std::lock_guard<std::mutex> l(cv_mu_);
     stop_ = false;
   }
-  worker_.start("dq-usage", [this] { run(); }, [this] { halt(); });
+  worker_.start(
+      "dq-usage", [this] { run(); }, [this] { halt(); });
 }
 
 void UsageAccountant::stop() { worker_.stop(); }
@@ -527,7 +530,8 @@ Status UsageAccountant::publish(bool measured, const std::string& error) {
     // Remember each layer's first sighting (and owner) across restarts.
     std::vector<LayerRecord> rows;
     rows.reserve(snap->layers.size());
-    for (const auto& l : snap->layers) rows.push_back({std::string(l.id), l.size_bytes, l.uid, std::string(l.parent), 0});
+    for (const auto& l : snap->layers)
+      rows.push_back({std::string(l.id), l.size_bytes, l.uid, std::string(l.parent), 0});
     auto stored = store_.syncLayers(rows, figures_->measured_at);
     if (!stored) return stored.error().context(kSub);
     std::map<std::string_view, double> first;

@@ -83,11 +83,11 @@ struct VolumeFigure {
 
 struct UsageFigures {
   std::vector<ContainerFigure> containers;
-  std::vector<ImageFigure> images;               // every image (intermediate ones too)
-  std::map<std::string, uint64_t> layer_sizes;   // chain id -> bytes of that layer alone
+  std::vector<ImageFigure> images;              // every image (intermediate ones too)
+  std::map<std::string, uint64_t> layer_sizes;  // chain id -> bytes of that layer alone
   std::vector<VolumeFigure> volumes;
-  std::string data_root;                          // DockerRootDir ("" unknown)
-  double measured_at = 0;                         // unix seconds
+  std::string data_root;   // DockerRootDir ("" unknown)
+  double measured_at = 0;  // unix seconds
 };
 
 class UsageSource {
@@ -124,10 +124,10 @@ uint64_t directoryBytes(const std::string& dir);
 // Figures the kernel keeps (project quotas: a quota read, exact and current)
 // where the ProjectQuotas backend is on. They outrank Docker's figures.
 struct KernelUsage {
-  bool per_user = false;                        // users[] is each uid's whole usage (one project per uid)
-  std::map<uint32_t, uint64_t> users;           // uid -> bytes of the uid's project
-  std::map<std::string, uint64_t> containers;   // container id -> bytes of its own project (per-container mode)
-  double read_at = 0;                           // unix seconds
+  bool per_user = false;                       // users[] is each uid's whole usage (one project per uid)
+  std::map<uint32_t, uint64_t> users;          // uid -> bytes of the uid's project
+  std::map<std::string, uint64_t> containers;  // container id -> bytes of its own project (per-container mode)
+  double read_at = 0;                          // unix seconds
 };
 
 // --- the snapshot ---------------------------------------------------------------
@@ -162,11 +162,11 @@ class TextPool {
 // each row but points into the snapshot's figures (Docker's fields) or its
 // pool (the store's), so a row lives no longer than its snapshot.
 struct UsageRow {
-  std::string_view id;                // container id, image id, layer chain id, volume name
-  std::string_view name;              // container name, first tag, volume name
-  std::string_view parent;            // container: image id; image: ""; layer: owning image
-  std::string_view status;            // container state
-  std::string_view method;            // evidence method of the owner ("image_pull", ...)
+  std::string_view id;      // container id, image id, layer chain id, volume name
+  std::string_view name;    // container name, first tag, volume name
+  std::string_view parent;  // container: image id; image: ""; layer: owning image
+  std::string_view status;  // container state
+  std::string_view method;  // evidence method of the owner ("image_pull", ...)
   // Docker's figure of an image or volume row (null: Docker does not have
   // it), for the fields only those rows show; containers are most rows, so
   // the rows do not carry empty copies of them.
@@ -175,15 +175,17 @@ struct UsageRow {
   uint64_t size_bytes = 0;
   std::optional<double> attributed_at;
   std::optional<double> first_seen;
-  std::optional<uint32_t> uid;        // billed uid; nullopt = unattributed
+  std::optional<uint32_t> uid;  // billed uid; nullopt = unattributed
   ObjectKind kind = ObjectKind::Container;
   Source source = Source::None;
-  bool known = false;                 // in the store (false: Docker has it, we never saw it)
+  bool known = false;  // in the store (false: Docker has it, we never saw it)
 
   std::span<const std::string> tags() const { return image ? std::span(image->tags) : std::span<const std::string>(); }
   std::optional<double> created() const { return image ? image->created : std::nullopt; }  // Docker's Created
   uint64_t refCount() const { return volume ? volume->ref_count : 0; }
-  std::optional<uint64_t> reportedSize() const { return volume ? volume->reported : std::nullopt; }  // Docker's own figure
+  std::optional<uint64_t> reportedSize() const {
+    return volume ? volume->reported : std::nullopt;
+  }  // Docker's own figure
 };
 
 struct UsageSnapshot {
@@ -193,13 +195,13 @@ struct UsageSnapshot {
   UsageSnapshot(const UsageSnapshot&) = delete;  // a copy's rows would point into the original
   UsageSnapshot& operator=(const UsageSnapshot&) = delete;
 
-  uint64_t generation = 0;         // bumps on every publish
-  bool measured = false;           // false until the first successful measurement
+  uint64_t generation = 0;  // bumps on every publish
+  bool measured = false;    // false until the first successful measurement
   double measured_at = 0;
-  std::string source;              // UsageSource::name(), "+prjquota" when kernel figures are joined in
-  bool kernel = false;             // per-user/per-container bytes come from project-quota reads
+  std::string source;   // UsageSource::name(), "+prjquota" when kernel figures are joined in
+  bool kernel = false;  // per-user/per-container bytes come from project-quota reads
   double kernel_read_at = 0;
-  std::string error;               // last measurement error ("" ok)
+  std::string error;  // last measurement error ("" ok)
   std::string data_root;
 
   std::map<uint32_t, UserUsage> users;  // every billed uid with bytes (filter at serve time)
@@ -222,8 +224,7 @@ struct UsageSnapshot {
 // The store's live objects for account(): calls `fn` for each live object of
 // a kind, oldest first (first_seen, then id), as Store::forEach() does. The
 // objects are read one at a time: as a list, 10,000 containers are ~6 MiB.
-using OwnerScan =
-    std::function<Status(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn)>;
+using OwnerScan = std::function<Status(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn)>;
 
 // `kernel` (may be null): project-quota figures that replace Docker's where they
 // exist. A uid's kernel total is split so the three parts still sum to it: the
@@ -235,8 +236,8 @@ Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const
 struct OwnerView {
   std::vector<ObjectRecord> containers, images, volumes;
 };
-UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners,
-                      bool bill_root_to_login_uid, const KernelUsage* kernel = nullptr);
+UsageSnapshot account(std::shared_ptr<const UsageFigures> figures, const OwnerView& owners, bool bill_root_to_login_uid,
+                      const KernelUsage* kernel = nullptr);
 
 // --- the accountant ----------------------------------------------------------------
 

@@ -103,7 +103,8 @@ struct Agent {
     httplib::Client cli("127.0.0.1", port);
     for (int i = 0; i < 600; i++) {
       auto r = cli.Get("/healthz");
-      if (r && r->status == 200 && json::parse(r->body, nullptr, false).value("/docker/reconciled"_json_pointer, false)) return;
+      if (r && r->status == 200 && json::parse(r->body, nullptr, false).value("/docker/reconciled"_json_pointer, false))
+        return;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     fprintf(stderr, "bench: agent did not become ready\n");
@@ -268,15 +269,18 @@ double unixEchoCpuNs(const std::string& path) {
 
 // Creates containers over a raw connection (a client the agent sees like any
 // other) and times Docker's reply -> the id listed by the agent.
-std::vector<double> attributionLatencyMs(const std::string& sock, const Agent& agent, int creates, std::vector<std::string>* ids) {
+std::vector<double> attributionLatencyMs(const std::string& sock, const Agent& agent, int creates,
+                                         std::vector<std::string>* ids) {
   httplib::Client api("127.0.0.1", agent.port);
   api.set_basic_auth("api", kKey);
   std::vector<double> out;
   for (int i = 0; i < creates; i++) {
     int fd = connectUnix(sock);
     const std::string body = R"({"Image":"bench:1","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}})";
-    std::string req = "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
-                      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::string req =
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
     if (write(fd, req.data(), req.size()) < 0) abort();
     std::string resp = readResponse(fd);
     double replied = nowNs();
@@ -300,7 +304,8 @@ std::vector<double> attributionLatencyMs(const std::string& sock, const Agent& a
       }
       if (found) break;
       if (nowNs() - replied > 5e9) {
-        fprintf(stderr, "bench: %s not attributed after 5 s; agent log in %s/agent.log\n", id.c_str(), agent.dir.c_str());
+        fprintf(stderr, "bench: %s not attributed after 5 s; agent log in %s/agent.log\n", id.c_str(),
+                agent.dir.c_str());
         exit(1);
       }
     }
@@ -315,8 +320,7 @@ void removeContainers(const std::string& sock, const std::vector<std::string>& i
     std::string req = "DELETE /v1.41/containers/" + id + " HTTP/1.1\r\nHost: docker\r\n\r\n";
     if (write(fd, req.data(), req.size()) < 0) abort();
     char tmp[4096];
-    if (read(fd, tmp, sizeof tmp) < 0) {
-    }
+    if (read(fd, tmp, sizeof tmp) < 0) {}
     close(fd);
   }
 }
@@ -414,7 +418,8 @@ int growthBench(int rounds) {
       auto p = GrowthProbe::open(options(sets[h]));
       if (!p) return fprintf(stderr, "bench: %s\n", p.error().message.c_str()), 1;
       // Another container is watched, so the filter runs as on a real host.
-      if (auto st = (*p)->watch("other", *other_ref); !st) return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
+      if (auto st = (*p)->watch("other", *other_ref); !st)
+        return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
       // Runs a row: timed, or noting the programs' time per run.
       auto measure = [&](Row& r, std::vector<double>& into, const char* what) {
         if (!stats_round) return into.push_back(r.run());
@@ -429,11 +434,13 @@ int growthBench(int rounds) {
         if (runs) prog_ns[hooks[h] + "|" + r.name + "|" + what].push_back(static_cast<double>(ns) / runs);
       };
       for (auto& r : rows) measure(r, r.unwatched[h], "not watched");
-      if (auto st = (*p)->watch("bench", *ref); !st) return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
+      if (auto st = (*p)->watch("bench", *ref); !st)
+        return fprintf(stderr, "bench: %s\n", st.error().message.c_str()), 1;
       for (auto& r : rows) measure(r, r.watched[h], "watched");
       auto fig = (*p)->read();
-      if (round == 0 && fig) printf("check: %s counted %.1f MiB in %lu writes\n", hooks[h].c_str(),
-                                    (*fig)["bench"].bytes / 1048576.0, static_cast<unsigned long>((*fig)["bench"].writes));
+      if (round == 0 && fig)
+        printf("check: %s counted %.1f MiB in %lu writes\n", hooks[h].c_str(), (*fig)["bench"].bytes / 1048576.0,
+               static_cast<unsigned long>((*fig)["bench"].writes));
     }
   }
   moveTo(home);
@@ -482,14 +489,20 @@ int main(int argc, char** argv) {
   std::string hooks_arg = "auto";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--agent") bins.push_back(argv[i + 1]);
-    else if (a == "--docker-sock") sock = argv[i + 1];
-    else if (a == "--rounds") rounds = atoi(argv[i + 1]);
-    else if (a == "--creates") creates = atoi(argv[i + 1]);
-    else if (a == "--hook") hooks_arg = argv[i + 1];
+    if (a == "--agent")
+      bins.push_back(argv[i + 1]);
+    else if (a == "--docker-sock")
+      sock = argv[i + 1];
+    else if (a == "--rounds")
+      rounds = atoi(argv[i + 1]);
+    else if (a == "--creates")
+      creates = atoi(argv[i + 1]);
+    else if (a == "--hook")
+      hooks_arg = argv[i + 1];
   }
   if (bins.empty() || sock.empty()) {
-    fprintf(stderr, "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H[,H...]]\n");
+    fprintf(stderr,
+            "usage: dockquota-bench --agent PATH --docker-sock SOCK [--rounds N] [--creates N] [--hook H[,H...]]\n");
     return 2;
   }
   // One or more hook sets (probe_hook), measured in the same run.
@@ -511,8 +524,12 @@ int main(int argc, char** argv) {
   agent.port = freePort();
   agent.config = agent.dir + "/config.json";
   auto configure = [&](const std::string& hook) {
-    json cfg = {{"listen_port", agent.port}, {"api_key", kKey}, {"docker_socket", sock},
-                {"watch_sockets", {sock}}, {"database", agent.dir + "/state.db"}, {"log_level", "debug"},
+    json cfg = {{"listen_port", agent.port},
+                {"api_key", kKey},
+                {"docker_socket", sock},
+                {"watch_sockets", {sock}},
+                {"database", agent.dir + "/state.db"},
+                {"log_level", "debug"},
                 {"probe_hook", hook}};
     FILE* f = fopen(agent.config.c_str(), "w");
     fputs(cfg.dump().c_str(), f);
@@ -588,8 +605,10 @@ int main(int argc, char** argv) {
     }
     printf("\n");
   }
-  printf("\nattribution latency (%s hooks), Docker's reply -> listed (%d creates): p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
-         in_use[0].c_str(), creates, percentile(lat, 50), percentile(lat, 99), percentile(lat, 100));
+  printf(
+      "\nattribution latency (%s hooks), Docker's reply -> listed (%d creates): p50 %.1f ms, p99 %.1f ms, max %.1f "
+      "ms\n",
+      in_use[0].c_str(), creates, percentile(lat, 50), percentile(lat, 99), percentile(lat, 100));
   printf("agent RSS after the run: %.1f MiB\n", rss_kib / 1024.0);
   std::string cmd = "rm -rf " + agent.dir;
   return system(cmd.c_str()) == 0 ? 0 : 1;

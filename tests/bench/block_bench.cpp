@@ -146,10 +146,13 @@ int httpBench(int users, int requests) {
   // Every request after a refresh (whose thread built the devices' text) and
   // with docker's text rebuilt: the merge is the request's.
   builds.clear();
-  auto cold = timeGets(cli, requests / 4, [&] {
-    devices.refreshNow();
-    ctx.cache->body.reset();
-  }, bytes);
+  auto cold = timeGets(
+      cli, requests / 4,
+      [&] {
+        devices.refreshNow();
+        ctx.cache->body.reset();
+      },
+      bytes);
   printf("GET /remote-api/quotas, %d users on 3 block devices (users+groups) + docker, %zu bytes:\n", users, bytes);
   printf("  from memory (cached text):   %d requests: p50 %.2f ms, p99 %.2f ms, max %.2f ms (target p99 <= 10 ms)\n",
          requests, pct(warm, 0.5), pct(warm, 0.99), pct(warm, 1.0));
@@ -201,9 +204,12 @@ int main(int argc, char** argv) {
   for (int i = 2; i < argc; i++) {
     std::string a = argv[i];
     const int v = i + 1 < argc ? std::atoi(argv[++i]) : 0;
-    if (a == "--users") users = v;
-    else if (a == "--requests") requests = v;
-    else if (a == "--rounds") rounds = v;
+    if (a == "--users")
+      users = v;
+    else if (a == "--requests")
+      requests = v;
+    else if (a == "--rounds")
+      rounds = v;
   }
   if (mode == "http") return httpBench(users, requests);
   if (mode == "refresh") return refreshBench(rounds);

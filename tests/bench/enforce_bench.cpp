@@ -66,9 +66,12 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
-    if (a == "--users") users = next();
-    else if (a == "--containers") containers = next();
-    else if (a == "--rounds") rounds = next();
+    if (a == "--users")
+      users = next();
+    else if (a == "--containers")
+      containers = next();
+    else if (a == "--rounds")
+      rounds = next();
     else {
       fprintf(stderr, "usage: %s [--users N] [--containers N] [--rounds N]\n", argv[0]);
       return 2;
@@ -122,7 +125,8 @@ int main(int argc, char** argv) {
   o.mode = EnforceMode::Enforce;
   o.grace = std::chrono::seconds(3600);
   o.interval = std::chrono::hours(1);  // only wake() sweeps
-  auto enforcer = std::move(*Enforcer::create(store, *book, [&] { return accountant.snapshot(); }, names, runtime, o));
+  auto enforcer = std::move(*Enforcer::create(
+      store, *book, [&] { return accountant.snapshot(); }, names, runtime, o));
   printf("store: %d users, %d containers (%.1f MiB each user, limits at 2x)\n", users, containers,
          double(held) / (1 << 20));
 

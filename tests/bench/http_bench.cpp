@@ -201,17 +201,20 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--users") users = std::atoi(next().c_str());
-    else if (a == "--containers") containers = std::atoi(next().c_str());
-    else if (a == "--requests") requests = std::atoi(next().c_str());
-    else if (a == "--seconds") secs = std::atof(next().c_str());
+    if (a == "--users")
+      users = std::atoi(next().c_str());
+    else if (a == "--containers")
+      containers = std::atoi(next().c_str());
+    else if (a == "--requests")
+      requests = std::atoi(next().c_str());
+    else if (a == "--seconds")
+      secs = std::atof(next().c_str());
     else if (a == "--drippers") {
       dripper_counts.clear();
       std::stringstream ss(next());
       for (std::string v; std::getline(ss, v, ',');) dripper_counts.push_back(std::atoi(v.c_str()));
     } else {
-      fprintf(stderr,
-              "usage: %s [--users N] [--containers N] [--requests N] [--seconds S] [--drippers 0,50,200]\n",
+      fprintf(stderr, "usage: %s [--users N] [--containers N] [--requests N] [--seconds S] [--drippers 0,50,200]\n",
               argv[0]);
       return 2;
     }
@@ -261,8 +264,13 @@ int main(int argc, char** argv) {
                 store, nullptr);
   installQmanRoutes(api, ctx);
   auto new_port = api.start();
-  ApiServer nocap({.address = "127.0.0.1", .port = 0, .api_key = "bench", .bill_root_to_login_uid = true,
-                   .threads = 4, .max_connections = 1024, .max_connections_per_peer = 1024},
+  ApiServer nocap({.address = "127.0.0.1",
+                   .port = 0,
+                   .api_key = "bench",
+                   .bill_root_to_login_uid = true,
+                   .threads = 4,
+                   .max_connections = 1024,
+                   .max_connections_per_peer = 1024},
                   store, nullptr);
   installQmanRoutes(nocap, ctx);
   auto nocap_port = nocap.start();
@@ -275,9 +283,10 @@ int main(int argc, char** argv) {
   std::thread old_thread([&] { old->listen_after_bind(); });
   while (!old->is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 
-  printf("http-bench: %d users, %d containers; %d requests per cell, each on a new connection; throughput: 4 "
-         "keep-alive clients for %.0f s; failed = no 200 within 1 s\n",
-         users, containers, requests, secs);
+  printf(
+      "http-bench: %d users, %d containers; %d requests per cell, each on a new connection; throughput: 4 "
+      "keep-alive clients for %.0f s; failed = no 200 within 1 s\n",
+      users, containers, requests, secs);
   printf("%-11s %8s %5s  %-19s %8s %8s %8s %7s %11s\n", "server", "drippers", "open", "route", "p50 ms", "p99 ms",
          "max ms", "failed", "req/s");
   struct Target {
@@ -310,16 +319,18 @@ int main(int argc, char** argv) {
     }
   }
   const auto& m = api.requestMetrics().transport();
-  printf("ours, transport counters: accepted %llu, evicted per peer %llu, in all %llu, refused %llu, head timeouts "
-         "%llu\n",
-         (unsigned long long)m.get(TransportMetrics::kAccepted),
-         (unsigned long long)m.get(TransportMetrics::kEvictedMaxPerPeer),
-         (unsigned long long)m.get(TransportMetrics::kEvictedMaxConnections),
-         (unsigned long long)(m.get(TransportMetrics::kRefusedMaxPerPeer) +
-                              m.get(TransportMetrics::kRefusedMaxConnections)),
-         (unsigned long long)m.get(TransportMetrics::kTimeoutHead));
-  printf("(\"+\": gave up after 5 failures in a row; the old server's workers are all held by drippers. open: the\n"
-         " server's open connections with the drippers in place, before the probes)\n");
+  printf(
+      "ours, transport counters: accepted %llu, evicted per peer %llu, in all %llu, refused %llu, head timeouts "
+      "%llu\n",
+      (unsigned long long)m.get(TransportMetrics::kAccepted),
+      (unsigned long long)m.get(TransportMetrics::kEvictedMaxPerPeer),
+      (unsigned long long)m.get(TransportMetrics::kEvictedMaxConnections),
+      (unsigned long long)(m.get(TransportMetrics::kRefusedMaxPerPeer) +
+                           m.get(TransportMetrics::kRefusedMaxConnections)),
+      (unsigned long long)m.get(TransportMetrics::kTimeoutHead));
+  printf(
+      "(\"+\": gave up after 5 failures in a row; the old server's workers are all held by drippers. open: the\n"
+      " server's open connections with the drippers in place, before the probes)\n");
   old->stop();
   old_thread.join();
   api.stop();

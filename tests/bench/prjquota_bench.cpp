@@ -44,10 +44,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int v = atoi(argv[i + 1]);
-    if (a == "--ids") ids = v;
-    else if (a == "--files") files = v;
-    else if (a == "--file-kib") file_kib = v;
-    else if (a == "--rounds") rounds = v;
+    if (a == "--ids")
+      ids = v;
+    else if (a == "--files")
+      files = v;
+    else if (a == "--file-kib")
+      file_kib = v;
+    else if (a == "--rounds")
+      rounds = v;
     else {
       fprintf(stderr, "usage: prjquota-bench [--ids N] [--files N] [--file-kib N] [--rounds N]\n");
       return 2;

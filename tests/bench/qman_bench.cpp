@@ -60,10 +60,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--users") users = std::atoi(next().c_str());
-    else if (a == "--containers") containers = std::atoi(next().c_str());
-    else if (a == "--requests") requests = std::atoi(next().c_str());
-    else if (a == "--docker-sock") docker_sock = next();
+    if (a == "--users")
+      users = std::atoi(next().c_str());
+    else if (a == "--containers")
+      containers = std::atoi(next().c_str());
+    else if (a == "--requests")
+      requests = std::atoi(next().c_str());
+    else if (a == "--docker-sock")
+      docker_sock = next();
     else {
       fprintf(stderr, "usage: %s [--users N] [--containers N] [--requests N] [--docker-sock SOCK]\n", argv[0]);
       return 2;
@@ -101,7 +105,10 @@ int main(int argc, char** argv) {
     ev.request_time = ev.time = 10 + i;
     must(store.attribute(ObjectKind::Image, id, ev, true), "attribute");
     // A shared base layer and one own layer per image.
-    f.images.push_back({id, {"img" + std::to_string(i) + ":1"}, 3000000 + 1000 * static_cast<uint64_t>(i), 10.0 + i,
+    f.images.push_back({id,
+                        {"img" + std::to_string(i) + ":1"},
+                        3000000 + 1000 * static_cast<uint64_t>(i),
+                        10.0 + i,
                         {"sha256:base", "sha256:" + hex(i, 'l')}});
     f.layer_sizes["sha256:" + hex(i, 'l')] = 1000 * static_cast<uint64_t>(i);
   }
@@ -121,8 +128,8 @@ int main(int argc, char** argv) {
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
     must(store.attribute(ObjectKind::Container, id, ev, true), "attribute");
-    f.containers.push_back({id, "c" + std::to_string(i), image_ids[i % images], "running",
-                            4096 * static_cast<uint64_t>(i % 97 + 1)});
+    f.containers.push_back(
+        {id, "c" + std::to_string(i), image_ids[i % images], "running", 4096 * static_cast<uint64_t>(i % 97 + 1)});
   }
   for (int i = 0; i < volumes; i++) {
     const std::string name = "vol" + std::to_string(i);
@@ -159,9 +166,10 @@ int main(int argc, char** argv) {
     fprintf(stderr, "%s\n", s.error().message.c_str());
     return 1;
   }
-  printf("usage snapshot (store lists + accounting, background): %.1f ms (RSS %.1f MiB; heap kept by the figures, "
-         "the snapshot and SQLite's cache: ~%.1f MiB)\n",
-         seconds(t0) * 1000, procStatus("VmRSS:") / 1024.0, heapInUse() - heap_before);
+  printf(
+      "usage snapshot (store lists + accounting, background): %.1f ms (RSS %.1f MiB; heap kept by the figures, "
+      "the snapshot and SQLite's cache: ~%.1f MiB)\n",
+      seconds(t0) * 1000, procStatus("VmRSS:") / 1024.0, heapInUse() - heap_before);
   QmanContext ctx{store, **book, usage, dirusers, nullptr, nullptr, {}};
   ApiServer api({.address = "127.0.0.1", .port = 0, .api_key = "bench", .bill_root_to_login_uid = true, .threads = 4},
                 store, nullptr);
@@ -199,9 +207,10 @@ int main(int argc, char** argv) {
     cold.push_back(seconds(t) * 1000);
   }
   const long rss = procStatus("VmRSS:"), hwm = procStatus("VmHWM:");
-  printf("GET /remote-api/quotas: %d requests, %zu users listed, %zu bytes each: p50 %.2f ms, p99 %.2f ms, max %.2f ms "
-         "(target p99 <= 10 ms)\n",
-         requests, usage.snapshot()->users.size(), bytes, pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1.0));
+  printf(
+      "GET /remote-api/quotas: %d requests, %zu users listed, %zu bytes each: p50 %.2f ms, p99 %.2f ms, max %.2f ms "
+      "(target p99 <= 10 ms)\n",
+      requests, usage.snapshot()->users.size(), bytes, pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1.0));
   printf("GET /remote-api/quotas, answer rebuilt each time: %zu requests: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
          cold.size(), pct(cold, 0.50), pct(cold, 0.99), pct(cold, 1.0));
   printf("RSS: %.1f MiB now, %.1f MiB peak, server and client in one process (target <= 32 MiB)\n", rss / 1024.0,
@@ -219,7 +228,9 @@ int main(int argc, char** argv) {
       }
       df.push_back(seconds(t) * 1000);
     }
-    if (!df.empty()) printf("docker system df -v (qman's slave, per request): median %.1f ms over %zu runs\n", pct(df, 0.5), df.size());
+    if (!df.empty())
+      printf("docker system df -v (qman's slave, per request): median %.1f ms over %zu runs\n", pct(df, 0.5),
+             df.size());
     DockerClient docker(docker_sock);
     DockerUsageSource src(docker);
     std::vector<double> m;

@@ -30,7 +30,9 @@ constexpr size_t kMiB = 1 << 20;
 constexpr size_t kChunk = 64 * 1024;
 
 bool inCi() { return std::getenv("CI") && std::string(std::getenv("CI")) == "true"; }
-bool requireFentry() { return std::getenv("DQ_REQUIRE_FENTRY") && std::string(std::getenv("DQ_REQUIRE_FENTRY")) == "1"; }
+bool requireFentry() {
+  return std::getenv("DQ_REQUIRE_FENTRY") && std::string(std::getenv("DQ_REQUIRE_FENTRY")) == "1";
+}
 
 bool skipOrFail(const std::string& why) {
   if (inCi()) FAIL("real-kernel test cannot run in CI: " << why);
@@ -292,9 +294,9 @@ TEST_CASE("growth probe finds cgroups and files by probe reads where the helpers
   REQUIRE_FALSE(p->ancestorHelper());
   REQUIRE_FALSE(p->taskBtf());
   REQUIRE(p->watch("beef01", cgroupAt(a)));
-  REQUIRE(runIn(a, [&] { return writeMix(ov, "own"); }) == 0);        // at the watched level
-  REQUIRE(runIn(a_inner, [&] { return writeMix(ov, "sub"); }) == 0);  // below it
-  REQUIRE(runIn(b, [&] { return writeMix(ov, "other"); }) == 0);      // a sibling
+  REQUIRE(runIn(a, [&] { return writeMix(ov, "own"); }) == 0);          // at the watched level
+  REQUIRE(runIn(a_inner, [&] { return writeMix(ov, "sub"); }) == 0);    // below it
+  REQUIRE(runIn(b, [&] { return writeMix(ov, "other"); }) == 0);        // a sibling
   REQUIRE(runIn(cg.base, [&] { return writeMix(ov, "above"); }) == 0);  // above it
   auto all = p->read();
   REQUIRE(all);
@@ -412,7 +414,8 @@ TEST_CASE("growth probe refuses containers beyond its map and keeps counting the
   CHECK(ctr[GROWTH_CTR_NO_FILE] == 0);
 }
 
-TEST_CASE("growth probe: auto picks fentry where allowed and never falls back to the syscall tracepoint", "[bpf][growth]") {
+TEST_CASE("growth probe: auto picks fentry where allowed and never falls back to the syscall tracepoint",
+          "[bpf][growth]") {
   if (!prerequisites()) return;
   auto p = GrowthProbe::open({});
   if (!p) {

@@ -39,14 +39,18 @@ using namespace dockquota;
 namespace {
 
 bool ci() { return std::getenv("CI") && std::string(std::getenv("CI")) == "true"; }
-bool requirePrjquota() { return std::getenv("DQ_REQUIRE_PRJQUOTA") && std::string(std::getenv("DQ_REQUIRE_PRJQUOTA")) == "1"; }
+bool requirePrjquota() {
+  return std::getenv("DQ_REQUIRE_PRJQUOTA") && std::string(std::getenv("DQ_REQUIRE_PRJQUOTA")) == "1";
+}
 // CONFIG_QUOTA shows itself as /proc/sys/fs/quota.
 bool kernelHasQuota() { return access("/proc/sys/fs/quota", F_OK) == 0; }
 
 bool prerequisites() {
   std::string why;
-  if (geteuid() != 0) why = "not root";
-  else if (system("command -v mkfs.xfs >/dev/null && command -v mkfs.ext4 >/dev/null") != 0) why = "no mkfs.xfs/mkfs.ext4 (xfsprogs, e2fsprogs)";
+  if (geteuid() != 0)
+    why = "not root";
+  else if (system("command -v mkfs.xfs >/dev/null && command -v mkfs.ext4 >/dev/null") != 0)
+    why = "no mkfs.xfs/mkfs.ext4 (xfsprogs, e2fsprogs)";
   if (why.empty()) return true;
   if (ci()) FAIL("real-filesystem test cannot run in CI: " << why);
   WARN("SKIPPED: " << why);
@@ -85,7 +89,8 @@ struct LoopFs {
 void writeFile(const std::string& path, size_t bytes) {
   std::ofstream f(path, std::ios::binary);
   std::string chunk(std::min<size_t>(bytes, 1 << 20), 'x');
-  for (size_t left = bytes; left > 0; left -= std::min(left, chunk.size())) f.write(chunk.data(), std::min(left, chunk.size()));
+  for (size_t left = bytes; left > 0; left -= std::min(left, chunk.size()))
+    f.write(chunk.data(), std::min(left, chunk.size()));
 }
 
 // Writes 1 MiB chunks (fsync'd, so delayed allocation meets the limit now) until
@@ -153,7 +158,8 @@ TEST_CASE("prjquota: probe finds the filesystem, device and quota state", "[prjq
         CHECK(fs->usable());
         CHECK(fs->reason.empty());
       } else {
-        if (!kernelHasQuota()) CHECK(fs->reason.find("no quota support") != std::string::npos);  // (CONFIG_QUOTA off entirely)
+        if (!kernelHasQuota())
+          CHECK(fs->reason.find("no quota support") != std::string::npos);  // (CONFIG_QUOTA off entirely)
         checkNoQuotaFs(*fs);
       }
     }
@@ -188,8 +194,8 @@ TEST_CASE("prjquota: tagTree sets the id on a whole tree, inheriting, once", "[p
 
   auto st = tagTree(root, 4242);
   REQUIRE(st.ok());
-  CHECK(st->tagged == 6);  // 4 directories + 2 files
-  CHECK(st->skipped == 2); // the symlink and the fifo
+  CHECK(st->tagged == 6);   // 4 directories + 2 files
+  CHECK(st->skipped == 2);  // the symlink and the fifo
   CHECK(st->failed == 0);
   for (const char* p : {"", "/diff", "/diff/etc", "/work", "/diff/etc/a", "/diff/b"}) {
     auto id = projectOf(root + p);
@@ -217,7 +223,10 @@ namespace {
 struct Layer {
   std::string lower, root, diff, work, merged;
   explicit Layer(const LoopFs& lfs, const std::string& name)
-      : lower(lfs.path(name + "-lower")), root(lfs.path(name)), diff(root + "/diff"), work(root + "/work"),
+      : lower(lfs.path(name + "-lower")),
+        root(lfs.path(name)),
+        diff(root + "/diff"),
+        work(root + "/work"),
         merged(root + "/merged") {
     for (const auto& d : {lower, lower + "/etc", root, diff, work, merged}) mkdir(d.c_str(), 0755);
     writeFile(lower + "/etc/passwd", 100);
@@ -250,7 +259,11 @@ int containerWrites(const std::string& merged, int round, int* step = nullptr) {
   at = 1;
   int fd = open((merged + "/etc/passwd").c_str(), O_WRONLY | O_APPEND);  // copy-up of a file and its directory
   if (fd < 0) return fail(errno);
-  if (write(fd, "x\n", 2) != 2) { int e = errno; close(fd); return fail(e); }
+  if (write(fd, "x\n", 2) != 2) {
+    int e = errno;
+    close(fd);
+    return fail(e);
+  }
   close(fd);
   at = 2;
   fd = open((merged + "/big").c_str(), O_WRONLY | O_APPEND);  // a bigger copy-up
@@ -326,7 +339,8 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
     REQUIRE(soon.ok());
     CHECK(soon->state == LayerTag::Deferred);
     // The next sync, once work/work is older than a mount's set-up (0 s stands in for 10 s here).
-    auto later = tagLayer(l.root, 4302, [&] { return overlayUpperMounted(l.diff); }, 0);
+    auto later = tagLayer(
+        l.root, 4302, [&] { return overlayUpperMounted(l.diff); }, 0);
     REQUIRE(later.ok());
     CHECK(later->state == LayerTag::Tagged);
     CHECK(firstNotTagged(l.diff, 4302) == "");
@@ -345,7 +359,8 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
     auto unknown = tagLayer(l.root, 4303, [&] { return overlayUpperMounted(l.diff); });
     REQUIRE(unknown.ok());
     CHECK(unknown->state == LayerTag::Deferred);  // without the reply's time: cannot tell
-    auto at_reply = tagLayer(l.root, 4303, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);
+    auto at_reply = tagLayer(
+        l.root, 4303, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);
     REQUIRE(at_reply.ok());
     CHECK(at_reply->state == LayerTag::Tagged);
     CHECK(firstNotTagged(l.diff, 4303) == "");
@@ -358,7 +373,8 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
     const double reply = unixNow() - 0.5;
     REQUIRE(l.mount());
     l.umount();
-    auto r = tagLayer(l.root, 4304, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);
+    auto r = tagLayer(
+        l.root, 4304, [&] { return overlayUpperMounted(l.diff); }, kMountSetupSeconds, reply);
     REQUIRE(r.ok());
     CHECK(r->state == LayerTag::Deferred);
   }
@@ -386,7 +402,8 @@ TEST_CASE("prjquota: layers are tagged in an order no overlayfs copy-up or renam
       if (r->state == LayerTag::Deferred) {
         deferred++;  // mounted first: tagged once unmounted, like a stopped container
         l.umount();
-        auto later = tagLayer(l.root, 4310, [&] { return overlayUpperMounted(l.diff); }, 0);
+        auto later = tagLayer(
+            l.root, 4310, [&] { return overlayUpperMounted(l.diff); }, 0);
         REQUIRE(later.ok());
         CHECK(later->state == LayerTag::Tagged);
       }
@@ -634,12 +651,14 @@ TEST_CASE("prjquota: an admin override moves the container's layer to the new ow
     for (int i = 0; i < 50 && !ok(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     return ok();
   };
-  REQUIRE(settles([&] { return pq.projectOfUser(2001) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2001); }));
+  REQUIRE(
+      settles([&] { return pq.projectOfUser(2001) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2001); }));
   Evidence admin = ev(2002);
   admin.source = Source::Admin;
   const auto t0 = std::chrono::steady_clock::now();
   REQUIRE(s.setOverride(ObjectKind::Container, "c1", admin, "admin").ok());
-  CHECK(settles([&] { return pq.projectOfUser(2002) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2002); }));
+  CHECK(
+      settles([&] { return pq.projectOfUser(2002) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2002); }));
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   INFO("re-tagged " << ms << " ms after the override");
   CHECK(ms < 5000);
@@ -658,7 +677,8 @@ TEST_CASE("prjquota: per-container mode gives each container its own id and the 
   const std::string& root = t->root;
   Store& s = *t->store;
   for (const char* c : {"k1", "k2"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
-  REQUIRE(s.attribute(ObjectKind::Container, "k1", ev(2001), true).ok());  // k2 stays unattributed: limited all the same
+  REQUIRE(
+      s.attribute(ObjectKind::Container, "k1", ev(2001), true).ok());  // k2 stays unattributed: limited all the same
   auto book = QuotaBook::load(s);
   REQUIRE(book.ok());
   ProjectQuotas::Options o;

@@ -34,8 +34,10 @@ namespace {
 bool prerequisites() {
   const bool ci = std::getenv("CI") && std::string(std::getenv("CI")) == "true";
   std::string why;
-  if (geteuid() != 0) why = "not root";
-  else if (access("/sys/kernel/btf/vmlinux", R_OK) != 0) why = "no /sys/kernel/btf/vmlinux";
+  if (geteuid() != 0)
+    why = "not root";
+  else if (access("/sys/kernel/btf/vmlinux", R_OK) != 0)
+    why = "no /sys/kernel/btf/vmlinux";
   if (why.empty()) return true;
   if (ci) FAIL("real-kernel test cannot run in CI: " << why);
   WARN("SKIPPED: " << why);
@@ -126,9 +128,7 @@ std::string readN(int fd, size_t n) {
 // tracepoints (6.3+). DQ_REQUIRE_FENTRY=1 (set for the QEMU kernels, which
 // have no lockdown) makes an unavailable fentry set a failure; a kernel whose
 // BTF has the socket tracepoints must load the socket set.
-std::string hookUnderTest() {
-  return GENERATE(as<std::string>{}, "tracepoint", "fentry", "socket");
-}
+std::string hookUnderTest() { return GENERATE(as<std::string>{}, "tracepoint", "fentry", "socket"); }
 
 bool kernelHasSocketTracepoints() {
   btf* vmlinux = btf__load_vmlinux_btf();
@@ -152,8 +152,8 @@ struct Harness {
     o.ringbuf_bytes = ringbuf_bytes;
     auto p = DsockProbe::open(o, [this](const DsockEventView& v) {
       const dsock_event& e = *v.raw;
-      events.push_back({e.type, e.tgid, e.uid, e.gid, e.loginuid, e.fd, e.conn_id, e.len, std::string(v.data()),
-                        e.turn, e.flags, e.ino});
+      events.push_back({e.type, e.tgid, e.uid, e.gid, e.loginuid, e.fd, e.conn_id, e.len, std::string(v.data()), e.turn,
+                        e.flags, e.ino});
     });
     if (!p) {
       const char* req = std::getenv("DQ_REQUIRE_FENTRY");
@@ -440,8 +440,7 @@ TEST_CASE("dsock socket set: the client reading EOF ends the connection", "[bpf]
     int c = accept(lfd, nullptr, nullptr);
     char b[64];
     if (c < 0) return;
-    if (read(c, b, sizeof b) > 0 && write(c, "bye", 3) == 3) {
-    }
+    if (read(c, b, sizeof b) > 0 && write(c, "bye", 3) == 3) {}
     close(c);
   });
   Harness h({path}, "socket");
@@ -628,20 +627,20 @@ TEST_CASE("dsock probe: mutes apply to their turn only, and ignore stops a conne
   dsock_ctl ctl{};
   ctl.mute_rx_turn = 1;  // decided for turn 1, arriving late
   h.probe->control(id, ctl);
-  say("B");              // turn 2
-  CHECK(hear(1) == "B"); // not muted: the mute was for turn 1
-  say("CC");             // turn 3
+  say("B");               // turn 2
+  CHECK(hear(1) == "B");  // not muted: the mute was for turn 1
+  say("CC");              // turn 3
   CHECK(hear(1) == "C");
   ctl.mute_rx_turn = 3;
   h.probe->control(id, ctl);
-  CHECK(hear(1) == "C"); // muted: length only
-  say("E");              // turn 4: its reply is copied again
+  CHECK(hear(1) == "C");  // muted: length only
+  say("E");               // turn 4: its reply is copied again
   ctl.mute_tx_turn = 4;
   h.probe->control(id, ctl);
-  say("F");              // muted: same turn
+  say("F");  // muted: same turn
   CHECK(hear(1) == "E");
   CHECK(hear(1) == "F");
-  say("G");              // turn 5
+  say("G");  // turn 5
   CHECK(hear(1) == "G");
   REQUIRE(h.waitFor([&] { return h.of(me, DSOCK_EV_RX).size() >= 7; }));
   auto rx = h.of(me, DSOCK_EV_RX);

@@ -108,7 +108,7 @@ struct World {
     src->figures.containers.push_back({hex64('e'), "evil-c", img('a'), "running", 10});
     docker = std::make_unique<DockerClient>(dir.file("no-docker.sock"), std::chrono::milliseconds(200));
     RouteStack::Options o;
-    o.users = {{0, "root"}, {kAlice, "alice"}, {kBob, "bob"},       {kCarol, "carol"},
+    o.users = {{0, "root"},    {kAlice, "alice"}, {kBob, "bob"},     {kCarol, "carol"},
                {5000, "dave"}, {5001, "caf\xe9"}, {65534, "nobody"}, {999, "sys"}};
     o.docker = docker.get();
     o.master = [] { return json{{"x", 1}}; };

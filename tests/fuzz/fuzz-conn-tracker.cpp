@@ -55,8 +55,7 @@ Identity identityFrom(Reader& in, uint8_t op) {
   return id;
 }
 
-void fill(dsock_event& ev, uint32_t type, const Identity& id, std::string_view data, uint64_t len,
-          uint8_t extra = 0) {
+void fill(dsock_event& ev, uint32_t type, const Identity& id, std::string_view data, uint64_t len, uint8_t extra = 0) {
   std::memset(&ev, 0, sizeof ev);
   ev.type = type;
   ev.conn_id = id.conn_id;

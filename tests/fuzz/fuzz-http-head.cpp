@@ -38,10 +38,12 @@ int httpHead(const uint8_t* data, size_t size) {
   std::string head(reinterpret_cast<const char*>(data), size);
   if (head.size() > 16 * 1024) return -1;  // the loop refuses it before parsing (431/414)
   const size_t end = head.find("\r\n\r\n") != std::string::npos ? head.find("\r\n\r\n") + 4
-                     : head.find("\n\n") != std::string::npos    ? head.find("\n\n") + 2
-                                                                 : std::string::npos;
-  if (end == std::string::npos) head += "\r\n\r\n";
-  else head.resize(end);
+                     : head.find("\n\n") != std::string::npos   ? head.find("\n\n") + 2
+                                                                : std::string::npos;
+  if (end == std::string::npos)
+    head += "\r\n\r\n";
+  else
+    head.resize(end);
 
   httplib::Request req;
   const HeadVerdict v = parseRequestHead(head, req);

@@ -120,9 +120,7 @@ int httpStream(const uint8_t* data, size_t size) {
         break;
       }
       case 4:
-      case 5:
-        call((op & 7) == 4, {}, in.u32());
-        break;
+      case 5: call((op & 7) == 4, {}, in.u32()); break;
       case 6:
         conn.onClose(ts + 1000);
         check();

@@ -27,15 +27,30 @@ namespace {
 
 constexpr std::string_view kMethods[] = {"GET", "POST", "DELETE", "PUT", "HEAD"};
 constexpr std::string_view kPaths[] = {
-    "/containers/create", "/containers/{}",       "/images/create",     "/build",
-    "/images/load",       "/commit",              "/images/{}/tag",     "/images/{}",
-    "/volumes/create",    "/volumes/{}",          "/containers/{}/archive", "/images/{}/get",
-    "/containers/{}/export", "/containers/{}/logs", "/events",           "/containers/json",
-    "/images/json",       "/system/df",           "/_ping",             "/containers/{}/attach",
+    "/containers/create",
+    "/containers/{}",
+    "/images/create",
+    "/build",
+    "/images/load",
+    "/commit",
+    "/images/{}/tag",
+    "/images/{}",
+    "/volumes/create",
+    "/volumes/{}",
+    "/containers/{}/archive",
+    "/images/{}/get",
+    "/containers/{}/export",
+    "/containers/{}/logs",
+    "/events",
+    "/containers/json",
+    "/images/json",
+    "/system/df",
+    "/_ping",
+    "/containers/{}/attach",
 };
-constexpr std::string_view kQueryKeys[] = {"fromImage", "fromSrc", "tag",   "repo", "t",     "name",
+constexpr std::string_view kQueryKeys[] = {"fromImage", "fromSrc", "tag",     "repo",   "t",         "name",
                                            "force",     "v",       "noprune", "labels", "container", "message"};
-constexpr std::string_view kHeaders[] = {"Content-Type", "Content-Length", "Transfer-Encoding", "Connection",
+constexpr std::string_view kHeaders[] = {"Content-Type", "Content-Length",    "Transfer-Encoding", "Connection",
                                          "Upgrade",      "X-Registry-Config", "Api-Version"};
 
 template <size_t N>

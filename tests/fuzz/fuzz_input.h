@@ -18,12 +18,12 @@
 
 // A broken invariant is a finding like a sanitizer report: print it and abort
 // (libFuzzer saves the input; the unit replay fails).
-#define DQ_FUZZ_CHECK(cond)                                                                \
-  do {                                                                                     \
-    if (!(cond)) {                                                                         \
+#define DQ_FUZZ_CHECK(cond)                                                                    \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
       std::fprintf(stderr, "fuzz: invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                        \
-    }                                                                                      \
+      std::abort();                                                                            \
+    }                                                                                          \
   } while (0)
 
 namespace dockquota::fuzz {

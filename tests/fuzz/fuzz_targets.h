@@ -33,8 +33,8 @@ struct Chunk {
 };
 
 // Seed encoders.
-std::string encodeHttpStream(const std::vector<Chunk>& chunks);     // then a close
-std::string encodeExchange(const HttpExchange& x);                  // fuzz-recognizer
+std::string encodeHttpStream(const std::vector<Chunk>& chunks);      // then a close
+std::string encodeExchange(const HttpExchange& x);                   // fuzz-recognizer
 std::string encodeTrackerSession(const std::vector<Chunk>& chunks);  // exec, connect, chunks, close
 // fuzz-docker-json: which parser, then the JSON text.
 enum class JsonKind : uint8_t { ContainerList, ImageList, VolumeList, DiskUsage, Dom };

@@ -61,12 +61,14 @@ struct RouteStack {
     EnforcerOptions eo;
     eo.mode = EnforceMode::DryRun;
     if (o.clock) eo.clock = o.clock;
-    enforcer = take(Enforcer::create(store, *book, [this] { return usage->snapshot(); }, *users, runtime, eo));
+    enforcer = take(Enforcer::create(
+        store, *book, [this] { return usage->snapshot(); }, *users, runtime, eo));
     enforcement.reset(new EnforcementContext{store, *enforcer, *users, o.delivery});
     if (o.delivery) qman->more_metrics = [this](std::string& out) { renderEnforcementMetrics(out, *enforcement); };
-    api = std::make_unique<ApiServer>(ApiServerOptions{.address = "127.0.0.1", .port = 0, .api_key = "k3y",
-                                                       .bill_root_to_login_uid = true, .threads = o.threads},
-                                      store, o.health);
+    api = std::make_unique<ApiServer>(
+        ApiServerOptions{
+            .address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = o.threads},
+        store, o.health);
     installQmanRoutes(*api, *qman);
     installEnforcementRoutes(*api, *enforcement);
   }

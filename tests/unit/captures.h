@@ -21,9 +21,9 @@ inline const std::string kDir = std::string(DOCKQUOTA_TEST_DATA) + "/captures";
 
 struct Chunk {
   bool tx = true;
-  uint64_t ts = 0;    // ns, never 0
-  uint64_t len = 0;   // bytes the syscall moved
-  std::string data;   // what the probe copied (a prefix)
+  uint64_t ts = 0;   // ns, never 0
+  uint64_t len = 0;  // bytes the syscall moved
+  std::string data;  // what the probe copied (a prefix)
 };
 
 struct Capture {

@@ -92,8 +92,10 @@ struct Scenario {
     UsageFigures f;
     f.measured_at = 100;
     f.data_root = "/var/lib/docker";
-    f.containers = {{c1, "alice-c", img('a'), "running", 1000}, {c2, "bob-c", img('b'), "exited", 2000},
-                    {c3, "carol-c", img('c'), "running", 4000}, {c4, "stray", img('a'), "created", 300}};
+    f.containers = {{c1, "alice-c", img('a'), "running", 1000},
+                    {c2, "bob-c", img('b'), "exited", 2000},
+                    {c3, "carol-c", img('c'), "running", 4000},
+                    {c4, "stray", img('a'), "created", 300}};
     f.images = {{img('0'), {"rootimg:1"}, L0, 5.0, {"L0"}},
                 {img('a'), {"base:1"}, L1 + L2, 10.0, {"L1", "L2"}},
                 {img('b'), {"bob-built:1"}, L1 + L2 + L3, 20.0, {"L1", "L2", "L3"}},

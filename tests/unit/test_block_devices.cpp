@@ -29,7 +29,8 @@ const char* kMountinfo =
     "30 22 259:3 / /home rw,relatime shared:2 - ext4 /dev/nvme0n1p2 rw,quota,usrquota,grpquota\n"
     "31 22 0:25 / /tmp rw,nosuid,nodev shared:3 - tmpfs tmpfs rw,size=1024k\n"
     "32 22 259:3 / /srv/home rw,relatime shared:2 - ext4 /dev/nvme0n1p2 rw,quota,usrquota,grpquota\n"
-    "33 22 7:0 / /mnt/x rw,noatime - xfs /dev/loop0 rw,lazytime,attr2,inode64,logbufs=8,logbsize=32k,usrquota,grpquota\n"
+    "33 22 7:0 / /mnt/x rw,noatime - xfs /dev/loop0 "
+    "rw,lazytime,attr2,inode64,logbufs=8,logbsize=32k,usrquota,grpquota\n"
     "34 22 7:1 / /mnt/noenf rw,relatime - xfs /dev/loop1 rw,attr2,inode64,uqnoenforce\n"
     "35 22 7:2 / /mnt/plain rw,relatime - ext4 /dev/loop2 rw\n"
     "36 22 7:3 / /mnt/sp\\040ace rw,relatime - ext4 /dev/loop3 rw,usrquota\n"
@@ -45,7 +46,9 @@ DeviceSnapshot exampleExt4() {
   s.opts = {"rw", "relatime", "quota", "usrquota", "grpquota"};
   s.usage = {1073741824000, 429496729600, 590558003200, 42.1};
   const QuotaInfo info{604800, 604800, 65536};
-  s.users = {true, "vfsv1", info,
+  s.users = {true,
+             "vfsv1",
+             info,
              {QuotaFigures{0, 0, 0, 4096, 0, 0, 3, 0, 0},  // root: an entry, not a candidate
               QuotaFigures{1001, 125829120, 104857600, 118111600640, 0, 0, 51234, 1780302400, 0},
               QuotaFigures{1002, 62914560, 52428800, 21474836480, 0, 0, 1200, 0, 0}}};
@@ -171,8 +174,8 @@ TEST_CASE("block devices: per-uid variant and the merged order", "[block]") {
   CHECK_FALSE(deviceTextFor(z, 0, "root"));  // ZFS: the uid filter applies (§4.3)
 
   // §2: one stable sort by code point: /dev/... < backup < docker < tank/home.
-  std::string merged = mergeDevices({{"tank/home", "3"}, {"docker", "2"}, {"/dev/sdb1", "1"}, {"backup", "4"},
-                                     {"/dev/nvme0n1p2", "0"}});
+  std::string merged =
+      mergeDevices({{"tank/home", "3"}, {"docker", "2"}, {"/dev/sdb1", "1"}, {"backup", "4"}, {"/dev/nvme0n1p2", "0"}});
   CHECK(merged == "[0,1,4,2,3]");
   CHECK(mergeDevices({}) == "[]");
 }
@@ -182,7 +185,7 @@ TEST_CASE("block devices: limits checks and default figures", "[block]") {
   // The kernel's rule: soft above a non-zero hard is invalid; soft equal to hard is not.
   CHECK(checkLimits(LimitsUpdate{100, 100, 0, 0}, cur, false).empty());
   CHECK_FALSE(checkLimits(LimitsUpdate{100, 101, 0, 0}, cur, false).empty());
-  CHECK(checkLimits(LimitsUpdate{0, 500, 0, 0}, cur, false).empty());  // no hard limit
+  CHECK(checkLimits(LimitsUpdate{0, 500, 0, 0}, cur, false).empty());                     // no hard limit
   CHECK_FALSE(checkLimits(LimitsUpdate{std::nullopt, 101, {}, {}}, cur, false).empty());  // against the current hard
   CHECK_FALSE(checkLimits(LimitsUpdate{{}, {}, 10, 11}, cur, false).empty());
   CHECK(checkLimits(LimitsUpdate{100, 500, 0, 0}, cur, true).empty());  // single limit: soft ignored
@@ -273,9 +276,11 @@ struct DeviceAgent {
     store = std::move(*Store::open(dir.path + "/s.db"));
     sc.fill(*store);
     book = std::move(*QuotaBook::load(*store));
-    const std::vector<PasswdUser> pw = {{0, "root"}, {kBob, "bob"}, {kAlice, "alice"}, {kCarol, "carol"}, {65534, "nobody"}};
+    const std::vector<PasswdUser> pw = {
+        {0, "root"}, {kBob, "bob"}, {kAlice, "alice"}, {kCarol, "carol"}, {65534, "nobody"}};
     users = std::make_unique<UserDirectory>([pw] { return pw; });
-    usage = std::make_unique<UsageAccountant>(*store, std::make_unique<FakeSource>(sc.figures()), UsageAccountant::Options{});
+    usage = std::make_unique<UsageAccountant>(*store, std::make_unique<FakeSource>(sc.figures()),
+                                              UsageAccountant::Options{});
     REQUIRE(usage->refresh());
     devices = std::make_unique<QuotaDevices>(QuotaDevices::Options{});
     auto e = std::make_unique<FakeDevice>("/dev/sdb1", ListRule::kPasswdZeroFill);
@@ -291,7 +296,8 @@ struct DeviceAgent {
     ctx->devices = devices.get();
     ctx->candidates = [pw] { return Candidates{managedInOrder(pw), {}}; };
     api = std::make_unique<ApiServer>(
-        ApiServerOptions{.address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2},
+        ApiServerOptions{
+            .address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2},
         *store, nullptr);
     installQmanRoutes(*api, *ctx);
     auto p = api->start();
@@ -362,10 +368,18 @@ TEST_CASE("block devices over HTTP: PUT dispatch, bad bodies change nothing", "[
   auto c = a.client();
   const std::string url = "/remote-api/quotas/users/2003?device=/dev/sdb1";
   json carol = okBody(c.Put(url, R"({"block_hard_limit": 4096, "block_soft_limit": 2048, "inode_hard_limit": 100,
-                                    "inode_soft_limit": 50})", kJson));
-  CHECK(carol == json{{"uid", kCarol}, {"name", "carol"}, {"block_hard_limit", 4096}, {"block_soft_limit", 2048},
-                      {"block_current", 0}, {"inode_hard_limit", 100}, {"inode_soft_limit", 50}, {"inode_current", 0},
-                      {"block_time_limit", 0}, {"inode_time_limit", 0}});
+                                    "inode_soft_limit": 50})",
+                            kJson));
+  CHECK(carol == json{{"uid", kCarol},
+                      {"name", "carol"},
+                      {"block_hard_limit", 4096},
+                      {"block_soft_limit", 2048},
+                      {"block_current", 0},
+                      {"inode_hard_limit", 100},
+                      {"inode_soft_limit", 50},
+                      {"inode_current", 0},
+                      {"block_time_limit", 0},
+                      {"inode_time_limit", 0}});
   CHECK(a.ext4->writes == 1);
   // The next GET shows it at once (the view was patched, no refresh needed).
   json list = okBody(c.Get("/remote-api/quotas"));
@@ -374,7 +388,8 @@ TEST_CASE("block devices over HTTP: PUT dispatch, bad bodies change nothing", "[
   CHECK(okBody(c.Put(url, R"({"block_hard_limit": 8192})", kJson))["block_soft_limit"] == 2048);
   CHECK(a.ext4->writes == 2);
 
-  refused(c.Put("/remote-api/quotas/users/2003?device=/dev/nope", "{}", kJson), 400, "device not recognized: /dev/nope");
+  refused(c.Put("/remote-api/quotas/users/2003?device=/dev/nope", "{}", kJson), 400,
+          "device not recognized: /dev/nope");
   refused(c.Put("/remote-api/quotas/users/2003", "{}", kJson), 400, "device query parameter required");
   refused(c.Put(url, R"({"block_hard_limit": -1})", kJson), 400, "non-negative");
   refused(c.Put(url, R"({"block_hard_limit": "5"})", kJson), 400, "integers");
@@ -396,12 +411,16 @@ TEST_CASE("block devices over HTTP: defaults and batch", "[block][http]") {
   DeviceAgent a;
   auto c = a.client();
   CHECK(okBody(c.Get("/remote-api/quotas/defaults?device=/dev/sdb1")).is_null());
-  refused(c.Put("/remote-api/quotas/defaults?device=/dev/sdb1", R"({"block_hard_limit": 10, "block_soft_limit": 20})", kJson),
+  refused(c.Put("/remote-api/quotas/defaults?device=/dev/sdb1", R"({"block_hard_limit": 10, "block_soft_limit": 20})",
+                kJson),
           400, "must not be above");
   json d = okBody(c.Put("/remote-api/quotas/defaults?device=/dev/sdb1",
                         R"({"block_hard_limit": 4096, "block_soft_limit": 2048})", kJson));
-  CHECK(d == json{{"device_name", "/dev/sdb1"}, {"block_soft_limit", 2048}, {"block_hard_limit", 4096},
-                  {"inode_soft_limit", 0}, {"inode_hard_limit", 0}});
+  CHECK(d == json{{"device_name", "/dev/sdb1"},
+                  {"block_soft_limit", 2048},
+                  {"block_hard_limit", 4096},
+                  {"inode_soft_limit", 0},
+                  {"inode_hard_limit", 0}});
   CHECK(okBody(c.Get("/remote-api/quotas/defaults?device=/dev/sdb1")) == d);
   // The job: bob and carol have no limits; alice (3 MiB used, limits set) is left alone.
   REQUIRE(d["device_name"] == "/dev/sdb1");
@@ -414,19 +433,21 @@ TEST_CASE("block devices over HTTP: defaults and batch", "[block][http]") {
   CHECK(applyDeviceDefault(*a.devices, *a.ext4, {kAlice, kBob, kCarol}, **def) == 0);
 
   refused(c.Post("/remote-api/quotas/batch", R"({"device": "/dev/sdb1"})", kJson), 400, "no limit given");
-  refused(c.Post("/remote-api/quotas/batch", R"({"device": "/dev/sdb1", "block_hard_limit": 5, "preserve_if_nonzero": 1})", kJson),
+  refused(c.Post("/remote-api/quotas/batch",
+                 R"({"device": "/dev/sdb1", "block_hard_limit": 5, "preserve_if_nonzero": 1})", kJson),
           400, "true or false");
   refused(c.Post("/remote-api/quotas/batch", R"({"device": "/dev/x", "block_hard_limit": 5})", kJson), 400,
           "device not recognized");
   const int before = a.ext4->writes;
   json r = okBody(c.Post("/remote-api/quotas/batch",
                          R"({"device": "/dev/sdb1", "block_hard_limit": 2048, "block_soft_limit": 1024,
-                             "preserve_if_usage_exceeds": true})", kJson));
+                             "preserve_if_usage_exceeds": true})",
+                         kJson));
   // alice uses 3 MiB > 2048 KiB: skipped; bob and carol updated.
   CHECK(r == json{{"total_users", 3}, {"updated_users", 2}, {"skipped_users", 1}, {"errors", json::array()}});
   CHECK(a.ext4->writes == before + 2);
-  r = okBody(c.Post("/remote-api/quotas/batch", R"({"device": "/dev/sdb1", "block_hard_limit": 1, "preserve_if_nonzero": true})",
-                    kJson));
+  r = okBody(c.Post("/remote-api/quotas/batch",
+                    R"({"device": "/dev/sdb1", "block_hard_limit": 1, "preserve_if_nonzero": true})", kJson));
   CHECK(r["skipped_users"] == 3);
   // Soft above a user's current hard: that user is an error, not a silent XFS drop.
   r = okBody(c.Post("/remote-api/quotas/batch", R"({"device": "/dev/sdb1", "block_soft_limit": 3000})", kJson));
@@ -441,12 +462,14 @@ TEST_CASE("block devices: /metrics per-user figures", "[block][http]") {
   auto r = a.client().Get("/metrics");
   REQUIRE(r);
   REQUIRE(r->status == 200);
-  CHECK(r->body.find("dockquota_device_user_bytes{device=\"/dev/sdb1\",uid=\"2001\",user=\"alice\",kind=\"used\"} 3145728") !=
+  CHECK(r->body.find(
+            "dockquota_device_user_bytes{device=\"/dev/sdb1\",uid=\"2001\",user=\"alice\",kind=\"used\"} 3145728") !=
         std::string::npos);
-  CHECK(r->body.find("dockquota_device_user_bytes{device=\"/dev/sdb1\",uid=\"2001\",user=\"alice\",kind=\"hard\"} 2097152") !=
+  CHECK(r->body.find(
+            "dockquota_device_user_bytes{device=\"/dev/sdb1\",uid=\"2001\",user=\"alice\",kind=\"hard\"} 2097152") !=
         std::string::npos);
-  CHECK(r->body.find("dockquota_device_user_grace_end_timestamp_seconds{device=\"/dev/sdb1\",uid=\"2001\",user=\"alice\",kind=\"block\"} 1780302400") !=
-        std::string::npos);
+  CHECK(r->body.find("dockquota_device_user_grace_end_timestamp_seconds{device=\"/dev/"
+                     "sdb1\",uid=\"2001\",user=\"alice\",kind=\"block\"} 1780302400") != std::string::npos);
 }
 
 // --- quota events (spec §5) ------------------------------------------------------

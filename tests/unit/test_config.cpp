@@ -38,10 +38,12 @@ TEST_CASE("config: the hook sets each probe has", "[config]") {
   // The growth probe has no socket set: it counts file writes.
   auto bad = parseConfig(R"({"growth_probe_hook": "socket"})", "t.json");
   REQUIRE_FALSE(bad.ok());
-  CHECK_THAT(bad.error().message, Catch::Contains("key \"growth_probe_hook\": must be one of auto, fentry, tracepoint"));
+  CHECK_THAT(bad.error().message,
+             Catch::Contains("key \"growth_probe_hook\": must be one of auto, fentry, tracepoint"));
   bad = parseConfig(R"({"probe_hook": "kprobe"})", "t.json");
   REQUIRE_FALSE(bad.ok());
-  CHECK_THAT(bad.error().message, Catch::Contains("key \"probe_hook\": must be one of auto, socket, fentry, tracepoint"));
+  CHECK_THAT(bad.error().message,
+             Catch::Contains("key \"probe_hook\": must be one of auto, socket, fentry, tracepoint"));
 }
 
 TEST_CASE("config: unknown keys and wrong types are refused, naming the key", "[config]") {
@@ -181,9 +183,9 @@ TEST_CASE("config: block device keys", "[config][block]") {
   CHECK(ok->block_quota_include == std::vector<std::string>{"/home", "/dev/sdb1"});
   CHECK(ok->block_quota_exclude == std::vector<std::string>{"/srv"});
   CHECK(ok->device_refresh_interval_s == 5);
-  for (const char* bad : {R"({"block_quotas": "yes"})", R"({"block_quota_include": ["home"]})",
-                          R"({"block_quota_exclude": "/srv"})", R"({"device_refresh_interval_s": 0})",
-                          R"({"block_quota": "auto"})"}) {
+  for (const char* bad :
+       {R"({"block_quotas": "yes"})", R"({"block_quota_include": ["home"]})", R"({"block_quota_exclude": "/srv"})",
+        R"({"device_refresh_interval_s": 0})", R"({"block_quota": "auto"})"}) {
     INFO(bad);
     CHECK_FALSE(parseConfig(bad, "t.json").ok());
   }

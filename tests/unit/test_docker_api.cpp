@@ -20,12 +20,12 @@
 
 using dockquota::ApiAction;
 using dockquota::ApiCall;
+using dockquota::downloadBodyIsIrrelevant;
 using dockquota::HttpConnection;
 using dockquota::HttpExchange;
 using dockquota::HttpRequest;
 using dockquota::recognize;
 using dockquota::uploadBodyIsIrrelevant;
-using dockquota::downloadBodyIsIrrelevant;
 using Strings = std::vector<std::string>;
 
 namespace {
@@ -82,13 +82,14 @@ std::string request(const std::string& method, const std::string& target, const 
 }
 
 std::string response(int status, const std::string& body = "") {
-  return "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Type: application/json\r\nContent-Length: " +
-         std::to_string(body.size()) + "\r\n\r\n" + body;
+  return "HTTP/1.1 " + std::to_string(status) +
+         " X\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 // A progress stream as dockerd sends it: chunked, one JSON message per chunk, "\r\n" after each.
 std::string streamResponse(int status, const Strings& messages) {
-  std::string out = "HTTP/1.1 " + std::to_string(status) + " OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string out = "HTTP/1.1 " + std::to_string(status) +
+                    " OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
   for (const auto& m : messages) {
     std::string line = m + "\r\n";
     std::ostringstream size;
@@ -125,55 +126,95 @@ TEST_CASE("every real capture is recognised exactly", "[docker_api][captures]") 
   const std::map<std::string, std::vector<Want>> want = {
       {"cli-container-create-1.json",
        {{A::ContainerCreate, 201, true, kExpected, {}, "web1", "bb:1", {"/data"}, "alice", "/containers/create"}}},
-      {"cli-container-remove-1.json", {{A::ContainerRemove, 204, true, Strings{}, {"web1"}, "", "", {}, {}, "/containers/web1"}}},
-      {"cli-run-1.json", {{A::ContainerCreate, 201, true, kExpected, {}, "runner", "bb:1", {}, {}, "/containers/create"}}},
+      {"cli-container-remove-1.json",
+       {{A::ContainerRemove, 204, true, Strings{}, {"web1"}, "", "", {}, {}, "/containers/web1"}}},
+      {"cli-run-1.json",
+       {{A::ContainerCreate, 201, true, kExpected, {}, "runner", "bb:1", {}, {}, "/containers/create"}}},
       {"cli-run-2.json", {}},
       {"cli-run-3.json", {}},
       {"cli-exec-stdin-1.json", {}},
       {"cli-exec-stdin-2.json", {}},
-      {"cli-image-build-1.json", {{A::ImageBuild, 200, true, kExpected, {"built:1", "built:latest"}, "", "", {}, {}, "/build"}}},
+      {"cli-image-build-1.json",
+       {{A::ImageBuild, 200, true, kExpected, {"built:1", "built:latest"}, "", "", {}, {}, "/build"}}},
       {"cli-image-build-fail-1.json", {{A::ImageBuild, 200, false, Strings{}, {"broken:1"}, "", "", {}, {}, "/build"}}},
       {"cli-image-commit-1.json",
        {{A::ImageCommit, 201, true, kExpected, {"docker.io/library/committed:1"}, "runner", "", {}, {}, "/commit"}}},
-      {"cli-image-import-1.json", {{A::ImageImport, 200, true, kExpected, {"imported:1"}, "", "", {}, {}, "/images/create"}}},
+      {"cli-image-import-1.json",
+       {{A::ImageImport, 200, true, kExpected, {"imported:1"}, "", "", {}, {}, "/images/create"}}},
       {"cli-image-import-big-1.json",
        {{A::ImageImport, 200, true, kExpected, {"imported:big"}, "", "", {}, {}, "/images/create"}}},
       {"cli-image-load-1.json", {{A::ImageLoad, 200, true, Strings{}, {"bb:1"}, "", "", {}, {}, "/images/load"}}},
       {"cli-image-load-id-1.json", {{A::ImageLoad, 200, true, kExpected, {}, "", "", {}, {}, "/images/load"}}},
       {"cli-image-pull-fail-1.json",
        {{A::ImagePull, 500, false, Strings{}, {"docker.io/library/busybox:1.36"}, "", "", {}, {}, "/images/create"}}},
-      {"cli-image-remove-1.json", {{A::ImageRemove, 200, true, kExpected, {"committed:1"}, "", "", {}, {}, "/images/committed:1"}}},
+      {"cli-image-remove-1.json",
+       {{A::ImageRemove, 200, true, kExpected, {"committed:1"}, "", "", {}, {}, "/images/committed:1"}}},
       {"cli-image-remove-missing-1.json",
        {{A::ImageRemove, 404, false, Strings{}, {"nosuch:1"}, "", "", {}, {}, "/images/nosuch:1"}}},
-      {"cli-image-remove-untag-1.json", {{A::ImageRemove, 200, true, Strings{}, {"other:2"}, "", "", {}, {}, "/images/other:2"}}},
+      {"cli-image-remove-untag-1.json",
+       {{A::ImageRemove, 200, true, Strings{}, {"other:2"}, "", "", {}, {}, "/images/other:2"}}},
       {"cli-image-tag-1.json",
        {{A::ImageTag, 201, true, Strings{}, {"registry.local/ns/img:1"}, "", "bb:1", {}, {}, "/images/bb:1/tag"}}},
       {"cli-image-tag-slash-1.json",
-       {{A::ImageTag, 201, true, Strings{}, {"docker.io/library/other:2"}, "", "registry.local/ns/img:1", {}, {},
+       {{A::ImageTag,
+         201,
+         true,
+         Strings{},
+         {"docker.io/library/other:2"},
+         "",
+         "registry.local/ns/img:1",
+         {},
+         {},
          "/images/registry.local/ns/img:1/tag"}}},
       {"cli-volume-create-1.json", {{A::VolumeCreate, 201, true, kExpected, {}, "", "", {}, "bob", "/volumes/create"}}},
-      {"cli-volume-remove-1.json", {{A::VolumeRemove, 204, true, Strings{}, {"vol1"}, "", "", {}, {}, "/volumes/vol1"}}},
+      {"cli-volume-remove-1.json",
+       {{A::VolumeRemove, 204, true, Strings{}, {"vol1"}, "", "", {}, {}, "/volumes/vol1"}}},
       {"curl-container-create-1.json",
-       {{A::ContainerCreate, 201, true, kExpected, {}, "cweb", "bb:1", {"/cache", "/var/lib/x"}, "carol", "/containers/create"}}},
+       {{A::ContainerCreate,
+         201,
+         true,
+         kExpected,
+         {},
+         "cweb",
+         "bb:1",
+         {"/cache", "/var/lib/x"},
+         "carol",
+         "/containers/create"}}},
       {"curl-container-create-404-1.json",
        {{A::ContainerCreate, 404, false, Strings{}, {}, "bad", "nosuch:1", {}, {}, "/containers/create"}}},
-      {"curl-container-remove-1.json", {{A::ContainerRemove, 204, true, Strings{}, {"cweb"}, "", "", {}, {}, "/containers/cweb"}}},
-      {"curl-image-build-1.json", {{A::ImageBuild, 200, true, kExpected, {"cbuilt:1", "cbuilt:extra"}, "", "", {}, {}, "/build"}}},
-      {"curl-image-build-chunked-1.json", {{A::ImageBuild, 200, true, kExpected, {"cchunked:latest"}, "", "", {}, {}, "/build"}}},
-      {"curl-image-commit-1.json", {{A::ImageCommit, 201, true, kExpected, {"ccommitted:3"}, "runner", "", {}, {}, "/commit"}}},
-      {"curl-image-import-1.json", {{A::ImageImport, 200, true, kExpected, {"cimported:2"}, "", "", {}, {}, "/images/create"}}},
+      {"curl-container-remove-1.json",
+       {{A::ContainerRemove, 204, true, Strings{}, {"cweb"}, "", "", {}, {}, "/containers/cweb"}}},
+      {"curl-image-build-1.json",
+       {{A::ImageBuild, 200, true, kExpected, {"cbuilt:1", "cbuilt:extra"}, "", "", {}, {}, "/build"}}},
+      {"curl-image-build-chunked-1.json",
+       {{A::ImageBuild, 200, true, kExpected, {"cchunked:latest"}, "", "", {}, {}, "/build"}}},
+      {"curl-image-commit-1.json",
+       {{A::ImageCommit, 201, true, kExpected, {"ccommitted:3"}, "runner", "", {}, {}, "/commit"}}},
+      {"curl-image-import-1.json",
+       {{A::ImageImport, 200, true, kExpected, {"cimported:2"}, "", "", {}, {}, "/images/create"}}},
       {"curl-image-load-1.json", {{A::ImageLoad, 200, true, Strings{}, {"bb:1"}, "", "", {}, {}, "/images/load"}}},
-      {"curl-image-pull-fail-1.json", {{A::ImagePull, 500, false, Strings{}, {"busybox:1.36"}, "", "", {}, {}, "/images/create"}}},
+      {"curl-image-pull-fail-1.json",
+       {{A::ImagePull, 500, false, Strings{}, {"busybox:1.36"}, "", "", {}, {}, "/images/create"}}},
       {"curl-image-remove-1.json",
        {{A::ImageRemove, 200, true, kExpected, {"ccommitted:3"}, "", "", {}, {}, "/images/ccommitted:3"}}},
       {"curl-image-tag-1.json",
-       {{A::ImageTag, 201, true, Strings{}, {"registry.local/ns/copy:9"}, "", "registry.local/ns/img:1", {}, {},
+       {{A::ImageTag,
+         201,
+         true,
+         Strings{},
+         {"registry.local/ns/copy:9"},
+         "",
+         "registry.local/ns/img:1",
+         {},
+         {},
          "/images/registry.local/ns/img:1/tag"}}},
       {"curl-keepalive-1.json",
        {{A::VolumeCreate, 201, true, kExpected, {}, "", "", {}, {}, "/volumes/create"},
         {A::VolumeRemove, 204, true, Strings{}, {"ka1"}, "", "", {}, {}, "/volumes/ka1"}}},
-      {"curl-volume-create-1.json", {{A::VolumeCreate, 201, true, kExpected, {}, "", "", {}, "dave", "/volumes/create"}}},
-      {"curl-volume-remove-1.json", {{A::VolumeRemove, 204, true, Strings{}, {"cvol"}, "", "", {}, {}, "/volumes/cvol"}}},
+      {"curl-volume-create-1.json",
+       {{A::VolumeCreate, 201, true, kExpected, {}, "", "", {}, "dave", "/volumes/create"}}},
+      {"curl-volume-remove-1.json",
+       {{A::VolumeRemove, 204, true, Strings{}, {"cvol"}, "", "", {}, {}, "/volumes/cvol"}}},
       {"py-build-chunked-1.json", {{A::ImageBuild, 200, true, kExpected, {"pybuilt:1"}, "", "", {}, {}, "/build"}}},
       {"py-keepalive-1.json",
        {{A::VolumeCreate, 201, true, kExpected, {}, "", "", {}, "erin", "/volumes/create"},
@@ -221,7 +262,8 @@ TEST_CASE("every real capture is recognised exactly", "[docker_api][captures]") 
 
 TEST_CASE("container ids are 64 hex, image ids sha256:<64 hex>, in real captures", "[docker_api][captures]") {
   auto hex64 = [](const std::string& s) {
-    return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+    return s.size() == 64 &&
+           std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
   };
   auto c = recognize(replay("curl-container-create-1.json").exchanges.at(0));
   REQUIRE(c);
@@ -267,9 +309,10 @@ TEST_CASE("pull references: tag defaults and digests", "[docker_api][pull]") {
 
 TEST_CASE("stream errors fail the call even with 200", "[docker_api][errors]") {
   SECTION("pull: error line after progress") {
-    auto c = recognizeText(request("POST", "/images/create?fromImage=busybox&tag=1.36"),
-                           streamResponse(200, {R"({"status":"Pulling from library/busybox","id":"1.36"})",
-                                                R"({"errorDetail":{"message":"manifest unknown"},"error":"manifest unknown"})"}));
+    auto c = recognizeText(
+        request("POST", "/images/create?fromImage=busybox&tag=1.36"),
+        streamResponse(200, {R"({"status":"Pulling from library/busybox","id":"1.36"})",
+                             R"({"errorDetail":{"message":"manifest unknown"},"error":"manifest unknown"})"}));
     REQUIRE(c);
     CHECK(c->status == 200);
     CHECK_FALSE(c->succeeded);
@@ -282,15 +325,17 @@ TEST_CASE("stream errors fail the call even with 200", "[docker_api][errors]") {
     CHECK_FALSE(c->succeeded);
   }
   SECTION("build: error after an aux id still fails, the id is kept") {
-    auto c = recognizeText(request("POST", "/build?t=x", "tar"),
-                           streamResponse(200, {R"({"aux":{"ID":")" + kImageId + R"("}})", R"({"error":"tagging failed"})"}));
+    auto c = recognizeText(
+        request("POST", "/build?t=x", "tar"),
+        streamResponse(200, {R"({"aux":{"ID":")" + kImageId + R"("}})", R"({"error":"tagging failed"})"}));
     REQUIRE(c);
     CHECK_FALSE(c->succeeded);
     CHECK(c->ids == Strings{kImageId});
   }
   SECTION("an error line far down a long stream is found in the tail") {
     Strings msgs;
-    for (int i = 0; i < 3000; ++i) msgs.push_back(R"({"stream":"line )" + std::to_string(i) + R"( of a long build output\n"})");
+    for (int i = 0; i < 3000; ++i)
+      msgs.push_back(R"({"stream":"line )" + std::to_string(i) + R"( of a long build output\n"})");
     msgs.push_back(R"({"errorDetail":{"message":"boom"},"error":"boom"})");
     HttpExchange x = exchangeOf(request("POST", "/build?t=x", "tar"), streamResponse(200, msgs));
     REQUIRE(x.response.body_bytes > HttpConnection::kBodyHeadBytes + HttpConnection::kBodyTailBytes);
@@ -322,7 +367,9 @@ TEST_CASE("stream errors fail the call even with 200", "[docker_api][errors]") {
 TEST_CASE("build: ids from the classic and BuildKit streams, tags, labels", "[docker_api][build]") {
   SECTION("BuildKit-style moby.image.id, trace aux ignored") {
     auto c = recognizeText(
-        request("POST", "/v1.41/build?version=2&t=app&t=app:2&t=localhost:5000/app&labels=%7B%22qman.user%22%3A%22zoe%22%7D", "tar"),
+        request("POST",
+                "/v1.41/build?version=2&t=app&t=app:2&t=localhost:5000/app&labels=%7B%22qman.user%22%3A%22zoe%22%7D",
+                "tar"),
         streamResponse(200, {R"({"id":"moby.buildkit.trace","aux":"CmQKR3NoYTI1Ng=="})",
                              R"({"id":"moby.image.id","aux":{"ID":")" + kImageId + R"("}})"}));
     REQUIRE(c);
@@ -361,8 +408,13 @@ TEST_CASE("build: ids from the classic and BuildKit streams, tags, labels", "[do
     x.request.method = "POST";
     x.request.path = "/build";
     x.response.status = 200;
-    x.response.body = R"({"stream":"Step 1/1"})" "\r\n";
-    x.response.body_tail = R"({"aux":{"ID":")" + kOtherId + R"("}})" "\r\n" R"({"stream":"done"})" "\r\n";
+    x.response.body = R"({"stream":"Step 1/1"})"
+                      "\r\n";
+    x.response.body_tail = R"({"aux":{"ID":")" + kOtherId +
+                           R"("}})"
+                           "\r\n"
+                           R"({"stream":"done"})"
+                           "\r\n";
     x.response.body_bytes = 200000;
     auto c = recognize(x);
     REQUIRE(c);
@@ -400,9 +452,10 @@ TEST_CASE("import, load, commit, tag, remove: identifiers", "[docker_api][images
     CHECK(c->ids == Strings{kImageId});
   }
   SECTION("load of several images") {
-    auto c = recognizeText(request("POST", "/images/load", "tar"),
-                           streamResponse(200, {R"({"stream":"Loaded image: a:1\n"})", R"({"stream":"Loaded image: b/c:2\n"})",
-                                                R"({"stream":"Loaded image ID: )" + kImageId + R"(\n"})"}));
+    auto c = recognizeText(
+        request("POST", "/images/load", "tar"),
+        streamResponse(200, {R"({"stream":"Loaded image: a:1\n"})", R"({"stream":"Loaded image: b/c:2\n"})",
+                             R"({"stream":"Loaded image ID: )" + kImageId + R"(\n"})"}));
     REQUIRE(c);
     CHECK(c->refs == Strings{"a:1", "b/c:2"});
     CHECK(c->ids == Strings{kImageId});
@@ -421,8 +474,9 @@ TEST_CASE("import, load, commit, tag, remove: identifiers", "[docker_api][images
     CHECK(c->image == kImageId);
   }
   SECTION("remove by a name with slashes") {
-    auto c = recognizeText(request("DELETE", "/v1.41/images/registry.local/ns/img:1?force=1"),
-                           response(200, R"([{"Untagged":"registry.local/ns/img:1"},{"Deleted":")" + kImageId + R"("}])"));
+    auto c =
+        recognizeText(request("DELETE", "/v1.41/images/registry.local/ns/img:1?force=1"),
+                      response(200, R"([{"Untagged":"registry.local/ns/img:1"},{"Deleted":")" + kImageId + R"("}])"));
     REQUIRE(c);
     CHECK(c->action == ApiAction::ImageRemove);
     CHECK(c->refs == Strings{"registry.local/ns/img:1"});
@@ -555,10 +609,15 @@ TEST_CASE("downloadBodyIsIrrelevant", "[docker_api][upload]") {
   const std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
   auto big = response(200, std::string(4097, 'x'));
   auto small = response(200, std::string(4096, 'x'));
-  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
-           {"GET", "/v1.41/images/get?names=a"}, {"GET", "/images/a/get"}, {"GET", "/containers/a/logs?stdout=1"},
-           {"GET", "/containers/a/export"}, {"GET", "/containers/a/archive?path=%2F"}, {"GET", "/events"},
-           {"GET", "/containers/json?all=1"}, {"POST", "/containers/a/wait"}}) {
+  for (const auto& [method, target] :
+       std::vector<std::pair<std::string, std::string>>{{"GET", "/v1.41/images/get?names=a"},
+                                                        {"GET", "/images/a/get"},
+                                                        {"GET", "/containers/a/logs?stdout=1"},
+                                                        {"GET", "/containers/a/export"},
+                                                        {"GET", "/containers/a/archive?path=%2F"},
+                                                        {"GET", "/events"},
+                                                        {"GET", "/containers/json?all=1"},
+                                                        {"POST", "/containers/a/wait"}}) {
     INFO(method << " " << target);
     CHECK(downloadBodyIsIrrelevant(exchangeOf(request(method, target), chunked).request,
                                    exchangeOf(request(method, target), chunked).response));
@@ -568,10 +627,15 @@ TEST_CASE("downloadBodyIsIrrelevant", "[docker_api][upload]") {
     CHECK_FALSE(downloadBodyIsIrrelevant(x.request, x.response));
   }
   // Every call recognize() reads a response body of keeps it.
-  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
-           {"POST", "/containers/create"}, {"POST", "/images/create?fromImage=busybox"},
-           {"POST", "/images/create?fromSrc=-"}, {"POST", "/build"}, {"POST", "/images/load"},
-           {"POST", "/commit?container=a"}, {"DELETE", "/images/a"}, {"POST", "/volumes/create"}}) {
+  for (const auto& [method, target] :
+       std::vector<std::pair<std::string, std::string>>{{"POST", "/containers/create"},
+                                                        {"POST", "/images/create?fromImage=busybox"},
+                                                        {"POST", "/images/create?fromSrc=-"},
+                                                        {"POST", "/build"},
+                                                        {"POST", "/images/load"},
+                                                        {"POST", "/commit?container=a"},
+                                                        {"DELETE", "/images/a"},
+                                                        {"POST", "/volumes/create"}}) {
     INFO(method << " " << target);
     auto x = exchangeOf(request(method, target), chunked);
     CHECK_FALSE(downloadBodyIsIrrelevant(x.request, x.response));
@@ -583,10 +647,17 @@ TEST_CASE("downloadBodyIsIrrelevant", "[docker_api][upload]") {
 TEST_CASE("toString names every action", "[docker_api]") {
   using A = ApiAction;
   const std::vector<std::pair<A, std::string>> names = {
-      {A::ContainerCreate, "container_create"}, {A::ContainerRemove, "container_remove"}, {A::ImagePull, "image_pull"},
-      {A::ImageImport, "image_import"},         {A::ImageBuild, "image_build"},           {A::ImageLoad, "image_load"},
-      {A::ImageCommit, "image_commit"},         {A::ImageTag, "image_tag"},               {A::ImageRemove, "image_remove"},
-      {A::VolumeCreate, "volume_create"},       {A::VolumeRemove, "volume_remove"},
+      {A::ContainerCreate, "container_create"},
+      {A::ContainerRemove, "container_remove"},
+      {A::ImagePull, "image_pull"},
+      {A::ImageImport, "image_import"},
+      {A::ImageBuild, "image_build"},
+      {A::ImageLoad, "image_load"},
+      {A::ImageCommit, "image_commit"},
+      {A::ImageTag, "image_tag"},
+      {A::ImageRemove, "image_remove"},
+      {A::VolumeCreate, "volume_create"},
+      {A::VolumeRemove, "volume_remove"},
   };
   for (const auto& [a, n] : names) CHECK(std::string(dockquota::toString(a)) == n);
 }

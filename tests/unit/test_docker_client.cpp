@@ -42,9 +42,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double msSince(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+double msSince(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 std::string makeTempDir(const char* prefix) {
   std::string tmpl = std::string("/tmp/") + prefix + "-XXXXXX";
@@ -102,8 +100,9 @@ class FakeDocker {
   }
 
   static std::string reply(int status, const std::string& body, const std::string& extra_headers = "") {
-    return "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Type: application/json\r\nContent-Length: " +
-           std::to_string(body.size()) + "\r\nConnection: close\r\n" + extra_headers + "\r\n" + body;
+    return "HTTP/1.1 " + std::to_string(status) +
+           " X\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+           "\r\nConnection: close\r\n" + extra_headers + "\r\n" + body;
   }
 
   static std::string version(const std::string& api, const std::string& min_api = "1.12") {
@@ -257,14 +256,14 @@ bool dockerdAvailable(std::string* why) {
   return true;
 }
 
-#define REQUIRE_DOCKERD()                                                             \
-  do {                                                                                \
-    std::string why_;                                                                 \
-    if (!dockerdAvailable(&why_)) {                                                   \
-      if (inCi()) FAIL("CI=true and a real dockerd is required, but " << why_);       \
-      WARN("skipping: " << why_ << " (with CI=true this fails)");                     \
-      return;                                                                         \
-    }                                                                                 \
+#define REQUIRE_DOCKERD()                                                       \
+  do {                                                                          \
+    std::string why_;                                                           \
+    if (!dockerdAvailable(&why_)) {                                             \
+      if (inCi()) FAIL("CI=true and a real dockerd is required, but " << why_); \
+      WARN("skipping: " << why_ << " (with CI=true this fails)");               \
+      return;                                                                   \
+    }                                                                           \
   } while (0)
 
 // A throwaway dockerd whose every path is under a fresh /tmp directory.
@@ -429,8 +428,8 @@ TEST_CASE("DockerClient: version negotiation is numeric and bounded", "[docker_c
   FakeDocker fake([&](int fd, const std::string& line) {
     std::lock_guard<std::mutex> lock(mu);
     if (startsWith(line, "GET /version "))
-      FakeDocker::send(fd, api == "none" ? FakeDocker::reply(200, R"({"Version":"x"})")
-                                         : FakeDocker::version(api, min_api));
+      FakeDocker::send(
+          fd, api == "none" ? FakeDocker::reply(200, R"({"Version":"x"})") : FakeDocker::version(api, min_api));
     else
       FakeDocker::send(fd, FakeDocker::reply(200, "[]"));
   });
@@ -444,15 +443,14 @@ TEST_CASE("DockerClient: version negotiation is numeric and bounded", "[docker_c
     return c.negotiate();
   };
   CHECK(negotiate("1.41", "1.12").value() == "1.41");
-  CHECK(negotiate("1.9", "1.9").value() == "1.9");    // 1.9 < 1.45
+  CHECK(negotiate("1.9", "1.9").value() == "1.9");      // 1.9 < 1.45
   CHECK(negotiate("1.100", "1.12").value() == "1.45");  // 1.100 > 1.45, not "1.100" < "1.45"
   CHECK(negotiate("1.45", "1.24").value() == "1.45");
   CHECK(negotiate("2.3", "1.24").value() == "1.45");
   auto too_old = negotiate("1.60", "1.50");
   REQUIRE_FALSE(too_old.ok());
   CHECK(too_old.error().code == EPROTONOSUPPORT);
-  CHECK(too_old.error().message ==
-        "docker: GET /version: dockerd speaks API 1.50..1.60, we speak up to 1.45");
+  CHECK(too_old.error().message == "docker: GET /version: dockerd speaks API 1.50..1.60, we speak up to 1.45");
   // Through request(), the caller's path comes first.
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -545,7 +543,8 @@ TEST_CASE("DockerClient: replies map to results", "[docker_client]") {
   REQUIRE(c.inspectImage("registry.local:5000/ns/img:1").ok());
   REQUIRE(c.inspectImage("sha256:abc").ok());
   auto reqs = fake.requests();
-  CHECK(std::count(reqs.begin(), reqs.end(), "GET /v1.45/images/registry.local%3A5000%2Fns%2Fimg%3A1/json HTTP/1.1") == 1);
+  CHECK(std::count(reqs.begin(), reqs.end(), "GET /v1.45/images/registry.local%3A5000%2Fns%2Fimg%3A1/json HTTP/1.1") ==
+        1);
   CHECK(std::count(reqs.begin(), reqs.end(), "GET /v1.45/images/sha256%3Aabc/json HTTP/1.1") == 1);
   (void)c.inspectContainer("a b?c#d/../e");
   CHECK(fake.requests().back() == "GET /v1.45/containers/a%20b%3Fc%23d%2F..%2Fe/json HTTP/1.1");
@@ -563,8 +562,11 @@ TEST_CASE("DockerClient: lists are parsed as they arrive, never held whole", "[d
   constexpr int kContainers = 20000;
   std::string list = "[";
   for (int i = 0; i < kContainers; ++i) {
-    json c = {{"Id", "c" + std::to_string(i)}, {"Names", {"/n" + std::to_string(i)}}, {"State", "exited"},
-              {"Ports", json::array()}, {"Labels", {{"qman.user", "u" + std::to_string(i % 7)}}},
+    json c = {{"Id", "c" + std::to_string(i)},
+              {"Names", {"/n" + std::to_string(i)}},
+              {"State", "exited"},
+              {"Ports", json::array()},
+              {"Labels", {{"qman.user", "u" + std::to_string(i % 7)}}},
               {"NetworkSettings", {{"Networks", {{"none", {{"NetworkID", std::string(64, 'f')}}}}}}}};
     list += (i ? "," : "") + c.dump();
   }
@@ -629,12 +631,14 @@ TEST_CASE("DockerClient: lists are parsed as they arrive, never held whole", "[d
   auto cut = c.listVolumes();
   REQUIRE_FALSE(cut.ok());
   CHECK(cut.error().code == EIO);
-  CHECK(cut.error().message == "docker: GET /volumes: connection closed in the middle of the reply (dockerd restarting?)");
+  CHECK(cut.error().message ==
+        "docker: GET /volumes: connection closed in the middle of the reply (dockerd restarting?)");
 
   auto garbage = c.listImages();
   REQUIRE_FALSE(garbage.ok());
   CHECK(garbage.error().code == EPROTO);
-  CHECK_THAT(garbage.error().message, Catch::StartsWith("docker: GET /images/json: reply is not JSON: parse error at line 1"));
+  CHECK_THAT(garbage.error().message,
+             Catch::StartsWith("docker: GET /images/json: reply is not JSON: parse error at line 1"));
   CHECK(c.apiVersion() == "1.41");  // an answer that made no sense is not a reason to renegotiate
 
   auto df = c.systemDf();
@@ -684,12 +688,14 @@ TEST_CASE("DockerEventStream: messages split across reads, bounded lines, callba
       FakeDocker::send(fd, "{\"Type\":\"image\",\"pad\":\"");
       for (int i = 0; i < 6; ++i) FakeDocker::send(fd, chunk);
       FakeDocker::send(fd, "\"}\nnot json at all\n");
-      FakeDocker::send(fd, R"({"Type":"volume","Action":"create","Actor":{"ID":"c"}})" "\n");
+      FakeDocker::send(fd, R"({"Type":"volume","Action":"create","Actor":{"ID":"c"}})"
+                           "\n");
       std::this_thread::sleep_for(100ms);
       return;  // closes: the stream ends, reconnects
     }
     // Later connections: one event, then idle until the fake shuts down.
-    FakeDocker::send(fd, R"({"Type":"container","Action":"destroy","Actor":{"ID":"d"}})" "\n");
+    FakeDocker::send(fd, R"({"Type":"container","Action":"destroy","Actor":{"ID":"d"}})"
+                         "\n");
     while (!fake.stopping()) std::this_thread::sleep_for(10ms);
   });
 
@@ -702,13 +708,9 @@ TEST_CASE("DockerEventStream: messages split across reads, bounded lines, callba
   CHECK(stream.reconnects() == 1);
   {
     std::lock_guard<std::mutex> lock(rec.mu);
-    std::vector<std::string> want = {"connected",
-                                     "event container create a",
-                                     "event image tag b",
-                                     "event volume create c",
-                                     "disconnected",
-                                     "connected",
-                                     "event container destroy d"};
+    std::vector<std::string> want = {
+        "connected", "event container create a", "event image tag b", "event volume create c", "disconnected",
+        "connected", "event container destroy d"};
     CHECK(rec.seq == want);
     REQUIRE(rec.reasons.size() == 1);
     CHECK(rec.reasons[0] == "docker: GET /events: dockerd ended the stream");

@@ -73,14 +73,14 @@ TEST_CASE("policy: levels, the kernel margin and hysteresis", "[enforce][policy]
   Thresholds h;
   CHECK(conditionHolds("exceeded", 96 * MiB, 100 * MiB, h));
   CHECK_FALSE(conditionHolds("exceeded", 94 * MiB, 100 * MiB, h));
-  CHECK(conditionHolds("warning", 77 * MiB, 100 * MiB, h));        // 0.8 * 0.95 = 76
+  CHECK(conditionHolds("warning", 77 * MiB, 100 * MiB, h));  // 0.8 * 0.95 = 76
   CHECK_FALSE(conditionHolds("warning", 75 * MiB, 100 * MiB, h));
-  CHECK_FALSE(conditionHolds("exceeded", 200 * MiB, 0, h));        // the limit was removed
+  CHECK_FALSE(conditionHolds("exceeded", 200 * MiB, 0, h));  // the limit was removed
 }
 
 TEST_CASE("policy: order and the fewest containers that bring a user under", "[enforce][policy]") {
-  std::vector<Candidate> c = {{"b", "old", 10, 5 * MiB}, {"c", "mid", 20, 1 * MiB}, {"a", "new", 30, 3 * MiB},
-                              {"d", "tie", 20, 3 * MiB}};
+  std::vector<Candidate> c = {
+      {"b", "old", 10, 5 * MiB}, {"c", "mid", 20, 1 * MiB}, {"a", "new", 30, 3 * MiB}, {"d", "tie", 20, 3 * MiB}};
   orderCandidates(c, EnforceOrder::Newest);
   CHECK(c[0].name == "new");
   CHECK(c[1].id == "c");  // equal times: by id
@@ -306,7 +306,8 @@ struct World {
   std::unique_ptr<Enforcer> enforcer(EnforcerOptions o) {
     o.clock = [this] { return clock; };
     o.to_master = o.to_mail = true;
-    auto e = Enforcer::create(*store, *book, [this] { return snapshot(); }, users, runtime, o);
+    auto e = Enforcer::create(
+        *store, *book, [this] { return snapshot(); }, users, runtime, o);
     REQUIRE(e);
     return std::move(*e);
   }
@@ -540,7 +541,10 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   CHECK(failed->front().event.detail["error"].get<std::string>().find("boom") != std::string::npos);
 }
 
-TEST_CASE("enforcer: forced removal (grace 0, stop timeout 0), a crash mid-removal is finished at the next start, its events once", "[enforce]") {
+TEST_CASE(
+    "enforcer: forced removal (grace 0, stop timeout 0), a crash mid-removal is finished at the next start, its events "
+    "once",
+    "[enforce]") {
   // What a crash between the intent (removing, never stopped by us) and
   // Docker's answer leaves behind, the container still there.
   World w;

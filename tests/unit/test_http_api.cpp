@@ -51,8 +51,10 @@ TEST_CASE("http api: auth errors, listings with owners, JSON 404", "[http]") {
   REQUIRE(s.attribute(ObjectKind::Container, cid, ev, true).ok());
   REQUIRE(s.noteSeen(ObjectKind::Volume, "orphan", "orphan", "", std::nullopt, 101.0).ok());
 
-  ApiServer api({.address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2},
-                s, [] { return json{{"status", "degraded"}, {"degraded", {"x"}}}; });
+  ApiServer api({.address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2}, s,
+                [] {
+                  return json{{"status", "degraded"}, {"degraded", {"x"}}};
+                });
   auto port = api.start();
   REQUIRE(port.ok());
   httplib::Client cli("127.0.0.1", *port);
@@ -127,8 +129,11 @@ TEST_CASE("http api: a second server on the same port fails to bind (no SO_REUSE
                   **store, nullptr);
   auto port = first.start();
   REQUIRE(port.ok());
-  ApiServer second({.address = "127.0.0.1", .port = static_cast<uint16_t>(*port), .api_key = "k",
-                    .bill_root_to_login_uid = true, .threads = 1},
+  ApiServer second({.address = "127.0.0.1",
+                    .port = static_cast<uint16_t>(*port),
+                    .api_key = "k",
+                    .bill_root_to_login_uid = true,
+                    .threads = 1},
                    **store, nullptr);
   auto again = second.start();
   REQUIRE_FALSE(again.ok());

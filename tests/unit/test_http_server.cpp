@@ -57,7 +57,9 @@ struct Raw {
     if (fd >= 0) close(fd);
   }
   Raw(const Raw&) = delete;
-  bool send(const std::string& s) { return ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size()); }
+  bool send(const std::string& s) {
+    return ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
+  }
   // Waits up to `ms` for bytes; appends them to `buf`. 0 = EOF/reset, -1 = timeout.
   int recvSome(std::string& buf, int ms) {
     pollfd p{fd, POLLIN, 0};
@@ -149,9 +151,13 @@ struct Echo {
         res.set_header("Content-Type", "text/plain");
         return;
       }
-      json j = {{"method", req.method},      {"path", req.path},     {"body", req.body.size()},
-                {"version", req.version},    {"q", req.get_param_value("q")},
-                {"remote", req.remote_addr}, {"x", req.get_header_value("X-Test")}};
+      json j = {{"method", req.method},
+                {"path", req.path},
+                {"body", req.body.size()},
+                {"version", req.version},
+                {"q", req.get_param_value("q")},
+                {"remote", req.remote_addr},
+                {"x", req.get_header_value("X-Test")}};
       res.status = 200;
       res.body = j.dump();
       res.set_header("Content-Type", "application/json");
@@ -191,8 +197,9 @@ TEST_CASE("http server: keep-alive, pipelining, HEAD, HTTP/1.0, Connection: clos
   std::string buf;
 
   // Two requests in one segment: both answered, in order, on one connection.
-  REQUIRE(c.send("GET /a?q=%C3%A9+x HTTP/1.1\r\nHost: x\r\nX-Test: one\r\n\r\n"
-                 "GET /b%20c HTTP/1.1\r\nHost: x\r\n\r\n"));
+  REQUIRE(
+      c.send("GET /a?q=%C3%A9+x HTTP/1.1\r\nHost: x\r\nX-Test: one\r\n\r\n"
+             "GET /b%20c HTTP/1.1\r\nHost: x\r\n\r\n"));
   Reply a = readReply(c, buf), b = readReply(c, buf);
   REQUIRE(a.status == 200);
   auto ja = json::parse(a.body);
@@ -386,7 +393,7 @@ TEST_CASE("http server: a full table evicts the oldest incomplete connection, ne
   std::this_thread::sleep_for(100ms);
   CHECK(f.metrics.open() == 4);
   CHECK(f.metrics.get(TransportMetrics::kEvictedMaxPerPeer) == 16);
-  CHECK(drip[0]->closedWithin(500));   // the oldest went first
+  CHECK(drip[0]->closedWithin(500));         // the oldest went first
   CHECK_FALSE(drip[19]->closedWithin(100));  // the newest stays
 
   // Requests sent at once after connecting get through, every time.
@@ -500,7 +507,8 @@ TEST_CASE("http server: TLS with keep-alive, large bodies both ways, refused pla
   HttpServerOptions bad = o;
   bad.tls_cert_file = "/nonexistent.pem";
   TransportMetrics m;
-  HttpServer b(bad, [](httplib::Request&, httplib::Response&) {}, m);
+  HttpServer b(
+      bad, [](httplib::Request&, httplib::Response&) {}, m);
   auto p = b.start();
   REQUIRE_FALSE(p.ok());
   CHECK_THAT(p.error().message, Catch::Contains("cannot load TLS certificate /nonexistent.pem"));
@@ -552,7 +560,9 @@ TEST_CASE("http server: ApiServer on the new transport — HEAD, OPTIONS, JSON e
   auto store = Store::open(dir.path + "/s.db");
   REQUIRE(store.ok());
   ApiServer api({.address = "127.0.0.1", .port = 0, .api_key = "k", .bill_root_to_login_uid = true, .threads = 2},
-                **store, [] { return json{{"status", "ok"}}; });
+                **store, [] {
+                  return json{{"status", "ok"}};
+                });
   auto port = api.start();
   REQUIRE(port.ok());
   Raw c(*port);
@@ -610,7 +620,8 @@ TEST_CASE("http server: a listener off loopback without TLS is a warning at star
     return stderrOf([&] {
       HttpServerOptions o;
       o.address = address;
-      HttpServer s(o, [](httplib::Request&, httplib::Response&) {}, m);
+      HttpServer s(
+          o, [](httplib::Request&, httplib::Response&) {}, m);
       REQUIRE(s.start().ok());
       s.stop();
     });

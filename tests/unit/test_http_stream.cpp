@@ -77,8 +77,8 @@ std::string fingerprint(const Recorder& r) {
   std::string out;
   for (const auto& x : r.exchanges) out += fingerprint(x) + "\n";
   const auto& s = r.stats();
-  out += "stats " + std::to_string(s.exchanges) + " " + std::to_string(s.parse_errors) + " " + std::to_string(s.resyncs) +
-         " " + std::to_string(s.gap_bytes) + " " + std::to_string(s.discarded_bytes) + " " +
+  out += "stats " + std::to_string(s.exchanges) + " " + std::to_string(s.parse_errors) + " " +
+         std::to_string(s.resyncs) + " " + std::to_string(s.gap_bytes) + " " + std::to_string(s.discarded_bytes) + " " +
          std::to_string(s.orphan_responses) + " raw=" + std::to_string(r.conn.raw());
   return out;
 }
@@ -106,10 +106,9 @@ std::string request(const std::string& method, const std::string& target, const 
 }
 
 std::string response(int status, const std::string& body = "", const std::string& extra_headers = "") {
-  return "HTTP/1.1 " + std::to_string(status) + " X\r\n" + extra_headers + "Content-Length: " +
-         std::to_string(body.size()) + "\r\n\r\n" + body;
+  return "HTTP/1.1 " + std::to_string(status) + " X\r\n" + extra_headers +
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
-
 
 }  // namespace
 
@@ -138,8 +137,7 @@ TEST_CASE("real captures reassemble into the expected exchanges", "[http_stream]
       {"cli-image-remove-untag-1.json", {{"HEAD /_ping 200", "DELETE /images/other:2 200"}}},
       {"cli-image-tag-1.json", {{"HEAD /_ping 200", "POST /images/bb:1/tag 201"}}},
       {"cli-image-tag-slash-1.json", {{"HEAD /_ping 200", "POST /images/registry.local/ns/img:1/tag 201"}}},
-      {"cli-run-1.json",
-       {{"HEAD /_ping 200", "POST /containers/create 201", "POST /containers/{id}/wait 200"}}},
+      {"cli-run-1.json", {{"HEAD /_ping 200", "POST /containers/create 201", "POST /containers/{id}/wait 200"}}},
       {"cli-run-2.json", {{"POST /containers/{id}/attach 101"}, true}},
       {"cli-run-3.json", {{"POST /containers/{id}/start 204"}}},
       {"cli-volume-create-1.json", {{"HEAD /_ping 200", "POST /volumes/create 201"}}},
@@ -345,7 +343,8 @@ TEST_CASE("every real capture fed one byte per call parses the same", "[http_str
     for (const auto& ch : c.chunks) {
       for (char b : ch.data) ch.tx ? bytes.conn.onSend({&b, 1}, 1, ch.ts) : bytes.conn.onRecv({&b, 1}, 1, ch.ts);
       if (ch.len > ch.data.size()) {  // the gap as a call that copied nothing
-        ch.tx ? bytes.conn.onSend({}, ch.len - ch.data.size(), ch.ts) : bytes.conn.onRecv({}, ch.len - ch.data.size(), ch.ts);
+        ch.tx ? bytes.conn.onSend({}, ch.len - ch.data.size(), ch.ts)
+              : bytes.conn.onRecv({}, ch.len - ch.data.size(), ch.ts);
       }
     }
     bytes.conn.onClose(c.chunks.back().ts + 1);
@@ -599,12 +598,13 @@ TEST_CASE("garbage is counted and skipped until a call starts with a request lin
     CHECK(r.stats().parse_errors == 2);
   }
   SECTION("bad start lines and headers") {
-    for (const std::string bad : {"GET / HTTP/2.0\r\n\r\n", "GET /  HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nNo colon\r\n\r\n",
-                                  "GET / HTTP/1.1\r\n Folded first\r\n\r\n", "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-                                  "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-                                  "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                                  "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-                                  "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"}) {
+    for (const std::string bad :
+         {"GET / HTTP/2.0\r\n\r\n", "GET /  HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nNo colon\r\n\r\n",
+          "GET / HTTP/1.1\r\n Folded first\r\n\r\n", "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+          "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+          "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+          "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+          "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"}) {
       Recorder b;
       b.send(bad);
       INFO(bad);
@@ -658,7 +658,8 @@ TEST_CASE("target: version prefix, percent-decoding, query", "[http_stream][targ
     REQUIRE(r.exchanges.size() == 1);
     return r.exchanges[0].request;
   };
-  HttpRequest a = parse("/v1.41/images/registry.local%2Fns%2Fimg:1/tag?repo=a%2Fb&tag=x+y&t=1&t=2&flag&=v&bad=%zz;&c=%41");
+  HttpRequest a =
+      parse("/v1.41/images/registry.local%2Fns%2Fimg:1/tag?repo=a%2Fb&tag=x+y&t=1&t=2&flag&=v&bad=%zz;&c=%41");
   CHECK(a.path == "/images/registry.local/ns/img:1/tag");
   CHECK(a.api_version == "1.41");
   CHECK(a.target == "/v1.41/images/registry.local%2Fns%2Fimg:1/tag?repo=a%2Fb&tag=x+y&t=1&t=2&flag&=v&bad=%zz;&c=%41");
@@ -690,7 +691,8 @@ TEST_CASE("hijacked and upgraded connections go raw", "[http_stream][hijack]") {
   }
   SECTION("200 with a docker stream type to attach is a hijack") {
     r.send(request("POST", "/v1.30/containers/abc/attach?stream=1&stdout=1"), 1);
-    r.recv("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n\r\n\x01\0\0\0\0\0\0\x02hi", 2);
+    r.recv("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n\r\n\x01\0\0\0\0\0\0\x02hi",
+           2);
     CHECK(r.conn.raw());
     REQUIRE(r.exchanges.size() == 1);
     CHECK(r.exchanges[0].response.upgraded);
@@ -712,7 +714,8 @@ TEST_CASE("hijacked and upgraded connections go raw", "[http_stream][hijack]") {
     CHECK(r.conn.raw());
   }
   SECTION("bytes after a hijack request are not errors if the upgrade comes") {
-    r.send(request("POST", "/containers/abc/attach", "", "Upgrade: tcp\r\nConnection: Upgrade\r\n") + "\x01stdin junk", 1);
+    r.send(request("POST", "/containers/abc/attach", "", "Upgrade: tcp\r\nConnection: Upgrade\r\n") + "\x01stdin junk",
+           1);
     r.recv("HTTP/1.1 101 UPGRADED\r\nUpgrade: tcp\r\n\r\n", 2);
     CHECK(r.conn.raw());
     CHECK(r.stats().parse_errors == 0);
@@ -739,8 +742,8 @@ TEST_CASE("responses without a body", "[http_stream][bodiless]") {
   r.recv("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n");              // nor 304
   r.recv("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n");                 // interim
   r.recv(response(200, "loaded"));
-  CHECK(r.summaries() == std::vector<std::string>{"HEAD /_ping 200", "DELETE /volumes/a 204",
-                                                  "GET /images/x/json 304", "POST /images/load 200"});
+  CHECK(r.summaries() == std::vector<std::string>{"HEAD /_ping 200", "DELETE /volumes/a 204", "GET /images/x/json 304",
+                                                  "POST /images/load 200"});
   CHECK(r.exchanges[3].response.body == "loaded");
   CHECK(r.stats().parse_errors == 0);
 }
@@ -956,7 +959,8 @@ TEST_CASE("fuzz: random and mutated input never crashes and stays bounded", "[ht
         Chunk c;
         c.tx = pick(2) == 0;
         size_t len = pick(300);
-        for (size_t k = 0; k < len; ++k) c.data.push_back(pick(2) ? alphabet[pick(alphabet.size())] : static_cast<char>(rng()));
+        for (size_t k = 0; k < len; ++k)
+          c.data.push_back(pick(2) ? alphabet[pick(alphabet.size())] : static_cast<char>(rng()));
         if (pick(4) == 0) c.data = (c.tx ? "POST /" : "HTTP/1.1 ") + c.data;
         c.len = c.data.size() + (pick(5) == 0 ? pick(100000) : 0);
         calls.push_back(std::move(c));
@@ -1041,8 +1045,9 @@ TEST_CASE("a request head cut by a gap never shifts pairing", "[http_stream][gap
   std::string ping = "GET /_ping HTTP/1.1\r\nHost: d\r\nX-Pad: " + std::string(5000, 'p') + "\r\n\r\n";
   const std::string del = "DELETE /v1.41/containers/" + std::string(64, 'a') + " HTTP/1.1\r\nHost: d\r\n\r\n";
   const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
-  const std::string conflict = "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
-                               "{\"message\":\"in use\"}";
+  const std::string conflict =
+      "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
+      "{\"message\":\"in use\"}";
   SECTION("the padded ping and the DELETE in one write: the DELETE is in the gap") {
     std::vector<HttpExchange> got;
     HttpConnection c([&](const HttpExchange& x) { got.push_back(x); });
@@ -1059,7 +1064,7 @@ TEST_CASE("a request head cut by a gap never shifts pairing", "[http_stream][gap
     HttpConnection c([&](const HttpExchange& x) { got.push_back(x); });
     c.onSend(std::string_view(ping).substr(0, 4096), ping.size(), 1);
     c.onSend(del, del.size(), 2);
-    c.onRecv(ok, ok.size(), 3);        // the ping's: taken by the placeholder
+    c.onRecv(ok, ok.size(), 3);  // the ping's: taken by the placeholder
     c.onRecv(conflict, conflict.size(), 4);
     REQUIRE(got.size() == 1);
     CHECK(got[0].request.method == "DELETE");
@@ -1125,8 +1130,9 @@ TEST_CASE("a muted chunked upload still pairs; later requests on the connection 
           "[http_stream][gaps][regression]") {
   std::vector<HttpExchange> got;
   HttpConnection c([&](const HttpExchange& x) { got.push_back(x); });
-  const std::string head = "POST /v1.41/images/create?fromSrc=-&repo=x HTTP/1.1\r\nHost: d\r\n"
-                           "Transfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n8000\r\n";
+  const std::string head =
+      "POST /v1.41/images/create?fromSrc=-&repo=x HTTP/1.1\r\nHost: d\r\n"
+      "Transfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n8000\r\n";
   c.onSend(head, head.size(), 1);
   for (int i = 0; i < 10; i++) c.onSend("", 32768, 2);  // muted: lengths only
   const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";

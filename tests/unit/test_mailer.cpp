@@ -335,9 +335,9 @@ TEST_CASE("composeMail: headers, CRLF, Date, unique Message-ID", "[mail]") {
 
 TEST_CASE("composeMail: the subject names the most severe event, the body each one with its figures", "[mail]") {
   Event warn = warningEvent(1);
-  Event exceeded = event(2, event_type::kExceeded, kAlice, "alice",
-                         {{"uid", kAlice}, {"block_current", 11 * kGiB}, {"block_hard_limit", 10 * (kGiB >> 10)}},
-                         kT0 + 60);
+  Event exceeded =
+      event(2, event_type::kExceeded, kAlice, "alice",
+            {{"uid", kAlice}, {"block_current", 11 * kGiB}, {"block_hard_limit", 10 * (kGiB >> 10)}}, kT0 + 60);
   Event stopped = stoppedEvent(3, kAlice, "alice", kT0 + 120);
   Event removed = event(4, event_type::kRemoved, kAlice, "alice",
                         {{"container_id", "fedcba987654"},
@@ -460,13 +460,23 @@ TEST_CASE("composeMail: non-ASCII in headers is encoded, in the body is UTF-8", 
 }
 
 TEST_CASE("composeMail: missing or wrong-typed detail fields never throw", "[mail]") {
-  std::vector<json> details = {json(nullptr), json("a string"), json::array({1, 2}), json::object(),
-                               json{{"block_current", "lots"}, {"block_hard_limit", -5}, {"percent", "high"},
-                                    {"size_bytes", true}, {"new_usage", json::array()}, {"container_id", 42},
-                                    {"container_name", json::object()}, {"stopped_ids", "not a list"},
+  std::vector<json> details = {json(nullptr),
+                               json("a string"),
+                               json::array({1, 2}),
+                               json::object(),
+                               json{{"block_current", "lots"},
+                                    {"block_hard_limit", -5},
+                                    {"percent", "high"},
+                                    {"size_bytes", true},
+                                    {"new_usage", json::array()},
+                                    {"container_id", 42},
+                                    {"container_name", json::object()},
+                                    {"stopped_ids", "not a list"},
                                     {"removed_ids", 3}},
-                               json{{"block_current", 1e300}, {"block_hard_limit", 18446744073709551615ull},
-                                    {"percent", -1.5}, {"size_bytes", -1}}};
+                               json{{"block_current", 1e300},
+                                    {"block_hard_limit", 18446744073709551615ull},
+                                    {"percent", -1.5},
+                                    {"size_bytes", -1}}};
   for (const auto& d : details) {
     for (const char* type : {event_type::kWarning, event_type::kExceeded, event_type::kStopped, event_type::kRemoved}) {
       Event e = event(1, type, kAlice, "alice", json::object(), kT0);
@@ -496,8 +506,8 @@ TEST_CASE("EmailDirectory: the map wins, then the template, else none", "[mail]"
   EmailDirectory d = directory({{"alice", "alice.smith@corp.example"}}, "{user}+{uid}@example.org");
   CHECK(d.addressFor("alice", kAlice) == std::optional<std::string>("alice.smith@corp.example"));
   CHECK(d.addressFor("bob", kBob) == std::optional<std::string>("bob+1002@example.org"));
-  CHECK(d.addressFor("", kCarol) == std::nullopt);             // {user} without a name
-  CHECK(d.addressFor("bad name", kCarol) == std::nullopt);     // would not be an address
+  CHECK(d.addressFor("", kCarol) == std::nullopt);          // {user} without a name
+  CHECK(d.addressFor("bad name", kCarol) == std::nullopt);  // would not be an address
   CHECK(d.addressFor("x@evil.example", kCarol) == std::nullopt);
   CHECK(d.addressFor("x\r\nBcc: y@z.org", kCarol) == std::nullopt);
 
@@ -693,7 +703,7 @@ TEST_CASE("MailNotifier: SMTP failure keeps events pending, backs off, WARNs per
   std::string err = stderrOf([&] {
     for (int i = 0; i < 4; ++i) {
       double next = n.runOnce(t);
-      CHECK(next >= t);  // full jitter may pick 0
+      CHECK(next >= t);               // full jitter may pick 0
       CHECK(next <= t + 8.0 + 1e-6);  // backoff_cap
       t = next;
     }
@@ -731,7 +741,10 @@ TEST_CASE("MailNotifier: SMTP failure keeps events pending, backs off, WARNs per
 
   // The spool failing is reported, and nothing is lost.
   spool.setFail(true);
-  err = stderrOf([&] { n.runOnce(t + 2000); n.runOnce(t + 2001); });
+  err = stderrOf([&] {
+    n.runOnce(t + 2000);
+    n.runOnce(t + 2001);
+  });
   CHECK(count(err, "disk on fire") == 1);
   CHECK(n.health()["last_error"] == "store: disk on fire");
 }
@@ -746,8 +759,9 @@ TEST_CASE("MailNotifier: a recipient refused for good is given up, the others st
   spool.add(warningEvent(2, kBob, "bob", kT0 + 1));
   mail.failWith([](const std::string& to) {
     if (to == "alice@example.org")
-      return Status(Error{kMailRecipientRefused, "mail: sending to alice@example.org via smtp://relay:25: RCPT "
-                                                 "failed: 550 (SMTP 550: 550 5.1.1 unknown user)"});
+      return Status(Error{kMailRecipientRefused,
+                          "mail: sending to alice@example.org via smtp://relay:25: RCPT "
+                          "failed: 550 (SMTP 550: 550 5.1.1 unknown user)"});
     return Status();
   });
   std::string err = stderrOf([&] { n.runOnce(kT0 + 2); });
@@ -797,22 +811,24 @@ constexpr const char* kPython = "/usr/bin/python3";
 bool smtpdAvailable(std::string* why) {
   static int cached = -1;  // the import takes ~100 ms; once per run
   if (cached < 0) {
-    if (::access(kPython, X_OK) != 0) cached = 0;
-    else cached = std::system("/usr/bin/python3 -c 'import aiosmtpd.handlers' >/dev/null 2>&1") == 0 ? 1 : 0;
+    if (::access(kPython, X_OK) != 0)
+      cached = 0;
+    else
+      cached = std::system("/usr/bin/python3 -c 'import aiosmtpd.handlers' >/dev/null 2>&1") == 0 ? 1 : 0;
   }
   if (cached == 0)
     *why = "/usr/bin/python3 cannot import aiosmtpd (apt-get install python3-aiosmtpd, deploy/packages-test.txt)";
   return cached == 1;
 }
 
-#define REQUIRE_SMTPD()                                                            \
-  do {                                                                             \
-    std::string why_;                                                              \
-    if (!smtpdAvailable(&why_)) {                                                  \
+#define REQUIRE_SMTPD()                                                             \
+  do {                                                                              \
+    std::string why_;                                                               \
+    if (!smtpdAvailable(&why_)) {                                                   \
       if (inCi()) FAIL("CI=true and a real SMTP server is required, but " << why_); \
-      WARN("skipping: " << why_ << " (with CI=true this fails)");                  \
-      return;                                                                      \
-    }                                                                              \
+      WARN("skipping: " << why_ << " (with CI=true this fails)");                   \
+      return;                                                                       \
+    }                                                                               \
   } while (0)
 
 // A loopback port nobody listens on (now).
@@ -857,9 +873,7 @@ class Handler(Mailbox):
 
 class SmtpServer {
  public:
-  SmtpServer() : port_(freePort()) {
-    std::ofstream(dir_.file("dq_smtp_handler.py")) << kHandler;
-  }
+  SmtpServer() : port_(freePort()) { std::ofstream(dir_.file("dq_smtp_handler.py")) << kHandler; }
   ~SmtpServer() { stop(); }
 
   int port() const { return port_; }
@@ -1094,8 +1108,10 @@ TEST_CASE("SmtpMailer: smtps:// and starttls speak TLS and check the server's ce
   REQUIRE_SMTPD();
   SmtpServer server;
   std::string cert = server.file("cert.pem"), key = server.file("key.pem");
-  std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "
-                    "/CN=127.0.0.1 -keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+  std::string cmd =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "
+      "/CN=127.0.0.1 -keyout " +
+      key + " -out " + cert + " >/dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) {
     if (inCi()) FAIL("CI=true and openssl cannot make a test certificate");
     WARN("skipping: openssl cannot make a test certificate");
@@ -1216,7 +1232,7 @@ TEST_CASE("MailNotifier::stop returns promptly, even with a send in progress", "
   auto t0 = Clock::now();
   n.stop();
   CHECK(Clock::now() - t0 < 300ms);
-  CHECK(spool.done().empty());  // still pending
+  CHECK(spool.done().empty());         // still pending
   CHECK(n.health()["failures"] == 0);  // being stopped is no failure
   ::close(fd);
 }

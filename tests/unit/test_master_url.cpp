@@ -70,8 +70,10 @@ class ScopedEnv {
     ::setenv(name, value.c_str(), 1);
   }
   ~ScopedEnv() {
-    if (old_) ::setenv(name_, old_->c_str(), 1);
-    else ::unsetenv(name_);
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
   }
 
  private:
@@ -129,7 +131,7 @@ TEST_CASE("master url: the path prefix is kept as written, trailing slashes drop
   CHECK(MasterSink::parseUrl("http://m/a/b///")->path == std::string("/a/b") + kEvents);
   CHECK(MasterSink::parseUrl("http://m//")->path == kEvents);
   CHECK(MasterSink::parseUrl("http://m/a/../b")->path == std::string("/a/../b") + kEvents);  // not resolved
-  CHECK(MasterSink::parseUrl("http://m/a%2Fb")->path == std::string("/a%2Fb") + kEvents);   // not decoded
+  CHECK(MasterSink::parseUrl("http://m/a%2Fb")->path == std::string("/a%2Fb") + kEvents);    // not decoded
   CHECK(MasterSink::parseUrl("http://m/a@b:c")->path == std::string("/a@b:c") + kEvents);
   CHECK(MasterSink::parseUrl("http://m/a@b:c")->host == "m");
 }
@@ -147,7 +149,9 @@ TEST_CASE("master url: https, any case of the scheme", "[master][url]") {
 
 TEST_CASE("master url: what curl's parser forgives is still refused", "[master][url]") {
   for (const char* bad : {"http:/m", "http:///m", "http:m", "http://m/?", "http://m/x?", "http://m/#", "http://@m/",
-                          "http://:@m/", "http://u@m/", "http://m%41/", "http://b\xc3\xbc" "cher.example/",
+                          "http://:@m/", "http://u@m/", "http://m%41/",
+                          "http://b\xc3\xbc"
+                          "cher.example/",
                           "http://m;x/", "ftp://m", "file:///etc/passwd", "http://m\t/", "http://m/a b"}) {
     INFO(bad);
     auto r = MasterSink::parseUrl(bad);
@@ -193,8 +197,8 @@ TEST_CASE("master url: the path goes on the wire escaped as before", "[master][u
   Server master("127.0.0.1", ".*", [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
   FakeSpool spool;
   spool.recordMany(1);
-  auto sink = MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port()) +
-                                                "/a+b,c;d'e\xc3\xbc"));
+  auto sink =
+      MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port()) + "/a+b,c;d'e\xc3\xbc"));
   REQUIRE(sink.ok());
   (*sink)->start();
   REQUIRE(eventually([&] { return spool.pendingCount(Channel::Master).value() == 0; }));
@@ -214,8 +218,8 @@ TEST_CASE("master url: the *_proxy environment is not used", "[master][url]") {
   auto sink = MasterSink::create(spool, options("http://127.0.0.1:" + std::to_string(master.port())));
   REQUIRE(sink.ok());
   (*sink)->start();
-  REQUIRE(eventually(
-      [&] { return spool.pendingCount(Channel::Master).value() == 0 || (*sink)->stats().failures > 0; }));
+  REQUIRE(
+      eventually([&] { return spool.pendingCount(Channel::Master).value() == 0 || (*sink)->stats().failures > 0; }));
   (*sink)->stop();
   CHECK((*sink)->stats().failures == 0);
   CHECK(master.got().size() == 1);

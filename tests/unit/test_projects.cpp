@@ -30,7 +30,7 @@ TEST_CASE("projects: a layer's project becomes its container's, id and limit kep
   CHECK(c1->id == layer->id);
   CHECK(c1->limit_bytes == std::optional<uint64_t>(1 << 20));
   CHECK(s.renameProject("container", "layer:abc", "c3").error().code == ENOENT);  // gone under its old name
-  CHECK(s.renameProject("container", "c1", "c2").error().code == EEXIST);        // c2 has its own
+  CHECK(s.renameProject("container", "c1", "c2").error().code == EEXIST);         // c2 has its own
   CHECK(s.projects()->size() == 2);
 }
 
@@ -57,7 +57,7 @@ TEST_CASE("projects: ids are allocated lowest-first, kept, freed and reused", "[
     CHECK(full.error().code == ENOSPC);
     CHECK(full.error().message.find("10..13") != std::string::npos);
     REQUIRE(s.releaseProject("user", "2002").ok());
-    REQUIRE(s.releaseProject("user", "nobody").ok());  // no-op
+    REQUIRE(s.releaseProject("user", "nobody").ok());       // no-op
     CHECK(s.project("user", "2003", 10, 13, 3)->id == 11);  // the freed id, lowest first
     REQUIRE(s.setProjectLimit("container", "c1", uint64_t(32) << 20).ok());
     CHECK(s.setProjectLimit("container", "c9", 1).error().code == ENOENT);
@@ -122,7 +122,8 @@ TEST_CASE("projects: a container's layer root from its mounted rootfs", "[projec
   const std::string id = std::string(64, 'f');
   const std::string mi =
       "24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-      "300 24 0:50 / /var/lib/docker/rootfs/overlayfs/" + id +
+      "300 24 0:50 / /var/lib/docker/rootfs/overlayfs/" +
+      id +
       " rw,relatime - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/var/lib/docker/containerd/daemon/"
       "io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs,workdir=/var/lib/docker/containerd/daemon/"
       "io.containerd.snapshotter.v1.overlayfs/snapshots/42/work\n"
@@ -136,7 +137,8 @@ TEST_CASE("projects: a container's layer root from its mounted rootfs", "[projec
 TEST_CASE("projects: config keys are checked", "[projects][config]") {
   auto c = parseConfig(R"({"project_quotas": "required", "project_quota_mode": "container",
                            "project_id_min": 5, "project_id_max": 9, "container_quota_default_mib": 32,
-                           "project_sync_interval_s": 2})", "t");
+                           "project_sync_interval_s": 2})",
+                       "t");
   REQUIRE(c.ok());
   CHECK(c->project_quotas == "required");
   CHECK(c->project_quota_mode == "container");

@@ -25,10 +25,20 @@ using json = nlohmann::json;
 namespace {
 
 // Keys the spec allows to be null (§4.3 `|null`); everything else must be absent instead.
-const std::set<std::string> kNullable = {"host_user_name", "uid", "created_at", "created",
-                                         "first_puller_host_user_name", "first_puller_uid", "creation_method",
-                                         "first_seen_at", "actual_disk_bytes", "attribution_source", "auto",
-                                         "override", "manual_resolved_at", "manual_resolved_by_oauth_user_id"};
+const std::set<std::string> kNullable = {"host_user_name",
+                                         "uid",
+                                         "created_at",
+                                         "created",
+                                         "first_puller_host_user_name",
+                                         "first_puller_uid",
+                                         "creation_method",
+                                         "first_seen_at",
+                                         "actual_disk_bytes",
+                                         "attribution_source",
+                                         "auto",
+                                         "override",
+                                         "manual_resolved_at",
+                                         "manual_resolved_by_oauth_user_id"};
 
 void checkNulls(const json& j, const std::set<std::string>& nullable, const std::string& path = "$") {
   if (j.is_object()) {
@@ -81,22 +91,28 @@ struct Agent {
   std::unique_ptr<ApiServer> api;
   int port = 0;
 
-  explicit Agent(QmanOptions opt = {}, ApiServerOptions aopt = {.address = "127.0.0.1", .port = 0, .api_key = "k3y",
-                                                                 .bill_root_to_login_uid = true, .threads = 4}) {
+  explicit Agent(QmanOptions opt = {}, ApiServerOptions aopt = {.address = "127.0.0.1",
+                                                                .port = 0,
+                                                                .api_key = "k3y",
+                                                                .bill_root_to_login_uid = true,
+                                                                .threads = 4}) {
     store = std::move(*Store::open(dir.path + "/s.db"));
     sc.fill(*store);
     auto src = std::make_unique<FakeSource>(sc.figures());
     fake = src.get();
     book = std::move(*QuotaBook::load(*store));
     users = std::make_unique<UserDirectory>([] {
-      return std::vector<PasswdUser>{{0, "root"},     {kAlice, "alice"}, {kBob, "bob"}, {kCarol, "carol"},
+      return std::vector<PasswdUser>{{0, "root"},    {kAlice, "alice"}, {kBob, "bob"}, {kCarol, "carol"},
                                      {5000, "dave"}, {65534, "nobody"}, {999, "sys"}};
     });
     usage = std::make_unique<UsageAccountant>(*store, std::move(src), UsageAccountant::Options{});
     REQUIRE(usage->refresh());
-    ctx.reset(new QmanContext{*store, *book, *usage, *users, nullptr,
-                              [] { return json{{"docker_sock", {{"attached", true}, {"kernel_counters", {{"ringbuf_full", 3}}}}}}; },
-                              opt});
+    ctx.reset(new QmanContext{
+        *store, *book, *usage, *users, nullptr,
+        [] {
+          return json{{"docker_sock", {{"attached", true}, {"kernel_counters", {{"ringbuf_full", 3}}}}}};
+        },
+        opt});
     api = std::make_unique<ApiServer>(aopt, *store, nullptr);
     installQmanRoutes(*api, *ctx);
     auto p = api->start();
@@ -117,8 +133,8 @@ const char* kJson = "application/json";
 TEST_CASE("qman api: auth on every route, exact error bodies", "[qman][http]") {
   Agent a;
   httplib::Client anon("127.0.0.1", a.port);
-  for (const char* path : {"/remote-api/ping", "/remote-api/users", "/remote-api/quotas", "/remote-api/docker/containers",
-                           "/metrics"}) {
+  for (const char* path :
+       {"/remote-api/ping", "/remote-api/users", "/remote-api/quotas", "/remote-api/docker/containers", "/metrics"}) {
     INFO(path);
     checkError(anon.Get(path), 401, "authorization required");
   }
@@ -181,13 +197,14 @@ TEST_CASE("qman api: GET quotas — shape, units, sorting, filter, usage rules",
   CHECK(alice["docker_container_bytes"] == 1000);
   CHECK(alice["docker_image_layer_bytes"] == Scenario::L1 + Scenario::L2);
   CHECK(alice["docker_volume_bytes"] == 0);
-  for (const char* k : {"inode_hard_limit", "inode_soft_limit", "inode_current", "block_time_limit", "inode_time_limit"})
+  for (const char* k :
+       {"inode_hard_limit", "inode_soft_limit", "inode_current", "block_time_limit", "inode_time_limit"})
     CHECK(alice[k] == 0);
   uint64_t sum = 0;
   for (const auto& u : uq) {
     CHECK(u["block_current"].get<uint64_t>() == u["docker_container_bytes"].get<uint64_t>() +
-                                                   u["docker_image_layer_bytes"].get<uint64_t>() +
-                                                   u["docker_volume_bytes"].get<uint64_t>());
+                                                    u["docker_image_layer_bytes"].get<uint64_t>() +
+                                                    u["docker_volume_bytes"].get<uint64_t>());
     sum += u["block_current"].get<uint64_t>();
   }
   // §3.3: L = (20 GiB + 1 MiB) limits of listed users, U unattributed, A attributed.
@@ -239,7 +256,7 @@ TEST_CASE("qman api: per-user routes", "[qman][http]") {
   CHECK(ok(c.Get("/remote-api/quotas/users/2002")) == mine);
   checkError(c.Get("/remote-api/quotas/users/by-name/zed"), 404, "user not found: zed");
   CHECK(ok(c.Get("/remote-api/quotas/users/by-name/dave")) == json::array());  // no limit, no bytes
-  CHECK(ok(c.Get("/remote-api/quotas/users/0")) == json::array());            // filtered
+  CHECK(ok(c.Get("/remote-api/quotas/users/0")) == json::array());             // filtered
   CHECK(ok(c.Get("/remote-api/quotas/users/99999999999")) == json::array());
 }
 
@@ -247,20 +264,30 @@ TEST_CASE("qman api: PUT a limit; every bad input is a 4xx JSON error and change
   Agent a;
   auto c = a.client();
   const std::string url = "/remote-api/quotas/users/2002?device=docker";
-  json put = ok(c.Put(url, R"({"block_hard_limit": 31457280, "block_soft_limit": 31457280, "inode_hard_limit": 0, "inode_soft_limit": 0})",
-                      kJson));
+  json put = ok(c.Put(
+      url,
+      R"({"block_hard_limit": 31457280, "block_soft_limit": 31457280, "inode_hard_limit": 0, "inode_soft_limit": 0})",
+      kJson));
   checkNulls(put, {});
-  CHECK(put == json{{"uid", kBob}, {"name", "bob"}, {"block_hard_limit", 31457280}, {"block_soft_limit", 31457280},
-                    {"block_current", Scenario::kBobBytes}, {"inode_hard_limit", 0}, {"inode_soft_limit", 0},
-                    {"inode_current", 0}, {"block_time_limit", 0}, {"inode_time_limit", 0},
-                    {"docker_container_bytes", 2000}, {"docker_image_layer_bytes", Scenario::L3},
+  CHECK(put == json{{"uid", kBob},
+                    {"name", "bob"},
+                    {"block_hard_limit", 31457280},
+                    {"block_soft_limit", 31457280},
+                    {"block_current", Scenario::kBobBytes},
+                    {"inode_hard_limit", 0},
+                    {"inode_soft_limit", 0},
+                    {"inode_current", 0},
+                    {"block_time_limit", 0},
+                    {"inode_time_limit", 0},
+                    {"docker_container_bytes", 2000},
+                    {"docker_image_layer_bytes", Scenario::L3},
                     {"docker_volume_bytes", 5000}});
   // A uid with no passwd entry and no history: allowed, named user_<uid>.
   CHECK(ok(c.Put("/remote-api/quotas/users/4321?device=docker", R"({"block_hard_limit": 5})", kJson))["name"] ==
         "user_4321");
   // 64-bit: 1 PiB in KiB.
-  CHECK(ok(c.Put("/remote-api/quotas/users/2003?device=docker", R"({"block_hard_limit": 1099511627776})", kJson))
-            ["block_hard_limit"] == 1099511627776ULL);
+  CHECK(ok(c.Put("/remote-api/quotas/users/2003?device=docker", R"({"block_hard_limit": 1099511627776})",
+                 kJson))["block_hard_limit"] == 1099511627776ULL);
   const auto before = *a.store->userLimits();
   REQUIRE(before == std::map<uint32_t, uint64_t>{{kBob, 31457280}, {kCarol, 1099511627776ULL}, {4321, 5}});
   const std::string quotas_before = ok(c.Get("/remote-api/quotas")).dump();
@@ -283,9 +310,10 @@ TEST_CASE("qman api: PUT a limit; every bad input is a 4xx JSON error and change
     checkError(c.Put(url, body, kJson), 400, "quota limits must be integers");
   }
   checkError(c.Put(url, R"({"block_hard_limit": -1})", kJson), 400, "quota limits must be non-negative");
-  checkError(c.Put(url, R"({"block_hard_limit": -9223372036854775808})", kJson), 400, "quota limits must be non-negative");
-  checkError(c.Put(url, R"({"block_hard_limit": 1099511627777})", kJson), 400);          // > 1 PiB
-  checkError(c.Put(url, R"({"block_hard_limit": 18446744073709551615})", kJson), 400);   // 2^64-1
+  checkError(c.Put(url, R"({"block_hard_limit": -9223372036854775808})", kJson), 400,
+             "quota limits must be non-negative");
+  checkError(c.Put(url, R"({"block_hard_limit": 1099511627777})", kJson), 400);         // > 1 PiB
+  checkError(c.Put(url, R"({"block_hard_limit": 18446744073709551615})", kJson), 400);  // 2^64-1
   checkError(c.Put(url, R"({"block_hard_limit": 123456789012345678901234567890})", kJson), 400);
   checkError(c.Put(url, R"({"block_hard_limit": 1)", kJson), 400, "request body is not valid JSON");
   checkError(c.Put(url, "", kJson), 400, "request body is not valid JSON");
@@ -306,7 +334,8 @@ TEST_CASE("qman api: PUT a limit; every bad input is a 4xx JSON error and change
     sa.sin_port = htons(static_cast<uint16_t>(a.port));
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-    const std::string head = "PUT " + url + " HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YXBpOmszeQ==\r\n"
+    const std::string head = "PUT " + url +
+                             " HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YXBpOmszeQ==\r\n"
                              "Content-Type: application/json\r\nConnection: close\r\nContent-Length: 2097152\r\n\r\n";
     const std::string all = head + std::string(2097152, ' ');
     for (size_t off = 0; off < all.size();) {
@@ -356,8 +385,11 @@ TEST_CASE("qman api: defaults GET/PUT, periodic application, batch", "[qman][htt
   CHECK(c.Get(url)->body == "null");
 
   json saved = ok(c.Put(url, R"({"block_hard_limit": 1048576})", kJson));  // 1 GiB; others missing -> 0
-  CHECK(saved == json{{"device_name", "docker"}, {"block_soft_limit", 0}, {"block_hard_limit", 1048576},
-                      {"inode_soft_limit", 0}, {"inode_hard_limit", 0}});
+  CHECK(saved == json{{"device_name", "docker"},
+                      {"block_soft_limit", 0},
+                      {"block_hard_limit", 1048576},
+                      {"inode_soft_limit", 0},
+                      {"inode_hard_limit", 0}});
   CHECK(ok(c.Get(url)) == saved);
 
   // Periodic job: alice (1,300 B) and carol get 1 GiB; bob keeps his.
@@ -371,7 +403,9 @@ TEST_CASE("qman api: defaults GET/PUT, periodic application, batch", "[qman][htt
   checkError(c.Post("/remote-api/quotas/batch", R"({"block_hard_limit": 5})", kJson), 400, "device is required");
   checkError(c.Post("/remote-api/quotas/batch", R"({"device": "sdb", "block_hard_limit": 5})", kJson), 400);
   checkError(c.Post("/remote-api/quotas/batch", R"({"device": "docker"})", kJson), 400);
-  checkError(c.Post("/remote-api/quotas/batch", R"({"device": "docker", "block_hard_limit": 5, "preserve_if_nonzero": "yes"})", kJson), 400);
+  checkError(c.Post("/remote-api/quotas/batch",
+                    R"({"device": "docker", "block_hard_limit": 5, "preserve_if_nonzero": "yes"})", kJson),
+             400);
   checkError(c.Post("/remote-api/quotas/batch", R"({"device": "docker", "block_hard_limit": -5})", kJson), 400);
   CHECK(*a.book->limits() == QuotaBook::Limits{{kAlice, 1048576}, {kBob, 7}, {kCarol, 1048576}});
   json r = ok(c.Post("/remote-api/quotas/batch",
@@ -407,11 +441,12 @@ TEST_CASE("qman api: Docker pages — containers, images with layers, volumes", 
   checkNulls(im, kNullable);
   CHECK(im["images"].size() == 5);
   CHECK(im["layers"].size() == 7);
-  CHECK(im["total_layer_bytes"] == Scenario::L0 + Scenario::L1 + Scenario::L2 + Scenario::L3 + Scenario::L4 +
-                                       Scenario::L5 + Scenario::L6);
+  CHECK(im["total_layer_bytes"] ==
+        Scenario::L0 + Scenario::L1 + Scenario::L2 + Scenario::L3 + Scenario::L4 + Scenario::L5 + Scenario::L6);
   CHECK(im["unattributed_layer_bytes"] == Scenario::L4 + Scenario::L5);
-  CHECK(im["layers_by_user"] == json{{"0", Scenario::L0}, {"2001", Scenario::L1 + Scenario::L2},
-                                     {"2002", Scenario::L3}, {"2003", Scenario::L6}});
+  CHECK(
+      im["layers_by_user"] ==
+      json{{"0", Scenario::L0}, {"2001", Scenario::L1 + Scenario::L2}, {"2002", Scenario::L3}, {"2003", Scenario::L6}});
   for (const auto& i : im["images"]) {
     if (i["image_id"] == img('p')) {
       CHECK_FALSE(i.contains("puller_uid"));  // optional: absent, not null
@@ -463,8 +498,9 @@ TEST_CASE("qman api: attribution detail, admin override wins until removed, revi
   CHECK(d["override"].is_null());
 
   // Give carol's container to bob, cascade off.
-  const std::string body = R"({"entity_type": "container", "container_id": ")" + a.sc.c3.substr(0, 12) +
-                           R"(", "host_user_name": "bob", "uid": 2002, "cascade": false, "manual_resolver": "admin@uni"})";
+  const std::string body =
+      R"({"entity_type": "container", "container_id": ")" + a.sc.c3.substr(0, 12) +
+      R"(", "host_user_name": "bob", "uid": 2002, "cascade": false, "manual_resolver": "admin@uni"})";
   CHECK(ok(c.Post("/remote-api/docker/usage/attribute", body, kJson)) == json{{"status", "ok"}});
   json bob = ok(c.Get("/remote-api/quotas/users/by-name/bob"))[0]["user_quotas"][0];
   CHECK(bob["docker_container_bytes"] == 2000 + 4000);  // at once: no wait for a measurement
@@ -474,14 +510,25 @@ TEST_CASE("qman api: attribution detail, admin override wins until removed, revi
   CHECK(d["override"]["manual_resolver"] == "admin@uni");
   CHECK(d["auto"]["uid"] == kCarol);
 
-  checkError(c.Post("/remote-api/docker/usage/attribute", R"({"entity_type": "container", "container_id": "carol-c", "uid": 2001, "host_user_name": "bob"})", kJson), 400);
-  checkError(c.Post("/remote-api/docker/usage/attribute", R"({"entity_type": "container", "container_id": "carol-c"})", kJson), 400);
-  checkError(c.Post("/remote-api/docker/usage/attribute", R"({"entity_type": "container", "container_id": "carol-c", "host_user_name": "zed"})", kJson), 404);
-  checkError(c.Post("/remote-api/docker/usage/attribute", R"({"entity_type": "container", "container_id": "carol-c", "uid": -1})", kJson), 400);
+  checkError(
+      c.Post("/remote-api/docker/usage/attribute",
+             R"({"entity_type": "container", "container_id": "carol-c", "uid": 2001, "host_user_name": "bob"})", kJson),
+      400);
+  checkError(
+      c.Post("/remote-api/docker/usage/attribute", R"({"entity_type": "container", "container_id": "carol-c"})", kJson),
+      400);
+  checkError(c.Post("/remote-api/docker/usage/attribute",
+                    R"({"entity_type": "container", "container_id": "carol-c", "host_user_name": "zed"})", kJson),
+             404);
+  checkError(c.Post("/remote-api/docker/usage/attribute",
+                    R"({"entity_type": "container", "container_id": "carol-c", "uid": -1})", kJson),
+             400);
   checkError(c.Post("/remote-api/docker/usage/attribute", "uid=1", "application/x-www-form-urlencoded"), 400);
 
   // Events: the admin row is "docker", the kernel rows "audit".
-  json ev = ok(c.Get("/remote-api/docker/usage/events?entity_type=container&container_id=carol-c&include_used=true&include_resolved=true"));
+  json ev =
+      ok(c.Get("/remote-api/docker/usage/"
+               "events?entity_type=container&container_id=carol-c&include_used=true&include_resolved=true"));
   checkNulls(ev, kNullable);
   REQUIRE(ev["events"].size() == 2);
   CHECK(ev["events"][0]["source"] == "docker");
@@ -561,8 +608,13 @@ TEST_CASE("qman api: TLS with a self-signed certificate on loopback", "[qman][ht
   const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -keyout " + key +
                           " -out " + cert + " >/dev/null 2>&1";
   REQUIRE(std::system(cmd.c_str()) == 0);
-  Agent a({}, {.address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2,
-               .tls_cert_file = cert, .tls_key_file = key});
+  Agent a({}, {.address = "127.0.0.1",
+               .port = 0,
+               .api_key = "k3y",
+               .bill_root_to_login_uid = true,
+               .threads = 2,
+               .tls_cert_file = cert,
+               .tls_key_file = key});
   CHECK(a.api->tls());
   httplib::SSLClient s("127.0.0.1", a.port);
   s.enable_server_certificate_verification(false);
@@ -584,8 +636,13 @@ TEST_CASE("qman api: TLS with a self-signed certificate on loopback", "[qman][ht
   QmanTempDir d2;
   auto st = Store::open(d2.path + "/s.db");
   REQUIRE(st.ok());
-  ApiServer bad({.address = "127.0.0.1", .port = 0, .api_key = "k", .bill_root_to_login_uid = true, .threads = 1,
-                 .tls_cert_file = "/nonexistent.pem", .tls_key_file = key},
+  ApiServer bad({.address = "127.0.0.1",
+                 .port = 0,
+                 .api_key = "k",
+                 .bill_root_to_login_uid = true,
+                 .threads = 1,
+                 .tls_cert_file = "/nonexistent.pem",
+                 .tls_key_file = key},
                 **st, nullptr);
   auto p = bad.start();
   REQUIRE_FALSE(p.ok());

@@ -30,7 +30,6 @@ constexpr uint32_t kBob = 1002;
 constexpr uint32_t kCarol = 1003;
 constexpr uint32_t kDave = 1004;
 
-
 std::string readBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -130,17 +129,17 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
   CHECK(raw.scalar("PRAGMA journal_mode") == "wal");
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
         std::vector<std::string>{"conditions", "device_defaults", "enforcement_actions", "events", "evidence",
-                                 "exemptions", "layers", "meta", "objects", "overrides", "projects",
-                                 "sqlite_sequence", "user_limits"});
+                                 "exemptions", "layers", "meta", "objects", "overrides", "projects", "sqlite_sequence",
+                                 "user_limits"});
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name") ==
         std::vector<std::string>{"enforcement_open", "events_by_uid", "events_mail_pending", "events_master_pending",
-                                 "evidence_by_object", "objects_by_first_seen", "objects_by_name",
-                                 "objects_missed"});
+                                 "evidence_by_object", "objects_by_first_seen", "objects_by_name", "objects_missed"});
   CHECK(raw.column("SELECT key FROM meta") == std::vector<std::string>{"created_at"});
   CHECK(raw.column("SELECT name FROM pragma_table_info('objects') ORDER BY cid") ==
-        std::vector<std::string>{"kind", "id", "name", "parent", "source", "uid", "gid", "login_uid", "pid", "comm",
-                                 "exe", "method", "request_time", "attributed_at", "label_user", "first_seen",
-                                 "gone_at", "size_bytes", "seq", "missed_at"});
+        std::vector<std::string>{"kind",       "id",      "name",         "parent",        "source",
+                                 "uid",        "gid",     "login_uid",    "pid",           "comm",
+                                 "exe",        "method",  "request_time", "attributed_at", "label_user",
+                                 "first_seen", "gone_at", "size_bytes",   "seq",           "missed_at"});
   CHECK(raw.column("SELECT name FROM pragma_table_info('evidence') ORDER BY cid") ==
         std::vector<std::string>{"seq", "kind", "id", "source", "uid", "gid", "login_uid", "pid", "comm", "exe",
                                  "method", "request_time", "time"});
@@ -236,9 +235,9 @@ TEST_CASE("store: a file from a newer dockquotad is refused and left untouched",
 
   auto s = Store::open(path);
   REQUIRE_FALSE(s.ok());
-  CHECK(s.error().message ==
-        "store: " + path + " has schema version " + std::to_string(Store::kSchemaVersion + 1) +
-            ", this dockquotad knows up to " + std::to_string(Store::kSchemaVersion) + "; refusing to downgrade");
+  CHECK(s.error().message == "store: " + path + " has schema version " + std::to_string(Store::kSchemaVersion + 1) +
+                                 ", this dockquotad knows up to " + std::to_string(Store::kSchemaVersion) +
+                                 "; refusing to downgrade");
   CHECK(readBytes(path) == before);
   CHECK_FALSE(fs::exists(path + "-wal"));
   CHECK_FALSE(fs::exists(path + "-journal"));
@@ -316,9 +315,9 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
     // And the v1 build now refuses it.
     auto old = Store::open(path);
     REQUIRE_FALSE(old.ok());
-    CHECK(old.error().message ==
-          "store: " + path + " has schema version " + std::to_string(Store::kSchemaVersion + 1) +
-              ", this dockquotad knows up to " + std::to_string(Store::kSchemaVersion) + "; refusing to downgrade");
+    CHECK(old.error().message == "store: " + path + " has schema version " + std::to_string(Store::kSchemaVersion + 1) +
+                                     ", this dockquotad knows up to " + std::to_string(Store::kSchemaVersion) +
+                                     "; refusing to downgrade");
   }
 
   SECTION("empty file -> v2 in one open") {
@@ -354,8 +353,8 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
     bad.push_back("CREATE TABLE half_done (x); SELECT * FROM no_such_table;");
     auto s = Store::open(path, bad);
     REQUIRE_FALSE(s.ok());
-    CHECK(s.error().message == "store: " + path + ": migration to schema version " + std::to_string(Store::kSchemaVersion + 1) +
-                                   ": no such table: no_such_table");
+    CHECK(s.error().message == "store: " + path + ": migration to schema version " +
+                                   std::to_string(Store::kSchemaVersion + 1) + ": no such table: no_such_table");
     RawDb raw(path);
     CHECK(raw.scalar("PRAGMA user_version") == std::to_string(Store::kSchemaVersion));
     CHECK(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'") == "0");
@@ -422,8 +421,8 @@ TEST_CASE("store: attribution scenarios", "[store]") {
 
   SECTION("bob creates a container labelled qman.user=alice: bob owns it") {
     REQUIRE(store->noteSeen(ObjectKind::Container, c, "sneaky", img, std::string("alice"), 100.1));
-    auto a = store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"),
-                              true);
+    auto a =
+        store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == true);
     // The label, as evidence, cannot take it from the kernel's answer.
@@ -440,8 +439,8 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("evidence before the event: noteSeen keeps the owner and adds the label") {
-    auto a = store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"),
-                              true);
+    auto a =
+        store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == true);
     ObjectRecord r0 = getOk(*store, ObjectKind::Container, c);
@@ -632,7 +631,8 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
   }
 
   SECTION("non-empty fields update, first_seen and owner stay") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "web-renamed", "sha256:" + hexId('2'), std::string("carol"), 300));
+    REQUIRE(
+        store->noteSeen(ObjectKind::Container, c, "web-renamed", "sha256:" + hexId('2'), std::string("carol"), 300));
     ObjectRecord s = getOk(*store, ObjectKind::Container, c);
     CHECK(s.name == "web-renamed");
     CHECK(s.parent == "sha256:" + hexId('2'));
@@ -747,11 +747,11 @@ TEST_CASE("store: resolve by id, name and unique prefix", "[store]") {
   CHECK(resolveOk(*store, ObjectKind::Container, "abc") == S());     // ambiguous and too short
   CHECK(resolveOk(*store, ObjectKind::Container, "fff") == S());     // unique but under 4 characters
   CHECK(resolveOk(*store, ObjectKind::Container, "12ab") == S(c4));
-  CHECK(resolveOk(*store, ObjectKind::Container, "ab_d") == S());    // no LIKE wildcards
+  CHECK(resolveOk(*store, ObjectKind::Container, "ab_d") == S());  // no LIKE wildcards
   CHECK(resolveOk(*store, ObjectKind::Container, "ab%") == S());
   CHECK(resolveOk(*store, ObjectKind::Container, "nothing") == S());
   CHECK(resolveOk(*store, ObjectKind::Container, "") == S());
-  CHECK(resolveOk(*store, ObjectKind::Volume, "web") == S());        // other kinds are other namespaces
+  CHECK(resolveOk(*store, ObjectKind::Volume, "web") == S());  // other kinds are other namespaces
 
   SECTION("ambiguous prefix") {
     REQUIRE(store->noteSeen(ObjectKind::Container, "abcdef" + std::string(58, '7'), "", "", std::nullopt, 5));
@@ -789,7 +789,7 @@ TEST_CASE("store: resolve by id, name and unique prefix", "[store]") {
     CHECK(resolveOk(*store, ObjectKind::Image, "5e1") == S());
     CHECK(resolveOk(*store, ObjectKind::Image, "sha256:5e1") == S());
     CHECK(resolveOk(*store, ObjectKind::Image, "77bb") == S(i2));
-    CHECK(resolveOk(*store, ObjectKind::Image, "sha2") == S());    // a piece of "sha256:" names no image
+    CHECK(resolveOk(*store, ObjectKind::Image, "sha2") == S());  // a piece of "sha256:" names no image
     CHECK(resolveOk(*store, ObjectKind::Image, "sha256") == S());
     CHECK(resolveOk(*store, ObjectKind::Image, "sha256:") == S());
     // With one image left, "sha2" would be a unique prefix of its id: still no.
@@ -827,10 +827,12 @@ TEST_CASE("store: 4 threads x 500 operations", "[store]") {
           case 0:
           case 1: {
             if (auto s = store->noteSeen(ObjectKind::Volume, id, id, "", std::nullopt, now); !s) fail(s.error());
-            auto a = store->attribute(ObjectKind::Volume, id, makeEv(Source::Bpf, uid, now - 0.1, now + 0.1,
-                                                                     "volume_create"), true);
-            if (!a) fail(a.error());
-            else if (!*a) fail(Error{0, id + ": not attributed"});
+            auto a = store->attribute(ObjectKind::Volume, id,
+                                      makeEv(Source::Bpf, uid, now - 0.1, now + 0.1, "volume_create"), true);
+            if (!a)
+              fail(a.error());
+            else if (!*a)
+              fail(Error{0, id + ": not attributed"});
             break;
           }
           case 2: {
@@ -965,7 +967,10 @@ TEST_CASE("store: forEach calls back without the lock, sees what is added meanwh
   CHECK(std::find(seen.begin(), seen.end(), "v1001") == seen.end());
   CHECK(seen.back() == "late");
   size_t with_gone = 0;
-  REQUIRE(store->forEach(ObjectKind::Volume, [&](const ObjectRecord&) { ++with_gone; }, true).ok());
+  REQUIRE(store
+              ->forEach(
+                  ObjectKind::Volume, [&](const ObjectRecord&) { ++with_gone; }, true)
+              .ok());
   CHECK(with_gone == 601);
   CHECK(store->count(ObjectKind::Volume, true).value() == 601);
   CHECK(store->count(ObjectKind::Image).value() == 0);
@@ -988,13 +993,15 @@ TEST_CASE("store: every committed owner change reaches the owner listener (whoev
   REQUIRE(store->noteSeen(ObjectKind::Container, c1, "web", "", std::nullopt, 100));
   CHECK(heard.empty());  // a row without an owner is no owner change
 
-  REQUIRE(*store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
+  REQUIRE(
+      *store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
   REQUIRE(heard.size() == 1);
   CHECK(heard[0] == std::make_pair(ObjectKind::Container, c1));
   CHECK(owner_seen == kBob);
 
   // The same evidence again changes nothing: not heard.
-  CHECK_FALSE(*store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
+  CHECK_FALSE(
+      *store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
   CHECK(heard.size() == 1);
 
   REQUIRE(store->setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 150, "admin")));

@@ -77,11 +77,13 @@ TEST_CASE("store v2: device defaults", "[qman][store]") {
 TEST_CASE("store v2: layers keep their first sighting, lose what no image has", "[qman][store]") {
   QuotaTempDir dir;
   auto s = openStore(dir.path + "/s.db");
-  auto first = s->syncLayers({{"sha256:l1", 100, 2001u, "sha256:img1", 0}, {"sha256:l2", 200, std::nullopt, "", 0}}, 10.0);
+  auto first =
+      s->syncLayers({{"sha256:l1", 100, 2001u, "sha256:img1", 0}, {"sha256:l2", 200, std::nullopt, "", 0}}, 10.0);
   REQUIRE(first.ok());
   REQUIRE(first->size() == 2);
   CHECK((*first)[0].first_seen == 10.0);
-  auto second = s->syncLayers({{"sha256:l2", 250, 2002u, "sha256:img2", 0}, {"sha256:l3", 5, std::nullopt, "", 0}}, 20.0);
+  auto second =
+      s->syncLayers({{"sha256:l2", 250, 2002u, "sha256:img2", 0}, {"sha256:l3", 5, std::nullopt, "", 0}}, 20.0);
   REQUIRE(second.ok());
   REQUIRE(second->size() == 2);
   CHECK((*second)[0].id == "sha256:l2");
@@ -135,7 +137,7 @@ TEST_CASE("store v2: sizes, override resolver, attribution detail, evidence rows
 TEST_CASE("quota rules: default application and batch", "[qman]") {
   const uint64_t gib_kib = kGiB / 1024;
   CHECK(defaultLimitKiB(10 * gib_kib, 0) == 10 * gib_kib);
-  CHECK(defaultLimitKiB(10 * gib_kib, 10 * kGiB) == 10 * gib_kib);  // not exceeding
+  CHECK(defaultLimitKiB(10 * gib_kib, 10 * kGiB) == 10 * gib_kib);      // not exceeding
   CHECK(defaultLimitKiB(10 * gib_kib, 10 * kGiB + 1) == 13 * gib_kib);  // +2 GiB, rounded up
   CHECK(defaultLimitKiB(1, 12 * kGiB) == 14 * gib_kib);
 

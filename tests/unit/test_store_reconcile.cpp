@@ -135,8 +135,8 @@ TEST_CASE("noteSeen/reconcile: an observation older than the gone mark revives n
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   REQUIRE(*store->attribute(ObjectKind::Volume, "data", ev(kAlice, 10, 11, "volume_create"), false));
-  const uint64_t mark = store->sequence();  // a list begins...
-  REQUIRE(*store->markGone(ObjectKind::Volume, "data", 12));  // ...the destroy event comes meanwhile
+  const uint64_t mark = store->sequence();                            // a list begins...
+  REQUIRE(*store->markGone(ObjectKind::Volume, "data", 12));          // ...the destroy event comes meanwhile
   auto r = store->reconcile(ObjectKind::Volume, {"data"}, 13, mark);  // the list still had it
   REQUIRE(r.ok());
   CHECK(r->stale == 1);
@@ -197,8 +197,7 @@ TEST_CASE("markGone: a row changed after the check began stays live", "[store][i
   CHECK(rec(*store, ObjectKind::Container, c).gone_at == std::optional<double>(13));
 }
 
-TEST_CASE("markMissed: only objects without kernel or admin evidence, counted until resolved",
-          "[store][issue11]") {
+TEST_CASE("markMissed: only objects without kernel or admin evidence, counted until resolved", "[store][issue11]") {
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   const std::string seen_id = hex('1'), missed = hex('2'), labelled = hex('3');
@@ -212,9 +211,9 @@ TEST_CASE("markMissed: only objects without kernel or admin evidence, counted un
   CHECK_FALSE(*store->markMissed(ObjectKind::Container, seen_id, 106, 100));
   CHECK(*store->markMissed(ObjectKind::Container, missed, 106, 100));
   CHECK_FALSE(*store->markMissed(ObjectKind::Container, missed, 107, 100));  // once
-  CHECK(*store->markMissed(ObjectKind::Container, labelled, 106, 100));     // a label is no evidence
-  CHECK_FALSE(*store->markMissed(ObjectKind::Volume, "old", 106, 100));     // a create that found it
-  CHECK(*store->markMissed(ObjectKind::Volume, "ghost", 106, 100));         // never noted: inserted, flagged
+  CHECK(*store->markMissed(ObjectKind::Container, labelled, 106, 100));      // a label is no evidence
+  CHECK_FALSE(*store->markMissed(ObjectKind::Volume, "old", 106, 100));      // a create that found it
+  CHECK(*store->markMissed(ObjectKind::Volume, "ghost", 106, 100));          // never noted: inserted, flagged
   CHECK(rec(*store, ObjectKind::Container, missed).missed_at == std::optional<double>(106));
   CHECK(*store->unresolvedMissed() == 3);
 
@@ -334,15 +333,15 @@ class SharedDockerd {
   std::string dir_, socket_;
 };
 
-#define REQUIRE_REAL_DOCKERD()                                                      \
-  do {                                                                              \
-    std::string why_ = dockerdMissing();                                            \
+#define REQUIRE_REAL_DOCKERD()                                                         \
+  do {                                                                                 \
+    std::string why_ = dockerdMissing();                                               \
     if (why_.empty() && !SharedDockerd::get().ok()) why_ = SharedDockerd::get().error; \
-    if (!why_.empty()) {                                                            \
-      if (inCi()) FAIL("CI=true and a real dockerd is required, but " << why_);     \
-      WARN("skipping: " << why_ << " (with CI=true this fails)");                   \
-      return;                                                                       \
-    }                                                                               \
+    if (!why_.empty()) {                                                               \
+      if (inCi()) FAIL("CI=true and a real dockerd is required, but " << why_);        \
+      WARN("skipping: " << why_ << " (with CI=true this fails)");                      \
+      return;                                                                          \
+    }                                                                                  \
   } while (0)
 
 std::string create(DockerClient& c) {
@@ -382,7 +381,9 @@ ClientInfo client(uint32_t uid) {
 }
 
 json event(const std::string& type, const std::string& action, const std::string& id) {
-  return {{"Type", type}, {"Action", action}, {"Actor", {{"ID", id}, {"Attributes", json::object()}}},
+  return {{"Type", type},
+          {"Action", action},
+          {"Actor", {{"ID", id}, {"Attributes", json::object()}}},
           {"timeNano", unixNow() * 1e9}};
 }
 

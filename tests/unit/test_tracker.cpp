@@ -45,8 +45,9 @@ const std::string kCreateReq =
     "Content-Length: 17\r\n\r\n{\"Image\":\"bb:1\"}\n";
 const std::string kId = std::string(64, 'a');
 const std::string kCreateBody = "{\"Id\":\"" + kId + "\",\"Warnings\":[]}\n";
-const std::string kCreateResp = "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: " +
-                                std::to_string(kCreateBody.size()) + "\r\n\r\n" + kCreateBody;
+const std::string kCreateResp =
+    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(kCreateBody.size()) +
+    "\r\n\r\n" + kCreateBody;
 
 }  // namespace
 
@@ -101,8 +102,8 @@ TEST_CASE("tracker: uploads are muted for their turn, process exit closes all it
   t.onEvent(*ev(DSOCK_EV_CONNECT, 1, 10));
   t.onEvent(*ev(DSOCK_EV_CONNECT, 2, 10, "", 0, /*fd=*/6));
   t.onEvent(*ev(DSOCK_EV_CONNECT, 3, 12));
-  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, "POST /v1.41/build?t=x HTTP/1.1\r\nHost: d\r\nContent-Length: 100000\r\n\r\n",
-                0, 5, /*turn=*/3));
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, "POST /v1.41/build?t=x HTTP/1.1\r\nHost: d\r\nContent-Length: 100000\r\n\r\n", 0, 5,
+                /*turn=*/3));
   REQUIRE(ctls.size() == 1);
   CHECK(ctls[0].first == 1);
   CHECK(ctls[0].second.mute_tx_turn == 3);
@@ -129,14 +130,17 @@ TEST_CASE("tracker: a connection whose connect event was lost is followed from i
 TEST_CASE("tracker: the oldest connection is evicted at the limit", "[tracker]") {
   std::vector<uint64_t> ignored;
   ConnTracker t({.on_call = nullptr,
-                 .control = [&](uint64_t id, const dsock_ctl& c) { if (c.ignore) ignored.push_back(id); },
+                 .control =
+                     [&](uint64_t id, const dsock_ctl& c) {
+                       if (c.ignore) ignored.push_back(id);
+                     },
                  .exe_of = [](uint32_t) { return std::string(); }},
                 /*max_connections=*/4);
   for (uint64_t i = 1; i <= 6; i++) t.onEvent(*ev(DSOCK_EV_CONNECT, i, 100 + i));
   CHECK(t.openConnections() == 4);
   CHECK(t.stats().evicted == 2);
   CHECK(ignored == std::vector<uint64_t>{1, 2});  // the probe stops sending their calls
-  t.onEvent(*ev(DSOCK_EV_TX, 1, 101, "x"));  // evicted: not revived by a late event
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 101, "x"));       // evicted: not revived by a late event
   CHECK(t.stats().orphan_events == 1);
   CHECK(t.openConnections() == 4);
 }
@@ -226,7 +230,8 @@ TEST_CASE("tracker: a new connection on the same (tgid, fd) replaces an old one 
 // A mute names the exchange (turn) it was decided for.
 TEST_CASE("tracker: a download mute carries the turn of the reply it is for", "[tracker]") {
   std::vector<dsock_ctl> ctls;
-  ConnTracker t({.on_call = nullptr, .control = [&](uint64_t, const dsock_ctl& c) { ctls.push_back(c); },
+  ConnTracker t({.on_call = nullptr,
+                 .control = [&](uint64_t, const dsock_ctl& c) { ctls.push_back(c); },
                  .exe_of = [](uint32_t) { return std::string(); }});
   t.onEvent(*ev(DSOCK_EV_CONNECT, 1, 10));
   for (uint32_t turn = 1; turn <= 3; turn++) {
@@ -240,7 +245,8 @@ TEST_CASE("tracker: a download mute carries the turn of the reply it is for", "[
   // reply's head would be lost with it.
   t.onEvent(*ev(DSOCK_EV_TX, 1, 10,
                 "GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: d\r\n\r\n"
-                "GET /v1.41/images/json HTTP/1.1\r\nHost: d\r\n\r\n", 0, 5, 4));
+                "GET /v1.41/images/json HTTP/1.1\r\nHost: d\r\n\r\n",
+                0, 5, 4));
   t.onEvent(*ev(DSOCK_EV_RX, 1, 10, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n[{", 4096, 5, 4));
   CHECK(ctls.size() == 3);
 }
@@ -269,12 +275,14 @@ TEST_CASE("tracker: after events were lost, calls are doubtful: counted and not 
 }
 
 // One budget over all connections.
-TEST_CASE("tracker: a global memory budget holds over many connections that pipeline and never read",
-          "[tracker]") {
+TEST_CASE("tracker: a global memory budget holds over many connections that pipeline and never read", "[tracker]") {
   std::vector<uint64_t> ignored;
   constexpr size_t kBudget = 2u << 20;
   ConnTracker t({.on_call = nullptr,
-                 .control = [&](uint64_t id, const dsock_ctl& c) { if (c.ignore) ignored.push_back(id); },
+                 .control =
+                     [&](uint64_t id, const dsock_ctl& c) {
+                       if (c.ignore) ignored.push_back(id);
+                     },
                  .exe_of = [](uint32_t) { return std::string(); }},
                 ConnTracker::kMaxConnections, kBudget);
   // A big (4 KiB captured of each write) head of query parameters, pipelined
@@ -304,11 +312,12 @@ TEST_CASE("tracker: a global memory budget holds over many connections that pipe
 
 TEST_CASE("tracker: idle connections whose socket is gone are ended by the sweep", "[tracker]") {
   std::set<uint64_t> alive_inos = {1001};
-  ConnTracker t({.on_call = nullptr, .exe_of = [](uint32_t) { return std::string(); },
+  ConnTracker t({.on_call = nullptr,
+                 .exe_of = [](uint32_t) { return std::string(); },
                  .alive = [&](uint32_t, uint32_t, uint64_t ino) { return alive_inos.count(ino) > 0; }});
-  t.onEvent(*ev(DSOCK_EV_CONNECT, 1, 10));             // ino 1001
-  t.onEvent(*ev(DSOCK_EV_CONNECT, 2, 11));             // ino 1002: closed, end unseen
-  t.sweep(1000 + ConnTracker::kIdleCheckNs - 1);       // not idle long enough yet
+  t.onEvent(*ev(DSOCK_EV_CONNECT, 1, 10));        // ino 1001
+  t.onEvent(*ev(DSOCK_EV_CONNECT, 2, 11));        // ino 1002: closed, end unseen
+  t.sweep(1000 + ConnTracker::kIdleCheckNs - 1);  // not idle long enough yet
   CHECK(t.openConnections() == 2);
   t.sweep(1000 + ConnTracker::kIdleCheckNs);
   CHECK(t.openConnections() == 1);
@@ -317,11 +326,13 @@ TEST_CASE("tracker: idle connections whose socket is gone are ended by the sweep
 
 TEST_CASE("tracker: a hijacked stream is ignored by the probe from then on", "[tracker]") {
   std::vector<dsock_ctl> ctls;
-  ConnTracker t({.on_call = nullptr, .control = [&](uint64_t, const dsock_ctl& c) { ctls.push_back(c); },
+  ConnTracker t({.on_call = nullptr,
+                 .control = [&](uint64_t, const dsock_ctl& c) { ctls.push_back(c); },
                  .exe_of = [](uint32_t) { return std::string(); }});
   t.onEvent(*ev(DSOCK_EV_CONNECT, 1, 10));
-  t.onEvent(*ev(DSOCK_EV_TX, 1, 10, "POST /v1.41/containers/abc/attach?stream=1 HTTP/1.1\r\nHost: d\r\n"
-                                    "Upgrade: tcp\r\nConnection: Upgrade\r\n\r\n"));
+  t.onEvent(*ev(DSOCK_EV_TX, 1, 10,
+                "POST /v1.41/containers/abc/attach?stream=1 HTTP/1.1\r\nHost: d\r\n"
+                "Upgrade: tcp\r\nConnection: Upgrade\r\n\r\n"));
   t.onEvent(*ev(DSOCK_EV_RX, 1, 10, "HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"));
   REQUIRE(ctls.size() == 1);
   CHECK(ctls[0].ignore == 1);

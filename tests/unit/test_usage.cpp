@@ -67,8 +67,8 @@ TEST_CASE("usage: two users, shared and unshared layers, containers, volumes add
   CHECK(s.containers.size() == 4);
   CHECK(s.images.size() == 5);
   CHECK(s.layers.size() == 7);
-  CHECK(s.layer_bytes == Scenario::L0 + Scenario::L1 + Scenario::L2 + Scenario::L3 + Scenario::L4 + Scenario::L5 +
-                             Scenario::L6);
+  CHECK(s.layer_bytes ==
+        Scenario::L0 + Scenario::L1 + Scenario::L2 + Scenario::L3 + Scenario::L4 + Scenario::L5 + Scenario::L6);
   CHECK(s.counts["container"]["bpf"] == 3);
   CHECK(s.counts["volume"]["unattributed"] == 1);
 }

@@ -61,7 +61,10 @@ TEST_CASE("utf8: validity, prefixes on a character boundary, repair", "[utf8]") 
   CHECK(utf8Prefix("ab\xff\xff", 3) == "ab\xff");  // a stray byte is one unit
 
   CHECK(utf8Fix("ok " + kE) == "ok " + kE);
-  CHECK(utf8Fix("a\xff" "b") == "a\xef\xbf\xbd" "b");
+  CHECK(utf8Fix("a\xff"
+                "b") ==
+        "a\xef\xbf\xbd"
+        "b");
   CHECK(utf8Valid(utf8Fix(reason.substr(0, 500))));
 }
 
@@ -71,9 +74,10 @@ TEST_CASE("utf8: printable() for error messages and logs", "[utf8]") {
   CHECK(printable("\xff") == "\\xff");
   CHECK(printable("a\nb\r\tc\x1b[31m") == "a\\x0ab\\x0d\\x09c\\x1b[31m");
   CHECK(printable("\x7f") == "\\x7f");
-  CHECK(printable("\xc2\x85") == "\\u0085");           // NEL, a C1 control
-  CHECK(printable("\xe2\x80\xae" "evil") == "\\u202eevil");  // right-to-left override
-  CHECK(printable("\xe2\x80\xa8") == "\\u2028");       // line separator
+  CHECK(printable("\xc2\x85") == "\\u0085");  // NEL, a C1 control
+  CHECK(printable("\xe2\x80\xae"
+                  "evil") == "\\u202eevil");      // right-to-left override
+  CHECK(printable("\xe2\x80\xa8") == "\\u2028");  // line separator
   // Bounded, never inside a character or an escape, the cut marked.
   CHECK(printable(std::string(200, 'x'), 10) == std::string(10, 'x') + "...");
   CHECK(printable("abcdefgh" + kE, 9) == "abcdefgh...");

@@ -72,9 +72,12 @@ class NoMail : public MailTransport {
 TEST_CASE("worker: the thread carries its name, cut to 15 characters", "[worker]") {
   Worker w;
   std::atomic<bool> stop{false};
-  CHECK(w.start("dq-a-name-longer-than-fifteen", [&] {
-    while (!stop) std::this_thread::sleep_for(1ms);
-  }, [&] { stop = true; }));
+  CHECK(w.start(
+      "dq-a-name-longer-than-fifteen",
+      [&] {
+        while (!stop) std::this_thread::sleep_for(1ms);
+      },
+      [&] { stop = true; }));
   REQUIRE(waitForName("dq-a-name-longe"));
   CHECK(w.running());
   w.stop();
@@ -113,11 +116,14 @@ TEST_CASE("worker: stop() wakes once and joins once, again is a no-op, and it st
 TEST_CASE("worker: stop() from the body only asks, the owner's stop() joins", "[worker]") {
   Worker w;
   std::atomic<bool> stop{false}, asked{false};
-  REQUIRE(w.start("dq-test", [&] {
-    w.stop();  // a callback stopping its own service
-    asked = true;
-    while (!stop) std::this_thread::sleep_for(1ms);
-  }, [&] { stop = true; }));
+  REQUIRE(w.start(
+      "dq-test",
+      [&] {
+        w.stop();  // a callback stopping its own service
+        asked = true;
+        while (!stop) std::this_thread::sleep_for(1ms);
+      },
+      [&] { stop = true; }));
   for (int i = 0; i < 500 && !asked; i++) std::this_thread::sleep_for(10ms);
   CHECK(asked);
   CHECK(w.running());  // not joined by itself
@@ -141,8 +147,8 @@ TEST_CASE("worker: the threads of the started services carry their names, and st
   testing::IdleRuntime runtime;
   EnforcerOptions eo;
   eo.mode = EnforceMode::DryRun;
-  auto enforcer = Enforcer::create(**store, (*qman)->quotas(), [&] { return (*qman)->usage().snapshot(); },
-                                   (*qman)->users(), runtime, eo);
+  auto enforcer = Enforcer::create(
+      **store, (*qman)->quotas(), [&] { return (*qman)->usage().snapshot(); }, (*qman)->users(), runtime, eo);
   REQUIRE(enforcer.ok());
   DockerClient docker(nowhere);
   Attributor attributor(**store, docker);
@@ -163,9 +169,8 @@ TEST_CASE("worker: the threads of the started services carry their names, and st
   (*master)->start();
 
   const std::map<std::string, int> expected = {
-      {"dq-http-loop", 1}, {"dq-http-0", 1}, {"dq-http-1", 1}, {"dq-http-2", 1}, {"dq-usage", 1},
-      {"dq-defaults", 1},  {"dq-enforce", 1}, {"dq-attrib", 1}, {"dq-events", 1}, {"dq-growth", 1},
-      {"dq-mail", 1},      {"dq-master", 1}};
+      {"dq-http-loop", 1}, {"dq-http-0", 1}, {"dq-http-1", 1}, {"dq-http-2", 1}, {"dq-usage", 1}, {"dq-defaults", 1},
+      {"dq-enforce", 1},   {"dq-attrib", 1}, {"dq-events", 1}, {"dq-growth", 1}, {"dq-mail", 1},  {"dq-master", 1}};
   for (const auto& [name, n] : expected) {
     INFO(name);
     CHECK(waitForName(name, n));

@@ -29,14 +29,16 @@ struct FakeZfs {
   std::vector<std::string> calls;
 
   std::shared_ptr<ZfsCli> cli() {
-    return std::make_shared<ZfsCli>("/sbin/zfs", [this](const std::vector<std::string>& args, std::chrono::milliseconds) {
-      std::string key;
-      for (auto& a : args) key += (key.empty() ? "" : " ") + a;
-      calls.push_back(key);
-      auto it = answers.find(key);
-      if (it == answers.end()) return Result<RunOutput>(RunOutput{1, 0, "", "unexpected call\n"});
-      return Result<RunOutput>(it->second);
-    });
+    return std::make_shared<ZfsCli>("/sbin/zfs",
+                                    [this](const std::vector<std::string>& args, std::chrono::milliseconds) {
+                                      std::string key;
+                                      for (auto& a : args) key += (key.empty() ? "" : " ") + a;
+                                      calls.push_back(key);
+                                      auto it = answers.find(key);
+                                      if (it == answers.end())
+                                        return Result<RunOutput>(RunOutput{1, 0, "", "unexpected call\n"});
+                                      return Result<RunOutput>(it->second);
+                                    });
   }
 };
 
@@ -63,16 +65,16 @@ TEST_CASE("zfs: userspace output of the spec, in the wire's units", "[zfs]") {
 
 TEST_CASE("zfs: userspace lines that do not parse are skipped, a uid listed twice once", "[zfs]") {
   auto q = parseZfsUserspace(
-      "POSIX Group\t1001\t1\t0\n"        // not a user
-      "SMB User\tS-1-5-21\t1\t0\n"       // not numeric
-      "POSIX User\talice\t1\t0\n"        // a name: -n was not honoured
-      "POSIX User\t1001\t12K\t0\n"       // not -p
-      "POSIX User\t-1\t1\t0\n"           // a sign
-      "POSIX User\t4294967296\t1\t0\n"   // beyond uid_t
-      "POSIX User\t1002\t1\t0\textra\n"  // five fields
-      "POSIX User\t1004\t5120\t1025\r\n" // CRLF; 1025 bytes = 1 KiB, truncated as qman's //
-      "POSIX User\t1004\t1\t1\n"         // the same uid again: the first wins
-      "POSIX User\t1003\t7\t-");         // no final newline, quota "-" = 0
+      "POSIX Group\t1001\t1\t0\n"         // not a user
+      "SMB User\tS-1-5-21\t1\t0\n"        // not numeric
+      "POSIX User\talice\t1\t0\n"         // a name: -n was not honoured
+      "POSIX User\t1001\t12K\t0\n"        // not -p
+      "POSIX User\t-1\t1\t0\n"            // a sign
+      "POSIX User\t4294967296\t1\t0\n"    // beyond uid_t
+      "POSIX User\t1002\t1\t0\textra\n"   // five fields
+      "POSIX User\t1004\t5120\t1025\r\n"  // CRLF; 1025 bytes = 1 KiB, truncated as qman's //
+      "POSIX User\t1004\t1\t1\n"          // the same uid again: the first wins
+      "POSIX User\t1003\t7\t-");          // no final newline, quota "-" = 0
   REQUIRE(q.size() == 2);
   CHECK(q[0] == QuotaFigures{1003, 0, 0, 7, 0, 0, 0, 0, 0});
   CHECK(q[1] == QuotaFigures{1004, 1, 1, 5120, 0, 0, 0, 0, 0});
@@ -168,8 +170,7 @@ TEST_CASE("zfs: the spec's PUT on tank/home runs zfs set with bytes, and reads b
                                             "get -H -p -o value userused@1002,userquota@1002 tank/home"});
 }
 
-TEST_CASE("zfs: set keeps the quota when the hard limit is absent; 0 removes it; errors carry zfs's words",
-          "[zfs]") {
+TEST_CASE("zfs: set keeps the quota when the hard limit is absent; 0 removes it; errors carry zfs's words", "[zfs]") {
   FakeZfs z;
   z.answers["set userquota@1001=0 tank/home"] = ok("");
   z.answers["set userquota@1001=1024 tank/gone"] =

@@ -81,10 +81,10 @@ const QuotaFigures* entryOf(const DeviceSnapshot& s, uint32_t uid) {
 }  // namespace
 
 TEST_CASE("zfs on a real pool: discover, set, a writer stopped, read back, degraded", "[.zfs-vm]") {
-  const std::string zfs = env("DQ_ZFS_BINARY");  // and DQ_ZPOOL_BINARY
-  const std::string pool = env("DQ_ZFS_POOL");        // "tank", mounted on /tank
-  const std::string home = pool + "/home";              // mounted on /tank/home, mode 1777
-  const std::string gone = pool + "/gone";              // destroyed by this test
+  const std::string zfs = env("DQ_ZFS_BINARY");                  // and DQ_ZPOOL_BINARY
+  const std::string pool = env("DQ_ZFS_POOL");                   // "tank", mounted on /tank
+  const std::string home = pool + "/home";                       // mounted on /tank/home, mode 1777
+  const std::string gone = pool + "/gone";                       // destroyed by this test
   const uint32_t uid = uint32_t(std::stoul(env("DQ_ZFS_UID")));  // a user with no files yet
   auto cli = std::make_shared<ZfsCli>(zfs, realZfsExec(zfs));
 
