@@ -917,7 +917,7 @@ void putContainerLimit(QmanContext& ctx, const Req& req, Res& res) {
   if (!p->projectOfContainer(**id)) return sendError(res, 404, "container " + **id + " has no project yet");
   if (auto s = ctx.store.setProjectLimit("container", **id, bytes); !s)
     return sendError(res, s.error().code == ENOENT ? 404 : 500, s.error().message);
-  p->wake();  // the kernel gets it on the pass this starts
+  p->limitsChanged();  // in the kernel before the pass this starts
   LOG_INFO(kSub, "container %s: own limit %s", id->value().c_str(),
            bytes ? std::to_string(*bytes).c_str() : "cleared (default)");
   json out = {{"id", **id}, {"project", *p->projectOfContainer(**id)}};

@@ -104,7 +104,7 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
   if (q->projects_ && q->projects_->active()) {
     // Kernel figures are current: re-publish whenever they are read; a limit change goes to the kernel at once.
     q->projects_->setUsageListener([u = q->usage_.get()] { u->rejoinSoon(); });
-    q->quotas_->setChangeListener([p = q->projects_.get()] { p->wake(); });
+    q->quotas_->setChangeListener([p = q->projects_.get()] { p->limitsChanged(); });
   }
   q->ctx_.reset(new QmanContext{store, *q->quotas_, *q->usage_, *q->users_, q->inspect_client_.get(),
                                 std::move(probe_counters),

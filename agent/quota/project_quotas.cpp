@@ -159,12 +159,31 @@ void ProjectQuotas::start() {
   if (!locator_->layersDir().empty() && isDir(locator_->layersDir())) {
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
     work_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (stop_fd_ >= 0 && work_fd_ >= 0) {
-      openGate();
-      watch_worker_.start(
-          "dq-prj-watch", [this] { watchLayers(); }, [this] { haltWatch(); });
-    }
+    if (stop_fd_ >= 0 && work_fd_ >= 0) startWatch();
   }
+}
+
+// Two threads: the spot thread notices new layers (and guards them), the
+// watch thread tags them. Without inotify on the layers dir, container
+// layers are tagged at Docker's create reply.
+void ProjectQuotas::startWatch() {
+  const std::string dir = locator_->layersDir();
+  int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (in < 0 || inotify_add_watch(in, dir.c_str(), IN_CREATE | IN_ONLYDIR) < 0) {
+    LOG_WARN(kSub, "cannot watch %s for new layers (%s): container layers are tagged at Docker's create reply",
+             dir.c_str(), std::strerror(errno));
+    if (in >= 0) close(in);
+    return;
+  }
+  openGate();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    watching_ = true;
+  }
+  watch_worker_.start(
+      "dq-prj-watch", [this] { watchLayers(); }, [this] { haltWatch(); });
+  spot_worker_.start(
+      "dq-prj-spot", [this, in] { spotLayers(in); }, [this] { haltWatch(); });
 }
 
 // The gate holds a new layer's mounts until it is tagged (layer_gate.h).
@@ -194,7 +213,8 @@ void ProjectQuotas::openGate() {
 // The sync pass is told first, so both wind down together; the watch is
 // joined (and its eventfds closed) before the sync thread.
 void ProjectQuotas::stop() {
-  if (gate_) gate_->stop();  // first: no mount waits on a stopping agent
+  spot_worker_.stop();       // first: no layer is guarded by a gate that stops
+  if (gate_) gate_->stop();  // then: no mount waits on a stopping agent
   sync_worker_.requestStop();
   watch_worker_.stop();
   if (stop_fd_ >= 0) close(stop_fd_);
@@ -261,34 +281,19 @@ bool isLayerId(const char* name) {  // overlay2 names a container layer by 64 he
 // "<id>-init" sibling, are never touched here, and are tagged layer by layer
 // in sync() once their image is attributed, as before.
 void ProjectQuotas::watchLayers() {
-  const std::string dir = locator_->layersDir();
-  int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (in < 0 || inotify_add_watch(in, dir.c_str(), IN_CREATE | IN_ONLYDIR) < 0) {
-    LOG_WARN(kSub, "cannot watch %s for new layers (%s): container layers are tagged at Docker's create reply",
-             dir.c_str(), std::strerror(errno));
-    if (in >= 0) close(in);
-    return;
-  }
-  LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", dir.c_str());
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    watching_ = true;
-  }
+  LOG_INFO(kSub, "watching %s: container layers are tagged as Docker makes them", locator_->layersDir().c_str());
   // The mount table, polled (POLLPRI) only while a new layer waits out
   // Docker's create-time mount.
   const int mounts = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
   for (;;) {
     const bool waiting = waitingForUnmounts();
-    pollfd fds[4] = {
-        {in, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0}, {waiting ? mounts : -1, POLLPRI, 0}};
-    if (poll(fds, 4, waiting ? 100 : -1) < 0 && errno != EINTR) break;
-    if (fds[1].revents) break;
-    if (fds[2].revents) handleWork();
-    if (fds[0].revents) handleNewLayers(in, dir);
+    pollfd fds[3] = {{stop_fd_, POLLIN, 0}, {work_fd_, POLLIN, 0}, {waiting ? mounts : -1, POLLPRI, 0}};
+    if (poll(fds, 3, waiting ? 100 : -1) < 0 && errno != EINTR) break;
+    if (fds[0].revents) break;
+    if (fds[1].revents) handleWork();
     if (waiting) resolveCreateMounts();
   }
   if (mounts >= 0) close(mounts);
-  close(in);
   std::lock_guard<std::mutex> l(mu_);  // what it had not tagged yet goes to the sync thread
   watching_ = false;
   for (auto& id : owned_) queue_.emplace_back(ObjectKind::Container, std::move(id));
@@ -296,18 +301,75 @@ void ProjectQuotas::watchLayers() {
   cv_.notify_all();
 }
 
+// The spot thread does nothing but notice new container layers and put the
+// gate on them: the watch thread can be busy tagging (seen on 6.1 at load 8:
+// a layer noticed only after the create's reply, its start already mounting
+// it), and a mark put on late holds nothing.
+void ProjectQuotas::spotLayers(int in) {
+  const std::string dir = locator_->layersDir();
+  for (;;) {
+    pollfd fds[2] = {{in, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents) break;
+    if (!fds[0].revents) continue;
+    auto roots = readNewLayers(in, dir);
+    if (roots.empty()) continue;
+    if (gate_) {
+      for (const auto& root : roots)
+        if (auto st = gate_->guard(root); !st) LOG_WARN(kSub, "%s", st.error().message.c_str());
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (auto& root : roots) {
+        if (spotted_.size() >= kMaxSpotted) {
+          stats_.early_unclear++;  // a flood the watch thread cannot keep up with: tagged at the replies
+          continue;
+        }
+        spotted_.push_back(std::move(root));
+      }
+    }
+    uint64_t one = 1;
+    (void)!write(work_fd_, &one, sizeof one);
+  }
+  close(in);
+}
+
+// New container layer roots from the inotify queue. A container layer comes
+// right after its init layer; an image layer (a pull or build extracting
+// into it now) has none, and is left alone.
+std::vector<std::string> ProjectQuotas::readNewLayers(int in, const std::string& dir) {
+  std::vector<std::string> roots;
+  alignas(inotify_event) char buf[64 * 1024];
+  ssize_t n = read(in, buf, sizeof buf);
+  for (ssize_t off = 0; n > 0 && off < n;) {
+    const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+    off += sizeof(inotify_event) + ev->len;
+    if (ev->mask & IN_Q_OVERFLOW) {
+      stats_.early_unclear++;
+      LOG_WARN(kSub, "new layers in %s went unnoticed (inotify queue overflow): tagged at their create replies",
+               dir.c_str());
+    }
+    if (!(ev->mask & IN_ISDIR) || !ev->len || !isLayerId(ev->name)) continue;
+    std::string root = dir + "/" + ev->name;
+    if (isDir(root + "-init")) roots.push_back(std::move(root));
+  }
+  return roots;
+}
+
 void ProjectQuotas::handleWork() {
   uint64_t n;
   (void)!read(work_fd_, &n, sizeof n);
   std::vector<uint32_t> uids;
-  std::vector<std::string> owned, gated;
+  std::vector<std::string> owned, gated, spotted;
   {
     std::lock_guard<std::mutex> l(mu_);
     uids.swap(prepare_);
     owned.swap(owned_);
     gated.swap(gated_);
+    spotted.swap(spotted_);
   }
   for (const auto& root : gated) tagHeld(root);  // a mount waits on each
+  for (const auto& root : spotted) tagNewLayer(root);
   for (uint32_t uid : uids)
     if (auto id = allocateNow(kUser, std::to_string(uid)); !id) LOG_WARN(kSub, "%s", id.error().message.c_str());
   // A create reply named its owner: the start that mounts the layer is one
@@ -316,42 +378,29 @@ void ProjectQuotas::handleWork() {
   for (const auto& id : owned) tagQueued(ObjectKind::Container, id);
 }
 
-void ProjectQuotas::handleNewLayers(int in, const std::string& dir) {
-  alignas(inotify_event) char buf[64 * 1024];
-  ssize_t n = read(in, buf, sizeof buf);
-  for (ssize_t off = 0; n > 0 && off < n;) {
-    const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
-    off += sizeof(inotify_event) + ev->len;
-    if (ev->mask & IN_Q_OVERFLOW) stats_.early_unclear++;
-    if (!(ev->mask & IN_ISDIR) || !ev->len || !isLayerId(ev->name)) continue;
-    // A container layer comes right after its init layer; an image layer
-    // (a pull or build extracting into it now) has none, and is left alone.
-    const std::string root = dir + "/" + ev->name;
-    if (!isDir(root + "-init")) continue;
-    if (gate_) {
-      if (auto st = gate_->guard(root); !st) LOG_WARN(kSub, "%s", st.error().message.c_str());
-    }
-    if (opt_.mode == ProjectMode::Container) {
-      // Its own project from the start, keyed by the layer until the create
-      // reply names the container (tagObject() then renames it).
-      tagEarly(root, std::nullopt);
-      continue;
-    }
-    auto uid = soleCreator();
-    // The lookup names this layer's maker only while its create is pending:
-    // a layer with a work/work has been mounted, so the reply may have gone
-    // out before the lookup, and the pending creates be others'.
-    if (!uid || exists(root + "/work/work")) {
-      stats_.early_unclear++;
-      continue;
-    }
-    // Tagged right here, not behind a sync pass that may hold the backend's
-    // thread; a user's first object gets its id allocated here too (a pass
-    // that began before leaves a project younger than itself alone). A tag
-    // of the same layer at the same time (the create reply's) follows the
-    // same order with the same id: no harm.
-    tagEarly(root, uid);
+// The watch thread: a new container layer the spot thread found (and the
+// gate guards), tagged before Docker mounts it where its maker is clear.
+void ProjectQuotas::tagNewLayer(const std::string& root) {
+  if (opt_.mode == ProjectMode::Container) {
+    // Its own project from the start, keyed by the layer until the create
+    // reply names the container (tagObject() then renames it).
+    tagEarly(root, std::nullopt);
+    return;
   }
+  auto uid = soleCreator();
+  // The lookup names this layer's maker only while its create is pending:
+  // a layer with a work/work has been mounted, so the reply may have gone
+  // out before the lookup, and the pending creates be others'.
+  if (!uid || exists(root + "/work/work")) {
+    stats_.early_unclear++;
+    return;
+  }
+  // Tagged right here, not behind a sync pass that may hold the backend's
+  // thread; a user's first object gets its id allocated here too (a pass
+  // that began before leaves a project younger than itself alone). A tag
+  // of the same layer at the same time (the create reply's) follows the
+  // same order with the same id: no harm.
+  tagEarly(root, uid);
 }
 
 bool ProjectQuotas::waitingForUnmounts() const {
@@ -603,6 +652,33 @@ void ProjectQuotas::wake() {
   cv_.notify_all();
 }
 
+void ProjectQuotas::limitsChanged() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    wake_ = limits_changed_ = true;
+  }
+  cv_.notify_all();
+}
+
+void ProjectQuotas::applyLimitsNow() {
+  std::lock_guard<std::mutex> s(sync_mu_);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto projects = store_.projects();
+  if (!projects) {
+    stats_.errors++;
+    LOG_WARN(kSub, "new limits: %s (the sync pass retries)", projects.error().message.c_str());
+    return;
+  }
+  std::erase_if(*projects,
+                [&](const ProjectRecord& p) { return (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User); });
+  if (auto st = applyLimits(*projects); !st) {
+    stats_.errors++;
+    LOG_WARN(kSub, "new limits: %s (the sync pass retries)", st.error().message.c_str());
+  }
+  LOG_DEBUG(kSub, "new limits in the kernel %.1f ms after the change was picked up",
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+}
+
 void ProjectQuotas::setUsageListener(std::function<void()> f) {
   std::lock_guard<std::mutex> l(mu_);
   on_usage_ = std::move(f);
@@ -645,7 +721,9 @@ void ProjectQuotas::run() {
     bool due = wake_ || std::chrono::steady_clock::now() >= next_sync;
     if (!due) continue;
     wake_ = false;
+    const bool limits = std::exchange(limits_changed_, false);
     l.unlock();
+    if (limits) applyLimitsNow();
     if (auto st = sync(); !st) LOG_WARN(kSub, "sync: %s", st.error().message.c_str());
     l.lock();
     next_sync = std::chrono::steady_clock::now() + opt_.interval;

@@ -169,8 +169,11 @@ class ProjectQuotas {
   // the watch thread), so the layer Docker makes next is tagged without
   // waiting for an allocation. Never blocks.
   void prepareUser(uint32_t uid);
-  // Something changed that a sync should see soon (a limit, a removal).
+  // Something changed that a sync should see soon (a removal).
   void wake();
+  // A limit changed: the kernel gets every project's limit before the sync
+  // pass this starts (which can take seconds on a busy host).
+  void limitsChanged();
   // Called after every usage read (the accountant re-publishes).
   void setUsageListener(std::function<void()> f);
   // Re-reads only the projects that hold these containers (the growth probe
@@ -203,12 +206,17 @@ class ProjectQuotas {
   Result<size_t> tagDirs(const std::vector<std::string>& dirs, uint32_t id, TagWhen when = {});
   void noteLayer(const std::string& root, const LayerTagResult& r);
   Status applyLimits(const std::vector<ProjectRecord>& projects);
+  void applyLimitsNow();  // limitsChanged(): every project of this mode, before the pass
   Status readUsage(const std::vector<ProjectRecord>& projects);
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
   void run();
-  void haltSync();                                                      // sets stop_ and wakes run()
-  void haltWatch();                                                     // writes stop_fd_: watchLayers() returns
-  void watchLayers();                                                   // the watch thread: new layer directories
+  void haltSync();   // sets stop_ and wakes run()
+  void haltWatch();  // writes stop_fd_: watchLayers() and spotLayers() return
+  void startWatch();
+  void watchLayers();       // the watch thread: tags (work_fd_)
+  void spotLayers(int in);  // the spot thread: new layer directories, guarded at once
+  std::vector<std::string> readNewLayers(int inotify_fd, const std::string& dir);
+  void tagNewLayer(const std::string& root);
   void tagEarly(const std::string& root, std::optional<uint32_t> uid);  // uid: per-user mode
   void tagQueued(ObjectKind kind, const std::string& id);
   void openGate();
@@ -216,7 +224,6 @@ class ProjectQuotas {
   void tagHeld(const std::string&
                    root);  // the gate holds a mount of it              // an owner change, as the store has it now
   void handleWork();       // the watch thread: prepare_ and owned_
-  void handleNewLayers(int inotify_fd, const std::string& dir);  // the watch thread: new layer directories
   bool waitingForUnmounts() const;
   void resolveCreateMounts();
   void settleCreateMount(const std::string& root, double create_reply);
@@ -265,11 +272,14 @@ class ProjectQuotas {
   std::map<std::string, double> waited_out_;  // layer root -> work_born of the mount waited out
   std::unique_ptr<LayerGate> gate_;           // nullptr: unavailable (gate_unavailable_ says why)
   std::string gate_unavailable_;
-  std::vector<std::string> gated_;  // roots whose mount the gate holds, for the watch thread
-  bool wake_ = false, stop_ = false;
+  std::vector<std::string> gated_;    // roots whose mount the gate holds, for the watch thread
+  std::vector<std::string> spotted_;  // new container layer roots, for the watch thread
+  static constexpr size_t kMaxSpotted = 4096;
+  bool wake_ = false, stop_ = false, limits_changed_ = false;
   std::condition_variable cv_;
   Worker sync_worker_;   // run(): sync passes
   Worker watch_worker_;  // watchLayers()
+  Worker spot_worker_;   // spotLayers()
 };
 
 }  // namespace dockquota

@@ -5,6 +5,7 @@ socket group, the real agent, and its HTTP API over loopback.
 Prerequisites (root, dockerd, busybox) missing: the test SKIPs outside CI and
 FAILS with CI=true, so a green CI run means it really ran."""
 import base64
+import ctypes
 import grp
 import json
 import os
@@ -282,6 +283,30 @@ def mount_data_root(env, fstype, quota=True):
     sh("mount -o loop%s %s %s" % (",prjquota" if quota else "", image, data))
     env.unmount = data
     return data
+
+
+def mount_source(mountpoint):
+    """The device a mount point is mounted from (/proc/self/mountinfo)."""
+    for line in open("/proc/self/mountinfo"):
+        f = line.split()
+        if f[4] == os.path.realpath(mountpoint):
+            return f[f.index("-") + 2]
+    return None
+
+
+def kernel_project_hard_kib(mountpoint, project):
+    """The kernel's own hard block limit of a project, in KiB (0 = none), read
+    with quotactl(Q_GETQUOTA, PRJQUOTA): what the agent claims is not evidence."""
+    class Dqblk(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in ("bhard", "bsoft", "curspace", "ihard", "isoft", "curinodes",
+                                                     "btime", "itime")] + [("valid", ctypes.c_uint32)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    q_getquota, prjquota = 0x800007, 2
+    d = Dqblk()
+    dev = mount_source(mountpoint)
+    if libc.quotactl((q_getquota << 8) | prjquota, dev.encode(), project, ctypes.byref(d)) != 0:
+        raise OSError(ctypes.get_errno(), "quotactl(Q_GETQUOTA, PRJQUOTA) %s project %d" % (dev, project))
+    return d.bhard
 
 
 def wait_for(what, fn, timeout=30.0):

@@ -93,6 +93,13 @@ def user_project(env):
     return None
 
 
+def limit_in_kernel(env, limit):
+    """Alice has no project (the writers' gets the limit as it is made), or
+    the kernel holds hers to `limit` bytes."""
+    p = user_project(env)
+    return p is None or harness.kernel_project_hard_kib(env.unmount, p["id"]) * 1024 == limit
+
+
 # The client: create + start over the Engine API as fast as a client can (the
 # docker CLI takes seconds per run under emulation), CONCURRENCY at a time, as
 # alice. Prints "name OK" or "name ERR <Docker's message>" per container.
@@ -231,7 +238,14 @@ def race(env, fstype, rounds):
     used = (user_project(env) or {}).get("used_bytes", 0)
     limit = (used + 8 * MiB) // 1024 * 1024
     set_limit(env, ALICE, limit // 1024)
-    time.sleep(3)  # the limit reaches the kernel on the woken sync
+    # The PUT wakes a sync pass, which puts the limit on alice's project; with
+    # her project freed, the writers' first layer gets one with the limit on.
+    # Writers started before it lands would not be held (seen at load 8: a
+    # 3 s sleep was not enough), so the test waits for the kernel to have it.
+    t0 = time.time()
+    landed = wait_for("the limit in the kernel", lambda: limit_in_kernel(env, limit), timeout=60)
+    print("FIGURES %s: the new limit reached the kernel %.1f s after the PUT" % (fstype, time.time() - t0), flush=True)
+    check(landed, "%s: the new limit reached the kernel within 60 s of the PUT" % fstype)
     fillers = ["fill-%s-%d" % (fstype, i) for i in range(4)]
     start_all(env, fillers, "dd if=/dev/zero of=/fill bs=65536 count=128 2>&1; sync", 4)
     for n in fillers:
