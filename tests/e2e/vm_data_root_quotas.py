@@ -224,6 +224,28 @@ def limits(listing, name, uid=ALICE):
     return (e["block_soft_limit"], e["block_hard_limit"]) if e else (0, 0)
 
 
+def metrics_agree(env, fstype, devname, listing):
+    """/metrics keeps the two accountings apart as the list does: the block
+    device's family for the user quota, docker's own for the project."""
+    status, text = env.http_text("/metrics")
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("dockquota_device_user_bytes{") or line.startswith("dockquota_user_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = int(float(value))
+    lbl = 'uid="%d",user="alice"' % ALICE
+    dev = 'device="%s",%s' % (devname, lbl)
+    got = (samples.get('dockquota_device_user_bytes{%s,kind="used"}' % dev),
+           samples.get('dockquota_device_user_bytes{%s,kind="hard"}' % dev),
+           sum(samples.get('dockquota_user_usage_bytes{%s,kind="%s"}' % (lbl, k), 0)
+               for k in ("container", "image_layer", "volume")),
+           samples.get('dockquota_user_limit_bytes{%s}' % lbl))
+    want = (used(listing, devname), limits(listing, devname)[1] * KIB, used(listing, "docker"),
+            limits(listing, "docker")[1] * KIB)
+    check(status == 200 and got == want, "%s: /metrics (block used, block hard, docker used, docker limit) %s, "
+          "the list %s" % (fstype, got, want))
+
+
 # --- the scenario -------------------------------------------------------------------
 
 def writer(env, name, mib):
@@ -352,6 +374,7 @@ def scenario(env, fstype):
           "%s: read back: block (soft, hard) %s, docker %s" % (fstype, limits(listing, devname),
                                                               limits(listing, "docker")))
     check(used(listing, devname) == u[0], "%s: the container's bytes are still not in her block figure" % fstype)
+    metrics_agree(env, fstype, devname, listing)
     h = env.health()
     check(not [r for r in h.get("degraded", []) if "quota" in r],
           "%s: /healthz names no quota problem: %s" % (fstype, h.get("degraded")))
