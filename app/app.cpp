@@ -230,7 +230,7 @@ void App::wire() {
   const bool kernel_usage = projects_ && projects_->active();
   if (config_.enforcement != "off" && !kernel_usage) measure_on_change_ = &qman_->usage();
   // Owner changes from the store, whoever made them (a reply, an admin).
-  store_->setOwnerListener([this](ObjectKind kind, const std::string& id) {
+  store_->objects().setOwnerListener([this](ObjectKind kind, const std::string& id) {
     if (projects_) projects_->onOwnerChanged(kind, id);
     if (measure_on_change_ && kind != ObjectKind::Volume) measure_on_change_->refreshNow();
   });
@@ -376,7 +376,7 @@ void App::run(int signal_fd) {
       // sync, enforcement) takes: reading the change counter under it costs
       // nothing, and a thread that hangs holding it hangs us here, so the
       // pings stop and systemd restarts the agent.
-      (void)store_->sequence();
+      (void)store_->objects().sequence();
       sdNotify("WATCHDOG=1");
     }
     if (now >= next_refresh) {
@@ -403,7 +403,7 @@ void App::stop() {
   if (events_) events_->stop();
   if (attributor_) attributor_->stop();
   if (qman_) qman_->stop();
-  if (store_) store_->setOwnerListener(nullptr);  // it points into what is torn down next
+  if (store_) store_->objects().setOwnerListener(nullptr);  // it points into what is torn down next
   if (started_) LOG_NOTICE(kSub, "stopped");
 }
 

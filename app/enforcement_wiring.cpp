@@ -63,7 +63,7 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
     mo.secret = config.master_secret;
     mo.host_id = config.host_id;
     mo.ca_file = config.master_ca_file;
-    auto m = MasterSink::create(store, mo);
+    auto m = MasterSink::create(store.eventLog(), mo);
     if (!m) return m.error().context("config: key \"master_url\"");
     s->master_ = std::move(*m);
   }
@@ -82,7 +82,7 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
     mo.burst = std::chrono::seconds(config.email_burst_s);
     mo.min_interval = std::chrono::seconds(config.email_interval_s);
     mo.max_per_hour = config.email_max_per_hour;
-    s->mail_ = std::make_unique<MailNotifier>(store, *s->mailer_, std::move(*dir), mo);
+    s->mail_ = std::make_unique<MailNotifier>(store.eventLog(), *s->mailer_, std::move(*dir), mo);
   }
 
   s->ctx_.reset(new EnforcementContext{store, *s->enforcer_, qman.users(), [raw] { return raw->delivery(); }});

@@ -222,7 +222,7 @@ struct UsageSnapshot {
 };
 
 // The store's live objects for account(): calls `fn` for each live object of
-// a kind, oldest first (first_seen, then id), as Store::forEach() does. The
+// a kind, oldest first (first_seen, then id), as ObjectRepo::forEach() does. The
 // objects are read one at a time: as a list, 10,000 containers are ~6 MiB.
 using OwnerScan = std::function<Status(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn)>;
 
@@ -232,7 +232,7 @@ using OwnerScan = std::function<Status(ObjectKind kind, const std::function<void
 Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const OwnerScan& owners,
                               bool bill_root_to_login_uid, const KernelUsage* kernel = nullptr);
 
-// The same from lists (each in Store::list()'s order), for tests.
+// The same from lists (each in ObjectRepo::list()'s order), for tests.
 struct OwnerView {
   std::vector<ObjectRecord> containers, images, volumes;
 };

@@ -155,8 +155,9 @@ TEST_CASE("worker: the threads of the started services carry their names, and st
   DockerEventStream events(nowhere, {});
   GrowthMonitor growth(nullptr, docker, {.interval = 1h});  // never reads the (absent) probe before stop
   NoMail transport;
-  MailNotifier mailer(**store, transport, EmailDirectory{}, {.host_id = "test"});
-  auto master = MasterSink::create(**store, {.url = "http://127.0.0.1:1", .secret = "s", .host_id = "test"});
+  MailNotifier mailer((*store)->eventLog(), transport, EmailDirectory{}, {.host_id = "test"});
+  auto master =
+      MasterSink::create((*store)->eventLog(), {.url = "http://127.0.0.1:1", .secret = "s", .host_id = "test"});
   REQUIRE(master.ok());
 
   REQUIRE(api.start().ok());
