@@ -67,7 +67,7 @@ void listEvents(EnforcementContext& ctx, const Req& req, Res& res) {
   // One more than asked: tells whether there are more without a second query.
   const size_t want = q.limit;
   q.limit = want + 1;
-  auto rows = ctx.store.events(q);
+  auto rows = ctx.store.eventLog().events(q);
   if (!rows) return sendError(res, 500, rows.error().message);
   const bool more = rows->size() > want;
   if (more) rows->pop_back();
@@ -94,7 +94,7 @@ void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& r
   std::string id;
   const std::string ref = req.matches[1];
   if (kind == "container") {
-    auto r = ctx.store.resolve(ObjectKind::Container, ref);
+    auto r = ctx.store.objects().resolve(ObjectKind::Container, ref);
     if (!r) return sendError(res, 500, r.error().message);
     if (!*r) return sendError(res, 404, "no such container: " + printable(ref, kEchoBytes));
     id = **r;
@@ -103,7 +103,8 @@ void putExemption(EnforcementContext& ctx, const std::string& kind, const Req& r
     if (!uid) return sendError(res, 404, "no such user: " + printable(ref, kEchoBytes));
     id = std::to_string(*uid);
   }
-  if (auto s = ctx.store.setExemption({kind, id, reason, unixNow()}); !s) return sendError(res, 500, s.error().message);
+  if (auto s = ctx.store.enforcement().setExemption({kind, id, reason, unixNow()}); !s)
+    return sendError(res, 500, s.error().message);
   LOG_NOTICE(kSub, "%s %s exempted from enforcement%s%s", kind.c_str(), id.c_str(), reason.empty() ? "" : ": ",
              reason.c_str());
   ctx.enforcer.wake();
@@ -114,14 +115,14 @@ void deleteExemption(EnforcementContext& ctx, const std::string& kind, const Req
   const std::string ref = req.matches[1];
   std::string id = ref;
   if (kind == "container") {
-    auto r = ctx.store.resolve(ObjectKind::Container, ref);
+    auto r = ctx.store.objects().resolve(ObjectKind::Container, ref);
     if (r && *r) id = **r;  // an exemption of a container that is gone can still be cleared by full id
   } else {
     auto uid = ctx.users.resolve(ref);
     if (!uid) return sendError(res, 404, "no such user: " + printable(ref, kEchoBytes));
     id = std::to_string(*uid);
   }
-  auto gone = ctx.store.clearExemption(kind, id);
+  auto gone = ctx.store.enforcement().clearExemption(kind, id);
   if (!gone) return sendError(res, 500, gone.error().message);
   if (!*gone) return sendError(res, 404, kind + " " + printable(id, kEchoBytes) + " is not exempt");
   LOG_NOTICE(kSub, "%s %s no longer exempt from enforcement", kind.c_str(), id.c_str());
@@ -168,7 +169,7 @@ void installEnforcementRoutes(ApiServer& api, EnforcementContext& ctx) {
                         {"seconds", r->seconds}});
             }));
   api.route("GET", "/api/v1/exemptions", guarded([](EnforcementContext& c, const Req&, Res& res) {
-              auto xs = c.store.exemptions();
+              auto xs = c.store.enforcement().exemptions();
               if (!xs) return sendError(res, 500, xs.error().message);
               json list = json::array();
               for (const auto& x : *xs)
@@ -206,7 +207,7 @@ void renderEnforcementMetrics(std::string& out, const EnforcementContext& ctx) {
   promSample(out, "dockquota_events_recorded_total", "", h["events"].get<uint64_t>());
   promHeader(out, "dockquota_events_pending", "gauge", "Events waiting for delivery, by channel.");
   for (Channel c : {Channel::Master, Channel::Mail}) {
-    auto n = ctx.store.pendingCount(c);
+    auto n = ctx.store.eventLog().pendingCount(c);
     promSample(out, "dockquota_events_pending", std::string("channel=\"") + toString(c) + "\"", uint64_t(n ? *n : 0));
   }
   // The senders' own counters: {"master": {"events_sent": 3, ...}, "mail": {...}}.

@@ -19,7 +19,7 @@ void installGrowthRoute(ApiServer& api, Store& store, const GrowthMonitor* growt
                 auto figs = growth->figures();
                 std::map<std::string, std::optional<uint32_t>> owner;
                 for (const auto& [id, g] : figs) {
-                  auto rec = store.get(ObjectKind::Container, id);
+                  auto rec = store.objects().get(ObjectKind::Container, id);
                   owner[id] = rec && *rec && (*rec)->owner
                                   ? std::optional<uint32_t>(billedUid(*(*rec)->owner, bill_root_to_login_uid))
                                   : std::nullopt;

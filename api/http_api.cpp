@@ -334,12 +334,12 @@ void ApiServer::listObjects(ObjectKind kind, const char* plural, httplib::Respon
   };
   constexpr size_t kRowBytes = 640;  // a container with both owners' names is ~450
   std::string body;
-  if (auto n = store_.count(kind)) body.reserve(*n * kRowBytes + 64);
+  if (auto n = store_.objects().count(kind)) body.reserve(*n * kRowBytes + 64);
   body += '{';
   body += jsonText(json(plural));
   body += ":[";
   size_t count = 0;
-  auto st = store_.forEach(kind, [&](const ObjectRecord& r) {
+  auto st = store_.objects().forEach(kind, [&](const ObjectRecord& r) {
     if (count++) body += ',';
     body += jsonText(objectJson(r, user));
   });

@@ -625,7 +625,7 @@ void inspect(QmanContext& ctx, const Req& req, Res& res) {
 
 // Resolves an entity's id (name, prefix, full id) in the store; 404 when unknown.
 std::optional<std::string> resolveEntity(QmanContext& ctx, const Entity& e, Res& res) {
-  auto id = ctx.store.resolve(e.kind, e.ref);
+  auto id = ctx.store.objects().resolve(e.kind, e.ref);
   if (!id) {
     sendError(res, 500, id.error().message);
     return std::nullopt;
@@ -657,7 +657,7 @@ void attributionDetail(QmanContext& ctx, const Req& req, Res& res) {
   if (!e) return;
   auto id = resolveEntity(ctx, *e, res);
   if (!id) return;
-  auto d = ctx.store.detail(e->kind, *id);
+  auto d = ctx.store.objects().detail(e->kind, *id);
   if (!d) return sendError(res, 500, d.error().message);
   if (!*d) return sendError(res, 404, std::string(toString(e->kind)) + " not found: " + printable(e->ref, kEchoBytes));
   json out = {{"entity_type", toString(e->kind)}, {"entity_id", *id}};
@@ -677,7 +677,7 @@ std::vector<std::pair<ObjectKind, std::string>> cascadeOf(QmanContext& ctx, Obje
   std::vector<std::pair<ObjectKind, std::string>> out;
   const ObjectKind child = kind == ObjectKind::Container ? ObjectKind::Volume : ObjectKind::Container;
   if (kind == ObjectKind::Volume) return out;
-  auto rows = ctx.store.list(child);
+  auto rows = ctx.store.objects().list(child);
   if (!rows) return out;
   for (const auto& r : *rows)
     if (r.parent == id) out.emplace_back(child, r.id);
@@ -729,7 +729,8 @@ void postAttribute(QmanContext& ctx, const Req& req, Res& res) {
     targets.insert(targets.end(), more.begin(), more.end());
   }
   for (const auto& [kind, oid] : targets) {
-    if (auto s = ctx.store.setOverride(kind, oid, ev, resolver); !s) return sendError(res, 500, s.error().message);
+    if (auto s = ctx.store.objects().setOverride(kind, oid, ev, resolver); !s)
+      return sendError(res, 500, s.error().message);
     LOG_NOTICE(kSub, "admin override: %s %s -> uid %u (by %s)", toString(kind), oid.c_str(), *uid,
                resolver.empty() ? "?" : resolver.c_str());
   }
@@ -750,7 +751,7 @@ void deleteAttribute(QmanContext& ctx, const Req& req, Res& res) {
     targets.insert(targets.end(), more.begin(), more.end());
   }
   for (const auto& [kind, oid] : targets) {
-    if (auto s = ctx.store.clearOverride(kind, oid); !s) return sendError(res, 500, s.error().message);
+    if (auto s = ctx.store.objects().clearOverride(kind, oid); !s) return sendError(res, 500, s.error().message);
     LOG_NOTICE(kSub, "admin override removed: %s %s", toString(kind), oid.c_str());
   }
   if (auto s = ctx.usage.rejoin(); !s) LOG_WARN(kSub, "%s", s.error().message.c_str());
@@ -794,7 +795,7 @@ void reviewQueue(QmanContext& ctx, const Req& req, Res& res) {
   const size_t first = (*page - 1) * *size;
   for (size_t i = first; i < queue.size() && i < first + *size; i++) {
     const UsageRow& r = *queue[i];
-    auto ev = ctx.store.evidence(r.kind, std::string(r.id));
+    auto ev = ctx.store.objects().evidence(r.kind, std::string(r.id));
     items.push_back(json{{"entity_type", toString(r.kind)},
                          {idKey(r.kind), r.id},
                          {"entity_id", r.id},
@@ -828,7 +829,7 @@ void events(QmanContext& ctx, const Req& req, Res& res) {
   auto include_resolved = boolParam(req, "include_resolved", false);
   if (!include_used || !include_resolved)
     return sendError(res, 400, "include_used and include_resolved must be true or false");
-  auto rows = ctx.store.evidenceRows(kind, id, 500);
+  auto rows = ctx.store.objects().evidenceRows(kind, id, 500);
   if (!rows) return sendError(res, 500, rows.error().message);
   std::map<std::pair<ObjectKind, std::string>, std::optional<AttributionDetail>> details;
   json list = json::array();
@@ -836,7 +837,7 @@ void events(QmanContext& ctx, const Req& req, Res& res) {
     auto key = std::make_pair(row.kind, row.id);
     auto it = details.find(key);
     if (it == details.end()) {
-      auto d = ctx.store.detail(row.kind, row.id);
+      auto d = ctx.store.objects().detail(row.kind, row.id);
       it = details.emplace(key, d ? *d : std::nullopt).first;
     }
     const auto& d = it->second;
@@ -872,7 +873,7 @@ void projectsPage(QmanContext& ctx, const Req&, Res& res) {
   if (!p) return sendJson(res, 200, json{{"state", "off"}, {"projects", json::array()}});
   json out = {{"state", p->active() ? "active" : "degraded"}, {"mode", toString(p->options().mode)}};
   if (!p->active()) out["reason"] = p->reason();
-  auto rows = ctx.store.projects();
+  auto rows = ctx.store.projectIds().projects();
   if (!rows) return sendError(res, 500, rows.error().message);
   auto usage = p->usage();
   json list = json::array();
@@ -911,11 +912,11 @@ void putContainerLimit(QmanContext& ctx, const Req& req, Res& res) {
       return sendError(res, 400, "limit_bytes must be a non-negative integer up to 2^60, or null");
     bytes = v.get<uint64_t>();
   }
-  auto id = ctx.store.resolve(ObjectKind::Container, req.matches[1]);
+  auto id = ctx.store.objects().resolve(ObjectKind::Container, req.matches[1]);
   if (!id) return sendError(res, 500, id.error().message);
   if (!*id) return sendError(res, 404, "no such container: " + printable(req.matches[1].str(), kEchoBytes));
   if (!p->projectOfContainer(**id)) return sendError(res, 404, "container " + **id + " has no project yet");
-  if (auto s = ctx.store.setProjectLimit("container", **id, bytes); !s)
+  if (auto s = ctx.store.projectIds().setProjectLimit("container", **id, bytes); !s)
     return sendError(res, s.error().code == ENOENT ? 404 : 500, s.error().message);
   p->limitsChanged();  // in the kernel before the pass this starts
   LOG_INFO(kSub, "container %s: own limit %s", id->value().c_str(),

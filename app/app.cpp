@@ -210,16 +210,16 @@ Status App::buildServices() {
   api_ = std::make_unique<ApiServer>(apiServerOptions(config_), *store_, [this] { return health(); });
   // The qman slave surface (/remote-api, /metrics) and the usage accounting
   // behind it. /metrics: the probes' counters, and the stream's losses.
-  auto qman = QmanServices::create(config_, *store_, *api_, [this] {
+  auto quota = QuotaServices::create(config_, *store_, *api_, [this] {
     json h = health();
     json p = h["probes"];
     p["stream"] = h["stream"];
     return p;
   });
-  if (!qman) return qman.error();
-  qman_ = std::move(*qman);
-  projects_ = qman_->projects();
-  auto enforcement = EnforcementServices::create(config_, *store_, *qman_, *api_);
+  if (!quota) return quota.error();
+  quota_ = std::move(*quota);
+  projects_ = quota_->projects();
+  auto enforcement = EnforcementServices::create(config_, *store_, *quota_, *api_);
   if (!enforcement) return enforcement.error();
   enforcement_ = std::move(*enforcement);
   installGrowthRoute(*api_, *store_, growth_.get(), config_.bill_root_to_login_uid);
@@ -228,9 +228,9 @@ Status App::buildServices() {
 
 void App::wire() {
   const bool kernel_usage = projects_ && projects_->active();
-  if (config_.enforcement != "off" && !kernel_usage) measure_on_change_ = &qman_->usage();
+  if (config_.enforcement != "off" && !kernel_usage) measure_on_change_ = &quota_->usage();
   // Owner changes from the store, whoever made them (a reply, an admin).
-  store_->setOwnerListener([this](ObjectKind kind, const std::string& id) {
+  store_->objects().setOwnerListener([this](ObjectKind kind, const std::string& id) {
     if (projects_) projects_->onOwnerChanged(kind, id);
     if (measure_on_change_ && kind != ObjectKind::Volume) measure_on_change_->refreshNow();
   });
@@ -241,14 +241,14 @@ void App::wire() {
   // create is pending (project_quotas.h).
   if (projects_) projects_->setCreatorLookup([this] { return soleCreator(); });
   // Attribution losses in /metrics, after what enforcement renders.
-  auto& more = qman_->context().more_metrics;
+  auto& more = quota_->context().more_metrics;
   more = [prev = more, this](std::string& out) {
     if (prev) prev(out);
     promAttributionCounters(out, attributor_->health().report);
-    if (auto h = qman_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
+    if (auto h = quota_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
   };
-  qman_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
-  qman_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
+  quota_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
+  quota_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
 }
 
 // The create's request event may still wait in the ring (consumed on a
@@ -312,7 +312,7 @@ Status App::start() {
   attributor_->start();
   events_->start();
   if (growth_) growth_->start();
-  qman_->start();
+  quota_->start();
   enforcement_->start();
   started_ = true;
   auto port = api_->start();
@@ -376,7 +376,7 @@ void App::run(int signal_fd) {
       // sync, enforcement) takes: reading the change counter under it costs
       // nothing, and a thread that hangs holding it hangs us here, so the
       // pings stop and systemd restarts the agent.
-      (void)store_->sequence();
+      (void)store_->objects().sequence();
       sdNotify("WATCHDOG=1");
     }
     if (now >= next_refresh) {
@@ -402,8 +402,8 @@ void App::stop() {
   if (growth_) growth_->stop();
   if (events_) events_->stop();
   if (attributor_) attributor_->stop();
-  if (qman_) qman_->stop();
-  if (store_) store_->setOwnerListener(nullptr);  // it points into what is torn down next
+  if (quota_) quota_->stop();
+  if (store_) store_->objects().setOwnerListener(nullptr);  // it points into what is torn down next
   if (started_) LOG_NOTICE(kSub, "stopped");
 }
 
@@ -467,7 +467,7 @@ json App::health() {
   }
   h["probes"] = std::move(probes);
   if (enforcement_) take("enforcement", enforcement_->health());
-  if (qman_) take("quota_devices", qman_->devicesHealth());
+  if (quota_) take("quota_devices", quota_->devicesHealth());
   h["kernel"] = kernel_;
   h["degraded"] = reasons;
   h["status"] = reasons.empty() ? "ok" : "degraded";

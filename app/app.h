@@ -31,7 +31,7 @@
 #include "api/http_api.h"
 #include "app/config.h"
 #include "app/enforcement_wiring.h"
-#include "app/qman_wiring.h"
+#include "app/quota_wiring.h"
 
 namespace dockquota {
 
@@ -92,8 +92,8 @@ class App {
   std::mutex docker_err_mu_;
   std::string docker_error_;
   std::unique_ptr<ApiServer> api_;
-  std::unique_ptr<QmanServices> qman_;
-  ProjectQuotas* projects_ = nullptr;             // qman_'s kernel backend, when on
+  std::unique_ptr<QuotaServices> quota_;
+  ProjectQuotas* projects_ = nullptr;             // quota_'s kernel backend, when on
   UsageAccountant* measure_on_change_ = nullptr;  // no kernel usage: a create asks for a measure
   std::unique_ptr<EnforcementServices> enforcement_;
   bool started_ = false, stopped_ = false;

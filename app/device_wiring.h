@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The non-Docker quota devices the config asks for, built into one
 // QuotaDevices: block devices (block_quotas, block_quota_include/_exclude)
-// found in /proc/self/mountinfo. QmanServices owns the result, starts and
-// stops it with the rest of the qman surface.
+// found in /proc/self/mountinfo. QuotaServices owns the result, starts and
+// stops it with the rest of the quota services.
 #pragma once
 
 #include <memory>

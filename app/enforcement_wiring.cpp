@@ -19,9 +19,9 @@ Result<std::set<uint32_t>> exemptUids(const std::vector<std::string>& refs, User
 }
 
 Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const Config& config, Store& store,
-                                                                         QmanServices& qman, ApiServer& api) {
+                                                                         QuotaServices& quota, ApiServer& api) {
   std::unique_ptr<EnforcementServices> s(new EnforcementServices());
-  auto exempt = exemptUids(config.enforcement_exempt_users, qman.users());
+  auto exempt = exemptUids(config.enforcement_exempt_users, quota.users());
   if (!exempt) return exempt.error();
 
   EnforcerOptions o;
@@ -34,7 +34,7 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
   o.thresholds.warn_fraction = config.quota_warn_percent / 100.0;
   // Where the kernel holds each user's limit, usage stops at it: within a
   // MiB of it the user's writes fail, and that is over.
-  if (auto* p = qman.projects(); p && p->active() && p->options().mode == ProjectMode::User) {
+  if (auto* p = quota.projects(); p && p->active() && p->options().mode == ProjectMode::User) {
     o.thresholds.full_margin = 1 << 20;
     o.kernel_usage = [p] { return p->usage(); };  // fresher than the snapshot: targeted reads each growth tick
   }
@@ -51,11 +51,11 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
   s->runtime_ = std::make_unique<DockerRuntime>(*s->client_);
   auto* raw = s.get();
   auto e = Enforcer::create(
-      store, qman.quotas(), [&u = qman.usage()] { return u.snapshot(); }, qman.users(), *s->runtime_, o,
-      {.on_events = [raw] { raw->eventsRecorded(); }, .on_freed = [&u = qman.usage()] { u.refreshNow(); }});
+      store, quota.quotas(), [&u = quota.usage()] { return u.snapshot(); }, quota.users(), *s->runtime_, o,
+      {.on_events = [raw] { raw->eventsRecorded(); }, .on_freed = [&u = quota.usage()] { u.refreshNow(); }});
   if (!e) return e.error();
   s->enforcer_ = std::move(*e);
-  if (auto* p = qman.projects(); p && p->active()) p->setFastUsageListener([raw] { raw->usageChanged(); });
+  if (auto* p = quota.projects(); p && p->active()) p->setFastUsageListener([raw] { raw->usageChanged(); });
 
   if (!config.master_url.empty()) {
     MasterSink::Options mo;
@@ -63,7 +63,7 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
     mo.secret = config.master_secret;
     mo.host_id = config.host_id;
     mo.ca_file = config.master_ca_file;
-    auto m = MasterSink::create(store, mo);
+    auto m = MasterSink::create(store.eventLog(), mo);
     if (!m) return m.error().context("config: key \"master_url\"");
     s->master_ = std::move(*m);
   }
@@ -82,12 +82,12 @@ Result<std::unique_ptr<EnforcementServices>> EnforcementServices::create(const C
     mo.burst = std::chrono::seconds(config.email_burst_s);
     mo.min_interval = std::chrono::seconds(config.email_interval_s);
     mo.max_per_hour = config.email_max_per_hour;
-    s->mail_ = std::make_unique<MailNotifier>(store, *s->mailer_, std::move(*dir), mo);
+    s->mail_ = std::make_unique<MailNotifier>(store.eventLog(), *s->mailer_, std::move(*dir), mo);
   }
 
-  s->ctx_.reset(new EnforcementContext{store, *s->enforcer_, qman.users(), [raw] { return raw->delivery(); }});
+  s->ctx_.reset(new EnforcementContext{store, *s->enforcer_, quota.users(), [raw] { return raw->delivery(); }});
   installEnforcementRoutes(api, *s->ctx_);
-  qman.context().more_metrics = [ctx = s->ctx_.get()](std::string& out) { renderEnforcementMetrics(out, *ctx); };
+  quota.context().more_metrics = [ctx = s->ctx_.get()](std::string& out) { renderEnforcementMetrics(out, *ctx); };
   LOG_INFO(kSub, "mode %s, %s first, grace %us, warning at %u%%, master %s, mail %s", config.enforcement.c_str(),
            config.enforcement_order.c_str(), config.enforcement_grace_s, config.quota_warn_percent,
            config.master_url.empty() ? "off" : config.master_url.c_str(),

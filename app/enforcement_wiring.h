@@ -4,9 +4,9 @@
 // the master sender and the mail notifier (each when configured), and the
 // /api/v1/events, /api/v1/enforcement, /api/v1/exemptions routes.
 //
-// main.cpp, after QmanServices::create() and before api.start():
-//   auto enf = EnforcementServices::create(config, store, **qman, api);
-//   (*qman)->setUsageListener([e = enf->get()] { e->usageChanged(); });
+// main.cpp, after QuotaServices::create() and before api.start():
+//   auto enf = EnforcementServices::create(config, store, **quota, api);
+//   (*quota)->setUsageListener([e = enf->get()] { e->usageChanged(); });
 //   (*enf)->start();   ... at shutdown, after api.stop(): (*enf)->stop();
 #pragma once
 
@@ -24,13 +24,13 @@
 #include "api/enforcement_api.h"
 #include "api/http_api.h"
 #include "app/config.h"
-#include "app/qman_wiring.h"
+#include "app/quota_wiring.h"
 
 namespace dockquota {
 
 class EnforcementServices {
  public:
-  static Result<std::unique_ptr<EnforcementServices>> create(const Config& config, Store& store, QmanServices& qman,
+  static Result<std::unique_ptr<EnforcementServices>> create(const Config& config, Store& store, QuotaServices& quota,
                                                              ApiServer& api);
   ~EnforcementServices();  // stops
 

@@ -126,7 +126,7 @@ void Attributor::run() {
 }
 
 bool Attributor::goneSince(ObjectKind kind, const std::string& id, double t) {
-  auto rec = store_.get(kind, id);
+  auto rec = store_.objects().get(kind, id);
   return rec && *rec && (*rec)->gone_at && *(*rec)->gone_at >= t;
 }
 
@@ -135,7 +135,7 @@ void Attributor::expectEvidence(ObjectKind kind, const std::string& id, double c
     // Not watching: Docker made it without the probes able to see who asked,
     // unless an earlier run of the agent did (a create replayed after a
     // restart, already attributed or removed).
-    auto rec = store_.get(kind, id);
+    auto rec = store_.objects().get(kind, id);
     if (rec && *rec && ((*rec)->owner || (*rec)->gone_at)) return;
     stats_.unwatched_creates++;
     LOG_WARN(kSub, "%s %s created while the agent was not watching docker.sock: it stays unattributed", toString(kind),
@@ -156,7 +156,7 @@ void Attributor::checkMissed(ObjectKind kind, const std::string& id, double crea
     return;
   }
   const double now = unixNow();
-  auto flagged = store_.markMissed(kind, id, now, created_at);
+  auto flagged = store_.objects().markMissed(kind, id, now, created_at);
   if (!flagged) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", flagged.error().message.c_str());
@@ -164,7 +164,7 @@ void Attributor::checkMissed(ObjectKind kind, const std::string& id, double crea
   }
   if (!*flagged) return;
   stats_.missed++;
-  auto rec = store_.get(kind, id);
+  auto rec = store_.objects().get(kind, id);
   const std::string name = rec && *rec ? (*rec)->name : "";
   LOG_ERROR(kSub,
             "MISSED: %s %s (%s) was created while the agent watched docker.sock, but no kernel evidence of who "
@@ -181,14 +181,14 @@ void Attributor::checkMissed(ObjectKind kind, const std::string& id, double crea
               {"name", name},
               {"created_at", created_at},
               {"check_after_s", options_.missed_after.count() / 1000.0}};
-  if (auto r = store_.addEvent(e, EventRoute{}); !r) {
+  if (auto r = store_.eventLog().addEvent(e, EventRoute{}); !r) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", r.error().message.c_str());
   }
 }
 
 void Attributor::attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new) {
-  auto changed = store_.attribute(kind, id, ev, brings_new);
+  auto changed = store_.objects().attribute(kind, id, ev, brings_new);
   if (!changed) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", changed.error().message.c_str());
@@ -203,7 +203,7 @@ void Attributor::attribute(ObjectKind kind, const std::string& id, const Evidenc
 
 void Attributor::noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
                           const std::optional<std::string>& label, std::optional<uint64_t> observed_since) {
-  auto seen = store_.noteSeen(kind, id, name, parent, label, unixNow(), observed_since);
+  auto seen = store_.objects().noteSeen(kind, id, name, parent, label, unixNow(), observed_since);
   if (!seen) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", seen.error().message.c_str());
@@ -224,7 +224,7 @@ void Attributor::noteSeen(ObjectKind kind, const std::string& id, const std::str
 }
 
 bool Attributor::markGone(ObjectKind kind, const std::string& id, std::optional<uint64_t> unless_changed_after) {
-  auto marked = store_.markGone(kind, id, unixNow(), unless_changed_after);
+  auto marked = store_.objects().markGone(kind, id, unixNow(), unless_changed_after);
   if (!marked) {
     stats_.store_errors++;
     LOG_ERROR(kSub, "%s", marked.error().message.c_str());
@@ -235,7 +235,7 @@ bool Attributor::markGone(ObjectKind kind, const std::string& id, std::optional<
 }
 
 void Attributor::confirmGone(ObjectKind kind, const std::string& id, bool after_removal) {
-  const uint64_t since = store_.sequence();
+  const uint64_t since = store_.objects().sequence();
   Result<nlohmann::json> r = kind == ObjectKind::Container ? docker_.inspectContainer(id)
                              : kind == ObjectKind::Image   ? docker_.inspectImage(id)
                                                            : docker_.inspectVolume(id);
@@ -308,7 +308,7 @@ void Attributor::onApiCall(const ApiCall& call, const ClientInfo& client) {
     // else the destroy event or the next list) before a row is marked gone.
     case ApiAction::ContainerRemove:
       for (const auto& ref : call.refs) {
-        auto id = store_.resolve(ObjectKind::Container, ref);
+        auto id = store_.objects().resolve(ObjectKind::Container, ref);
         if (!id) {
           stats_.store_errors++;
           continue;
@@ -329,7 +329,7 @@ void Attributor::onApiCall(const ApiCall& call, const ClientInfo& client) {
 }
 
 void Attributor::attributeImageRef(const std::string& ref, const Evidence& ev) {
-  const uint64_t since = store_.sequence();
+  const uint64_t since = store_.objects().sequence();
   auto img = docker_.inspectImage(ref);
   if (!img) {
     stats_.docker_errors++;
@@ -343,7 +343,7 @@ void Attributor::attributeImageRef(const std::string& ref, const Evidence& ev) {
 }
 
 void Attributor::attributeContainerVolumes(const std::string& container_id, const Evidence& ev) {
-  const uint64_t since = store_.sequence();
+  const uint64_t since = store_.objects().sequence();
   auto c = docker_.inspectContainer(container_id);
   if (!c) {
     if (c.error().code != ENOENT) {
@@ -411,7 +411,7 @@ void Attributor::onDockerEvent(const nlohmann::json& e) {
       const double created = eventTime(e);
       const bool is_new = action == "import";
       post([this, id, created, is_new] {
-        const uint64_t since = store_.sequence();
+        const uint64_t since = store_.objects().sequence();
         auto img = docker_.inspectImage(id);
         if (img) {
           auto tags = img->value("RepoTags", nlohmann::json::array());
@@ -439,7 +439,7 @@ Status Attributor::reconcile() {
   // Before the first list: rows inserted, attributed or marked gone after
   // this are newer than the lists and are not judged by them (a create
   // attributed while the lists are read is not in them).
-  const uint64_t mark = store_.sequence();
+  const uint64_t mark = store_.objects().sequence();
   const double now = unixNow();
   auto fail = [&](const Error& e) {
     stats_.docker_errors++;
@@ -454,7 +454,7 @@ Status Attributor::reconcile() {
 
   ReconcileResult total;
   auto apply = [&](ObjectKind kind, const std::set<std::string>& ids) -> Status {
-    auto rc = store_.reconcile(kind, ids, now, mark);
+    auto rc = store_.objects().reconcile(kind, ids, now, mark);
     if (!rc) {
       stats_.store_errors++;
       return rc.error().context("reconcile");
@@ -511,7 +511,7 @@ Health Attributor::health() const {
               {"reconciles", as.reconciles.load()}};
   nlohmann::json losses = nlohmann::json::object();
   for (const auto& [reason, n] : lossCounters(as)) losses[reason] = n;
-  auto unresolved = store_.unresolvedMissed();
+  auto unresolved = store_.objects().unresolvedMissed();
   if (!unresolved) h.degraded.push_back("store: " + unresolved.error().message);
   const uint64_t open_misses = unresolved ? *unresolved : 0;
   const auto missed_ms = std::to_string(options_.missed_after.count());

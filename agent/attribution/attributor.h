@@ -97,7 +97,7 @@ class Attributor {
   Status reconcile();
 
   // Called (on the attributing thread) when an object is gone. Set before
-  // start(). Owner changes come from the store (Store::setOwnerListener).
+  // start(). Owner changes come from the store (ObjectRepo::setOwnerListener).
   using ObjectListener = std::function<void(ObjectKind, const std::string& id)>;
   void setGoneListener(ObjectListener f) { on_gone_ = std::move(f); }
 
@@ -116,7 +116,7 @@ class Attributor {
   void attribute(ObjectKind kind, const std::string& id, const Evidence& ev, bool brings_new);
   void attributeImageRef(const std::string& ref, const Evidence& ev);
   void attributeContainerVolumes(const std::string& container_id, const Evidence& ev);
-  // `observed_since`: Store::noteSeen().
+  // `observed_since`: ObjectRepo::noteSeen().
   void noteSeen(ObjectKind kind, const std::string& id, const std::string& name, const std::string& parent,
                 const std::optional<std::string>& label, std::optional<uint64_t> observed_since = std::nullopt);
   bool markGone(ObjectKind kind, const std::string& id, std::optional<uint64_t> unless_changed_after = std::nullopt);

@@ -38,7 +38,7 @@ Result<std::unique_ptr<Enforcer>> Enforcer::create(Store& store, QuotaBook& book
   if (!options.clock) options.clock = unixNow;
   std::unique_ptr<Enforcer> e(
       new Enforcer(store, book, std::move(snapshot), users, runtime, std::move(options), std::move(hooks)));
-  auto held = store.conditions();
+  auto held = store.eventLog().conditions();
   if (!held) return held.error().context(kSub);
   e->conditions_ = std::move(*held);
   return e;
@@ -58,7 +58,7 @@ Enforcer::~Enforcer() { stop(); }
 
 // --- events -------------------------------------------------------------------------
 
-Store::Route Enforcer::route(const char* type) const {
+EventRoute Enforcer::route(const char* type) const {
   return {opt_.to_master && channelWants(Channel::Master, type), opt_.to_mail && channelWants(Channel::Mail, type)};
 }
 
@@ -76,7 +76,7 @@ Event Enforcer::makeEvent(const char* type, uint32_t uid, nlohmann::json detail,
 }
 
 bool Enforcer::record(Event& e, const std::vector<std::string>& conditions, SweepReport& rep) {
-  auto seq = store_.addEvent(e, route(e.type.c_str()), conditions);
+  auto seq = store_.eventLog().addEvent(e, route(e.type.c_str()), conditions);
   if (!seq) {
     storeFailed(seq.error());
     return false;
@@ -97,7 +97,7 @@ void Enforcer::announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel
       ++it;
       continue;
     }
-    if (auto st = store_.clearCondition(uid, *it); !st) {
+    if (auto st = store_.eventLog().clearCondition(uid, *it); !st) {
       storeFailed(st.error());
       ++it;
       continue;
@@ -155,7 +155,7 @@ Result<SweepReport> Enforcer::sweep() {
   std::set<uint32_t>& exempt = exempt_uids_;
   exempt = opt_.exempt_uids;
   exempt_containers_.clear();
-  if (auto xs = store_.exemptions()) {
+  if (auto xs = store_.enforcement().exemptions()) {
     for (const auto& x : *xs) {
       if (x.kind == "container")
         exempt_containers_.insert(x.id);
@@ -167,7 +167,7 @@ Result<SweepReport> Enforcer::sweep() {
     stats_.store_errors++;
     return xs.error().context(kSub);
   }
-  auto open = store_.actions(/*open_only=*/true);
+  auto open = store_.enforcement().actions(/*open_only=*/true);
   if (!open) {
     stats_.store_errors++;
     return open.error().context(kSub);
@@ -212,7 +212,7 @@ Result<SweepReport> Enforcer::sweep() {
 
   // Due removals, and steps a crash interrupted.
   if (opt_.mode == EnforceMode::Enforce) {
-    auto open_now = store_.actions(true);
+    auto open_now = store_.enforcement().actions(true);
     if (!open_now) {
       stats_.store_errors++;
       return open_now.error().context(kSub);
@@ -246,7 +246,7 @@ Result<SweepReport> Enforcer::sweep() {
 
   if (t0 - last_prune_ >= 3600) {
     last_prune_ = t0;
-    if (auto n = store_.pruneEvents(t0 - double(opt_.event_retention.count())); !n)
+    if (auto n = store_.eventLog().pruneEvents(t0 - double(opt_.event_retention.count())); !n)
       LOG_WARN(kSub, "%s", n.error().message.c_str());
     else if (*n)
       LOG_INFO(kSub, "deleted %zu delivered event(s) older than %lld days", *n,
@@ -278,7 +278,7 @@ uint64_t Enforcer::recentlyFreed(uint32_t uid, double since) const {
 std::map<uint32_t, std::vector<Candidate>> Enforcer::candidates(const std::set<uint32_t>& uids,
                                                                 const std::set<std::string>& skip) const {
   std::map<uint32_t, std::vector<Candidate>> out;
-  auto st = store_.forEach(ObjectKind::Container, [&](const ObjectRecord& r) {
+  auto st = store_.objects().forEach(ObjectKind::Container, [&](const ObjectRecord& r) {
     if (!actionableOwner(r) || skip.count(r.id) || exempt_containers_.count(r.id)) return;
     const uint32_t uid = billedUid(*r.owner, opt_.bill_root_to_login_uid);
     if (uids.count(uid)) out[uid].push_back({r.id, r.name, r.first_seen, std::nullopt});
@@ -373,7 +373,8 @@ std::optional<EnforcementAction> Enforcer::stopContainer(EnforcementAction a, ui
                                                          SweepReport& rep) {
   const std::string user = users_.name(a.uid);
   a.state = ActionState::Stopping;
-  if (auto st = store_.putAction(a); !st) {  // the intent first: a crash now is finished at the next start
+  if (auto st = store_.enforcement().putAction(a);
+      !st) {  // the intent first: a crash now is finished at the next start
     storeFailed(st.error().context("not stopping it"));
     return std::nullopt;
   }
@@ -449,7 +450,7 @@ void Enforcer::removeDue(uint32_t uid, std::vector<EnforcementAction> due, uint6
       a.error = spare_why;
       LOG_INFO(kSub, "uid %u (%s): container %s (%s) stays stopped, not removed: %s", uid, user.c_str(), a.name.c_str(),
                shortId(a.container_id).c_str(), spare_why.c_str());
-      if (auto st = store_.putAction(a); !st) storeFailed(st.error());
+      if (auto st = store_.enforcement().putAction(a); !st) storeFailed(st.error());
       rep.spared++;
       stats_.spared++;
       continue;
@@ -465,7 +466,7 @@ void Enforcer::removeContainer(EnforcementAction a, uint64_t usage, uint64_t new
   const std::string user = users_.name(a.uid);
   const bool running = !a.stopped_at;  // not stopped by us first: the removal stops it (grace 0)
   a.state = ActionState::Removing;
-  if (auto st = store_.putAction(a); !st) return storeFailed(st.error().context("not removing it"));
+  if (auto st = store_.enforcement().putAction(a); !st) return storeFailed(st.error().context("not removing it"));
   const auto t_remove = std::chrono::steady_clock::now();
   auto st = runtime_.remove(a.container_id, opt_.remove_volumes);
   std::vector<Event> events;
@@ -522,9 +523,9 @@ Event Enforcer::failed(EnforcementAction& a, const char* action, const Error& er
 }
 
 void Enforcer::settle(const EnforcementAction& a, std::vector<Event> events, SweepReport& rep) {
-  std::vector<Store::RoutedEvent> routed;
+  std::vector<ActionRepo::RoutedEvent> routed;
   for (auto& e : events) routed.push_back({&e, route(e.type.c_str())});
-  if (auto s = store_.putAction(a, routed); !s) return storeFailed(s.error());
+  if (auto s = store_.enforcement().putAction(a, routed); !s) return storeFailed(s.error());
   rep.events += events.size();
   stats_.events += events.size();
 }
@@ -535,7 +536,7 @@ void Enforcer::storeFailed(const Error& err) {
 }
 
 bool Enforcer::stillOwnedBy(const std::string& id, uint32_t uid) const {
-  auto r = store_.get(ObjectKind::Container, id);
+  auto r = store_.objects().get(ObjectKind::Container, id);
   if (!r || !*r) return false;
   const auto& rec = **r;
   return actionableOwner(rec) && billedUid(*rec.owner, opt_.bill_root_to_login_uid) == uid;
@@ -608,7 +609,7 @@ nlohmann::json Enforcer::state(std::optional<uint32_t> uid) const {
     at = last_sweep_at_;
   }
   std::map<uint32_t, nlohmann::json> acts;
-  if (auto open = store_.actions(true)) {
+  if (auto open = store_.enforcement().actions(true)) {
     for (const auto& a : *open) {
       if (uid && a.uid != *uid) continue;
       nlohmann::json j = {{"container_id", a.container_id},
@@ -620,7 +621,7 @@ nlohmann::json Enforcer::state(std::optional<uint32_t> uid) const {
       if (!seen.count(a.uid)) seen[a.uid] = UserView{};
     }
   }
-  auto held = store_.conditions();
+  auto held = store_.eventLog().conditions();
   nlohmann::json users = nlohmann::json::array();
   for (const auto& [u, v] : seen) {
     if (uid && u != *uid) continue;

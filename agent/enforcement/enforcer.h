@@ -128,7 +128,7 @@ class Enforcer {
   Enforcer(Store& store, QuotaBook& book, SnapshotFn snapshot, UserDirectory& users, ContainerRuntime& runtime,
            EnforcerOptions options, Hooks hooks);
   double now() const { return opt_.clock(); }
-  Store::Route route(const char* type) const;
+  EventRoute route(const char* type) const;
   Event makeEvent(const char* type, uint32_t uid, nlohmann::json detail, const std::string& container_id = "");
   void announce(uint32_t uid, uint64_t usage, uint64_t limit, QuotaLevel level, SweepReport& rep);
   // false: announced already, or the store failed.

@@ -101,7 +101,7 @@ size_t DiskNotices::scan(const QuotaDevices::View& view, uint64_t now) {
       e.user = opt_.name_of ? opt_.name_of(f.id) : "user_" + std::to_string(f.id);
       e.detail = diskEventDetail(d->name, f, d->users.info);
       e.created_at = static_cast<double>(now);
-      if (auto r = store_.addEvent(e, opt_.route); !r) {
+      if (auto r = store_.eventLog().addEvent(e, opt_.route); !r) {
         LOG_WARN(kSub, "%s for uid %u on %s not recorded: %s", type, f.id, d->name.c_str(), r.error().message.c_str());
         continue;
       }

@@ -141,7 +141,7 @@ ProjectQuotas::ProjectQuotas(Store& store, QuotaBook& book, std::unique_ptr<Laye
                              Options options)
     : store_(store), book_(book), locator_(std::move(locator)), fs_(std::move(fs)), opt_(options) {
   if (!active()) return;
-  if (auto projects = store_.projects()) {
+  if (auto projects = store_.projectIds().projects()) {
     for (const auto& p : *projects) ids_[key(p.owner_kind, p.owner)] = p.id;
   }
 }
@@ -490,7 +490,8 @@ void ProjectQuotas::tagHeld(const std::string& root) {
     // watch's queue.
     (void)soleCreator();
     auto cid = locator_->containerOfLayer(root);
-    auto rec = cid ? store_.get(ObjectKind::Container, *cid) : Result<std::optional<ObjectRecord>>(std::nullopt);
+    auto rec =
+        cid ? store_.objects().get(ObjectKind::Container, *cid) : Result<std::optional<ObjectRecord>>(std::nullopt);
     if (rec && *rec && (*rec)->owner) {
       p = allocateNow(kUser, std::to_string(billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid)));
     } else if (rec && *rec) {
@@ -551,7 +552,7 @@ Result<uint32_t> ProjectQuotas::allocateNow(const std::string& kind, const std::
     auto it = ids_.find(key(kind, owner));
     if (it != ids_.end()) return it->second;
   }
-  auto p = store_.project(kind, owner, opt_.id_min, opt_.id_max, unixNow(), [this](uint32_t id) {
+  auto p = store_.projectIds().project(kind, owner, opt_.id_min, opt_.id_max, unixNow(), [this](uint32_t id) {
     auto u = readProject(fs_, id);
     return u && u->bytes == 0 && u->inodes == 0;
   });
@@ -636,7 +637,7 @@ void ProjectQuotas::onOwnerChanged(ObjectKind kind, const std::string& id) {
 }
 
 void ProjectQuotas::tagQueued(ObjectKind kind, const std::string& id) {
-  auto rec = store_.get(kind, id);
+  auto rec = store_.objects().get(kind, id);
   if (!rec || !*rec || (*rec)->gone_at) return;
   if (auto st = tagObject(kind, **rec, /*owner_changed=*/true); !st) {
     stats_.errors++;
@@ -663,7 +664,7 @@ void ProjectQuotas::limitsChanged() {
 void ProjectQuotas::applyLimitsNow() {
   std::lock_guard<std::mutex> s(sync_mu_);
   const auto t0 = std::chrono::steady_clock::now();
-  auto projects = store_.projects();
+  auto projects = store_.projectIds().projects();
   if (!projects) {
     stats_.errors++;
     LOG_WARN(kSub, "new limits: %s (the sync pass retries)", projects.error().message.c_str());
@@ -874,7 +875,7 @@ void ProjectQuotas::adoptLayerProject(const std::string& root, const std::string
     std::lock_guard<std::mutex> l(mu_);
     if (!ids_.count(key(kContainer, from)) || ids_.count(key(kContainer, container_id))) return;
   }
-  if (auto st = store_.renameProject(kContainer, from, container_id); !st) {
+  if (auto st = store_.projectIds().renameProject(kContainer, from, container_id); !st) {
     stats_.errors++;
     LOG_WARN(kSub, "%s", st.error().message.c_str());
     return;
@@ -900,7 +901,7 @@ Status ProjectQuotas::sync() {
   // 1. Every live container and volume carries its project.
   std::set<std::string> live_containers, live_users;
   for (ObjectKind kind : {ObjectKind::Container, ObjectKind::Volume}) {
-    auto rows = store_.list(kind);
+    auto rows = store_.objects().list(kind);
     if (!rows) return rows.error().context(kSub);
     for (const auto& rec : *rows) {
       if (kind == ObjectKind::Container) live_containers.insert(rec.id);
@@ -927,7 +928,7 @@ Status ProjectQuotas::sync() {
 
   // 2. Per-user mode: each image layer carries the project of the uid it is billed to.
   if (opt_.mode == ProjectMode::User) {
-    auto layers = store_.layers();
+    auto layers = store_.objects().layers();
     if (!layers) return layers.error().context(kSub);
     for (const auto& l : *layers) {
       if (!l.owner_uid) continue;
@@ -945,7 +946,7 @@ Status ProjectQuotas::sync() {
   }
 
   // 3. Ids whose last object is gone are freed (limit cleared first, so the id is clean for reuse).
-  auto projects = store_.projects();
+  auto projects = store_.projectIds().projects();
   if (!projects) return projects.error().context(kSub);
   std::vector<ProjectRecord> kept;
   for (const auto& p : *projects) {
@@ -975,7 +976,7 @@ Status ProjectQuotas::sync() {
       continue;
     }
     note(setProjectLimit(fs_, p.id, 0));
-    if (auto st = store_.releaseProject(p.owner_kind, p.owner); !st) {
+    if (auto st = store_.projectIds().releaseProject(p.owner_kind, p.owner); !st) {
       note(st);
       continue;
     }
@@ -1035,7 +1036,7 @@ Status ProjectQuotas::readProjectsOf(const std::vector<std::string>& containers)
       if (auto id = projectOfContainer(c)) wanted[*id] = {false, c};
       continue;
     }
-    auto rec = store_.get(ObjectKind::Container, c);
+    auto rec = store_.objects().get(ObjectKind::Container, c);
     if (!rec || !*rec || !(*rec)->owner) continue;
     const uint32_t uid = billedUid(*(*rec)->owner, opt_.bill_root_to_login_uid);
     if (auto id = projectOfUser(uid)) wanted[*id] = {true, std::to_string(uid)};

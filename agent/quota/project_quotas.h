@@ -47,7 +47,7 @@
 #include "agent/quota/quotas.h"
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
-#include "agent/usage/usage.h"
+#include "agent/quota/kernel_usage.h"
 
 namespace dockquota {
 

@@ -53,7 +53,7 @@ std::map<uint32_t, uint64_t> planDefaults(const std::vector<uint32_t>& candidate
 }
 
 Result<std::unique_ptr<QuotaBook>> QuotaBook::load(Store& store) {
-  auto limits = store.userLimits();
+  auto limits = store.limits().userLimits();
   if (!limits) return limits.error().context("quotas: load limits");
   return std::unique_ptr<QuotaBook>(new QuotaBook(store, std::move(*limits)));
 }
@@ -91,7 +91,7 @@ Result<size_t> QuotaBook::write(const Limits& wanted, bool only_unset) {
   for (const auto& [uid, kib] : wanted)
     if (!only_unset || !limits_->count(uid)) kib_by_uid[uid] = kib;
   if (kib_by_uid.empty()) return size_t(0);
-  if (auto s = store_.setUserLimits(kib_by_uid, static_cast<double>(time(nullptr))); !s) return s.error();
+  if (auto s = store_.limits().setUserLimits(kib_by_uid, static_cast<double>(time(nullptr))); !s) return s.error();
   auto next = std::make_shared<Limits>(*limits_);
   for (const auto& [uid, kib] : kib_by_uid) {
     if (kib == 0) {
@@ -106,12 +106,12 @@ Result<size_t> QuotaBook::write(const Limits& wanted, bool only_unset) {
 }
 
 Result<std::optional<DeviceDefault>> QuotaBook::deviceDefault(const std::string& device) const {
-  return store_.deviceDefault(device);
+  return store_.limits().deviceDefault(device);
 }
 
 Status QuotaBook::setDeviceDefault(const DeviceDefault& d) {
   std::lock_guard<std::mutex> lock(mu_);
-  return store_.setDeviceDefault(d, static_cast<double>(time(nullptr)));
+  return store_.limits().setDeviceDefault(d, static_cast<double>(time(nullptr)));
 }
 
 // --- users -----------------------------------------------------------------------

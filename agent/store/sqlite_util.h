@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// SQLite plumbing shared by the Store's translation units (store.cpp and
-// store_enforcement.cpp): error text, prepared statements, transactions.
-// Internal to the Store: nothing outside agent/store*.cpp includes it.
+// SQLite plumbing shared by the store's translation units (store.cpp and the
+// repositories, *_repo*.cpp): error text, prepared statements, transactions.
+// Internal to the store: nothing outside agent/store/*.cpp includes it.
 #pragma once
 
 #include <sqlite3.h>

@@ -496,13 +496,13 @@ Status UsageAccountant::refresh() {
   std::vector<std::pair<std::string_view, uint64_t>> sizes;
   sizes.reserve(figures_->containers.size());
   for (const auto& c : figures_->containers) sizes.emplace_back(c.id, c.size_rw);
-  if (auto s = store_.setSizes(ObjectKind::Container, sizes); !s) return s;
+  if (auto s = store_.objects().setSizes(ObjectKind::Container, sizes); !s) return s;
   sizes.clear();
   for (const auto& v : figures_->volumes) sizes.emplace_back(v.name, v.size);
-  if (auto s = store_.setSizes(ObjectKind::Volume, sizes); !s) return s;
+  if (auto s = store_.objects().setSizes(ObjectKind::Volume, sizes); !s) return s;
   sizes.clear();
   for (const auto& i : figures_->images) sizes.emplace_back(i.id, i.size);
-  if (auto s = store_.setSizes(ObjectKind::Image, sizes); !s) return s;
+  if (auto s = store_.objects().setSizes(ObjectKind::Image, sizes); !s) return s;
   return publish(true, "");
 }
 
@@ -519,7 +519,7 @@ Status UsageAccountant::rejoin() {
 Status UsageAccountant::publish(bool measured, const std::string& error) {
   auto kernel = opt_.kernel ? opt_.kernel() : nullptr;
   auto accounted = account(
-      figures_, [this](ObjectKind kind, const auto& fn) { return store_.forEach(kind, fn); },
+      figures_, [this](ObjectKind kind, const auto& fn) { return store_.objects().forEach(kind, fn); },
       opt_.bill_root_to_login_uid, kernel.get());
   if (!accounted) return accounted.error().context(kSub);
   auto snap = std::make_shared<UsageSnapshot>(std::move(*accounted));
@@ -532,7 +532,7 @@ Status UsageAccountant::publish(bool measured, const std::string& error) {
     rows.reserve(snap->layers.size());
     for (const auto& l : snap->layers)
       rows.push_back({std::string(l.id), l.size_bytes, l.uid, std::string(l.parent), 0});
-    auto stored = store_.syncLayers(rows, figures_->measured_at);
+    auto stored = store_.objects().syncLayers(rows, figures_->measured_at);
     if (!stored) return stored.error().context(kSub);
     std::map<std::string_view, double> first;
     for (const auto& r : *stored) first[r.id] = r.first_seen;

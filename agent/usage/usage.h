@@ -34,6 +34,7 @@
 
 #include "agent/base/result.h"
 #include "agent/base/worker.h"
+#include "agent/quota/kernel_usage.h"
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
 
@@ -120,15 +121,6 @@ class DockerUsageSource : public UsageSource {
 std::vector<std::string> chainIds(const std::vector<std::string>& diff_ids);
 // Apparent bytes of the files under `dir` (hard links once), like Docker's directory.Size.
 uint64_t directoryBytes(const std::string& dir);
-
-// Figures the kernel keeps (project quotas: a quota read, exact and current)
-// where the ProjectQuotas backend is on. They outrank Docker's figures.
-struct KernelUsage {
-  bool per_user = false;                       // users[] is each uid's whole usage (one project per uid)
-  std::map<uint32_t, uint64_t> users;          // uid -> bytes of the uid's project
-  std::map<std::string, uint64_t> containers;  // container id -> bytes of its own project (per-container mode)
-  double read_at = 0;                          // unix seconds
-};
 
 // --- the snapshot ---------------------------------------------------------------
 
@@ -222,7 +214,7 @@ struct UsageSnapshot {
 };
 
 // The store's live objects for account(): calls `fn` for each live object of
-// a kind, oldest first (first_seen, then id), as Store::forEach() does. The
+// a kind, oldest first (first_seen, then id), as ObjectRepo::forEach() does. The
 // objects are read one at a time: as a list, 10,000 containers are ~6 MiB.
 using OwnerScan = std::function<Status(ObjectKind kind, const std::function<void(const ObjectRecord&)>& fn)>;
 
@@ -232,7 +224,7 @@ using OwnerScan = std::function<Status(ObjectKind kind, const std::function<void
 Result<UsageSnapshot> account(std::shared_ptr<const UsageFigures> figures, const OwnerScan& owners,
                               bool bill_root_to_login_uid, const KernelUsage* kernel = nullptr);
 
-// The same from lists (each in Store::list()'s order), for tests.
+// The same from lists (each in ObjectRepo::list()'s order), for tests.
 struct OwnerView {
   std::vector<ObjectRecord> containers, images, volumes;
 };

@@ -125,7 +125,7 @@ int httpBench(int users, int requests) {
   QmanContext ctx{store, **book, usage, dirusers, nullptr, nullptr, {}};
   ctx.devices = &devices;
   ctx.candidates = [passwd] { return Candidates{passwd, passwd}; };
-  // As app/qman_wiring.cpp: each refresh builds the list's text on the refresh thread.
+  // As app/quota_wiring.cpp: each refresh builds the list's text on the refresh thread.
   std::vector<double> builds;
   devices.setRefreshListener([&] {
     auto t = Clock::now();

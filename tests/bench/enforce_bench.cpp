@@ -99,12 +99,13 @@ int main(int argc, char** argv) {
   for (int i = 0; i < containers; i++) {
     char id[65];
     snprintf(id, sizeof id, "c%063d", i);
-    must(store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "", std::nullopt, 1000 + i), "noteSeen");
+    must(store.objects().noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "", std::nullopt, 1000 + i),
+         "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = uidOf(i);
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
-    must(store.attribute(ObjectKind::Container, id, ev, true), "attribute");
+    must(store.objects().attribute(ObjectKind::Container, id, ev, true), "attribute");
     f.containers.push_back({id, "c" + std::to_string(i), "", "running", per_container});
   }
   const uint64_t held = per_container * uint64_t(containers / users);

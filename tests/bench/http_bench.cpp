@@ -236,13 +236,14 @@ int main(int argc, char** argv) {
   for (int i = 0; i < containers; i++) {
     char id[65];
     snprintf(id, sizeof id, "c%063d", i);
-    must(store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "sha256:img", std::nullopt, 1000 + i),
+    must(store.objects().noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "sha256:img", std::nullopt,
+                                  1000 + i),
          "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = static_cast<uint32_t>(2000 + i % users);
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
-    must(store.attribute(ObjectKind::Container, id, ev, true), "attribute");
+    must(store.objects().attribute(ObjectKind::Container, id, ev, true), "attribute");
     f.containers.push_back({id, "c" + std::to_string(i), SharedText("sha256:img"), "running", 4096});
   }
   auto book = QuotaBook::load(store);

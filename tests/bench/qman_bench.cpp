@@ -98,12 +98,13 @@ int main(int argc, char** argv) {
   const int images = users / 2, volumes = users;
   for (int i = 0; i < images; i++) {
     const std::string id = "sha256:" + hex(i, 'a');
-    must(store.noteSeen(ObjectKind::Image, id, "img" + std::to_string(i) + ":1", "", std::nullopt, 10 + i), "noteSeen");
+    must(store.objects().noteSeen(ObjectKind::Image, id, "img" + std::to_string(i) + ":1", "", std::nullopt, 10 + i),
+         "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = uidOf(i);
     ev.method = "image_pull";
     ev.request_time = ev.time = 10 + i;
-    must(store.attribute(ObjectKind::Image, id, ev, true), "attribute");
+    must(store.objects().attribute(ObjectKind::Image, id, ev, true), "attribute");
     // A shared base layer and one own layer per image.
     f.images.push_back({id,
                         {"img" + std::to_string(i) + ":1"},
@@ -117,8 +118,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < images; i++) image_ids.emplace_back("sha256:" + hex(i, 'a'));
   for (int i = 0; i < containers; i++) {
     const std::string id = hex(i, 'c');
-    must(store.noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "sha256:" + hex(i % images, 'a'),
-                        std::nullopt, 1000 + i),
+    must(store.objects().noteSeen(ObjectKind::Container, id, "c" + std::to_string(i), "sha256:" + hex(i % images, 'a'),
+                                  std::nullopt, 1000 + i),
          "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = uidOf(i);
@@ -127,18 +128,18 @@ int main(int argc, char** argv) {
     ev.exe = "/usr/bin/docker";
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
-    must(store.attribute(ObjectKind::Container, id, ev, true), "attribute");
+    must(store.objects().attribute(ObjectKind::Container, id, ev, true), "attribute");
     f.containers.push_back(
         {id, "c" + std::to_string(i), image_ids[i % images], "running", 4096 * static_cast<uint64_t>(i % 97 + 1)});
   }
   for (int i = 0; i < volumes; i++) {
     const std::string name = "vol" + std::to_string(i);
-    must(store.noteSeen(ObjectKind::Volume, name, name, "", std::nullopt, 5000 + i), "noteSeen");
+    must(store.objects().noteSeen(ObjectKind::Volume, name, name, "", std::nullopt, 5000 + i), "noteSeen");
     Evidence ev;
     ev.uid = ev.gid = uidOf(i);
     ev.method = "volume_create";
     ev.request_time = ev.time = 5000 + i;
-    must(store.attribute(ObjectKind::Volume, name, ev, true), "attribute");
+    must(store.objects().attribute(ObjectKind::Volume, name, ev, true), "attribute");
     f.volumes.push_back({name, 65536, 65536, 1, ""});
   }
   auto book = QuotaBook::load(store);

@@ -531,12 +531,13 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
   const QuotaFs& fs = t->fs;
   const std::string& root = t->root;
   Store& s = *t->store;
-  for (const char* c : {"c1", "c2", "c3"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
-  REQUIRE(s.noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 1).ok());
-  REQUIRE(s.attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
-  REQUIRE(s.attribute(ObjectKind::Container, "c2", ev(2001), true).ok());
-  REQUIRE(s.attribute(ObjectKind::Container, "c3", ev(2002), true).ok());
-  REQUIRE(s.attribute(ObjectKind::Volume, "v1", ev(2002), true).ok());
+  for (const char* c : {"c1", "c2", "c3"})
+    REQUIRE(s.objects().noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
+  REQUIRE(s.objects().noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 1).ok());
+  REQUIRE(s.objects().attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
+  REQUIRE(s.objects().attribute(ObjectKind::Container, "c2", ev(2001), true).ok());
+  REQUIRE(s.objects().attribute(ObjectKind::Container, "c3", ev(2002), true).ok());
+  REQUIRE(s.objects().attribute(ObjectKind::Volume, "v1", ev(2002), true).ok());
   auto book = QuotaBook::load(s);
   REQUIRE(book.ok());
   REQUIRE((*book)->setLimit(2001, 16 * 1024).ok());  // 16 MiB in KiB blocks
@@ -592,8 +593,8 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
     // bob's objects are all gone from the store, but his layer's bytes are
     // still charged to his id (Docker has not deleted the layer yet): the id
     // stays his, so the next user is not billed for bob's bytes.
-    REQUIRE(s.markGone(ObjectKind::Container, "c3", 2).ok());
-    REQUIRE(s.markGone(ObjectKind::Volume, "v1", 2).ok());
+    REQUIRE(s.objects().markGone(ObjectKind::Container, "c3", 2).ok());
+    REQUIRE(s.objects().markGone(ObjectKind::Volume, "v1", 2).ok());
     REQUIRE(pq.sync().ok());
     CHECK(pq.projectOfUser(2002));
     CHECK(pq.stats().ids_released.load() == 0);
@@ -616,8 +617,8 @@ TEST_CASE("prjquota: the backend tags owners' objects, applies limits, frees and
   }
   {
     mkdir((root + "/overlay2/c4").c_str(), 0755);
-    REQUIRE(s.noteSeen(ObjectKind::Container, "c4", "c4", "", std::nullopt, 3).ok());
-    REQUIRE(s.attribute(ObjectKind::Container, "c4", ev(2003), true).ok());
+    REQUIRE(s.objects().noteSeen(ObjectKind::Container, "c4", "c4", "", std::nullopt, 3).ok());
+    REQUIRE(s.objects().attribute(ObjectKind::Container, "c4", ev(2003), true).ok());
     ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), fs, o);
     REQUIRE(pq.sync().ok());
     REQUIRE(pq.projectOfUser(2003));
@@ -635,8 +636,8 @@ TEST_CASE("prjquota: an admin override moves the container's layer to the new ow
   if (!t) return;
   const std::string& root = t->root;
   Store& s = *t->store;
-  REQUIRE(s.noteSeen(ObjectKind::Container, "c1", "c1", "", std::nullopt, 1).ok());
-  REQUIRE(s.attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
+  REQUIRE(s.objects().noteSeen(ObjectKind::Container, "c1", "c1", "", std::nullopt, 1).ok());
+  REQUIRE(s.objects().attribute(ObjectKind::Container, "c1", ev(2001), true).ok());
   auto book = QuotaBook::load(s);
   REQUIRE(book.ok());
   ProjectQuotas::Options o;
@@ -645,7 +646,7 @@ TEST_CASE("prjquota: an admin override moves the container's layer to the new ow
   o.interval = std::chrono::hours(1);
   ProjectQuotas pq(s, **book, std::make_unique<DirLocator>(root), t->fs, o);
   REQUIRE(pq.active());
-  s.setOwnerListener([&pq](ObjectKind kind, const std::string& id) { pq.onOwnerChanged(kind, id); });
+  s.objects().setOwnerListener([&pq](ObjectKind kind, const std::string& id) { pq.onOwnerChanged(kind, id); });
   pq.start();  // its first pass tags c1 for alice
   auto settles = [&](const std::function<bool()>& ok) {
     for (int i = 0; i < 50 && !ok(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -656,17 +657,17 @@ TEST_CASE("prjquota: an admin override moves the container's layer to the new ow
   Evidence admin = ev(2002);
   admin.source = Source::Admin;
   const auto t0 = std::chrono::steady_clock::now();
-  REQUIRE(s.setOverride(ObjectKind::Container, "c1", admin, "admin").ok());
+  REQUIRE(s.objects().setOverride(ObjectKind::Container, "c1", admin, "admin").ok());
   CHECK(
       settles([&] { return pq.projectOfUser(2002) && *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2002); }));
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   INFO("re-tagged " << ms << " ms after the override");
   CHECK(ms < 5000);
   // And back when the override is cleared.
-  REQUIRE(s.clearOverride(ObjectKind::Container, "c1").ok());
+  REQUIRE(s.objects().clearOverride(ObjectKind::Container, "c1").ok());
   CHECK(settles([&] { return *projectOf(root + "/overlay2/c1") == *pq.projectOfUser(2001); }));
   pq.stop();
-  s.setOwnerListener(nullptr);
+  s.objects().setOwnerListener(nullptr);
 }
 
 TEST_CASE("prjquota: per-container mode gives each container its own id and the default limit", "[prjquota]") {
@@ -676,9 +677,11 @@ TEST_CASE("prjquota: per-container mode gives each container its own id and the 
   const QuotaFs& fs = t->fs;
   const std::string& root = t->root;
   Store& s = *t->store;
-  for (const char* c : {"k1", "k2"}) REQUIRE(s.noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
-  REQUIRE(
-      s.attribute(ObjectKind::Container, "k1", ev(2001), true).ok());  // k2 stays unattributed: limited all the same
+  for (const char* c : {"k1", "k2"})
+    REQUIRE(s.objects().noteSeen(ObjectKind::Container, c, c, "", std::nullopt, 1).ok());
+  REQUIRE(s.objects()
+              .attribute(ObjectKind::Container, "k1", ev(2001), true)
+              .ok());  // k2 stays unattributed: limited all the same
   auto book = QuotaBook::load(s);
   REQUIRE(book.ok());
   ProjectQuotas::Options o;
@@ -697,7 +700,7 @@ TEST_CASE("prjquota: per-container mode gives each container its own id and the 
   CHECK(w1 <= (8u << 20));
   CHECK(w1 >= (7u << 20));
   // A per-container limit outranks the default.
-  REQUIRE(s.setProjectLimit("container", "k2", uint64_t(12) << 20).ok());
+  REQUIRE(s.projectIds().setProjectLimit("container", "k2", uint64_t(12) << 20).ok());
   REQUIRE(pq.sync().ok());
   auto [w2, e2] = fill(root + "/overlay2/k2/f", 20 << 20);
   CHECK((e2 == EDQUOT || e2 == ENOSPC));
@@ -708,7 +711,7 @@ TEST_CASE("prjquota: per-container mode gives each container its own id and the 
   CHECK_FALSE(k->per_user);
   CHECK(k->containers.at("k1") >= w1);
   // Removing a container frees its id.
-  REQUIRE(s.markGone(ObjectKind::Container, "k1", 2).ok());
+  REQUIRE(s.objects().markGone(ObjectKind::Container, "k1", 2).ok());
   std::filesystem::remove_all(root + "/overlay2/k1");
   REQUIRE(pq.sync().ok());
   CHECK_FALSE(pq.projectOfContainer("k1"));

@@ -98,12 +98,13 @@ struct World {
     // Hostile bytes already in the store: a comm and exe from the kernel that
     // are not UTF-8 or hold control bytes, and an exemption an older agent cut
     // in the middle of a character.
-    must(store->noteSeen(ObjectKind::Container, hex64('e'), "evil-c", img('a'), std::string("\xff"), 45));
+    must(store->objects().noteSeen(ObjectKind::Container, hex64('e'), "evil-c", img('a'), std::string("\xff"), 45));
     Evidence ev = evidenceOf(kAlice, 45, "container_create");
     ev.comm = "\xff\xfe\x1b[31m";
     ev.exe = "/tmp/\xc3(\n<3>forged";
-    take(store->attribute(ObjectKind::Container, hex64('e'), ev, true));
-    must(store->setExemption({"user", std::to_string(kBob), "a" + std::string("\xc3\xa9", 2) + "\xc3", 46}));
+    take(store->objects().attribute(ObjectKind::Container, hex64('e'), ev, true));
+    must(store->enforcement().setExemption(
+        {"user", std::to_string(kBob), "a" + std::string("\xc3\xa9", 2) + "\xc3", 46}));
     auto src = std::make_unique<FakeSource>(sc.figures());
     src->figures.containers.push_back({hex64('e'), "evil-c", img('a'), "running", 10});
     docker = std::make_unique<DockerClient>(dir.file("no-docker.sock"), std::chrono::milliseconds(200));

@@ -65,27 +65,27 @@ struct Scenario {
       if (!st) throw std::runtime_error(st.error().message);
     };
     auto own = [&](ObjectKind k, const std::string& id, uint32_t uid, double t, const char* method) {
-      auto r = s.attribute(k, id, evidenceOf(uid, t, method), true);
+      auto r = s.objects().attribute(k, id, evidenceOf(uid, t, method), true);
       if (!r) throw std::runtime_error(r.error().message);
     };
-    ok(s.noteSeen(ObjectKind::Image, img('0'), "rootimg:1", "", std::nullopt, 5));
+    ok(s.objects().noteSeen(ObjectKind::Image, img('0'), "rootimg:1", "", std::nullopt, 5));
     own(ObjectKind::Image, img('0'), 0, 5, "image_import");
-    ok(s.noteSeen(ObjectKind::Image, img('a'), "base:1", "", std::nullopt, 10));
+    ok(s.objects().noteSeen(ObjectKind::Image, img('a'), "base:1", "", std::nullopt, 10));
     own(ObjectKind::Image, img('a'), kAlice, 10, "image_import");
-    ok(s.noteSeen(ObjectKind::Image, img('b'), "bob-built:1", "", std::nullopt, 20));
+    ok(s.objects().noteSeen(ObjectKind::Image, img('b'), "bob-built:1", "", std::nullopt, 20));
     own(ObjectKind::Image, img('b'), kBob, 20, "image_build");
-    ok(s.noteSeen(ObjectKind::Image, img('p'), "pre:1", "", std::nullopt, 1));
-    ok(s.noteSeen(ObjectKind::Image, img('c'), "carol:1", "", std::nullopt, 30));
+    ok(s.objects().noteSeen(ObjectKind::Image, img('p'), "pre:1", "", std::nullopt, 1));
+    ok(s.objects().noteSeen(ObjectKind::Image, img('c'), "carol:1", "", std::nullopt, 30));
     own(ObjectKind::Image, img('c'), kCarol, 30, "image_pull");
-    ok(s.noteSeen(ObjectKind::Container, c1, "alice-c", img('a'), std::nullopt, 40));
+    ok(s.objects().noteSeen(ObjectKind::Container, c1, "alice-c", img('a'), std::nullopt, 40));
     own(ObjectKind::Container, c1, kAlice, 40, "container_create");
-    ok(s.noteSeen(ObjectKind::Container, c2, "bob-c", img('b'), std::nullopt, 41));
+    ok(s.objects().noteSeen(ObjectKind::Container, c2, "bob-c", img('b'), std::nullopt, 41));
     own(ObjectKind::Container, c2, kBob, 41, "container_create");
-    ok(s.noteSeen(ObjectKind::Container, c3, "carol-c", img('c'), std::string("alice"), 42));
+    ok(s.objects().noteSeen(ObjectKind::Container, c3, "carol-c", img('c'), std::string("alice"), 42));
     own(ObjectKind::Container, c3, kCarol, 42, "container_create");
-    ok(s.noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 43));
+    ok(s.objects().noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 43));
     own(ObjectKind::Volume, "v1", kBob, 43, "volume_create");
-    ok(s.noteSeen(ObjectKind::Volume, "v2", "v2", "", std::nullopt, 44));
+    ok(s.objects().noteSeen(ObjectKind::Volume, "v2", "v2", "", std::nullopt, 44));
   }
 
   UsageFigures figures() const {
@@ -118,9 +118,9 @@ struct Scenario {
 // The store's live objects, as account() takes them.
 inline OwnerView ownersOf(const Store& store) {
   OwnerView owners;
-  owners.containers = *store.list(ObjectKind::Container);
-  owners.images = *store.list(ObjectKind::Image);
-  owners.volumes = *store.list(ObjectKind::Volume);
+  owners.containers = *store.objects().list(ObjectKind::Container);
+  owners.images = *store.objects().list(ObjectKind::Image);
+  owners.volumes = *store.objects().list(ObjectKind::Volume);
   return owners;
 }
 

@@ -530,7 +530,7 @@ TEST_CASE("block devices: a scan records each change once, to the master", "[blo
   // alice on /dev/sdb1: 3 MiB used, soft 1 MiB, hard 2 MiB: over the hard limit.
   CHECK(n.scan(*a.devices->view(), 1780000000) == 1);
   CHECK(n.scan(*a.devices->view(), 1780000001) == 0);  // no change, no event
-  auto pending = a.store->pending(Channel::Master, 10);
+  auto pending = a.store->eventLog().pending(Channel::Master, 10);
   REQUIRE(pending);
   REQUIRE(pending->size() == 1);
   CHECK((*pending)[0].type == "disk_hard_limit_reached");
@@ -541,7 +541,7 @@ TEST_CASE("block devices: a scan records each change once, to the master", "[blo
   // Limits lifted: back to ok.
   REQUIRE(a.devices->setUserLimits(*a.ext4, kAlice, LimitsUpdate{0, 0, 0, 0}));
   CHECK(n.scan(*a.devices->view(), 1780000002) == 1);
-  pending = a.store->pending(Channel::Master, 10);
+  pending = a.store->eventLog().pending(Channel::Master, 10);
   REQUIRE(pending->size() == 2);
   CHECK((*pending)[1].type == "disk_back_to_ok");
 }

@@ -5,7 +5,7 @@
 #include <fstream>
 
 #include "app/config.h"
-#include "app/qman_wiring.h"
+#include "app/quota_wiring.h"
 
 using namespace dockquota;
 

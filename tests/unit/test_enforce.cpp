@@ -139,61 +139,61 @@ TEST_CASE("store v4: events, conditions and the per-channel spool", "[enforce][s
   CHECK(s.schemaVersion() >= 4);
 
   Event e1{0, event_type::kExceeded, kBob, "bob", "", {{"block_current", 5}}, 100};
-  auto seq = s.addEvent(e1, {true, true}, {"exceeded", "warning"});
+  auto seq = s.eventLog().addEvent(e1, {true, true}, {"exceeded", "warning"});
   REQUIRE(seq);
   REQUIRE(*seq);
   CHECK(e1.seq == **seq);
   CHECK(e1.detail["event_id"] == e1.seq);
   // Announced: neither the same condition nor the one it holds announce again.
   Event again = e1;
-  auto none = s.addEvent(again, {true, true}, {"exceeded"});
+  auto none = s.eventLog().addEvent(again, {true, true}, {"exceeded"});
   REQUIRE(none);
   CHECK_FALSE(*none);
   Event warn{0, event_type::kWarning, kBob, "bob", "", {}, 101};
-  CHECK_FALSE(*s.addEvent(warn, {false, true}, {"warning"}));
-  auto held = s.conditions();
+  CHECK_FALSE(*s.eventLog().addEvent(warn, {false, true}, {"warning"}));
+  auto held = s.eventLog().conditions();
   REQUIRE(held);
   CHECK((*held)[kBob] == std::set<std::string>{"exceeded", "warning"});
-  REQUIRE(s.clearCondition(kBob, "warning"));
-  CHECK(*s.addEvent(warn, {false, true}, {"warning"}));  // a new episode
+  REQUIRE(s.eventLog().clearCondition(kBob, "warning"));
+  CHECK(*s.eventLog().addEvent(warn, {false, true}, {"warning"}));  // a new episode
 
   Event e3{0, event_type::kDryRun, kAlice, "alice", "", {}, 102};  // no channel
-  REQUIRE(s.addEvent(e3, {}));
+  REQUIRE(s.eventLog().addEvent(e3, {}));
   // Master: only e1; mail: e1 and the warning, in order.
-  auto pm = s.pending(Channel::Master, 10);
+  auto pm = s.eventLog().pending(Channel::Master, 10);
   REQUIRE(pm);
   REQUIRE(pm->size() == 1);
   CHECK(pm->front().seq == e1.seq);
   CHECK(pm->front().detail["block_current"] == 5);
-  auto pmail = s.pending(Channel::Mail, 10);
+  auto pmail = s.eventLog().pending(Channel::Mail, 10);
   REQUIRE(pmail->size() == 2);
   CHECK(pmail->at(0).seq < pmail->at(1).seq);
-  REQUIRE(s.delivered(Channel::Master, {e1.seq}, true, 200));
-  CHECK(s.pending(Channel::Master, 10)->empty());
-  CHECK(*s.pendingCount(Channel::Mail) == 2);
-  REQUIRE(s.delivered(Channel::Mail, {warn.seq}, false, 200));  // given up
-  CHECK(*s.pendingCount(Channel::Mail) == 1);
+  REQUIRE(s.eventLog().delivered(Channel::Master, {e1.seq}, true, 200));
+  CHECK(s.eventLog().pending(Channel::Master, 10)->empty());
+  CHECK(*s.eventLog().pendingCount(Channel::Mail) == 2);
+  REQUIRE(s.eventLog().delivered(Channel::Mail, {warn.seq}, false, 200));  // given up
+  CHECK(*s.eventLog().pendingCount(Channel::Mail) == 1);
 
   // The list: cursor, uid and type filters, delivery states.
-  auto all = s.events({});
+  auto all = s.eventLog().events({});
   REQUIRE(all->size() == 3);
   CHECK(all->at(0).master == "delivered");
   CHECK(all->at(0).mail == "pending");
   CHECK(all->at(1).mail == "given_up");
   CHECK(all->at(2).master == "not_sent");
-  CHECK(s.events(after(all->at(0).event.seq))->size() == 2);
-  CHECK(s.events(ofUid(kAlice))->size() == 1);
-  CHECK(s.events(ofType(event_type::kWarning))->size() == 1);
-  CHECK(s.events(first(1))->size() == 1);
+  CHECK(s.eventLog().events(after(all->at(0).event.seq))->size() == 2);
+  CHECK(s.eventLog().events(ofUid(kAlice))->size() == 1);
+  CHECK(s.eventLog().events(ofType(event_type::kWarning))->size() == 1);
+  CHECK(s.eventLog().events(first(1))->size() == 1);
 
   // Pruning never takes an event still pending somewhere.
-  auto pruned = s.pruneEvents(1000);
+  auto pruned = s.eventLog().pruneEvents(1000);
   REQUIRE(pruned);
   CHECK(*pruned == 2);  // the warning (given up, no master) and the dry-run; e1's mail is pending
-  CHECK(s.events({})->size() == 1);
+  CHECK(s.eventLog().events({})->size() == 1);
   // Ids are never reused after a prune.
   Event e4{0, event_type::kWarning, kAlice, "alice", "", {}, 103};
-  REQUIRE(s.addEvent(e4, {}));
+  REQUIRE(s.eventLog().addEvent(e4, {}));
   CHECK(e4.seq > e3.seq);
 }
 
@@ -201,38 +201,38 @@ TEST_CASE("store v4: actions with their event in one transaction; exemptions", "
   TempDir dir;
   auto s = std::move(*Store::open(dir.file("s.db")));
   EnforcementAction a = action('a', kBob, 3 * MiB, ActionState::Stopping, 10);
-  REQUIRE(s->putAction(a));
+  REQUIRE(s->enforcement().putAction(a));
   a.state = ActionState::Stopped;
   a.stopped_at = 11;
   a.remove_after = 14;
   Event e{0, event_type::kStopped, kBob, "bob", a.container_id, {}, 11};
-  REQUIRE(s->putAction(a, {{&e, {true, false}}}));
+  REQUIRE(s->enforcement().putAction(a, {{&e, {true, false}}}));
   CHECK(e.seq > 0);
   // Two events with one outcome (a forced removal: stopped, then removed), in order.
   EnforcementAction b = action('c', kBob, 1 * MiB, ActionState::Removed, 10);
   Event e1{0, event_type::kStopped, kBob, "bob", b.container_id, {}, 12};
   Event e2{0, event_type::kRemoved, kBob, "bob", b.container_id, {}, 12};
-  REQUIRE(s->putAction(b, {{&e1, {true, false}}, {&e2, {false, true}}}));
+  REQUIRE(s->enforcement().putAction(b, {{&e1, {true, false}}, {&e2, {false, true}}}));
   CHECK(e1.seq > e.seq);
   CHECK(e2.seq == e1.seq + 1);
-  CHECK(*s->pendingCount(Channel::Master) == 2);
-  CHECK(*s->pendingCount(Channel::Mail) == 1);
-  auto open = s->actions(true);
+  CHECK(*s->eventLog().pendingCount(Channel::Master) == 2);
+  CHECK(*s->eventLog().pendingCount(Channel::Mail) == 1);
+  auto open = s->enforcement().actions(true);
   REQUIRE(open->size() == 1);
   CHECK(open->front().state == ActionState::Stopped);
   CHECK(open->front().remove_after == 14);
   a.state = ActionState::Removed;
   a.finished_at = 15;
-  REQUIRE(s->putAction(a));
-  CHECK(s->actions(true)->empty());
-  CHECK(s->actions(false)->size() == 2);
+  REQUIRE(s->enforcement().putAction(a));
+  CHECK(s->enforcement().actions(true)->empty());
+  CHECK(s->enforcement().actions(false)->size() == 2);
 
-  REQUIRE(s->setExemption({"container", cid('b'), "thesis", 1}));
-  REQUIRE(s->setExemption({"user", "2001", "", 2}));
-  CHECK(s->exemptions()->size() == 2);
-  CHECK(*s->clearExemption("container", cid('b')));
-  CHECK_FALSE(*s->clearExemption("container", cid('b')));
-  CHECK(s->setExemption({"group", "x", "", 3}).ok() == false);  // the schema's CHECK
+  REQUIRE(s->enforcement().setExemption({"container", cid('b'), "thesis", 1}));
+  REQUIRE(s->enforcement().setExemption({"user", "2001", "", 2}));
+  CHECK(s->enforcement().exemptions()->size() == 2);
+  CHECK(*s->enforcement().clearExemption("container", cid('b')));
+  CHECK_FALSE(*s->enforcement().clearExemption("container", cid('b')));
+  CHECK(s->enforcement().setExemption({"group", "x", "", 3}).ok() == false);  // the schema's CHECK
 }
 
 // --- the Enforcer against a real Store --------------------------------------------------------
@@ -279,14 +279,14 @@ struct World {
 
   // A container owned by `uid` (kernel evidence unless `src` says otherwise), first seen at `t`, `bytes` in its layer.
   void container(char c, uint32_t uid, double t, uint64_t bytes, Source src = Source::Bpf) {
-    REQUIRE(store->noteSeen(ObjectKind::Container, cid(c), std::string("c") + c, "", std::nullopt, t));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, cid(c), std::string("c") + c, "", std::nullopt, t));
     if (src != Source::None) {
       Evidence ev;
       ev.source = src;
       ev.uid = uid;
       ev.method = "container_create";
       ev.time = t;
-      REQUIRE(store->attribute(ObjectKind::Container, cid(c), ev, true));
+      REQUIRE(store->objects().attribute(ObjectKind::Container, cid(c), ev, true));
     }
     runtime.sizes[cid(c)] = bytes;
   }
@@ -316,7 +316,7 @@ struct World {
     EventQuery q;
     q.limit = 1000;
     q.uid = uid;
-    auto rows = store->events(q);  // named: a range-for over *temporary would outlive it
+    auto rows = store->eventLog().events(q);  // named: a range-for over *temporary would outlive it
     for (const auto& r : *rows) out.push_back(r.event.type);
     return out;
   }
@@ -369,7 +369,7 @@ TEST_CASE("enforcer: bob's newest is stopped, removed after the grace period, al
   CHECK(w.runtime.calls.size() == 2);
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
   CHECK(w.types(kAlice).empty());
-  auto removed = w.store->events(ofType(event_type::kRemoved));
+  auto removed = w.store->eventLog().events(ofType(event_type::kRemoved));
   REQUIRE(removed->size() == 1);
   const auto& d = removed->front().event.detail;
   CHECK(d["container_id"] == cid('3').substr(0, 12));
@@ -381,8 +381,8 @@ TEST_CASE("enforcer: bob's newest is stopped, removed after the grace period, al
   w.measured_at = w.clock + 1;
   w.clock += 2;
   REQUIRE(e->sweep());
-  CHECK(w.store->conditions()->count(kBob) == 1);  // the warning it held stays: 6 of 7 MiB is 86 %
-  CHECK(w.types(kBob).size() == 3);                // and is not announced on the way down
+  CHECK(w.store->eventLog().conditions()->count(kBob) == 1);  // the warning it held stays: 6 of 7 MiB is 86 %
+  CHECK(w.types(kBob).size() == 3);                           // and is not announced on the way down
   auto st = e->state(kBob);
   CHECK(st["users"][0]["level"] == "warning");
 }
@@ -398,7 +398,7 @@ TEST_CASE("enforcer: grace 0 stops with SIGTERM first (docker stop), then remove
   CHECK(r->removed == 1);
   CHECK(w.runtime.calls == std::vector<std::string>{"stop 1", "remove 1"});
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
-  auto all = w.store->actions(false);
+  auto all = w.store->enforcement().actions(false);
   REQUIRE(all->size() == 1);
   CHECK(all->front().state == ActionState::Removed);
 }
@@ -418,16 +418,16 @@ TEST_CASE("enforcer: grace 0 and stop timeout 0: one forced removal; largest ord
   CHECK(r->removed == 1);
   CHECK(w.runtime.calls == std::vector<std::string>{"remove 1"});  // no graceful stop: Docker kills and removes
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
-  auto stopped = w.store->events(ofType(event_type::kStopped));
+  auto stopped = w.store->eventLog().events(ofType(event_type::kStopped));
   REQUIRE(stopped->size() == 1);
   CHECK(stopped->front().event.detail["block_current"] == 6 * MiB);
   CHECK(stopped->front().event.detail["remove_after_seconds"] == 0);
   CHECK(stopped->front().event.container_id == cid('1'));
-  auto removed = w.store->events(ofType(event_type::kRemoved));
+  auto removed = w.store->eventLog().events(ofType(event_type::kRemoved));
   REQUIRE(removed->size() == 1);
   CHECK(removed->front().event.detail["new_usage"] == 1 * MiB);
   CHECK(removed->front().master == "pending");
-  auto all = w.store->actions(false);
+  auto all = w.store->enforcement().actions(false);
   REQUIRE(all->size() == 1);
   CHECK(all->front().state == ActionState::Removed);
   CHECK(all->front().stopped_at == all->front().finished_at);
@@ -451,8 +451,8 @@ TEST_CASE("enforcer: grace 0, two victims: each one's stopped then removed, usag
   CHECK(w.runtime.calls == std::vector<std::string>{"stop 3", "remove 3", "stop 2", "remove 2"});
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved,
                                                   event_type::kStopped, event_type::kRemoved});
-  auto stopped = w.store->events(ofType(event_type::kStopped));
-  auto removed = w.store->events(ofType(event_type::kRemoved));
+  auto stopped = w.store->eventLog().events(ofType(event_type::kStopped));
+  auto removed = w.store->eventLog().events(ofType(event_type::kRemoved));
   REQUIRE(stopped->size() == 2);
   REQUIRE(removed->size() == 2);
   CHECK(stopped->at(0).event.container_id == cid('3'));
@@ -471,7 +471,7 @@ TEST_CASE("enforcer: dry-run reports once and touches nothing", "[enforce]") {
   for (int i = 0; i < 3; i++) REQUIRE(e->sweep());
   CHECK(w.runtime.calls.empty());
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kDryRun});
-  auto dry = w.store->events(ofType(event_type::kDryRun));
+  auto dry = w.store->eventLog().events(ofType(event_type::kDryRun));
   CHECK(dry->front().event.detail["would_stop"][0]["container_id"] == cid('1'));
   CHECK(dry->front().master == "not_sent");  // the master knows no such type
 }
@@ -482,7 +482,7 @@ TEST_CASE("enforcer: never touches unattributed, label-billed or exempt containe
   w.container('2', kBob, 20, 5 * MiB, Source::Label);  // only a label says bob
   w.container('3', kBob, 30, 5 * MiB, Source::None);   // unattributed
   w.container('4', kBob, 40, 5 * MiB);                 // exempted by the admin
-  REQUIRE(w.store->setExemption({"container", cid('4'), "", 1}));
+  REQUIRE(w.store->enforcement().setExemption({"container", cid('4'), "", 1}));
   w.usage = {{kBob, 20 * MiB}};
   REQUIRE(w.book->setLimit(kBob, 10 * 1024));
   auto e = w.enforcer(enforce());
@@ -490,7 +490,7 @@ TEST_CASE("enforcer: never touches unattributed, label-billed or exempt containe
   CHECK(w.runtime.calls == std::vector<std::string>{"stop 1"});
   // Not enough (5 of 10 MiB over): said once, as a failure event, not re-announced.
   REQUIRE(e->sweep());
-  CHECK(w.store->events(ofType(event_type::kFailed))->size() == 1);
+  CHECK(w.store->eventLog().events(ofType(event_type::kFailed))->size() == 1);
 
   // An exempt user: nothing, though over.
   World x;
@@ -515,7 +515,7 @@ TEST_CASE("enforcer: spared when the user gets under during the grace period", "
   auto r = e->sweep();
   CHECK(r->spared == 1);
   CHECK(w.runtime.calls == std::vector<std::string>{"stop 1"});
-  auto all = w.store->actions(false);
+  auto all = w.store->enforcement().actions(false);
   CHECK(all->front().state == ActionState::Spared);
 }
 
@@ -523,12 +523,12 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   World w;
   w.bobOverWithOne();
   // What a crash between the intent and Docker's answer leaves behind.
-  REQUIRE(w.store->putAction(action('1', kBob, 5 * MiB, ActionState::Stopping, 990)));
+  REQUIRE(w.store->enforcement().putAction(action('1', kBob, 5 * MiB, ActionState::Stopping, 990)));
   auto e = w.enforcer(enforce());
   REQUIRE(e->sweep());
   CHECK(w.runtime.calls == std::vector<std::string>{"stop 1"});  // once: not picked again as a new victim
-  CHECK(w.store->actions(true)->front().state == ActionState::Stopped);
-  CHECK(w.store->events(ofType(event_type::kStopped))->size() == 1);
+  CHECK(w.store->enforcement().actions(true)->front().state == ActionState::Stopped);
+  CHECK(w.store->eventLog().events(ofType(event_type::kStopped))->size() == 1);
 
   World f;
   f.bobOverWithOne();
@@ -536,7 +536,7 @@ TEST_CASE("enforcer: a crash mid-stop is finished at the next start; failures ar
   auto ef = f.enforcer(enforce());
   auto r = ef->sweep();
   CHECK(r->failed == 1);
-  auto failed = f.store->events(ofType(event_type::kFailed));
+  auto failed = f.store->eventLog().events(ofType(event_type::kFailed));
   REQUIRE(failed->size() == 1);
   CHECK(failed->front().event.detail["error"].get<std::string>().find("boom") != std::string::npos);
 }
@@ -552,7 +552,7 @@ TEST_CASE(
   w.container('2', kBob, 20, 5 * MiB);
   w.usage = {{kBob, 10 * MiB}};
   REQUIRE(w.book->setLimit(kBob, 8 * 1024));
-  REQUIRE(w.store->putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
+  REQUIRE(w.store->enforcement().putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
   auto e = w.enforcer(forcedRemoval());
   auto r = e->sweep();
   REQUIRE(r);
@@ -560,7 +560,7 @@ TEST_CASE(
   CHECK(r->stopped == 1);
   CHECK(r->removed == 1);
   CHECK(w.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kStopped, event_type::kRemoved});
-  CHECK(w.store->actions(true)->empty());
+  CHECK(w.store->enforcement().actions(true)->empty());
   w.clock += 5;
   REQUIRE(e->sweep());
   CHECK(w.runtime.calls.size() == 1);
@@ -571,11 +571,11 @@ TEST_CASE(
   g.container('1', kBob, 10, 5 * MiB);
   g.usage = {{kBob, 10 * MiB}};
   REQUIRE(g.book->setLimit(kBob, 8 * 1024));
-  REQUIRE(g.store->putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
+  REQUIRE(g.store->enforcement().putAction(action('2', kBob, 5 * MiB, ActionState::Removing, 990)));
   auto eg = g.enforcer(forcedRemoval());
   REQUIRE(eg->sweep());
   CHECK(g.runtime.calls == std::vector<std::string>{"remove 2"});
-  auto all = g.store->actions(false);
+  auto all = g.store->enforcement().actions(false);
   REQUIRE(all->size() == 1);
   CHECK(all->front().state == ActionState::Removed);
   CHECK(g.types(kBob) == std::vector<std::string>{event_type::kExceeded});
@@ -589,7 +589,7 @@ TEST_CASE(
   CHECK(rf->failed == 1);
   CHECK(rf->stopped == 0);
   CHECK(f.types(kBob) == std::vector<std::string>{event_type::kExceeded, event_type::kFailed});
-  CHECK(f.store->events(ofType(event_type::kFailed))->front().event.detail["action"] == "remove");
+  CHECK(f.store->eventLog().events(ofType(event_type::kFailed))->front().event.detail["action"] == "remove");
 }
 
 TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in enforce mode only", "[enforce]") {
@@ -603,7 +603,7 @@ TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in 
   CHECK(w.runtime.calls.empty());
   auto e = w.enforcer(forcedRemoval());
   e->start();
-  for (int i = 0; i < 200 && w.store->actions(false)->empty(); i++)
+  for (int i = 0; i < 200 && w.store->enforcement().actions(false)->empty(); i++)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   e->stop();
   CHECK(w.runtime.calls == std::vector<std::string>{"connect", "remove 1"});

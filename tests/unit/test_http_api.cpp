@@ -37,7 +37,7 @@ TEST_CASE("http api: auth errors, listings with owners, JSON 404", "[http]") {
   REQUIRE(store.ok());
   Store& s = **store;
   const std::string cid(64, 'c');
-  REQUIRE(s.noteSeen(ObjectKind::Container, cid, "web", "sha256:img", std::string("alice"), 100.0).ok());
+  REQUIRE(s.objects().noteSeen(ObjectKind::Container, cid, "web", "sha256:img", std::string("alice"), 100.0).ok());
   Evidence ev;
   ev.uid = 0;
   ev.gid = 0;
@@ -48,8 +48,8 @@ TEST_CASE("http api: auth errors, listings with owners, JSON 404", "[http]") {
   ev.method = "container_create";
   ev.request_time = 99.5;
   ev.time = 100.5;
-  REQUIRE(s.attribute(ObjectKind::Container, cid, ev, true).ok());
-  REQUIRE(s.noteSeen(ObjectKind::Volume, "orphan", "orphan", "", std::nullopt, 101.0).ok());
+  REQUIRE(s.objects().attribute(ObjectKind::Container, cid, ev, true).ok());
+  REQUIRE(s.objects().noteSeen(ObjectKind::Volume, "orphan", "orphan", "", std::nullopt, 101.0).ok());
 
   ApiServer api({.address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2}, s,
                 [] {

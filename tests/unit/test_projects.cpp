@@ -20,18 +20,19 @@ TEST_CASE("projects: a layer's project becomes its container's, id and limit kep
   auto store = Store::open(dir.path + "/s.db");
   REQUIRE(store.ok());
   Store& s = **store;
-  auto layer = s.project("container", "layer:abc", 10, 13, 1);
+  auto layer = s.projectIds().project("container", "layer:abc", 10, 13, 1);
   REQUIRE(layer.ok());
-  REQUIRE(s.setProjectLimit("container", "layer:abc", 1 << 20).ok());
-  REQUIRE(s.project("container", "c2", 10, 13, 1).ok());
-  REQUIRE(s.renameProject("container", "layer:abc", "c1").ok());
-  auto c1 = s.project("container", "c1", 10, 13, 2);
+  REQUIRE(s.projectIds().setProjectLimit("container", "layer:abc", 1 << 20).ok());
+  REQUIRE(s.projectIds().project("container", "c2", 10, 13, 1).ok());
+  REQUIRE(s.projectIds().renameProject("container", "layer:abc", "c1").ok());
+  auto c1 = s.projectIds().project("container", "c1", 10, 13, 2);
   REQUIRE(c1.ok());
   CHECK(c1->id == layer->id);
   CHECK(c1->limit_bytes == std::optional<uint64_t>(1 << 20));
-  CHECK(s.renameProject("container", "layer:abc", "c3").error().code == ENOENT);  // gone under its old name
-  CHECK(s.renameProject("container", "c1", "c2").error().code == EEXIST);         // c2 has its own
-  CHECK(s.projects()->size() == 2);
+  CHECK(s.projectIds().renameProject("container", "layer:abc", "c3").error().code ==
+        ENOENT);                                                                        // gone under its old name
+  CHECK(s.projectIds().renameProject("container", "c1", "c2").error().code == EEXIST);  // c2 has its own
+  CHECK(s.projectIds().projects()->size() == 2);
 }
 
 TEST_CASE("projects: ids are allocated lowest-first, kept, freed and reused", "[projects]") {
@@ -41,33 +42,33 @@ TEST_CASE("projects: ids are allocated lowest-first, kept, freed and reused", "[
     auto store = Store::open(path);
     REQUIRE(store.ok());
     Store& s = **store;
-    auto a = s.project("user", "2001", 10, 13, 1);
-    auto b = s.project("user", "2002", 10, 13, 1);
-    auto c = s.project("container", "c1", 10, 13, 1);
+    auto a = s.projectIds().project("user", "2001", 10, 13, 1);
+    auto b = s.projectIds().project("user", "2002", 10, 13, 1);
+    auto c = s.projectIds().project("container", "c1", 10, 13, 1);
     REQUIRE(a.ok());
     REQUIRE(b.ok());
     REQUIRE(c.ok());
     CHECK(a->id == 10);
     CHECK(b->id == 11);
     CHECK(c->id == 12);
-    CHECK(s.project("user", "2001", 10, 13, 2)->id == 10);  // the same owner keeps its id
+    CHECK(s.projectIds().project("user", "2001", 10, 13, 2)->id == 10);  // the same owner keeps its id
     // `usable` refuses ids someone else holds in the kernel: 13 is skipped, nothing is left.
-    auto full = s.project("user", "2003", 10, 13, 2, [](uint32_t id) { return id != 13; });
+    auto full = s.projectIds().project("user", "2003", 10, 13, 2, [](uint32_t id) { return id != 13; });
     REQUIRE_FALSE(full.ok());
     CHECK(full.error().code == ENOSPC);
     CHECK(full.error().message.find("10..13") != std::string::npos);
-    REQUIRE(s.releaseProject("user", "2002").ok());
-    REQUIRE(s.releaseProject("user", "nobody").ok());       // no-op
-    CHECK(s.project("user", "2003", 10, 13, 3)->id == 11);  // the freed id, lowest first
-    REQUIRE(s.setProjectLimit("container", "c1", uint64_t(32) << 20).ok());
-    CHECK(s.setProjectLimit("container", "c9", 1).error().code == ENOENT);
-    CHECK(s.setProjectLimit("container", "c1", uint64_t(1) << 63).error().code == EINVAL);
+    REQUIRE(s.projectIds().releaseProject("user", "2002").ok());
+    REQUIRE(s.projectIds().releaseProject("user", "nobody").ok());       // no-op
+    CHECK(s.projectIds().project("user", "2003", 10, 13, 3)->id == 11);  // the freed id, lowest first
+    REQUIRE(s.projectIds().setProjectLimit("container", "c1", uint64_t(32) << 20).ok());
+    CHECK(s.projectIds().setProjectLimit("container", "c9", 1).error().code == ENOENT);
+    CHECK(s.projectIds().setProjectLimit("container", "c1", uint64_t(1) << 63).error().code == EINVAL);
   }
   // Reopened: everything is still there.
   auto store = Store::open(path);
   REQUIRE(store.ok());
   CHECK((*store)->schemaVersion() == Store::kSchemaVersion);
-  auto rows = (*store)->projects();
+  auto rows = (*store)->projectIds().projects();
   REQUIRE(rows.ok());
   REQUIRE(rows->size() == 3);
   CHECK((*rows)[0].owner == "2001");

@@ -288,7 +288,7 @@ TEST_CASE("qman api: PUT a limit; every bad input is a 4xx JSON error and change
   // 64-bit: 1 PiB in KiB.
   CHECK(ok(c.Put("/remote-api/quotas/users/2003?device=docker", R"({"block_hard_limit": 1099511627776})",
                  kJson))["block_hard_limit"] == 1099511627776ULL);
-  const auto before = *a.store->userLimits();
+  const auto before = *a.store->limits().userLimits();
   REQUIRE(before == std::map<uint32_t, uint64_t>{{kBob, 31457280}, {kCarol, 1099511627776ULL}, {4321, 5}});
   const std::string quotas_before = ok(c.Get("/remote-api/quotas")).dump();
 
@@ -357,13 +357,13 @@ TEST_CASE("qman api: PUT a limit; every bad input is a 4xx JSON error and change
     CHECK(reply.find(R"({"msg":"request body too large"})") != std::string::npos);
   }
 
-  CHECK(*a.store->userLimits() == before);
+  CHECK(*a.store->limits().userLimits() == before);
   CHECK(*a.book->limits() == before);
   CHECK(ok(c.Get("/remote-api/quotas")).dump() == quotas_before);
 
   // 0 removes the limit (an explicit choice, not a missing field).
   CHECK(ok(c.Put(url, R"({"block_hard_limit": 0})", kJson))["block_hard_limit"] == 0);
-  CHECK(a.store->userLimits()->count(kBob) == 0);
+  CHECK(a.store->limits().userLimits()->count(kBob) == 0);
 }
 
 TEST_CASE("qman api: defaults GET/PUT, periodic application, batch", "[qman][http]") {
@@ -414,7 +414,8 @@ TEST_CASE("qman api: defaults GET/PUT, periodic application, batch", "[qman][htt
   CHECK(a.book->limitKiB(5000) == 2097152);  // dave had none
   r = ok(c.Post("/remote-api/quotas/batch", R"({"device": "docker", "block_hard_limit": 4})", kJson));
   CHECK(r["updated_users"] == 4);
-  CHECK(*a.store->userLimits() == std::map<uint32_t, uint64_t>{{kAlice, 4}, {kBob, 4}, {kCarol, 4}, {5000, 4}});
+  CHECK(*a.store->limits().userLimits() ==
+        std::map<uint32_t, uint64_t>{{kAlice, 4}, {kBob, 4}, {kCarol, 4}, {5000, 4}});
 }
 
 TEST_CASE("qman api: Docker pages — containers, images with layers, volumes", "[qman][http]") {

@@ -97,7 +97,7 @@ Evidence makeEv(Source src, uint32_t uid, double request_time, double time, cons
 }
 
 ObjectRecord getOk(Store& s, ObjectKind kind, const std::string& id) {
-  auto r = s.get(kind, id);
+  auto r = s.objects().get(kind, id);
   INFO((r ? std::string() : r.error().message));
   REQUIRE(r.ok());
   REQUIRE(r->has_value());
@@ -105,7 +105,7 @@ ObjectRecord getOk(Store& s, ObjectKind kind, const std::string& id) {
 }
 
 std::optional<std::string> resolveOk(Store& s, ObjectKind kind, const std::string& ref) {
-  auto r = s.resolve(kind, ref);
+  auto r = s.objects().resolve(kind, ref);
   INFO((r ? std::string() : r.error().message));
   REQUIRE(r.ok());
   return *r;
@@ -162,14 +162,15 @@ TEST_CASE("store: everything survives a restart", "[store]") {
   ev.login_uid.reset();
   {
     auto store = openOk(path);
-    REQUIRE(store->noteSeen(ObjectKind::Container, c1, "web", "sha256:" + hexId('1'), std::string("alice"), 100.5));
-    auto a = store->attribute(ObjectKind::Container, c1, ev, true);
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c1, "web", "sha256:" + hexId('1'), std::string("alice"),
+                                      100.5));
+    auto a = store->objects().attribute(ObjectKind::Container, c1, ev, true);
     REQUIRE(a.ok());
     CHECK(*a == true);
-    REQUIRE(store->noteSeen(ObjectKind::Volume, "data", "data", c1, std::nullopt, 101));
-    REQUIRE(store->setOverride(ObjectKind::Volume, "data", makeEv(Source::Admin, kCarol, 0, 150, "admin")));
-    REQUIRE(store->noteSeen(ObjectKind::Volume, "old", "old", "", std::nullopt, 50));
-    REQUIRE(store->markGone(ObjectKind::Volume, "old", 60));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "data", "data", c1, std::nullopt, 101));
+    REQUIRE(store->objects().setOverride(ObjectKind::Volume, "data", makeEv(Source::Admin, kCarol, 0, 150, "admin")));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "old", "old", "", std::nullopt, 50));
+    REQUIRE(store->objects().markGone(ObjectKind::Volume, "old", 60));
   }
   auto store = openOk(path);
   CHECK(store->schemaVersion() == Store::kSchemaVersion);
@@ -195,7 +196,7 @@ TEST_CASE("store: everything survives a restart", "[store]") {
   CHECK(r.owner->request_time == 99.5);
   CHECK(r.owner->time == 100.25);
 
-  auto evs = store->evidence(ObjectKind::Container, c1);
+  auto evs = store->objects().evidence(ObjectKind::Container, c1);
   REQUIRE(evs.ok());
   REQUIRE(evs->size() == 1);
   CHECK((*evs)[0].source == Source::Bpf);
@@ -209,11 +210,11 @@ TEST_CASE("store: everything survives a restart", "[store]") {
   CHECK(v.owner->login_uid == std::optional<uint32_t>(kCarol));
   CHECK(v.owner->time == 150);
 
-  auto live = store->list(ObjectKind::Volume);
+  auto live = store->objects().list(ObjectKind::Volume);
   REQUIRE(live.ok());
   REQUIRE(live->size() == 1);
   CHECK((*live)[0].id == "data");
-  auto all = store->list(ObjectKind::Volume, true);
+  auto all = store->objects().list(ObjectKind::Volume, true);
   REQUIRE(all.ok());
   REQUIRE(all->size() == 2);
   CHECK((*all)[0].id == "old");
@@ -287,7 +288,7 @@ TEST_CASE("store: the migration runner applies a new step once, in order, atomic
   SECTION("v1 file with data -> v2, then reopened at v2") {
     {
       auto store = openOk(path);
-      REQUIRE(store->noteSeen(ObjectKind::Image, "sha256:" + hexId('a'), "alpine:3", "", std::nullopt, 10));
+      REQUIRE(store->objects().noteSeen(ObjectKind::Image, "sha256:" + hexId('a'), "alpine:3", "", std::nullopt, 10));
     }
     {
       auto s = Store::open(path, v2);
@@ -420,13 +421,14 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   const std::string img = "sha256:" + hexId('1');
 
   SECTION("bob creates a container labelled qman.user=alice: bob owns it") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "sneaky", img, std::string("alice"), 100.1));
-    auto a =
-        store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"), true);
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "sneaky", img, std::string("alice"), 100.1));
+    auto a = store->objects().attribute(ObjectKind::Container, c,
+                                        makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == true);
     // The label, as evidence, cannot take it from the kernel's answer.
-    auto l = store->attribute(ObjectKind::Container, c, makeEv(Source::Label, kAlice, 100.0, 100.3, "label"), true);
+    auto l = store->objects().attribute(ObjectKind::Container, c, makeEv(Source::Label, kAlice, 100.0, 100.3, "label"),
+                                        true);
     REQUIRE(l.ok());
     CHECK(*l == false);
     ObjectRecord r = getOk(*store, ObjectKind::Container, c);
@@ -439,14 +441,14 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("evidence before the event: noteSeen keeps the owner and adds the label") {
-    auto a =
-        store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"), true);
+    auto a = store->objects().attribute(ObjectKind::Container, c,
+                                        makeEv(Source::Bpf, kBob, 100.0, 100.2, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == true);
     ObjectRecord r0 = getOk(*store, ObjectKind::Container, c);
     CHECK(r0.first_seen == 100.2);  // the reply time, for an object first met through evidence
     CHECK(r0.name == "");
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "web", img, std::string("alice"), 100.4));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "web", img, std::string("alice"), 100.4));
     ObjectRecord r = getOk(*store, ObjectKind::Container, c);
     REQUIRE(r.owner.has_value());
     CHECK(r.owner->uid == kBob);
@@ -456,11 +458,12 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("seen by reconcile before the evidence arrived, request began earlier: attributed") {
-    auto rr = store->reconcile(ObjectKind::Image, {img}, 200.0);
+    auto rr = store->objects().reconcile(ObjectKind::Image, {img}, 200.0);
     REQUIRE(rr.ok());
     CHECK(rr->added == 1);
     CHECK_FALSE(getOk(*store, ObjectKind::Image, img).attributed());
-    auto a = store->attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kAlice, 150.0, 201.0, "image_pull"), false);
+    auto a = store->objects().attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kAlice, 150.0, 201.0, "image_pull"),
+                                        false);
     REQUIRE(a.ok());
     CHECK(*a == true);
     ObjectRecord r = getOk(*store, ObjectKind::Image, img);
@@ -470,12 +473,13 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("a pull of an image known long before is not credited to the puller") {
-    REQUIRE(store->reconcile(ObjectKind::Image, {img}, 100.0).ok());
-    auto a = store->attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kBob, 5000.0, 5001.0, "image_pull"), false);
+    REQUIRE(store->objects().reconcile(ObjectKind::Image, {img}, 100.0).ok());
+    auto a = store->objects().attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kBob, 5000.0, 5001.0, "image_pull"),
+                                        false);
     REQUIRE(a.ok());
     CHECK(*a == false);
     CHECK_FALSE(getOk(*store, ObjectKind::Image, img).attributed());
-    auto evs = store->evidence(ObjectKind::Image, img);
+    auto evs = store->objects().evidence(ObjectKind::Image, img);
     REQUIRE(evs.ok());
     REQUIRE(evs->size() == 1);  // recorded all the same
     CHECK((*evs)[0].uid == kBob);
@@ -483,15 +487,17 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("two users pull the same new image: the first reply wins") {
-    auto a = store->attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kAlice, 300.0, 310.0, "image_pull"), false);
+    auto a = store->objects().attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kAlice, 300.0, 310.0, "image_pull"),
+                                        false);
     REQUIRE(a.ok());
     CHECK(*a == true);
     CHECK(getOk(*store, ObjectKind::Image, img).first_seen == 310.0);
-    auto b = store->attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kBob, 300.5, 310.1, "image_pull"), false);
+    auto b = store->objects().attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kBob, 300.5, 310.1, "image_pull"),
+                                        false);
     REQUIRE(b.ok());
     CHECK(*b == false);
     CHECK(getOk(*store, ObjectKind::Image, img).owner->uid == kAlice);
-    auto evs = store->evidence(ObjectKind::Image, img);
+    auto evs = store->objects().evidence(ObjectKind::Image, img);
     REQUIRE(evs.ok());
     REQUIRE(evs->size() == 2);
     CHECK((*evs)[0].uid == kAlice);
@@ -499,38 +505,45 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("first kernel evidence wins, Bpf or Audit") {
-    REQUIRE(*store->attribute(ObjectKind::Volume, "v", makeEv(Source::Audit, kAlice, 10, 11, "volume_create"), true));
-    CHECK_FALSE(*store->attribute(ObjectKind::Volume, "v", makeEv(Source::Bpf, kBob, 10, 11, "volume_create"), true));
-    CHECK_FALSE(*store->attribute(ObjectKind::Volume, "v", makeEv(Source::Bpf, kAlice, 10, 11, "volume_create"), true));
+    REQUIRE(*store->objects().attribute(ObjectKind::Volume, "v", makeEv(Source::Audit, kAlice, 10, 11, "volume_create"),
+                                        true));
+    CHECK_FALSE(
+        *store->objects().attribute(ObjectKind::Volume, "v", makeEv(Source::Bpf, kBob, 10, 11, "volume_create"), true));
+    CHECK_FALSE(*store->objects().attribute(ObjectKind::Volume, "v",
+                                            makeEv(Source::Bpf, kAlice, 10, 11, "volume_create"), true));
     ObjectRecord r = getOk(*store, ObjectKind::Volume, "v");
     CHECK(r.owner->uid == kAlice);
     CHECK(r.owner->source == Source::Audit);
-    CHECK(store->evidence(ObjectKind::Volume, "v")->size() == 3);
+    CHECK(store->objects().evidence(ObjectKind::Volume, "v")->size() == 3);
   }
 
   SECTION("kernel evidence replaces a label owner") {
-    REQUIRE(*store->attribute(ObjectKind::Container, c, makeEv(Source::Label, kAlice, 10, 11, "label"), true));
-    CHECK(*store->attribute(ObjectKind::Container, c, makeEv(Source::Audit, kBob, 10, 11, "container_create"), true));
+    REQUIRE(
+        *store->objects().attribute(ObjectKind::Container, c, makeEv(Source::Label, kAlice, 10, 11, "label"), true));
+    CHECK(*store->objects().attribute(ObjectKind::Container, c, makeEv(Source::Audit, kBob, 10, 11, "container_create"),
+                                      true));
     CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kBob);
   }
 
   SECTION("admin override wins; clearOverride restores the automatic owner") {
-    REQUIRE(*store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 10, 11, "container_create"), true));
-    REQUIRE(store->setOverride(ObjectKind::Container, c, makeEv(Source::Bpf, kCarol, 0, 20, "admin")));
+    REQUIRE(*store->objects().attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 10, 11, "container_create"),
+                                        true));
+    REQUIRE(store->objects().setOverride(ObjectKind::Container, c, makeEv(Source::Bpf, kCarol, 0, 20, "admin")));
     ObjectRecord o = getOk(*store, ObjectKind::Container, c);
     CHECK(o.owner->uid == kCarol);
     CHECK(o.owner->source == Source::Admin);  // whatever source the caller passed
     // Automatic evidence does not displace it.
-    auto a = store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kDave, 30, 31, "container_create"), true);
+    auto a = store->objects().attribute(ObjectKind::Container, c,
+                                        makeEv(Source::Bpf, kDave, 30, 31, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == false);
     CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kCarol);
-    REQUIRE(store->clearOverride(ObjectKind::Container, c));
+    REQUIRE(store->objects().clearOverride(ObjectKind::Container, c));
     ObjectRecord r = getOk(*store, ObjectKind::Container, c);
     REQUIRE(r.owner.has_value());
     CHECK(r.owner->uid == kBob);
     CHECK(r.owner->source == Source::Bpf);
-    auto evs = store->evidence(ObjectKind::Container, c);
+    auto evs = store->objects().evidence(ObjectKind::Container, c);
     REQUIRE(evs.ok());
     REQUIRE(evs->size() == 3);
     CHECK((*evs)[1].source == Source::Admin);
@@ -538,40 +551,43 @@ TEST_CASE("store: attribution scenarios", "[store]") {
   }
 
   SECTION("evidence arriving under an override still counts once it is cleared") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "web", img, std::nullopt, 100));
-    REQUIRE(store->setOverride(ObjectKind::Container, c, makeEv(Source::Admin, kCarol, 0, 101, "admin")));
-    auto a = store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 99.9, 102, "container_create"), true);
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "web", img, std::nullopt, 100));
+    REQUIRE(store->objects().setOverride(ObjectKind::Container, c, makeEv(Source::Admin, kCarol, 0, 101, "admin")));
+    auto a = store->objects().attribute(ObjectKind::Container, c,
+                                        makeEv(Source::Bpf, kBob, 99.9, 102, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == false);
     CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kCarol);
-    REQUIRE(store->clearOverride(ObjectKind::Container, c));
+    REQUIRE(store->objects().clearOverride(ObjectKind::Container, c));
     CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kBob);
-    REQUIRE(store->clearOverride(ObjectKind::Container, c));  // nothing to clear: fine
+    REQUIRE(store->objects().clearOverride(ObjectKind::Container, c));  // nothing to clear: fine
     CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kBob);
   }
 
   SECTION("admin evidence through attribute() is an override") {
-    REQUIRE(*store->attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kBob, 10, 11, "image_pull"), false));
-    CHECK(*store->attribute(ObjectKind::Image, img, makeEv(Source::Admin, kCarol, 0, 20, "admin"), false));
+    REQUIRE(
+        *store->objects().attribute(ObjectKind::Image, img, makeEv(Source::Bpf, kBob, 10, 11, "image_pull"), false));
+    CHECK(*store->objects().attribute(ObjectKind::Image, img, makeEv(Source::Admin, kCarol, 0, 20, "admin"), false));
     CHECK(getOk(*store, ObjectKind::Image, img).owner->uid == kCarol);
-    REQUIRE(store->clearOverride(ObjectKind::Image, img));
+    REQUIRE(store->objects().clearOverride(ObjectKind::Image, img));
     CHECK(getOk(*store, ObjectKind::Image, img).owner->uid == kBob);
   }
 
   SECTION("an override on an unknown object is an error") {
-    auto s = store->setOverride(ObjectKind::Volume, "ghost", makeEv(Source::Admin, kCarol, 0, 1, "admin"));
+    auto s = store->objects().setOverride(ObjectKind::Volume, "ghost", makeEv(Source::Admin, kCarol, 0, 1, "admin"));
     REQUIRE_FALSE(s.ok());
     CHECK(s.error().code == ENOENT);
     CHECK(s.error().message == "store: set override on volume ghost: no such object: No such file or directory");
-    auto c2 = store->clearOverride(ObjectKind::Volume, "ghost");
+    auto c2 = store->objects().clearOverride(ObjectKind::Volume, "ghost");
     REQUIRE_FALSE(c2.ok());
     CHECK(c2.error().code == ENOENT);
   }
 
   SECTION("late evidence for a gone container stays with it; a reused volume name starts over") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "tmp", img, std::nullopt, 100));
-    REQUIRE(store->markGone(ObjectKind::Container, c, 105));
-    auto a = store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 99, 106, "container_create"), true);
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "tmp", img, std::nullopt, 100));
+    REQUIRE(store->objects().markGone(ObjectKind::Container, c, 105));
+    auto a = store->objects().attribute(ObjectKind::Container, c,
+                                        makeEv(Source::Bpf, kBob, 99, 106, "container_create"), true);
     REQUIRE(a.ok());
     CHECK(*a == true);
     ObjectRecord r = getOk(*store, ObjectKind::Container, c);
@@ -579,30 +595,33 @@ TEST_CASE("store: attribution scenarios", "[store]") {
     CHECK(r.owner->uid == kBob);
     CHECK(r.first_seen == 100);
 
-    REQUIRE(*store->attribute(ObjectKind::Volume, "data", makeEv(Source::Bpf, kAlice, 10, 11, "volume_create"), true));
-    REQUIRE(store->markGone(ObjectKind::Volume, "data", 50));
-    auto b = store->attribute(ObjectKind::Volume, "data", makeEv(Source::Bpf, kBob, 60, 61, "volume_create"), true);
+    REQUIRE(*store->objects().attribute(ObjectKind::Volume, "data",
+                                        makeEv(Source::Bpf, kAlice, 10, 11, "volume_create"), true));
+    REQUIRE(store->objects().markGone(ObjectKind::Volume, "data", 50));
+    auto b = store->objects().attribute(ObjectKind::Volume, "data", makeEv(Source::Bpf, kBob, 60, 61, "volume_create"),
+                                        true);
     REQUIRE(b.ok());
     CHECK(*b == true);
     ObjectRecord v = getOk(*store, ObjectKind::Volume, "data");
     CHECK_FALSE(v.gone_at.has_value());
     CHECK(v.first_seen == 61);
     CHECK(v.owner->uid == kBob);
-    auto evs = store->evidence(ObjectKind::Volume, "data");
+    auto evs = store->objects().evidence(ObjectKind::Volume, "data");
     REQUIRE(evs.ok());
     REQUIRE(evs->size() == 1);  // the old volume's history went with it
     CHECK((*evs)[0].uid == kBob);
   }
 
   SECTION("None evidence attributes nothing but is recorded") {
-    auto a = store->attribute(ObjectKind::Volume, "anon", makeEv(Source::None, kBob, 10, 11, "anonymous_volume"), true);
+    auto a = store->objects().attribute(ObjectKind::Volume, "anon",
+                                        makeEv(Source::None, kBob, 10, 11, "anonymous_volume"), true);
     REQUIRE(a.ok());
     CHECK(*a == false);
     ObjectRecord r = getOk(*store, ObjectKind::Volume, "anon");
     CHECK_FALSE(r.attributed());
     CHECK(r.first_seen == 11);
-    REQUIRE(store->evidence(ObjectKind::Volume, "anon")->size() == 1);
-    CHECK(store->evidence(ObjectKind::Volume, "anon")->front().source == Source::None);
+    REQUIRE(store->objects().evidence(ObjectKind::Volume, "anon")->size() == 1);
+    CHECK(store->objects().evidence(ObjectKind::Volume, "anon")->front().source == Source::None);
   }
 }
 
@@ -611,17 +630,19 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
   auto store = openOk(dir.file("state.db"));
   const std::string c = hexId('d');
 
-  REQUIRE(store->noteSeen(ObjectKind::Container, c, "web", "sha256:" + hexId('1'), std::string("alice"), 100));
+  REQUIRE(
+      store->objects().noteSeen(ObjectKind::Container, c, "web", "sha256:" + hexId('1'), std::string("alice"), 100));
   ObjectRecord r = getOk(*store, ObjectKind::Container, c);
   CHECK(r.name == "web");
   CHECK(r.first_seen == 100);
   CHECK_FALSE(r.attributed());
 
-  REQUIRE(*store->attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 99, 101, "container_create"), true));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, c, makeEv(Source::Bpf, kBob, 99, 101, "container_create"),
+                                      true));
 
   SECTION("empty fields leave what is there") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "", "", std::nullopt, 200));
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "", "", std::string(""), 201));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "", "", std::nullopt, 200));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "", "", std::string(""), 201));
     ObjectRecord s = getOk(*store, ObjectKind::Container, c);
     CHECK(s.name == "web");
     CHECK(s.parent == "sha256:" + hexId('1'));
@@ -631,8 +652,8 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
   }
 
   SECTION("non-empty fields update, first_seen and owner stay") {
-    REQUIRE(
-        store->noteSeen(ObjectKind::Container, c, "web-renamed", "sha256:" + hexId('2'), std::string("carol"), 300));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "web-renamed", "sha256:" + hexId('2'),
+                                      std::string("carol"), 300));
     ObjectRecord s = getOk(*store, ObjectKind::Container, c);
     CHECK(s.name == "web-renamed");
     CHECK(s.parent == "sha256:" + hexId('2'));
@@ -642,41 +663,42 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
   }
 
   SECTION("a gone container seen again is the same object (ids are never reused): owner kept") {
-    REQUIRE(store->setOverride(ObjectKind::Container, c, makeEv(Source::Admin, kCarol, 0, 102, "admin")));
-    REQUIRE(store->markGone(ObjectKind::Container, c, 150));
-    REQUIRE(store->markGone(ObjectKind::Container, c, 160));  // already gone: keeps 150
+    REQUIRE(store->objects().setOverride(ObjectKind::Container, c, makeEv(Source::Admin, kCarol, 0, 102, "admin")));
+    REQUIRE(store->objects().markGone(ObjectKind::Container, c, 150));
+    REQUIRE(store->objects().markGone(ObjectKind::Container, c, 160));  // already gone: keeps 150
     CHECK(getOk(*store, ObjectKind::Container, c).gone_at == std::optional<double>(150));
-    REQUIRE(store->noteSeen(ObjectKind::Container, c, "reborn", "", std::nullopt, 400));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c, "reborn", "", std::nullopt, 400));
     ObjectRecord s = getOk(*store, ObjectKind::Container, c);
     CHECK_FALSE(s.gone_at.has_value());
     REQUIRE(s.attributed());
     CHECK(s.owner->uid == kCarol);
     CHECK(s.first_seen == 100);
     CHECK(s.name == "reborn");
-    CHECK(store->evidence(ObjectKind::Container, c)->size() == 2);
-    REQUIRE(store->clearOverride(ObjectKind::Container, c));
+    CHECK(store->objects().evidence(ObjectKind::Container, c)->size() == 2);
+    REQUIRE(store->objects().clearOverride(ObjectKind::Container, c));
     CHECK(getOk(*store, ObjectKind::Container, c).owner->uid == kBob);
   }
 
   SECTION("a gone volume name seen again is a new, unattributed object") {
-    REQUIRE(store->noteSeen(ObjectKind::Volume, "vol", "vol", "", std::string("alice"), 100));
-    REQUIRE(*store->attribute(ObjectKind::Volume, "vol", makeEv(Source::Bpf, kBob, 99, 101, "volume_create"), false));
-    REQUIRE(store->setOverride(ObjectKind::Volume, "vol", makeEv(Source::Admin, kCarol, 0, 102, "admin")));
-    REQUIRE(store->markGone(ObjectKind::Volume, "vol", 150));
-    REQUIRE(store->noteSeen(ObjectKind::Volume, "vol", "vol", "", std::nullopt, 400));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "vol", "vol", "", std::string("alice"), 100));
+    REQUIRE(*store->objects().attribute(ObjectKind::Volume, "vol", makeEv(Source::Bpf, kBob, 99, 101, "volume_create"),
+                                        false));
+    REQUIRE(store->objects().setOverride(ObjectKind::Volume, "vol", makeEv(Source::Admin, kCarol, 0, 102, "admin")));
+    REQUIRE(store->objects().markGone(ObjectKind::Volume, "vol", 150));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "vol", "vol", "", std::nullopt, 400));
     ObjectRecord s = getOk(*store, ObjectKind::Volume, "vol");
     CHECK_FALSE(s.gone_at.has_value());
     CHECK_FALSE(s.attributed());
     CHECK(s.first_seen == 400);
     CHECK_FALSE(s.label_user.has_value());
-    CHECK(store->evidence(ObjectKind::Volume, "vol")->empty());
-    REQUIRE(store->clearOverride(ObjectKind::Volume, "vol"));  // no stale override under it
+    CHECK(store->objects().evidence(ObjectKind::Volume, "vol")->empty());
+    REQUIRE(store->objects().clearOverride(ObjectKind::Volume, "vol"));  // no stale override under it
     CHECK_FALSE(getOk(*store, ObjectKind::Volume, "vol").attributed());
   }
 
   SECTION("markGone of an unknown id is a no-op") {
-    REQUIRE(store->markGone(ObjectKind::Container, hexId('9'), 1));
-    auto g = store->get(ObjectKind::Container, hexId('9'));
+    REQUIRE(store->objects().markGone(ObjectKind::Container, hexId('9'), 1));
+    auto g = store->objects().get(ObjectKind::Container, hexId('9'));
     REQUIRE(g.ok());
     CHECK_FALSE(g->has_value());
   }
@@ -685,14 +707,15 @@ TEST_CASE("store: noteSeen never touches the owner", "[store]") {
 TEST_CASE("store: reconcile counts added, gone and revived", "[store]") {
   TempDir dir;
   auto store = openOk(dir.file("state.db"));
-  REQUIRE(store->noteSeen(ObjectKind::Volume, "a", "a", "", std::nullopt, 10));
-  REQUIRE(store->noteSeen(ObjectKind::Volume, "b", "b", "", std::nullopt, 11));
-  REQUIRE(store->noteSeen(ObjectKind::Volume, "c", "c", "", std::nullopt, 12));
-  REQUIRE(*store->attribute(ObjectKind::Volume, "c", makeEv(Source::Bpf, kAlice, 11, 12, "volume_create"), true));
-  REQUIRE(store->markGone(ObjectKind::Volume, "c", 13));
-  REQUIRE(store->noteSeen(ObjectKind::Container, hexId('a'), "x", "", std::nullopt, 10));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "a", "a", "", std::nullopt, 10));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "b", "b", "", std::nullopt, 11));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "c", "c", "", std::nullopt, 12));
+  REQUIRE(
+      *store->objects().attribute(ObjectKind::Volume, "c", makeEv(Source::Bpf, kAlice, 11, 12, "volume_create"), true));
+  REQUIRE(store->objects().markGone(ObjectKind::Volume, "c", 13));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, hexId('a'), "x", "", std::nullopt, 10));
 
-  auto r = store->reconcile(ObjectKind::Volume, {"b", "c", "d", "e"}, 100);
+  auto r = store->objects().reconcile(ObjectKind::Volume, {"b", "c", "d", "e"}, 100);
   REQUIRE(r.ok());
   CHECK(r->added == 2);
   CHECK(r->gone == 1);
@@ -705,13 +728,13 @@ TEST_CASE("store: reconcile counts added, gone and revived", "[store]") {
   CHECK(c.first_seen == 100);
   CHECK(getOk(*store, ObjectKind::Volume, "d").first_seen == 100);
 
-  auto live = store->list(ObjectKind::Volume);
+  auto live = store->objects().list(ObjectKind::Volume);
   REQUIRE(live.ok());
   std::vector<std::string> ids;
   for (auto& o : *live) ids.push_back(o.id);
   CHECK(ids == std::vector<std::string>{"b", "c", "d", "e"});  // first_seen 11, then 100 by id
 
-  auto again = store->reconcile(ObjectKind::Volume, {"b", "c", "d", "e"}, 200);
+  auto again = store->objects().reconcile(ObjectKind::Volume, {"b", "c", "d", "e"}, 200);
   REQUIRE(again.ok());
   CHECK(again->added == 0);
   CHECK(again->gone == 0);
@@ -719,7 +742,7 @@ TEST_CASE("store: reconcile counts added, gone and revived", "[store]") {
 
   // Other kinds are untouched.
   CHECK_FALSE(getOk(*store, ObjectKind::Container, hexId('a')).gone_at.has_value());
-  auto empty = store->reconcile(ObjectKind::Image, {}, 300);
+  auto empty = store->objects().reconcile(ObjectKind::Image, {}, 300);
   REQUIRE(empty.ok());
   CHECK(empty->added + empty->gone + empty->revived == 0);
 }
@@ -731,10 +754,11 @@ TEST_CASE("store: resolve by id, name and unique prefix", "[store]") {
   const std::string c2 = "abcd99" + std::string(58, '1');
   const std::string c3 = "ffff11" + std::string(58, '2');
   const std::string c4 = "12ab34" + std::string(58, '3');
-  REQUIRE(store->noteSeen(ObjectKind::Container, c1, "web", "", std::nullopt, 1));
-  REQUIRE(store->noteSeen(ObjectKind::Container, c2, "db", "", std::nullopt, 2));
-  REQUIRE(store->noteSeen(ObjectKind::Container, c3, "cache", "", std::nullopt, 3));
-  REQUIRE(store->noteSeen(ObjectKind::Container, c4, "abcd", "", std::nullopt, 4));  // a name that is a prefix
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, c1, "web", "", std::nullopt, 1));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, c2, "db", "", std::nullopt, 2));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, c3, "cache", "", std::nullopt, 3));
+  REQUIRE(
+      store->objects().noteSeen(ObjectKind::Container, c4, "abcd", "", std::nullopt, 4));  // a name that is a prefix
 
   using S = std::optional<std::string>;
   CHECK(resolveOk(*store, ObjectKind::Container, c1) == S(c1));
@@ -754,24 +778,24 @@ TEST_CASE("store: resolve by id, name and unique prefix", "[store]") {
   CHECK(resolveOk(*store, ObjectKind::Volume, "web") == S());  // other kinds are other namespaces
 
   SECTION("ambiguous prefix") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, "abcdef" + std::string(58, '7'), "", "", std::nullopt, 5));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, "abcdef" + std::string(58, '7'), "", "", std::nullopt, 5));
     CHECK(resolveOk(*store, ObjectKind::Container, "abcde") == S());
     CHECK(resolveOk(*store, ObjectKind::Container, "abcdef0") == S(c1));
   }
 
   SECTION("a name two live objects carry (a stale one) resolves to neither") {
-    REQUIRE(store->noteSeen(ObjectKind::Container, c2, "abcdef0", "", std::nullopt, 5));
-    REQUIRE(store->noteSeen(ObjectKind::Container, c3, "abcdef0", "", std::nullopt, 5));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c2, "abcdef0", "", std::nullopt, 5));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Container, c3, "abcdef0", "", std::nullopt, 5));
     CHECK(resolveOk(*store, ObjectKind::Container, "abcdef0") == S());  // not c1 by prefix either
   }
 
   SECTION("gone objects do not resolve") {
-    REQUIRE(store->markGone(ObjectKind::Container, c3, 10));
+    REQUIRE(store->objects().markGone(ObjectKind::Container, c3, 10));
     CHECK(resolveOk(*store, ObjectKind::Container, c3) == S());
     CHECK(resolveOk(*store, ObjectKind::Container, "ffff") == S());
     CHECK(resolveOk(*store, ObjectKind::Container, "cache") == S());
     // A gone object no longer makes a prefix ambiguous.
-    REQUIRE(store->markGone(ObjectKind::Container, c2, 10));
+    REQUIRE(store->objects().markGone(ObjectKind::Container, c2, 10));
     CHECK(resolveOk(*store, ObjectKind::Container, "abcd9") == S());
     CHECK(resolveOk(*store, ObjectKind::Container, "abcd0") == S());
     CHECK(resolveOk(*store, ObjectKind::Container, "abcde") == S(c1));
@@ -780,8 +804,8 @@ TEST_CASE("store: resolve by id, name and unique prefix", "[store]") {
   SECTION("images: with or without sha256:") {
     const std::string i1 = "sha256:" + std::string("5e1f") + std::string(60, 'a');
     const std::string i2 = "sha256:" + std::string("77") + std::string(62, 'b');
-    REQUIRE(store->noteSeen(ObjectKind::Image, i1, "alpine:3.19", "", std::nullopt, 1));
-    REQUIRE(store->noteSeen(ObjectKind::Image, i2, "", "", std::nullopt, 2));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Image, i1, "alpine:3.19", "", std::nullopt, 1));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Image, i2, "", "", std::nullopt, 2));
     CHECK(resolveOk(*store, ObjectKind::Image, i1) == S(i1));
     CHECK(resolveOk(*store, ObjectKind::Image, "alpine:3.19") == S(i1));
     CHECK(resolveOk(*store, ObjectKind::Image, "5e1f") == S(i1));
@@ -793,7 +817,7 @@ TEST_CASE("store: resolve by id, name and unique prefix", "[store]") {
     CHECK(resolveOk(*store, ObjectKind::Image, "sha256") == S());
     CHECK(resolveOk(*store, ObjectKind::Image, "sha256:") == S());
     // With one image left, "sha2" would be a unique prefix of its id: still no.
-    REQUIRE(store->markGone(ObjectKind::Image, i2, 3));
+    REQUIRE(store->objects().markGone(ObjectKind::Image, i2, 3));
     CHECK(resolveOk(*store, ObjectKind::Image, "77bb") == S());
     CHECK(resolveOk(*store, ObjectKind::Image, "5e1f") == S(i1));
     CHECK(resolveOk(*store, ObjectKind::Image, "sha2") == S());
@@ -826,9 +850,10 @@ TEST_CASE("store: 4 threads x 500 operations", "[store]") {
         switch (i % 4) {
           case 0:
           case 1: {
-            if (auto s = store->noteSeen(ObjectKind::Volume, id, id, "", std::nullopt, now); !s) fail(s.error());
-            auto a = store->attribute(ObjectKind::Volume, id,
-                                      makeEv(Source::Bpf, uid, now - 0.1, now + 0.1, "volume_create"), true);
+            if (auto s = store->objects().noteSeen(ObjectKind::Volume, id, id, "", std::nullopt, now); !s)
+              fail(s.error());
+            auto a = store->objects().attribute(ObjectKind::Volume, id,
+                                                makeEv(Source::Bpf, uid, now - 0.1, now + 0.1, "volume_create"), true);
             if (!a)
               fail(a.error());
             else if (!*a)
@@ -836,17 +861,17 @@ TEST_CASE("store: 4 threads x 500 operations", "[store]") {
             break;
           }
           case 2: {
-            auto a = store->attribute(ObjectKind::Image, "sha256:" + id,
-                                      makeEv(Source::Audit, uid, now, now + 1, "image_pull"), false);
+            auto a = store->objects().attribute(ObjectKind::Image, "sha256:" + id,
+                                                makeEv(Source::Audit, uid, now, now + 1, "image_pull"), false);
             if (!a) fail(a.error());
             break;
           }
           default: {
-            auto l = store->list(ObjectKind::Volume);
+            auto l = store->objects().list(ObjectKind::Volume);
             if (!l) fail(l.error());
-            auto g = store->get(ObjectKind::Volume, "t" + std::to_string(t) + "-0");
+            auto g = store->objects().get(ObjectKind::Volume, "t" + std::to_string(t) + "-0");
             if (!g) fail(g.error());
-            auto r = store->resolve(ObjectKind::Volume, id);
+            auto r = store->objects().resolve(ObjectKind::Volume, id);
             if (!r) fail(r.error());
             break;
           }
@@ -858,14 +883,14 @@ TEST_CASE("store: 4 threads x 500 operations", "[store]") {
   INFO(first_error);
   CHECK(failures.load() == 0);
 
-  auto vols = store->list(ObjectKind::Volume);
+  auto vols = store->objects().list(ObjectKind::Volume);
   REQUIRE(vols.ok());
   CHECK(vols->size() == kThreads * kOps / 2);
   for (const auto& v : *vols) {
     REQUIRE(v.owner.has_value());
     CHECK(v.owner->uid == 2000 + static_cast<uint32_t>(v.id[1] - '0'));
   }
-  auto imgs = store->list(ObjectKind::Image);
+  auto imgs = store->objects().list(ObjectKind::Image);
   REQUIRE(imgs.ok());
   CHECK(imgs->size() == kThreads * kOps / 4);
   RawDb raw(store->path());
@@ -893,15 +918,15 @@ TEST_CASE("store: list and forEach of 10000 rows scale alike", "[store]") {
   int n = 0;
   for (const auto& id : ids) {
     if (n == kAttributed) break;
-    auto a = store->attribute(ObjectKind::Container, id,
-                              makeEv(Source::Bpf, 3000 + n % 7, 100 + n, 100.5 + n, "container_create"), true);
+    auto a = store->objects().attribute(
+        ObjectKind::Container, id, makeEv(Source::Bpf, 3000 + n % 7, 100 + n, 100.5 + n, "container_create"), true);
     REQUIRE(a.ok());
     ++n;
   }
   const double attribute_us = ms(Clock::now() - t0) * 1000.0 / kAttributed;
 
   t0 = Clock::now();
-  auto rr = store->reconcile(ObjectKind::Container, ids, 5000);
+  auto rr = store->objects().reconcile(ObjectKind::Container, ids, 5000);
   const double reconcile_ms = ms(Clock::now() - t0);
   REQUIRE(rr.ok());
   CHECK(rr->added == kRows - kAttributed);
@@ -909,7 +934,7 @@ TEST_CASE("store: list and forEach of 10000 rows scale alike", "[store]") {
   double best = 1e9;
   for (int i = 0; i < 3; ++i) {
     t0 = Clock::now();
-    auto l = store->list(ObjectKind::Container);
+    auto l = store->objects().list(ObjectKind::Container);
     best = std::min(best, ms(Clock::now() - t0));
     REQUIRE(l.ok());
     REQUIRE(l->size() == kRows);
@@ -921,10 +946,10 @@ TEST_CASE("store: list and forEach of 10000 rows scale alike", "[store]") {
 
   // forEach: the same records in the same order, across its batches (9,000
   // rows share first_seen 5000: the id breaks the tie).
-  auto l = store->list(ObjectKind::Container);
+  auto l = store->objects().list(ObjectKind::Container);
   REQUIRE(l.ok());
   size_t i = 0;
-  auto st = store->forEach(ObjectKind::Container, [&](const ObjectRecord& r) {
+  auto st = store->objects().forEach(ObjectKind::Container, [&](const ObjectRecord& r) {
     REQUIRE(i < l->size());
     CHECK(r.id == (*l)[i].id);
     CHECK(r.first_seen == (*l)[i].first_seen);
@@ -934,10 +959,10 @@ TEST_CASE("store: list and forEach of 10000 rows scale alike", "[store]") {
   REQUIRE(st.ok());
   CHECK(i == kRows);
   t0 = Clock::now();
-  REQUIRE(store->forEach(ObjectKind::Container, [&](const ObjectRecord&) { --i; }).ok());
+  REQUIRE(store->objects().forEach(ObjectKind::Container, [&](const ObjectRecord&) { --i; }).ok());
   const double for_each_ms = ms(Clock::now() - t0);
   CHECK(i == 0);
-  CHECK(store->count(ObjectKind::Container).value() == kRows);
+  CHECK(store->objects().count(ObjectKind::Container).value() == kRows);
   std::printf("store timing: forEach(10000) %.2f ms\n", for_each_ms);
   // Batches start where the last ended, not at the first row: forEach stays
   // within a small factor of one list() (restarting each of its 40 batches
@@ -951,15 +976,15 @@ TEST_CASE("store: forEach calls back without the lock, sees what is added meanwh
   TempDir dir;
   auto store = openOk(dir.file("state.db"));
   for (int i = 0; i < 600; ++i)
-    REQUIRE(store->noteSeen(ObjectKind::Volume, "v" + std::to_string(1000 + i), "", "", std::nullopt, 10));
-  REQUIRE(store->markGone(ObjectKind::Volume, "v1001", 20));
+    REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "v" + std::to_string(1000 + i), "", "", std::nullopt, 10));
+  REQUIRE(store->objects().markGone(ObjectKind::Volume, "v1001", 20));
   std::vector<std::string> seen;
-  auto st = store->forEach(ObjectKind::Volume, [&](const ObjectRecord& r) {
+  auto st = store->objects().forEach(ObjectKind::Volume, [&](const ObjectRecord& r) {
     seen.push_back(r.id);
     // The store is usable from the callback (no deadlock), and a new object
     // (first seen later) comes at the end.
-    if (seen.size() == 1) REQUIRE(store->noteSeen(ObjectKind::Volume, "late", "", "", std::nullopt, 30));
-    REQUIRE(store->get(ObjectKind::Volume, r.id).ok());
+    if (seen.size() == 1) REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "late", "", "", std::nullopt, 30));
+    REQUIRE(store->objects().get(ObjectKind::Volume, r.id).ok());
   });
   REQUIRE(st.ok());
   REQUIRE(seen.size() == 600);  // 599 live + "late"
@@ -967,13 +992,13 @@ TEST_CASE("store: forEach calls back without the lock, sees what is added meanwh
   CHECK(std::find(seen.begin(), seen.end(), "v1001") == seen.end());
   CHECK(seen.back() == "late");
   size_t with_gone = 0;
-  REQUIRE(store
-              ->forEach(
+  REQUIRE(store->objects()
+              .forEach(
                   ObjectKind::Volume, [&](const ObjectRecord&) { ++with_gone; }, true)
               .ok());
   CHECK(with_gone == 601);
-  CHECK(store->count(ObjectKind::Volume, true).value() == 601);
-  CHECK(store->count(ObjectKind::Image).value() == 0);
+  CHECK(store->objects().count(ObjectKind::Volume, true).value() == 601);
+  CHECK(store->objects().count(ObjectKind::Image).value() == 0);
 }
 
 // An owner changed by the API (an admin override) re-tags project quotas as
@@ -986,36 +1011,37 @@ TEST_CASE("store: every committed owner change reaches the owner listener (whoev
   const std::string c1 = hexId('c');
   std::vector<std::pair<ObjectKind, std::string>> heard;
   std::optional<uint32_t> owner_seen;
-  store->setOwnerListener([&](ObjectKind kind, const std::string& id) {
+  store->objects().setOwnerListener([&](ObjectKind kind, const std::string& id) {
     heard.emplace_back(kind, id);
     owner_seen = getOk(*store, kind, id).owner->uid;  // the store is readable from the listener
   });
-  REQUIRE(store->noteSeen(ObjectKind::Container, c1, "web", "", std::nullopt, 100));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, c1, "web", "", std::nullopt, 100));
   CHECK(heard.empty());  // a row without an owner is no owner change
 
-  REQUIRE(
-      *store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, c1,
+                                      makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
   REQUIRE(heard.size() == 1);
   CHECK(heard[0] == std::make_pair(ObjectKind::Container, c1));
   CHECK(owner_seen == kBob);
 
   // The same evidence again changes nothing: not heard.
-  CHECK_FALSE(
-      *store->attribute(ObjectKind::Container, c1, makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
+  CHECK_FALSE(*store->objects().attribute(ObjectKind::Container, c1,
+                                          makeEv(Source::Bpf, kBob, 99.5, 100.25, "container_create"), true));
   CHECK(heard.size() == 1);
 
-  REQUIRE(store->setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 150, "admin")));
+  REQUIRE(store->objects().setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 150, "admin")));
   REQUIRE(heard.size() == 2);
   CHECK(owner_seen == kCarol);
-  REQUIRE(store->clearOverride(ObjectKind::Container, c1));
+  REQUIRE(store->objects().clearOverride(ObjectKind::Container, c1));
   REQUIRE(heard.size() == 3);
   CHECK(owner_seen == kBob);
 
   // A failed change is not heard.
-  CHECK_FALSE(store->setOverride(ObjectKind::Container, hexId('d'), makeEv(Source::Admin, kCarol, 0, 150, "admin")));
+  CHECK_FALSE(
+      store->objects().setOverride(ObjectKind::Container, hexId('d'), makeEv(Source::Admin, kCarol, 0, 150, "admin")));
   CHECK(heard.size() == 3);
 
-  store->setOwnerListener(nullptr);
-  REQUIRE(store->setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 160, "admin")));
+  store->objects().setOwnerListener(nullptr);
+  REQUIRE(store->objects().setOverride(ObjectKind::Container, c1, makeEv(Source::Admin, kCarol, 0, 160, "admin")));
   CHECK(heard.size() == 3);
 }

@@ -31,7 +31,9 @@ mode_t modeOf(const std::string& path) {
 }
 
 // A write, so SQLite has made its -wal and -shm.
-void writeSomething(Store& store) { REQUIRE(store.noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 100)); }
+void writeSomething(Store& store) {
+  REQUIRE(store.objects().noteSeen(ObjectKind::Volume, "v1", "v1", "", std::nullopt, 100));
+}
 
 }  // namespace
 

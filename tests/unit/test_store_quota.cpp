@@ -39,51 +39,51 @@ TEST_CASE("store v2: user limits are 64-bit KiB, 0 removes, survive a restart", 
   {
     auto s = openStore(path);
     CHECK(s->schemaVersion() == Store::kSchemaVersion);
-    REQUIRE(s->setUserLimit(2001, 20971520, 1.0));
-    REQUIRE(s->setUserLimit(2002, big, 1.0));
-    REQUIRE(s->setUserLimit(2003, 5, 1.0));
-    REQUIRE(s->setUserLimit(2003, 0, 2.0));  // removed
-    REQUIRE(s->setUserLimit(2004, 0, 2.0));  // never set: still nothing
+    REQUIRE(s->limits().setUserLimit(2001, 20971520, 1.0));
+    REQUIRE(s->limits().setUserLimit(2002, big, 1.0));
+    REQUIRE(s->limits().setUserLimit(2003, 5, 1.0));
+    REQUIRE(s->limits().setUserLimit(2003, 0, 2.0));  // removed
+    REQUIRE(s->limits().setUserLimit(2004, 0, 2.0));  // never set: still nothing
   }
   auto s = openStore(path);
-  auto limits = s->userLimits();
+  auto limits = s->limits().userLimits();
   REQUIRE(limits.ok());
   CHECK(*limits == std::map<uint32_t, uint64_t>{{2001, 20971520}, {2002, big}});
 
   // Several at once, one transaction; a value SQLite cannot hold is refused and nothing changes.
-  REQUIRE(s->setUserLimits({{2001, 1}, {2005, 7}}, 3.0));
-  CHECK(*s->userLimits() == std::map<uint32_t, uint64_t>{{2001, 1}, {2002, big}, {2005, 7}});
-  CHECK_FALSE(s->setUserLimits({{2006, 9}, {2007, UINT64_MAX}}, 4.0).ok());
-  CHECK(*s->userLimits() == std::map<uint32_t, uint64_t>{{2001, 1}, {2002, big}, {2005, 7}});
+  REQUIRE(s->limits().setUserLimits({{2001, 1}, {2005, 7}}, 3.0));
+  CHECK(*s->limits().userLimits() == std::map<uint32_t, uint64_t>{{2001, 1}, {2002, big}, {2005, 7}});
+  CHECK_FALSE(s->limits().setUserLimits({{2006, 9}, {2007, UINT64_MAX}}, 4.0).ok());
+  CHECK(*s->limits().userLimits() == std::map<uint32_t, uint64_t>{{2001, 1}, {2002, big}, {2005, 7}});
 }
 
 TEST_CASE("store v2: device defaults", "[qman][store]") {
   QuotaTempDir dir;
   auto s = openStore(dir.path + "/s.db");
-  auto none = s->deviceDefault("docker");
+  auto none = s->limits().deviceDefault("docker");
   REQUIRE(none.ok());
   CHECK_FALSE(none->has_value());
-  REQUIRE(s->setDeviceDefault({"docker", 1, 10485760, 3, 4}, 1.0));
-  REQUIRE(s->setDeviceDefault({"docker", 2, 20971520, 0, 0}, 2.0));
-  auto d = s->deviceDefault("docker");
+  REQUIRE(s->limits().setDeviceDefault({"docker", 1, 10485760, 3, 4}, 1.0));
+  REQUIRE(s->limits().setDeviceDefault({"docker", 2, 20971520, 0, 0}, 2.0));
+  auto d = s->limits().deviceDefault("docker");
   REQUIRE(d.ok());
   REQUIRE(d->has_value());
   CHECK((*d)->block_soft_kib == 2);
   CHECK((*d)->block_hard_kib == 20971520);
   CHECK((*d)->inode_soft == 0);
-  CHECK_FALSE(s->deviceDefault("/dev/sda1")->has_value());
+  CHECK_FALSE(s->limits().deviceDefault("/dev/sda1")->has_value());
 }
 
 TEST_CASE("store v2: layers keep their first sighting, lose what no image has", "[qman][store]") {
   QuotaTempDir dir;
   auto s = openStore(dir.path + "/s.db");
-  auto first =
-      s->syncLayers({{"sha256:l1", 100, 2001u, "sha256:img1", 0}, {"sha256:l2", 200, std::nullopt, "", 0}}, 10.0);
+  auto first = s->objects().syncLayers(
+      {{"sha256:l1", 100, 2001u, "sha256:img1", 0}, {"sha256:l2", 200, std::nullopt, "", 0}}, 10.0);
   REQUIRE(first.ok());
   REQUIRE(first->size() == 2);
   CHECK((*first)[0].first_seen == 10.0);
-  auto second =
-      s->syncLayers({{"sha256:l2", 250, 2002u, "sha256:img2", 0}, {"sha256:l3", 5, std::nullopt, "", 0}}, 20.0);
+  auto second = s->objects().syncLayers(
+      {{"sha256:l2", 250, 2002u, "sha256:img2", 0}, {"sha256:l3", 5, std::nullopt, "", 0}}, 20.0);
   REQUIRE(second.ok());
   REQUIRE(second->size() == 2);
   CHECK((*second)[0].id == "sha256:l2");
@@ -93,45 +93,46 @@ TEST_CASE("store v2: layers keep their first sighting, lose what no image has", 
   CHECK((*second)[1].id == "sha256:l3");
   CHECK((*second)[1].first_seen == 20.0);
   CHECK_FALSE((*second)[1].owner_uid.has_value());
-  CHECK(s->layers()->size() == 2);
+  CHECK(s->objects().layers()->size() == 2);
 }
 
 TEST_CASE("store v2: sizes, override resolver, attribution detail, evidence rows", "[qman][store]") {
   QuotaTempDir dir;
   auto s = openStore(dir.path + "/s.db");
   const std::string cid(64, 'c');
-  REQUIRE(s->noteSeen(ObjectKind::Container, cid, "web", "sha256:i", std::nullopt, 1.0));
-  REQUIRE(s->attribute(ObjectKind::Container, cid, ev(2001, 2.0, "container_create"), true).ok());
-  REQUIRE(s->setSizes(ObjectKind::Container, {{cid, 5000000000ULL}, {"unknown", 7}}));
-  CHECK(s->get(ObjectKind::Container, cid)->value().size_bytes == 5000000000ULL);
+  REQUIRE(s->objects().noteSeen(ObjectKind::Container, cid, "web", "sha256:i", std::nullopt, 1.0));
+  REQUIRE(s->objects().attribute(ObjectKind::Container, cid, ev(2001, 2.0, "container_create"), true).ok());
+  REQUIRE(s->objects().setSizes(ObjectKind::Container, {{cid, 5000000000ULL}, {"unknown", 7}}));
+  CHECK(s->objects().get(ObjectKind::Container, cid)->value().size_bytes == 5000000000ULL);
 
-  auto d = s->detail(ObjectKind::Container, cid);
+  auto d = s->objects().detail(ObjectKind::Container, cid);
   REQUIRE(d.ok());
   REQUIRE(d->has_value());
   CHECK((*d)->automatic->uid == 2001);
   CHECK_FALSE((*d)->override_.has_value());
 
-  REQUIRE(s->setOverride(ObjectKind::Container, cid, ev(2002, 3.0, "admin_override", Source::Admin), "admin@qman"));
-  d = s->detail(ObjectKind::Container, cid);
+  REQUIRE(s->objects().setOverride(ObjectKind::Container, cid, ev(2002, 3.0, "admin_override", Source::Admin),
+                                   "admin@qman"));
+  d = s->objects().detail(ObjectKind::Container, cid);
   REQUIRE((*d)->override_.has_value());
   CHECK((*d)->override_->uid == 2002);
   CHECK((*d)->automatic->uid == 2001);  // still underneath
   CHECK((*d)->resolver == "admin@qman");
   CHECK((*d)->record.owner->source == Source::Admin);
 
-  auto rows = s->evidenceRows(ObjectKind::Container, cid, 10);
+  auto rows = s->objects().evidenceRows(ObjectKind::Container, cid, 10);
   REQUIRE(rows.ok());
   REQUIRE(rows->size() == 2);
   CHECK((*rows)[0].ev.source == Source::Admin);  // newest first
   CHECK((*rows)[0].seq > (*rows)[1].seq);
-  CHECK(s->evidenceRows(std::nullopt, "", 1)->size() == 1);
-  CHECK(s->evidenceRows(ObjectKind::Volume, "", 10)->empty());
+  CHECK(s->objects().evidenceRows(std::nullopt, "", 1)->size() == 1);
+  CHECK(s->objects().evidenceRows(ObjectKind::Volume, "", 10)->empty());
 
-  REQUIRE(s->clearOverride(ObjectKind::Container, cid));
-  d = s->detail(ObjectKind::Container, cid);
+  REQUIRE(s->objects().clearOverride(ObjectKind::Container, cid));
+  d = s->objects().detail(ObjectKind::Container, cid);
   CHECK_FALSE((*d)->override_.has_value());
   CHECK((*d)->record.owner->uid == 2001);
-  CHECK_FALSE(s->detail(ObjectKind::Image, "sha256:none")->has_value());
+  CHECK_FALSE(s->objects().detail(ObjectKind::Image, "sha256:none")->has_value());
 }
 
 TEST_CASE("quota rules: default application and batch", "[qman]") {
@@ -167,7 +168,7 @@ TEST_CASE("QuotaBook: write-through, refuses absurd limits, default application"
   CHECK((*book)->limitKiB(2001) == 100);
   CHECK_FALSE((*book)->setLimit(2001, kMaxLimitKiB + 1).ok());
   CHECK((*book)->limitKiB(2001) == 100);
-  CHECK(*s->userLimits() == std::map<uint32_t, uint64_t>{{2001, 100}});
+  CHECK(*s->limits().userLimits() == std::map<uint32_t, uint64_t>{{2001, 100}});
   auto again = QuotaBook::load(*s);
   CHECK((*again)->limitKiB(2001) == 100);
 
@@ -176,7 +177,7 @@ TEST_CASE("QuotaBook: write-through, refuses absurd limits, default application"
   REQUIRE(n.ok());
   CHECK(*n == 2);
   CHECK(*(*book)->limits() == QuotaBook::Limits{{2001, 100}, {2002, 1024}, {2003, 7 * (kGiB / 1024)}});
-  CHECK(*s->userLimits() == *(*book)->limits());
+  CHECK(*s->limits().userLimits() == *(*book)->limits());
 
   // The defaults job plans, then a PUT lands before it writes: the PUT stays.
   auto plan = planDefaults({2004, 2005}, *(*book)->limits(), {}, 1024);
@@ -187,7 +188,7 @@ TEST_CASE("QuotaBook: write-through, refuses absurd limits, default application"
   CHECK(*set == 1);
   CHECK((*book)->limitKiB(2004) == 4096);
   CHECK((*book)->limitKiB(2005) == 1024);
-  CHECK(*s->userLimits() == *(*book)->limits());
+  CHECK(*s->limits().userLimits() == *(*book)->limits());
   CHECK(*(*book)->setLimitsWhereUnset({{2004, 1}, {2005, 1}}) == 0);  // nothing unset: nothing written
 }
 

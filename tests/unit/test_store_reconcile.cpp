@@ -54,7 +54,7 @@ Evidence ev(uint32_t uid, double request_time, double time, const std::string& m
 }
 
 ObjectRecord rec(Store& s, ObjectKind k, const std::string& id) {
-  auto r = s.get(k, id);
+  auto r = s.objects().get(k, id);
   REQUIRE(r.ok());
   REQUIRE(r->has_value());
   return **r;
@@ -63,7 +63,7 @@ ObjectRecord rec(Store& s, ObjectKind k, const std::string& id) {
 std::string hex(char c) { return std::string(64, c); }
 
 Seen seen(Store& s, ObjectKind k, const std::string& id, double now, std::optional<uint64_t> since) {
-  auto r = s.noteSeen(k, id, "", "", std::nullopt, now, since);
+  auto r = s.objects().noteSeen(k, id, "", "", std::nullopt, now, since);
   INFO((r ? std::string() : r.error().message));
   REQUIRE(r.ok());
   return *r;
@@ -77,17 +77,17 @@ TEST_CASE("reconcile: a row attributed after the list began keeps its owner and 
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   const std::string old_id = hex('a'), removed = hex('b'), fresh = hex('c');
-  REQUIRE(store->noteSeen(ObjectKind::Container, old_id, "old", "", std::nullopt, 10));
-  REQUIRE(*store->attribute(ObjectKind::Container, removed, ev(kBob, 10, 11), true));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, old_id, "old", "", std::nullopt, 10));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, removed, ev(kBob, 10, 11), true));
 
   // The reconcile reads the counter, then lists Docker (old_id only)...
-  const uint64_t mark = store->sequence();
+  const uint64_t mark = store->objects().sequence();
   // ...while alice's create is attributed (not in the list: made after it).
-  REQUIRE(store->noteSeen(ObjectKind::Container, fresh, "new", "", std::nullopt, 20, 0));
-  REQUIRE(*store->attribute(ObjectKind::Container, fresh, ev(kAlice, 19.9, 20), true));
-  CHECK(store->sequence() > mark);
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, fresh, "new", "", std::nullopt, 20, 0));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, fresh, ev(kAlice, 19.9, 20), true));
+  CHECK(store->objects().sequence() > mark);
 
-  auto r = store->reconcile(ObjectKind::Container, {old_id}, 21, mark);
+  auto r = store->objects().reconcile(ObjectKind::Container, {old_id}, 21, mark);
   REQUIRE(r.ok());
   CHECK(r->gone == 1);         // bob's, removed while nobody watched
   CHECK(r->kept_recent == 1);  // alice's
@@ -99,10 +99,10 @@ TEST_CASE("reconcile: a row attributed after the list began keeps its owner and 
   // The create event that follows changes nothing about the owner.
   CHECK(seen(*store, ObjectKind::Container, fresh, 22, std::nullopt) == Seen::Updated);
   CHECK(rec(*store, ObjectKind::Container, fresh).owner->uid == kAlice);
-  CHECK(store->evidence(ObjectKind::Container, fresh)->size() == 1);
+  CHECK(store->objects().evidence(ObjectKind::Container, fresh)->size() == 1);
 
   // Without the mark (the old rule) the same list would have marked it gone.
-  auto judged = store->reconcile(ObjectKind::Container, {old_id}, 23);
+  auto judged = store->objects().reconcile(ObjectKind::Container, {old_id}, 23);
   REQUIRE(judged.ok());
   CHECK(judged->gone == 1);
 }
@@ -111,15 +111,15 @@ TEST_CASE("noteSeen: a gone container Docker still has is restored with its owne
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   const std::string c = hex('d');
-  REQUIRE(*store->attribute(ObjectKind::Container, c, ev(kAlice, 10, 11), true));
-  REQUIRE(*store->markGone(ObjectKind::Container, c, 12));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, c, ev(kAlice, 10, 11), true));
+  REQUIRE(*store->objects().markGone(ObjectKind::Container, c, 12));
 
   SECTION("an event (current) restores") {
     CHECK(seen(*store, ObjectKind::Container, c, 13, std::nullopt) == Seen::Restored);
   }
   SECTION("a list begun after the gone mark restores") {
-    const uint64_t mark = store->sequence();
-    auto r = store->reconcile(ObjectKind::Container, {c}, 13, mark);
+    const uint64_t mark = store->objects().sequence();
+    auto r = store->objects().reconcile(ObjectKind::Container, {c}, 13, mark);
     REQUIRE(r.ok());
     CHECK(r->restored == 1);
     CHECK(r->revived == 0);
@@ -128,16 +128,16 @@ TEST_CASE("noteSeen: a gone container Docker still has is restored with its owne
   CHECK_FALSE(r.gone_at);
   REQUIRE(r.owner);
   CHECK(r.owner->uid == kAlice);
-  CHECK(store->evidence(ObjectKind::Container, c)->size() == 1);
+  CHECK(store->objects().evidence(ObjectKind::Container, c)->size() == 1);
 }
 
 TEST_CASE("noteSeen/reconcile: an observation older than the gone mark revives nothing", "[store][issue11]") {
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
-  REQUIRE(*store->attribute(ObjectKind::Volume, "data", ev(kAlice, 10, 11, "volume_create"), false));
-  const uint64_t mark = store->sequence();                            // a list begins...
-  REQUIRE(*store->markGone(ObjectKind::Volume, "data", 12));          // ...the destroy event comes meanwhile
-  auto r = store->reconcile(ObjectKind::Volume, {"data"}, 13, mark);  // the list still had it
+  REQUIRE(*store->objects().attribute(ObjectKind::Volume, "data", ev(kAlice, 10, 11, "volume_create"), false));
+  const uint64_t mark = store->objects().sequence();                            // a list begins...
+  REQUIRE(*store->objects().markGone(ObjectKind::Volume, "data", 12));          // ...the destroy event comes meanwhile
+  auto r = store->objects().reconcile(ObjectKind::Volume, {"data"}, 13, mark);  // the list still had it
   REQUIRE(r.ok());
   CHECK(r->stale == 1);
   CHECK(r->revived == 0);
@@ -155,22 +155,22 @@ TEST_CASE("noteSeen: a reused volume name is reset, unless its owner's reply cam
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   SECTION("gone before the list began, listed again: a new volume, unattributed") {
-    REQUIRE(*store->attribute(ObjectKind::Volume, "v", ev(kAlice, 10, 11, "volume_create"), false));
-    REQUIRE(*store->markGone(ObjectKind::Volume, "v", 50));
-    const uint64_t mark = store->sequence();
-    auto r = store->reconcile(ObjectKind::Volume, {"v"}, 60, mark);
+    REQUIRE(*store->objects().attribute(ObjectKind::Volume, "v", ev(kAlice, 10, 11, "volume_create"), false));
+    REQUIRE(*store->objects().markGone(ObjectKind::Volume, "v", 50));
+    const uint64_t mark = store->objects().sequence();
+    auto r = store->objects().reconcile(ObjectKind::Volume, {"v"}, 60, mark);
     REQUIRE(r.ok());
     CHECK(r->revived == 1);
     ObjectRecord v = rec(*store, ObjectKind::Volume, "v");
     CHECK_FALSE(v.gone_at);
     CHECK_FALSE(v.attributed());
-    CHECK(store->evidence(ObjectKind::Volume, "v")->empty());
+    CHECK(store->objects().evidence(ObjectKind::Volume, "v")->empty());
   }
   SECTION("bob's create began before a (wrong) gone mark and was answered after it: his volume, kept") {
     // The old reconcile race: listed without it, marked gone, then attributed.
-    REQUIRE(store->noteSeen(ObjectKind::Volume, "v", "v", "", std::nullopt, 49.5));
-    REQUIRE(*store->markGone(ObjectKind::Volume, "v", 50));
-    auto a = store->attribute(ObjectKind::Volume, "v", ev(kBob, 49, 51, "volume_create"), false);
+    REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "v", "v", "", std::nullopt, 49.5));
+    REQUIRE(*store->objects().markGone(ObjectKind::Volume, "v", 50));
+    auto a = store->objects().attribute(ObjectKind::Volume, "v", ev(kBob, 49, 51, "volume_create"), false);
     REQUIRE(a.ok());
     CHECK(*a);
     CHECK(seen(*store, ObjectKind::Volume, "v", 52, std::nullopt) == Seen::Restored);
@@ -185,13 +185,13 @@ TEST_CASE("markGone: a row changed after the check began stays live", "[store][i
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   const std::string c = hex('e');
-  const uint64_t since = store->sequence();  // an inspect begins (404: not there yet)
-  REQUIRE(*store->attribute(ObjectKind::Container, c, ev(kAlice, 10, 11), true));
-  auto m = store->markGone(ObjectKind::Container, c, 12, since);
+  const uint64_t since = store->objects().sequence();  // an inspect begins (404: not there yet)
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, c, ev(kAlice, 10, 11), true));
+  auto m = store->objects().markGone(ObjectKind::Container, c, 12, since);
   REQUIRE(m.ok());
   CHECK_FALSE(*m);
   CHECK_FALSE(rec(*store, ObjectKind::Container, c).gone_at);
-  auto m2 = store->markGone(ObjectKind::Container, c, 13, store->sequence());
+  auto m2 = store->objects().markGone(ObjectKind::Container, c, 13, store->objects().sequence());
   REQUIRE(m2.ok());
   CHECK(*m2);
   CHECK(rec(*store, ObjectKind::Container, c).gone_at == std::optional<double>(13));
@@ -201,27 +201,27 @@ TEST_CASE("markMissed: only objects without kernel or admin evidence, counted un
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
   const std::string seen_id = hex('1'), missed = hex('2'), labelled = hex('3');
-  REQUIRE(*store->attribute(ObjectKind::Container, seen_id, ev(kAlice, 100, 100.1), true));
-  REQUIRE(store->noteSeen(ObjectKind::Container, missed, "m", "", std::nullopt, 100.2));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, seen_id, ev(kAlice, 100, 100.1), true));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Container, missed, "m", "", std::nullopt, 100.2));
   Evidence label = ev(kBob, 100, 100.3, "label");
   label.source = Source::Label;
-  REQUIRE(*store->attribute(ObjectKind::Container, labelled, label, true));
-  REQUIRE(store->noteSeen(ObjectKind::Volume, "old", "old", "", std::nullopt, 10));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, labelled, label, true));
+  REQUIRE(store->objects().noteSeen(ObjectKind::Volume, "old", "old", "", std::nullopt, 10));
 
-  CHECK_FALSE(*store->markMissed(ObjectKind::Container, seen_id, 106, 100));
-  CHECK(*store->markMissed(ObjectKind::Container, missed, 106, 100));
-  CHECK_FALSE(*store->markMissed(ObjectKind::Container, missed, 107, 100));  // once
-  CHECK(*store->markMissed(ObjectKind::Container, labelled, 106, 100));      // a label is no evidence
-  CHECK_FALSE(*store->markMissed(ObjectKind::Volume, "old", 106, 100));      // a create that found it
-  CHECK(*store->markMissed(ObjectKind::Volume, "ghost", 106, 100));          // never noted: inserted, flagged
+  CHECK_FALSE(*store->objects().markMissed(ObjectKind::Container, seen_id, 106, 100));
+  CHECK(*store->objects().markMissed(ObjectKind::Container, missed, 106, 100));
+  CHECK_FALSE(*store->objects().markMissed(ObjectKind::Container, missed, 107, 100));  // once
+  CHECK(*store->objects().markMissed(ObjectKind::Container, labelled, 106, 100));      // a label is no evidence
+  CHECK_FALSE(*store->objects().markMissed(ObjectKind::Volume, "old", 106, 100));      // a create that found it
+  CHECK(*store->objects().markMissed(ObjectKind::Volume, "ghost", 106, 100));          // never noted: inserted, flagged
   CHECK(rec(*store, ObjectKind::Container, missed).missed_at == std::optional<double>(106));
-  CHECK(*store->unresolvedMissed() == 3);
+  CHECK(*store->objects().unresolvedMissed() == 3);
 
   // Resolved by an admin, by late kernel evidence, or by going away.
-  REQUIRE(store->setOverride(ObjectKind::Container, missed, ev(kBob, 0, 200, "admin")));
-  REQUIRE(*store->attribute(ObjectKind::Container, labelled, ev(kBob, 100, 100.3), true));
-  REQUIRE(*store->markGone(ObjectKind::Volume, "ghost", 201));
-  CHECK(*store->unresolvedMissed() == 0);
+  REQUIRE(store->objects().setOverride(ObjectKind::Container, missed, ev(kBob, 0, 200, "admin")));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, labelled, ev(kBob, 100, 100.3), true));
+  REQUIRE(*store->objects().markGone(ObjectKind::Volume, "ghost", 201));
+  CHECK(*store->objects().unresolvedMissed() == 0);
 }
 
 TEST_CASE("store v5: the change counter survives a restart; v4 files migrate", "[store][issue11]") {
@@ -248,18 +248,18 @@ TEST_CASE("store v5: the change counter survives a restart; v4 files migrate", "
   {
     auto store = openStore(path);
     CHECK(store->schemaVersion() == 5);
-    CHECK(store->sequence() == 0);
+    CHECK(store->objects().sequence() == 0);
     ObjectRecord o = rec(*store, ObjectKind::Container, "old");
     CHECK(o.seq == 0);
     CHECK_FALSE(o.missed_at);
-    REQUIRE(*store->attribute(ObjectKind::Container, hex('f'), ev(kAlice, 10, 11), true));
-    after = store->sequence();
+    REQUIRE(*store->objects().attribute(ObjectKind::Container, hex('f'), ev(kAlice, 10, 11), true));
+    after = store->objects().sequence();
     CHECK(after > 0);
   }
   auto store = openStore(path);
-  CHECK(store->sequence() == after);
+  CHECK(store->objects().sequence() == after);
   // A v4 row is older than any list: judged by it.
-  auto r = store->reconcile(ObjectKind::Container, {hex('f')}, 30, store->sequence());
+  auto r = store->objects().reconcile(ObjectKind::Container, {hex('f')}, 30, store->objects().sequence());
   REQUIRE(r.ok());
   CHECK(r->gone == 1);
 }
@@ -521,11 +521,11 @@ TEST_CASE("attributor: created while watching without kernel evidence is missed,
   CHECK(rec(*store, ObjectKind::Container, missed).missed_at.has_value());
   CHECK_FALSE(rec(*store, ObjectKind::Container, seen_id).missed_at.has_value());
   CHECK_FALSE(rec(*store, ObjectKind::Container, unwatched).missed_at.has_value());
-  CHECK(*store->unresolvedMissed() == 1);
+  CHECK(*store->objects().unresolvedMissed() == 1);
   // Its event, for the events API.
   EventQuery q;
   q.type = event_type::kAttributionMissed;
-  auto evs = store->events(q);
+  auto evs = store->eventLog().events(q);
   REQUIRE(evs.ok());
   REQUIRE(evs->size() == 1);
   CHECK(evs->front().event.container_id == missed);
@@ -561,15 +561,15 @@ TEST_CASE("attributor: reconcile losses are counted by reason", "[attributor][is
   Attributor a(*store, docker);
 
   // A container removed while nobody watched; one wrongly marked gone; a volume name reused.
-  REQUIRE(*store->attribute(ObjectKind::Container, hex('9'), ev(kBob, 1, 2), true));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, hex('9'), ev(kBob, 1, 2), true));
   const std::string live = create(docker);
-  REQUIRE(*store->attribute(ObjectKind::Container, live, ev(kAlice, 1, 2), true));
-  REQUIRE(*store->markGone(ObjectKind::Container, live, 3));
+  REQUIRE(*store->objects().attribute(ObjectKind::Container, live, ev(kAlice, 1, 2), true));
+  REQUIRE(*store->objects().markGone(ObjectKind::Container, live, 3));
   auto v = docker.request("POST", "/volumes/create", json{{"Name", "dq-unit-reused"}}.dump());
   REQUIRE(v.ok());
   REQUIRE(v->status == 201);
-  REQUIRE(*store->attribute(ObjectKind::Volume, "dq-unit-reused", ev(kBob, 1, 2, "volume_create"), false));
-  REQUIRE(*store->markGone(ObjectKind::Volume, "dq-unit-reused", 3));
+  REQUIRE(*store->objects().attribute(ObjectKind::Volume, "dq-unit-reused", ev(kBob, 1, 2, "volume_create"), false));
+  REQUIRE(*store->objects().markGone(ObjectKind::Volume, "dq-unit-reused", 3));
 
   REQUIRE(a.reconcile());
   CHECK(a.stats().reconcile_gone >= 1);
@@ -659,7 +659,7 @@ TEST_CASE("attributor: rows a reconcile left alone are checked one by one", "[at
     for (int i = 0; !done; i++) {
       char id[65];
       std::snprintf(id, sizeof id, "%064x", i + 1);
-      REQUIRE(*store->attribute(ObjectKind::Container, id, ev(kAlice, 1, 2), true));
+      REQUIRE(*store->objects().attribute(ObjectKind::Container, id, ev(kAlice, 1, 2), true));
     }
   });
   for (int i = 0; i < 200 && a.stats().reconcile_kept_recent == 0; i++) REQUIRE(a.reconcile());
@@ -677,9 +677,9 @@ TEST_CASE("attributor: rows a reconcile left alone are checked one by one", "[at
 TEST_CASE("reconcile: the rows left alone are named", "[store][issue11]") {
   TempDir dir;
   auto store = openStore(dir.file("s.db"));
-  const uint64_t mark = store->sequence();
-  REQUIRE(*store->attribute(ObjectKind::Volume, "late", ev(kAlice, 10, 11, "volume_create"), false));
-  auto r = store->reconcile(ObjectKind::Volume, {}, 12, mark);
+  const uint64_t mark = store->objects().sequence();
+  REQUIRE(*store->objects().attribute(ObjectKind::Volume, "late", ev(kAlice, 10, 11, "volume_create"), false));
+  auto r = store->objects().reconcile(ObjectKind::Volume, {}, 12, mark);
   REQUIRE(r.ok());
   CHECK(r->kept_ids == std::vector<std::string>{"late"});
 }

@@ -78,14 +78,14 @@ TEST_CASE("usage: root acting for a logged-in user bills that user", "[qman][usa
   auto store = Store::open(dir.path + "/s.db");
   REQUIRE(store.ok());
   const std::string cid(64, 'd');
-  REQUIRE((*store)->noteSeen(ObjectKind::Container, cid, "sudo-c", "", std::nullopt, 1));
+  REQUIRE((*store)->objects().noteSeen(ObjectKind::Container, cid, "sudo-c", "", std::nullopt, 1));
   Evidence ev = evidenceOf(0, 2, "container_create");
   ev.login_uid = kAlice;
-  REQUIRE((*store)->attribute(ObjectKind::Container, cid, ev, true).ok());
+  REQUIRE((*store)->objects().attribute(ObjectKind::Container, cid, ev, true).ok());
   UsageFigures f;
   f.containers = {{cid, "sudo-c", "", "running", 123}};
   OwnerView owners;
-  owners.containers = *(*store)->list(ObjectKind::Container);
+  owners.containers = *(*store)->objects().list(ObjectKind::Container);
   auto figures = std::make_shared<const UsageFigures>(std::move(f));
   CHECK(account(figures, owners, true).users[kAlice].container_bytes == 123);
   CHECK(account(figures, owners, false).users[0].container_bytes == 123);
@@ -107,8 +107,8 @@ TEST_CASE("usage: the accountant publishes snapshots, keeps the last figures on 
   CHECK(s1->total_bytes == Scenario::kTotal);
   CHECK(s1->source == "fake");
   // Sizes and layers went to the store.
-  CHECK((*store)->get(ObjectKind::Container, sc.c2)->value().size_bytes == 2000);
-  CHECK((*store)->layers()->size() == 7);
+  CHECK((*store)->objects().get(ObjectKind::Container, sc.c2)->value().size_bytes == 2000);
+  CHECK((*store)->objects().layers()->size() == 7);
   for (const auto& l : s1->layers) CHECK(l.first_seen == Approx(100));
 
   fake->fail = true;

@@ -206,7 +206,7 @@ TEST_CASE("exemptions: a reason of \"a\" + é×300 is stored cut on a character,
   CHECK(utf8Valid(answered));
   CHECK(answered == reason.substr(0, 499));
 
-  auto xs = h.store->exemptions();
+  auto xs = h.store->enforcement().exemptions();
   REQUIRE(xs);
   REQUIRE(xs->size() == 1);
   CHECK((*xs)[0].reason == answered);  // what is stored, not only what is answered
@@ -220,7 +220,7 @@ TEST_CASE("exemptions: a reason of \"a\" + é×300 is stored cut on a character,
 TEST_CASE("exemptions: a row an older agent stored cut inside a character never breaks the listing",
           "[utf8][enforce][http]") {
   Host h;
-  REQUIRE(h.store->setExemption({"user", std::to_string(kBob), "a" + kE + "\xc3", 10}));
+  REQUIRE(h.store->enforcement().setExemption({"user", std::to_string(kBob), "a" + kE + "\xc3", 10}));
   auto c = h.client();
   auto list = c.Get("/api/v1/exemptions");
   REQUIRE(list);
@@ -228,10 +228,10 @@ TEST_CASE("exemptions: a row an older agent stored cut inside a character never 
   CHECK(json::parse(list->body)["exemptions"][0]["reason"] == "a" + kE + "\xef\xbf\xbd");
   // The same for text from the kernel and passwd: a comm that is not UTF-8.
   const std::string evil = hex64('f');
-  REQUIRE(h.store->noteSeen(ObjectKind::Container, evil, "evil", img('a'), std::nullopt, 50));
+  REQUIRE(h.store->objects().noteSeen(ObjectKind::Container, evil, "evil", img('a'), std::nullopt, 50));
   Evidence ev = evidenceOf(kAlice, 50, "container_create");
   ev.comm = "\xff\xfe";
-  REQUIRE(h.store->attribute(ObjectKind::Container, evil, ev, true));
+  REQUIRE(h.store->objects().attribute(ObjectKind::Container, evil, ev, true));
   auto d = c.Get(("/remote-api/docker/usage/attribution-detail?entity_type=container&container_id=" + evil).c_str());
   REQUIRE(d);
   CHECK(d->status == 200);

@@ -25,7 +25,7 @@
 #include "agent/usage/growth_monitor.h"
 #include "api/http_api.h"
 #include "app/config.h"
-#include "app/qman_wiring.h"
+#include "app/quota_wiring.h"
 #include "tests/unit/api_stack.h"
 #include "tests/unit/temp_dir.h"
 
@@ -142,7 +142,7 @@ TEST_CASE("worker: the threads of the started services carry their names, and st
   Config config;
   config.docker_socket = nowhere;
   config.project_quotas = "off";  // the kernel backend needs a project-quota filesystem
-  auto qman = QmanServices::create(config, **store, api, {});
+  auto qman = QuotaServices::create(config, **store, api, {});
   REQUIRE(qman.ok());
   testing::IdleRuntime runtime;
   EnforcerOptions eo;
@@ -155,8 +155,9 @@ TEST_CASE("worker: the threads of the started services carry their names, and st
   DockerEventStream events(nowhere, {});
   GrowthMonitor growth(nullptr, docker, {.interval = 1h});  // never reads the (absent) probe before stop
   NoMail transport;
-  MailNotifier mailer(**store, transport, EmailDirectory{}, {.host_id = "test"});
-  auto master = MasterSink::create(**store, {.url = "http://127.0.0.1:1", .secret = "s", .host_id = "test"});
+  MailNotifier mailer((*store)->eventLog(), transport, EmailDirectory{}, {.host_id = "test"});
+  auto master =
+      MasterSink::create((*store)->eventLog(), {.url = "http://127.0.0.1:1", .secret = "s", .host_id = "test"});
   REQUIRE(master.ok());
 
   REQUIRE(api.start().ok());

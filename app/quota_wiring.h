@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-// Everything the qman slave surface needs, built from the config and started
-// and stopped as one: the usage accountant (its own Docker client), the quota
-// book, the user directory, the /remote-api + /metrics routes on the agent's
-// ApiServer, and the periodic default-quota job.
+// The quota side of the agent, built from the config and started and stopped
+// as one: the usage accountant (its own Docker client), the quota book, the
+// user directory, the kernel project quotas, the block devices and ZFS
+// datasets, the periodic default-quota job, and the routes that serve them
+// (/remote-api for the qman master, /metrics) on the agent's ApiServer.
 //
-// main.cpp, after the ApiServer is constructed and before api.start():
-//   ApiServer api(apiServerOptions(config), store, health);
-//   auto qman = QmanServices::create(config, store, api, [&] { return health()["probes"]; });
-//   if (!qman) { LOG_ERROR(kSub, "%s", qman.error().message.c_str()); return 1; }
-//   (*qman)->start();
-//   ... at shutdown, after api.stop():  (*qman)->stop();
+// App::build(), after the ApiServer is constructed and before api.start():
+//   auto quota = QuotaServices::create(config, store, api, [&] { return probeCounters(); });
+//   if (!quota) return quota.error();
+//   (*quota)->start();
+//   ... at shutdown, after api.stop():  (*quota)->stop();
 #pragma once
 
 #include <condition_variable>
@@ -37,13 +37,13 @@ namespace dockquota {
 // transport's workers, caps and deadlines).
 ApiServerOptions apiServerOptions(const Config& config);
 
-class QmanServices {
+class QuotaServices {
  public:
   // Installs the routes on `api` (call before api.start()). `probe_counters`
   // feeds dockquota_probe_counter in /metrics (may be empty).
-  static Result<std::unique_ptr<QmanServices>> create(const Config& config, Store& store, ApiServer& api,
-                                                      std::function<nlohmann::json()> probe_counters);
-  ~QmanServices();  // stops
+  static Result<std::unique_ptr<QuotaServices>> create(const Config& config, Store& store, ApiServer& api,
+                                                       std::function<nlohmann::json()> probe_counters);
+  ~QuotaServices();  // stops
 
   void start();  // the accountant's thread and the defaults job
   void stop();
@@ -67,7 +67,7 @@ class QmanServices {
   size_t applyDeviceDefaults();
 
  private:
-  QmanServices() = default;
+  QuotaServices() = default;
   void runDefaults();
   void haltDefaults();  // sets stop_ and wakes runDefaults()
 

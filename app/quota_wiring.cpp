@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "app/qman_wiring.h"
+#include "app/quota_wiring.h"
 
 #include <ctime>
 #include <set>
@@ -75,9 +75,9 @@ ApiServerOptions apiServerOptions(const Config& c) {
   return o;
 }
 
-Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config, Store& store, ApiServer& api,
-                                                           std::function<nlohmann::json()> probe_counters) {
-  std::unique_ptr<QmanServices> q(new QmanServices());
+Result<std::unique_ptr<QuotaServices>> QuotaServices::create(const Config& config, Store& store, ApiServer& api,
+                                                             std::function<nlohmann::json()> probe_counters) {
+  std::unique_ptr<QuotaServices> q(new QuotaServices());
   q->default_interval_ = std::chrono::seconds(config.default_apply_interval_s);
   q->measure_client_ = std::make_unique<DockerClient>(config.docker_socket, kMeasureTimeout);
   q->inspect_client_ = std::make_unique<DockerClient>(config.docker_socket, kInspectTimeout);
@@ -135,9 +135,9 @@ Result<std::unique_ptr<QmanServices>> QmanServices::create(const Config& config,
   return q;
 }
 
-QmanServices::~QmanServices() { stop(); }
+QuotaServices::~QuotaServices() { stop(); }
 
-void QmanServices::start() {
+void QuotaServices::start() {
   if (projects_) projects_->start();
   usage_->start();
   devices_.devices->start();
@@ -149,14 +149,14 @@ void QmanServices::start() {
       "dq-defaults", [this] { runDefaults(); }, [this] { haltDefaults(); });
 }
 
-void QmanServices::stop() {
+void QuotaServices::stop() {
   defaults_worker_.stop();
   if (devices_.devices) devices_.devices->stop();
   if (usage_) usage_->stop();
   if (projects_) projects_->stop();
 }
 
-Result<size_t> QmanServices::applyDefaultsNow() {
+Result<size_t> QuotaServices::applyDefaultsNow() {
   auto snap = usage_->snapshot();
   std::set<uint32_t> candidates;
   for (const auto& u : users_->managed()) candidates.insert(u.uid);
@@ -170,7 +170,7 @@ Result<size_t> QmanServices::applyDefaultsNow() {
   return n;
 }
 
-size_t QmanServices::applyDeviceDefaults() {
+size_t QuotaServices::applyDeviceDefaults() {
   // Block devices and ZFS (spec §3.7): eligible = managed passwd users.
   std::vector<uint32_t> eligible;
   for (const auto& u : users_->managed()) eligible.push_back(u.uid);
@@ -186,7 +186,7 @@ size_t QmanServices::applyDeviceDefaults() {
   return n;
 }
 
-void QmanServices::haltDefaults() {
+void QuotaServices::haltDefaults() {
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = true;
@@ -194,7 +194,7 @@ void QmanServices::haltDefaults() {
   cv_.notify_all();
 }
 
-void QmanServices::runDefaults() {
+void QuotaServices::runDefaults() {
   using Clock = std::chrono::steady_clock;
   std::unique_lock<std::mutex> l(mu_);
   // Each backend's first run once its figures are known (a default depends on

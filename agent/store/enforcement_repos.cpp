@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// The Store's enforcement tables (schema v4, see the migration in store.cpp):
-// events and their delivery per channel, announced conditions, the containers
-// acted on, admin exemptions. Same handle and lock as the rest of the Store.
+// The enforcement tables (schema v4, see the migration in store.cpp): events
+// and their delivery per channel, announced conditions (EventRepo), the
+// containers acted on and admin exemptions (ActionRepo). One file: an action
+// and its events are written in one transaction.
 #include <sqlite3.h>
 
 #include "agent/base/utf8.h"
 #include "agent/store/sqlite_util.h"
-#include "agent/store/store.h"
+#include "agent/store/action_repo.h"
+#include "agent/store/event_repo.h"
 
 namespace dockquota {
 using namespace sql;
@@ -45,7 +47,7 @@ Event eventRow(const Stmt& st) {
   return e;
 }
 
-Status insertEvent(sqlite3* db, Event& e, Store::Route route, const std::string& what) {
+Status insertEvent(sqlite3* db, Event& e, EventRoute route, const std::string& what) {
   Stmt ins(db,
            "INSERT INTO events (type, uid, user, container_id, detail, created_at, master, mail) "
            "VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?6, ?7)");
@@ -99,21 +101,22 @@ std::optional<ActionState> parseActionState(const std::string& s) {
 
 // --- events ------------------------------------------------------------------------
 
-Result<std::optional<int64_t>> Store::addEvent(Event& e, Route route, const std::vector<std::string>& conditions) {
-  std::lock_guard<std::mutex> lock(mu_);
+Result<std::optional<int64_t>> EventRepo::addEvent(Event& e, EventRoute route,
+                                                   const std::vector<std::string>& conditions) {
+  std::lock_guard<std::mutex> lock(db_.mu);
   const std::string what = "record event " + e.type + " for uid " + std::to_string(e.uid);
-  Txn txn(db_);
+  Txn txn(db_.handle);
   if (auto s = txn.begin(what); !s) return s.error();
   if (!conditions.empty()) {
-    Stmt find(db_, "SELECT 1 FROM conditions WHERE uid = ?1 AND condition = ?2");
+    Stmt find(db_.handle, "SELECT 1 FROM conditions WHERE uid = ?1 AND condition = ?2");
     find.bind(1, e.uid);
     find.bind(2, conditions[0]);
     auto r = find.next(what);
     if (!r) return r.error();
     if (*r) return std::optional<int64_t>();  // announced already
   }
-  if (auto s = insertEvent(db_, e, route, what); !s) return s.error();
-  Stmt ins(db_, "INSERT OR IGNORE INTO conditions (uid, condition, since, event_seq) VALUES (?1, ?2, ?3, ?4)");
+  if (auto s = insertEvent(db_.handle, e, route, what); !s) return s.error();
+  Stmt ins(db_.handle, "INSERT OR IGNORE INTO conditions (uid, condition, since, event_seq) VALUES (?1, ?2, ?3, ?4)");
   for (const auto& c : conditions) {
     ins.reset();
     ins.bind(1, e.uid);
@@ -126,17 +129,17 @@ Result<std::optional<int64_t>> Store::addEvent(Event& e, Route route, const std:
   return std::optional<int64_t>(e.seq);
 }
 
-Status Store::clearCondition(uint32_t uid, const std::string& condition) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, "DELETE FROM conditions WHERE uid = ?1 AND condition = ?2");
+Status EventRepo::clearCondition(uint32_t uid, const std::string& condition) {
+  std::lock_guard<std::mutex> lock(db_.mu);
+  Stmt st(db_.handle, "DELETE FROM conditions WHERE uid = ?1 AND condition = ?2");
   st.bind(1, uid);
   st.bind(2, condition);
   return st.run("clear condition " + condition + " of uid " + std::to_string(uid));
 }
 
-Result<std::map<uint32_t, std::set<std::string>>> Store::conditions() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, "SELECT uid, condition FROM conditions");
+Result<std::map<uint32_t, std::set<std::string>>> EventRepo::conditions() const {
+  std::lock_guard<std::mutex> lock(db_.read_mu);
+  Stmt st(db_.reader, "SELECT uid, condition FROM conditions");
   std::map<uint32_t, std::set<std::string>> out;
   for (;;) {
     auto r = st.next("list conditions");
@@ -146,10 +149,11 @@ Result<std::map<uint32_t, std::set<std::string>>> Store::conditions() const {
   }
 }
 
-Result<std::vector<EventRow>> Store::events(const EventQuery& q) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, std::string(kEventCols) +
-                   "WHERE seq > ?1 AND (?2 IS NULL OR uid = ?2) AND (?3 = '' OR type = ?3) ORDER BY seq LIMIT ?4");
+Result<std::vector<EventRow>> EventRepo::events(const EventQuery& q) const {
+  std::lock_guard<std::mutex> lock(db_.read_mu);
+  Stmt st(db_.reader,
+          std::string(kEventCols) +
+              "WHERE seq > ?1 AND (?2 IS NULL OR uid = ?2) AND (?3 = '' OR type = ?3) ORDER BY seq LIMIT ?4");
   st.bind(1, q.after);
   st.bind(2, q.uid);
   st.bind(3, q.type);
@@ -163,17 +167,17 @@ Result<std::vector<EventRow>> Store::events(const EventQuery& q) const {
   }
 }
 
-Result<size_t> Store::pruneEvents(double before) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, "DELETE FROM events WHERE created_at < ?1 AND master != 1 AND mail != 1");
+Result<size_t> EventRepo::pruneEvents(double before) {
+  std::lock_guard<std::mutex> lock(db_.mu);
+  Stmt st(db_.handle, "DELETE FROM events WHERE created_at < ?1 AND master != 1 AND mail != 1");
   st.bind(1, before);
   if (auto s = st.run("prune events"); !s) return s.error();
-  return size_t(sqlite3_changes(db_));
+  return size_t(sqlite3_changes(db_.handle));
 }
 
-Result<std::vector<Event>> Store::pending(Channel c, size_t max) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, std::string(kEventCols) + "WHERE " + stateColumn(c) + " = 1 ORDER BY seq LIMIT ?1");
+Result<std::vector<Event>> EventRepo::pending(Channel c, size_t max) {
+  std::lock_guard<std::mutex> lock(db_.mu);
+  Stmt st(db_.handle, std::string(kEventCols) + "WHERE " + stateColumn(c) + " = 1 ORDER BY seq LIMIT ?1");
   st.bind(1, int64_t(max));
   std::vector<Event> out;
   for (;;) {
@@ -184,13 +188,13 @@ Result<std::vector<Event>> Store::pending(Channel c, size_t max) {
   }
 }
 
-Status Store::delivered(Channel c, const std::vector<int64_t>& seqs, bool ok, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+Status EventRepo::delivered(Channel c, const std::vector<int64_t>& seqs, bool ok, double now) {
+  std::lock_guard<std::mutex> lock(db_.mu);
   const std::string what = std::string("mark ") + toString(c) + " events delivered";
-  Txn txn(db_);
+  Txn txn(db_.handle);
   if (auto s = txn.begin(what); !s) return s.error();
-  Stmt st(db_, std::string("UPDATE events SET ") + stateColumn(c) + " = ?2, " + timeColumn(c) +
-                   " = ?3 WHERE seq = ?1 AND " + stateColumn(c) + " = 1");
+  Stmt st(db_.handle, std::string("UPDATE events SET ") + stateColumn(c) + " = ?2, " + timeColumn(c) +
+                          " = ?3 WHERE seq = ?1 AND " + stateColumn(c) + " = 1");
   for (int64_t seq : seqs) {
     st.reset();
     st.bind(1, seq);
@@ -201,9 +205,9 @@ Status Store::delivered(Channel c, const std::vector<int64_t>& seqs, bool ok, do
   return txn.commit(what);
 }
 
-Result<size_t> Store::pendingCount(Channel c) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, std::string("SELECT count(*) FROM events WHERE ") + stateColumn(c) + " = 1");
+Result<size_t> EventRepo::pendingCount(Channel c) {
+  std::lock_guard<std::mutex> lock(db_.mu);
+  Stmt st(db_.handle, std::string("SELECT count(*) FROM events WHERE ") + stateColumn(c) + " = 1");
   auto r = st.next(std::string("count pending ") + toString(c) + " events");
   if (!r) return r.error();
   return size_t(st.i64(0));
@@ -211,12 +215,12 @@ Result<size_t> Store::pendingCount(Channel c) {
 
 // --- actions ---------------------------------------------------------------------------
 
-Status Store::putAction(const EnforcementAction& a, const std::vector<RoutedEvent>& events) {
-  std::lock_guard<std::mutex> lock(mu_);
+Status ActionRepo::putAction(const EnforcementAction& a, const std::vector<RoutedEvent>& events) {
+  std::lock_guard<std::mutex> lock(db_.mu);
   const std::string what = std::string("record enforcement (") + toString(a.state) + ") of container " + a.container_id;
-  Txn txn(db_);
+  Txn txn(db_.handle);
   if (auto s = txn.begin(what); !s) return s.error();
-  Stmt st(db_,
+  Stmt st(db_.handle,
           "INSERT INTO enforcement_actions (container_id, uid, name, size_bytes, state, started_at, stopped_at, "
           "remove_after, finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
           "ON CONFLICT (container_id) DO UPDATE SET uid = excluded.uid, name = excluded.name, "
@@ -235,14 +239,15 @@ Status Store::putAction(const EnforcementAction& a, const std::vector<RoutedEven
   st.bind(10, a.error);
   if (auto s = st.run(what); !s) return s.error();
   for (const auto& e : events)
-    if (auto s = insertEvent(db_, *e.event, e.route, what); !s) return s.error();
+    if (auto s = insertEvent(db_.handle, *e.event, e.route, what); !s) return s.error();
   return txn.commit(what);
 }
 
-Result<std::vector<EnforcementAction>> Store::actions(bool open_only, size_t limit) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, std::string(kActionCols) + (open_only ? "WHERE state IN ('stopping', 'stopped', 'removing') " : "") +
-                   "ORDER BY started_at DESC, container_id LIMIT ?1");
+Result<std::vector<EnforcementAction>> ActionRepo::actions(bool open_only, size_t limit) const {
+  std::lock_guard<std::mutex> lock(db_.read_mu);
+  Stmt st(db_.reader, std::string(kActionCols) +
+                          (open_only ? "WHERE state IN ('stopping', 'stopped', 'removing') " : "") +
+                          "ORDER BY started_at DESC, container_id LIMIT ?1");
   st.bind(1, int64_t(limit));
   std::vector<EnforcementAction> out;
   for (;;) {
@@ -266,9 +271,9 @@ Result<std::vector<EnforcementAction>> Store::actions(bool open_only, size_t lim
 
 // --- exemptions ----------------------------------------------------------------------------
 
-Status Store::setExemption(const Exemption& x) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_,
+Status ActionRepo::setExemption(const Exemption& x) {
+  std::lock_guard<std::mutex> lock(db_.mu);
+  Stmt st(db_.handle,
           "INSERT INTO exemptions (kind, id, reason, set_at) VALUES (?1, ?2, ?3, ?4) "
           "ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, set_at = excluded.set_at");
   st.bind(1, x.kind);
@@ -278,18 +283,18 @@ Status Store::setExemption(const Exemption& x) {
   return st.run("exempt " + x.kind + " " + x.id);
 }
 
-Result<bool> Store::clearExemption(const std::string& kind, const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, "DELETE FROM exemptions WHERE kind = ?1 AND id = ?2");
+Result<bool> ActionRepo::clearExemption(const std::string& kind, const std::string& id) {
+  std::lock_guard<std::mutex> lock(db_.mu);
+  Stmt st(db_.handle, "DELETE FROM exemptions WHERE kind = ?1 AND id = ?2");
   st.bind(1, kind);
   st.bind(2, id);
   if (auto s = st.run("clear exemption of " + kind + " " + id); !s) return s.error();
-  return sqlite3_changes(db_) > 0;
+  return sqlite3_changes(db_.handle) > 0;
 }
 
-Result<std::vector<Exemption>> Store::exemptions() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt st(db_, "SELECT kind, id, reason, set_at FROM exemptions ORDER BY kind, id");
+Result<std::vector<Exemption>> ActionRepo::exemptions() const {
+  std::lock_guard<std::mutex> lock(db_.read_mu);
+  Stmt st(db_.reader, "SELECT kind, id, reason, set_at FROM exemptions ORDER BY kind, id");
   std::vector<Exemption> out;
   for (;;) {
     auto r = st.next("list exemptions");
