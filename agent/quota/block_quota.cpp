@@ -283,11 +283,27 @@ QuotaTable BlockQuotaDevice::readTable(Handle& h, QuotaType type, bool& per_id, 
   return t;
 }
 
+// Where the device is mounted now, in table order: mounts come and go while
+// the agent runs (dockerd bind-mounts its data root onto itself when the
+// mount holding it is private), and qman's own slave reads them on every
+// request. The discovered list stands when the table cannot be read or no
+// longer holds the device.
+namespace {
+std::vector<std::string> currentMountPoints(const BlockMount& m) {
+  auto table = readMountinfo();
+  if (!table) return m.mount_points;
+  std::vector<std::string> out;
+  for (const auto& e : *table)
+    if (e.dev == m.dev && quotaFstype(e.fstype)) out.push_back(e.mount_point);
+  return out.empty() ? m.mount_points : out;
+}
+}  // namespace
+
 Result<DeviceSnapshot> BlockQuotaDevice::read() {
   Handle h(mount_);
   DeviceSnapshot s;
   s.name = mount_.source;
-  s.mount_points = mount_.mount_points;
+  s.mount_points = currentMountPoints(mount_);
   s.fstype = mount_.fstype;
   s.opts = mount_.opts;
   s.usage = usageOf(mount_.mount_points.front());

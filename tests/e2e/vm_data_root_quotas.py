@@ -155,6 +155,25 @@ def by_name(listing):
     return {d["name"]: d for d in listing}
 
 
+def check_mounts_followed(env, fstype, mp, devname):
+    """A mount of the device made (and removed) while the agent runs is in
+    (and out of) its mount_points by the next refresh, as qman's slave reads
+    them per request: the list is never the table of the agent's start."""
+    extra = os.path.join(env.dir, "bind-%s" % fstype)
+    os.makedirs(extra, exist_ok=True)
+    sh("mount --bind %s %s" % (os.path.join(mp, "home"), extra))
+    try:
+        seen = wait_for("the new mount point", lambda: (by_name(device_list(env)).get(devname) or {}).get(
+            "mount_points") == mounts_of(devname), timeout=15)
+        check(seen and extra in mounts_of(devname), "%s: a bind mount made after the agent started is listed: %s" % (
+            fstype, (by_name(device_list(env)).get(devname) or {}).get("mount_points")))
+    finally:
+        sh("umount %s" % extra, check_rc=False)
+    gone = wait_for("the mount point gone", lambda: (by_name(device_list(env)).get(devname) or {}).get(
+        "mount_points") == mounts_of(devname), timeout=15)
+    check(gone, "%s: and no longer listed once unmounted" % fstype)
+
+
 def alice_project(env):
     status, body = env.http("/api/v1/projects")
     assert status == 200, (status, body)
@@ -296,6 +315,7 @@ def scenario(env, fstype):
     dock = by_name(listing).get("docker") or {}
     check(dock.get("fstype") == "docker" and dock.get("mount_points") == [os.path.join(mp, "docker")],
           "%s: docker's mount point is its data root on that filesystem: %s" % (fstype, dock.get("mount_points")))
+    check_mounts_followed(env, fstype, mp, devname)
     root0 = kernel_report(fstype, mp, "u").get(0, (0,))[0]
     d0, b0 = used(listing, "docker"), used(listing, devname)
 
