@@ -15,7 +15,7 @@
 #include "agent/quota/quota_devices.h"
 #include "api/qman_api.h"
 #include "api/qman_devices.h"
-#include "qman_fixture.h"
+#include "tests/unit/qman_agent.h"
 
 using namespace dockquota;
 using namespace dockquota::testing;
@@ -258,30 +258,23 @@ class FakeDevice : public QuotaDevice {
   ListRule rule_;
 };
 
-struct DeviceAgent {
-  QmanTempDir dir;
-  std::unique_ptr<Store> store;
-  Scenario sc;
-  std::unique_ptr<QuotaBook> book;
-  std::unique_ptr<UserDirectory> users;
-  std::unique_ptr<UsageAccountant> usage;
+// passwd as the block-device tests' host has it.
+std::vector<PasswdUser> devicePasswd() {
+  return {{0, "root"}, {kBob, "bob"}, {kAlice, "alice"}, {kCarol, "carol"}, {65534, "nobody"}};
+}
+
+// Two fake block devices beside docker.
+struct DeviceAgent : QmanAgent {
   std::unique_ptr<QuotaDevices> devices;
   FakeDevice* ext4 = nullptr;
   FakeDevice* xfs = nullptr;
-  std::unique_ptr<QmanContext> ctx;
-  std::unique_ptr<ApiServer> api;
-  int port = 0;
 
-  DeviceAgent() {
-    store = std::move(*Store::open(dir.path + "/s.db"));
-    sc.fill(*store);
-    book = std::move(*QuotaBook::load(*store));
-    const std::vector<PasswdUser> pw = {
-        {0, "root"}, {kBob, "bob"}, {kAlice, "alice"}, {kCarol, "carol"}, {65534, "nobody"}};
-    users = std::make_unique<UserDirectory>([pw] { return pw; });
-    usage = std::make_unique<UsageAccountant>(*store, std::make_unique<FakeSource>(sc.figures()),
-                                              UsageAccountant::Options{});
-    REQUIRE(usage->refresh());
+  DeviceAgent()
+      : QmanAgent(
+            {.passwd = devicePasswd(),
+             .server =
+                 {.address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2},
+             .probe_counters = nullptr}) {
     devices = std::make_unique<QuotaDevices>(QuotaDevices::Options{});
     auto e = std::make_unique<FakeDevice>("/dev/sdb1", ListRule::kPasswdZeroFill);
     auto x = std::make_unique<FakeDevice>("/dev/loop0", ListRule::kPasswdPresent);
@@ -292,22 +285,9 @@ struct DeviceAgent {
     devices->add(std::move(e));
     devices->add(std::move(x));
     devices->refreshNow();
-    ctx.reset(new QmanContext{*store, *book, *usage, *users, nullptr, nullptr, QmanOptions{}});
     ctx->devices = devices.get();
-    ctx->candidates = [pw] { return Candidates{managedInOrder(pw), {}}; };
-    api = std::make_unique<ApiServer>(
-        ApiServerOptions{
-            .address = "127.0.0.1", .port = 0, .api_key = "k3y", .bill_root_to_login_uid = true, .threads = 2},
-        *store, nullptr);
-    installQmanRoutes(*api, *ctx);
-    auto p = api->start();
-    REQUIRE(p.ok());
-    port = *p;
-  }
-  httplib::Client client() {
-    httplib::Client c("127.0.0.1", port);
-    c.set_basic_auth("api", "k3y");
-    return c;
+    ctx->candidates = [] { return Candidates{managedInOrder(devicePasswd()), {}}; };
+    serve();
   }
 };
 

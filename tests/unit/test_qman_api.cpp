@@ -16,7 +16,7 @@
 #include "agent/quota/quotas.h"
 #include "api/http_api.h"
 #include "api/qman_api.h"
-#include "qman_fixture.h"
+#include "tests/unit/qman_agent.h"
 
 using namespace dockquota;
 using namespace dockquota::testing;
@@ -79,50 +79,11 @@ json ok(const httplib::Result& r) {
   return json::parse(r->body);
 }
 
-struct Agent {
-  QmanTempDir dir;
-  std::unique_ptr<Store> store;
-  Scenario sc;
-  FakeSource* fake = nullptr;
-  std::unique_ptr<QuotaBook> book;
-  std::unique_ptr<UserDirectory> users;
-  std::unique_ptr<UsageAccountant> usage;
-  std::unique_ptr<QmanContext> ctx;
-  std::unique_ptr<ApiServer> api;
-  int port = 0;
-
-  explicit Agent(QmanOptions opt = {}, ApiServerOptions aopt = {.address = "127.0.0.1",
-                                                                .port = 0,
-                                                                .api_key = "k3y",
-                                                                .bill_root_to_login_uid = true,
-                                                                .threads = 4}) {
-    store = std::move(*Store::open(dir.path + "/s.db"));
-    sc.fill(*store);
-    auto src = std::make_unique<FakeSource>(sc.figures());
-    fake = src.get();
-    book = std::move(*QuotaBook::load(*store));
-    users = std::make_unique<UserDirectory>([] {
-      return std::vector<PasswdUser>{{0, "root"},    {kAlice, "alice"}, {kBob, "bob"}, {kCarol, "carol"},
-                                     {5000, "dave"}, {65534, "nobody"}, {999, "sys"}};
-    });
-    usage = std::make_unique<UsageAccountant>(*store, std::move(src), UsageAccountant::Options{});
-    REQUIRE(usage->refresh());
-    ctx.reset(new QmanContext{
-        *store, *book, *usage, *users, nullptr,
-        [] {
-          return json{{"docker_sock", {{"attached", true}, {"kernel_counters", {{"ringbuf_full", 3}}}}}};
-        },
-        opt});
-    api = std::make_unique<ApiServer>(aopt, *store, nullptr);
-    installQmanRoutes(*api, *ctx);
-    auto p = api->start();
-    REQUIRE(p.ok());
-    port = *p;
-  }
-  httplib::Client client() {
-    httplib::Client c("127.0.0.1", port);
-    c.set_basic_auth("api", "k3y");
-    return c;
+// The docker device's routes, served at once.
+struct Agent : QmanAgent {
+  explicit Agent(QmanOptions opt = {}, ApiServerOptions aopt = Setup{}.server)
+      : QmanAgent({.qman = opt, .server = aopt}) {
+    serve();
   }
 };
 
