@@ -370,8 +370,9 @@ static __always_inline struct dsock_conn *track_conn(struct task_struct *task, _
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
-/* Stops tracking `entry` (already looked up at key) and tells the agent. */
-static __always_inline void untrack_conn(const struct dsock_key *key, struct dsock_conn *entry)
+/* Stops tracking `entry` (already looked up at key) and tells the agent
+ * why (DSOCK_END_*, in the close event's len: a close carries no bytes). */
+static __always_inline void untrack_conn(const struct dsock_key *key, struct dsock_conn *entry, __u32 why)
 {
 	struct dsock_conn gone = *entry;
 	struct scratch *s;
@@ -384,6 +385,7 @@ static __always_inline void untrack_conn(const struct dsock_key *key, struct dso
 	if (!s)
 		return;
 	s->ev.tgid = key->tgid; /* the client, also when the server side noticed */
+	s->ev.len = why;
 	event_send(s, 0, 0);
 }
 
@@ -543,7 +545,7 @@ static __always_inline int on_call(__u32 tgid, __u32 fd, __u64 buf, __u32 iovcnt
 	if (conn && (sk || !same_socket(conn, NULL, file))) {
 		count(conn->ino && file && conn->ino != BPF_CORE_READ(file, f_inode, i_ino) ? DSOCK_CTR_SOCK_REUSED
 											     : DSOCK_CTR_STALE_FD);
-		untrack_conn(&key, conn);
+		untrack_conn(&key, conn, DSOCK_END_REUSED);
 		conn = NULL;
 		if (!sk)
 			return 0;
@@ -628,7 +630,7 @@ static __always_inline int on_close(__u32 tgid, __u32 fd, long ret)
 	struct dsock_conn *conn = bpf_map_lookup_elem(&conns, &key);
 
 	if (conn)
-		untrack_conn(&key, conn);
+		untrack_conn(&key, conn, DSOCK_END_CLOSE);
 	return 0;
 }
 
@@ -689,7 +691,7 @@ static __always_inline int on_sys_exit(long nr, struct pt_regs *regs, long ret)
 #define EPIPE 32
 
 /* The connection of client socket `client` ends: forget it. */
-static __always_inline void end_client(struct sock *client)
+static __always_inline void end_client(struct sock *client, __u32 why)
 {
 	__u64 skp = (__u64)client;
 	struct dsock_key *k = bpf_map_lookup_elem(&conn_socks, &skp);
@@ -701,7 +703,7 @@ static __always_inline void end_client(struct sock *client)
 	key = *k;
 	conn = bpf_map_lookup_elem(&conns, &key);
 	if (conn && conn->sk == skp)
-		untrack_conn(&key, conn);
+		untrack_conn(&key, conn, why);
 	else
 		bpf_map_delete_elem(&conn_socks, &skp);
 }
@@ -759,10 +761,10 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int d
 		 * orphaned; a mere shutdown(SHUT_WR) leaves it attached). */
 		if (!((dir == DIR_RX && ret == 0) || (dir == DIR_TX && ret == -EPIPE)))
 			return 0;
-		end_client(sk);
+		end_client(sk, dir == DIR_RX ? DSOCK_END_EOF : DSOCK_END_EPIPE);
 		peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
 		if (peer && !BPF_CORE_READ(peer, sk_socket))
-			end_client(peer);
+			end_client(peer, DSOCK_END_PEER_SAW);
 		return 0;
 	}
 	if (flags & MSG_PEEK)

@@ -32,6 +32,13 @@
 #define DSOCK_EV_CLOSE 4   /* the client closed the fd (socket set: either side saw the other gone) */
 #define DSOCK_EV_EXIT 5    /* the client process exited: all its connections are gone */
 
+/* Why a connection ended: a DSOCK_EV_CLOSE event's len (it carries no bytes). */
+#define DSOCK_END_CLOSE 1     /* the client closed the fd (syscall sets) */
+#define DSOCK_END_REUSED 2    /* its fd named another socket: closed unseen (dup2, close_range, socket set) */
+#define DSOCK_END_EOF 3       /* socket set: the client read EOF (dockerd closed) */
+#define DSOCK_END_EPIPE 4     /* socket set: the client's send got EPIPE */
+#define DSOCK_END_PEER_SAW 5  /* socket set: dockerd read EOF or got EPIPE, the client's socket orphaned */
+
 /* dsock_event.flags */
 #define DSOCK_F_LOST_TX 1 /* an earlier event of this connection's send side was lost (ring full):
                              bytes are missing from the stream before this one */

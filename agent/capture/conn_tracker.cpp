@@ -241,6 +241,7 @@ void ConnTracker::onEvent(const dsock_event& ev) {
     return;
   }
   if (type == DsockEventType::Close) {
+    if (auto it = conns_.find(ev.conn_id); it != conns_.end()) it->second.end_why = ev.len;
     closeConn(ev.conn_id, ev.ts_ns);
     return;
   }
@@ -270,10 +271,13 @@ void ConnTracker::onEvent(const dsock_event& ev) {
   std::string_view data(reinterpret_cast<const char*>(ev.data), ev.cap_len);
   const uint64_t doubts = c.http->stats().doubts;
   if (type == DsockEventType::Tx) {
+    if (c.tx_bytes == 0) c.first_tx.assign(data.substr(0, 80));
+    c.tx_bytes += ev.len;
     noteWriter(c, ev);
     const HttpSender sender = senderOf(ev);
     c.http->onSend(data, ev.len, ev.ts_ns, &sender);
   } else {
+    c.rx_bytes += ev.len;
     c.http->onRecv(data, ev.len, ev.ts_ns);
   }
   if (c.http->stats().doubts != doubts) {
@@ -344,6 +348,15 @@ void ConnTracker::closeConn(uint64_t conn_id, uint64_t ts_ns) {
   it = conns_.find(conn_id);
   if (it == conns_.end()) return;
   Conn& c = it->second;
+  if (const auto& hs = c.http->stats(); hs.exchanges == 0 && c.tx_bytes > 0)
+    LOG_DEBUG(kSub,
+              "conn %llx of pid %u ended (probe's reason %u) without an exchange: %llu bytes sent, %llu received, "
+              "%llu parse errors, %llu orphan responses, %llu lost heads, %llu gap bytes; first sent: %s",
+              static_cast<unsigned long long>(conn_id), c.client.tgid, c.end_why,
+              static_cast<unsigned long long>(c.tx_bytes), static_cast<unsigned long long>(c.rx_bytes),
+              static_cast<unsigned long long>(hs.parse_errors), static_cast<unsigned long long>(hs.orphan_responses),
+              static_cast<unsigned long long>(hs.lost_heads), static_cast<unsigned long long>(hs.gap_bytes),
+              printable(c.first_tx).c_str());
   creates_.erase(conn_id);
   memory_bytes_ -= c.charged;
   add(closed_.http, c.http->stats());

@@ -133,6 +133,9 @@ class ConnTracker {
     // from an unknown writer were lost). See deliver().
     bool have_writer = false, mixed_writers = false;
     uint32_t writer_uid = 0, writer_loginuid = 0;
+    uint64_t tx_bytes = 0, rx_bytes = 0;  // what the probe reported, copied or not
+    uint32_t end_why = 0;                 // DSOCK_END_* of the close event (0: ended otherwise)
+    std::string first_tx;                 // the first bytes sent, for the log of a connection that said nothing
     std::unique_ptr<HttpConnection> http;
   };
   Conn& open(const dsock_event& ev);
