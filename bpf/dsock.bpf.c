@@ -770,20 +770,29 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int d
 	if (flags & MSG_PEEK)
 		return 0; /* the same bytes will be read again */
 	watched = watched_peer_btf(sk, &peer_gone);
-	if (!watched) {
-		/* A tracked connection whose server has gone still delivers what
-		 * it had sent: read it, but track nothing new (sk = NULL). */
-		__u64 skp = (__u64)sk;
-
-		if (!peer_gone || !bpf_map_lookup_elem(&conn_socks, &skp))
-			return 0;
-		sk = NULL;
-	}
+	if (!watched && !peer_gone)
+		return 0;
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	if (tgid == targ_self_tgid)
 		return 0;
 	/* Inside the syscall: its number and arguments are in the task's pt_regs. */
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!watched) {
+		/* A tracked connection whose server has gone still delivers what
+		 * it had sent: read it, but track nothing new (sk = NULL). The
+		 * connection is found by the call's own (tgid, fd), not through
+		 * conn_socks: an LRU map can evict an entry long before it is full
+		 * (its free nodes sit on per-CPU lists), and the reply to a
+		 * "Connection: close" or half-closed request is often read only
+		 * after dockerd released its socket (the zoo lost about one such
+		 * create in 1,000: its reply never captured). */
+		struct dsock_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
+		struct dsock_conn *conn = bpf_map_lookup_elem(&conns, &key);
+
+		if (!conn || conn->sk != (__u64)sk)
+			return 0;
+		sk = NULL;
+	}
 	if (on_data_call(SYSCALL_NR(regs), tgid, (__u32)SYSCALL_ARG1(regs), SYSCALL_ARG2(regs), SYSCALL_ARG3(regs), ret,
 			 sk, watched) < 0)
 		count(DSOCK_CTR_UNSUPPORTED_CALL); /* sendmmsg, splice, sendfile, io_uring */
