@@ -379,8 +379,15 @@ static __always_inline void untrack_conn(const struct dsock_key *key, struct dso
 
 	bpf_map_delete_elem(&conns, key);
 	bpf_map_delete_elem(&conn_ctl, &gone.conn_id);
-	if (gone.sk)
-		bpf_map_delete_elem(&conn_socks, &gone.sk);
+	if (gone.sk) {
+		/* Only its own entry: a connection that ended unseen is untracked
+		 * late (when its fd is reused), and its struct sock address may
+		 * belong by then to a newer connection of the same client. */
+		struct dsock_key *k = bpf_map_lookup_elem(&conn_socks, &gone.sk);
+
+		if (k && k->tgid == key->tgid && k->fd == key->fd)
+			bpf_map_delete_elem(&conn_socks, &gone.sk);
+	}
 	s = event_start(DSOCK_EV_CLOSE, key->fd, &gone);
 	if (!s)
 		return;
@@ -781,11 +788,12 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, int d
 		/* A tracked connection whose server has gone still delivers what
 		 * it had sent: read it, but track nothing new (sk = NULL). The
 		 * connection is found by the call's own (tgid, fd), not through
-		 * conn_socks: an LRU map can evict an entry long before it is full
-		 * (its free nodes sit on per-CPU lists), and the reply to a
-		 * "Connection: close" or half-closed request is often read only
-		 * after dockerd released its socket (the zoo lost about one such
-		 * create in 1,000: its reply never captured). */
+		 * conn_socks, whose entry may be gone: a connection that ended
+		 * unseen is untracked late, and its struct sock address may be
+		 * this newer connection's by then (and an LRU map may evict early).
+		 * The reply to a "Connection: close" or half-closed request is
+		 * often read only after dockerd released its socket (the zoo lost
+		 * about one such create in 1,000: its reply never captured). */
 		struct dsock_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
 		struct dsock_conn *conn = bpf_map_lookup_elem(&conns, &key);
 
