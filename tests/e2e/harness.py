@@ -32,6 +32,25 @@ def in_ci():
     return os.environ.get("CI") == "true"
 
 
+def skip_or_fail(msg):
+    """A prerequisite is missing: SKIP outside CI, FAIL in CI (green must mean it ran)."""
+    if in_ci():
+        print("FAIL: " + msg, file=sys.stderr)
+        sys.exit(1)
+    print("SKIPPED: " + msg, file=sys.stderr)
+    sys.exit(0)
+
+
+def user_project(env, uid):
+    """The user's project as /api/v1/projects lists it, or None."""
+    status, body = env.http("/api/v1/projects")
+    assert status == 200, (status, body)
+    for p in body["projects"]:
+        if p["kind"] == "user" and p["owner"] == str(uid):
+            return p
+    return None
+
+
 def require_prerequisites():
     missing = []
     if os.geteuid() != 0:

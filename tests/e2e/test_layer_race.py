@@ -85,12 +85,7 @@ def metric(env, name):
 
 
 def user_project(env):
-    status, body = env.http("/api/v1/projects")
-    assert status == 200, (status, body)
-    for p in body["projects"]:
-        if p["kind"] == "user" and p["owner"] == str(ALICE):
-            return p
-    return None
+    return harness.user_project(env, ALICE)
 
 
 def limit_in_kernel(env, limit):

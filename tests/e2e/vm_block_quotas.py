@@ -35,14 +35,6 @@ def managed_uids():
     return {p.pw_uid for p in pwd.getpwall() if 1000 <= p.pw_uid <= 9999 and p.pw_uid != 65534}
 
 
-def skip_or_fail(msg):
-    if harness.in_ci():
-        print("FAIL: " + msg, file=sys.stderr)
-        sys.exit(1)
-    print("SKIPPED: " + msg, file=sys.stderr)
-    sys.exit(0)
-
-
 def make_filesystems(d):
     """ext4 (vfsv1, user+group) and XFS (uquota,gquota) on loop devices; returns {kind: (device, mount point)}."""
     out = {}
@@ -51,11 +43,11 @@ def make_filesystems(d):
     os.makedirs(x)
     sh("truncate -s 64M %s/e4.img && mkfs.ext4 -q -O quota -E quotatype=usrquota:grpquota %s/e4.img" % (d, d))
     if sh("mount -o loop,usrquota,grpquota %s/e4.img %s" % (d, e4), check_rc=False).returncode != 0:
-        skip_or_fail("this kernel cannot mount ext4 with usrquota,grpquota")
+        harness.skip_or_fail("this kernel cannot mount ext4 with usrquota,grpquota")
     # 320 MiB: the smallest XFS mkfs.xfs 6.x makes.
     sh("truncate -s 320M %s/x.img && mkfs.xfs -q %s/x.img" % (d, d))
     if sh("mount -o loop,uquota,gquota %s/x.img %s" % (d, x), check_rc=False).returncode != 0:
-        skip_or_fail("this kernel cannot mount XFS with uquota,gquota")
+        harness.skip_or_fail("this kernel cannot mount XFS with uquota,gquota")
     # Quota asked for and never turned on (no quotacheck, no quotaon): listed
     # with empty lists, and /healthz says why.
     off = os.path.join(d, "off")
@@ -324,7 +316,7 @@ def main():
     if os.geteuid() != 0:
         missing.append("root")
     if missing:
-        skip_or_fail("block quota prerequisites missing: " + ", ".join(missing))
+        harness.skip_or_fail("block quota prerequisites missing: " + ", ".join(missing))
     harness.ensure_users()
     print("users ready at guest uptime %.1f s" % uptime())
     env = harness.Env(args.agent)

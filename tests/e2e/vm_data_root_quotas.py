@@ -49,14 +49,6 @@ BLOCK_HARD_KIB = 8192  # her user limit on the block device
 DOCKER_HEADROOM_MIB = 8  # her docker limit: her usage then, plus this
 
 
-def skip_or_fail(msg):
-    if harness.in_ci():
-        print("FAIL: " + msg, file=sys.stderr)
-        sys.exit(1)
-    print("SKIPPED: " + msg, file=sys.stderr)
-    sys.exit(0)
-
-
 def uptime():
     with open("/proc/uptime") as f:
         return float(f.read().split()[0])
@@ -79,7 +71,7 @@ def make_fs(env, fstype):
         sh("mkfs.ext4 -q -I 256 -O quota,project -E quotatype=usrquota:grpquota:prjquota %s" % image)
         opts = "usrquota,grpquota,prjquota"
     if sh("mount -o loop,%s %s %s" % (opts, image, mp), check_rc=False).returncode != 0:
-        skip_or_fail("this kernel cannot mount %s with %s" % (fstype, opts))
+        harness.skip_or_fail("this kernel cannot mount %s with %s" % (fstype, opts))
     env.unmount = mp  # Env.cleanup unmounts it after dockerd stopped
     os.makedirs(os.path.join(mp, "docker"))
     os.symlink(os.path.join(mp, "docker"), os.path.join(env.dir, "data"))
@@ -175,12 +167,7 @@ def check_mounts_followed(env, fstype, mp, devname):
 
 
 def alice_project(env):
-    status, body = env.http("/api/v1/projects")
-    assert status == 200, (status, body)
-    for p in body["projects"]:
-        if p["kind"] == "user" and p["owner"] == str(ALICE):
-            return p
-    return None
+    return harness.user_project(env, ALICE)
 
 
 def entry(dev, uid, key="user_quotas", id_key="uid"):
@@ -421,7 +408,7 @@ def main():
     print("guest uptime at start: %.1f s" % uptime())
     missing = [t for t in ("xfs_quota", "repquota", "mkfs.xfs", "mkfs.ext4", "setpriv", "findmnt") if not shutil.which(t)]
     if os.geteuid() == 0 and missing:
-        skip_or_fail("quota prerequisites missing: " + ", ".join(missing))
+        harness.skip_or_fail("quota prerequisites missing: " + ", ".join(missing))
     started = time.time()
     try:
         harness.main(run, failures)
