@@ -354,7 +354,7 @@ Status BlockQuotaDevice::setUserLimits(uint32_t uid, const LimitsUpdate& u) {
 Health BlockQuotaDevice::health() const {
   std::lock_guard<std::mutex> l(mu_);
   Health h;
-  h.report = {{"fstype", mount_.fstype},        {"mount_points", mount_.mount_points},
+  h.report = {{"fstype", mount_.fstype},        {"mount_points", currentMountPoints(mount_)},
               {"usrquota", mount_.usrquota},    {"grpquota", mount_.grpquota},
               {"quotactl_calls", stats_.calls}, {"read", stats_.per_id ? "per-id" : "one-pass"}};
   h.degraded = problems_;
