@@ -228,9 +228,20 @@ def race(env, fstype, rounds):
     # 0 bytes past a tight limit, with writers started at once.
     env.docker("root", "rm", "-f", *ok_names, check=False)
     time.sleep(3)  # one sync reads the freed usage
-    # With every container gone her id may have been freed (the kernel charges
-    # nothing to it any more): the writers then get one anew.
-    used = (user_project(env) or {}).get("used_bytes", 0)
+    # Her image's layer is tagged into her project by a sync pass once the
+    # usage accountant has measured it; on a loaded host that can come after
+    # this point, and its bytes would then be moved into her project (past any
+    # limit: root's re-tag is not refused) while the writers run. The limit
+    # is set on the settled state: her image in her project, its usage read.
+    img_dir = env.docker("root", "image", "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", "race-img:1")
+
+    def image_settled():
+        p = user_project(env)
+        return p is not None and "used_bytes" in p and escaped(img_dir, p["id"])[0] == 0 and p
+
+    settled = wait_for("alice's image in her project", image_settled, timeout=60)
+    check(bool(settled), "%s: alice's image is in her project, its usage read, before the tight limit" % fstype)
+    used = (settled or {}).get("used_bytes", 0)
     limit = (used + 8 * MiB) // 1024 * 1024
     set_limit(env, ALICE, limit // 1024)
     # The PUT wakes a sync pass, which puts the limit on alice's project; with
