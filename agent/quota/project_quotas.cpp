@@ -653,6 +653,10 @@ void ProjectQuotas::wake() {
   cv_.notify_all();
 }
 
+bool ProjectQuotas::ofThisMode(const ProjectRecord& p) const {
+  return (p.owner_kind == kUser) == (opt_.mode == ProjectMode::User);
+}
+
 void ProjectQuotas::limitsChanged() {
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -670,8 +674,7 @@ void ProjectQuotas::applyLimitsNow() {
     LOG_WARN(kSub, "new limits: %s (the sync pass retries)", projects.error().message.c_str());
     return;
   }
-  std::erase_if(*projects,
-                [&](const ProjectRecord& p) { return (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User); });
+  std::erase_if(*projects, [&](const ProjectRecord& p) { return !ofThisMode(p); });
   if (auto st = applyLimits(*projects); !st) {
     stats_.errors++;
     LOG_WARN(kSub, "new limits: %s (the sync pass retries)", st.error().message.c_str());
@@ -967,7 +970,7 @@ Status ProjectQuotas::sync() {
       auto u = readProject(fs_, p.id);
       live = !u || u->inodes > 0 || u->bytes > 0;
     }
-    bool wrong_mode = (p.owner_kind == kUser) != (opt_.mode == ProjectMode::User);
+    bool wrong_mode = !ofThisMode(p);
     if (live && !wrong_mode) {
       kept.push_back(p);
       continue;

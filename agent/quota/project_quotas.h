@@ -209,6 +209,9 @@ class ProjectQuotas {
   void applyLimitsNow();  // limitsChanged(): every project of this mode, before the pass
   Status readUsage(const std::vector<ProjectRecord>& projects);
   bool ours(uint32_t id) const { return id >= opt_.id_min && id <= opt_.id_max; }
+  // A user's project in per-user mode, a container's in per-container mode
+  // (rows of the other mode stay until their objects are gone).
+  bool ofThisMode(const ProjectRecord& p) const;
   void run();
   void haltSync();   // sets stop_ and wakes run()
   void haltWatch();  // writes stop_fd_: watchLayers() and spotLayers() return
