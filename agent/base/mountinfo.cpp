@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent/base/mountinfo.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 
 namespace dockquota {
@@ -49,12 +51,63 @@ std::vector<MountEntry> parseMountinfo(const std::string& text) {
   return out;
 }
 
+MountTable::~MountTable() {
+  if (fd_ >= 0) close(fd_);
+}
+
+namespace {
+// The whole of an open mountinfo file, from its start.
+Result<std::string> readAllFrom(int fd) {
+  if (lseek(fd, 0, SEEK_SET) < 0) return osError(errno, "/proc/self/mountinfo: lseek");
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return osError(errno, "/proc/self/mountinfo: read");
+    if (n == 0) return text;
+    text.append(buf, static_cast<size_t>(n));
+  }
+}
+}  // namespace
+
 Result<std::vector<MountEntry>> readMountinfo() {
-  std::ifstream in("/proc/self/mountinfo");
-  if (!in) return osError(errno, "/proc/self/mountinfo");
-  std::stringstream text;
-  text << in.rdbuf();
-  return parseMountinfo(text.str());
+  const int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return osError(errno, "/proc/self/mountinfo");
+  auto text = readAllFrom(fd);
+  close(fd);
+  if (!text) return text.error();
+  return parseMountinfo(*text);
+}
+
+Result<MountTable::Table> MountTable::current() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (fd_ < 0) {
+    fd_ = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return osError(errno, "/proc/self/mountinfo");
+  }
+  // The poll is what consumes the change mark, so it comes before the read:
+  // a mount between the two is in the text read and flags the next poll too.
+  struct pollfd p {
+    fd_, POLLPRI, 0
+  };
+  const bool changed = poll(&p, 1, 0) > 0 && (p.revents & (POLLPRI | POLLERR));
+  if (table_ && !changed) return table_;
+  auto text = readAllFrom(fd_);
+  if (!text) return text.error();
+  table_ = std::make_shared<const std::vector<MountEntry>>(parseMountinfo(*text));
+  ++reads_;
+  return table_;
+}
+
+uint64_t MountTable::reads() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return reads_;
+}
+
+MountTable& processMountTable() {
+  static MountTable table;
+  return table;
 }
 
 bool underMount(const std::string& path, const std::string& mp) {

@@ -6,6 +6,9 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,32 @@ struct MountEntry {
 std::vector<MountEntry> parseMountinfo(const std::string& text);
 // The running process's mount table.
 Result<std::vector<MountEntry>> readMountinfo();
+
+// The mount table, read again only when it changed. The kernel flags an open
+// /proc/self/mountinfo with POLLPRI after every mount or unmount in the
+// namespace, so a caller that asks at every refresh pays one poll(2) while
+// nothing moved, and several callers in one refresh share one read.
+class MountTable {
+ public:
+  using Table = std::shared_ptr<const std::vector<MountEntry>>;
+  MountTable() = default;
+  ~MountTable();
+  MountTable(const MountTable&) = delete;
+  MountTable& operator=(const MountTable&) = delete;
+  // The table as it is now; immutable, kept by the caller as long as it likes.
+  Result<Table> current();
+  // How many times the table was read (the first read included).
+  uint64_t reads() const;
+
+ private:
+  mutable std::mutex mu_;
+  int fd_ = -1;
+  Table table_;
+  uint64_t reads_ = 0;
+};
+
+// The process's one MountTable.
+MountTable& processMountTable();
 
 // `path` is `mount_point` or below it.
 bool underMount(const std::string& path, const std::string& mount_point);

@@ -290,10 +290,10 @@ QuotaTable BlockQuotaDevice::readTable(Handle& h, QuotaType type, bool& per_id, 
 // longer holds the device.
 namespace {
 std::vector<std::string> currentMountPoints(const BlockMount& m) {
-  auto table = readMountinfo();
+  auto table = processMountTable().current();
   if (!table) return m.mount_points;
   std::vector<std::string> out;
-  for (const auto& e : *table)
+  for (const auto& e : **table)
     if (e.dev == m.dev && quotaFstype(e.fstype)) out.push_back(e.mount_point);
   return out.empty() ? m.mount_points : out;
 }

@@ -5,7 +5,11 @@
 // with a fake device that records every write.
 #include <catch2/catch.hpp>
 
+#include <sys/mount.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -15,7 +19,9 @@
 #include "agent/quota/quota_devices.h"
 #include "api/qman_api.h"
 #include "api/qman_devices.h"
+#include "tests/unit/in_ci.h"
 #include "tests/unit/qman_agent.h"
+#include "tests/unit/temp_dir.h"
 
 using namespace dockquota;
 using namespace dockquota::testing;
@@ -524,4 +530,38 @@ TEST_CASE("block devices: a scan records each change once, to the master", "[blo
   pending = a.store->eventLog().pending(Channel::Master, 10);
   REQUIRE(pending->size() == 2);
   CHECK((*pending)[1].type == "disk_back_to_ok");
+}
+
+// The mount table is read once, then again only after a mount or an unmount:
+// a refresh of several devices (and /healthz) shares one read.
+TEST_CASE("MountTable reads /proc/self/mountinfo again only when a mount changed", "[block][mountinfo]") {
+  MountTable table;
+  auto first = table.current();
+  REQUIRE(first);
+  auto again = table.current();
+  REQUIRE(again);
+  CHECK(table.reads() == 1);
+  CHECK(first->get() == again->get());
+  if (::geteuid() != 0) {
+    if (inCi()) FAIL("CI=true: mounting a tmpfs needs root");
+    WARN("skipping the mount half: needs root (with CI=true this fails)");
+    return;
+  }
+  TempDir dir;
+  auto has = [&](const MountTable::Table& t) {
+    return std::any_of(t->begin(), t->end(), [&](const MountEntry& e) { return e.mount_point == dir.path; });
+  };
+  REQUIRE(::mount("dq-mounttable", dir.path.c_str(), "tmpfs", 0, "size=64k") == 0);
+  auto mounted = table.current();
+  ::umount2(dir.path.c_str(), MNT_DETACH);
+  REQUIRE(mounted);
+  CHECK(table.reads() == 2);
+  CHECK(has(*mounted));
+  auto gone = table.current();
+  REQUIRE(gone);
+  CHECK(table.reads() == 3);
+  CHECK_FALSE(has(*gone));
+  auto still = table.current();
+  REQUIRE(still);
+  CHECK(table.reads() == 3);
 }

@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/unit/in_ci.h"
 #include "agent/runtime/docker_client.h"
 
 using dockquota::Backoff;
@@ -212,11 +213,6 @@ struct Recorder {
 };
 
 // --- a real dockerd -----------------------------------------------------------
-
-bool inCi() {
-  const char* ci = std::getenv("CI");
-  return ci && std::string(ci) == "true";
-}
 
 std::string dockerdScript() {
   return (std::filesystem::path(DOCKQUOTA_TEST_DATA).parent_path() / "tools" / "dockerd.sh").string();

@@ -38,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/unit/in_ci.h"
 #include "agent/delivery/mailer.h"
 #include "tests/unit/temp_dir.h"
 
@@ -800,11 +801,6 @@ TEST_CASE("MailNotifier: the global cap holds mail back across passes", "[mail]"
 // --- a real SMTP server ------------------------------------------------------------------
 
 namespace {
-
-bool inCi() {
-  const char* ci = std::getenv("CI");
-  return ci && std::string(ci) == "true";
-}
 
 constexpr const char* kPython = "/usr/bin/python3";
 

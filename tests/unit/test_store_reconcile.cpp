@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/unit/in_ci.h"
 #include "agent/attribution/attributor.h"
 #include "agent/base/clock.h"
 #include "agent/probes/probe_util.h"
@@ -267,11 +268,6 @@ TEST_CASE("store v5: the change counter survives a restart; v4 files migrate", "
 // --- the Attributor against a real dockerd -----------------------------------------
 
 namespace {
-
-bool inCi() {
-  const char* ci = std::getenv("CI");
-  return ci && std::string(ci) == "true";
-}
 
 std::string script() {
   return (std::filesystem::path(DOCKQUOTA_TEST_DATA).parent_path() / "tools" / "dockerd.sh").string();
