@@ -269,6 +269,25 @@ def busybox_rootfs_tar(marker=None):
 
 # --- shared by the quota and enforcement suites -----------------------------------
 
+def start_device_agent(env, **cfg):
+    """The real agent with no dockerd behind it (block and ZFS devices do not
+    need one), ready once it has read its quota devices."""
+    path = env.write_config(**cfg)
+    log = open(env.agent_log, "a")
+    env.agent = subprocess.Popen([env.agent_bin, "--config", path], stdout=log, stderr=log)
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        if env.agent.poll() is not None:
+            raise AssertionError("agent exited with %s; log:\n%s" % (env.agent.returncode, env.tail_log()))
+        try:
+            if env.health().get("quota_devices", {}).get("refreshed_at"):
+                return
+        except Exception:  # noqa: BLE001 (not listening yet)
+            pass
+        time.sleep(0.1)
+    raise AssertionError("agent did not read the devices; log:\n" + env.tail_log())
+
+
 def sh(cmd, check_rc=True):
     p = subprocess.run(cmd, shell=True, capture_output=True, text=True)
     if check_rc and p.returncode != 0:

@@ -282,23 +282,8 @@ def run(env, fs):
 
 
 def start_agent(env):
-    """The real agent with no dockerd behind it: the block devices do not need one."""
-    cfg = env.write_config(block_quotas="on", device_refresh_interval_s=1, default_apply_interval_s=10,
-                           project_quotas="off", growth_probe=False)
-    log = open(env.agent_log, "a")
-    env.agent = subprocess.Popen([env.agent_bin, "--config", cfg], stdout=log, stderr=log)
-    deadline = time.time() + 40
-    while time.time() < deadline:
-        if env.agent.poll() is not None:
-            raise AssertionError("agent exited with %s; log:\n%s" % (env.agent.returncode, env.tail_log()))
-        try:
-            h = env.health()
-            if h.get("quota_devices", {}).get("refreshed_at"):
-                return
-        except Exception:  # noqa: BLE001 (not listening yet)
-            pass
-        time.sleep(0.1)
-    raise AssertionError("agent did not read the devices; log:\n" + env.tail_log())
+    harness.start_device_agent(env, block_quotas="on", device_refresh_interval_s=1, default_apply_interval_s=10,
+                               project_quotas="off", growth_probe=False)
 
 
 def uptime():
