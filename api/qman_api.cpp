@@ -269,37 +269,41 @@ std::string quotasFor(QmanContext& ctx, uint32_t uid) {
     if (managedUid(uid) && (lookup(*limits, uid) != 0 || usageOf(*snap, uid).total() != 0))
       named.emplace_back(kDockerDevice, dockerDeviceText(ctx, *snap, *limits, uid));
   }
-  return mergeDevices(std::move(named));
+  return mergeDevices({named.begin(), named.end()});
 }
 
-std::shared_ptr<const std::string> dockerBody(QmanContext& ctx) {
+// GET /remote-api/quotas: block and ZFS devices (their text cached per
+// refresh), then docker's, merged in the spec's order (§2), the whole answer
+// cached (QuotasCache).
+std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
+  std::shared_ptr<const DeviceListCache::Texts> texts;
+  if (ctx.devices) texts = ctx.device_cache->texts(*ctx.devices->view(), ctx.users, ctx.candidates);
   QuotasCache& c = *ctx.cache;
   auto snap = ctx.usage.snapshot();
   auto limits = ctx.quotas.limits();
   const auto t = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> l(c.mu);
-    if (c.body && c.generation == snap->generation && c.limits == limits && t - c.at < QuotasCache::kMaxAge)
+    if (c.body && c.generation == snap->generation && c.limits == limits && c.texts == texts &&
+        t - c.at < QuotasCache::kMaxAge)
       return c.body;
   }
   // Built outside the lock; two requests racing both build, the last one stays.
-  auto body = std::make_shared<const std::string>(dockerDeviceText(ctx, *snap, *limits, std::nullopt));
+  std::vector<std::pair<std::string_view, std::string_view>> named;
+  if (texts) named.assign(texts->begin(), texts->end());
+  std::string docker;
+  if (ctx.options.docker_enabled) {
+    docker = dockerDeviceText(ctx, *snap, *limits, std::nullopt);
+    named.emplace_back(kDockerDevice, docker);
+  }
+  auto body = std::make_shared<const std::string>(mergeDevices(std::move(named)));
   std::lock_guard<std::mutex> l(c.mu);
   c.generation = snap->generation;
   c.limits = std::move(limits);
+  c.texts = std::move(texts);
   c.at = t;
   c.body = body;
   return body;
-}
-
-// GET /remote-api/quotas: block and ZFS devices (their text cached per
-// refresh), then docker's, merged in the spec's order (§2).
-std::shared_ptr<const std::string> quotasBody(QmanContext& ctx) {
-  std::shared_ptr<const DeviceListCache::Texts> texts;
-  if (ctx.devices) texts = ctx.device_cache->texts(*ctx.devices->view(), ctx.users, ctx.candidates);
-  std::shared_ptr<const std::string> docker;
-  if (ctx.options.docker_enabled) docker = dockerBody(ctx);
-  return ctx.device_cache->merged(texts, docker);
 }
 
 json deviceDefaultJson(const DeviceDefault& d) {

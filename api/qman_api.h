@@ -37,9 +37,11 @@ struct QmanOptions {
   size_t max_body_bytes = 64 * 1024;  // PUT/POST bodies are a few hundred bytes
 };
 
-// The docker device's text in the GET /remote-api/quotas answer, reused while neither the
-// snapshot nor the limits changed (and names are at most kMaxAge old): the
-// master polls it, and 1,000 users are 300 KB of JSON.
+// The GET /remote-api/quotas answer, reused while neither the snapshot, the
+// limits nor the block/ZFS device texts changed (and names are at most
+// kMaxAge old): the master polls it, and 1,000 users are 300 KB of JSON on
+// the docker device alone. Only the whole answer is kept: docker's own text
+// is a temporary of each build, not a second copy.
 struct QuotasCache {
   static constexpr auto kMaxAge = std::chrono::seconds(10);
   std::mutex mu;
@@ -47,6 +49,7 @@ struct QuotasCache {
   // would keep a replaced one (MiBs of rows) alive until the next request.
   uint64_t generation = 0;
   std::shared_ptr<const QuotaBook::Limits> limits;
+  std::shared_ptr<const DeviceListCache::Texts> texts;  // null: no block/ZFS devices
   std::chrono::steady_clock::time_point at;
   std::shared_ptr<const std::string> body;
 };

@@ -144,7 +144,7 @@ std::optional<std::string> deviceTextFor(const DeviceSnapshot& s, uint32_t uid, 
   return out;
 }
 
-std::string mergeDevices(std::vector<std::pair<std::string, std::string>> named) {
+std::string mergeDevices(std::vector<std::pair<std::string_view, std::string_view>> named) {
   std::stable_sort(named.begin(), named.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   size_t size = 2;
   for (const auto& [n, t] : named) size += t.size() + 1;
@@ -177,23 +177,6 @@ std::shared_ptr<const DeviceListCache::Texts> DeviceListCache::texts(const Quota
     texts_ = out;
   }
   return out;
-}
-
-std::shared_ptr<const std::string> DeviceListCache::merged(const std::shared_ptr<const Texts>& texts,
-                                                           const std::shared_ptr<const std::string>& docker) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (merged_ && merged_texts_ == texts && merged_docker_ == docker) return merged_;
-  }
-  std::vector<std::pair<std::string, std::string>> named;
-  if (texts) named = *texts;
-  if (docker) named.emplace_back("docker", *docker);
-  auto body = std::make_shared<const std::string>(mergeDevices(std::move(named)));
-  std::lock_guard<std::mutex> l(mu_);
-  merged_texts_ = texts;
-  merged_docker_ = docker;
-  merged_ = body;
-  return body;
 }
 
 // --- writes ------------------------------------------------------------------------
