@@ -105,7 +105,7 @@ def main():
     import grp
     gid = grp.getgrnam(harness.GROUP).gr_gid
     env = harness.Env(a.agent)
-    os.environ["MALLOC_ARENA_MAX"] = "2"  # as deploy/systemd/dockquota.service sets it
+    os.environ.update(harness.unit_environment())  # MALLOC_ARENA_MAX ...: as the unit starts it
     try:
         env.start_dockerd()
         env.run_as("root", ["docker", "import", "-", "scale:1"], input=harness.busybox_rootfs_tar())

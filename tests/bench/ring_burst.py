@@ -98,7 +98,7 @@ def main():
     harness.require_prerequisites()
     harness.ensure_users()
     env = harness.Env(a.agent[0])
-    os.environ["MALLOC_ARENA_MAX"] = "2"
+    os.environ.update(harness.unit_environment())  # MALLOC_ARENA_MAX ...: as the unit starts it
     rows = []
     try:
         env.start_dockerd()

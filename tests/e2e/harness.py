@@ -269,6 +269,19 @@ def busybox_rootfs_tar(marker=None):
 
 # --- shared by the quota and enforcement suites -----------------------------------
 
+def unit_environment():
+    """The Environment= settings of deploy/systemd/dockquota.service, for
+    benchmarks that start the agent as the unit would."""
+    unit = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "systemd", "dockquota.service")
+    env = {}
+    with open(unit) as f:
+        for line in f:
+            if line.startswith("Environment="):
+                k, _, v = line.strip()[len("Environment="):].partition("=")
+                env[k] = v
+    return env
+
+
 def start_device_agent(env, **cfg):
     """The real agent with no dockerd behind it (block and ZFS devices do not
     need one), ready once it has read its quota devices."""
