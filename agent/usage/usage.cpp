@@ -106,9 +106,9 @@ Result<UsageFigures> DockerUsageSource::measure() {
     for (auto& c : df->containers) {
       auto image = image_ids.find(c.image_id);
       if (image == image_ids.end()) image = image_ids.emplace(c.image_id, SharedText(c.image_id)).first;
-      f.containers.push_back(
-          {std::move(c.id), std::move(c.name), image->second, std::move(c.state), c.size_rw.value_or(0)});
+      f.addContainer(c.id, c.name, image->second, c.state, c.size_rw.value_or(0));
     }
+    f.sealText();
     f.volumes.reserve(df->volumes.size());
     for (auto& v : df->volumes) {
       VolumeFigure& vf = f.volumes.emplace_back();
@@ -212,10 +212,33 @@ std::string_view TextPool::add(std::string_view s) {
 
 void TextPool::seal() { std::unordered_set<std::string_view>().swap(index_); }
 
+ContainerFigure& UsageFigures::addContainer(std::string_view id, std::string_view name, SharedText image_id,
+                                            std::string_view status, uint64_t size_rw) {
+  return containers.emplace_back(
+      ContainerFigure{text_.add(id), text_.add(name), std::move(image_id), text_.add(status), size_rw});
+}
+
+UsageFigures::UsageFigures(const UsageFigures& other) { *this = other; }
+
+UsageFigures& UsageFigures::operator=(const UsageFigures& other) {
+  if (this == &other) return *this;
+  TextPool fresh;
+  text_ = std::move(fresh);
+  containers.clear();
+  containers.reserve(other.containers.size());
+  for (const auto& c : other.containers) addContainer(c.id, c.name, c.image_id, c.status, c.size_rw);
+  images = other.images;
+  layer_sizes = other.layer_sizes;
+  volumes = other.volumes;
+  data_root = other.data_root;
+  measured_at = other.measured_at;
+  return *this;
+}
+
 namespace {
 
-template <typename Figure>
-std::map<std::string_view, const Figure*> indexBy(const std::vector<Figure>& v, std::string Figure::*key) {
+template <typename Figure, typename Key>
+std::map<std::string_view, const Figure*> indexBy(const std::vector<Figure>& v, Key Figure::*key) {
   std::map<std::string_view, const Figure*> m;
   for (const auto& f : v) m.emplace(f.*key, &f);
   return m;

@@ -58,12 +58,34 @@ class SharedText {
   std::shared_ptr<const std::string> text_;
 };
 
+// Text kept for figures and a snapshot's rows: copied once into blocks that
+// never move (views stay valid when the pool is moved), each distinct string
+// once while the pool is open.
+class TextPool {
+ public:
+  TextPool() = default;
+  TextPool(TextPool&&) = default;
+  TextPool& operator=(TextPool&&) = default;
+  std::string_view add(std::string_view s);
+  // Drops the index of what is in the pool (the text stays): add()s after it
+  // still work, without finding what is already there.
+  void seal();
+
+ private:
+  static constexpr size_t kBlock = 16 << 10;
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  size_t used_ = kBlock;  // in the last block
+  std::unordered_set<std::string_view> index_;
+};
+
+// Text in the figures' own pool (UsageFigures::addContainer): 10,000 ids as
+// std::strings were an 80-byte heap block and a 32-byte string apiece.
 struct ContainerFigure {
-  std::string id;        // full id
-  std::string name;      // without the leading '/'
-  SharedText image_id;   // "sha256:...", shared by the image's containers (DockerUsageSource)
-  std::string status;    // Docker's State ("running", "exited", ...)
-  uint64_t size_rw = 0;  // writable layer bytes
+  std::string_view id;      // full id
+  std::string_view name;    // without the leading '/'
+  SharedText image_id;      // "sha256:...", shared by the image's containers (DockerUsageSource)
+  std::string_view status;  // Docker's State ("running", "exited", ...)
+  uint64_t size_rw = 0;     // writable layer bytes
 };
 
 struct ImageFigure {
@@ -83,12 +105,27 @@ struct VolumeFigure {
 };
 
 struct UsageFigures {
-  std::vector<ContainerFigure> containers;
+  UsageFigures() = default;
+  UsageFigures(UsageFigures&&) = default;  // the pool's blocks do not move: the views stay valid
+  UsageFigures& operator=(UsageFigures&&) = default;
+  UsageFigures(const UsageFigures& other);  // the copy's containers point into its own pool
+  UsageFigures& operator=(const UsageFigures& other);
+
+  // A container, its text copied into the figures' pool.
+  ContainerFigure& addContainer(std::string_view id, std::string_view name, SharedText image_id,
+                                std::string_view status, uint64_t size_rw);
+  // Once every container is in: the pool's index goes (MiBs at 10,000).
+  void sealText() { text_.seal(); }
+
+  std::vector<ContainerFigure> containers;      // filled with addContainer()
   std::vector<ImageFigure> images;              // every image (intermediate ones too)
   std::map<std::string, uint64_t> layer_sizes;  // chain id -> bytes of that layer alone
   std::vector<VolumeFigure> volumes;
   std::string data_root;   // DockerRootDir ("" unknown)
   double measured_at = 0;  // unix seconds
+
+ private:
+  TextPool text_;
 };
 
 class UsageSource {
@@ -129,24 +166,6 @@ struct UserUsage {
   uint64_t image_layer_bytes = 0;
   uint64_t volume_bytes = 0;
   uint64_t total() const { return container_bytes + image_layer_bytes + volume_bytes; }
-};
-
-// Text kept for a snapshot's rows: copied once into blocks that never move
-// (views stay valid when the pool is moved), each distinct string once.
-class TextPool {
- public:
-  TextPool() = default;
-  TextPool(TextPool&&) = default;
-  TextPool& operator=(TextPool&&) = default;
-  std::string_view add(std::string_view s);
-  // Drops the index of what is in the pool (the text stays): no more add()s.
-  void seal();
-
- private:
-  static constexpr size_t kBlock = 16 << 10;
-  std::vector<std::unique_ptr<char[]>> blocks_;
-  size_t used_ = kBlock;  // in the last block
-  std::unordered_set<std::string_view> index_;
 };
 
 // One object as the Docker pages show it. Rows are served for as long as a

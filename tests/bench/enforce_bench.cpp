@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
     must(store.objects().attribute(ObjectKind::Container, id, ev, true), "attribute");
-    f.containers.push_back({id, "c" + std::to_string(i), "", "running", per_container});
+    f.addContainer(id, "c" + std::to_string(i), "", "running", per_container);
   }
   const uint64_t held = per_container * uint64_t(containers / users);
   auto book = std::move(*QuotaBook::load(store));

@@ -244,7 +244,7 @@ int main(int argc, char** argv) {
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
     must(store.objects().attribute(ObjectKind::Container, id, ev, true), "attribute");
-    f.containers.push_back({id, "c" + std::to_string(i), SharedText("sha256:img"), "running", 4096});
+    f.addContainer(id, "c" + std::to_string(i), SharedText("sha256:img"), "running", 4096);
   }
   auto book = QuotaBook::load(store);
   QuotaBook::Limits limits;

@@ -129,8 +129,8 @@ int main(int argc, char** argv) {
     ev.method = "container_create";
     ev.request_time = ev.time = 1000 + i;
     must(store.objects().attribute(ObjectKind::Container, id, ev, true), "attribute");
-    f.containers.push_back(
-        {id, "c" + std::to_string(i), image_ids[i % images], "running", 4096 * static_cast<uint64_t>(i % 97 + 1)});
+    f.addContainer(id, "c" + std::to_string(i), image_ids[i % images], "running",
+                   4096 * static_cast<uint64_t>(i % 97 + 1));
   }
   for (int i = 0; i < volumes; i++) {
     const std::string name = "vol" + std::to_string(i);
@@ -156,7 +156,7 @@ int main(int argc, char** argv) {
     // The figures are the benchmark's until the accountant takes them.
     double bytes = static_cast<double>(f.containers.capacity() * sizeof(ContainerFigure) +
                                        f.volumes.capacity() * sizeof(VolumeFigure));
-    for (const auto& c : f.containers) bytes += static_cast<double>(c.id.capacity() + c.name.capacity());
+    for (const auto& c : f.containers) bytes += static_cast<double>(c.id.size() + c.name.size());
     return bytes / (1 << 20);
   }();
 

@@ -106,7 +106,7 @@ struct World {
     must(store->enforcement().setExemption(
         {"user", std::to_string(kBob), "a" + std::string("\xc3\xa9", 2) + "\xc3", 46}));
     auto src = std::make_unique<FakeSource>(sc.figures());
-    src->figures.containers.push_back({hex64('e'), "evil-c", img('a'), "running", 10});
+    src->figures.addContainer(hex64('e'), "evil-c", img('a'), "running", 10);
     docker = std::make_unique<DockerClient>(dir.file("no-docker.sock"), std::chrono::milliseconds(200));
     RouteStack::Options o;
     o.users = {{0, "root"},    {kAlice, "alice"}, {kBob, "bob"},     {kCarol, "carol"},

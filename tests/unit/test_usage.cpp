@@ -83,7 +83,7 @@ TEST_CASE("usage: root acting for a logged-in user bills that user", "[qman][usa
   ev.login_uid = kAlice;
   REQUIRE((*store)->objects().attribute(ObjectKind::Container, cid, ev, true).ok());
   UsageFigures f;
-  f.containers = {{cid, "sudo-c", "", "running", 123}};
+  f.addContainer(cid, "sudo-c", "", "running", 123);
   OwnerView owners;
   owners.containers = *(*store)->objects().list(ObjectKind::Container);
   auto figures = std::make_shared<const UsageFigures>(std::move(f));
