@@ -274,7 +274,8 @@ def dockquotactl(env):
     status, body = env.http("/remote-api/quotas/users/%d" % ALICE)
     hard = next(u["block_hard_limit"] for d in body if d["name"] == "docker" for u in d["user_quotas"])
     check(hard == 50 * 1024 * 1024 and "50G" in out, "set-limit alice 50G: 52428800 KiB (%s)" % out.strip())
-    ctl(env, "set-limit", str(BOB), "1.5T", check_rc=0)
+    rc, out, _ = ctl(env, "--json", "set-limit", str(BOB), "1.5T", check_rc=0)
+    check(json.loads(out)["block_hard_limit"] == 3 << 29, "set-limit bob 1.5T --json: the agent's answer")
     rc, out, _ = ctl(env, "--json", "users", check_rc=0)
     users = {u["user"]: u for u in json.loads(out)["users"]}
     check(users["alice"]["limit_bytes"] == 50 << 30 and users["bob"]["limit_bytes"] == 3 << 39,
@@ -295,7 +296,8 @@ def dockquotactl(env):
     ctl(env, "exempt", "--remove", "user", "alice", check_rc=0)
     check(ctl(env, "exempt", "--remove", "user", "alice")[0] == 1, "exempt --remove again: the agent says no, exit 1")
     cid = env.docker("root", "inspect", "-f", "{{.Id}}", "alice-box")
-    ctl(env, "attribute", "container", cid, "bob", check_rc=0)
+    rc, out, _ = ctl(env, "attribute", "container", cid, "bob", "--json", check_rc=0)
+    check(json.loads(out) == {"status": "ok"}, "attribute --json: the agent's answer")
     q = json.loads(quota(env, "bob", "ls", "--format", "json")[1])
     check("alice-box" in [c["name"] for c in q["containers"]], "attribute alice-box to bob: bob sees it")
     ctl(env, "unattribute", "container", cid, check_rc=0)
