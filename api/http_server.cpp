@@ -11,6 +11,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -293,6 +295,7 @@ struct HttpServer::Loop {
     std::deque<std::string> out;
     size_t out_off = 0;
     std::unique_ptr<httplib::Request> req;
+    PeerCred cred;
     size_t body_need = 0, reserved = 0;
     uint32_t interest = 0;
     ~Conn() {
@@ -304,6 +307,7 @@ struct HttpServer::Loop {
     uint64_t conn;
     std::unique_ptr<httplib::Request> req;
     bool keep_alive;
+    PeerCred cred;
   };
   struct Done {
     uint64_t conn;
@@ -312,9 +316,10 @@ struct HttpServer::Loop {
   static constexpr uint64_t kListenId = 0, kWakeId = 1;
 
   const HttpServerOptions& opt;
-  const Handler& handler;
+  const PeerHandler& handler;
   TransportMetrics& metrics;
   int listen_fd = -1, epoll_fd = -1, wake_fd = -1;
+  ino_t unix_ino = 0;  // the socket file we made: removed at stop only if it is still ours
   SSL_CTX* ssl_ctx = nullptr;
   std::atomic<bool> stopping{false};
 
@@ -340,9 +345,11 @@ struct HttpServer::Loop {
   Worker loop_worker;
   std::vector<Worker> workers;
 
-  Loop(const HttpServerOptions& o, const Handler& h, TransportMetrics& m) : opt(o), handler(h), metrics(m) {}
+  Loop(const HttpServerOptions& o, const PeerHandler& h, TransportMetrics& m) : opt(o), handler(h), metrics(m) {}
   ~Loop() {
     conns.clear();
+    struct stat st {};
+    if (unix_ino && lstat(opt.unix_path.c_str(), &st) == 0 && st.st_ino == unix_ino) ::unlink(opt.unix_path.c_str());
     for (int fd : {listen_fd, epoll_fd, wake_fd})
       if (fd >= 0) ::close(fd);
     if (ssl_ctx) SSL_CTX_free(ssl_ctx);
@@ -367,7 +374,50 @@ struct HttpServer::Loop {
     return {};
   }
 
+  // A socket file left by an agent that died is replaced; one that answers
+  // belongs to a running agent, and two must not share a path (as two must
+  // not share a port: see SO_REUSEPORT below).
+  Status clearStaleSocket(const sockaddr_un& sa) {
+    struct stat st {};
+    if (lstat(opt.unix_path.c_str(), &st) != 0) return {};
+    const std::string where = std::string(kSub) + ": cannot listen on " + opt.unix_path;
+    if (!S_ISSOCK(st.st_mode)) return Error{EEXIST, where + ": exists and is not a socket"};
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return osError(errno, where);
+    const bool live = connect(probe, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0;
+    ::close(probe);
+    if (live) return Error{EADDRINUSE, where + ": another process serves it"};
+    if (::unlink(opt.unix_path.c_str()) != 0 && errno != ENOENT)
+      return osError(errno, where + ": removing the stale socket");
+    return {};
+  }
+
+  Result<int> bindUnix() {
+    const std::string where = std::string(kSub) + ": cannot listen on " + opt.unix_path;
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (opt.unix_path.empty() || opt.unix_path.size() >= sizeof sa.sun_path)
+      return Error{ENAMETOOLONG, where + ": path empty or too long"};
+    std::memcpy(sa.sun_path, opt.unix_path.data(), opt.unix_path.size());
+    if (auto st = clearStaleSocket(sa); !st) return st.error();
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return osError(errno, where);
+    // bind() makes the file with the process umask (0077 under systemd):
+    // chmod() before listen(), so no connection is ever taken under the wrong mode.
+    if (bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0 ||
+        chmod(opt.unix_path.c_str(), opt.unix_mode & 07777) != 0 || listen(fd, SOMAXCONN) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return osError(err, where);
+    }
+    struct stat st {};
+    if (lstat(opt.unix_path.c_str(), &st) == 0) unix_ino = st.st_ino;
+    listen_fd = fd;
+    return 0;
+  }
+
   Result<int> bindListen() {
+    if (!opt.unix_path.empty()) return bindUnix();
     const std::string where = opt.address + ":" + std::to_string(opt.port);
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -472,7 +522,7 @@ struct HttpServer::Loop {
       }
       httplib::Response res;
       try {
-        handler(*j.req, res);
+        handler(j.cred, *j.req, res);
       } catch (const std::exception& e) {
         LOG_ERROR(kSub, "%s: handler failed: %s", j.req->method.c_str(), e.what());
         res = httplib::Response();
@@ -656,12 +706,18 @@ struct HttpServer::Loop {
       }
       auto c = std::make_unique<Conn>();
       c->fd = fd;
-      c->peer_key = peerKey(ss, &c->peer, &c->peer_port);
-      if (!makeRoom(c->peer_key, c->peer, now)) continue;  // ~Conn closes fd
+      if (ss.ss_family == AF_UNIX) {
+        if (!unixPeer(*c)) continue;  // ~Conn closes fd
+      } else {
+        c->peer_key = peerKey(ss, &c->peer, &c->peer_port);
+      }
+      if (!makeRoom(c->peer_key, c->peer, now)) continue;
       metrics.add(M::kAccepted);
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      localAddr(fd, &c->local, &c->local_port);
+      if (ss.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        localAddr(fd, &c->local, &c->local_port);
+      }
       if (ssl_ctx) {
         c->ssl = SSL_new(ssl_ctx);
         if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) continue;
@@ -679,6 +735,19 @@ struct HttpServer::Loop {
       conns.emplace(c->id, std::move(c));
       metrics.setOpen(conns.size());
     }
+  }
+
+  // A unix peer is its uid, for the per-peer cap too: one user's connections
+  // make room among themselves, never at another user's expense.
+  static bool unixPeer(Conn& c) {
+    ucred cr{};
+    socklen_t len = sizeof cr;
+    if (getsockopt(c.fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || len != sizeof cr) return false;
+    c.cred = PeerCred{true, uint32_t(cr.uid), uint32_t(cr.gid), int32_t(cr.pid)};
+    c.peer_key = "uid:" + std::to_string(cr.uid);
+    c.peer = "uid " + std::to_string(cr.uid) + " (pid " + std::to_string(cr.pid) + ")";
+    c.local = "unix";
+    return true;
   }
 
   void onEvent(Conn& c, uint32_t ev) {
@@ -860,7 +929,7 @@ struct HttpServer::Loop {
     setInterest(c);
     {
       std::lock_guard<std::mutex> l(mu);
-      jobs.push_back(Job{c.id, std::move(c.req), c.keep_alive});
+      jobs.push_back(Job{c.id, std::move(c.req), c.keep_alive, c.cred});
     }
     cv.notify_one();
   }
@@ -1063,6 +1132,12 @@ struct HttpServer::Loop {
 
 // ---------------------------------------------------------------------------
 HttpServer::HttpServer(HttpServerOptions options, Handler handler, TransportMetrics& metrics)
+    : opt_(std::move(options)),
+      handler_(
+          [h = std::move(handler)](const PeerCred&, httplib::Request& req, httplib::Response& res) { h(req, res); }),
+      metrics_(metrics) {}
+
+HttpServer::HttpServer(HttpServerOptions options, PeerHandler handler, TransportMetrics& metrics)
     : opt_(std::move(options)), handler_(std::move(handler)), metrics_(metrics) {}
 
 HttpServer::~HttpServer() { stop(); }

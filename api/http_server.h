@@ -25,6 +25,12 @@
 //                       connection is not one when there are hundreds of them.
 //   max_connections(_per_peer)  see victim() in http_server.cpp: a full cap
 //                       evicts the oldest incomplete connection, not the newcomer.
+//                       On a unix socket the peer is the caller's uid.
+//
+// `unix_path` set: the listener is that unix socket instead of address:port,
+// and every connection's credentials (SO_PEERCRED, taken by the kernel at
+// connect()) reach the handler as a PeerCred: who asks is never read from
+// the request.
 #pragma once
 
 #include <chrono>
@@ -50,6 +56,11 @@ struct HttpServerOptions {
   // Both set: HTTPS only (PEM; the certificate file may hold the chain).
   std::string tls_cert_file = {};
   std::string tls_key_file = {};
+  // A unix socket instead of address:port: made with `unix_mode` (a stale
+  // socket file there is replaced; anything else is an error). Its directory
+  // must exist.
+  std::string unix_path = {};
+  uint32_t unix_mode = 0600;
   int threads = 4;
   int max_connections = 256;
   int max_connections_per_peer = 32;
@@ -60,21 +71,33 @@ struct HttpServerOptions {
   size_t max_buffered_bytes = 32 << 20;
 };
 
+// Who is at the other end of a unix-socket connection, as the kernel says
+// (SO_PEERCRED at connect()). `known` false on TCP.
+struct PeerCred {
+  bool known = false;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  int32_t pid = 0;
+};
+
 class HttpServer {
  public:
   // Runs on a worker; `req` is complete (body read, path decoded, params parsed).
   // A status left at -1 is sent as 200.
   using Handler = std::function<void(httplib::Request& req, httplib::Response& res)>;
+  // The same with the connection's credentials (unix sockets).
+  using PeerHandler = std::function<void(const PeerCred& peer, httplib::Request& req, httplib::Response& res)>;
 
   // `metrics` must outlive the server.
   HttpServer(HttpServerOptions options, Handler handler, TransportMetrics& metrics);
+  HttpServer(HttpServerOptions options, PeerHandler handler, TransportMetrics& metrics);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
   // Loads the TLS files (if set), binds with SO_REUSEADDR (never SO_REUSEPORT:
   // a second agent must fail to bind, not share the port), starts the loop and
-  // the workers. Returns the bound port.
+  // the workers. Returns the bound port (0 on a unix socket).
   Result<int> start();
   // Closes every connection and joins the threads; a handler still running is
   // waited for, its answer dropped. Idempotent.
@@ -85,7 +108,7 @@ class HttpServer {
  private:
   struct Loop;
   HttpServerOptions opt_;
-  Handler handler_;
+  PeerHandler handler_;
   TransportMetrics& metrics_;
   std::unique_ptr<Loop> loop_;
 };

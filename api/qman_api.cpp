@@ -272,6 +272,12 @@ std::string quotasFor(QmanContext& ctx, uint32_t uid) {
   return mergeDevices({named.begin(), named.end()});
 }
 
+}  // namespace
+
+std::string userQuotasText(QmanContext& ctx, uint32_t uid) { return quotasFor(ctx, uid); }
+
+namespace {
+
 // GET /remote-api/quotas: block and ZFS devices (their text cached per
 // refresh), then docker's, merged in the spec's order (§2), the whole answer
 // cached (QuotasCache).

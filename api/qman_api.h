@@ -73,6 +73,10 @@ struct QmanContext {
 // Registers every route on `api` (before api.start()). `ctx` must outlive it.
 void installQmanRoutes(ApiServer& api, QmanContext& ctx);
 
+// One user's device list (GET /remote-api/quotas/users/<uid>): the block and
+// ZFS devices where the uid has an entry, then docker, in the spec's order.
+std::string userQuotasText(QmanContext& ctx, uint32_t uid);
+
 // The docker DeviceQuota (spec §3.1) for the given users (all listed users
 // when `only_uid` is unset). Exposed for the benchmark and tests.
 nlohmann::json dockerDevice(QmanContext& ctx, const UsageSnapshot& snap, const QuotaBook::Limits& limits,

@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/utsname.h>
@@ -223,7 +224,27 @@ Status App::buildServices() {
   if (!enforcement) return enforcement.error();
   enforcement_ = std::move(*enforcement);
   installGrowthRoute(*api_, *store_, growth_.get(), config_.bill_root_to_login_uid);
+  if (!config_.user_socket.empty()) {
+    user_ctx_ = std::make_unique<UserApiContext>(UserApiContext{quota_->context(), &enforcement_->enforcer()});
+    UserApiOptions o;
+    o.path = config_.user_socket;
+    user_api_ = std::make_unique<UserApi>(o, *user_ctx_);
+  }
   return {};
+}
+
+// The socket's directory is made 0755 when missing (systemd's
+// RuntimeDirectory= makes it under the unit): users must reach the socket,
+// whatever the agent's umask.
+Status App::startUserSocket() {
+  if (!user_api_) return {};
+  const std::string dir = std::filesystem::path(config_.user_socket).parent_path();
+  if (mkdir(dir.c_str(), 0755) == 0) {
+    if (chmod(dir.c_str(), 0755) != 0) return osError(errno, "user socket: chmod " + dir);
+  } else if (errno != EEXIST) {
+    return osError(errno, "user socket: cannot make " + dir);
+  }
+  return user_api_->start();
 }
 
 void App::wire() {
@@ -246,6 +267,7 @@ void App::wire() {
     if (prev) prev(out);
     promAttributionCounters(out, attributor_->health().report);
     if (auto h = quota_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
+    if (user_api_) user_api_->renderMetrics(out);
   };
   quota_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
   quota_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
@@ -317,6 +339,7 @@ Status App::start() {
   started_ = true;
   auto port = api_->start();
   if (!port) return port.error();
+  if (auto st = startUserSocket(); !st) return st.error();
   sdNotify("READY=1");
   LOG_NOTICE(kSub, "running: kernel %s, %s", kernel_.c_str(),
              degraded_.empty() ? "all probes attached" : "DEGRADED (see /healthz)");
@@ -397,6 +420,7 @@ void App::stop() {
   if (stopped_) return;
   stopped_ = true;
   if (started_) sdNotify("STOPPING=1");
+  if (user_api_) user_api_->stop();
   if (api_) api_->stop();
   if (enforcement_) enforcement_->stop();
   if (growth_) growth_->stop();
@@ -468,6 +492,7 @@ json App::health() {
   h["probes"] = std::move(probes);
   if (enforcement_) take("enforcement", enforcement_->health());
   if (quota_) take("quota_devices", quota_->devicesHealth());
+  if (user_api_) take("user_socket", user_api_->health());
   h["kernel"] = kernel_;
   h["degraded"] = reasons;
   h["status"] = reasons.empty() ? "ok" : "degraded";

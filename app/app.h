@@ -29,6 +29,7 @@
 #include "agent/store/store.h"
 #include "agent/usage/growth_monitor.h"
 #include "api/http_api.h"
+#include "api/user_api.h"
 #include "app/config.h"
 #include "app/enforcement_wiring.h"
 #include "app/quota_wiring.h"
@@ -59,6 +60,7 @@ class App {
   void attachProbes();
   void attachGrowth();
   Status buildServices();
+  Status startUserSocket();
   void wire();
   void consumeProbes();                   // under tracker_mu_
   std::optional<uint32_t> soleCreator();  // the one user with container creates pending
@@ -96,6 +98,9 @@ class App {
   ProjectQuotas* projects_ = nullptr;             // quota_'s kernel backend, when on
   UsageAccountant* measure_on_change_ = nullptr;  // no kernel usage: a create asks for a measure
   std::unique_ptr<EnforcementServices> enforcement_;
+  // Last: it reads quota_ and enforcement_, so it goes first.
+  std::unique_ptr<UserApiContext> user_ctx_;
+  std::unique_ptr<UserApi> user_api_;  // when config_.user_socket is set
   bool started_ = false, stopped_ = false;
 };
 

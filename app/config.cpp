@@ -136,6 +136,7 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       // slow client holds its slot that long.
       {"http_request_timeout_s", uintKey(origin, "http_request_timeout_s", &Config::http_request_timeout_s, 1, 300)},
       {"http_idle_timeout_s", uintKey(origin, "http_idle_timeout_s", &Config::http_idle_timeout_s, 1, 3600)},
+      {"user_socket", stringKey(origin, "user_socket", &Config::user_socket, /*nonempty=*/false)},
       {"docker_socket", stringKey(origin, "docker_socket", &Config::docker_socket)},
       {"watch_sockets", pathListKey(origin, "watch_sockets", &Config::watch_sockets)},
       {"docker_binaries", pathListKey(origin, "docker_binaries", &Config::docker_binaries)},
@@ -277,6 +278,10 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
     if (file.empty()) continue;
     std::ifstream f(file);
     if (!f) return keyError(origin, key, "cannot read " + file + ": " + std::strerror(errno));
+  }
+  // 107: sun_path's size on Linux, less its NUL.
+  if (!c.user_socket.empty() && (c.user_socket[0] != '/' || c.user_socket.size() > 107)) {
+    return keyError(origin, "user_socket", "must be an absolute path of at most 107 bytes, or \"\" for none");
   }
   if (!c.docker_data_root.empty() && c.docker_data_root[0] != '/') {
     return keyError(origin, "docker_data_root", "must be an absolute path");

@@ -25,6 +25,9 @@ struct Config {
   uint32_t http_max_connections_per_peer = 32;  // per client IPv4 address / IPv6 /64
   uint32_t http_request_timeout_s = 10;         // a whole request head + body, from its first byte
   uint32_t http_idle_timeout_s = 5;             // keep-alive wait for the next request
+  // The per-user socket (api/user_api.h; README "Users see their own quota"):
+  // read-only, mode 0666, no key; "" = off.
+  std::string user_socket = "/run/dockquota/user.sock";
   // Docker
   std::string docker_socket = "/var/run/docker.sock";  // the agent's own API client
   std::vector<std::string> watch_sockets = {"/var/run/docker.sock", "/run/docker.sock"};

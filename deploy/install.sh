@@ -26,13 +26,24 @@ if [ -z "$binary" ]; then
 
   echo "==> build"
   cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$here/build" -j"$(nproc)" --target dockquotad
+  cmake --build "$here/build" -j"$(nproc)" --target dockquotad docker-quota dockquotactl
   binary=$here/build/dockquotad
 fi
+clients=$(dirname "$binary")
 
 echo "==> install"
 install -D -m 0755 "$binary" /usr/local/sbin/dockquotad
 install -D -m 0644 "$here/README.md" /usr/local/share/doc/dockquota/README.md
+# The clients, when built next to the agent (--binary: a packager's may not be).
+# `docker quota`: /usr/libexec/docker/cli-plugins is searched by Debian's
+# docker.io CLI (20.10) and by Docker's own (/usr/local/bin/docker, 2x.x) alike.
+if [ -x "$clients/docker-quota" ]; then
+  install -D -m 0755 "$clients/docker-quota" /usr/libexec/docker/cli-plugins/docker-quota
+fi
+if [ -x "$clients/dockquotactl" ]; then
+  install -D -m 0755 "$clients/dockquotactl" /usr/local/sbin/dockquotactl
+  install -D -m 0644 "$here/deploy/completion/dockquotactl" /usr/share/bash-completion/completions/dockquotactl
+fi
 install -d -m 0700 /etc/dockquota /var/lib/dockquota
 [ -f /etc/dockquota/config.json ] || install -m 0600 "$here/deploy/config.default.json" /etc/dockquota/config.json
 if [ ! -s /etc/dockquota/api-key ]; then

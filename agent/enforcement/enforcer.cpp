@@ -279,12 +279,17 @@ std::map<uint32_t, std::vector<Candidate>> Enforcer::candidates(const std::set<u
                                                                 const std::set<std::string>& skip) const {
   std::map<uint32_t, std::vector<Candidate>> out;
   auto st = store_.objects().forEach(ObjectKind::Container, [&](const ObjectRecord& r) {
-    if (!actionableOwner(r) || skip.count(r.id) || exempt_containers_.count(r.id)) return;
-    const uint32_t uid = billedUid(*r.owner, opt_.bill_root_to_login_uid);
-    if (uids.count(uid)) out[uid].push_back({r.id, r.name, r.first_seen, std::nullopt});
+    const auto uid = candidateUid(r, skip, exempt_containers_);
+    if (uid && uids.count(*uid)) out[*uid].push_back({r.id, r.name, r.first_seen, std::nullopt});
   });
   if (!st) LOG_ERROR(kSub, "%s", st.error().message.c_str());
   return out;
+}
+
+std::optional<uint32_t> Enforcer::candidateUid(const ObjectRecord& r, const std::set<std::string>& skip,
+                                               const std::set<std::string>& exempt_containers) const {
+  if (r.gone_at || !actionableOwner(r) || skip.count(r.id) || exempt_containers.count(r.id)) return std::nullopt;
+  return billedUid(*r.owner, opt_.bill_root_to_login_uid);
 }
 
 void Enforcer::enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::vector<Candidate> cands,
@@ -599,6 +604,34 @@ void Enforcer::run() {
 }
 
 // --- state --------------------------------------------------------------------------------
+
+// What sweep() reads, read again here (exemptions, open actions), so a
+// preview never takes sweep_mu_: a sweep can wait on Docker for seconds.
+Result<std::vector<Candidate>> Enforcer::removalOrder(uint32_t uid, const std::vector<std::string>& containers,
+                                                      const KnownSize& size_of) const {
+  auto xs = store_.enforcement().exemptions();
+  if (!xs) return xs.error().context(kSub);
+  std::set<std::string> exempt_containers;
+  bool exempt = opt_.exempt_uids.count(uid) > 0;
+  for (const auto& x : *xs) {
+    if (x.kind == "container") exempt_containers.insert(x.id);
+    if (x.kind == "user" && x.id == std::to_string(uid)) exempt = true;
+  }
+  if (exempt) return std::vector<Candidate>{};
+  auto open = store_.enforcement().actions(/*open_only=*/true);
+  if (!open) return open.error().context(kSub);
+  std::set<std::string> acted_on;
+  for (const auto& a : *open) acted_on.insert(a.container_id);
+  std::vector<Candidate> cands;
+  for (const auto& id : containers) {
+    auto r = store_.objects().get(ObjectKind::Container, id);
+    if (!r) return r.error().context(kSub);
+    if (*r && candidateUid(**r, acted_on, exempt_containers) == uid)
+      cands.push_back({id, (*r)->name, (*r)->first_seen, size_of(id)});
+  }
+  orderCandidates(cands, opt_.order);
+  return cands;
+}
 
 nlohmann::json Enforcer::state(std::optional<uint32_t> uid) const {
   std::map<uint32_t, UserView> seen;

@@ -118,6 +118,18 @@ class Enforcer {
   // Counters for /healthz and /metrics.
   nlohmann::json health() const;
 
+  // A user's containers in the order a sweep would stop and remove them, the
+  // first to go first: the same rule for what enforcement may touch (a kernel
+  // or admin owner, not exempt, not already being acted on) and the same
+  // orderCandidates() as a sweep. A preview reads only `containers` (the
+  // user's, as last measured) from the store, where a sweep reads them all;
+  // `size_of` gives each its last measured size (a preview asks Docker
+  // nothing; a sweep asks again). Empty for an exempt user. Never waits for
+  // a running sweep.
+  using KnownSize = std::function<std::optional<uint64_t>(const std::string& id)>;
+  Result<std::vector<Candidate>> removalOrder(uint32_t uid, const std::vector<std::string>& containers,
+                                              const KnownSize& size_of) const;
+
  private:
   struct UserView {  // a user as the last sweep saw them
     uint64_t usage = 0, limit = 0;
@@ -135,6 +147,11 @@ class Enforcer {
   bool record(Event& e, const std::vector<std::string>& conditions, SweepReport& rep);
   std::map<uint32_t, std::vector<Candidate>> candidates(const std::set<uint32_t>& uids,
                                                         const std::set<std::string>& skip) const;
+  // The one rule for what enforcement may touch: a live container with a
+  // kernel or admin owner, neither in `skip` (acted on) nor exempt. Its
+  // billed uid, or nullopt.
+  std::optional<uint32_t> candidateUid(const ObjectRecord& r, const std::set<std::string>& skip,
+                                       const std::set<std::string>& exempt_containers) const;
   void enforceUser(uint32_t uid, uint64_t usage, uint64_t limit, std::vector<Candidate> cands, SweepReport& rep);
   // The stopped action, or nullopt (gone, failed: already settled).
   std::optional<EnforcementAction> stopContainer(EnforcementAction a, uint64_t usage, uint64_t limit, SweepReport& rep);

@@ -151,9 +151,9 @@ Result<std::map<uint32_t, std::set<std::string>>> EventRepo::conditions() const 
 
 Result<std::vector<EventRow>> EventRepo::events(const EventQuery& q) const {
   std::lock_guard<std::mutex> lock(db_.read_mu);
-  Stmt st(db_.reader,
-          std::string(kEventCols) +
-              "WHERE seq > ?1 AND (?2 IS NULL OR uid = ?2) AND (?3 = '' OR type = ?3) ORDER BY seq LIMIT ?4");
+  Stmt st(db_.reader, std::string(kEventCols) +
+                          "WHERE seq > ?1 AND (?2 IS NULL OR uid = ?2) AND (?3 = '' OR type = ?3) ORDER BY seq" +
+                          (q.newest_first ? " DESC" : "") + " LIMIT ?4");
   st.bind(1, q.after);
   st.bind(2, q.uid);
   st.bind(3, q.type);

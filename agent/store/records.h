@@ -169,7 +169,8 @@ struct EventQuery {
   int64_t after = 0;
   size_t limit = 100;
   std::optional<uint32_t> uid;
-  std::string type;  // "" any
+  std::string type;           // "" any
+  bool newest_first = false;  // the last `limit` events, newest first (a user's recent ones)
 };
 
 // The channels an event is queued on when recorded.

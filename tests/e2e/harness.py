@@ -99,6 +99,9 @@ class Env:
         self.dir = tempfile.mkdtemp(prefix="dq-e2e-")
         os.chmod(self.dir, 0o755)
         self.sock = os.path.join(self.dir, "docker.sock")
+        # The per-user socket in the test's own directory (the agent makes run/
+        # 0755): never the host's /run/dockquota, which an installed agent owns.
+        self.user_sock = os.path.join(self.dir, "run", "user.sock")
         self.db = os.path.join(self.dir, "state", "dockquota.db")
         self.port = free_port()
         self.agent = None
@@ -127,6 +130,7 @@ class Env:
             "watch_sockets": [self.sock],
             "database": self.db,
             "log_level": "debug",
+            "user_socket": self.user_sock,
         }
         if os.environ.get("DQ_PROBE_HOOK"):  # force a hook set (e.g. loops in vmtest)
             cfg["probe_hook"] = os.environ["DQ_PROBE_HOOK"]

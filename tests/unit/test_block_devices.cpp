@@ -19,6 +19,7 @@
 #include "agent/quota/quota_devices.h"
 #include "api/qman_api.h"
 #include "api/qman_devices.h"
+#include "api/user_api.h"
 #include "tests/unit/in_ci.h"
 #include "tests/unit/qman_agent.h"
 #include "tests/unit/temp_dir.h"
@@ -564,4 +565,28 @@ TEST_CASE("MountTable reads /proc/self/mountinfo again only when a mount changed
   auto still = table.current();
   REQUIRE(still);
   CHECK(table.reads() == 3);
+}
+
+TEST_CASE("block devices on the per-user socket: a user's own entry on each device, nobody else's",
+          "[block][user-api]") {
+  DeviceAgent a;
+  UserApiContext uctx{*a.ctx, nullptr};
+  UserApi api(UserApiOptions{}, uctx);  // not started: the router alone, with a connection's credentials
+  auto devicesFor = [&](uint32_t uid) {
+    httplib::Request req;
+    REQUIRE(parseRequestHead("GET /v1/quota HTTP/1.1\r\n\r\n", req).status == 0);
+    httplib::Response res;
+    api.handle(PeerCred{true, uid, uid, 1}, req, res);
+    REQUIRE(res.status == 200);
+    std::map<std::string, std::set<uint32_t>> uids;  // device -> uids of its entries
+    const json body = json::parse(res.body);         // named: a loop over a temporary's member would dangle
+    for (const auto& d : body["devices"])
+      for (const auto& e : d["user_quotas"]) uids[d["name"]].insert(e["uid"].get<uint32_t>());
+    return uids;
+  };
+  // alice: her ext4 entry and docker; XFS lists only who has a dquot (bob).
+  CHECK(devicesFor(kAlice) == std::map<std::string, std::set<uint32_t>>{{"/dev/sdb1", {kAlice}}, {"docker", {kAlice}}});
+  // bob: the XFS entry, ext4's zero-filled one, docker.
+  CHECK(devicesFor(kBob) ==
+        std::map<std::string, std::set<uint32_t>>{{"/dev/loop0", {kBob}}, {"/dev/sdb1", {kBob}}, {"docker", {kBob}}});
 }

@@ -608,3 +608,42 @@ TEST_CASE("enforcer: start() connects to the runtime before the first sweep, in 
   e->stop();
   CHECK(w.runtime.calls == std::vector<std::string>{"connect", "remove 1"});
 }
+
+TEST_CASE("enforcer: the removal order a user is shown is the one a sweep follows", "[enforce][user-api]") {
+  World w;
+  w.container('1', kBob, 10, 5 * MiB);
+  w.container('2', kBob, 20, 1 * MiB);
+  w.container('3', kBob, 30, 3 * MiB, Source::Label);  // a label is the user's word: never enforcement's
+  w.container('4', kAlice, 40, 1 * MiB);
+  auto e = w.enforcer(enforce());
+  auto known = [](const std::string&) -> std::optional<uint64_t> { return std::nullopt; };
+  // What the preview is given: every container measured (here: all, and one Docker no longer has).
+  std::vector<std::string> all = {cid('1'), cid('2'), cid('3'), cid('4'), cid('5'), cid('9')};
+  auto order = e->removalOrder(kBob, all, known);
+  REQUIRE(order);
+  REQUIRE(order->size() == 2);
+  CHECK((*order)[0].id == cid('2'));  // newest first, as configured
+  CHECK((*order)[1].id == cid('1'));
+
+  // bob over by less than '2' holds: the sweep stops the first of that order.
+  w.usage = {{kBob, 6 * MiB}};
+  REQUIRE(w.book->setLimit(kBob, 5 * 1024 + 512));
+  REQUIRE(e->sweep());
+  CHECK(w.runtime.calls == std::vector<std::string>{"stop 2"});
+  // Being acted on, it is no longer a candidate; what is left keeps its place.
+  order = e->removalOrder(kBob, all, known);
+  REQUIRE(order->size() == 1);
+  CHECK((*order)[0].id == cid('1'));
+
+  // Largest first orders by the sizes given (the last measured), and an exempt user has none.
+  auto o = enforce();
+  o.order = EnforceOrder::Largest;
+  o.exempt_uids = {kAlice};
+  auto largest = w.enforcer(o);
+  w.container('5', kBob, 50, 1);
+  auto sizes = [](const std::string& id) -> std::optional<uint64_t> { return id == cid('5') ? 9 * MiB : MiB; };
+  order = largest->removalOrder(kBob, all, sizes);
+  REQUIRE(order->size() == 2);
+  CHECK((*order)[0].id == cid('5'));
+  CHECK(largest->removalOrder(kAlice, all, sizes)->empty());
+}
