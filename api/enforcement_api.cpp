@@ -21,18 +21,6 @@ constexpr size_t kMaxBody = 64 << 10;
 constexpr size_t kMaxEvents = 1000;
 constexpr size_t kMaxReasonBytes = 500;  // a sentence or two; stored, listed, logged
 
-// A non-negative decimal that fits `max`, or nullopt.
-std::optional<uint64_t> decimal(const std::string& s, uint64_t max) {
-  if (s.empty() || s.size() > 19) return std::nullopt;
-  uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + uint64_t(c - '0');
-  }
-  if (v > max) return std::nullopt;
-  return v;
-}
-
 json eventJson(const EventRow& r) {
   const Event& e = r.event;
   return {{"id", e.seq},
@@ -49,17 +37,17 @@ json eventJson(const EventRow& r) {
 void listEvents(EnforcementContext& ctx, const Req& req, Res& res) {
   EventQuery q;
   if (req.has_param("after")) {
-    auto v = decimal(req.get_param_value("after"), INT64_MAX);
+    auto v = queryDecimal(req.get_param_value("after"), INT64_MAX);
     if (!v) return sendError(res, 400, "after must be an event id (a non-negative integer)");
     q.after = int64_t(*v);
   }
   if (req.has_param("limit")) {
-    auto v = decimal(req.get_param_value("limit"), kMaxEvents);
+    auto v = queryDecimal(req.get_param_value("limit"), kMaxEvents);
     if (!v || *v == 0) return sendError(res, 400, "limit must be an integer from 1 to " + std::to_string(kMaxEvents));
     q.limit = *v;
   }
   if (req.has_param("uid")) {
-    auto v = decimal(req.get_param_value("uid"), UINT32_MAX);
+    auto v = queryDecimal(req.get_param_value("uid"), UINT32_MAX);
     if (!v) return sendError(res, 400, "uid must be a non-negative integer");
     q.uid = uint32_t(*v);
   }

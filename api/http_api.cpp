@@ -37,6 +37,17 @@ std::string base64Decode(const std::string& in) {
 
 }  // namespace
 
+std::optional<uint64_t> queryDecimal(const std::string& s, uint64_t max) {
+  if (s.empty() || s.size() > 19) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + uint64_t(c - '0');
+  }
+  if (v > max) return std::nullopt;
+  return v;
+}
+
 std::string isoTime(double t) {
   time_t secs = static_cast<time_t>(t);
   int ms = static_cast<int>((t - static_cast<double>(secs)) * 1000);

@@ -113,6 +113,9 @@ class ApiServer {
 };
 
 // Shared JSON helpers (also for later routes).
+// A query value as a non-negative decimal that fits `max` (19 digits at
+// most, so it cannot overflow), else nullopt: "", signs, spaces, hex refused.
+std::optional<uint64_t> queryDecimal(const std::string& s, uint64_t max);
 std::string isoTime(double unix_seconds);  // "2026-11-22T08:20:00.123Z"
 std::string userName(uint32_t uid);        // passwd name, else "user_<uid>" (as qman)
 void sendJson(httplib::Response& res, int status, const nlohmann::json& body);

@@ -21,18 +21,6 @@ constexpr const char* kSub = "user-api";
 constexpr size_t kDefaultEvents = 20;
 constexpr size_t kMaxEvents = 200;  // a screenful or a script's page; the admin API has the whole log
 
-// A non-negative decimal that fits `max`, or nullopt.
-std::optional<uint64_t> decimal(const std::string& s, uint64_t max) {
-  if (s.empty() || s.size() > 10) return std::nullopt;
-  uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + uint64_t(c - '0');
-  }
-  if (v > max) return std::nullopt;
-  return v;
-}
-
 Thresholds thresholdsOf(const UserApiContext& ctx) {
   return ctx.enforcer ? ctx.enforcer->options().thresholds : Thresholds{};
 }
@@ -176,7 +164,7 @@ void events(UserApiContext& ctx, uint32_t uid, const Req& req, Res& res) {
   q.newest_first = true;
   q.limit = kDefaultEvents;
   if (req.has_param("limit")) {
-    auto n = decimal(req.get_param_value("limit"), kMaxEvents);
+    auto n = queryDecimal(req.get_param_value("limit"), kMaxEvents);
     if (!n || *n == 0) return sendError(res, 400, "limit must be an integer from 1 to " + std::to_string(kMaxEvents));
     q.limit = *n;
   }
@@ -265,7 +253,7 @@ std::optional<uint32_t> UserApi::subject(const PeerCred& peer, const Req& req, R
   }
   std::optional<uint32_t> asked;
   if (req.has_param("uid")) {
-    asked = decimal(req.get_param_value("uid"), UINT32_MAX);
+    asked = queryDecimal(req.get_param_value("uid"), UINT32_MAX);
     if (!asked) {
       sendError(res, 400, "uid must be a non-negative integer");
       return std::nullopt;
