@@ -271,7 +271,10 @@ void ConnTracker::onEvent(const dsock_event& ev) {
   std::string_view data(reinterpret_cast<const char*>(ev.data), ev.cap_len);
   const uint64_t doubts = c.http->stats().doubts;
   if (type == DsockEventType::Tx) {
-    if (c.tx_bytes == 0) c.first_tx.assign(data.substr(0, 80));
+    // Kept only for the debug line of a connection that ends without an
+    // exchange: 80 bytes on the heap for every connection otherwise, outside
+    // the tracker's memory budget.
+    if (c.tx_bytes == 0 && log::enabled(log::Level::Debug)) c.first_tx.assign(data.substr(0, 80));
     c.tx_bytes += ev.len;
     noteWriter(c, ev);
     const HttpSender sender = senderOf(ev);
