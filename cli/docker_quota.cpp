@@ -67,22 +67,6 @@ std::string pct(const json& p) {
   return b;
 }
 
-std::string str(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return "";
-  return it->is_string() ? it->get<std::string>() : it->dump();
-}
-
-uint64_t num(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
-}
-
-std::string shortId(std::string id) {
-  if (id.rfind("sha256:", 0) == 0) id = id.substr(7);
-  return id.substr(0, 12);
-}
-
 void printSummary(const json& q) {
   printf("%s (uid %s)\n", str(q, "user").c_str(), str(q, "uid").c_str());
   const uint64_t usage = num(q, "usage_bytes"), limit = num(q, "limit_bytes");
@@ -101,7 +85,7 @@ void printSummary(const json& q) {
            str(e, "mode").c_str(), str(e, "order").c_str(), e.value("exempt", false) ? "; you are exempt" : "");
     for (const auto& a : e.value("pending_actions", json::array()))
       printf("        pending: container %s (%s) %s\n", str(a, "container_name").c_str(),
-             shortId(str(a, "container_id")).c_str(), str(a, "state").c_str());
+             displayId(str(a, "container_id")).c_str(), str(a, "state").c_str());
   }
   std::vector<std::vector<std::string>> rows;
   for (const auto& dev : q.value("devices", json::array())) {
@@ -123,14 +107,14 @@ void printSummary(const json& q) {
 void printObjects(const json& o) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : o["containers"])
-    rows.push_back({shortId(str(c, "id")), str(c, "name"), shortId(str(c, "image")), str(c, "status"),
+    rows.push_back({displayId(str(c, "id")), str(c, "name"), displayId(str(c, "image")), str(c, "status"),
                     formatSize(num(c, "size_bytes"))});
   printf("CONTAINERS\n%s", renderTable({"ID", "NAME", "IMAGE", "STATUS", "SIZE"}, rows, {4}).c_str());
   rows.clear();
   for (const auto& i : o["images"]) {
     std::string tags;
     for (const auto& t : i.value("tags", json::array())) tags += (tags.empty() ? "" : ",") + t.get<std::string>();
-    rows.push_back({shortId(str(i, "id")), tags.empty() ? "<none>" : tags, formatSize(num(i, "size_bytes")),
+    rows.push_back({displayId(str(i, "id")), tags.empty() ? "<none>" : tags, formatSize(num(i, "size_bytes")),
                     formatSize(num(i, "billed_bytes"))});
   }
   printf("\nIMAGES\n%s", renderTable({"ID", "TAGS", "SIZE", "BILLED"}, rows, {2, 3}).c_str());
@@ -139,7 +123,7 @@ void printObjects(const json& o) {
   printf("\nVOLUMES\n%s", renderTable({"NAME", "SIZE"}, rows, {1}).c_str());
   rows.clear();
   for (const auto& r : o.value("removal_order", json::array()))
-    rows.push_back({str(r, "rank"), str(r, "name"), shortId(str(r, "container_id")),
+    rows.push_back({str(r, "rank"), str(r, "name"), displayId(str(r, "container_id")),
                     r["size_bytes"].is_number() ? formatSize(num(r, "size_bytes")) : "?",
                     r.value("would_remove", false) ? "yes" : ""});
   printf("\nREMOVAL ORDER (enforcement %s, %s first)\n%s", str(o, "enforcement_mode").c_str(),
@@ -154,7 +138,7 @@ void printEvents(const json& e) {
     std::string what;
     if (d.is_object() && d.contains("block_current") && d.contains("block_hard_limit"))
       what = formatSize(num(d, "block_current")) + " of " + formatSize(num(d, "block_hard_limit") * 1024);
-    rows.push_back({str(ev, "created_at"), str(ev, "type"), shortId(str(ev, "container_id")), what});
+    rows.push_back({str(ev, "created_at"), str(ev, "type"), displayId(str(ev, "container_id")), what});
   }
   fputs(renderTable({"TIME", "EVENT", "CONTAINER", "USAGE"}, rows).c_str(), stdout);
 }

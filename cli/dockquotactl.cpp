@@ -109,22 +109,6 @@ Answer call(const Ctx& c, const std::string& method, const std::string& path, co
   return {kOk, j};
 }
 
-std::string str(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return "";
-  return it->is_string() ? it->get<std::string>() : it->dump();
-}
-
-uint64_t num(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
-}
-
-std::string shortId(std::string id) {
-  if (id.rfind("sha256:", 0) == 0) id = id.substr(7);
-  return id.size() == 64 ? id.substr(0, 12) : id;
-}
-
 int emit(const Ctx& c, const json& j, const std::string& table) {
   if (c.json)
     printf("%s\n", j.dump(2).c_str());
@@ -209,7 +193,7 @@ int cmdTop(const Ctx& c, size_t n) {
   if (all.size() > n) all.erase(all.begin() + long(n), all.end());
   std::vector<std::vector<std::string>> rows;
   for (const auto& o : all)
-    rows.push_back({str(o, "kind"), shortId(str(o, "id")), str(o, "name"),
+    rows.push_back({str(o, "kind"), displayId(str(o, "id")), str(o, "name"),
                     o["owner"].is_null() ? "(unattributed)" : str(o, "owner"), formatSize(num(o, "size_bytes"))});
   return emit(c, json{{"objects", all}}, renderTable({"KIND", "ID", "NAME", "OWNER", "SIZE"}, rows, {4}));
 }
@@ -248,7 +232,7 @@ int cmdExempt(const Ctx& c, const std::vector<std::string>& args) {
     if (a.exit) return a.exit;
     std::vector<std::vector<std::string>> rows;
     for (const auto& x : a.body["exemptions"])
-      rows.push_back({str(x, "kind"), shortId(str(x, "id")), str(x, "set_at"), str(x, "reason")});
+      rows.push_back({str(x, "kind"), displayId(str(x, "id")), str(x, "set_at"), str(x, "reason")});
     return emit(c, a.body, renderTable({"KIND", "ID", "SINCE", "REASON"}, rows));
   }
   if (pos.size() != 2 || (pos[0] != "user" && pos[0] != "container"))
@@ -276,7 +260,7 @@ int cmdEvents(const Ctx& c, const std::vector<std::string>& args) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& e : a.body["events"])
     rows.push_back(
-        {str(e, "id"), str(e, "created_at"), str(e, "type"), str(e, "user"), shortId(str(e, "container_id"))});
+        {str(e, "id"), str(e, "created_at"), str(e, "type"), str(e, "user"), displayId(str(e, "container_id"))});
   return emit(c, a.body, renderTable({"ID", "TIME", "TYPE", "USER", "CONTAINER"}, rows, {0}));
 }
 

@@ -143,4 +143,20 @@ std::string renderTable(const std::vector<std::string>& header, const std::vecto
   return out;
 }
 
+std::string str(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return "";
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+uint64_t num(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
+}
+
+std::string displayId(std::string id) {
+  if (id.rfind("sha256:", 0) == 0) id = id.substr(7);
+  return id.size() == 64 ? id.substr(0, 12) : id;
+}
+
 }  // namespace dockquota::cli

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The pure parts of the command-line clients: human sizes (parsed and
-// printed), plain-text tables and the usage bar. No I/O.
+// printed), plain-text tables, the usage bar and reading reply fields. No I/O.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace dockquota::cli {
 
@@ -30,5 +32,16 @@ std::string bar(double fraction, int width = 30);
 // bytes replaced by '?': names come from users).
 std::string renderTable(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows,
                         const std::vector<size_t>& right = {});
+
+// A reply's field as text: "" when absent or null, numbers as JSON prints them.
+std::string str(const nlohmann::json& j, const char* key);
+// A reply's unsigned field; 0 when absent or not one.
+uint64_t num(const nlohmann::json& j, const char* key);
+
+// An object id as `docker ps` prints it: a 64-digit id (with or without
+// "sha256:") cut to 12; anything else (a volume's name) whole. The agent's
+// logs use agent/base/short_id.h, which always cuts: there the text can be
+// hostile and long, here the reply's names are shown to their owner.
+std::string displayId(std::string id);
 
 }  // namespace dockquota::cli

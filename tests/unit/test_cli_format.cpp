@@ -63,3 +63,20 @@ TEST_CASE("cli: tables pad columns, align numbers right, neuter control bytes", 
   CHECK(e == "N      X\n?[2Jé  1\n");
   CHECK(renderTable({"A"}, {}) == "A\n");
 }
+
+TEST_CASE("cli: ids shown short, names whole; reply fields read safely", "[cli]") {
+  const std::string hex(64, 'a');
+  CHECK(displayId(hex) == "aaaaaaaaaaaa");
+  CHECK(displayId("sha256:" + hex) == "aaaaaaaaaaaa");
+  CHECK(displayId("my-volume") == "my-volume");
+  CHECK(displayId("sha256:short") == "short");
+  // As a reply parses: 7 is an unsigned number there, -1 a signed one.
+  const auto j = nlohmann::json::parse(R"({"s": "x", "n": 7, "neg": -1, "null": null})");
+  CHECK(str(j, "s") == "x");
+  CHECK(str(j, "n") == "7");
+  CHECK(str(j, "null").empty());
+  CHECK(str(j, "absent").empty());
+  CHECK(num(j, "n") == 7);
+  CHECK(num(j, "neg") == 0);
+  CHECK(num(j, "s") == 0);
+}
