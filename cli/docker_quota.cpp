@@ -28,7 +28,6 @@ using json = nlohmann::json;
 using namespace dockquota::cli;
 
 constexpr const char* kDefaultSocket = "/run/dockquota/user.sock";
-enum Exit { kOk = 0, kRefused = 1, kUsage = 2, kUnreachable = 3 };
 
 const char* kUsageText =
     "Usage:  docker quota [ls | events] [OPTIONS]\n"

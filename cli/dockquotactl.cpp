@@ -30,8 +30,6 @@ namespace {
 using json = nlohmann::json;
 using namespace dockquota::cli;
 
-enum Exit { kOk = 0, kRefused = 1, kUsage = 2, kUnreachable = 3 };
-
 const char* kUsageText =
     "Usage: dockquotactl [--config FILE] [--url URL] [--key-file FILE] [--json] COMMAND [ARGS]\n"
     "\n"

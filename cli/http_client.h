@@ -7,6 +7,9 @@
 
 namespace dockquota::cli {
 
+// Both clients' exit codes, as their --help and the README document them.
+enum Exit { kOk = 0, kRefused = 1, kUsage = 2, kUnreachable = 3 };
+
 struct HttpTarget {
   std::string base_url = "http://localhost";  // scheme://host[:port]; the host is ignored on a unix socket
   std::string unix_socket;                    // "" = TCP
