@@ -14,7 +14,6 @@
 #include "agent/delivery/mailer.h"
 
 #include <curl/curl.h>
-#include <openssl/evp.h>
 #include <time.h>
 
 #include <algorithm>
@@ -27,6 +26,7 @@
 #include <random>
 #include <string_view>
 
+#include "agent/base/base64.h"
 #include "agent/base/clock.h"
 #include "agent/base/log.h"
 #include "agent/base/short_id.h"
@@ -475,21 +475,6 @@ std::string curlText(CURLcode rc, const char* errbuf) {
 
 }  // namespace
 
-std::string base64Encode(std::string_view in) {
-  // EVP_EncodeBlock takes an int length: long input goes in pieces of whole
-  // 3-byte groups, so no padding lands in the middle.
-  constexpr size_t kPiece = 3 << 10;
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  unsigned char buf[kPiece / 3 * 4 + 1];  // + the NUL EVP_EncodeBlock writes
-  for (size_t i = 0; i < in.size(); i += kPiece) {
-    const size_t n = std::min(kPiece, in.size() - i);
-    const int len = EVP_EncodeBlock(buf, reinterpret_cast<const unsigned char*>(in.data() + i), static_cast<int>(n));
-    out.append(reinterpret_cast<const char*>(buf), static_cast<size_t>(len));
-  }
-  return out;
-}
-
 // --- addresses -------------------------------------------------------------------
 
 bool validMailAddress(const std::string& a) {
@@ -679,24 +664,6 @@ Status SmtpMailer::send(const std::string& to, const std::string& message) {
 }
 
 // --- composeMail -----------------------------------------------------------------
-
-std::string humanBytes(uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  if (bytes < 1024) return std::to_string(bytes) + " bytes";
-  double v = static_cast<double>(bytes);
-  size_t u = 0;
-  while (v >= 1024 && u + 1 < std::size(kUnits)) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  // Truncated, not rounded: 99.97% of a GiB must not print as "100.0 GiB" next to a 100 GiB limit.
-  if (v < 100)
-    std::snprintf(buf, sizeof buf, "%.1f %s", std::floor(v * 10) / 10, kUnits[u]);
-  else
-    std::snprintf(buf, sizeof buf, "%.0f %s", std::floor(v), kUnits[u]);
-  return buf;
-}
 
 Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& events) {
   if (!validMailAddress(info.to))

@@ -30,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/base/human_bytes.h"  // humanBytes(), for the mails' text
 #include "agent/base/backoff.h"
 #include "agent/base/result.h"
 #include "agent/base/worker.h"
@@ -40,10 +41,6 @@ namespace dockquota {
 // send()'s error code when the server refused the recipient for good (a 5xx
 // reply to RCPT TO): retrying cannot help. Every other error is worth a retry.
 constexpr int kMailRecipientRefused = EADDRNOTAVAIL;
-
-// RFC 4648 base64 with padding (OpenSSL's EVP_EncodeBlock), no line breaks:
-// the text of RFC 2047 encoded words in headers.
-std::string base64Encode(std::string_view in);
 
 // A plain addr-spec, "local@domain": no display name, no quoting, no comments,
 // at most 254 bytes; the local part is RFC 5322 atext and dots, the domain is
@@ -112,9 +109,6 @@ struct MailInfo {
 // stripped of control characters; an invalid `to` or `from` is EINVAL, as is
 // a list without any of those four types.
 Result<std::string> composeMail(const MailInfo& info, const std::vector<Event>& events);
-
-// "9.3 GiB": binary units, one decimal below 100 of a unit.
-std::string humanBytes(uint64_t bytes);
 
 // The address for a user: the explicit map wins, else the template with
 // "{user}" and "{uid}" replaced, else none.

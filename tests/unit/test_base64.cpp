@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// base64Encode (the text of RFC 2047 encoded words) against RFC 4648.
+// base64 (agent/base/base64.h): the mailer's encoded words, the API's Basic
+// credentials, Docker's authorization-plugin bodies; against RFC 4648.
 #include <catch2/catch.hpp>
 
 #include <string>
 #include <string_view>
 
-#include "agent/delivery/mailer.h"
+#include "agent/base/base64.h"
 
 using namespace dockquota;
 using namespace std::string_view_literals;
@@ -41,4 +42,27 @@ TEST_CASE("base64Encode: long input, across the pieces it is encoded in", "[mail
   const std::string long_one = base64Encode(std::string(100000, 'x'));
   CHECK(long_one.size() == (100000 + 2) / 3 * 4);
   CHECK(long_one.find_first_of("\r\n") == std::string::npos);
+}
+
+TEST_CASE("base64Decode: RFC 4648 vectors and round trips across pieces", "[base64]") {
+  CHECK(base64Decode("") == std::string());
+  CHECK(base64Decode("Zg==") == std::string("f"));
+  CHECK(base64Decode("Zm8=") == std::string("fo"));
+  CHECK(base64Decode("Zm9vYmFy") == std::string("foobar"));
+  CHECK(base64Decode("AA==") == std::string("\0", 1));
+  for (size_t n : {0, 1, 2, 3, 3071, 3072, 3073, 9001, 100000}) {
+    std::string raw(n, '\0');
+    for (size_t i = 0; i < n; i++) raw[i] = static_cast<char>(i * 131 + 7);
+    INFO(n);
+    CHECK(base64Decode(base64Encode(raw)) == raw);
+  }
+}
+
+TEST_CASE("base64Decode: refuses what is not whole padded base64", "[base64]") {
+  CHECK_FALSE(base64Decode("Zg="));        // not a multiple of 4
+  CHECK_FALSE(base64Decode("Zg=a"));       // '=' inside
+  CHECK_FALSE(base64Decode("QQ==QQ=="));   // padding in the middle
+  CHECK_FALSE(base64Decode("Z==="));       // three '='
+  CHECK_FALSE(base64Decode("Zm9v!mFy"));   // outside the alphabet
+  CHECK_FALSE(base64Decode("Zm9v\nmFy"));  // no line breaks
 }
