@@ -8,6 +8,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -297,6 +298,7 @@ struct HttpServer::Loop {
     std::unique_ptr<httplib::Request> req;
     PeerCred cred;
     size_t body_need = 0, reserved = 0;
+    bool discard = false;  // the body is dropped as it comes (options.discard_body)
     uint32_t interest = 0;
     ~Conn() {
       if (ssl) SSL_free(ssl);
@@ -392,6 +394,23 @@ struct HttpServer::Loop {
     return {};
   }
 
+  // A socket systemd made and listens on for us (socket activation): it
+  // outlives this process, so connections made while we restart wait in its
+  // backlog instead of failing.
+  Result<int> adoptListener() {
+    int accepting = 0;
+    socklen_t len = sizeof accepting;
+    if (getsockopt(opt.listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0 || !accepting)
+      return Error{
+          EINVAL, std::string(kSub) + ": inherited fd " + std::to_string(opt.listen_fd) + " is not a listening socket"};
+    const int flags = fcntl(opt.listen_fd, F_GETFL);
+    if (flags < 0 || fcntl(opt.listen_fd, F_SETFL, flags | O_NONBLOCK) != 0 ||
+        fcntl(opt.listen_fd, F_SETFD, FD_CLOEXEC) != 0)
+      return osError(errno, std::string(kSub) + ": inherited listening socket");
+    listen_fd = opt.listen_fd;
+    return 0;
+  }
+
   Result<int> bindUnix() {
     const std::string where = std::string(kSub) + ": cannot listen on " + opt.unix_path;
     sockaddr_un sa{};
@@ -417,6 +436,7 @@ struct HttpServer::Loop {
   }
 
   Result<int> bindListen() {
+    if (opt.listen_fd >= 0) return adoptListener();
     if (!opt.unix_path.empty()) return bindUnix();
     const std::string where = opt.address + ":" + std::to_string(opt.port);
     addrinfo hints{};
@@ -897,11 +917,13 @@ struct HttpServer::Loop {
         if (i && l != length) return reject(c, 400, "conflicting Content-Length", M::kRejectBadRequest);
         length = l;
       }
-      if (length > opt.max_body_bytes)
+      c.discard = opt.discard_body && opt.discard_body(*req);
+      if (length > opt.max_body_bytes && !c.discard)
         return reject(c, 413, "request body too large", M::kRejectBodyTooLarge);  // as httplib said it
-      if (buffered + length > opt.max_buffered_bytes) return reject(c, 503, "server busy, retry", M::kRejectBusy);
-      buffered += length;
-      c.reserved = length;
+      if (!c.discard && buffered + length > opt.max_buffered_bytes)
+        return reject(c, 503, "server busy, retry", M::kRejectBusy);
+      if (!c.discard) buffered += length;
+      c.reserved = c.discard ? 0 : length;
       c.body_need = length;
       c.req = std::move(req);
       c.phase = Phase::Body;
@@ -911,7 +933,14 @@ struct HttpServer::Loop {
         if (!flush(c) || !alive(id)) return false;
       }
     }
-    if (c.phase == Phase::Body) {
+    if (c.phase == Phase::Body && c.discard) {
+      const size_t take = std::min(c.in.size(), c.body_need);
+      c.in.erase(0, take);
+      c.body_need -= take;
+      if (c.body_need > 0) return true;
+      c.discard = false;
+      dispatch(c);
+    } else if (c.phase == Phase::Body) {
       if (c.in.size() < c.body_need) return true;
       c.req->body.assign(c.in, 0, c.body_need);
       c.in.erase(0, c.body_need);

@@ -69,6 +69,13 @@ struct HttpServerOptions {
   size_t max_head_bytes = 16 << 10;
   size_t max_body_bytes = 1 << 20;
   size_t max_buffered_bytes = 32 << 20;
+  // Requests whose body the handler never reads (Docker's AuthZRes carries
+  // every JSON response, of any size): when this says so after the head, the
+  // body is read and dropped, whatever its length, and the handler sees none.
+  std::function<bool(const httplib::Request& head)> discard_body = {};
+  // An inherited listening socket (systemd socket activation) instead of
+  // binding one: used as is and never unlinked. -1: bind.
+  int listen_fd = -1;
 };
 
 // Who is at the other end of a unix-socket connection, as the kernel says

@@ -21,6 +21,7 @@
 #include "agent/store/billing.h"
 #include "api/growth_api.h"
 #include "api/metrics.h"
+#include "app/systemd.h"
 
 namespace dockquota {
 namespace {
@@ -29,34 +30,6 @@ using json = nlohmann::json;
 constexpr const char* kSub = "dockquotad";
 constexpr auto kRefreshEvery = std::chrono::seconds(30);
 constexpr auto kSweepEvery = std::chrono::seconds(5);
-
-// systemd Type=notify without libsystemd: one datagram to $NOTIFY_SOCKET.
-void sdNotify(const char* state) {
-  const char* path = getenv("NOTIFY_SOCKET");
-  if (!path || (path[0] != '/' && path[0] != '@')) return;
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
-  if (path[0] == '@') sa.sun_path[0] = '\0';
-  sendto(fd, state, strlen(state), 0, reinterpret_cast<sockaddr*>(&sa), offsetof(sockaddr_un, sun_path) + strlen(path));
-  close(fd);
-}
-
-// The interval at which to send WATCHDOG=1: half of $WATCHDOG_USEC, as
-// sd_watchdog_enabled(3) advises; zero when systemd set no watchdog for us
-// (WatchdogSec= unset, or $WATCHDOG_PID names another process).
-std::chrono::milliseconds watchdogInterval() {
-  const char* usec = getenv("WATCHDOG_USEC");
-  if (!usec || !*usec) return std::chrono::milliseconds(0);
-  if (const char* pid = getenv("WATCHDOG_PID"); pid && *pid && strtoll(pid, nullptr, 10) != getpid())
-    return std::chrono::milliseconds(0);
-  char* end = nullptr;
-  const unsigned long long us = strtoull(usec, &end, 10);
-  if (*end != '\0' || us == 0) return std::chrono::milliseconds(0);
-  return std::chrono::milliseconds(std::max<unsigned long long>(us / 2000, 1));
-}
 
 std::string kernelRelease() {
   utsname u;
@@ -71,6 +44,8 @@ App::~App() { stop(); }
 
 Result<std::unique_ptr<App>> App::create(Config config) {
   std::unique_ptr<App> app(new App(std::move(config)));
+  // First of all: Docker waits for its authorization plugin on every request.
+  if (auto st = app->startAuthz(); !st) return st.error();
   if (auto st = app->openStore(); !st) return st.error();
   app->docker_ = std::make_unique<DockerClient>(app->config_.docker_socket);
   App* a = app.get();
@@ -98,6 +73,26 @@ Status App::openStore() {
   return {};
 }
 
+// Served before anything else is built (it allows everything until wire()
+// gives it the admission stage), so a restart blocks Docker for as short a
+// time as can be; under systemd on the socket unit's socket (socket activation).
+Status App::startAuthz() {
+  if (config_.admission != "on") return {};
+  AuthzPluginOptions o;
+  o.path = config_.admission_socket;
+  o.listen_fd = inheritedSocket("authz");
+  o.fail_closed = config_.admission_fail_closed;
+  if (o.listen_fd < 0) {
+    // Docker looks for plugins' sockets in /run/docker/plugins.
+    const std::string dir = std::filesystem::path(o.path).parent_path();
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return Error{ec.value(), "authz plugin: cannot make " + dir + ": " + ec.message()};
+  }
+  authz_ = std::make_unique<AuthzPlugin>(o);
+  return authz_->start();
+}
+
 uint32_t App::billedCreator(uint32_t uid, uint32_t loginuid) const {
   Evidence ev;
   ev.uid = uid;
@@ -121,6 +116,19 @@ void App::attachProbes() {
           .on_create_sent =
               [this](uint32_t uid, uint32_t loginuid) {
                 if (projects_) projects_->prepareUser(billedCreator(uid, loginuid));
+              },
+          // Admission pairs Docker's plugin calls with these (under tracker_mu_, as the matcher needs).
+          .on_request_head =
+              [this](uint64_t conn_id, const HttpRequest& req, uint32_t uid, uint32_t loginuid) {
+                if (authz_) matcher_.onHead(conn_id, req, Sender{uid, loginuid}, req.first_ns);
+              },
+          .on_request_done =
+              [this](uint64_t conn_id, const HttpRequest& req) {
+                if (authz_) matcher_.onDone(conn_id, req);
+              },
+          .on_request_answered =
+              [this](uint64_t conn_id, const HttpRequest& req) {
+                if (authz_) matcher_.onAnswered(conn_id, req);
               },
       },
       ConnTracker::kMaxConnections, size_t{config_.tracker_memory_mib} << 20);
@@ -269,8 +277,45 @@ void App::wire() {
     if (auto h = quota_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
     if (user_api_) user_api_->renderMetrics(out);
   };
+  wireAdmission();
   quota_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
   quota_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
+}
+
+// From here on the plugin judges: who sent a request is the matcher's word
+// (the ring drained first: the request's event may still wait in it), what
+// they use and may use the user socket's view.
+void App::wireAdmission() {
+  if (!authz_) return;
+  admission_ctx_ = std::make_unique<UserApiContext>(UserApiContext{quota_->context(), nullptr});
+  AdmissionOptions o;
+  o.share = config_.admission_share_percent / 100.0;
+  o.fail_closed = config_.admission_fail_closed;
+  o.match_timeout = std::chrono::milliseconds(config_.admission_match_timeout_ms);
+  admission_ = std::make_unique<Admission>(
+      o, Admission::Hooks{
+             .match =
+                 [this](std::string_view method, std::string_view uri, const std::optional<std::string>& body,
+                        bool last_try) {
+                   std::lock_guard<std::mutex> l(tracker_mu_);
+                   consumeProbes();
+                   return matcher_.match(method, uri, body, monotonicNs(), last_try);
+                 },
+             .billed = [this](const Sender& s) { return billedCreator(s.uid, s.loginuid); },
+             .figures =
+                 [this](uint32_t uid) {
+                   const UserView v = userView(*admission_ctx_, uid);
+                   return AdmissionFigures{v.usage, v.limit, quota_->context().users.name(uid)};
+                 },
+         });
+  authz_->setAdmission(admission_.get());
+  auto& more = quota_->context().more_metrics;
+  more = [prev = more, this](std::string& out) {
+    if (prev) prev(out);
+    authz_->renderMetrics(out);
+    std::lock_guard<std::mutex> l(tracker_mu_);
+    promMatcherStats(out, matcher_.stats());
+  };
 }
 
 // The create's request event may still wait in the ring (consumed on a
@@ -420,6 +465,9 @@ void App::stop() {
   if (stopped_) return;
   stopped_ = true;
   if (started_) sdNotify("STOPPING=1");
+  // Judging stops first (it reads what is torn down next); the socket is
+  // still answered, allowing, until the very end.
+  if (authz_) authz_->setAdmission(nullptr);
   if (user_api_) user_api_->stop();
   if (api_) api_->stop();
   if (enforcement_) enforcement_->stop();
@@ -428,6 +476,7 @@ void App::stop() {
   if (attributor_) attributor_->stop();
   if (quota_) quota_->stop();
   if (store_) store_->objects().setOwnerListener(nullptr);  // it points into what is torn down next
+  if (authz_) authz_->stop();
   if (started_) LOG_NOTICE(kSub, "stopped");
 }
 
@@ -493,6 +542,12 @@ json App::health() {
   if (enforcement_) take("enforcement", enforcement_->health());
   if (quota_) take("quota_devices", quota_->devicesHealth());
   if (user_api_) take("user_socket", user_api_->health());
+  if (authz_) {
+    Health a = authz_->health();
+    std::lock_guard<std::mutex> l(tracker_mu_);
+    a.report["matcher"] = matcherJson(matcher_.stats());
+    take("admission", std::move(a));
+  }
   h["kernel"] = kernel_;
   h["degraded"] = reasons;
   h["status"] = reasons.empty() ? "ok" : "degraded";

@@ -19,6 +19,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/admission/admission.h"
+#include "agent/admission/request_matcher.h"
 #include "agent/attribution/attributor.h"
 #include "agent/base/result.h"
 #include "agent/capture/conn_tracker.h"
@@ -28,6 +30,7 @@
 #include "agent/runtime/docker_client.h"
 #include "agent/store/store.h"
 #include "agent/usage/growth_monitor.h"
+#include "api/authz_plugin.h"
 #include "api/http_api.h"
 #include "api/user_api.h"
 #include "app/config.h"
@@ -61,6 +64,8 @@ class App {
   void attachGrowth();
   Status buildServices();
   Status startUserSocket();
+  Status startAuthz();
+  void wireAdmission();
   void wire();
   void consumeProbes();                   // under tracker_mu_
   std::optional<uint32_t> soleCreator();  // the one user with container creates pending
@@ -101,6 +106,12 @@ class App {
   // Last: it reads quota_ and enforcement_, so it goes first.
   std::unique_ptr<UserApiContext> user_ctx_;
   std::unique_ptr<UserApi> user_api_;  // when config_.user_socket is set
+  // Admission control (config_.admission "on"): the plugin socket is served
+  // from create() on; the matcher is fed by the tracker, under tracker_mu_.
+  std::unique_ptr<AuthzPlugin> authz_;
+  RequestMatcher matcher_;
+  std::unique_ptr<UserApiContext> admission_ctx_;
+  std::unique_ptr<Admission> admission_;
   bool started_ = false, stopped_ = false;
 };
 

@@ -137,6 +137,16 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"http_request_timeout_s", uintKey(origin, "http_request_timeout_s", &Config::http_request_timeout_s, 1, 300)},
       {"http_idle_timeout_s", uintKey(origin, "http_idle_timeout_s", &Config::http_idle_timeout_s, 1, 3600)},
       {"user_socket", stringKey(origin, "user_socket", &Config::user_socket, /*nonempty=*/false)},
+      {"admission", stringKey(origin, "admission", &Config::admission)},
+      {"admission_socket", stringKey(origin, "admission_socket", &Config::admission_socket)},
+      // 1%: refuse almost at once (a host nearly full); 100%: at the limit.
+      {"admission_share_percent",
+       uintKey(origin, "admission_share_percent", &Config::admission_share_percent, 1, 100)},
+      {"admission_fail_closed", boolKey(origin, "admission_fail_closed", &Config::admission_fail_closed)},
+      // 10 ms: the probe's poll interval; 10 s: every judged request would wait
+      // that long when the probe is down (Docker waits for the plugin).
+      {"admission_match_timeout_ms",
+       uintKey(origin, "admission_match_timeout_ms", &Config::admission_match_timeout_ms, 10, 10000)},
       {"docker_socket", stringKey(origin, "docker_socket", &Config::docker_socket)},
       {"watch_sockets", pathListKey(origin, "watch_sockets", &Config::watch_sockets)},
       {"docker_binaries", pathListKey(origin, "docker_binaries", &Config::docker_binaries)},
@@ -283,6 +293,10 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   if (!c.user_socket.empty() && (c.user_socket[0] != '/' || c.user_socket.size() > 107)) {
     return keyError(origin, "user_socket", "must be an absolute path of at most 107 bytes, or \"\" for none");
   }
+  if (c.admission_socket.empty() || c.admission_socket[0] != '/' || c.admission_socket.size() > 107) {
+    return keyError(origin, "admission_socket", "must be an absolute path of at most 107 bytes");
+  }
+  if (auto err = oneOf(origin, "admission", c.admission, {"off", "on"})) return *err;
   if (!c.docker_data_root.empty() && c.docker_data_root[0] != '/') {
     return keyError(origin, "docker_data_root", "must be an absolute path");
   }

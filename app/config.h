@@ -28,6 +28,13 @@ struct Config {
   // The per-user socket (api/user_api.h; README "Users see their own quota"):
   // read-only, mode 0666, no key; "" = off.
   std::string user_socket = "/run/dockquota/user.sock";
+  // Admission control (agent/admission, api/authz_plugin.h; README "Admission
+  // control"): Docker's authorization plugin protocol on admission_socket.
+  std::string admission = "off";  // off | on
+  std::string admission_socket = "/run/docker/plugins/dockquota.sock";
+  uint32_t admission_share_percent = 100;  // refuse at this share of a user's limit
+  bool admission_fail_closed = false;      // refuse what cannot be paired with its sender
+  uint32_t admission_match_timeout_ms = 500;
   // Docker
   std::string docker_socket = "/var/run/docker.sock";  // the agent's own API client
   std::vector<std::string> watch_sockets = {"/var/run/docker.sock", "/run/docker.sock"};

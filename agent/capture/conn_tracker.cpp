@@ -126,34 +126,40 @@ ConnTracker::Conn& ConnTracker::open(const dsock_event& ev) {
     if (ci.exe.empty() && ev.type == DSOCK_EV_CONNECT)
       ci.exe.assign(reinterpret_cast<const char*>(ev.data), ev.cap_len);
   }
-  c.http = std::make_unique<HttpConnection>(
-      [this, conn_id](const HttpExchange& x) { deliver(conn_id, x); },
-      [this, conn_id](const HttpRequest& req) {
-        auto it = conns_.find(conn_id);
-        if (it == conns_.end()) return;
-        if (req.method == "POST" && req.path == "/containers/create") {
-          const HttpSender& s = req.sender;
-          const ClientInfo& ci = it->second.client;
-          creates_[conn_id] = {s.known ? s.uid : ci.uid, s.known ? s.loginuid : ci.loginuid, req.first_ns};
-          if (hooks_.on_create_sent) hooks_.on_create_sent(creates_[conn_id].uid, creates_[conn_id].loginuid);
-        }
-        // Uploads (build contexts, image loads) can be gigabytes that
-        // attribution never reads: stop copying them for this turn.
-        if (!uploadBodyIsIrrelevant(req)) return;
-        closed_.muted_uploads++;
-        it->second.ctl.mute_tx_turn = it->second.turn;
-        control(conn_id, it->second);
-      },
-      [this, conn_id](const HttpRequest& req, const HttpResponse& resp) {
-        // Downloads (image saves, exports, logs) fill the ring buffer as
-        // fast as uploads, and no response body of an unrecognised call is
-        // read: stop copying until the client's next request.
-        auto it = conns_.find(conn_id);
-        if (it == conns_.end() || !downloadBodyIsIrrelevant(req, resp)) return;
-        closed_.muted_downloads++;
-        it->second.ctl.mute_rx_turn = it->second.turn;
-        control(conn_id, it->second);
-      });
+  c.http = std::make_unique<HttpConnection>([this, conn_id](const HttpExchange& x) { deliver(conn_id, x); },
+                                            [this, conn_id](const HttpRequest& req) {
+                                              auto it = conns_.find(conn_id);
+                                              if (it == conns_.end()) return;
+                                              const HttpSender& s = req.sender;
+                                              const ClientInfo& ci = it->second.client;
+                                              const uint32_t uid = s.known ? s.uid : ci.uid,
+                                                             loginuid = s.known ? s.loginuid : ci.loginuid;
+                                              if (hooks_.on_request_head)
+                                                hooks_.on_request_head(conn_id, req, uid, loginuid);
+                                              if (req.method == "POST" && req.path == "/containers/create") {
+                                                creates_[conn_id] = {uid, loginuid, req.first_ns};
+                                                if (hooks_.on_create_sent) hooks_.on_create_sent(uid, loginuid);
+                                              }
+                                              // Uploads (build contexts, image loads) can be gigabytes that
+                                              // attribution never reads: stop copying them for this turn.
+                                              if (!uploadBodyIsIrrelevant(req)) return;
+                                              closed_.muted_uploads++;
+                                              it->second.ctl.mute_tx_turn = it->second.turn;
+                                              control(conn_id, it->second);
+                                            },
+                                            [this, conn_id](const HttpRequest& req, const HttpResponse& resp) {
+                                              // Downloads (image saves, exports, logs) fill the ring buffer as
+                                              // fast as uploads, and no response body of an unrecognised call is
+                                              // read: stop copying until the client's next request.
+                                              auto it = conns_.find(conn_id);
+                                              if (it == conns_.end() || !downloadBodyIsIrrelevant(req, resp)) return;
+                                              closed_.muted_downloads++;
+                                              it->second.ctl.mute_rx_turn = it->second.turn;
+                                              control(conn_id, it->second);
+                                            },
+                                            [this, conn_id](const HttpRequest& req) {
+                                              if (hooks_.on_request_done) hooks_.on_request_done(conn_id, req);
+                                            });
   closed_.connections++;
   by_fd_[fdKey(ev.tgid, ev.fd)] = conn_id;
   return conns_[conn_id] = std::move(c);
@@ -184,6 +190,7 @@ void ConnTracker::deliver(uint64_t conn_id, const HttpExchange& x) {
   if (x.request.method == "POST" && x.request.path == "/containers/create") creates_.erase(conn_id);
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
+  if (hooks_.on_request_answered) hooks_.on_request_answered(conn_id, x.request);
   auto call = recognize(x);
   LOG_DEBUG(kSub, "conn %llx: %s %s -> %d%s%s", static_cast<unsigned long long>(conn_id), x.request.method.c_str(),
             x.request.target.c_str(), x.response.status, call ? " (recognised)" : "",

@@ -83,6 +83,13 @@ class ConnTracker {
     std::function<bool(uint32_t tgid, uint32_t fd, uint64_t ino)> alive;
     // A container create was sent (its head seen), before Docker acts on it.
     std::function<void(uint32_t uid, uint32_t loginuid)> on_create_sent;  // may be empty
+    // Every request head as it is seen, with who sent it, and every request
+    // once whole (its body as far as captured): admission (agent/admission)
+    // matches Docker's authorization-plugin calls to them. May be empty.
+    std::function<void(uint64_t conn_id, const HttpRequest&, uint32_t uid, uint32_t loginuid)> on_request_head;
+    std::function<void(uint64_t conn_id, const HttpRequest&)> on_request_done;
+    // Docker's answer to a request was seen (every exchange, recognised or not).
+    std::function<void(uint64_t conn_id, const HttpRequest&)> on_request_answered;  // may be empty
   };
   static constexpr size_t kMaxConnections = 16384;  // as the kernel's conns map
   static constexpr size_t kMaxExecs = 4096;

@@ -145,49 +145,6 @@ std::string mediaType(std::string_view v) {
   return out;
 }
 
-// Splits the target into path (decoded, version prefix removed), api_version and query.
-void parseTarget(HttpRequest& r) {
-  std::string_view t = r.target;
-  // Absolute-form ("POST http://d/v1.41/containers/create"): Go accepts it and
-  // routes on the path, so we must too.
-  for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
-    if (istartsWith(t, scheme)) {
-      t.remove_prefix(scheme.size());
-      size_t slash = t.find_first_of("/?");
-      t = slash == std::string_view::npos ? std::string_view("/") : t.substr(slash);
-      break;
-    }
-  }
-  size_t q = t.find('?');
-  std::string_view raw_path = t.substr(0, q);
-  std::string_view raw_query = q == std::string_view::npos ? std::string_view() : t.substr(q + 1);
-
-  // dockerd's router matches the decoded path, so "/v1.41%2Fcontainers/create" is a
-  // create too: decode first, then strip the version ("/v{version:[0-9.]+}").
-  std::string path = percentDecode(raw_path, false);
-  if (path.size() > 2 && path[0] == '/' && path[1] == 'v') {
-    size_t end = 2;
-    while (end < path.size() && ((path[end] >= '0' && path[end] <= '9') || path[end] == '.')) ++end;
-    if (end > 2 && end < path.size() && path[end] == '/') {
-      r.api_version = path.substr(2, end - 2);
-      path.erase(0, end);
-    }
-  }
-  r.path = std::move(path);
-
-  // Go's url.ParseQuery: '&'-separated; pairs containing ';' are rejected (Go >= 1.17).
-  while (!raw_query.empty()) {
-    size_t amp = raw_query.find('&');
-    std::string_view pair = raw_query.substr(0, amp);
-    raw_query = amp == std::string_view::npos ? std::string_view() : raw_query.substr(amp + 1);
-    if (pair.empty() || pair.find(';') != std::string_view::npos) continue;
-    size_t eq = pair.find('=');
-    std::string key = percentDecode(pair.substr(0, eq), true);
-    std::string value = eq == std::string_view::npos ? std::string() : percentDecode(pair.substr(eq + 1), true);
-    r.query.emplace(std::move(key), std::move(value));
-  }
-}
-
 // Go's net/http request line: METHOD SP request-target SP HTTP/1.x. Without
 // `r`, only checks it.
 bool parseRequestLine(std::string_view line, HttpRequest* r) {
@@ -331,6 +288,48 @@ void trimTail(std::string& tail) {
 
 }  // namespace
 
+void parseTarget(HttpRequest& r) {
+  std::string_view t = r.target;
+  // Absolute-form ("POST http://d/v1.41/containers/create"): Go accepts it and
+  // routes on the path, so we must too.
+  for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
+    if (istartsWith(t, scheme)) {
+      t.remove_prefix(scheme.size());
+      size_t slash = t.find_first_of("/?");
+      t = slash == std::string_view::npos ? std::string_view("/") : t.substr(slash);
+      break;
+    }
+  }
+  size_t q = t.find('?');
+  std::string_view raw_path = t.substr(0, q);
+  std::string_view raw_query = q == std::string_view::npos ? std::string_view() : t.substr(q + 1);
+
+  // dockerd's router matches the decoded path, so "/v1.41%2Fcontainers/create" is a
+  // create too: decode first, then strip the version ("/v{version:[0-9.]+}").
+  std::string path = percentDecode(raw_path, false);
+  if (path.size() > 2 && path[0] == '/' && path[1] == 'v') {
+    size_t end = 2;
+    while (end < path.size() && ((path[end] >= '0' && path[end] <= '9') || path[end] == '.')) ++end;
+    if (end > 2 && end < path.size() && path[end] == '/') {
+      r.api_version = path.substr(2, end - 2);
+      path.erase(0, end);
+    }
+  }
+  r.path = std::move(path);
+
+  // Go's url.ParseQuery: '&'-separated; pairs containing ';' are rejected (Go >= 1.17).
+  while (!raw_query.empty()) {
+    size_t amp = raw_query.find('&');
+    std::string_view pair = raw_query.substr(0, amp);
+    raw_query = amp == std::string_view::npos ? std::string_view() : raw_query.substr(amp + 1);
+    if (pair.empty() || pair.find(';') != std::string_view::npos) continue;
+    size_t eq = pair.find('=');
+    std::string key = percentDecode(pair.substr(0, eq), true);
+    std::string value = eq == std::string_view::npos ? std::string() : percentDecode(pair.substr(eq + 1), true);
+    r.query.emplace(std::move(key), std::move(value));
+  }
+}
+
 std::string HttpRequest::header(std::string_view name) const {
   const HttpHeader* h = findHeader(headers, name);
   return h ? h->value : std::string();
@@ -390,14 +389,17 @@ struct HttpConnection::Impl {
     bool doubt = false;  // the request side lost bytes: doubt, unless they were stream data
   };
 
-  Impl(ExchangeSink on_exchange, RequestHeadSink on_head, ResponseHeadSink on_response_head)
+  Impl(ExchangeSink on_exchange, RequestHeadSink on_head, ResponseHeadSink on_response_head,
+       RequestDoneSink on_request_done)
       : on_exchange_(std::move(on_exchange)),
         on_request_head_(std::move(on_head)),
-        on_response_head_(std::move(on_response_head)) {}
+        on_response_head_(std::move(on_response_head)),
+        on_request_done_(std::move(on_request_done)) {}
 
   ExchangeSink on_exchange_;
   RequestHeadSink on_request_head_;
   ResponseHeadSink on_response_head_;
+  RequestDoneSink on_request_done_;
   HttpStreamStats stats_;
   Side tx_{true}, rx_{false};
   std::deque<Pending> pending_;
@@ -555,6 +557,7 @@ struct HttpConnection::Impl {
 
   void finishMessage(Side& s, uint64_t ts) {
     if (s.is_request) {
+      if (on_request_done_ && s.req) on_request_done_(*s.req);
       resetMessage(s);
       s.state = State::Idle;
       return;
@@ -1108,8 +1111,9 @@ struct HttpConnection::Impl {
 };
 
 HttpConnection::HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head,
-                               ResponseHeadSink on_response_head)
-    : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head), std::move(on_response_head))) {}
+                               ResponseHeadSink on_response_head, RequestDoneSink on_request_done)
+    : impl_(std::make_shared<Impl>(std::move(on_exchange), std::move(on_request_head), std::move(on_response_head),
+                                   std::move(on_request_done))) {}
 
 void HttpConnection::onSend(std::string_view data, uint64_t total, uint64_t ts_ns, const HttpSender* sender) {
   impl_->send(data, std::max<uint64_t>(total, data.size()), ts_ns, sender);

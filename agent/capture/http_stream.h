@@ -62,6 +62,11 @@ struct HttpRequest {
   std::string header(std::string_view name) const;
 };
 
+// Splits r.target into path (decoded, version prefix removed), api_version
+// and query, as dockerd's router reads it (the parser's own; admission judges
+// Docker's RequestURI with it, so both sides agree on what a path is).
+void parseTarget(HttpRequest& r);
+
 struct HttpResponse {
   int status = 0;
   std::string reason;
@@ -118,9 +123,12 @@ class HttpConnection {
   // a Content-Length body stays framed exactly; a chunked one loses sync until
   // the next status line.
   using ResponseHeadSink = std::function<void(const HttpRequest&, const HttpResponse&)>;
+  // Called when a request's body is complete (right after the head when it
+  // has none), before its response: the body as far as captured.
+  using RequestDoneSink = std::function<void(const HttpRequest&)>;
 
   explicit HttpConnection(ExchangeSink on_exchange, RequestHeadSink on_request_head = nullptr,
-                          ResponseHeadSink on_response_head = nullptr);
+                          ResponseHeadSink on_response_head = nullptr, RequestDoneSink on_request_done = nullptr);
 
   // Bytes the client wrote. `data` is what the probe copied; `total` is how many
   // bytes the syscall moved (total >= data.size()); the rest is a gap.

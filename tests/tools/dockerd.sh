@@ -7,6 +7,7 @@
 # No network: --bridge=none --iptables=false, so containers need --network none.
 # DQ_DOCKERD_DEBUG=1: dockerd -D, so DIR/dockerd.log has every API call and
 # containerd event with its time (test_enforce.py's timeline shows them).
+# DQ_DOCKERD_AUTHZ=NAME: dockerd --authorization-plugin NAME (test_admission.py).
 set -eu
 cmd=$1 dir=$2
 mkdir -p "$dir"
@@ -43,7 +44,7 @@ start)
   }
   wait_up containerd "$(cat "$dir/containerd.pid")" "$dir/containerd.log" \
     ctr --address "$dir/containerd.sock" --timeout 5s version
-  dockerd ${DQ_DOCKERD_DEBUG:+-D} --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
+  dockerd ${DQ_DOCKERD_DEBUG:+-D} ${DQ_DOCKERD_AUTHZ:+--authorization-plugin "$DQ_DOCKERD_AUTHZ"} --iptables=false --ip6tables=false --bridge=none --data-root "$dir/data" \
     --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" -H "unix://$sock" --containerd "$dir/containerd.sock" \
     ${group:+--group "$group"} --storage-driver overlay2 >"$dir/dockerd.log" 2>&1 &
   wait_up dockerd $! "$dir/dockerd.log" curl -sf -m 5 --unix-socket "$sock" http://d/_ping

@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "api/authz_plugin.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/base/base64.h"
+#include "agent/base/log.h"
+#include "agent/base/utf8.h"
+
+namespace dockquota {
+namespace {
+
+using json = nlohmann::json;
+constexpr const char* kSub = "authz-plugin";
+// What Docker's plugin client sends in Accept; it reads any JSON back.
+constexpr const char* kPluginMediaType = "application/vnd.docker.plugins.v1.2+json";
+
+void reply(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), kPluginMediaType);
+}
+
+// Docker reads {"Err": ...} from a plugin's non-200 answer.
+void fail(httplib::Response& res, int status, const std::string& why) { reply(res, status, {{"Err", why}}); }
+
+// Docker's field as Go's decoder finds it: the key matched without regard
+// to case (Docker writes "RequestUri" for its RequestURI), exact first.
+const json* field(const json& j, std::string_view key) {
+  if (auto it = j.find(key); it != j.end()) return &*it;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    if (k.size() == key.size() &&
+        std::equal(k.begin(), k.end(), key.begin(), [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
+      return &*it;
+  }
+  return nullptr;
+}
+
+std::string textField(const json& j, std::string_view key) {
+  const json* v = field(j, key);
+  return v && v->is_string() ? v->get<std::string>() : std::string();
+}
+
+}  // namespace
+
+AuthzPlugin::AuthzPlugin(AuthzPluginOptions options) : opt_(std::move(options)) {}
+
+AuthzPlugin::~AuthzPlugin() { stop(); }
+
+Status AuthzPlugin::start() {
+  HttpServerOptions o;
+  o.unix_path = opt_.path;
+  o.unix_mode = 0600;  // dockerd runs as root; nobody else may answer for it or ask it
+  o.listen_fd = opt_.listen_fd;
+  o.threads = opt_.threads;
+  o.max_body_bytes = opt_.max_body_bytes;
+  o.max_buffered_bytes = 4 * opt_.max_body_bytes;
+  o.max_connections = 512;
+  o.max_connections_per_peer = 512;  // one peer: dockerd
+  // Go's transport keeps idle connections for 90 s: do not make it redial.
+  o.idle_timeout = std::chrono::seconds(120);
+  o.discard_body = [](const httplib::Request& head) { return head.path == "/AuthZPlugin.AuthZRes"; };
+  http_ = std::make_unique<HttpServer>(
+      o, [this](const PeerCred&, httplib::Request& req, httplib::Response& res) { handle(req, res); }, transport_);
+  auto port = http_->start();
+  if (!port) return port.error();
+  LOG_NOTICE(kSub, "serving Docker's authorization plugin protocol on %s%s", opt_.path.c_str(),
+             opt_.listen_fd >= 0 ? " (socket from systemd)" : "");
+  return {};
+}
+
+void AuthzPlugin::stop() {
+  if (http_) http_->stop();
+}
+
+void AuthzPlugin::handle(const httplib::Request& req, httplib::Response& res) {
+  if (req.method != "POST") return fail(res, 405, "only POST");
+  if (req.path == "/Plugin.Activate") {
+    activations_++;
+    return reply(res, 200, {{"Implements", {"authz"}}});
+  }
+  if (req.path == "/AuthZPlugin.AuthZReq") return authzReq(req, res);
+  if (req.path == "/AuthZPlugin.AuthZRes") {
+    responses_++;
+    return reply(res, 200, {{"Allow", true}});
+  }
+  return fail(res, 404, "no such plugin method: " + printable(req.path, 128));
+}
+
+void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) {
+  json j = json::parse(req.body, nullptr, false);
+  if (!j.is_object()) {
+    bad_requests_++;
+    return fail(res, 400, "AuthZReq: the body is not a JSON object");
+  }
+  const std::string method = textField(j, "RequestMethod"), uri = textField(j, "RequestUri");
+  Admission* admission = admission_.load();
+  if (!admission) return starting(method, uri, res);
+  // Go encodes RequestBody ([]byte) as base64, null when Docker sent none.
+  std::optional<std::string> body;
+  if (const json* b = field(j, "RequestBody"); b && b->is_string()) body = base64Decode(b->get<std::string>());
+  const Verdict v = admission->judge(method, uri, body);
+  LOG_DEBUG(kSub, "AuthZReq %s %s (%s body): %s (%s)", printable(method, 16).c_str(), printable(uri, 256).c_str(),
+            body ? std::to_string(body->size()).c_str() : "no", v.allow ? "allow" : "refuse", v.reason);
+  json out = {{"Allow", v.allow}};
+  if (!v.allow) out["Msg"] = v.msg;
+  reply(res, 200, out);
+}
+
+// The agent is not built yet (it serves this socket first of all): what
+// admission would judge is allowed, or refused with fail_closed.
+void AuthzPlugin::starting(const std::string& method, const std::string& uri, httplib::Response& res) {
+  if (!isAdmissionRequest(method, pathOf(uri))) return reply(res, 200, {{"Allow", true}});
+  starting_++;
+  if (!opt_.fail_closed) return reply(res, 200, {{"Allow", true}});
+  reply(res, 200,
+        {{"Allow", false},
+         {"Msg",
+          "dockquota: the quota agent is starting and cannot judge this request yet, and this host refuses "
+          "such requests (admission_fail_closed). Try again in a few seconds."}});
+}
+
+Health AuthzPlugin::health() const {
+  Admission* a = admission_.load();
+  Health h = a ? a->health() : Health{};
+  h.report["socket"] = opt_.path;
+  h.report["socket_activated"] = opt_.listen_fd >= 0;
+  h.report["judged_while_starting"] = starting_.load();
+  h.report["activations"] = activations_.load();
+  h.report["responses"] = responses_.load();
+  h.report["bad_requests"] = bad_requests_.load();
+  if (bad_requests_.load())
+    h.degraded.push_back("authz plugin: " + std::to_string(bad_requests_.load()) + " call(s) were not JSON");
+  return h;
+}
+
+void AuthzPlugin::renderMetrics(std::string& out) const {
+  promHeader(out, "dockquota_admission_verdicts_total", "counter",
+             "Docker requests the authorization plugin answered, by reason (starting: before the agent could judge).");
+  promSample(out, "dockquota_admission_verdicts_total", "reason=\"starting\"", starting_.load());
+  if (Admission* a = admission_.load())
+    for (const auto& [reason, n] : a->verdictCounts())
+      promSample(out, "dockquota_admission_verdicts_total", "reason=\"" + std::string(reason) + "\"", n);
+  promHeader(out, "dockquota_admission_bad_requests_total", "counter", "Plugin calls whose body was not JSON.");
+  promSample(out, "dockquota_admission_bad_requests_total", "", bad_requests_.load());
+}
+
+json matcherJson(const MatcherStats& s) {
+  return {{"kept", s.kept},
+          {"matched", s.matched},
+          {"ambiguous", s.ambiguous},
+          {"answered_unclaimed", s.answered_unclaimed},
+          {"expired", s.expired},
+          {"dropped_user_share", s.dropped_user_share},
+          {"dropped_budget", s.dropped_budget},
+          {"uri_too_long", s.uri_too_long},
+          {"open", s.open},
+          {"bytes", s.bytes}};
+}
+
+void promMatcherStats(std::string& out, const MatcherStats& s) {
+  const char* name = "dockquota_admission_requests_total";
+  promHeader(out, name, "counter",
+             "Judged requests the docker.sock probe saw, by what became of them (kept: seen; the others: how "
+             "each left the matcher).");
+  const std::pair<const char*, uint64_t> rows[] = {{"kept", s.kept},
+                                                   {"matched", s.matched},
+                                                   {"ambiguous", s.ambiguous},
+                                                   {"answered_unclaimed", s.answered_unclaimed},
+                                                   {"expired", s.expired},
+                                                   {"dropped_user_share", s.dropped_user_share},
+                                                   {"dropped_budget", s.dropped_budget},
+                                                   {"uri_too_long", s.uri_too_long}};
+  for (const auto& [outcome, n] : rows) promSample(out, name, std::string("outcome=\"") + outcome + "\"", n);
+  promHeader(out, "dockquota_admission_requests_open", "gauge", "Judged requests waiting for Docker's plugin call.");
+  promSample(out, "dockquota_admission_requests_open", "", s.open);
+}
+
+}  // namespace dockquota
