@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <string_view>
 
@@ -105,7 +106,10 @@ void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) 
   // Go encodes RequestBody ([]byte) as base64, null when Docker sent none.
   std::optional<std::string> body;
   if (const json* b = field(j, "RequestBody"); b && b->is_string()) body = base64Decode(b->get<std::string>());
+  const auto t0 = std::chrono::steady_clock::now();
   const Verdict v = admission->judge(method, uri, body);
+  observeJudge(uint64_t(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
   LOG_DEBUG(kSub, "AuthZReq %s %s (%s body): %s (%s)", printable(method, 16).c_str(), printable(uri, 256).c_str(),
             body ? std::to_string(body->size()).c_str() : "no", v.allow ? "allow" : "refuse", v.reason);
   json out = {{"Allow", v.allow}};
@@ -126,6 +130,17 @@ void AuthzPlugin::starting(const std::string& method, const std::string& uri, ht
           "such requests (admission_fail_closed). Try again in a few seconds."}});
 }
 
+void AuthzPlugin::observeJudge(uint64_t us) {
+  for (size_t i = 0; i < std::size(kJudgeBoundsUs); i++)
+    if (us <= kJudgeBoundsUs[i]) {
+      judge_us_[i]++;
+      break;
+    }
+  uint64_t prev = judge_us_max_.load();
+  while (us > prev && !judge_us_max_.compare_exchange_weak(prev, us)) {
+  }
+}
+
 Health AuthzPlugin::health() const {
   Admission* a = admission_.load();
   Health h = a ? a->health() : Health{};
@@ -135,6 +150,12 @@ Health AuthzPlugin::health() const {
   h.report["activations"] = activations_.load();
   h.report["responses"] = responses_.load();
   h.report["bad_requests"] = bad_requests_.load();
+  // {"50": n, ..., "10000": n, "more": n}: AuthZReq judged within each bound (µs).
+  json hist = json::object();
+  for (size_t i = 0; i < std::size(kJudgeBoundsUs); i++)
+    hist[kJudgeBoundsUs[i] == UINT64_MAX ? "more" : std::to_string(kJudgeBoundsUs[i])] = judge_us_[i].load();
+  h.report["judge_us"] = hist;
+  h.report["judge_us_max"] = judge_us_max_.load();
   if (bad_requests_.load())
     h.degraded.push_back("authz plugin: " + std::to_string(bad_requests_.load()) + " call(s) were not JSON");
   return h;

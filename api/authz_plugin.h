@@ -22,6 +22,7 @@
 #pragma once
 
 #include <atomic>
+#include <iterator>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -79,6 +80,12 @@ class AuthzPlugin {
   AuthzPluginOptions opt_;
   std::atomic<Admission*> admission_{nullptr};
   std::atomic<uint64_t> starting_{0}, activations_{0}, responses_{0}, bad_requests_{0};
+  // AuthZReq handling time (Docker waits for it on every request): counts at
+  // or under each bound in microseconds, the last for anything longer.
+  static constexpr uint64_t kJudgeBoundsUs[] = {50, 100, 250, 500, 1000, 2500, 10000, UINT64_MAX};
+  std::atomic<uint64_t> judge_us_[std::size(kJudgeBoundsUs)]{};
+  std::atomic<uint64_t> judge_us_max_{0};
+  void observeJudge(uint64_t us);
   TransportMetrics transport_;
   std::unique_ptr<HttpServer> http_;
 };

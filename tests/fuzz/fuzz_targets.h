@@ -25,6 +25,7 @@ int api(const uint8_t* data, size_t size);          // fuzz-api
 int httpHead(const uint8_t* data, size_t size);     // fuzz-http-head
 int zfsOutput(const uint8_t* data, size_t size);    // fuzz-zfs-output
 int size(const uint8_t* data, size_t size);         // fuzz-size
+int authz(const uint8_t* data, size_t size);        // fuzz-authz
 
 // One client syscall as the probe reports it: `data` copied of `total` moved.
 struct Chunk {
