@@ -224,6 +224,7 @@ Status App::buildServices() {
   if (!enforcement) return enforcement.error();
   enforcement_ = std::move(*enforcement);
   installGrowthRoute(*api_, *store_, growth_.get(), config_.bill_root_to_login_uid);
+  containerd_ = openContainerd(config_, *api_);
   if (!config_.user_socket.empty()) {
     user_ctx_ = std::make_unique<UserApiContext>(UserApiContext{quota_->context(), &enforcement_->enforcer()});
     UserApiOptions o;
@@ -268,6 +269,7 @@ void App::wire() {
     promAttributionCounters(out, attributor_->health().report);
     if (auto h = quota_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
     if (user_api_) user_api_->renderMetrics(out);
+    if (containerd_) containerd_->renderMetrics(out);
   };
   quota_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
   quota_->setDiskEventsListener([e = enforcement_.get()] { e->wakeDelivery(); });
@@ -336,6 +338,9 @@ Status App::start() {
   if (growth_) growth_->start();
   quota_->start();
   enforcement_->start();
+  if (containerd_) {
+    if (auto st = containerd_->start(); !st) return st.error();
+  }
   started_ = true;
   auto port = api_->start();
   if (!port) return port.error();
@@ -423,6 +428,7 @@ void App::stop() {
   if (user_api_) user_api_->stop();
   if (api_) api_->stop();
   if (enforcement_) enforcement_->stop();
+  if (containerd_) containerd_->stop();
   if (growth_) growth_->stop();
   if (events_) events_->stop();
   if (attributor_) attributor_->stop();
@@ -459,7 +465,8 @@ json App::dockerHealth(std::vector<std::string>& reasons) {
     derr = docker_error_;
   }
   const bool connected = events_->connected();
-  if (!connected) reasons.push_back("not connected to Docker at " + config_.docker_socket);
+  if (!connected && config_.runtimeEnabled("docker"))
+    reasons.push_back("not connected to Docker at " + config_.docker_socket);
   return {{"socket", config_.docker_socket},      {"connected", connected},
           {"api_version", docker_->apiVersion()}, {"reconnects", events_->reconnects()},
           {"reconciled", reconciled_.load()},     {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
@@ -493,6 +500,11 @@ json App::health() {
   if (enforcement_) take("enforcement", enforcement_->health());
   if (quota_) take("quota_devices", quota_->devicesHealth());
   if (user_api_) take("user_socket", user_api_->health());
+  if (containerd_) {
+    Health c = containerd_->health();
+    h["runtimes"]["containerd"] = std::move(c.report);
+    reasons.insert(reasons.end(), c.degraded.begin(), c.degraded.end());
+  }
   h["kernel"] = kernel_;
   h["degraded"] = reasons;
   h["status"] = reasons.empty() ? "ok" : "degraded";

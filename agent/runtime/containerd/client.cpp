@@ -251,7 +251,8 @@ Outcome Client::listNamespace(const std::string& ns, std::vector<Item>& out) {
   auto c2 = context(ns);
   if (auto o = check(tasks_->List(c2.get(), ts::ListTasksRequest{}, &tasks), "list tasks in " + ns); !o) return o;
   std::map<std::string, const containerd::v1::types::Process*> task_of;
-  for (const auto& t : tasks.tasks()) task_of[t.container_id()] = &t;
+  // containerd 1.6 fills only `id` (the container's) in listed tasks.
+  for (const auto& t : tasks.tasks()) task_of[t.container_id().empty() ? t.id() : t.container_id()] = &t;
   for (const auto& c : containers.containers()) {
     Item it{.kind = DQ_CTRD_RECONCILE_ITEM, .ns = ns, .id = c.id()};
     fill(c, it);
