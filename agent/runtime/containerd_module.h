@@ -104,12 +104,8 @@ typedef struct dq_ctrd_stats {
   uint64_t decode_errors;    /* envelopes whose payload did not parse: lost, a reconcile follows */
   uint64_t reconciles;       /* namespaces listed */
   uint64_t rpc_errors;       /* failed unary calls (lists, gets, mounts, enforcement) */
-  uint64_t upper_resolved;   /* upper dirs found */
-  uint64_t upper_unsupported_snapshotter;
-  uint64_t upper_mounts_failed; /* Snapshots.Mounts failed */
-  uint64_t upper_no_upperdir;   /* overlayfs mounts without upperdir= (a read-only view) */
-  uint64_t upper_container_gone;
-  char last_error[512]; /* "" if none yet */
+  uint64_t upper_resolved;   /* upper dirs found (the ones not found: each event says why) */
+  char last_error[512];      /* "" if none yet */
 } dq_ctrd_stats;
 
 typedef struct dq_ctrd_config {

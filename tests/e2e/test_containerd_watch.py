@@ -361,6 +361,38 @@ def cycles(env, ctrd, n=20):
     check(set(listed(env)) == ctrd.containers(), "live set = ctr c ls after the cycles")
 
 
+def any_bytes(type_url, value):
+    """A protobuf google.protobuf.Any, encoded by hand (fields 1 and 2, length-delimited)."""
+    def field(n, b):
+        out, ln = bytes([n << 3 | 2]), len(b)
+        while ln >= 0x80:
+            out += bytes([ln & 0x7f | 0x80])
+            ln >>= 7
+        return out + bytes([ln]) + b
+    return field(1, type_url.encode()) + field(2, value)
+
+
+def undecodable_event(env, ctrd):
+    """An event containerd forwards but whose payload does not parse (published
+    with `containerd publish`, as v1 shims do): counted as lost, the stream is
+    restarted and re-listed, and /healthz recovers."""
+    c0 = ctrd_health(env)["counters"]
+    bad = any_bytes("containerd.events.TaskCreate", b"\x0a\xff\xff")  # a string field longer than the payload
+    p = subprocess.run(["containerd", "--address", ctrd.sock, "publish", "--namespace", NS, "--topic", "/tasks/create"],
+                       input=bad, capture_output=True, timeout=30)
+    check(p.returncode == 0, "containerd publish of a bad /tasks/create: %s" % p.stderr.decode().strip())
+    ok = harness.wait_for("decode error", lambda: ctrd_health(env)["counters"]["decode_errors"] > c0["decode_errors"],
+                          timeout=10)
+    check(bool(ok), "decode_errors moved")
+    ok = harness.wait_for("recovered", lambda: (lambda c: c["connected"] and c["counters"]["reconciles"] >
+                                                c0["reconciles"])(ctrd_health(env)), timeout=20)
+    check(bool(ok), "the stream was restarted and re-listed")
+    h = env.health()
+    check(not any("containerd" in r for r in h["degraded"]), "recovered: no containerd reason (%s)" % h["degraded"])
+    check((metric(env, "dockquota_containerd_decode_errors_total") or 0) >= 1, "dockquota_containerd_decode_errors_total")
+    check(set(listed(env)) == ctrd.containers(), "live set = ctr c ls after the lost event")
+
+
 def metrics_and_latency(env):
     h = ctrd_health(env)
     ev = h["watch"]["events"]
@@ -368,7 +400,8 @@ def metrics_and_latency(env):
                  "reconcile_begin", "reconcile_item", "reconcile_end"):
         v = metric(env, "dockquota_containerd_events_total", 'kind="%s"' % kind)
         check(v is not None and v > 0 and v == ev.get(kind), "dockquota_containerd_events_total{kind=%s} = %s" % (kind, v))
-    for name in ("connects", "events_received", "events_delivered", "events_ignored", "upper_dir_resolved"):
+    for name in ("connects", "reconnects", "stream_breaks", "connect_failures", "events_received", "events_delivered",
+                 "events_ignored", "decode_errors", "reconciles", "rpc_errors", "upper_dir_resolved"):
         v = metric(env, "dockquota_containerd_%s_total" % name)
         check(v is not None and v > 0, "dockquota_containerd_%s_total = %s" % (name, v))
     check((metric(env, "dockquota_containerd_hook_calls_total", 'hook="container_delete"') or 0) > 0,
@@ -416,6 +449,7 @@ def run(env):
             except AssertionError as e:
                 check(False, "%s raised: %s" % (step.__name__, e))
         cycles(env, ctrd)
+        undecodable_event(env, ctrd)
         metrics_and_latency(env)
         missing_module(env, ctrd)
     finally:

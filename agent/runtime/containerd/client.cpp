@@ -279,15 +279,15 @@ void Client::fill(const cs::Container& c, Item& it) {
 // of the same directory). Other snapshotters keep their data elsewhere
 // (native: a full copy; devmapper: a block device): not supported, counted.
 void Client::resolveUpper(const std::string& ns, Item& it) {
-  auto fail = [&](const char* reason, const std::string& why, uint64_t dq_ctrd_stats::*counter) {
+  // Counted by reason by the agent's watch (upper_dir_unresolved), from the event.
+  auto fail = [&](const char* reason, const std::string& why) {
     it.upper_reason = reason;
     it.upper_error = why;
-    count([&](dq_ctrd_stats& s) { s.*counter += 1; });
   };
   if (it.snapshotter != "overlayfs") {
     const std::string why = "unsupported snapshotter " + (it.snapshotter.empty() ? "(none)" : it.snapshotter) +
                             " for container " + ns + "/" + it.id + ": only overlayfs rootfs are watched";
-    fail("unsupported_snapshotter", why, &dq_ctrd_stats::upper_unsupported_snapshotter);
+    fail("unsupported_snapshotter", why);
     log(DQ_CTRD_LOG_WARNING, "containerd: " + why);
     return;
   }
@@ -297,7 +297,7 @@ void Client::resolveUpper(const std::string& ns, Item& it) {
   ss::MountsResponse resp;
   auto c = context(ns);
   if (auto o = check(snapshots_->Mounts(c.get(), req, &resp), "mounts of snapshot " + it.snapshot_key); !o) {
-    fail("mounts_failed", o.message, &dq_ctrd_stats::upper_mounts_failed);
+    fail("mounts_failed", o.message);
     return;
   }
   for (const auto& m : resp.mounts()) {
@@ -313,8 +313,7 @@ void Client::resolveUpper(const std::string& ns, Item& it) {
     }
   }
   if (it.upper_dir.empty()) {
-    fail("no_upperdir", "snapshot " + it.snapshot_key + " of " + ns + "/" + it.id + " has no upperdir= mount option",
-         &dq_ctrd_stats::upper_no_upperdir);
+    fail("no_upperdir", "snapshot " + it.snapshot_key + " of " + ns + "/" + it.id + " has no upperdir= mount option");
     return;
   }
   count([](dq_ctrd_stats& s) { s.upper_resolved++; });
@@ -331,12 +330,6 @@ void Client::describe(const std::string& ns, const std::string& id, Item& it, bo
     if (!resolve_upper) return;
     it.upper_reason = o.err == ENOENT ? "container_gone" : "mounts_failed";
     it.upper_error = o.message;
-    count([&](dq_ctrd_stats& s) {
-      if (o.err == ENOENT)
-        s.upper_container_gone++;
-      else
-        s.upper_mounts_failed++;
-    });
     return;
   }
   fill(resp.container(), it);
