@@ -85,6 +85,12 @@ Client::Client(const dq_ctrd_config& c)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // The event stream has no deadline (it lasts as long as containerd): a
+  // containerd that hangs without closing the socket is found by keepalive
+  // pings. 6 min: containerd's gRPC server (grpc-go defaults, no policy set)
+  // answers pings more often than every 5 min with GOAWAY "too_many_pings".
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 6 * 60 * 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
   channel_ = grpc::CreateCustomChannel("unix://" + address_, grpc::InsecureChannelCredentials(), args);
   events_ = es::Events::NewStub(channel_);
   containers_ = cs::Containers::NewStub(channel_);
@@ -159,13 +165,15 @@ Outcome Client::check(const grpc::Status& st, const std::string& what) {
 void Client::run() {
   dockquota::Backoff backoff(backoff_min_, backoff_max_);
   for (;;) {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) return;
-    }
+    if (stopping()) return;
     if (session()) backoff.reset();
     if (!waitBackoff(backoff.next())) return;
   }
+}
+
+bool Client::stopping() {
+  std::lock_guard<std::mutex> l(mu_);
+  return stopping_;
 }
 
 bool Client::waitBackoff(milliseconds d) {
@@ -254,6 +262,9 @@ Outcome Client::listNamespace(const std::string& ns, std::vector<Item>& out) {
   // containerd 1.6 fills only `id` (the container's) in listed tasks.
   for (const auto& t : tasks.tasks()) task_of[t.container_id().empty() ? t.id() : t.container_id()] = &t;
   for (const auto& c : containers.containers()) {
+    // One Snapshots.Mounts per container, each up to the call deadline if
+    // containerd hangs: stop() must not wait for all of them.
+    if (stopping()) return {ECANCELED, "containerd: stopping"};
     Item it{.kind = DQ_CTRD_RECONCILE_ITEM, .ns = ns, .id = c.id()};
     fill(c, it);
     resolveUpper(ns, it);

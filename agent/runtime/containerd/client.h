@@ -67,6 +67,7 @@ class Client {
   void run();
   bool session();  // true when a stream was established (the backoff restarts)
   bool waitBackoff(std::chrono::milliseconds d);
+  bool stopping();
   Outcome reconcileAll();
   Outcome listNamespace(const std::string& ns, std::vector<Item>& out);
   void handle(const es::Envelope& env, int64_t received_ns);
