@@ -232,6 +232,7 @@ Status App::buildServices() {
   if (!enforcement) return enforcement.error();
   enforcement_ = std::move(*enforcement);
   installGrowthRoute(*api_, *store_, growth_.get(), config_.bill_root_to_login_uid);
+  containerd_ = openContainerd(config_, *api_);
   if (!config_.user_socket.empty()) {
     user_ctx_ = std::make_unique<UserApiContext>(UserApiContext{quota_->context(), &enforcement_->enforcer()});
     UserApiOptions o;
@@ -276,6 +277,7 @@ void App::wire() {
     promAttributionCounters(out, attributor_->health().report);
     if (auto h = quota_->devicesHealth(); h.report.contains("zfs")) promZfsCounters(out, h.report["zfs"]);
     if (user_api_) user_api_->renderMetrics(out);
+    if (containerd_) containerd_->renderMetrics(out);
   };
   wireAdmission();
   quota_->setUsageListener([e = enforcement_.get()] { e->usageChanged(); });
@@ -381,6 +383,9 @@ Status App::start() {
   if (growth_) growth_->start();
   quota_->start();
   enforcement_->start();
+  if (containerd_) {
+    if (auto st = containerd_->start(); !st) return st.error();
+  }
   started_ = true;
   auto port = api_->start();
   if (!port) return port.error();
@@ -471,6 +476,7 @@ void App::stop() {
   if (user_api_) user_api_->stop();
   if (api_) api_->stop();
   if (enforcement_) enforcement_->stop();
+  if (containerd_) containerd_->stop();
   if (growth_) growth_->stop();
   if (events_) events_->stop();
   if (attributor_) attributor_->stop();
@@ -508,7 +514,8 @@ json App::dockerHealth(std::vector<std::string>& reasons) {
     derr = docker_error_;
   }
   const bool connected = events_->connected();
-  if (!connected) reasons.push_back("not connected to Docker at " + config_.docker_socket);
+  if (!connected && config_.runtimeEnabled("docker"))
+    reasons.push_back("not connected to Docker at " + config_.docker_socket);
   return {{"socket", config_.docker_socket},      {"connected", connected},
           {"api_version", docker_->apiVersion()}, {"reconnects", events_->reconnects()},
           {"reconciled", reconciled_.load()},     {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
@@ -547,6 +554,11 @@ json App::health() {
     std::lock_guard<std::mutex> l(tracker_mu_);
     a.report["matcher"] = matcherJson(matcher_.stats());
     take("admission", std::move(a));
+  }
+  if (containerd_) {
+    Health c = containerd_->health();
+    h["runtimes"]["containerd"] = std::move(c.report);
+    reasons.insert(reasons.end(), c.degraded.begin(), c.degraded.end());
   }
   h["kernel"] = kernel_;
   h["degraded"] = reasons;

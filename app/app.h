@@ -34,6 +34,7 @@
 #include "api/http_api.h"
 #include "api/user_api.h"
 #include "app/config.h"
+#include "app/containerd_wiring.h"
 #include "app/enforcement_wiring.h"
 #include "app/quota_wiring.h"
 
@@ -103,6 +104,7 @@ class App {
   ProjectQuotas* projects_ = nullptr;             // quota_'s kernel backend, when on
   UsageAccountant* measure_on_change_ = nullptr;  // no kernel usage: a create asks for a measure
   std::unique_ptr<EnforcementServices> enforcement_;
+  std::unique_ptr<ContainerdServices> containerd_;  // config runtime includes containerd
   // Last: it reads quota_ and enforcement_, so it goes first.
   std::unique_ptr<UserApiContext> user_ctx_;
   std::unique_ptr<UserApi> user_api_;  // when config_.user_socket is set

@@ -2,6 +2,7 @@
 #include "app/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <optional>
 #include <vector>
 #include <fstream>
@@ -112,7 +113,60 @@ Result<std::string> readSecret(const std::string& origin, const std::string& key
   return v;
 }
 
+// "docker", "containerd", "docker,containerd" or an array of those: a set,
+// each at most once, not empty.
+Status runtimeKey(const std::string& origin, const json& v, Config& c) {
+  const char* why = "must be \"docker\", \"containerd\", \"docker,containerd\" or an array of those";
+  std::vector<std::string> names;
+  if (v.is_string()) {
+    std::stringstream ss(v.get<std::string>());
+    for (std::string part; std::getline(ss, part, ',');) names.push_back(trim(part));
+  } else if (v.is_array()) {
+    for (const auto& e : v) {
+      if (!e.is_string()) return keyError(origin, "runtime", why);
+      names.push_back(e.get<std::string>());
+    }
+  } else {
+    return keyError(origin, "runtime", why);
+  }
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    if ((n != "docker" && n != "containerd") || std::count(out.begin(), out.end(), n))
+      return keyError(origin, "runtime", why);
+    out.push_back(n);
+  }
+  if (out.empty()) return keyError(origin, "runtime", why);
+  c.runtimes = std::move(out);
+  return {};
+}
+
+// containerd namespace names: its own rule (namespaces/validate.go), a DNS
+// label set: [A-Za-z0-9][A-Za-z0-9_.-]*, at most 76 bytes. Checked here
+// because they are sent in filters.
+bool validNamespace(const std::string& n) {
+  if (n.empty() || n.size() > 76 || !isalnum(static_cast<unsigned char>(n[0]))) return false;
+  for (char ch : n)
+    if (!isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '.' && ch != '-') return false;
+  return true;
+}
+
+Status namespacesKey(const std::string& origin, const json& v, Config& c) {
+  const char* why = "must be a non-empty array of containerd namespace names (at most 64)";
+  if (!v.is_array() || v.empty() || v.size() > 64) return keyError(origin, "containerd_namespaces", why);
+  std::vector<std::string> out;
+  for (const auto& e : v) {
+    if (!e.is_string() || !validNamespace(e.get<std::string>())) return keyError(origin, "containerd_namespaces", why);
+    if (!std::count(out.begin(), out.end(), e.get<std::string>())) out.push_back(e.get<std::string>());
+  }
+  c.containerd_namespaces = std::move(out);
+  return {};
+}
+
 }  // namespace
+
+bool Config::runtimeEnabled(const std::string& name) const {
+  return std::find(runtimes.begin(), runtimes.end(), name) != runtimes.end();
+}
 
 Result<Config> parseConfig(const std::string& text, const std::string& origin) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
@@ -150,6 +204,10 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"docker_socket", stringKey(origin, "docker_socket", &Config::docker_socket)},
       {"watch_sockets", pathListKey(origin, "watch_sockets", &Config::watch_sockets)},
       {"docker_binaries", pathListKey(origin, "docker_binaries", &Config::docker_binaries)},
+      {"runtime", [origin](const json& v, Config& c) { return runtimeKey(origin, v, c); }},
+      {"containerd_address", stringKey(origin, "containerd_address", &Config::containerd_address)},
+      {"containerd_namespaces", [origin](const json& v, Config& c) { return namespacesKey(origin, v, c); }},
+      {"containerd_module", stringKey(origin, "containerd_module", &Config::containerd_module)},
       {"database", stringKey(origin, "database", &Config::database)},
       {"capture_bytes", uintKey(origin, "capture_bytes", &Config::capture_bytes, 512, 4096)},
       {"ringbuf_kib", uintKey(origin, "ringbuf_kib", &Config::ringbuf_kib, 256, 1 << 20)},
@@ -297,6 +355,11 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
     return keyError(origin, "admission_socket", "must be an absolute path of at most 107 bytes");
   }
   if (auto err = oneOf(origin, "admission", c.admission, {"off", "on"})) return *err;
+  // 107: sun_path, as user_socket.
+  if (c.containerd_address[0] != '/' || c.containerd_address.size() > 107)
+    return keyError(origin, "containerd_address", "must be an absolute socket path of at most 107 bytes");
+  if (!c.containerd_module.empty() && c.containerd_module[0] != '/')
+    return keyError(origin, "containerd_module", "must be an absolute path");
   if (!c.docker_data_root.empty() && c.docker_data_root[0] != '/') {
     return keyError(origin, "docker_data_root", "must be an absolute path");
   }

@@ -39,6 +39,12 @@ struct Config {
   std::string docker_socket = "/var/run/docker.sock";  // the agent's own API client
   std::vector<std::string> watch_sockets = {"/var/run/docker.sock", "/run/docker.sock"};
   std::vector<std::string> docker_binaries = {"/usr/bin/docker", "/usr/local/bin/docker"};
+  // Container runtimes watched (README "containerd"): "docker", "containerd", or both.
+  std::vector<std::string> runtimes = {"docker"};
+  std::string containerd_address = "/run/containerd/containerd.sock";
+  std::vector<std::string> containerd_namespaces = {"k8s.io"};
+  std::string containerd_module;  // "" = $DOCKQUOTA_CONTAINERD_MODULE, else the installed module
+  bool runtimeEnabled(const std::string& name) const;
   // Store
   std::string database = "/var/lib/dockquota/dockquota.db";
   // Probes

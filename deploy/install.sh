@@ -26,7 +26,7 @@ if [ -z "$binary" ]; then
 
   echo "==> build"
   cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$here/build" -j"$(nproc)" --target dockquotad docker-quota dockquotactl
+  cmake --build "$here/build" -j"$(nproc)" --target dockquotad docker-quota dockquotactl dockquota_containerd
   binary=$here/build/dockquotad
 fi
 clients=$(dirname "$binary")
@@ -39,6 +39,11 @@ install -D -m 0644 "$here/README.md" /usr/local/share/doc/dockquota/README.md
 # docker.io CLI (20.10) and by Docker's own (/usr/local/bin/docker, 2x.x) alike.
 if [ -x "$clients/docker-quota" ]; then
   install -D -m 0755 "$clients/docker-quota" /usr/libexec/docker/cli-plugins/docker-quota
+fi
+# The containerd module, loaded only when the config's runtime includes
+# containerd (the path dockquotad was built with: CMAKE_INSTALL_LIBDIR).
+if [ -f "$clients/dockquota-containerd.so" ]; then
+  install -D -m 0644 "$clients/dockquota-containerd.so" /usr/local/lib/dockquota/dockquota-containerd.so
 fi
 if [ -x "$clients/dockquotactl" ]; then
   install -D -m 0755 "$clients/dockquotactl" /usr/local/sbin/dockquotactl

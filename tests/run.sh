@@ -44,7 +44,7 @@ build_clang() {
   CC=clang CXX=clang++ cmake -S "$here" -B "$asan_build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDOCKQUOTA_FUZZ=ON -DDOCKQUOTA_SANITIZE=address,undefined >/dev/null &&
     cmake --build "$asan_build" -j"$jobs" --target unit_tests bpf_tests \
-      fuzz-http-stream fuzz-recognizer fuzz-conn-tracker fuzz-config fuzz-docker-json fuzz-api fuzz-http-head fuzz-zfs-output fuzz-size fuzz-authz || return 1
+      fuzz-http-stream fuzz-recognizer fuzz-conn-tracker fuzz-config fuzz-docker-json fuzz-api fuzz-http-head fuzz-zfs-output fuzz-size fuzz-authz fuzz-mount-options || return 1
   echo "==> clang ASan+UBSan build: $(($(date +%s) - bstart))s" | tee -a "$summary"
 }
 

@@ -16,16 +16,17 @@
 
 namespace dockquota::fuzz {
 
-int httpStream(const uint8_t* data, size_t size);   // fuzz-http-stream
-int recognizer(const uint8_t* data, size_t size);   // fuzz-recognizer
-int connTracker(const uint8_t* data, size_t size);  // fuzz-conn-tracker
-int config(const uint8_t* data, size_t size);       // fuzz-config
-int dockerJson(const uint8_t* data, size_t size);   // fuzz-docker-json
-int api(const uint8_t* data, size_t size);          // fuzz-api
-int httpHead(const uint8_t* data, size_t size);     // fuzz-http-head
-int zfsOutput(const uint8_t* data, size_t size);    // fuzz-zfs-output
-int size(const uint8_t* data, size_t size);         // fuzz-size
-int authz(const uint8_t* data, size_t size);        // fuzz-authz
+int httpStream(const uint8_t* data, size_t size);    // fuzz-http-stream
+int recognizer(const uint8_t* data, size_t size);    // fuzz-recognizer
+int connTracker(const uint8_t* data, size_t size);   // fuzz-conn-tracker
+int config(const uint8_t* data, size_t size);        // fuzz-config
+int dockerJson(const uint8_t* data, size_t size);    // fuzz-docker-json
+int api(const uint8_t* data, size_t size);           // fuzz-api
+int httpHead(const uint8_t* data, size_t size);      // fuzz-http-head
+int zfsOutput(const uint8_t* data, size_t size);     // fuzz-zfs-output
+int size(const uint8_t* data, size_t size);          // fuzz-size
+int mountOptions(const uint8_t* data, size_t size);  // fuzz-mount-options
+int authz(const uint8_t* data, size_t size);         // fuzz-authz
 
 // One client syscall as the probe reports it: `data` copied of `total` moved.
 struct Chunk {

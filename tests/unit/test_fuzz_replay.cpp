@@ -77,6 +77,7 @@ TEST_CASE("fuzz replay: fuzz-http-head", "[fuzz]") { replay("fuzz-http-head", fu
 TEST_CASE("fuzz replay: fuzz-zfs-output", "[fuzz]") { replay("fuzz-zfs-output", fuzz::zfsOutput); }
 TEST_CASE("fuzz replay: fuzz-size", "[fuzz]") { replay("fuzz-size", fuzz::size); }
 TEST_CASE("fuzz replay: fuzz-authz", "[fuzz]") { replay("fuzz-authz", fuzz::authz); }
+TEST_CASE("fuzz replay: fuzz-mount-options", "[fuzz]") { replay("fuzz-mount-options", fuzz::mountOptions); }
 
 // Not a test: writes fuzz-zfs-output's hand-* seeds (the spec's and verified
 // outputs of ZFS 2.1). Hidden ([.]), run by hand with '[.fuzz-seeds]'.

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+// The live set of containerd containers and their tasks, in memory: kept
+// from the module's events (agent/runtime/containerd_module.h) and replaced
+// namespace by namespace by its reconciles. Pure logic (no gRPC, no dlopen):
+// the unit tests drive it with fake events.
+//
+// The hook a quota stage subscribes to: on_task_create (a task was created,
+// or a reconcile found one the watch did not hold: after an agent restart or
+// a reconnect, every running task is announced again, so a subscriber must
+// treat it as idempotent) and on_container_delete (a /containers/delete, or
+// a reconcile that no longer lists it). Both run synchronously on the
+// module's thread in event order, after the set is updated, with the upper
+// dir already resolved ("" when the module could not: see upper_error).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/runtime/containerd_module.h"
+
+namespace dockquota {
+
+struct CtrdContainer {
+  std::string ns, id, image, snapshotter, snapshot_key;
+  std::string upper_dir, upper_error;  // upper_error: why upper_dir is "" (when it is)
+  std::map<std::string, std::string> labels;
+  uint32_t task_state = DQ_CTRD_STATE_NONE;
+  uint32_t pid = 0, exit_status = 0;
+};
+
+struct CtrdHooks {
+  std::function<void(const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
+                     const std::string& upper_dir)>
+      on_task_create;
+  std::function<void(const std::string& ns, const std::string& id)> on_container_delete;
+};
+
+// One line of the recent-events log (GET /api/v1/containerd/containers).
+struct CtrdSeen {
+  uint64_t seq;
+  const char* kind;  // "task_create", ..., "reconcile_delete" (a reconcile no longer lists it)
+  std::string ns, id, upper_dir;
+};
+
+class ContainerdWatch {
+ public:
+  static constexpr size_t kRecent = 512;      // events kept for the API: a few minutes of a busy node
+  static constexpr size_t kLatencies = 1024;  // task create -> upper dir samples for p50/p99
+
+  void setHooks(CtrdHooks hooks) { hooks_ = std::move(hooks); }
+  // One event of the module's thread; `now_unix_ns`: the realtime clock when
+  // it arrived (the latency sample of a task create is now - its timestamp).
+  void apply(const dq_ctrd_event& ev, int64_t now_unix_ns);
+
+  std::vector<CtrdContainer> containers() const;
+  std::optional<CtrdContainer> find(const std::string& ns, const std::string& id) const;
+  // The namespaces that hold `id` (containerd ids are per namespace).
+  std::vector<std::string> namespacesOf(const std::string& id) const;
+  std::vector<CtrdSeen> recent() const;
+  // counters, latency, sizes
+  nlohmann::json report() const;
+  static const char* kindName(uint32_t kind);
+  static const char* stateName(uint32_t state);
+
+ private:
+  using Key = std::pair<std::string, std::string>;  // namespace, id
+  void taskCreate(const dq_ctrd_event& ev, int64_t now_unix_ns, std::vector<std::function<void()>>& calls);
+  void reconcileEnd(const std::string& ns, std::vector<std::function<void()>>& calls);
+  void reconcileItem(const dq_ctrd_event& ev, std::vector<std::function<void()>>& calls);
+  void remember(uint64_t seq, const char* kind, const std::string& ns, const std::string& id, const std::string& upper);
+  void countUnresolved(const dq_ctrd_event& ev);
+
+  CtrdHooks hooks_;
+  mutable std::mutex mu_;
+  std::map<Key, CtrdContainer> live_;
+  std::map<std::string, std::set<std::string>> listing_;  // namespace -> ids of the reconcile in progress
+  std::deque<CtrdSeen> recent_;
+  std::map<std::string, uint64_t> events_;      // by kind
+  std::map<std::string, uint64_t> unresolved_;  // upper dir missing, by reason
+  std::map<std::string, uint64_t> hook_calls_;  // task_create, container_delete
+  uint64_t reconcile_deletes_ = 0, reconcile_adds_ = 0;
+  std::deque<double> latencies_ms_;
+};
+
+// Parses a label set of an event into a map (for tests and the watch).
+std::map<std::string, std::string> labelsOf(const dq_ctrd_event& ev);
+
+}  // namespace dockquota
