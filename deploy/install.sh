@@ -60,6 +60,8 @@ fi
 if [ -d /run/systemd/system ]; then
   echo "==> systemd"
   install -D -m 0644 "$here/deploy/systemd/dockquota.service" /etc/systemd/system/dockquota.service
+  # Admission control's socket: installed, not enabled (README "Admission control").
+  install -D -m 0644 "$here/deploy/systemd/dockquota.socket" /etc/systemd/system/dockquota.socket
   systemctl daemon-reload
   systemctl enable --now docker.service >/dev/null 2>&1 || true
   systemctl enable dockquota.service >/dev/null

@@ -89,14 +89,15 @@ void RequestMatcher::onAnswered(uint64_t conn_id, const HttpRequest& req) {
 MatchResult RequestMatcher::match(std::string_view method, std::string_view uri, const std::optional<std::string>& body,
                                   uint64_t now_ns, bool last_try) {
   expire(now_ns);
-  const std::optional<uint64_t> want = body ? std::optional<uint64_t>(bodyDigestOf(*body)) : std::nullopt;
+  const bool have_body = body.has_value();
+  const uint64_t want = have_body ? bodyDigestOf(*body) : 0;
   std::vector<std::deque<Entry>::iterator> set;
   bool waiting = false;
   for (auto it = entries_.begin(); it != entries_.end(); ++it) {
     if (it->method != method || it->target != uri) continue;
-    if (want && it->body_pending) {
+    if (have_body && it->body_pending) {
       waiting = true;  // its body may yet be this one
-    } else if (want && it->digest && *it->digest != *want) {
+    } else if (have_body && it->digest && *it->digest != want) {
       continue;  // another body: another request
     }
     set.push_back(it);

@@ -13,6 +13,9 @@ with prjquota, then checks through the running dockquota.service:
   - project quotas: a 16 MiB limit for alice stops her container's write with
     EDQUOT/ENOSPC, bob's 48 MiB write goes through;
   - safe state: /var/lib/dockquota 0700, the database files 0600;
+  - admission control (dockquota.socket, Docker's authorization-plugins):
+    alice at her limit refused a create, bob allowed, and a kill -9 of the
+    agent fails no Docker request (systemd restarts it behind the socket);
   - the journal has no EPERM/EACCES/EROFS from the agent, `docker rm` works,
     and the agent stops cleanly.
 Any directive of the unit that breaks one of these fails the test.
@@ -381,6 +384,86 @@ def check_watchdog(pid):
     check(s.get("NRestarts") == "0" and s.get("MainPID") == pid, "no restart while the test ran: %s" % s)
 
 
+def set_docker_plugins(plugins):
+    with open("/etc/docker/daemon.json") as f:
+        cfg = json.load(f)
+    cfg.pop("authorization-plugins", None)
+    if plugins:
+        cfg["authorization-plugins"] = plugins
+    with open("/etc/docker/daemon.json", "w") as f:
+        json.dump(cfg, f)
+    sh("systemctl restart docker.service", timeout=600)
+
+
+def check_admission(api):
+    """Admission control as README says to turn it on: dockquota.socket holds
+    the plugin socket, Docker is told to use it; alice (at her 16 MiB limit
+    since check_quota) is refused a create, bob is not; a kill -9 of the agent
+    while bob creates: systemd restarts it, no Docker request fails."""
+    log("admission: dockquota.socket, admission on, Docker's authorization-plugins")
+    with open("/etc/dockquota/config.json") as f:
+        cfg = json.load(f)
+    cfg["admission"] = "on"
+    with open("/etc/dockquota/config.json", "w") as f:
+        json.dump(cfg, f)
+    sh("systemctl enable --now dockquota.socket")
+    sh("systemctl restart %s" % UNIT)
+    def health():
+        try:
+            return api.call("GET", "/healthz", auth=False)[1] or {}
+        except (urllib.error.URLError, OSError):
+            return {}
+    wait_for("the agent up again", lambda: health().get("docker", {}).get("reconciled"), 120)
+    h = health().get("admission", {})
+    check(h.get("socket_activated") is True and h.get("socket") == "/run/docker/plugins/dockquota.sock",
+          "the agent serves the plugin on systemd's socket: %s" % json.dumps({k: h.get(k) for k in (
+              "socket", "socket_activated")}))
+    set_docker_plugins(["dockquota"])
+    p = subprocess.run(["docker", "create", "--network", "none", "alice-img:1", "true"], capture_output=True,
+                       text=True, user=USERS["alice"], group=USERS["alice"],
+                       extra_groups=[grp.getgrnam("docker").gr_gid], env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    check(p.returncode != 0 and "authorization denied by plugin dockquota" in p.stderr,
+          "alice (at her limit) is refused a create through the unit's socket: %s" % p.stderr.strip()[:200])
+    rc, _ = docker("bob", "create", "--network", "none", "--name", "bob-admitted", "bob-img:1", "true",
+                   check_rc=False)
+    check(rc == 0, "bob (no limit) is allowed a create")
+    # kill -9 while bob creates: Restart=on-failure after RestartSec.
+    import threading
+    lat, errors, stop = [], [], threading.Event()
+
+    def loop():
+        i = 0
+        while not stop.is_set():
+            t = time.time()
+            rc, out = docker("bob", "create", "--network", "none", "--name", "bob-r%d" % i, "bob-img:1", "true",
+                             check_rc=False)
+            lat.append(time.time() - t)
+            if rc != 0:
+                errors.append(out[:160])
+            i += 1
+    th = threading.Thread(target=loop)
+    th.start()
+    time.sleep(3)
+    before = show(UNIT, "NRestarts")["NRestarts"]
+    t_kill = time.time()
+    sh("systemctl kill -s KILL %s" % UNIT)
+    back = wait_for("systemd restarted the agent", lambda: show(UNIT, "NRestarts")["NRestarts"] != before and
+                    show(UNIT, "ActiveState")["ActiveState"] == "active", 120)
+    down = time.time() - t_kill
+    time.sleep(5)
+    stop.set()
+    th.join()
+    log("admission: agent down %.1f s; %d creates meanwhile, slowest %.2f s, %d failed" % (
+        down, len(lat), max(lat) if lat else 0, len(errors)))
+    check(bool(back), "systemd restarted the agent after kill -9")
+    check(not errors, "no Docker request failed while the agent restarted behind dockquota.socket: %s" % errors[:2])
+    check(bool(lat) and max(lat) <= down + 5, "no request waited much longer than the restart (slowest %.1f s, "
+          "restart %.1f s)" % (max(lat) if lat else 0, down))
+    # Off again in README's order (Docker first), for the checks that follow.
+    set_docker_plugins([])
+    sh("systemctl disable --now dockquota.socket")
+
+
 def check_cleanup():
     for user in USERS:
         for c in ("sleeper", "writer") + (("curl", "idle") if user == "bob" else ()):
@@ -412,6 +495,7 @@ def main():
         check_quota(api)
         check_modes()
         check_watchdog(pid)
+        check_admission(api)
         check_cleanup()
     except AssertionError as e:
         check(False, "raised: %s" % e)
