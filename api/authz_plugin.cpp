@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cctype>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -48,6 +50,13 @@ std::string textField(const json& j, std::string_view key) {
   return v && v->is_string() ? v->get<std::string>() : std::string();
 }
 
+// An AuthZReq about a request admission judges (its body says which).
+bool judgedCall(const httplib::Request& req) {
+  if (req.path != "/AuthZPlugin.AuthZReq") return false;
+  const json j = json::parse(req.body, nullptr, false);
+  return j.is_object() && isAdmissionRequest(textField(j, "RequestMethod"), pathOf(textField(j, "RequestUri")));
+}
+
 }  // namespace
 
 AuthzPlugin::AuthzPlugin(AuthzPluginOptions options) : opt_(std::move(options)) {}
@@ -67,6 +76,11 @@ Status AuthzPlugin::start() {
   // Go's transport keeps idle connections for 90 s: do not make it redial.
   o.idle_timeout = std::chrono::seconds(120);
   o.discard_body = [](const httplib::Request& head) { return head.path == "/AuthZPlugin.AuthZRes"; };
+  // Everything but a judged request is answered on the loop thread: Docker
+  // waits for two plugin calls on every API request, and each hand-over to a
+  // worker and back costs a loaded host milliseconds. A judged request may
+  // wait for the probe (admission_match_timeout_ms): a worker's job.
+  o.run_inline = [](const httplib::Request& req) { return !judgedCall(req); };
   http_ = std::make_unique<HttpServer>(
       o, [this](const PeerCred&, httplib::Request& req, httplib::Response& res) { handle(req, res); }, transport_);
   auto port = http_->start();
@@ -108,8 +122,8 @@ void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) 
   if (const json* b = field(j, "RequestBody"); b && b->is_string()) body = base64Decode(b->get<std::string>());
   const auto t0 = std::chrono::steady_clock::now();
   const Verdict v = admission->judge(method, uri, body);
-  observeJudge(uint64_t(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
+  observeJudge(
+      uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
   LOG_DEBUG(kSub, "AuthZReq %s %s (%s body): %s (%s)", printable(method, 16).c_str(), printable(uri, 256).c_str(),
             body ? std::to_string(body->size()).c_str() : "no", v.allow ? "allow" : "refuse", v.reason);
   json out = {{"Allow", v.allow}};
@@ -137,8 +151,7 @@ void AuthzPlugin::observeJudge(uint64_t us) {
       break;
     }
   uint64_t prev = judge_us_max_.load();
-  while (us > prev && !judge_us_max_.compare_exchange_weak(prev, us)) {
-  }
+  while (us > prev && !judge_us_max_.compare_exchange_weak(prev, us)) {}
 }
 
 Health AuthzPlugin::health() const {
@@ -172,7 +185,10 @@ void AuthzPlugin::renderMetrics(std::string& out) const {
   promSample(out, "dockquota_admission_bad_requests_total", "", bad_requests_.load());
 }
 
-json matcherJson(const MatcherStats& s) {
+namespace {
+
+// What became of the requests the matcher kept, by outcome (kept: seen).
+std::vector<std::pair<const char*, uint64_t>> outcomes(const MatcherStats& s) {
   return {{"kept", s.kept},
           {"matched", s.matched},
           {"ambiguous", s.ambiguous},
@@ -180,9 +196,15 @@ json matcherJson(const MatcherStats& s) {
           {"expired", s.expired},
           {"dropped_user_share", s.dropped_user_share},
           {"dropped_budget", s.dropped_budget},
-          {"uri_too_long", s.uri_too_long},
-          {"open", s.open},
-          {"bytes", s.bytes}};
+          {"uri_too_long", s.uri_too_long}};
+}
+
+}  // namespace
+
+json matcherJson(const MatcherStats& s) {
+  json j = {{"open", s.open}, {"bytes", s.bytes}};
+  for (const auto& [outcome, n] : outcomes(s)) j[outcome] = n;
+  return j;
 }
 
 void promMatcherStats(std::string& out, const MatcherStats& s) {
@@ -190,15 +212,7 @@ void promMatcherStats(std::string& out, const MatcherStats& s) {
   promHeader(out, name, "counter",
              "Judged requests the docker.sock probe saw, by what became of them (kept: seen; the others: how "
              "each left the matcher).");
-  const std::pair<const char*, uint64_t> rows[] = {{"kept", s.kept},
-                                                   {"matched", s.matched},
-                                                   {"ambiguous", s.ambiguous},
-                                                   {"answered_unclaimed", s.answered_unclaimed},
-                                                   {"expired", s.expired},
-                                                   {"dropped_user_share", s.dropped_user_share},
-                                                   {"dropped_budget", s.dropped_budget},
-                                                   {"uri_too_long", s.uri_too_long}};
-  for (const auto& [outcome, n] : rows) promSample(out, name, std::string("outcome=\"") + outcome + "\"", n);
+  for (const auto& [outcome, n] : outcomes(s)) promSample(out, name, std::string("outcome=\"") + outcome + "\"", n);
   promHeader(out, "dockquota_admission_requests_open", "gauge", "Judged requests waiting for Docker's plugin call.");
   promSample(out, "dockquota_admission_requests_open", "", s.open);
 }

@@ -530,6 +530,36 @@ struct HttpServer::Loop {
   }
 
   // --- workers -------------------------------------------------------------
+  // The handler on a complete request, and its answer serialised.
+  Done runJob(Job& j) {
+    httplib::Response res;
+    try {
+      handler(j.cred, *j.req, res);
+    } catch (const std::exception& e) {
+      LOG_ERROR(kSub, "%s: handler failed: %s", j.req->method.c_str(), e.what());
+      res = httplib::Response();
+      res.status = 500;
+      res.body = jsonError("internal error");
+      res.set_header("Content-Type", "application/json");
+    } catch (...) {
+      res = httplib::Response();
+      res.status = 500;
+      res.body = jsonError("internal error");
+      res.set_header("Content-Type", "application/json");
+    }
+    const int status = res.status < 0 ? 200 : res.status;
+    const bool head = j.req->method == "HEAD";
+    size_t length = res.body.size();
+    if (head && length == 0) {  // the router dropped the GET answer's body and said its size
+      const std::string v = res.get_header_value("Content-Length");
+      if (!v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos)
+        length = std::stoull(v);
+    }
+    Done d{j.conn, responseHead(res, status, length, j.keep_alive, opt.idle_timeout), {}};
+    if (!head) d.body = std::move(res.body);
+    return d;
+  }
+
   void work() {
     for (;;) {
       Job j;
@@ -540,31 +570,7 @@ struct HttpServer::Loop {
         j = std::move(jobs.front());
         jobs.pop_front();
       }
-      httplib::Response res;
-      try {
-        handler(j.cred, *j.req, res);
-      } catch (const std::exception& e) {
-        LOG_ERROR(kSub, "%s: handler failed: %s", j.req->method.c_str(), e.what());
-        res = httplib::Response();
-        res.status = 500;
-        res.body = jsonError("internal error");
-        res.set_header("Content-Type", "application/json");
-      } catch (...) {
-        res = httplib::Response();
-        res.status = 500;
-        res.body = jsonError("internal error");
-        res.set_header("Content-Type", "application/json");
-      }
-      const int status = res.status < 0 ? 200 : res.status;
-      const bool head = j.req->method == "HEAD";
-      size_t length = res.body.size();
-      if (head && length == 0) {  // the router dropped the GET answer's body and said its size
-        const std::string v = res.get_header_value("Content-Length");
-        if (!v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos)
-          length = std::stoull(v);
-      }
-      Done d{j.conn, responseHead(res, status, length, j.keep_alive, opt.idle_timeout), {}};
-      if (!head) d.body = std::move(res.body);
+      Done d = runJob(j);
       {
         std::lock_guard<std::mutex> l(done_mu);
         done.push_back(std::move(d));
@@ -956,6 +962,18 @@ struct HttpServer::Loop {
                    (r.version == "HTTP/1.0" ? containsToken(conn, "keep-alive") : !containsToken(conn, "close"));
     c.phase = Phase::Handling;
     setInterest(c);
+    if (opt.run_inline && opt.run_inline(r)) {
+      // Answered here: no hand-over to a worker and back (two wake-ups that
+      // a loaded host's scheduler can each delay by milliseconds).
+      Job j{c.id, std::move(c.req), c.keep_alive, c.cred};
+      Done d = runJob(j);
+      {
+        std::lock_guard<std::mutex> l(done_mu);
+        done.push_back(std::move(d));
+      }
+      wake();  // written by completions() on this thread's next turn: the caller may still use `c`
+      return;
+    }
     {
       std::lock_guard<std::mutex> l(mu);
       jobs.push_back(Job{c.id, std::move(c.req), c.keep_alive, c.cred});

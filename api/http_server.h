@@ -73,6 +73,10 @@ struct HttpServerOptions {
   // every JSON response, of any size): when this says so after the head, the
   // body is read and dropped, whatever its length, and the handler sees none.
   std::function<bool(const httplib::Request& head)> discard_body = {};
+  // Requests whose handler never blocks and takes microseconds: run on the
+  // loop thread itself, answered without a worker (Docker waits for its
+  // authorization plugin's answer on every API request). Default: none.
+  std::function<bool(const httplib::Request& req)> run_inline = {};
   // An inherited listening socket (systemd socket activation) instead of
   // binding one: used as is and never unlinked. -1: bind.
   int listen_fd = -1;

@@ -36,17 +36,6 @@ namespace {
 using json = nlohmann::json;
 constexpr uint32_t kUids[] = {0, 1001, 1002, 1003};
 
-HttpRequest seenRequest(std::string_view method, std::string_view target, std::string_view body, bool gap) {
-  HttpRequest r;
-  r.method = method;
-  r.target = target;
-  parseTarget(r);
-  r.body = body;
-  r.body_bytes = body.size();
-  r.body_gap = gap;
-  return r;
-}
-
 void checkAnswer(const httplib::Response& res, bool judged_kind, bool is_authz) {
   const json j = json::parse(res.body, nullptr, false);
   DQ_FUZZ_CHECK(j.is_object());
@@ -65,6 +54,17 @@ void checkAnswer(const httplib::Response& res, bool judged_kind, bool is_authz) 
 
 }  // namespace
 
+HttpRequest seenRequest(std::string_view method, std::string_view target, std::string_view body, bool gap) {
+  HttpRequest r;
+  r.method = method;
+  r.target = target;
+  parseTarget(r);
+  r.body = body;
+  r.body_bytes = body.size();
+  r.body_gap = gap;
+  return r;
+}
+
 int authz(const uint8_t* data, size_t size) {
   Reader in(data, size);
   RequestMatcher matcher;
@@ -72,9 +72,8 @@ int authz(const uint8_t* data, size_t size) {
   AdmissionOptions o;
   o.match_timeout = std::chrono::milliseconds(0);  // no sleeping: one look, then the last try
   Admission admission(o, Admission::Hooks{
-                             .match =
-                                 [&](std::string_view m, std::string_view u, const std::optional<std::string>& b,
-                                     bool last) { return matcher.match(m, u, b, now, last); },
+                             .match = [&](std::string_view m, std::string_view u, const std::optional<std::string>& b,
+                                          bool last) { return matcher.match(m, u, b, now, last); },
                              .billed = [](const Sender& s) { return s.uid; },
                              .figures =
                                  [](uint32_t uid) {
@@ -118,8 +117,8 @@ int authz(const uint8_t* data, size_t size) {
         req.method = "POST";
         req.path = path;
         req.body = raw ? raw_text
-                       : json{{"RequestMethod", method}, {"RequestUri", uri}, {"RequestBody", base64Encode(body)}}
-                             .dump(-1, ' ', false, json::error_handler_t::replace);
+                       : json{{"RequestMethod", method}, {"RequestUri", uri}, {"RequestBody", base64Encode(body)}}.dump(
+                             -1, ' ', false, json::error_handler_t::replace);
         // The plugin judges once the agent is built: half the calls before.
         if (!wired && (in.u8() & 1)) {
           plugin.setAdmission(&admission);
@@ -132,9 +131,7 @@ int authz(const uint8_t* data, size_t size) {
         checkAnswer(res, raw || isAdmissionRequest(method, pathOf(uri)), authz);
         break;
       }
-      case 4:
-        now += uint64_t(in.u16()) * 1'000'000;
-        break;
+      case 4: now += uint64_t(in.u16()) * 1'000'000; break;
     }
     const MatcherStats st = matcher.stats();
     DQ_FUZZ_CHECK(st.open <= RequestMatcher::kMaxRequests);

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -55,6 +56,9 @@ struct ApiRequest {
   std::vector<std::pair<std::string, std::string>> headers = {};
 };
 std::string encodeApiRequest(const ApiRequest& r);
+// fuzz-authz: a request as the probe saw it (head parsed, `body` captured
+// whole unless `gap`); the unit tests build theirs the same way.
+HttpRequest seenRequest(std::string_view method, std::string_view target, std::string_view body = "", bool gap = false);
 // fuzz-zfs-output: which parser (0 list, 1 userspace, 2 get, 3 name), then the text.
 std::string encodeZfsOutput(uint8_t kind, const std::string& text);
 

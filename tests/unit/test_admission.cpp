@@ -12,6 +12,7 @@
 #include "agent/admission/request_matcher.h"
 #include "agent/base/base64.h"
 #include "api/authz_plugin.h"
+#include "tests/fuzz/fuzz_targets.h"
 
 using namespace dockquota;
 using json = nlohmann::json;
@@ -21,13 +22,7 @@ namespace {
 constexpr uint64_t kMs = 1'000'000;
 
 HttpRequest request(const std::string& method, const std::string& target, const std::string& body = "") {
-  HttpRequest r;
-  r.method = method;
-  r.target = target;
-  parseTarget(r);
-  r.body = body;
-  r.body_bytes = body.size();
-  return r;
+  return fuzz::seenRequest(method, target, body);
 }
 
 // What the tracker does for a request written whole at `t`.
