@@ -51,6 +51,12 @@ std::string textField(const json& j, std::string_view key) {
 }
 
 // An AuthZReq about a request admission judges (its body says which).
+// Go encodes RequestBody ([]byte) as base64, absent or null when Docker sent none.
+std::optional<std::string> requestBody(const json& j) {
+  if (const json* b = field(j, "RequestBody"); b && b->is_string()) return base64Decode(b->get<std::string>());
+  return std::nullopt;
+}
+
 bool judgedCall(const httplib::Request& req) {
   if (req.path != "/AuthZPlugin.AuthZReq") return false;
   const json j = json::parse(req.body, nullptr, false);
@@ -76,11 +82,12 @@ Status AuthzPlugin::start() {
   // Go's transport keeps idle connections for 90 s: do not make it redial.
   o.idle_timeout = std::chrono::seconds(120);
   o.discard_body = [](const httplib::Request& head) { return head.path == "/AuthZPlugin.AuthZRes"; };
-  // Everything but a judged request is answered on the loop thread: Docker
-  // waits for two plugin calls on every API request, and each hand-over to a
-  // worker and back costs a loaded host milliseconds. A judged request may
-  // wait for the probe (admission_match_timeout_ms): a worker's job.
-  o.run_inline = [](const httplib::Request& req) { return !judgedCall(req); };
+  // Answered on the transport's loop thread whenever that takes no waiting:
+  // Docker waits for two plugin calls on every API request, and each
+  // hand-over to a worker and back costs a loaded host milliseconds. Only a
+  // judged request whose probe event has not been read yet goes to a worker,
+  // which may wait for it (admission_match_timeout_ms).
+  o.try_inline = [this](const PeerCred&, httplib::Request& req, httplib::Response& res) { return answerNow(req, res); };
   http_ = std::make_unique<HttpServer>(
       o, [this](const PeerCred&, httplib::Request& req, httplib::Response& res) { handle(req, res); }, transport_);
   auto port = http_->start();
@@ -108,6 +115,32 @@ void AuthzPlugin::handle(const httplib::Request& req, httplib::Response& res) {
   return fail(res, 404, "no such plugin method: " + printable(req.path, 128));
 }
 
+bool AuthzPlugin::answerNow(const httplib::Request& req, httplib::Response& res) {
+  Admission* admission = admission_.load();
+  if (!admission || !judgedCall(req)) {
+    handle(req, res);
+    return true;
+  }
+  const json j = json::parse(req.body, nullptr, false);
+  const std::string method = textField(j, "RequestMethod"), uri = textField(j, "RequestUri");
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::optional<Verdict> v = admission->judgeNow(method, uri, requestBody(j));
+  if (!v) return false;
+  observeJudge(
+      uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
+  verdictReply(res, *v, method, uri);
+  return true;
+}
+
+void AuthzPlugin::verdictReply(httplib::Response& res, const Verdict& v, const std::string& method,
+                               const std::string& uri) {
+  LOG_DEBUG(kSub, "AuthZReq %s %s: %s (%s)", printable(method, 16).c_str(), printable(uri, 256).c_str(),
+            v.allow ? "allow" : "refuse", v.reason);
+  json out = {{"Allow", v.allow}};
+  if (!v.allow) out["Msg"] = v.msg;
+  reply(res, 200, out);
+}
+
 void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) {
   json j = json::parse(req.body, nullptr, false);
   if (!j.is_object()) {
@@ -117,18 +150,11 @@ void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) 
   const std::string method = textField(j, "RequestMethod"), uri = textField(j, "RequestUri");
   Admission* admission = admission_.load();
   if (!admission) return starting(method, uri, res);
-  // Go encodes RequestBody ([]byte) as base64, null when Docker sent none.
-  std::optional<std::string> body;
-  if (const json* b = field(j, "RequestBody"); b && b->is_string()) body = base64Decode(b->get<std::string>());
   const auto t0 = std::chrono::steady_clock::now();
-  const Verdict v = admission->judge(method, uri, body);
+  const Verdict v = admission->judge(method, uri, requestBody(j));
   observeJudge(
       uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
-  LOG_DEBUG(kSub, "AuthZReq %s %s (%s body): %s (%s)", printable(method, 16).c_str(), printable(uri, 256).c_str(),
-            body ? std::to_string(body->size()).c_str() : "no", v.allow ? "allow" : "refuse", v.reason);
-  json out = {{"Allow", v.allow}};
-  if (!v.allow) out["Msg"] = v.msg;
-  reply(res, 200, out);
+  verdictReply(res, v, method, uri);
 }
 
 // The agent is not built yet (it serves this socket first of all): what

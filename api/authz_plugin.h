@@ -75,6 +75,9 @@ class AuthzPlugin {
 
  private:
   void authzReq(const httplib::Request& req, httplib::Response& res);
+  // The transport's loop thread: answers unless a judged request must wait.
+  bool answerNow(const httplib::Request& req, httplib::Response& res);
+  void verdictReply(httplib::Response& res, const Verdict& v, const std::string& method, const std::string& uri);
   void starting(const std::string& method, const std::string& uri, httplib::Response& res);
 
   AuthzPluginOptions opt_;

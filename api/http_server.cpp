@@ -537,25 +537,30 @@ struct HttpServer::Loop {
       handler(j.cred, *j.req, res);
     } catch (const std::exception& e) {
       LOG_ERROR(kSub, "%s: handler failed: %s", j.req->method.c_str(), e.what());
-      res = httplib::Response();
-      res.status = 500;
-      res.body = jsonError("internal error");
-      res.set_header("Content-Type", "application/json");
-    } catch (...) {
-      res = httplib::Response();
-      res.status = 500;
-      res.body = jsonError("internal error");
-      res.set_header("Content-Type", "application/json");
-    }
+      res = internalError();
+    } catch (...) { res = internalError(); }
+    return answer(j.conn, *j.req, res, j.keep_alive);
+  }
+
+  static httplib::Response internalError() {
+    httplib::Response res;
+    res.status = 500;
+    res.body = jsonError("internal error");
+    res.set_header("Content-Type", "application/json");
+    return res;
+  }
+
+  // The handler's answer serialised, for the loop to write.
+  Done answer(uint64_t conn, const httplib::Request& req, httplib::Response& res, bool keep_alive) const {
     const int status = res.status < 0 ? 200 : res.status;
-    const bool head = j.req->method == "HEAD";
+    const bool head = req.method == "HEAD";
     size_t length = res.body.size();
     if (head && length == 0) {  // the router dropped the GET answer's body and said its size
       const std::string v = res.get_header_value("Content-Length");
       if (!v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos)
         length = std::stoull(v);
     }
-    Done d{j.conn, responseHead(res, status, length, j.keep_alive, opt.idle_timeout), {}};
+    Done d{conn, responseHead(res, status, length, keep_alive, opt.idle_timeout), {}};
     if (!head) d.body = std::move(res.body);
     return d;
   }
@@ -962,17 +967,25 @@ struct HttpServer::Loop {
                    (r.version == "HTTP/1.0" ? containsToken(conn, "keep-alive") : !containsToken(conn, "close"));
     c.phase = Phase::Handling;
     setInterest(c);
-    if (opt.run_inline && opt.run_inline(r)) {
-      // Answered here: no hand-over to a worker and back (two wake-ups that
-      // a loaded host's scheduler can each delay by milliseconds).
-      Job j{c.id, std::move(c.req), c.keep_alive, c.cred};
-      Done d = runJob(j);
-      {
-        std::lock_guard<std::mutex> l(done_mu);
-        done.push_back(std::move(d));
+    if (opt.try_inline) {
+      httplib::Response res;
+      bool answered = false;
+      try {
+        answered = opt.try_inline(c.cred, *c.req, res);
+      } catch (...) {
+        answered = false;  // the worker's handler says what went wrong
+        res = httplib::Response();
       }
-      wake();  // written by completions() on this thread's next turn: the caller may still use `c`
-      return;
+      if (answered) {
+        Done d = answer(c.id, r, res, c.keep_alive);
+        c.req.reset();
+        {
+          std::lock_guard<std::mutex> l(done_mu);
+          done.push_back(std::move(d));
+        }
+        wake();  // written by completions() on this thread's next turn: the caller may still use `c`
+        return;
+      }
     }
     {
       std::lock_guard<std::mutex> l(mu);

@@ -50,6 +50,15 @@ struct Response;
 
 namespace dockquota {
 
+// Who is at the other end of a unix-socket connection, as the kernel says
+// (SO_PEERCRED at connect()). `known` false on TCP.
+struct PeerCred {
+  bool known = false;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  int32_t pid = 0;
+};
+
 struct HttpServerOptions {
   std::string address = "127.0.0.1";
   uint16_t port = 0;  // 0 = pick a free port
@@ -73,22 +82,16 @@ struct HttpServerOptions {
   // every JSON response, of any size): when this says so after the head, the
   // body is read and dropped, whatever its length, and the handler sees none.
   std::function<bool(const httplib::Request& head)> discard_body = {};
-  // Requests whose handler never blocks and takes microseconds: run on the
-  // loop thread itself, answered without a worker (Docker waits for its
-  // authorization plugin's answer on every API request). Default: none.
-  std::function<bool(const httplib::Request& req)> run_inline = {};
+  // Tried on the loop thread itself with each complete request: returns true
+  // when it answered (`res` filled), without a worker; false hands the
+  // request to a worker's handler as usual. For answers that take
+  // microseconds and never block (Docker waits for its authorization
+  // plugin's answer on every API request, and each hand-over to a worker and
+  // back costs a loaded host milliseconds). Default: none.
+  std::function<bool(const PeerCred& peer, httplib::Request& req, httplib::Response& res)> try_inline = {};
   // An inherited listening socket (systemd socket activation) instead of
   // binding one: used as is and never unlinked. -1: bind.
   int listen_fd = -1;
-};
-
-// Who is at the other end of a unix-socket connection, as the kernel says
-// (SO_PEERCRED at connect()). `known` false on TCP.
-struct PeerCred {
-  bool known = false;
-  uint32_t uid = 0;
-  uint32_t gid = 0;
-  int32_t pid = 0;
 };
 
 class HttpServer {

@@ -26,7 +26,17 @@ std::string who(uint32_t uid, const AdmissionFigures& f) {
 }  // namespace
 
 Verdict Admission::judge(std::string_view method, std::string_view uri, const std::optional<std::string>& body) {
-  Verdict v = decide(method, uri, body);
+  return counted(*decide(method, uri, body, true), method, uri);
+}
+
+std::optional<Verdict> Admission::judgeNow(std::string_view method, std::string_view uri,
+                                           const std::optional<std::string>& body) {
+  std::optional<Verdict> v = decide(method, uri, body, false);
+  if (!v) return std::nullopt;
+  return counted(std::move(*v), method, uri);
+}
+
+Verdict Admission::counted(Verdict v, std::string_view method, std::string_view uri) {
   count(v.reason);
   // Unsure verdicts log their own line.
   if (!v.allow && (std::string_view(v.reason) == "over_limit" || std::string_view(v.reason) == "ambiguous_same"))
@@ -34,10 +44,13 @@ Verdict Admission::judge(std::string_view method, std::string_view uri, const st
   return v;
 }
 
-Verdict Admission::decide(std::string_view method, std::string_view uri, const std::optional<std::string>& body) {
+// nullopt only without `wait`: not paired yet.
+std::optional<Verdict> Admission::decide(std::string_view method, std::string_view uri,
+                                         const std::optional<std::string>& body, bool wait) {
   if (!isAdmissionRequest(method, pathOf(uri))) return Verdict{true, "", "not_judged", std::nullopt};
-  const MatchResult m = pair(method, uri, body);
+  const MatchResult m = pair(method, uri, body, wait);
   if (m.kind == MatchResult::Kind::Matched) return forSender(m.sender);
+  if (!wait && (m.kind == MatchResult::Kind::NotSeen || m.kind == MatchResult::Kind::Waiting)) return std::nullopt;
   if (m.kind != MatchResult::Kind::Ambiguous) return unsure("not_seen");
   // Identical requests from several users at once: if every one of them
   // would get the same verdict, that is the verdict.
@@ -75,7 +88,9 @@ Verdict Admission::forSender(const Sender& s) {
 }
 
 // Asks until the probe's view has the request or the deadline passes.
-MatchResult Admission::pair(std::string_view method, std::string_view uri, const std::optional<std::string>& body) {
+MatchResult Admission::pair(std::string_view method, std::string_view uri, const std::optional<std::string>& body,
+                            bool wait) {
+  if (!wait) return hooks_.match(method, uri, body, false);
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + opt_.match_timeout;
   auto pause = std::chrono::microseconds(500);

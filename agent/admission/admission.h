@@ -71,6 +71,10 @@ class Admission {
 
   // Docker's AuthZReq: RequestMethod, RequestURI, RequestBody (when sent).
   Verdict judge(std::string_view method, std::string_view uri, const std::optional<std::string>& body);
+  // The same without waiting: nullopt when the request is not paired yet
+  // (the caller then calls judge(), which waits), the verdict otherwise.
+  std::optional<Verdict> judgeNow(std::string_view method, std::string_view uri,
+                                  const std::optional<std::string>& body);
 
   // /healthz "admission": verdicts by reason; degraded once a call was
   // judged unsure (not seen, ambiguous).
@@ -80,8 +84,10 @@ class Admission {
   const AdmissionOptions& options() const { return opt_; }
 
  private:
-  Verdict decide(std::string_view method, std::string_view uri, const std::optional<std::string>& body);
-  MatchResult pair(std::string_view method, std::string_view uri, const std::optional<std::string>& body);
+  std::optional<Verdict> decide(std::string_view method, std::string_view uri, const std::optional<std::string>& body,
+                                bool wait);
+  MatchResult pair(std::string_view method, std::string_view uri, const std::optional<std::string>& body, bool wait);
+  Verdict counted(Verdict v, std::string_view method, std::string_view uri);
   Verdict forSender(const Sender& s);
   Verdict unsure(const char* reason);
   void count(std::string_view reason);

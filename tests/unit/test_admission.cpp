@@ -343,3 +343,20 @@ TEST_CASE("AuthzPlugin: the protocol, allowing until admission is set", "[admiss
   CHECK(metrics.find("dockquota_admission_verdicts_total{reason=\"over_limit\"} 1") != std::string::npos);
   CHECK(metrics.find("dockquota_admission_verdicts_total{reason=\"starting\"} 1") != std::string::npos);
 }
+
+TEST_CASE("Admission::judgeNow: a verdict when the request is paired, nothing (no count) when not yet", "[admission]") {
+  Fixture f;
+  f.figures[1001] = {11ull << 30, 10ull << 30, "alice"};
+  Admission a = f.make();
+  CHECK_FALSE(a.judgeNow("POST", kCreate, kBody));
+  CHECK(a.health().report["verdicts"]["not_seen"] == 0);
+  sent(f.matcher, 1, request("POST", kCreate, kBody), 1001, f.now);
+  auto v = a.judgeNow("POST", kCreate, kBody);
+  REQUIRE(v);
+  CHECK_FALSE(v->allow);
+  CHECK(a.health().report["verdicts"]["over_limit"] == 1);
+  // Never judged: answered at once.
+  auto read = a.judgeNow("GET", "/v1.41/containers/json", std::nullopt);
+  REQUIRE(read);
+  CHECK(read->allow);
+}
