@@ -406,8 +406,10 @@ def check_admission(api):
     cfg["admission"] = "on"
     with open("/etc/dockquota/config.json", "w") as f:
         json.dump(cfg, f)
+    # systemd refuses to start a socket whose service already runs: stop it first.
+    sh("systemctl stop %s" % UNIT)
     sh("systemctl enable --now dockquota.socket")
-    sh("systemctl restart %s" % UNIT)
+    sh("systemctl start %s" % UNIT)
     def health():
         try:
             return api.call("GET", "/healthz", auth=False)[1] or {}
