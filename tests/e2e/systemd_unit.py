@@ -14,7 +14,7 @@ with prjquota, then checks through the running dockquota.service:
     EDQUOT/ENOSPC, bob's 48 MiB write goes through;
   - safe state: /var/lib/dockquota 0700, the database files 0600;
   - admission control (dockquota.socket, Docker's authorization-plugins):
-    alice at her limit refused a create, bob allowed, and a kill -9 of the
+    alice over her limit refused a create, bob allowed, and a kill -9 of the
     agent fails no Docker request (systemd restarts it behind the socket);
   - the journal has no EPERM/EACCES/EROFS from the agent, `docker rm` works,
     and the agent stops cleanly.
@@ -397,8 +397,8 @@ def set_docker_plugins(plugins):
 
 def check_admission(api):
     """Admission control as README says to turn it on: dockquota.socket holds
-    the plugin socket, Docker is told to use it; alice (at her 16 MiB limit
-    since check_quota) is refused a create, bob is not; a kill -9 of the agent
+    the plugin socket, Docker is told to use it; alice (over a 4 MiB limit,
+    below what she wrote in check_quota) is refused a create, bob is not; a kill -9 of the agent
     while bob creates: systemd restarts it, no Docker request fails."""
     log("admission: dockquota.socket, admission on, Docker's authorization-plugins")
     with open("/etc/dockquota/config.json") as f:
@@ -421,11 +421,16 @@ def check_admission(api):
           "the agent serves the plugin on systemd's socket: %s" % json.dumps({k: h.get(k) for k in (
               "socket", "socket_activated")}))
     set_docker_plugins(["dockquota"])
+    # Her write stopped a little under 16 MiB: a limit below her usage puts
+    # her over it in the agent's figures (admission judges those).
+    status, body = api.call("PUT", "/remote-api/quotas/users/%d?device=docker" % USERS["alice"],
+                            {"block_hard_limit": 4096})
+    check(status == 200, "PUT a 4 MiB limit for alice (below her usage): %d" % status)
     p = subprocess.run(["docker", "create", "--network", "none", "alice-img:1", "true"], capture_output=True,
                        text=True, user=USERS["alice"], group=USERS["alice"],
                        extra_groups=[grp.getgrnam("docker").gr_gid], env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     check(p.returncode != 0 and "authorization denied by plugin dockquota" in p.stderr,
-          "alice (at her limit) is refused a create through the unit's socket: %s" % p.stderr.strip()[:200])
+          "alice (over her limit) is refused a create through the unit's socket: %s" % p.stderr.strip()[:200])
     rc, _ = docker("bob", "create", "--network", "none", "--name", "bob-admitted", "bob-img:1", "true",
                    check_rc=False)
     check(rc == 0, "bob (no limit) is allowed a create")
