@@ -144,8 +144,17 @@ void AuthzPlugin::verdictReply(httplib::Response& res, const Verdict& v, const s
 void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) {
   json j = json::parse(req.body, nullptr, false);
   if (!j.is_object()) {
+    // Docker's plugin client retries a call whose connection broke (this
+    // agent killed mid-call) with the request body it already drained: the
+    // retry arrives empty. Nothing to judge; a 400 would fail the user's
+    // request, so it is unsure, as a request the probe did not see.
     bad_requests_++;
-    return fail(res, 400, "AuthZReq: the body is not a JSON object");
+    if (!opt_.fail_closed) return reply(res, 200, {{"Allow", true}});
+    return reply(res, 200,
+                 {{"Allow", false},
+                  {"Msg",
+                   "dockquota: the quota agent got this request without its content (was it restarting?), "
+                   "and this host refuses what it cannot judge (admission_fail_closed). Try again."}});
   }
   const std::string method = textField(j, "RequestMethod"), uri = textField(j, "RequestUri");
   Admission* admission = admission_.load();
@@ -196,7 +205,9 @@ Health AuthzPlugin::health() const {
   h.report["judge_us"] = hist;
   h.report["judge_us_max"] = judge_us_max_.load();
   if (bad_requests_.load())
-    h.degraded.push_back("authz plugin: " + std::to_string(bad_requests_.load()) + " call(s) were not JSON");
+    h.degraded.push_back("authz plugin: " + std::to_string(bad_requests_.load()) +
+                         " AuthZReq call(s) without a JSON body could not be judged (" +
+                         (opt_.fail_closed ? "refused" : "allowed") + ")");
   return h;
 }
 
@@ -207,7 +218,8 @@ void AuthzPlugin::renderMetrics(std::string& out) const {
   if (Admission* a = admission_.load())
     for (const auto& [reason, n] : a->verdictCounts())
       promSample(out, "dockquota_admission_verdicts_total", "reason=\"" + std::string(reason) + "\"", n);
-  promHeader(out, "dockquota_admission_bad_requests_total", "counter", "Plugin calls whose body was not JSON.");
+  promHeader(out, "dockquota_admission_bad_requests_total", "counter",
+             "AuthZReq calls without a JSON body (Docker's retry of a broken call sends none): not judged.");
   promSample(out, "dockquota_admission_bad_requests_total", "", bad_requests_.load());
 }
 

@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -297,6 +298,7 @@ def restart_window(env, adm, activated):
     with ThreadPoolExecutor(max_workers=1) as pool:
         fut = pool.submit(loop)
         time.sleep(2)
+        usual = statistics.median(lat) if lat else 0.0
         env.agent.send_signal(signal.SIGKILL)
         env.agent.wait()
         killed = time.time()
@@ -308,17 +310,20 @@ def restart_window(env, adm, activated):
         stop["flag"] = True
         fut.result()
     adm.wait_ready()
-    return max(lat), errors, down, len(lat)
+    return max(lat), errors, down, len(lat), usual
 
 
 def restarts(env, adm):
     # systemd's socket: the plugin socket outlives the agent.
-    worst, errors, down, n = restart_window(env, adm, activated=True)
+    worst, errors, down, n, usual = restart_window(env, adm, activated=True)
     print("restart, socket-activated: agent down %.2f s, %d creates, slowest %.2f s, %d failed" %
           (down, n, worst, len(errors)))
     check(not errors, "socket-activated restart: no Docker request failed (%s)" % errors[:2])
-    check(worst <= down + 2.0, "socket-activated restart: requests waited no longer than the restart "
-          "(slowest %.2f s, down %.2f s)" % (worst, down))
+    # A call cut by the kill is retried by Docker after 1 s; a create takes
+    # `usual` (the median before the kill: tens of ms here, a second under TCG).
+    bound = max(down, 1.0) + 3 * usual + 0.5
+    check(worst <= bound, "socket-activated restart: requests waited no longer than the restart "
+          "(slowest %.2f s, down %.2f s, a create usually %.2f s: bound %.2f s)" % (worst, down, usual, bound))
     rc, out, err = docker_as(env, "bob", "create", "--network", "none", "base", "true")
     check(rc == 0, "after the restart bob is allowed")
     rc, out, err = docker_as(env, "alice", "create", "--network", "none", "base", "true")
@@ -335,7 +340,7 @@ def restarts(env, adm):
     adm.spawn_agent()
     adm.wait_serving()
     adm.wait_ready()
-    worst, errors, down, n = restart_window(env, adm, activated=False)
+    worst, errors, down, n, usual = restart_window(env, adm, activated=False)
     print("restart, agent's own socket: agent down %.2f s, %d creates, slowest %.2f s, %d failed" %
           (down, n, worst, len(errors)))
     check(not errors, "own-socket restart: no Docker request failed (Docker retried the plugin) (%s)" % errors[:2])
