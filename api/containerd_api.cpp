@@ -132,7 +132,8 @@ void promContainerdMetrics(std::string& out, const json& r) {
 }
 
 void promCtrdQuotaMetrics(std::string& out, const json& r, const json& tenants) {
-  for (const auto& [k, v] : r.value("counters", json::object()).items()) {
+  const json counters = r.value("counters", json::object());  // items() refers into it: not a temporary
+  for (const auto& [k, v] : counters.items()) {
     if (!v.is_number_unsigned()) continue;
     const std::string name = "dockquota_containerd_quota_" + k + "_total";
     promHeader(out, name.c_str(), "counter",
