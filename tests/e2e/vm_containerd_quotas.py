@@ -239,6 +239,36 @@ def churn(env, ctrd, fs):
           "%s: the %d rows left at the kill freed by the reconcile (%d)" % (fs, len(left), released))
 
 
+def bench(env, ctrd, fs):
+    """DQ_CTRD_BENCH=N: `ctr run -d` wall time over N containers with the agent
+    stopped, then running (side by side in one boot), and task create ->
+    tagged from /healthz. Off by default (CI has no time for it under TCG)."""
+    n = int(os.environ.get("DQ_CTRD_BENCH", "0"))
+    if n <= 0:
+        return
+
+    def runs(tag):
+        walls = []
+        for i in range(n):
+            t0 = time.time()
+            ctrd.ctr("run", "-d", ctw.IMAGE, "%s%d" % (tag, i), "sleep", "100000")
+            walls.append(time.time() - t0)
+        for i in range(n):
+            delete(ctrd, "%s%d" % (tag, i))
+        walls.sort()
+        return walls[len(walls) // 2], sum(walls) / len(walls)
+
+    env.stop_agent()
+    off = runs("off")
+    start_agent(env, ctrd)
+    on = runs("on")
+    w = ctw.ctrd_health(env)["watch"]["task_create_to_hook_done_ms"]
+    print("BENCH %s: ctr run -d wall, agent stopped: median %.3f s mean %.3f s; running: median %.3f s mean %.3f s "
+          "(%+.1f %% mean); task create -> tagged p50 %.1f ms p99 %.1f ms (%d samples)" % (
+              fs, off[0], off[1], on[0], on[1], 100.0 * (on[1] - off[1]) / off[1], w["p50"], w["p99"],
+              w["samples"]), flush=True)
+
+
 def scenario(env, fs):
     data = harness.mount_data_root(env, fs)
     ctrd = ctw.Containerd(os.path.join(data, "ctrd"))
@@ -260,6 +290,7 @@ def scenario(env, fs):
         print("%s: task create -> hook done %s; tag step %s" % (
             fs, h["watch"].get("task_create_to_hook_done_ms"), quotas(env)["tag_ms"]), flush=True)
         recycled(env, ctrd, fs)
+        bench(env, ctrd, fs)
         churn(env, ctrd, fs)
         hq = env.health()
         # Docker's own backend (no Docker data root here) may say its piece; the containerd stage must not.
