@@ -32,10 +32,15 @@ json rowOf(const CtrdContainer& c) {
 
 int statusOf(const Error& e) { return e.code == ENOENT ? 404 : e.code == ENOTCONN ? 503 : 502; }
 
-void list(ContainerdService& service, Res& res) {
+json withQuota(json row, const CtrdQuotas* quotas, const CtrdContainer& c) {
+  if (quotas) row.update(quotas->containerFigures(c.ns, c.id));
+  return row;
+}
+
+void list(ContainerdService& service, const CtrdQuotas* quotas, Res& res) {
   json out = {{"connected", false}, {"containers", json::array()}, {"recent_events", json::array()}};
   if (auto st = service.stats()) out["connected"] = st->connected != 0;
-  for (const auto& c : service.watch().containers()) out["containers"].push_back(rowOf(c));
+  for (const auto& c : service.watch().containers()) out["containers"].push_back(withQuota(rowOf(c), quotas, c));
   out["count"] = out["containers"].size();
   for (const auto& e : service.watch().recent())
     out["recent_events"].push_back(
@@ -43,11 +48,11 @@ void list(ContainerdService& service, Res& res) {
   sendJson(res, 200, out);
 }
 
-void one(ContainerdService& service, ContainerdRuntime& runtime, const Req& req, Res& res) {
+void one(ContainerdService& service, ContainerdRuntime& runtime, const CtrdQuotas* quotas, const Req& req, Res& res) {
   const std::string ns = req.matches[1], id = req.matches[2];
   auto c = service.watch().find(ns, id);
   if (!c) return sendError(res, 404, "no container " + ns + "/" + id + " in the watch");
-  json out = rowOf(*c);
+  json out = withQuota(rowOf(*c), quotas, *c);
   auto bytes = runtime.writableBytes(ns + "/" + id);
   if (!bytes) return sendError(res, statusOf(bytes.error()), bytes.error().message);
   out["writable_bytes"] = *bytes;
@@ -69,12 +74,18 @@ void act(ContainerdRuntime& runtime, const Req& req, Res& res, bool remove) {
 
 }  // namespace
 
-void installContainerdRoutes(ApiServer& api, ContainerdService& service, ContainerdRuntime& runtime) {
-  api.route("GET", "/api/v1/containerd/containers", [&api, &service](const Req& req, Res& res) {
-    if (api.authorize(req, res)) list(service, res);
+void installContainerdRoutes(ApiServer& api, ContainerdService& service, ContainerdRuntime& runtime,
+                             const CtrdQuotas* quotas) {
+  api.route("GET", "/api/v1/containerd/containers", [&api, &service, quotas](const Req& req, Res& res) {
+    if (api.authorize(req, res)) list(service, quotas, res);
   });
-  api.route("GET", kOne, [&api, &service, &runtime](const Req& req, Res& res) {
-    if (api.authorize(req, res)) one(service, runtime, req, res);
+  api.route("GET", "/api/v1/containerd/tenants", [&api, quotas](const Req& req, Res& res) {
+    if (!api.authorize(req, res)) return;
+    if (!quotas) return sendError(res, 404, "containerd quotas are off (containerd_quotas)");
+    sendJson(res, 200, {{"tenants", quotas->tenants()}});
+  });
+  api.route("GET", kOne, [&api, &service, &runtime, quotas](const Req& req, Res& res) {
+    if (api.authorize(req, res)) one(service, runtime, quotas, req, res);
   });
   api.route("POST", std::string(kOne) + "/stop", [&api, &runtime](const Req& req, Res& res) {
     if (api.authorize(req, res)) act(runtime, req, res, false);
@@ -118,6 +129,25 @@ void promContainerdMetrics(std::string& out, const json& r) {
     gauge("dockquota_containerd_tasks_running", "Running containerd tasks in the watched namespaces.",
           w.value("tasks_running", 0.0));
   }
+}
+
+void promCtrdQuotaMetrics(std::string& out, const json& r, const json& tenants) {
+  const json counters = r.value("counters", json::object());  // items() refers into it: not a temporary
+  for (const auto& [k, v] : counters.items()) {
+    if (!v.is_number_unsigned()) continue;
+    const std::string name = "dockquota_containerd_quota_" + k + "_total";
+    promHeader(out, name.c_str(), "counter",
+               "containerd quota stage counter (see /healthz runtimes.containerd.quotas).");
+    promSample(out, name.c_str(), "", v.get<uint64_t>());
+  }
+  auto family = [&](const char* name, const char* help, const char* key) {
+    promHeader(out, name, "gauge", help);
+    for (const auto& t : tenants)
+      promSample(out, name, "tenant=\"" + promEscape(t.value("tenant", "")) + "\"", t.value(key, uint64_t(0)));
+  };
+  family("dockquota_containerd_tenant_used_bytes", "Bytes in a tenant's project (its containers' writable layers).",
+         "used_bytes");
+  family("dockquota_containerd_tenant_limit_bytes", "A tenant's hard limit in bytes (0 = none).", "limit_bytes");
 }
 
 }  // namespace dockquota

@@ -232,7 +232,7 @@ Status App::buildServices() {
   if (!enforcement) return enforcement.error();
   enforcement_ = std::move(*enforcement);
   installGrowthRoute(*api_, *store_, growth_.get(), config_.bill_root_to_login_uid);
-  containerd_ = openContainerd(config_, *api_);
+  containerd_ = openContainerd(config_, *api_, *store_);
   if (!config_.user_socket.empty()) {
     user_ctx_ = std::make_unique<UserApiContext>(UserApiContext{quota_->context(), &enforcement_->enforcer()});
     UserApiOptions o;

@@ -162,6 +162,20 @@ Status namespacesKey(const std::string& origin, const json& v, Config& c) {
   return {};
 }
 
+// {"tenant": MiB, ...}: at most 4096 tenants (a node's Kubernetes namespaces).
+Status tenantQuotasKey(const std::string& origin, const json& v, Config& c) {
+  const char* why = "must be an object of tenant name -> MiB (1..2^30), at most 4096 entries";
+  if (!v.is_object() || v.size() > 4096) return keyError(origin, "containerd_tenant_quotas_mib", why);
+  std::map<std::string, uint64_t> out;
+  for (const auto& [k, mib] : v.items()) {
+    if (k.empty() || !mib.is_number_unsigned() || mib.get<uint64_t>() == 0 || mib.get<uint64_t>() > (uint64_t(1) << 30))
+      return keyError(origin, "containerd_tenant_quotas_mib", why);
+    out[k] = mib.get<uint64_t>();
+  }
+  c.containerd_tenant_quotas_mib = std::move(out);
+  return {};
+}
+
 }  // namespace
 
 bool Config::runtimeEnabled(const std::string& name) const {
@@ -208,6 +222,15 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"containerd_address", stringKey(origin, "containerd_address", &Config::containerd_address)},
       {"containerd_namespaces", [origin](const json& v, Config& c) { return namespacesKey(origin, v, c); }},
       {"containerd_module", stringKey(origin, "containerd_module", &Config::containerd_module)},
+      {"containerd_quotas", boolKey(origin, "containerd_quotas", &Config::containerd_quotas)},
+      // 1 TiB in MiB: past any snapshot filesystem a node has; 0 = no limit.
+      {"containerd_quota_default_mib",
+       uintKey(origin, "containerd_quota_default_mib", &Config::containerd_quota_default_mib, 0, uint64_t(1) << 20)},
+      {"containerd_limit_label", stringKey(origin, "containerd_limit_label", &Config::containerd_limit_label)},
+      {"containerd_tenant_label", stringKey(origin, "containerd_tenant_label", &Config::containerd_tenant_label)},
+      {"containerd_tenant_quota_mib",
+       uintKey(origin, "containerd_tenant_quota_mib", &Config::containerd_tenant_quota_mib, 0, uint64_t(1) << 30)},
+      {"containerd_tenant_quotas_mib", [origin](const json& v, Config& c) { return tenantQuotasKey(origin, v, c); }},
       {"database", stringKey(origin, "database", &Config::database)},
       {"capture_bytes", uintKey(origin, "capture_bytes", &Config::capture_bytes, 512, 4096)},
       {"ringbuf_kib", uintKey(origin, "ringbuf_kib", &Config::ringbuf_kib, 256, 1 << 20)},

@@ -44,6 +44,14 @@ struct Config {
   std::string containerd_address = "/run/containerd/containerd.sock";
   std::vector<std::string> containerd_namespaces = {"k8s.io"};
   std::string containerd_module;  // "" = $DOCKQUOTA_CONTAINERD_MODULE, else the installed module
+  // containerd rootfs quotas (README "containerd quotas"): a project per
+  // container (or per tenant) on its snapshot, from the project_id range.
+  bool containerd_quotas = true;
+  uint64_t containerd_quota_default_mib = 0;               // per container, 0 = accounted, no limit
+  std::string containerd_limit_label = "dockquota.limit";  // a container's own limit ("10G", "512Mi")
+  std::string containerd_tenant_label = "io.kubernetes.pod.namespace";
+  uint64_t containerd_tenant_quota_mib = 0;                      // 0 = no tenant grouping
+  std::map<std::string, uint64_t> containerd_tenant_quotas_mib;  // per-tenant overrides
   bool runtimeEnabled(const std::string& name) const;
   // Store
   std::string database = "/var/lib/dockquota/dockquota.db";

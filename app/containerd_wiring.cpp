@@ -6,36 +6,63 @@
 
 namespace dockquota {
 
-std::unique_ptr<ContainerdServices> openContainerd(const Config& config, ApiServer& api) {
+namespace {
+
+constexpr uint64_t kMiB = 1024 * 1024;
+
+CtrdQuotas::Options quotaOptions(const Config& c) {
+  CtrdQuotas::Options o;
+  o.cfg.default_bytes = c.containerd_quota_default_mib * kMiB;
+  o.cfg.limit_label = c.containerd_limit_label;
+  o.cfg.tenant_label = c.containerd_tenant_label;
+  o.cfg.tenant_default_bytes = c.containerd_tenant_quota_mib * kMiB;
+  for (const auto& [t, mib] : c.containerd_tenant_quotas_mib) o.cfg.tenant_bytes[t] = mib * kMiB;
+  o.id_min = c.project_id_min;
+  o.id_max = c.project_id_max;
+  o.namespaces = c.containerd_namespaces;
+  return o;
+}
+
+}  // namespace
+
+std::unique_ptr<ContainerdServices> openContainerd(const Config& config, ApiServer& api, Store& store) {
   if (!config.runtimeEnabled("containerd")) return nullptr;
   auto s = std::make_unique<ContainerdServices>();
   s->service = ContainerdService::open(ContainerdOptions{.module_path = containerdModulePath(config.containerd_module),
                                                          .address = config.containerd_address,
                                                          .namespaces = config.containerd_namespaces});
   s->runtime = std::make_unique<ContainerdRuntime>(*s->service);
-  // Until a quota stage subscribes: what the hooks would get, in the debug log.
-  s->service->watch().setHooks(CtrdHooks{
-      .on_task_create =
-          [](const std::string& ns, const std::string& id, const std::map<std::string, std::string>&,
-             const std::string& upper) {
-            LOG_DEBUG("containerd", "task create %s/%s, upper dir %s", ns.c_str(), id.c_str(),
-                      upper.empty() ? "(unresolved)" : upper.c_str());
-          },
-      .on_container_delete =
-          [](const std::string& ns, const std::string& id) {
-            LOG_DEBUG("containerd", "container delete %s/%s", ns.c_str(), id.c_str());
-          },
-  });
-  installContainerdRoutes(api, *s->service, *s->runtime);
+  if (config.containerd_quotas) {
+    s->quotas = std::make_unique<CtrdQuotas>(store, realCtrdKernel(), quotaOptions(config));
+    s->service->watch().setHooks(s->quotas->hooks(s->service->watch()));
+  }
+  installContainerdRoutes(api, *s->service, *s->runtime, s->quotas.get());
   return s;
 }
 
-Status ContainerdServices::start() { return service->start(); }
+Status ContainerdServices::start() {
+  if (quotas) quotas->start();
+  return service->start();
+}
 
-void ContainerdServices::stop() { service->stop(); }
+void ContainerdServices::stop() {
+  service->stop();  // no more hooks
+  if (quotas) quotas->stop();
+}
 
-Health ContainerdServices::health() const { return service->health(); }
+Health ContainerdServices::health() const {
+  Health h = service->health();
+  if (quotas) {
+    Health q = quotas->health();
+    h.report["quotas"] = std::move(q.report);
+    h.absorb(std::move(q));
+  }
+  return h;
+}
 
-void ContainerdServices::renderMetrics(std::string& out) const { promContainerdMetrics(out, health().report); }
+void ContainerdServices::renderMetrics(std::string& out) const {
+  promContainerdMetrics(out, health().report);
+  if (quotas) promCtrdQuotaMetrics(out, quotas->health().report, quotas->tenants());
+}
 
 }  // namespace dockquota

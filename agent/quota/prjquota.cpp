@@ -385,6 +385,27 @@ Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std:
   return out;
 }
 
+Result<TagStats> tagSnapshot(const std::string& root, const std::string& upper, uint32_t id) {
+  TagStats out;
+  const std::string work = root + "/work";
+  const bool has_work = isDirNoFollow(work);
+  if (has_work) {
+    if (auto r = tagOne(root, id); !r) return r.error();
+    auto w = tagTree(work, id, TagFlags::Inherit);
+    if (!w) return w.error();
+    add(out, *w);
+    if (auto b = waitForMkdirs(work); !b) return b.error();
+  }
+  auto ids = tagTree(upper, id, TagFlags::IdsOnly);
+  if (!ids) return ids.error();
+  auto flags = tagTree(upper, id, TagFlags::Inherit);
+  if (!flags) return flags.error();
+  add(out, *ids);
+  out.tagged += flags->tagged;  // the same inodes again: count changes only
+  out.failed += flags->failed;
+  return out;
+}
+
 Status setProjectLimit(const QuotaFs& fs, uint32_t id, uint64_t hard_bytes, uint64_t soft_bytes) {
   fs_disk_quota d{};
   d.d_version = FS_DQUOT_VERSION;

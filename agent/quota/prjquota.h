@@ -116,6 +116,19 @@ struct LayerTagResult {
 constexpr int kMountSetupSeconds = 10;  // a slow mount under load, with margin
 Result<LayerTagResult> tagLayer(const std::string& root, uint32_t id, const std::function<bool()>& upper_mounted,
                                 int mount_setup_seconds = kMountSetupSeconds, double finished_before = 0);
+// A containerd overlayfs snapshot (<root> = .../snapshots/<n>, holding fs/ =
+// the upper dir and work/), tagged while it may already be mounted: containerd
+// mounts the rootfs inside the task create, before its event reaches us, so
+// tagLayer()'s "leave a live upper dir alone" would defer every container.
+// The order keeps overlayfs' renames from work/work into fs/ from failing
+// with EXDEV: root and work/ (work/work included) get the id with
+// PROJINHERIT first, so copy-ups are born with it; then fs/ gets ids with no
+// new flags (a directory without PROJINHERIT accepts any inode), then the
+// flags. Only a copy-up begun before work/work was flagged and renamed after
+// its target directory was can still fail; at task create, before the task
+// starts, nothing writes yet. Without work/ (another layout) fs/ alone.
+Result<TagStats> tagSnapshot(const std::string& root, const std::string& upper, uint32_t id);
+
 // `root` holds diff/ and work/ (an overlay2 layer root, not a volume).
 bool isLayerRoot(const std::string& root);
 

@@ -27,6 +27,9 @@ namespace {
 constexpr const char* kSub = "prjquota";
 constexpr const char* kUser = "user";
 constexpr const char* kContainer = "container";
+// Rows of other kinds (ctrd, ctrd-tenant: agent/quota/ctrd_quotas.h) share the
+// table so ids never collide, and are never judged here.
+bool ofDocker(const ProjectRecord& p) { return p.owner_kind == kUser || p.owner_kind == kContainer; }
 
 std::string parentDir(const std::string& p) {
   auto slash = p.find_last_of('/');
@@ -654,6 +657,7 @@ void ProjectQuotas::wake() {
 }
 
 bool ProjectQuotas::ofThisMode(const ProjectRecord& p) const {
+  if (!ofDocker(p)) return false;
   return (p.owner_kind == kUser) == (opt_.mode == ProjectMode::User);
 }
 
@@ -953,6 +957,7 @@ Status ProjectQuotas::sync() {
   if (!projects) return projects.error().context(kSub);
   std::vector<ProjectRecord> kept;
   for (const auto& p : *projects) {
+    if (!ofDocker(p)) continue;          // containerd's rows share the table and the range: CtrdQuotas owns them
     if (p.created_at >= pass_started) {  // allocated for a new layer while this pass ran: not judged on its snapshot
       kept.push_back(p);
       continue;

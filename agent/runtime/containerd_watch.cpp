@@ -1,9 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent/runtime/containerd_watch.h"
 
+#include <time.h>
+
 #include <algorithm>
 
 namespace dockquota {
+
+static int64_t realtimeNs() {
+  timespec t{};
+  clock_gettime(CLOCK_REALTIME, &t);
+  return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
 
 std::map<std::string, std::string> labelsOf(const dq_ctrd_event& ev) {
   std::map<std::string, std::string> out;
@@ -72,8 +80,13 @@ void ContainerdWatch::taskCreate(const dq_ctrd_event& ev, int64_t now_unix_ns,
     if (latencies_ms_.size() > kLatencies) latencies_ms_.pop_front();
   }
   if (hooks_.on_task_create)
-    calls.push_back([this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir] {
+    calls.push_back([this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir, ts = ev.timestamp_ns] {
       hooks_.on_task_create(ns, id, labels, upper);
+      // The hook tags synchronously: containerd's timestamp -> tagged.
+      if (upper.empty() || ts <= 0) return;
+      std::lock_guard<std::mutex> l(mu_);
+      hooked_ms_.push_back(double(realtimeNs() - ts) / 1e6);
+      if (hooked_ms_.size() > kLatencies) hooked_ms_.pop_front();
     });
   hook_calls_["task_create"]++;
 }
@@ -162,7 +175,10 @@ void ContainerdWatch::apply(const dq_ctrd_event& ev, int64_t now_unix_ns) {
         break;
       case DQ_CTRD_RECONCILE_BEGIN: listing_[ev.ns].clear(); break;
       case DQ_CTRD_RECONCILE_ITEM: reconcileItem(ev, calls); break;
-      case DQ_CTRD_RECONCILE_END: reconcileEnd(ev.ns, calls); break;
+      case DQ_CTRD_RECONCILE_END:
+        reconcileEnd(ev.ns, calls);
+        if (hooks_.on_reconcile_end) calls.push_back([this, ns = std::string(ev.ns)] { hooks_.on_reconcile_end(ns); });
+        break;
       default: break;
     }
     if (ev.kind <= DQ_CTRD_CONTAINER_DELETE) remember(ev.seq, kind, ev.ns, ev.container_id, ev.upper_dir);
@@ -212,6 +228,7 @@ nlohmann::json ContainerdWatch::report() const {
     if (c.task_state == DQ_CTRD_STATE_RUNNING) running++;
   }
   const std::vector<double> lat(latencies_ms_.begin(), latencies_ms_.end());
+  const std::vector<double> hooked(hooked_ms_.begin(), hooked_ms_.end());
   return {{"containers", live_.size()},
           {"tasks", tasks},
           {"tasks_running", running},
@@ -222,7 +239,10 @@ nlohmann::json ContainerdWatch::report() const {
           {"reconcile_deletes", reconcile_deletes_},
           // containerd's task-create timestamp -> the agent holding the resolved upper dir
           {"task_create_to_upper_dir_ms",
-           {{"samples", lat.size()}, {"p50", percentile(lat, 0.5)}, {"p99", percentile(lat, 0.99)}}}};
+           {{"samples", lat.size()}, {"p50", percentile(lat, 0.5)}, {"p99", percentile(lat, 0.99)}}},
+          // ... -> the on_task_create hook returned (with a quota stage: the upper dir tagged)
+          {"task_create_to_hook_done_ms",
+           {{"samples", hooked.size()}, {"p50", percentile(hooked, 0.5)}, {"p99", percentile(hooked, 0.99)}}}};
 }
 
 }  // namespace dockquota

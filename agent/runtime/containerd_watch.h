@@ -43,6 +43,9 @@ struct CtrdHooks {
                      const std::string& upper_dir)>
       on_task_create;
   std::function<void(const std::string& ns, const std::string& id)> on_container_delete;
+  // A reconcile of `ns` ended: the watch now holds exactly what containerd
+  // lists there (state kept elsewhere can be compared with containers()).
+  std::function<void(const std::string& ns)> on_reconcile_end;
 };
 
 // One line of the recent-events log (GET /api/v1/containerd/containers).
@@ -90,6 +93,7 @@ class ContainerdWatch {
   std::map<std::string, uint64_t> hook_calls_;  // task_create, container_delete
   uint64_t reconcile_deletes_ = 0, reconcile_adds_ = 0;
   std::deque<double> latencies_ms_;
+  std::deque<double> hooked_ms_;  // task create -> its hook returned
 };
 
 // Parses a label set of an event into a map (for tests and the watch).

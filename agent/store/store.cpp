@@ -216,6 +216,23 @@ ALTER TABLE objects ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE objects ADD COLUMN missed_at REAL;  -- created while watched, no kernel evidence after the check delay
 CREATE INDEX objects_missed ON objects (kind, id) WHERE missed_at IS NOT NULL;
 )sql",
+    // v6: containerd's projects in the same table (one id space for both
+    // runtimes): 'ctrd' (owner "<namespace>/<id>") and 'ctrd-tenant' (owner
+    // the tenant label's value). SQLite cannot alter a CHECK: the table is
+    // rebuilt (nothing references it).
+    R"sql(
+CREATE TABLE projects_v6 (
+  id            INTEGER PRIMARY KEY,         -- kernel project id
+  owner_kind    TEXT    NOT NULL CHECK (owner_kind IN ('user', 'container', 'ctrd', 'ctrd-tenant')),
+  owner         TEXT    NOT NULL,            -- uid as text, container id, <namespace>/<id>, tenant
+  limit_bytes   INTEGER,                     -- container projects: own limit (NULL = the default)
+  created_at    REAL    NOT NULL,
+  UNIQUE (owner_kind, owner)
+);
+INSERT INTO projects_v6 SELECT id, owner_kind, owner, limit_bytes, created_at FROM projects;
+DROP TABLE projects;
+ALTER TABLE projects_v6 RENAME TO projects;
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion,
               "kSchemaVersion must equal the number of migration steps");

@@ -38,7 +38,7 @@ Status makeStateDirectory(const std::string& dir);
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
 
   // Opens (creating if needed) and migrates. Refuses a file whose schema is
   // newer than this build knows, naming both versions. A new database file

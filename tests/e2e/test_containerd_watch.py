@@ -16,6 +16,8 @@ plugin), and the real agent with `runtime: containerd` and the module
   counted; started again: the agent reconnects (counters moved) and its set
   equals `ctr c ls`;
 - the enforcement calls of ContainerdRuntime: writable bytes, stop, remove;
+- the quota stage on this host's filesystem (no project quotas): nothing
+  tagged, /healthz degraded naming it, the degraded counter;
 - a missing module: the agent runs, /healthz degraded naming the path.
 
 Prerequisites missing (root, containerd, ctr, runc, busybox-static, the
@@ -162,6 +164,9 @@ def oci_image_tar(path):
 # --- the agent ----------------------------------------------------------------------
 
 def start_agent(env, ctrd, **extra):
+    # The host has no project quotas: the quota stage would (rightly) degrade
+    # /healthz, which the watch's checks read. vm_containerd_quotas tests it.
+    extra.setdefault("containerd_quotas", False)
     cfg = env.write_config(runtime="containerd", containerd_address=ctrd.sock, containerd_namespaces=[NS],
                            containerd_module=module_path(env.agent_bin), **extra)
     log = open(env.agent_log, "a")
@@ -431,6 +436,31 @@ def missing_module(env, ctrd):
     env.stop_agent()
 
 
+def quotas_degraded(env, ctrd):
+    """The quota stage on a filesystem without project quotas (this host's):
+    nothing tagged, said loudly (/healthz, the degraded counter, /metrics)."""
+    env.stop_agent()
+    start_agent(env, ctrd, containerd_quotas=True, containerd_quota_default_mib=16)
+    run_container(ctrd, "q1", "sleep 1000")
+    ok = harness.wait_for("q1 counted", lambda: ctrd_health(env).get("quotas", {}).get("counters", {}).get(
+        "degraded", 0) >= 1, timeout=15)
+    q = ctrd_health(env).get("quotas", {})
+    h = env.health()
+    check(ok and q["counters"]["tagged"] == 0 and q["filesystems"] and not q["filesystems"][0]["usable"],
+          "quotas on a filesystem without them: nothing tagged, degraded counted (%s)" % q)
+    check(any(r.startswith("containerd quotas: ") for r in h["degraded"]),
+          "/healthz degraded naming the filesystem: %s" % h["degraded"])
+    check(ctw_metric_ok(env, q["counters"]["degraded"]), "/metrics dockquota_containerd_quota_degraded_total")
+    c = listed(env).get("q1", {})
+    check("project_id" in c and c["project_id"] is None, "q1 listed without a project: %s" % c.get("project_id", "?"))
+    status, body = env.http("/api/v1/containerd/tenants")
+    check(status == 200 and body == {"tenants": []}, "GET /api/v1/containerd/tenants: %s %s" % (status, body))
+
+
+def ctw_metric_ok(env, want):
+    return metric(env, "dockquota_containerd_quota_degraded_total") == want
+
+
 def safe_health(env):
     try:
         return env.health()
@@ -456,6 +486,7 @@ def run(env):
         cycles(env, ctrd, harness.ARGS.cycles)
         undecodable_event(env, ctrd)
         metrics_and_latency(env)
+        quotas_degraded(env, ctrd)
         missing_module(env, ctrd)
     finally:
         ctrd.cleanup()

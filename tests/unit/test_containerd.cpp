@@ -208,6 +208,55 @@ TEST_CASE("upperdir= from mount options", "[containerd]") {
   CHECK(cleanAbsolutePath("/var/lib/containerd/x..y/fs"));
 }
 
+TEST_CASE("containerd watch: reconcile end hook, task create -> hook done samples", "[containerd]") {
+  ContainerdWatch w;
+  Recorder r;
+  CtrdHooks h = r.hooks();
+  std::vector<std::string> ended;
+  h.on_reconcile_end = [&](const std::string& ns) {
+    ended.push_back(ns + " " + std::to_string(w.containers().size()));
+  };
+  w.setHooks(h);
+  FakeEvent tc = taskCreate("c1", "/snap/1/fs");
+  tc.timestamp_ns = 1'000'000'000;  // long ago: the sample is now - then, after the hook returned
+  feed(w, tc);
+  feed(w, taskCreate("c2", ""));  // no upper dir: no sample
+  feed(w, FakeEvent{.kind = DQ_CTRD_RECONCILE_BEGIN, .id = ""});
+  feed(w, FakeEvent{.kind = DQ_CTRD_RECONCILE_END, .id = ""});
+  // after the reconcile's deletes: the hook sees the set as it now is
+  CHECK(ended == std::vector<std::string>{"k8s.io 0"});
+  const auto rep = w.report();
+  CHECK(rep["task_create_to_hook_done_ms"]["samples"] == 1);
+  CHECK(rep["task_create_to_hook_done_ms"]["p50"].get<double>() > 1000.0);
+}
+
+TEST_CASE("config: the containerd quota keys", "[config][containerd]") {
+  auto d = parseConfig("{}", "t.json");
+  REQUIRE(d.ok());
+  CHECK(d->containerd_quotas);
+  CHECK(d->containerd_quota_default_mib == 0);
+  CHECK(d->containerd_limit_label == "dockquota.limit");
+  CHECK(d->containerd_tenant_label == "io.kubernetes.pod.namespace");
+  CHECK(d->containerd_tenant_quota_mib == 0);
+  CHECK(d->containerd_tenant_quotas_mib.empty());
+  auto c = parseConfig(R"({"containerd_quotas": false, "containerd_quota_default_mib": 10240,
+                           "containerd_limit_label": "io.dockquota/limit", "containerd_tenant_label": "tenant",
+                           "containerd_tenant_quota_mib": 20480, "containerd_tenant_quotas_mib": {"a": 1, "b": 2}})",
+                       "t.json");
+  REQUIRE(c.ok());
+  CHECK_FALSE(c->containerd_quotas);
+  CHECK(c->containerd_quota_default_mib == 10240);
+  CHECK(c->containerd_limit_label == "io.dockquota/limit");
+  CHECK(c->containerd_tenant_label == "tenant");
+  CHECK(c->containerd_tenant_quota_mib == 20480);
+  CHECK(c->containerd_tenant_quotas_mib == std::map<std::string, uint64_t>{{"a", 1}, {"b", 2}});
+  for (const char* bad :
+       {R"({"containerd_tenant_quotas_mib": {"a": 0}})", R"({"containerd_tenant_quotas_mib": []})",
+        R"({"containerd_tenant_quotas_mib": {"": 1}})", R"({"containerd_tenant_quotas_mib": {"a": -1}})",
+        R"({"containerd_quota_default_mib": -1})", R"({"containerd_limit_label": ""})"})
+    CHECK_FALSE(parseConfig(bad, "t.json").ok());
+}
+
 TEST_CASE("config: runtime and the containerd keys", "[config][containerd]") {
   auto d = parseConfig("{}", "t.json");
   REQUIRE(d.ok());

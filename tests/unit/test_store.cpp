@@ -119,13 +119,13 @@ TEST_CASE("store: a new file gets the whole schema, WAL on", "[store]") {
   TempDir dir;
   const std::string path = dir.file("state.db");
   auto store = openOk(path);
-  CHECK(store->schemaVersion() == 5);
+  CHECK(store->schemaVersion() == 6);
   CHECK(store->schemaVersion() == Store::kSchemaVersion);
-  CHECK(Store::migrations().size() == 5);
+  CHECK(Store::migrations().size() == 6);
   CHECK(store->path() == path);
 
   RawDb raw(path);
-  CHECK(raw.scalar("PRAGMA user_version") == "5");
+  CHECK(raw.scalar("PRAGMA user_version") == "6");
   CHECK(raw.scalar("PRAGMA journal_mode") == "wal");
   CHECK(raw.column("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
         std::vector<std::string>{"conditions", "device_defaults", "enforcement_actions", "events", "evidence",

@@ -248,7 +248,7 @@ TEST_CASE("store v5: the change counter survives a restart; v4 files migrate", "
   uint64_t after = 0;
   {
     auto store = openStore(path);
-    CHECK(store->schemaVersion() == 5);
+    CHECK(store->schemaVersion() == 6);
     CHECK(store->objects().sequence() == 0);
     ObjectRecord o = rec(*store, ObjectKind::Container, "old");
     CHECK(o.seq == 0);
