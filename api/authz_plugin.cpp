@@ -50,17 +50,10 @@ std::string textField(const json& j, std::string_view key) {
   return v && v->is_string() ? v->get<std::string>() : std::string();
 }
 
-// An AuthZReq about a request admission judges (its body says which).
 // Go encodes RequestBody ([]byte) as base64, absent or null when Docker sent none.
 std::optional<std::string> requestBody(const json& j) {
   if (const json* b = field(j, "RequestBody"); b && b->is_string()) return base64Decode(b->get<std::string>());
   return std::nullopt;
-}
-
-bool judgedCall(const httplib::Request& req) {
-  if (req.path != "/AuthZPlugin.AuthZReq") return false;
-  const json j = json::parse(req.body, nullptr, false);
-  return j.is_object() && isAdmissionRequest(textField(j, "RequestMethod"), pathOf(textField(j, "RequestUri")));
 }
 
 }  // namespace
@@ -107,7 +100,10 @@ void AuthzPlugin::handle(const httplib::Request& req, httplib::Response& res) {
     activations_++;
     return reply(res, 200, {{"Implements", {"authz"}}});
   }
-  if (req.path == "/AuthZPlugin.AuthZReq") return authzReq(req, res);
+  if (req.path == "/AuthZPlugin.AuthZReq") {
+    (void)authzReq(req, res, /*wait=*/true);
+    return;
+  }
   if (req.path == "/AuthZPlugin.AuthZRes") {
     responses_++;
     return reply(res, 200, {{"Allow", true}});
@@ -116,20 +112,11 @@ void AuthzPlugin::handle(const httplib::Request& req, httplib::Response& res) {
 }
 
 bool AuthzPlugin::answerNow(const httplib::Request& req, httplib::Response& res) {
-  Admission* admission = admission_.load();
-  if (!admission || !judgedCall(req)) {
+  if (req.path != "/AuthZPlugin.AuthZReq") {
     handle(req, res);
     return true;
   }
-  const json j = json::parse(req.body, nullptr, false);
-  const std::string method = textField(j, "RequestMethod"), uri = textField(j, "RequestUri");
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::optional<Verdict> v = admission->judgeNow(method, uri, requestBody(j));
-  if (!v) return false;
-  observeJudge(
-      uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
-  verdictReply(res, *v, method, uri);
-  return true;
+  return authzReq(req, res, /*wait=*/false);
 }
 
 void AuthzPlugin::verdictReply(httplib::Response& res, const Verdict& v, const std::string& method,
@@ -141,29 +128,42 @@ void AuthzPlugin::verdictReply(httplib::Response& res, const Verdict& v, const s
   reply(res, 200, out);
 }
 
-void AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res) {
-  json j = json::parse(req.body, nullptr, false);
+// The body is parsed once here, whichever thread asks. Without `wait` (the
+// loop thread) false means not answered: the request is judged and the
+// probe has not paired it yet, so a worker asks again, waiting.
+bool AuthzPlugin::authzReq(const httplib::Request& req, httplib::Response& res, bool wait) {
+  const json j = json::parse(req.body, nullptr, false);
   if (!j.is_object()) {
     // Docker's plugin client retries a call whose connection broke (this
     // agent killed mid-call) with the request body it already drained: the
     // retry arrives empty. Nothing to judge; a 400 would fail the user's
     // request, so it is unsure, as a request the probe did not see.
     bad_requests_++;
-    if (!opt_.fail_closed) return reply(res, 200, {{"Allow", true}});
-    return reply(res, 200,
-                 {{"Allow", false},
-                  {"Msg",
-                   "dockquota: the quota agent got this request without its content (was it restarting?), "
-                   "and this host refuses what it cannot judge (admission_fail_closed). Try again."}});
+    if (!opt_.fail_closed) {
+      reply(res, 200, {{"Allow", true}});
+      return true;
+    }
+    reply(res, 200,
+          {{"Allow", false},
+           {"Msg",
+            "dockquota: the quota agent got this request without its content (was it restarting?), "
+            "and this host refuses what it cannot judge (admission_fail_closed). Try again."}});
+    return true;
   }
   const std::string method = textField(j, "RequestMethod"), uri = textField(j, "RequestUri");
   Admission* admission = admission_.load();
-  if (!admission) return starting(method, uri, res);
+  if (!admission) {
+    starting(method, uri, res);
+    return true;
+  }
   const auto t0 = std::chrono::steady_clock::now();
-  const Verdict v = admission->judge(method, uri, requestBody(j));
+  const std::optional<std::string> body = requestBody(j);
+  const std::optional<Verdict> v = wait ? admission->judge(method, uri, body) : admission->judgeNow(method, uri, body);
+  if (!v) return false;
   observeJudge(
       uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
-  verdictReply(res, v, method, uri);
+  verdictReply(res, *v, method, uri);
+  return true;
 }
 
 // The agent is not built yet (it serves this socket first of all): what

@@ -74,7 +74,7 @@ class AuthzPlugin {
   void renderMetrics(std::string& out) const;
 
  private:
-  void authzReq(const httplib::Request& req, httplib::Response& res);
+  bool authzReq(const httplib::Request& req, httplib::Response& res, bool wait);
   // The transport's loop thread: answers unless a judged request must wait.
   bool answerNow(const httplib::Request& req, httplib::Response& res);
   void verdictReply(httplib::Response& res, const Verdict& v, const std::string& method, const std::string& uri);
