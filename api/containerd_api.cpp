@@ -121,9 +121,17 @@ void promContainerdMetrics(std::string& out, const json& r) {
   family("dockquota_containerd_upper_dir_unresolved_total",
          "Containers whose rootfs upper dir could not be found, by reason (unsupported_snapshotter, ...).",
          "upper_dir_unresolved", "reason");
-  family("dockquota_containerd_hook_calls_total", "Calls of the quota hooks (task_create, container_delete).",
+  family("dockquota_containerd_hook_calls_total",
+         "Calls of the quota hooks (rootfs_at_container_create, rootfs_at_task_create, rootfs_at_reconcile, "
+         "container_delete).",
          "hook_calls", "hook");
   if (w.is_object()) {
+    // A task whose process ran before its rootfs was tagged: its first
+    // bytes are charged late (the tag moves them) and could pass a limit.
+    promHeader(out, "dockquota_containerd_tasks_started_before_hook_total", "counter",
+               "Tasks containerd started before the agent's rootfs hook (the tag) returned.");
+    promSample(out, "dockquota_containerd_tasks_started_before_hook_total", "",
+               w.value("tasks_started_before_hook", uint64_t(0)));
     gauge("dockquota_containerd_containers", "containerd containers in the watched namespaces.",
           w.value("containers", 0.0));
     gauge("dockquota_containerd_tasks_running", "Running containerd tasks in the watched namespaces.",

@@ -80,7 +80,10 @@ int main(int argc, char** argv) {
   log::parseLevel(cfg->log_level, &level);
   log::setLevel(verbose ? log::Level::Debug : level);
   if (check_only) {
-    printf("config ok\n");
+    // The runtimes line is read by deploy/install.sh (the containerd drop-in).
+    std::string runtimes;
+    for (const auto& r : cfg->runtimes) runtimes += (runtimes.empty() ? "" : ",") + r;
+    printf("config ok\nruntime: %s\n", runtimes.c_str());
     return 0;
   }
   if (cfg->api_key.empty()) {

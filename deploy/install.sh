@@ -55,13 +55,22 @@ if [ ! -s /etc/dockquota/api-key ]; then
   (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > /etc/dockquota/api-key)
   echo "    generated API key in /etc/dockquota/api-key"
 fi
-/usr/local/sbin/dockquotad --config /etc/dockquota/config.json --check-config
+checked=$(/usr/local/sbin/dockquotad --config /etc/dockquota/config.json --check-config)
+echo "$checked"
 
 if [ -d /run/systemd/system ]; then
   echo "==> systemd"
   install -D -m 0644 "$here/deploy/systemd/dockquota.service" /etc/systemd/system/dockquota.service
   # Admission control's socket: installed, not enabled (README "Admission control").
   install -D -m 0644 "$here/deploy/systemd/dockquota.socket" /etc/systemd/system/dockquota.socket
+  # A containerd node (the config's runtime includes containerd): the agent
+  # wants containerd.service and starts after it (deploy/systemd/README.md).
+  dropin=/etc/systemd/system/dockquota.service.d/containerd.conf
+  if echo "$checked" | grep -q '^runtime:.*containerd'; then
+    install -D -m 0644 "$here/deploy/systemd/dockquota.service.d/containerd.conf" "$dropin"
+  else
+    rm -f "$dropin"
+  fi
   systemctl daemon-reload
   systemctl enable --now docker.service >/dev/null 2>&1 || true
   systemctl enable dockquota.service >/dev/null

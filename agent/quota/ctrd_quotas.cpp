@@ -116,8 +116,8 @@ Status CtrdQuotas::applyLimit(const QuotaFs& fs, uint32_t id, uint64_t bytes) {
   return {};
 }
 
-void CtrdQuotas::onTaskCreate(const std::string& ns, const std::string& id,
-                              const std::map<std::string, std::string>& labels, const std::string& upper) {
+void CtrdQuotas::onRootfs(const std::string& ns, const std::string& id,
+                          const std::map<std::string, std::string>& labels, const std::string& upper) {
   const auto t0 = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> l(mu_);
   if (upper.empty()) {
@@ -202,7 +202,7 @@ void CtrdQuotas::onContainerDelete(const std::string& ns, const std::string& id)
 void CtrdQuotas::onReconcileEnd(const std::string& ns, const std::vector<CtrdContainer>& live) {
   std::set<std::string> listed;  // "<ns>/<id>" of every namespace
   for (const auto& c : live) listed.insert(c.ns + "/" + c.id);
-  // Containers with a snapshot the watch holds but announced no task create
+  // Containers with a snapshot the watch holds but announced no rootfs
   // for (no task now): their rows stay, their tags are in place already.
   for (const auto& c : live)
     if (c.ns == ns && !c.upper_dir.empty() && c.task_state == DQ_CTRD_STATE_NONE) {
@@ -211,7 +211,7 @@ void CtrdQuotas::onReconcileEnd(const std::string& ns, const std::vector<CtrdCon
         std::lock_guard<std::mutex> l(mu_);
         known = members_.count(c.ns + "/" + c.id) > 0;
       }
-      if (!known) onTaskCreate(c.ns, c.id, c.labels, c.upper_dir);
+      if (!known) onRootfs(c.ns, c.id, c.labels, c.upper_dir);
     }
   std::lock_guard<std::mutex> l(mu_);
   reconciled_.insert(ns);
@@ -232,9 +232,9 @@ void CtrdQuotas::onReconcileEnd(const std::string& ns, const std::vector<CtrdCon
 
 CtrdHooks CtrdQuotas::hooks(const ContainerdWatch& watch) {
   return CtrdHooks{
-      .on_task_create = [this](const std::string& ns, const std::string& id,
-                               const std::map<std::string, std::string>& labels,
-                               const std::string& upper) { onTaskCreate(ns, id, labels, upper); },
+      .on_rootfs = [this](const std::string& ns, const std::string& id,
+                          const std::map<std::string, std::string>& labels,
+                          const std::string& upper) { onRootfs(ns, id, labels, upper); },
       .on_container_delete = [this](const std::string& ns, const std::string& id) { onContainerDelete(ns, id); },
       .on_reconcile_end = [this, &watch](const std::string& ns) { onReconcileEnd(ns, watch.containers()); },
   };

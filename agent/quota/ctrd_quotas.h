@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 // containerd rootfs quotas: the quota stage behind ContainerdWatch's hooks.
 //
-//   on_task_create      the container's project (its own, or its tenant's:
+//   on_rootfs           the container's project (its own, or its tenant's:
 //                       ctrd_plan.h) allocated from the project-id range,
 //                       checked against the kernel, kept in the Store; its
-//                       snapshot (<n>/, work/, fs/) tagged before the task
-//                       starts; its hard limit set
+//                       hard limit set, then its snapshot (<n>/, work/,
+//                       fs/) tagged: at the container's create, before the
+//                       rootfs is mounted (else at its task create)
 //   on_container_delete its own project freed (limit cleared, row deleted);
 //                       a tenant's when its last container goes
 //   on_reconcile_end    rows of containers containerd no longer lists are
 //                       freed (the agent was down when they were deleted);
-//                       running ones were re-announced as task creates
+//                       running ones were re-announced to on_rootfs
 //   sync()              every project's usage in one quota read per
 //                       filesystem; a limit reached is an event
 //                       (containerd_limit_reached), once per crossing
@@ -58,10 +59,10 @@ std::unique_ptr<CtrdKernel> realCtrdKernel();
 std::string snapshotRootOf(const std::string& upper);
 
 struct CtrdQuotaStats {
-  uint64_t tagged = 0;      // snapshots tagged (task creates, re-announced ones included)
+  uint64_t tagged = 0;      // snapshots tagged (re-announced ones included)
   uint64_t tag_errors = 0;  // tagging, limits, allocation
-  uint64_t unresolved = 0;  // task creates without an upper dir (nothing to tag)
-  uint64_t degraded = 0;    // task creates on a filesystem without project quotas
+  uint64_t unresolved = 0;  // rootfs hooks without an upper dir (nothing to tag)
+  uint64_t degraded = 0;    // rootfs hooks on a filesystem without project quotas
   uint64_t ids_allocated = 0;
   uint64_t ids_released = 0;
   uint64_t reconcile_released = 0;  // of those: rows of containers gone while the agent was not looking
@@ -81,8 +82,8 @@ class CtrdQuotas {
   ~CtrdQuotas();
 
   // The hooks (ContainerdWatch: the module's thread, in event order).
-  void onTaskCreate(const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
-                    const std::string& upper);
+  void onRootfs(const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
+                const std::string& upper);
   void onContainerDelete(const std::string& ns, const std::string& id);
   // `live`: what the watch holds after the reconcile (all namespaces).
   void onReconcileEnd(const std::string& ns, const std::vector<CtrdContainer>& live);

@@ -41,7 +41,7 @@ extern "C" {
 #define DQ_CTRD_TASK_START 2       /* /tasks/start: pid */
 #define DQ_CTRD_TASK_EXIT 3        /* /tasks/exit of the init process: exit_status */
 #define DQ_CTRD_TASK_DELETE 4      /* /tasks/delete of the init process: exit_status */
-#define DQ_CTRD_CONTAINER_CREATE 5 /* /containers/create: labels, snapshot */
+#define DQ_CTRD_CONTAINER_CREATE 5 /* /containers/create: labels, snapshot, upper dir when resolvable */
 #define DQ_CTRD_CONTAINER_DELETE 6 /* /containers/delete */
 #define DQ_CTRD_RECONCILE_BEGIN 7  /* ns: the namespace about to be listed */
 #define DQ_CTRD_RECONCILE_ITEM 8   /* one container (and its task state) of ns */

@@ -64,6 +64,41 @@ static void merge(CtrdContainer& c, const dq_ctrd_event& ev) {
   if (ev.n_labels > 0) c.labels = labelsOf(ev);
 }
 
+// on_rootfs for `c`'s upper dir, after the set is updated and unlocked;
+// `event_ns`: containerd's timestamp of the event that hooks it (0: none, a
+// reconcile), for the event -> tagged latency.
+void ContainerdWatch::hookRootfs(CtrdContainer& c, const char* stage, int64_t event_ns,
+                                 std::vector<std::function<void()>>& calls) {
+  c.hooked_upper = c.upper_dir;
+  hook_calls_[std::string("rootfs_at_") + stage]++;
+  if (!hooks_.on_rootfs) return;
+  calls.push_back([this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir, event_ns] {
+    hooks_.on_rootfs(ns, id, labels, upper);
+    const int64_t done = realtimeNs();
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = live_.find({ns, id});
+    if (it != live_.end() && it->second.hooked_upper == upper) it->second.hooked_done_ns = done;
+    if (event_ns <= 0) return;
+    hooked_ms_.push_back(double(done - event_ns) / 1e6);
+    if (hooked_ms_.size() > kLatencies) hooked_ms_.pop_front();
+  });
+}
+
+// The snapshot is prepared before the container is created (ctr, nerdctl,
+// the CRI): its upper dir, when the module resolved it, is hooked now,
+// before the task create mounts it. An unresolved one is not counted here:
+// the task create resolves it again, and counts it if it still fails.
+void ContainerdWatch::containerCreate(const dq_ctrd_event& ev, std::vector<std::function<void()>>& calls) {
+  CtrdContainer& c = live_[{ev.ns, ev.container_id}];
+  c.ns = ev.ns;
+  c.id = ev.container_id;
+  merge(c, ev);
+  if (!ev.upper_dir[0]) return;
+  c.upper_dir = ev.upper_dir;
+  c.upper_error.clear();
+  hookRootfs(c, "container_create", ev.timestamp_ns, calls);
+}
+
 void ContainerdWatch::taskCreate(const dq_ctrd_event& ev, int64_t now_unix_ns,
                                  std::vector<std::function<void()>>& calls) {
   CtrdContainer& c = live_[{ev.ns, ev.container_id}];
@@ -79,16 +114,28 @@ void ContainerdWatch::taskCreate(const dq_ctrd_event& ev, int64_t now_unix_ns,
     latencies_ms_.push_back(double(now_unix_ns - ev.timestamp_ns) / 1e6);
     if (latencies_ms_.size() > kLatencies) latencies_ms_.pop_front();
   }
-  if (hooks_.on_task_create)
-    calls.push_back([this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir, ts = ev.timestamp_ns] {
-      hooks_.on_task_create(ns, id, labels, upper);
-      // The hook tags synchronously: containerd's timestamp -> tagged.
-      if (upper.empty() || ts <= 0) return;
-      std::lock_guard<std::mutex> l(mu_);
-      hooked_ms_.push_back(double(realtimeNs() - ts) / 1e6);
-      if (hooked_ms_.size() > kLatencies) hooked_ms_.pop_front();
-    });
-  hook_calls_["task_create"]++;
+  // Hooked at its container create already: the same snapshot, nothing new.
+  if (c.upper_dir.empty() || c.hooked_upper == c.upper_dir) return;
+  hookRootfs(c, "task_create", ev.timestamp_ns, calls);
+}
+
+// How far ahead of the task's start its rootfs was hooked (tagged, with a
+// quota stage): the figure that says whether the first byte the container
+// wrote was already under its limit. Hooks run in event order, so a hook of
+// an earlier event has returned by now.
+void ContainerdWatch::taskStart(const dq_ctrd_event& ev) {
+  CtrdContainer& c = live_[{ev.ns, ev.container_id}];
+  c.ns = ev.ns;
+  c.id = ev.container_id;
+  c.task_state = DQ_CTRD_STATE_RUNNING;
+  c.pid = ev.pid;
+  if (!hooks_.on_rootfs || c.upper_dir.empty() || ev.timestamp_ns <= 0) return;  // nothing hooked, nothing to time
+  if (c.hooked_done_ns <= 0 || c.hooked_done_ns > ev.timestamp_ns) {
+    started_before_hook_++;
+    if (c.hooked_done_ns <= 0) return;
+  }
+  lead_ms_.push_back(double(ev.timestamp_ns - c.hooked_done_ns) / 1e6);
+  if (lead_ms_.size() > kLatencies) lead_ms_.pop_front();
 }
 
 // A reconciled container with a task the watch did not hold (agent start,
@@ -110,13 +157,7 @@ void ContainerdWatch::reconcileItem(const dq_ctrd_event& ev, std::vector<std::fu
   c.pid = ev.pid;
   c.exit_status = ev.exit_status;
   if (!known) countUnresolved(ev);
-  if (ev.task_state != DQ_CTRD_STATE_NONE && (!had_task || upper_changed)) {
-    if (hooks_.on_task_create)
-      calls.push_back([this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir] {
-        hooks_.on_task_create(ns, id, labels, upper);
-      });
-    hook_calls_["task_create"]++;
-  }
+  if (ev.task_state != DQ_CTRD_STATE_NONE && (!had_task || upper_changed)) hookRootfs(c, "reconcile", 0, calls);
 }
 
 void ContainerdWatch::reconcileEnd(const std::string& ns, std::vector<std::function<void()>>& calls) {
@@ -144,25 +185,16 @@ void ContainerdWatch::apply(const dq_ctrd_event& ev, int64_t now_unix_ns) {
     events_[kind]++;
     const Key key{ev.ns, ev.container_id};
     switch (ev.kind) {
-      case DQ_CTRD_CONTAINER_CREATE: {
-        CtrdContainer& c = live_[key];
-        c.ns = ev.ns;
-        c.id = ev.container_id;
-        merge(c, ev);
-        break;
-      }
+      case DQ_CTRD_CONTAINER_CREATE: containerCreate(ev, calls); break;
       case DQ_CTRD_TASK_CREATE: taskCreate(ev, now_unix_ns, calls); break;
-      case DQ_CTRD_TASK_START:
+      case DQ_CTRD_TASK_START: taskStart(ev); break;
       case DQ_CTRD_TASK_EXIT:
       case DQ_CTRD_TASK_DELETE: {
         CtrdContainer& c = live_[key];
         c.ns = ev.ns;
         c.id = ev.container_id;
-        c.task_state = ev.kind == DQ_CTRD_TASK_START  ? DQ_CTRD_STATE_RUNNING
-                       : ev.kind == DQ_CTRD_TASK_EXIT ? DQ_CTRD_STATE_STOPPED
-                                                      : DQ_CTRD_STATE_NONE;
-        if (ev.kind == DQ_CTRD_TASK_START) c.pid = ev.pid;
-        if (ev.kind != DQ_CTRD_TASK_START) c.exit_status = ev.exit_status;
+        c.task_state = ev.kind == DQ_CTRD_TASK_EXIT ? DQ_CTRD_STATE_STOPPED : DQ_CTRD_STATE_NONE;
+        c.exit_status = ev.exit_status;
         break;
       }
       case DQ_CTRD_CONTAINER_DELETE:
@@ -229,6 +261,7 @@ nlohmann::json ContainerdWatch::report() const {
   }
   const std::vector<double> lat(latencies_ms_.begin(), latencies_ms_.end());
   const std::vector<double> hooked(hooked_ms_.begin(), hooked_ms_.end());
+  const std::vector<double> lead(lead_ms_.begin(), lead_ms_.end());
   return {{"containers", live_.size()},
           {"tasks", tasks},
           {"tasks_running", running},
@@ -240,9 +273,17 @@ nlohmann::json ContainerdWatch::report() const {
           // containerd's task-create timestamp -> the agent holding the resolved upper dir
           {"task_create_to_upper_dir_ms",
            {{"samples", lat.size()}, {"p50", percentile(lat, 0.5)}, {"p99", percentile(lat, 0.99)}}},
-          // ... -> the on_task_create hook returned (with a quota stage: the upper dir tagged)
-          {"task_create_to_hook_done_ms",
-           {{"samples", hooked.size()}, {"p50", percentile(hooked, 0.5)}, {"p99", percentile(hooked, 0.99)}}}};
+          // the event that hooked the rootfs (container create, else task
+          // create) -> on_rootfs returned (with a quota stage: tagged, limited)
+          {"create_to_hook_done_ms",
+           {{"samples", hooked.size()}, {"p50", percentile(hooked, 0.5)}, {"p99", percentile(hooked, 0.99)}}},
+          // on_rootfs returned -> containerd started the task: > 0 means the
+          // limit held before the container's first instruction; min is the tightest
+          {"hook_done_before_task_start_ms",
+           {{"samples", lead.size()},
+            {"min", lead.empty() ? 0.0 : *std::min_element(lead.begin(), lead.end())},
+            {"p50", percentile(lead, 0.5)}}},
+          {"tasks_started_before_hook", started_before_hook_}};
 }
 
 }  // namespace dockquota

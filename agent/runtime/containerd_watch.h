@@ -4,9 +4,12 @@
 // namespace by namespace by its reconciles. Pure logic (no gRPC, no dlopen):
 // the unit tests drive it with fake events.
 //
-// The hook a quota stage subscribes to: on_task_create (a task was created,
-// or a reconcile found one the watch did not hold: after an agent restart or
-// a reconnect, every running task is announced again, so a subscriber must
+// The hooks a quota stage subscribes to: on_rootfs (a container's rootfs
+// upper dir is known: at its container create when its snapshot is already
+// prepared, as ctr, nerdctl and the CRI do, so before anything is mounted on
+// it; else at its task create, before the task starts; and when a reconcile
+// finds a task the watch did not hold: after an agent restart or a
+// reconnect every running task is announced again, so a subscriber must
 // treat it as idempotent) and on_container_delete (a /containers/delete, or
 // a reconcile that no longer lists it). Both run synchronously on the
 // module's thread in event order, after the set is updated, with the upper
@@ -36,12 +39,14 @@ struct CtrdContainer {
   std::map<std::string, std::string> labels;
   uint32_t task_state = DQ_CTRD_STATE_NONE;
   uint32_t pid = 0, exit_status = 0;
+  std::string hooked_upper;    // the upper dir on_rootfs was last called with
+  int64_t hooked_done_ns = 0;  // realtime when that call returned
 };
 
 struct CtrdHooks {
   std::function<void(const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
                      const std::string& upper_dir)>
-      on_task_create;
+      on_rootfs;
   std::function<void(const std::string& ns, const std::string& id)> on_container_delete;
   // A reconcile of `ns` ended: the watch now holds exactly what containerd
   // lists there (state kept elsewhere can be compared with containers()).
@@ -58,7 +63,7 @@ struct CtrdSeen {
 class ContainerdWatch {
  public:
   static constexpr size_t kRecent = 512;      // events kept for the API: a few minutes of a busy node
-  static constexpr size_t kLatencies = 1024;  // task create -> upper dir samples for p50/p99
+  static constexpr size_t kLatencies = 1024;  // samples kept of each latency (p50/p99)
 
   void setHooks(CtrdHooks hooks) { hooks_ = std::move(hooks); }
   // One event of the module's thread; `now_unix_ns`: the realtime clock when
@@ -77,7 +82,10 @@ class ContainerdWatch {
 
  private:
   using Key = std::pair<std::string, std::string>;  // namespace, id
+  void containerCreate(const dq_ctrd_event& ev, std::vector<std::function<void()>>& calls);
   void taskCreate(const dq_ctrd_event& ev, int64_t now_unix_ns, std::vector<std::function<void()>>& calls);
+  void taskStart(const dq_ctrd_event& ev);
+  void hookRootfs(CtrdContainer& c, const char* stage, int64_t event_ns, std::vector<std::function<void()>>& calls);
   void reconcileEnd(const std::string& ns, std::vector<std::function<void()>>& calls);
   void reconcileItem(const dq_ctrd_event& ev, std::vector<std::function<void()>>& calls);
   void remember(uint64_t seq, const char* kind, const std::string& ns, const std::string& id, const std::string& upper);
@@ -90,10 +98,12 @@ class ContainerdWatch {
   std::deque<CtrdSeen> recent_;
   std::map<std::string, uint64_t> events_;      // by kind
   std::map<std::string, uint64_t> unresolved_;  // upper dir missing, by reason
-  std::map<std::string, uint64_t> hook_calls_;  // task_create, container_delete
+  std::map<std::string, uint64_t> hook_calls_;  // rootfs_at_<stage>, container_delete
   uint64_t reconcile_deletes_ = 0, reconcile_adds_ = 0;
   std::deque<double> latencies_ms_;
-  std::deque<double> hooked_ms_;  // task create -> its hook returned
+  std::deque<double> hooked_ms_;      // the hooking event (container or task create) -> on_rootfs returned
+  std::deque<double> lead_ms_;        // on_rootfs returned -> the task started (> 0: the quota was first)
+  uint64_t started_before_hook_ = 0;  // tasks started before on_rootfs returned for their upper dir
 };
 
 // Parses a label set of an event into a map (for tests and the watch).

@@ -471,6 +471,60 @@ def check_admission(api):
     sh("systemctl disable --now dockquota.socket")
 
 
+DROPIN = "/etc/systemd/system/dockquota.service.d/containerd.conf"
+
+
+def set_runtime(agent, runtime):
+    with open("/etc/dockquota/config.json") as f:
+        cfg = json.load(f)
+    # admission off: its phase is over, and without dockquota.socket the agent
+    # would bind the plugin socket itself, in /run/docker/plugins (read-only here).
+    cfg.update(runtime=runtime, containerd_namespaces=["k8s.io"], admission="off")
+    with open("/etc/dockquota/config.json", "w") as f:
+        json.dump(cfg, f)
+    install(agent)  # as an admin would: install.sh reads the runtime and puts the drop-in in place
+
+
+def containerd_state(api):
+    try:
+        c = (api.call("GET", "/healthz", auth=False)[1] or {}).get("runtimes", {}).get("containerd", {})
+    except (urllib.error.URLError, OSError):
+        return {}
+    return c
+
+
+def check_containerd(api, agent):
+    """The unit on a containerd node: runtime docker,containerd makes
+    install.sh add the drop-in (Wants= and After=containerd.service); the
+    module loads and connects inside the sandbox; a containerd restart does
+    not restart the agent, which reconnects by itself."""
+    log("containerd: runtime docker,containerd through install.sh")
+    set_runtime(agent, "docker,containerd")
+    check(os.path.exists(DROPIN), "install.sh put the containerd drop-in in place")
+    s = show(UNIT, "After", "Wants", "DropInPaths")
+    check("containerd.service" in s.get("After", "").split() and "containerd.service" in s.get("Wants", "").split(),
+          "dockquota.service wants and starts after containerd.service: %s" % s)
+    up = wait_for("the module connected to containerd", lambda: containerd_state(api).get("connected"), 120)
+    check(bool(up), "the containerd module loaded and connected under the sandbox: %s" % json.dumps(
+        {k: containerd_state(api).get(k) for k in ("connected", "last_error", "module_build")}))
+    pid = show(UNIT, "MainPID")["MainPID"]
+    before = containerd_state(api).get("counters", {}).get("reconnects", 0)
+    sh("systemctl restart containerd.service")
+    again = wait_for("reconnected after containerd's restart", lambda: (lambda c: c.get("connected") and c.get(
+        "counters", {}).get("reconnects", 0) > before)(containerd_state(api)), 120)
+    check(bool(again), "the agent reconnected after containerd restarted: %s" % json.dumps(
+        containerd_state(api).get("counters")))
+    check(show(UNIT, "MainPID")["MainPID"] == pid and show(UNIT, "ActiveState")["ActiveState"] == "active",
+          "a containerd restart did not restart the agent (Wants=, not BindsTo=)")
+    # Docker's containers still run through its containerd: the node works on.
+    rc, _ = docker("root", "run", "--rm", "--network", "none", "alice-img:1", "true", check_rc=False)
+    check(rc == 0, "docker run works after containerd's restart")
+    log("containerd: runtime docker again: install.sh removes the drop-in")
+    set_runtime(agent, "docker")
+    check(not os.path.exists(DROPIN) and "containerd.service" not in show(UNIT, "Wants")["Wants"].split(),
+          "install.sh removed the drop-in for runtime docker")
+
+
 def check_cleanup():
     for user in USERS:
         for c in ("sleeper", "writer") + (("curl", "idle") if user == "bob" else ()):
@@ -503,6 +557,7 @@ def main():
         check_modes()
         check_watchdog(pid)
         check_admission(api)
+        check_containerd(api, os.path.abspath(args.agent))
         check_cleanup()
     except AssertionError as e:
         check(False, "raised: %s" % e)

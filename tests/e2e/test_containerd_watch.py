@@ -305,7 +305,7 @@ def agent_restart(env, ctrd):
           "r2: found running by the reconcile, with its upper dir")
     w = ctrd_health(env)["watch"]
     running = sum(1 for c in got.values() if c["state"] != "no_task")
-    check(w["hook_calls"].get("task_create", 0) == running,
+    check(w["hook_calls"].get("rootfs_at_reconcile", 0) == running,
           "the reconcile announced each task to the hooks once (%s of %d)" % (w["hook_calls"], running))
     check(w["reconcile_adds"] == len(got), "reconcile_adds = containers listed (%s)" % w["reconcile_adds"])
 
@@ -421,6 +421,14 @@ def metrics_and_latency(env):
     print("task create -> upper dir resolved: %d samples, p50 %.1f ms, p99 %.1f ms" %
           (lat["samples"], lat["p50"], lat["p99"]))
     check(lat["samples"] > 0, "latency samples taken")
+    # The rootfs is resolved and hooked at the container's create, before
+    # the task (vm_containerd_quotas times the tag against the task start:
+    # the host has no project quotas, so no quota stage here).
+    w = h["watch"]
+    check(w["hook_calls"].get("rootfs_at_container_create", 0) > 0 and not w["hook_calls"].get("rootfs_at_task_create"),
+          "every live container's rootfs hooked at its container create: %s" % w["hook_calls"])
+    check(w["tasks_started_before_hook"] == 0 and w["hook_done_before_task_start_ms"]["samples"] == 0,
+          "no quota stage: no hook to time (%s)" % w["hook_done_before_task_start_ms"])
 
 
 def missing_module(env, ctrd):

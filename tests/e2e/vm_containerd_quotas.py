@@ -12,6 +12,10 @@ an image imported with `ctr image import`; every write is a `ctr task exec`
 once the agent shows the container's project (so the figures do not depend
 on who wins the race with the task start; that race is measured apart:
 bytes written by the container's first command):
+  - `first` (label dockquota.limit=4M), whose own first command writes 16
+    MiB at once: stopped at 4 MiB, because the snapshot was tagged at the
+    container's create, before the task existed (the watch's
+    hook_done_before_task_start_ms > 0 for every task, none started before);
   - `dflt`: a 32 MiB dd stops with EDQUOT/ENOSPC, nothing past 16 MiB;
   - `lbl` (label dockquota.limit=8M): stops at 8 MiB;
   - `t1`, `t2` (label io.kubernetes.pod.namespace=team-a): t1 writes 16 MiB,
@@ -98,6 +102,37 @@ def events(env):
     status, body = env.http("/api/v1/events?type=containerd_limit_reached&limit=100")
     assert status == 200, (status, body)
     return body["events"] if isinstance(body, dict) else body
+
+
+def first_write(env, ctrd, fs):
+    """The container's first instruction writes past its limit: the limit
+    must already hold (the rootfs is tagged at the container's create)."""
+    limit = 4
+    ctrd.ctr("run", "-d", "--label", "dockquota.limit=%dM" % limit, ctw.IMAGE, "first", "sh", "-c",
+             "dd if=/dev/zero of=/first bs=1048576 count=16 conv=fsync 2>/first.err; echo $? >/first.rc; "
+             "sleep 100000")
+    c = harness.wait_for("first tagged", lambda: (lambda x: x if x and x.get("project_id") else None)(
+        figures(env).get("first")), timeout=60)
+    if not c:
+        raise AssertionError("first: no project after 60 s: " + json.dumps(figures(env).get("first")))
+    rc_path = os.path.join(c["upper_dir"], "first.rc")
+    check(harness.wait_for("first's dd done", lambda: os.path.exists(rc_path) and os.path.getsize(rc_path) > 0,
+                           timeout=60), fs + ": first's dd ended")
+    with open(os.path.join(c["upper_dir"], "first.err"), errors="replace") as f:
+        err = f.read()
+    got = size(c, "first")
+    check(stopped(1, err), "%s: first's own first command was stopped: %s" % (fs, err.strip()[-100:]))
+    check(got <= limit * MIB, "%s: first wrote %d bytes at its start: none past its %d MiB" % (fs, got, limit))
+    w = ctw.ctrd_health(env)["watch"]
+    lead = w["hook_done_before_task_start_ms"]
+    print("%s: first: %d bytes of 16 MiB; tagged before the task started by min %.1f ms, p50 %.1f ms (%d tasks); "
+          "hooks %s" % (fs, got, lead["min"], lead["p50"], lead["samples"], w["hook_calls"]), flush=True)
+    check(w["tasks_started_before_hook"] == 0 and lead["samples"] >= 1 and lead["min"] > 0,
+          "%s: every task started after its rootfs was tagged: %s, %s" % (fs, w["tasks_started_before_hook"], lead))
+    check(w["hook_calls"].get("rootfs_at_container_create", 0) >= 1 and
+          not w["hook_calls"].get("rootfs_at_task_create"),
+          "%s: rootfs tagged at container create, never left to the task create: %s" % (fs, w["hook_calls"]))
+    delete(ctrd, "first")
 
 
 def single_limits(env, ctrd, fs):
@@ -262,7 +297,7 @@ def bench(env, ctrd, fs):
     off = runs("off")
     start_agent(env, ctrd)
     on = runs("on")
-    w = ctw.ctrd_health(env)["watch"]["task_create_to_hook_done_ms"]
+    w = ctw.ctrd_health(env)["watch"]["create_to_hook_done_ms"]
     print("BENCH %s: ctr run -d wall, agent stopped: median %.3f s mean %.3f s; running: median %.3f s mean %.3f s "
           "(%+.1f %% mean); task create -> tagged p50 %.1f ms p99 %.1f ms (%d samples)" % (
               fs, off[0], off[1], on[0], on[1], 100.0 * (on[1] - off[1]) / off[1], w["p50"], w["p99"],
@@ -286,9 +321,10 @@ def scenario(env, fs):
         for step in (single_limits, tenant_limit):
             step(env, ctrd, fs)
         limit_events(env, fs, since)
+        first_write(env, ctrd, fs)  # after the event count: it reaches its limit too
         h = ctw.ctrd_health(env)
         print("%s: task create -> hook done %s; tag step %s" % (
-            fs, h["watch"].get("task_create_to_hook_done_ms"), quotas(env)["tag_ms"]), flush=True)
+            fs, h["watch"].get("create_to_hook_done_ms"), quotas(env)["tag_ms"]), flush=True)
         recycled(env, ctrd, fs)
         bench(env, ctrd, fs)
         churn(env, ctrd, fs)

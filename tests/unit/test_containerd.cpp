@@ -56,7 +56,7 @@ struct Recorder {
   std::vector<std::string> calls;
   CtrdHooks hooks() {
     return CtrdHooks{
-        .on_task_create =
+        .on_rootfs =
             [this](const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
                    const std::string& upper) {
               auto it = labels.find("io.kubernetes.pod.namespace");
@@ -113,7 +113,7 @@ TEST_CASE("containerd watch: a container's life, hooks in order with the upper d
   for (const char* k :
        {"container_create", "task_create", "task_start", "task_exit", "task_delete", "container_delete"})
     CHECK(rep["events"][k] == 1);
-  CHECK(rep["hook_calls"]["task_create"] == 1);
+  CHECK(rep["hook_calls"]["rootfs_at_task_create"] == 1);  // the container create had no upper dir
   CHECK(rep["hook_calls"]["container_delete"] == 1);
   CHECK(rep["task_create_to_upper_dir_ms"]["samples"] == 1);
   CHECK(rep["task_create_to_upper_dir_ms"]["p99"].get<double>() == Approx(4.0));
@@ -183,8 +183,8 @@ TEST_CASE("containerd watch: a reconcile replaces one namespace's set", "[contai
 TEST_CASE("containerd watch: hooks run after the set is updated, unlocked", "[containerd]") {
   ContainerdWatch w;
   bool seen_inside = false;
-  w.setHooks(CtrdHooks{.on_task_create = [&](const std::string& ns, const std::string& id,
-                                             const std::map<std::string, std::string>&, const std::string&) {
+  w.setHooks(CtrdHooks{.on_rootfs = [&](const std::string& ns, const std::string& id,
+                                        const std::map<std::string, std::string>&, const std::string&) {
     seen_inside = w.find(ns, id).has_value();  // would deadlock if called under the watch's lock
   }});
   feed(w, taskCreate("c9", "/snap/9/fs"));
@@ -226,8 +226,55 @@ TEST_CASE("containerd watch: reconcile end hook, task create -> hook done sample
   // after the reconcile's deletes: the hook sees the set as it now is
   CHECK(ended == std::vector<std::string>{"k8s.io 0"});
   const auto rep = w.report();
-  CHECK(rep["task_create_to_hook_done_ms"]["samples"] == 1);
-  CHECK(rep["task_create_to_hook_done_ms"]["p50"].get<double>() > 1000.0);
+  CHECK(rep["create_to_hook_done_ms"]["samples"] == 1);
+  CHECK(rep["create_to_hook_done_ms"]["p50"].get<double>() > 1000.0);
+}
+
+TEST_CASE("containerd watch: a rootfs known at container create is hooked then, once", "[containerd]") {
+  ContainerdWatch w;
+  Recorder r;
+  w.setHooks(r.hooks());
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  FakeEvent cc{
+      .kind = DQ_CTRD_CONTAINER_CREATE, .id = "c1", .snapshotter = "overlayfs", .key = "c1", .upper = "/snap/1/fs"};
+  cc.labels = {{"io.kubernetes.pod.namespace", "team-a"}};
+  cc.timestamp_ns = now - 50'000'000;
+  feed(w, cc);
+  CHECK(r.calls == std::vector<std::string>{"create k8s.io/c1 /snap/1/fs tenant=team-a"});
+  FakeEvent tc = taskCreate("c1", "/snap/1/fs");
+  feed(w, tc);
+  CHECK(r.calls.size() == 1);  // the same snapshot: not hooked again
+  // containerd started the task a second after the hook returned
+  feed(w, FakeEvent{.kind = DQ_CTRD_TASK_START, .id = "c1", .pid = 7, .timestamp_ns = now + 1'000'000'000});
+  auto rep = w.report();
+  CHECK(rep["hook_calls"]["rootfs_at_container_create"] == 1);
+  CHECK_FALSE(rep["hook_calls"].contains("rootfs_at_task_create"));
+  CHECK(rep["create_to_hook_done_ms"]["samples"] == 1);
+  CHECK(rep["hook_done_before_task_start_ms"]["samples"] == 1);
+  CHECK(rep["hook_done_before_task_start_ms"]["min"].get<double>() > 900.0);
+  CHECK(rep["tasks_started_before_hook"] == 0);
+
+  // A task started (by containerd's clock) before its hook returned is counted.
+  FakeEvent c2{
+      .kind = DQ_CTRD_CONTAINER_CREATE, .id = "c2", .snapshotter = "overlayfs", .key = "c2", .upper = "/snap/2/fs"};
+  feed(w, c2);
+  feed(w, FakeEvent{.kind = DQ_CTRD_TASK_START, .id = "c2", .pid = 8, .timestamp_ns = now - 1'000'000'000});
+  rep = w.report();
+  CHECK(rep["tasks_started_before_hook"] == 1);
+  CHECK(rep["hook_done_before_task_start_ms"]["min"].get<double>() < -900.0);
+
+  // A container create the module could not resolve (snapshot prepared
+  // later) is neither hooked nor counted unresolved; its task create hooks it.
+  feed(w, FakeEvent{.kind = DQ_CTRD_CONTAINER_CREATE,
+                    .id = "c3",
+                    .snapshotter = "overlayfs",
+                    .key = "c3",
+                    .upper_reason = "mounts_failed"});
+  CHECK(w.report()["upper_dir_unresolved"].empty());
+  feed(w, taskCreate("c3", "/snap/3/fs"));
+  CHECK(r.calls.back() == "create k8s.io/c3 /snap/3/fs tenant=team-a");
+  CHECK(w.report()["hook_calls"]["rootfs_at_task_create"] == 1);
 }
 
 TEST_CASE("config: the containerd quota keys", "[config][containerd]") {

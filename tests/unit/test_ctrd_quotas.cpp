@@ -169,15 +169,15 @@ TEST_CASE("ctrd ids: allocated, kernel-checked, limited, tagged, recycled", "[ct
   auto q = f.make();
   f.kernel.usage[501] = ProjectUsage{4096, 1};  // someone else's project: skipped
   const auto ua = f.upper("1"), ub = f.upper("2"), uc = f.upper("3");
-  q->onTaskCreate("k8s.io", "a", {}, ua);
-  q->onTaskCreate("k8s.io", "b", {{"dockquota.limit", "20M"}}, ub);
+  q->onRootfs("k8s.io", "a", {}, ua);
+  q->onRootfs("k8s.io", "b", {{"dockquota.limit", "20M"}}, ub);
   CHECK(f.rows() == std::map<std::string, uint32_t>{{"ctrd:k8s.io/a", 500}, {"ctrd:k8s.io/b", 502}});
   CHECK(f.kernel.limits[500] == 8 << 20);
   CHECK(f.kernel.limits[502] == 20 << 20);
   REQUIRE(f.kernel.tags.size() == 2);
   CHECK(f.kernel.tags[0] == f.dir.file("ovl/snapshots/1") + "|" + ua + "|500");
   // re-announced (a reconcile): same id, tagged again, no new allocation
-  q->onTaskCreate("k8s.io", "a", {}, ua);
+  q->onRootfs("k8s.io", "a", {}, ua);
   CHECK(f.rows().size() == 2);
   CHECK(q->stats().ids_allocated == 2);
   CHECK(q->stats().tagged == 3);
@@ -187,7 +187,7 @@ TEST_CASE("ctrd ids: allocated, kernel-checked, limited, tagged, recycled", "[ct
   CHECK(f.rows() == std::map<std::string, uint32_t>{{"ctrd:k8s.io/b", 502}});
   CHECK(f.kernel.limits[500] == 0);  // cleared for the next owner
   CHECK(q->stats().ids_released == 1);
-  q->onTaskCreate("k8s.io", "c", {}, uc);
+  q->onRootfs("k8s.io", "c", {}, uc);
   CHECK(f.rows()["ctrd:k8s.io/c"] == 500);  // recycled
   CHECK(q->containerFigures("k8s.io", "a")["project_id"].is_null());
 }
@@ -196,18 +196,18 @@ TEST_CASE("ctrd ids: range exhausted, no upper dir, no quotas", "[ctrd-quota]") 
   Fixture f;
   f.opt.id_max = 501;
   auto q = f.make();
-  q->onTaskCreate("k8s.io", "a", {}, f.upper("1"));
-  q->onTaskCreate("k8s.io", "b", {}, f.upper("2"));
-  q->onTaskCreate("k8s.io", "c", {}, f.upper("3"));
+  q->onRootfs("k8s.io", "a", {}, f.upper("1"));
+  q->onRootfs("k8s.io", "b", {}, f.upper("2"));
+  q->onRootfs("k8s.io", "c", {}, f.upper("3"));
   CHECK(f.rows().size() == 2);
   CHECK(q->stats().tag_errors == 1);
-  q->onTaskCreate("k8s.io", "d", {}, "");
+  q->onRootfs("k8s.io", "d", {}, "");
   CHECK(q->stats().unresolved == 1);
 
   Fixture g;
   g.kernel.usable = false;
   auto q2 = g.make();
-  q2->onTaskCreate("k8s.io", "a", {}, g.upper("1"));
+  q2->onRootfs("k8s.io", "a", {}, g.upper("1"));
   CHECK(q2->stats().degraded == 1);
   CHECK(g.rows().empty());
   CHECK_FALSE(q2->health().degraded.empty());
@@ -217,9 +217,9 @@ TEST_CASE("ctrd tenants share one project, freed with the last member", "[ctrd-q
   Fixture f;
   auto q = f.make();
   const std::map<std::string, std::string> ta{{"io.kubernetes.pod.namespace", "team-a"}};
-  q->onTaskCreate("k8s.io", "a1", ta, f.upper("1"));
-  q->onTaskCreate("k8s.io", "a2", ta, f.upper("2"));
-  q->onTaskCreate("k8s.io", "solo", {}, f.upper("3"));
+  q->onRootfs("k8s.io", "a1", ta, f.upper("1"));
+  q->onRootfs("k8s.io", "a2", ta, f.upper("2"));
+  q->onRootfs("k8s.io", "solo", {}, f.upper("3"));
   CHECK(f.rows() == std::map<std::string, uint32_t>{{"ctrd-tenant:team-a", 500}, {"ctrd:k8s.io/solo", 501}});
   CHECK(f.kernel.limits[500] == 24 << 20);
   CHECK(f.kernel.tags[1].substr(f.kernel.tags[1].size() - 4) == "|500");
@@ -240,16 +240,16 @@ TEST_CASE("ctrd reconcile after a restart frees what containerd no longer lists"
   const auto u1 = f.upper("1"), u2 = f.upper("2"), u3 = f.upper("3"), u4 = f.upper("4");
   {
     auto q = f.make();
-    q->onTaskCreate("k8s.io", "kept", {}, u1);
-    q->onTaskCreate("k8s.io", "gone", {}, u2);
-    q->onTaskCreate("k8s.io", "ta", ta, u3);
-    q->onTaskCreate("k8s.io", "tb", tb, u4);
+    q->onRootfs("k8s.io", "kept", {}, u1);
+    q->onRootfs("k8s.io", "gone", {}, u2);
+    q->onRootfs("k8s.io", "ta", ta, u3);
+    q->onRootfs("k8s.io", "tb", tb, u4);
   }  // the agent killed; "gone" and "tb" deleted meanwhile
   REQUIRE(f.rows().size() == 4);
   auto q = f.make();
   // the watch's reconcile re-announces running tasks, then ends
-  q->onTaskCreate("k8s.io", "kept", {}, u1);
-  q->onTaskCreate("k8s.io", "ta", ta, u3);
+  q->onRootfs("k8s.io", "kept", {}, u1);
+  q->onRootfs("k8s.io", "ta", ta, u3);
   q->onReconcileEnd("k8s.io", {Fixture::live("kept", u1), Fixture::live("ta", u3, ta)});
   CHECK(f.rows() == std::map<std::string, uint32_t>{{"ctrd:k8s.io/kept", 500}, {"ctrd-tenant:team-a", 502}});
   CHECK(q->stats().reconcile_released == 2);
@@ -259,7 +259,7 @@ TEST_CASE("ctrd reconcile after a restart frees what containerd no longer lists"
 TEST_CASE("ctrd limit reached: one event per crossing, kept across a restart", "[ctrd-quota]") {
   Fixture f;
   auto q = f.make();
-  q->onTaskCreate("k8s.io", "a", {}, f.upper("1"));
+  q->onRootfs("k8s.io", "a", {}, f.upper("1"));
   auto events = [&] {
     EventQuery eq;
     eq.type = "containerd_limit_reached";
@@ -273,7 +273,7 @@ TEST_CASE("ctrd limit reached: one event per crossing, kept across a restart", "
   REQUIRE(q->sync());
   CHECK(events() == 1);
   q = f.make();  // restarted: the condition is remembered
-  q->onTaskCreate("k8s.io", "a", {}, f.upper("1"));
+  q->onRootfs("k8s.io", "a", {}, f.upper("1"));
   REQUIRE(q->sync());
   CHECK(events() == 1);
   f.kernel.usage[500].bytes = 1 << 20;  // freed some

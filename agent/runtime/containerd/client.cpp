@@ -267,7 +267,7 @@ Outcome Client::listNamespace(const std::string& ns, std::vector<Item>& out) {
     if (stopping()) return {ECANCELED, "containerd: stopping"};
     Item it{.kind = DQ_CTRD_RECONCILE_ITEM, .ns = ns, .id = c.id()};
     fill(c, it);
-    resolveUpper(ns, it);
+    resolveUpper(ns, it, /*warn=*/true);
     if (auto t = task_of.find(c.id()); t != task_of.end()) {
       it.pid = t->second->pid();
       it.exit_status = t->second->exit_status();
@@ -289,7 +289,9 @@ void Client::fill(const cs::Container& c, Item& it) {
 // overlayfs snapshotter's `upperdir=` (a one-layer snapshot is a bind mount
 // of the same directory). Other snapshotters keep their data elsewhere
 // (native: a full copy; devmapper: a block device): not supported, counted.
-void Client::resolveUpper(const std::string& ns, Item& it) {
+// `warn`: log an unsupported snapshotter (once per container: at its task
+// create, not again at its container create).
+void Client::resolveUpper(const std::string& ns, Item& it, bool warn) {
   // Counted by reason by the agent's watch (upper_dir_unresolved), from the event.
   auto fail = [&](const char* reason, const std::string& why) {
     it.upper_reason = reason;
@@ -299,7 +301,7 @@ void Client::resolveUpper(const std::string& ns, Item& it) {
     const std::string why = "unsupported snapshotter " + (it.snapshotter.empty() ? "(none)" : it.snapshotter) +
                             " for container " + ns + "/" + it.id + ": only overlayfs rootfs are watched";
     fail("unsupported_snapshotter", why);
-    log(DQ_CTRD_LOG_WARNING, "containerd: " + why);
+    if (warn) log(DQ_CTRD_LOG_WARNING, "containerd: " + why);
     return;
   }
   ss::MountsRequest req;
@@ -331,7 +333,7 @@ void Client::resolveUpper(const std::string& ns, Item& it) {
 }
 
 // A container's labels and snapshot (events carry neither), and its upper dir.
-void Client::describe(const std::string& ns, const std::string& id, Item& it, bool resolve_upper) {
+void Client::describe(const std::string& ns, const std::string& id, Item& it, bool resolve_upper, bool warn) {
   cs::GetContainerRequest req;
   req.set_id(id);
   cs::GetContainerResponse resp;
@@ -344,7 +346,7 @@ void Client::describe(const std::string& ns, const std::string& id, Item& it, bo
     return;
   }
   fill(resp.container(), it);
-  if (resolve_upper) resolveUpper(ns, it);
+  if (resolve_upper) resolveUpper(ns, it, warn);
 }
 
 bool Client::decodeTask(const es::Envelope& env, Item& it) {
@@ -413,8 +415,13 @@ void Client::handle(const es::Envelope& env, int64_t received_ns) {
   it.ns = env.namespace_();
   it.timestamp_ns = int64_t(env.timestamp().seconds()) * 1000000000 + env.timestamp().nanos();
   it.received_ns = received_ns;
-  if (it.kind == DQ_CTRD_TASK_CREATE) describe(it.ns, it.id, it, /*resolve_upper=*/true);
-  if (it.kind == DQ_CTRD_CONTAINER_CREATE) describe(it.ns, it.id, it, /*resolve_upper=*/false);
+  // The upper dir at container create too: clients (ctr, nerdctl, CRI)
+  // prepare the snapshot before they create the container, and the task (the
+  // rootfs mount, then the process) comes only after, so a quota stage can
+  // tag the snapshot before anything is mounted on it or written to it.
+  // Again at task create, for clients that prepare it later.
+  if (it.kind == DQ_CTRD_TASK_CREATE) describe(it.ns, it.id, it, /*resolve_upper=*/true, /*warn=*/true);
+  if (it.kind == DQ_CTRD_CONTAINER_CREATE) describe(it.ns, it.id, it, /*resolve_upper=*/true, /*warn=*/false);
   emit(it);
 }
 

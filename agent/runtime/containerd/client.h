@@ -73,9 +73,9 @@ class Client {
   void handle(const es::Envelope& env, int64_t received_ns);
   bool decodeTask(const es::Envelope& env, Item& it);
   bool decodeContainer(const es::Envelope& env, Item& it);
-  void describe(const std::string& ns, const std::string& id, Item& it, bool resolve_upper);
+  void describe(const std::string& ns, const std::string& id, Item& it, bool resolve_upper, bool warn);
   void fill(const cs::Container& c, Item& it);
-  void resolveUpper(const std::string& ns, Item& it);
+  void resolveUpper(const std::string& ns, Item& it, bool warn);
   void emit(Item& it);
   void log(uint32_t level, const std::string& msg);
   void setError(const std::string& msg);
