@@ -223,6 +223,8 @@ Result<Config> parseConfig(const std::string& text, const std::string& origin) {
       {"containerd_namespaces", [origin](const json& v, Config& c) { return namespacesKey(origin, v, c); }},
       {"containerd_module", stringKey(origin, "containerd_module", &Config::containerd_module)},
       {"containerd_quotas", boolKey(origin, "containerd_quotas", &Config::containerd_quotas)},
+      {"containerd_tenant_remove_newest",
+       boolKey(origin, "containerd_tenant_remove_newest", &Config::containerd_tenant_remove_newest)},
       // 1 TiB in MiB: past any snapshot filesystem a node has; 0 = no limit.
       {"containerd_quota_default_mib",
        uintKey(origin, "containerd_quota_default_mib", &Config::containerd_quota_default_mib, 0, uint64_t(1) << 20)},

@@ -47,6 +47,7 @@ struct Config {
   // containerd rootfs quotas (README "containerd quotas"): a project per
   // container (or per tenant) on its snapshot, from the project_id range.
   bool containerd_quotas = true;
+  bool containerd_tenant_remove_newest = false;            // README "containerd quotas": off, the kubelet owns pods
   uint64_t containerd_quota_default_mib = 0;               // per container, 0 = accounted, no limit
   std::string containerd_limit_label = "dockquota.limit";  // a container's own limit ("10G", "512Mi")
   std::string containerd_tenant_label = "io.kubernetes.pod.namespace";

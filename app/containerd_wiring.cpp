@@ -10,7 +10,7 @@ namespace {
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
-CtrdQuotas::Options quotaOptions(const Config& c) {
+CtrdQuotas::Options quotaOptions(const Config& c, ContainerdService& service) {
   CtrdQuotas::Options o;
   o.cfg.default_bytes = c.containerd_quota_default_mib * kMiB;
   o.cfg.limit_label = c.containerd_limit_label;
@@ -20,6 +20,8 @@ CtrdQuotas::Options quotaOptions(const Config& c) {
   o.id_min = c.project_id_min;
   o.id_max = c.project_id_max;
   o.namespaces = c.containerd_namespaces;
+  o.tenant_remove_newest = c.containerd_tenant_remove_newest;
+  o.remove = [&service](const std::string& ns, const std::string& id) { return service.remove(ns, id); };
   return o;
 }
 
@@ -33,7 +35,7 @@ std::unique_ptr<ContainerdServices> openContainerd(const Config& config, ApiServ
                                                          .namespaces = config.containerd_namespaces});
   s->runtime = std::make_unique<ContainerdRuntime>(*s->service);
   if (config.containerd_quotas) {
-    s->quotas = std::make_unique<CtrdQuotas>(store, realCtrdKernel(), quotaOptions(config));
+    s->quotas = std::make_unique<CtrdQuotas>(store, realCtrdKernel(), quotaOptions(config, *s->service));
     s->service->watch().setHooks(s->quotas->hooks(s->service->watch()));
   }
   installContainerdRoutes(api, *s->service, *s->runtime, s->quotas.get());

@@ -15,6 +15,7 @@ namespace {
 
 constexpr const char* kSub = "ctrd-quota";
 constexpr const char* kLimitEvent = "containerd_limit_reached";
+constexpr const char* kRemovedEvent = "containerd_tenant_removed";
 constexpr const char* kCondPrefix = "ctrd_limit:";
 constexpr size_t kTagSamples = 1024;  // as the watch keeps for its latency
 
@@ -117,7 +118,8 @@ Status CtrdQuotas::applyLimit(const QuotaFs& fs, uint32_t id, uint64_t bytes) {
 }
 
 void CtrdQuotas::onRootfs(const std::string& ns, const std::string& id,
-                          const std::map<std::string, std::string>& labels, const std::string& upper) {
+                          const std::map<std::string, std::string>& labels, const std::string& upper,
+                          int64_t created_ns) {
   const auto t0 = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> l(mu_);
   if (upper.empty()) {
@@ -149,7 +151,10 @@ void CtrdQuotas::onRootfs(const std::string& ns, const std::string& id,
              : !tagged ? tagged.error().message.c_str()
                        : tagged->error.c_str());
   }
-  members_[ns + "/" + id] = Member{plan.kind, plan.owner, plan.tenant, upper, *pid, plan.limit_bytes, fs->dev};
+  const std::string key = ns + "/" + id;
+  auto old = members_.find(key);
+  const uint64_t seen = old != members_.end() ? old->second.seen : ++seen_;
+  members_[key] = Member{plan.kind, plan.owner, plan.tenant, upper, *pid, plan.limit_bytes, fs->dev, created_ns, seen};
   stats_.tagged++;
   tag_ms_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   if (tag_ms_.size() > kTagSamples) tag_ms_.pop_front();
@@ -211,7 +216,7 @@ void CtrdQuotas::onReconcileEnd(const std::string& ns, const std::vector<CtrdCon
         std::lock_guard<std::mutex> l(mu_);
         known = members_.count(c.ns + "/" + c.id) > 0;
       }
-      if (!known) onRootfs(c.ns, c.id, c.labels, c.upper_dir);
+      if (!known) onRootfs(c.ns, c.id, c.labels, c.upper_dir, c.created_ns);
     }
   std::lock_guard<std::mutex> l(mu_);
   reconciled_.insert(ns);
@@ -232,9 +237,12 @@ void CtrdQuotas::onReconcileEnd(const std::string& ns, const std::vector<CtrdCon
 
 CtrdHooks CtrdQuotas::hooks(const ContainerdWatch& watch) {
   return CtrdHooks{
-      .on_rootfs = [this](const std::string& ns, const std::string& id,
-                          const std::map<std::string, std::string>& labels,
-                          const std::string& upper) { onRootfs(ns, id, labels, upper); },
+      .on_rootfs =
+          [this, &watch](const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
+                         const std::string& upper) {
+            const auto c = watch.find(ns, id);  // hooks run with the watch unlocked
+            onRootfs(ns, id, labels, upper, c ? c->created_ns : 0);
+          },
       .on_container_delete = [this](const std::string& ns, const std::string& id) { onContainerDelete(ns, id); },
       .on_reconcile_end = [this, &watch](const std::string& ns) { onReconcileEnd(ns, watch.containers()); },
   };
@@ -271,7 +279,21 @@ void CtrdQuotas::announce(const std::string& kind, const std::string& owner, con
 }
 
 Status CtrdQuotas::sync() {
-  std::lock_guard<std::mutex> l(mu_);
+  std::vector<Victim> victims;
+  Status first;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    first = readUsage();
+    victims = tenantVictims();
+  }
+  // Outside the lock: a removal is a few containerd calls, and its
+  // /containers/delete comes back through onContainerDelete.
+  removeVictims(victims);
+  return first;
+}
+
+// One quota read per filesystem, then the limit events. mu_ held.
+Status CtrdQuotas::readUsage() {
   Status first;
   std::map<uint32_t, uint64_t> used;
   for (const auto& [dev, fs] : fs_) {
@@ -298,6 +320,70 @@ Status CtrdQuotas::sync() {
   stats_.syncs++;
   last_sync_ = unixNow();
   return first;
+}
+
+// With tenant_remove_newest: for each tenant at its limit, its newest
+// container (containerd's CreatedAt, else the order the agent first tagged
+// them). One per tenant, then none for three sync intervals: the removed
+// snapshot's blocks must leave the project (containerd's GC) before the next
+// usage read can say whether the tenant is still full. mu_ held.
+std::vector<CtrdQuotas::Victim> CtrdQuotas::tenantVictims() {
+  std::vector<Victim> out;
+  if (!opt_.tenant_remove_newest || !opt_.remove) return out;
+  const double now = unixNow();
+  const double cooldown = 3.0 * std::chrono::duration<double>(opt_.interval).count();
+  std::map<std::string, const std::pair<const std::string, Member>*> newest;  // tenant -> member
+  for (const auto& entry : members_) {
+    const Member& m = entry.second;
+    if (m.kind != kCtrdTenantKind || !limitReached(used_[m.project], m.limit)) continue;
+    auto r = removed_at_.find(m.tenant);
+    if (r != removed_at_.end() && now - r->second < cooldown) continue;
+    auto& n = newest[m.tenant];
+    if (!n || std::make_pair(m.created_ns, m.seen) > std::make_pair(n->second.created_ns, n->second.seen)) n = &entry;
+  }
+  for (const auto& [tenant, entry] : newest) {
+    const std::string& key = entry->first;
+    const auto slash = key.find('/');
+    out.emplace_back(key.substr(0, slash), key.substr(slash + 1));
+    removed_at_[tenant] = now;
+  }
+  return out;
+}
+
+void CtrdQuotas::removeVictims(const std::vector<Victim>& victims) {
+  for (const auto& [ns, id] : victims) {
+    const std::string key = ns + "/" + id;
+    Member m;
+    uint64_t used = 0;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = members_.find(key);
+      if (it == members_.end()) continue;  // deleted meanwhile
+      m = it->second;
+      used = used_[m.project];
+    }
+    LOG_NOTICE(kSub, "tenant %s at its limit (%llu of %llu bytes): removing its newest container %s", m.tenant.c_str(),
+               (unsigned long long)used, (unsigned long long)m.limit, key.c_str());
+    const Status st = opt_.remove(ns, id);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!st) {
+      stats_.tenant_removal_errors++;
+      removal_error_ = "removing " + key + " (newest of full tenant " + m.tenant + "): " + st.error().message;
+      LOG_WARN(kSub, "%s", removal_error_.c_str());
+      continue;
+    }
+    stats_.tenant_removals++;
+    removal_error_.clear();
+    Event e;
+    e.type = kRemovedEvent;
+    e.uid = 0;
+    e.container_id = id;
+    e.detail = {{"tenant", m.tenant}, {"container", key},       {"project_id", m.project},
+                {"used_bytes", used}, {"limit_bytes", m.limit}, {"reason", "newest container of a full tenant"}};
+    e.created_at = unixNow();
+    if (auto r = store_.eventLog().addEvent(e, EventRoute{}); !r)
+      LOG_WARN(kSub, "%s not recorded: %s", kRemovedEvent, r.error().message.c_str());
+  }
 }
 
 void CtrdQuotas::run() {
@@ -375,6 +461,7 @@ Health CtrdQuotas::health() const {
     fss.push_back({{"filesystem", fs.describe()}, {"usable", fs.usable()}});
     if (!fs.usable()) h.degraded.push_back("containerd quotas: " + fs.describe());
   }
+  if (!removal_error_.empty()) h.degraded.push_back("containerd quotas: " + removal_error_);
   const std::vector<double> lat(tag_ms_.begin(), tag_ms_.end());
   h.report = {{"filesystems", fss},
               {"members", members_.size()},
@@ -388,7 +475,10 @@ Health CtrdQuotas::health() const {
                 {"ids_released", stats_.ids_released},
                 {"reconcile_released", stats_.reconcile_released},
                 {"limit_events", stats_.limit_events},
-                {"syncs", stats_.syncs}}},
+                {"syncs", stats_.syncs},
+                {"tenant_removals", stats_.tenant_removals},
+                {"tenant_removal_errors", stats_.tenant_removal_errors}}},
+              {"tenant_remove_newest", opt_.tenant_remove_newest},
               // the hook's own work: allocate, limit, tag
               {"tag_ms", {{"samples", lat.size()}, {"p50", percentile(lat, 0.5)}, {"p99", percentile(lat, 0.99)}}}};
   return h;

@@ -14,7 +14,9 @@
 //                       running ones were re-announced to on_rootfs
 //   sync()              every project's usage in one quota read per
 //                       filesystem; a limit reached is an event
-//                       (containerd_limit_reached), once per crossing
+//                       (containerd_limit_reached), once per crossing;
+//                       with tenant_remove_newest, a tenant at its limit
+//                       loses its newest container (containerd_tenant_removed)
 //
 // Everything the kernel does goes through CtrdKernel (prjquota.h for real),
 // so the unit tests drive this class with a fake one.
@@ -24,6 +26,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -68,6 +71,8 @@ struct CtrdQuotaStats {
   uint64_t reconcile_released = 0;  // of those: rows of containers gone while the agent was not looking
   uint64_t limit_events = 0;        // containerd_limit_reached recorded
   uint64_t syncs = 0;
+  uint64_t tenant_removals = 0;        // newest containers of full tenants removed (tenant_remove_newest)
+  uint64_t tenant_removal_errors = 0;  // ... whose removal failed
 };
 
 class CtrdQuotas {
@@ -77,13 +82,21 @@ class CtrdQuotas {
     uint32_t id_min = 100000, id_max = 199999;
     std::vector<std::string> namespaces;  // all reconciled once: tenant rows without members are freed
     std::chrono::milliseconds interval = std::chrono::seconds(5);
+    // Off by default: on a Kubernetes node the kubelet owns pods and starts
+    // again what it did not delete (README "containerd quotas").
+    bool tenant_remove_newest = false;
+    // Removes a container: its task (SIGKILL), it and its snapshot
+    // (ContainerdRuntime::remove). Needed by tenant_remove_newest.
+    std::function<Status(const std::string& ns, const std::string& id)> remove;
   };
   CtrdQuotas(Store& store, std::unique_ptr<CtrdKernel> kernel, Options opt);
   ~CtrdQuotas();
 
   // The hooks (ContainerdWatch: the module's thread, in event order).
+  // `created_ns`: containerd's CreatedAt of the container (0: unknown), which
+  // orders a tenant's containers for tenant_remove_newest.
   void onRootfs(const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
-                const std::string& upper);
+                const std::string& upper, int64_t created_ns = 0);
   void onContainerDelete(const std::string& ns, const std::string& id);
   // `live`: what the watch holds after the reconcile (all namespaces).
   void onReconcileEnd(const std::string& ns, const std::vector<CtrdContainer>& live);
@@ -107,8 +120,14 @@ class CtrdQuotas {
     std::string kind, owner, tenant, upper;
     uint32_t project = 0;
     uint64_t limit = 0;
-    uint64_t dev = 0;  // the filesystem (fs_)
+    uint64_t dev = 0;        // the filesystem (fs_)
+    int64_t created_ns = 0;  // containerd's CreatedAt; 0 unknown
+    uint64_t seen = 0;       // order the agent first tagged it (ties, unknown CreatedAt)
   };
+  using Victim = std::pair<std::string, std::string>;  // namespace, id
+  Status readUsage();                                  // mu_ held
+  std::vector<Victim> tenantVictims();                 // mu_ held
+  void removeVictims(const std::vector<Victim>& victims);
   Result<QuotaFs> fsFor(const std::string& upper);
   Result<uint32_t> allocate(const QuotaFs& fs, const CtrdPlan& plan);
   Status applyLimit(const QuotaFs& fs, uint32_t id, uint64_t bytes);
@@ -134,6 +153,9 @@ class CtrdQuotas {
   CtrdQuotaStats stats_;
   std::deque<double> tag_ms_;  // hook entry -> tagged and limited, for p50/p99
   double last_sync_ = 0;
+  uint64_t seen_ = 0;
+  std::map<std::string, double> removed_at_;  // tenant -> when its last container was removed
+  std::string removal_error_;                 // the last removal's failure; "" after a success
 
   std::mutex run_mu_;
   std::condition_variable cv_;

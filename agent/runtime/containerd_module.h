@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define DQ_CTRD_ABI_VERSION 1
+#define DQ_CTRD_ABI_VERSION 2 /* 2: dq_ctrd_event.created_ns */
 #define DQ_CTRD_SYMBOL "dq_ctrd_module"
 
 /* dq_ctrd_event.kind: what happened. Live events come from the events
@@ -87,6 +87,7 @@ typedef struct dq_ctrd_event {
   uint32_t task_state;      /* DQ_CTRD_STATE_*: RECONCILE_ITEM, and after each task event */
   uint32_t n_labels;        /* container labels, when known (creates, reconciles) */
   const dq_ctrd_kv* labels;
+  int64_t created_ns; /* the container's CreatedAt (Unix ns), when known (creates, reconciles); else 0 */
 } dq_ctrd_event;
 
 /* The module's counters and connection state, copied out on request. */

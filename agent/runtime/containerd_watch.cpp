@@ -62,6 +62,7 @@ static void merge(CtrdContainer& c, const dq_ctrd_event& ev) {
   if (ev.snapshotter[0]) c.snapshotter = ev.snapshotter;
   if (ev.snapshot_key[0]) c.snapshot_key = ev.snapshot_key;
   if (ev.n_labels > 0) c.labels = labelsOf(ev);
+  if (ev.created_ns > 0) c.created_ns = ev.created_ns;
 }
 
 // on_rootfs for `c`'s upper dir, after the set is updated and unlocked;

@@ -39,6 +39,7 @@ struct CtrdContainer {
   std::map<std::string, std::string> labels;
   uint32_t task_state = DQ_CTRD_STATE_NONE;
   uint32_t pid = 0, exit_status = 0;
+  int64_t created_ns = 0;      // containerd's CreatedAt (Unix ns); 0 when not known
   std::string hooked_upper;    // the upper dir on_rootfs was last called with
   int64_t hooked_done_ns = 0;  // realtime when that call returned
 };

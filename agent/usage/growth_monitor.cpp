@@ -124,6 +124,10 @@ Health GrowthMonitor::health() const {
   Health h;
   const auto& gp = probe();
   h.report = {{"attached", true}, {"hook", gp.hook()}, {"programs", gp.attached()}, {"signals", signals()}};
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    h.report["watched"] = gp.watched();  // containers whose writes are counted now
+  }
   auto ctr = gp.counters();
   nlohmann::json kc = nlohmann::json::object();
   for (size_t i = 0; i < ctr.size(); i++) kc[GrowthProbe::counterName(i)] = ctr[i];

@@ -87,11 +87,13 @@ def block_current(env, uid):
 
 
 
-def run_writer(env, user, name, image, mib, target="/fill", delay=0):
-    """A detached container that writes `mib` MiB with dd (after `delay` s); returns its name."""
+def run_writer(env, user, name, image, mib, target="/fill", delay=0, gate=False):
+    """A detached container that writes `mib` MiB with dd (after `delay` s,
+    or with `gate` once the test creates /go in it); returns its name."""
+    wait = "while [ ! -e /go ]; do sleep 0.2; done" if gate else "sleep %d" % delay
     env.docker(user, "run", "-d", "--network", "none", "--name", name, image, "sh", "-c",
                # dd's complaint goes straight to the log: a file in the full layer could not hold it.
-               "sleep %d; dd if=/dev/zero of=%s bs=1048576 count=%d 2>&1; rc=$?; sync; exit $rc" % (delay, target, mib))
+               "%s; dd if=/dev/zero of=%s bs=1048576 count=%d 2>&1; rc=$?; sync; exit $rc" % (wait, target, mib))
     return name
 
 
@@ -154,7 +156,13 @@ def per_user(env, fstype):
         check(abs(agent - xq) <= 0.01 * xq, "xfs: agent's figure (%d) matches xfs_quota's (%d) within 1 %%" % (agent, xq))
 
     # bob is not limited by alice's quota.
-    b = run_writer(env, "bob", "bob-w", "bob-img:1", 100, delay=3)  # after the growth probe watches it
+    # Written once the growth probe watches it (the agent inspects the
+    # container at Docker's start event: seconds under TCG on a busy host).
+    watched = env.health()["probes"]["growth"].get("watched", 0)
+    b = run_writer(env, "bob", "bob-w", "bob-img:1", 100, gate=True)
+    check(harness.wait_for("bob's writer watched", lambda: env.health()["probes"]["growth"].get("watched", 0) > watched,
+                           timeout=60), "%s: the growth probe watches bob's writer" % fstype)
+    env.docker("root", "exec", b, "touch", "/go")
     rc, out = finish(env, b)
     check(rc == 0, "%s: bob's container wrote 100 MiB unhindered (rc %d: %s)" % (fstype, rc, out))
     time.sleep(2.5)

@@ -22,6 +22,9 @@ bytes written by the container's first command):
     t2's 16 MiB stops at the tenant's 24 MiB, and then t1 cannot write either;
     GET /api/v1/containerd/tenants and /metrics show the tenant;
   - containerd_limit_reached events for dflt, lbl and the tenant;
+  - with containerd_tenant_remove_newest, team-c filled by c-old then c-new:
+    c-new (the newest) removed, one containerd_tenant_removed event, c-old
+    kept and writing again once the snapshot is gone;
   - every container deleted: ids released; new containers get the same ids;
   - churn: DQ_CTRD_CHURN create/delete cycles (default 12) with the agent
     killed (-9) at random points and restarted: afterwards the rows in
@@ -48,9 +51,9 @@ NS = ctw.NS
 TENANT = "io.kubernetes.pod.namespace"
 
 
-def start_agent(env, ctrd):
+def start_agent(env, ctrd, **extra):
     return ctw.start_agent(env, ctrd, containerd_quotas=True, containerd_quota_default_mib=DEFAULT_MIB,
-                           containerd_tenant_quota_mib=TENANT_MIB, project_id_min=3000, project_id_max=3099)
+                           containerd_tenant_quota_mib=TENANT_MIB, project_id_min=3000, project_id_max=3099, **extra)
 
 
 def figures(env):
@@ -98,8 +101,8 @@ def wait_used(env, cid, at_least):
                             timeout=30)
 
 
-def events(env):
-    status, body = env.http("/api/v1/events?type=containerd_limit_reached&limit=100")
+def events(env, kind="containerd_limit_reached"):
+    status, body = env.http("/api/v1/events?type=%s&limit=100" % kind)
     assert status == 200, (status, body)
     return body["events"] if isinstance(body, dict) else body
 
@@ -178,6 +181,45 @@ def tenant_limit(env, ctrd, fs):
     m = ctw.metric(env, "dockquota_containerd_tenant_used_bytes", 'tenant="team-a"')
     check(m is not None and m >= (TENANT_MIB - 2) * MIB and m <= TENANT_MIB * MIB,
           "%s: /metrics tenant used bytes %s" % (fs, m))
+
+
+def tenant_remove(env, ctrd, fs):
+    """containerd_tenant_remove_newest on: a tenant filled to its limit loses
+    its newest container (and that one only); the older one writes again
+    once the removed snapshot has left the project."""
+    env.stop_agent()
+    start_agent(env, ctrd, containerd_tenant_remove_newest=True)
+    since = max([e["id"] for e in events(env, "containerd_tenant_removed")] or [0])
+    old = run_tagged(env, ctrd, "c-old", TENANT + "=team-c")
+    new = run_tagged(env, ctrd, "c-new", TENANT + "=team-c")
+    check(old["project_id"] == new["project_id"], fs + ": c-old and c-new share team-c's project")
+    rc1, _ = write(ctrd, "c-old", "a", 16)
+    rc2, err2 = write(ctrd, "c-new", "b", 16)
+    check(rc1 == 0 and stopped(rc2, err2), "%s: team-c filled: c-old's 16 MiB fit, c-new stopped (%d, %d %s)" % (
+        fs, rc1, rc2, err2[-60:]))
+    t0 = time.time()
+    gone = harness.wait_for("c-new removed", lambda: "c-new" not in ctrd.containers(), timeout=60)
+    took = time.time() - t0
+    removed = [e for e in events(env, "containerd_tenant_removed") if e["id"] > since]
+    check(gone and "c-old" in ctrd.containers(), "%s: the newest container of the full tenant removed after %.1f s, "
+          "the older one kept: %s" % (fs, took, sorted(ctrd.containers())))
+    check([e["detail"]["container"] for e in removed] == [NS + "/c-new"],
+          "%s: one containerd_tenant_removed event, for c-new: %s" % (fs, [e["detail"] for e in removed]))
+    q = quotas(env)
+    check(q["counters"]["tenant_removals"] == 1 and q["tenant_remove_newest"] is True,
+          "%s: tenant_removals 1 (%s)" % (fs, q["counters"]))
+    # containerd's GC removes the snapshot: the tenant has room again.
+    room = harness.wait_for("team-c below its limit", lambda: any(
+        t["tenant"] == "team-c" and t["used_bytes"] < (TENANT_MIB - 4) * MIB
+        for t in env.http("/api/v1/containerd/tenants")[1]["tenants"]), timeout=60)
+    rc3, err3 = write(ctrd, "c-old", "c", 4)
+    check(room and rc3 == 0, "%s: c-old writes again once c-new's snapshot is gone (%d %s)" % (fs, rc3, err3[-60:]))
+    time.sleep(16)  # past the cool-down of 3 usage reads: nothing else goes
+    check("c-old" in ctrd.containers() and quotas(env)["counters"]["tenant_removals"] == 1,
+          "%s: below its limit, team-c keeps c-old" % fs)
+    delete(ctrd, "c-old")
+    env.stop_agent()
+    start_agent(env, ctrd)
 
 
 def limit_events(env, fs, since):
@@ -322,6 +364,7 @@ def scenario(env, fs):
             step(env, ctrd, fs)
         limit_events(env, fs, since)
         first_write(env, ctrd, fs)  # after the event count: it reaches its limit too
+        tenant_remove(env, ctrd, fs)
         h = ctw.ctrd_health(env)
         print("%s: task create -> hook done %s; tag step %s" % (
             fs, h["watch"].get("create_to_hook_done_ms"), quotas(env)["tag_ms"]), flush=True)

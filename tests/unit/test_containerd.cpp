@@ -23,7 +23,7 @@ struct FakeEvent {
   std::string ns = "k8s.io", id, snapshotter, key, upper, upper_error, upper_reason;
   std::map<std::string, std::string> labels;
   uint32_t state = DQ_CTRD_STATE_NONE, pid = 0, exit_status = 0;
-  int64_t timestamp_ns = 0;
+  int64_t timestamp_ns = 0, created_ns = 0;
   std::vector<dq_ctrd_kv> kv;
   dq_ctrd_event ev{};
 
@@ -48,6 +48,7 @@ struct FakeEvent {
     ev.task_state = state;
     ev.n_labels = uint32_t(kv.size());
     ev.labels = kv.data();
+    ev.created_ns = created_ns;
     return ev;
   }
 };

@@ -3,6 +3,7 @@
 // (own, label, tenant), id allocation and recycling in a real Store, the
 // kernel check before an id is taken, reconcile after a restart, limit events.
 #include <filesystem>
+#include <thread>
 
 #include <catch2/catch.hpp>
 
@@ -282,4 +283,72 @@ TEST_CASE("ctrd limit reached: one event per crossing, kept across a restart", "
   REQUIRE(q->sync());
   CHECK(events() == 2);
   CHECK(q->stats().syncs == 3);
+}
+
+TEST_CASE("ctrd tenant at its limit: off by default; on, its newest container removed, once", "[ctrd-quota]") {
+  Fixture f;
+  std::vector<std::string> removed;
+  Status answer;  // what the runtime's remove says
+  f.opt.interval = std::chrono::milliseconds(50);
+  f.opt.remove = [&](const std::string& ns, const std::string& id) {
+    removed.push_back(ns + "/" + id);
+    return answer;
+  };
+  const std::map<std::string, std::string> ta{{"io.kubernetes.pod.namespace", "team-a"}};
+  auto fill = [&](CtrdQuotas& q) {
+    // created: old, newest, middle (CreatedAt orders them, not the hook order)
+    q.onRootfs("k8s.io", "old", ta, f.upper("1"), 1'000);
+    q.onRootfs("k8s.io", "newest", ta, f.upper("2"), 3'000);
+    q.onRootfs("k8s.io", "mid", ta, f.upper("3"), 2'000);
+    q.onRootfs("k8s.io", "solo", {}, f.upper("4"), 9'000);  // its own project, full too: never removed
+  };
+  {
+    auto q = f.make();  // off (the default)
+    fill(*q);
+    f.kernel.usage[500] = ProjectUsage{24 << 20, 3};
+    f.kernel.usage[501] = ProjectUsage{8 << 20, 1};
+    REQUIRE(q->sync());
+    CHECK(removed.empty());
+    CHECK(q->health().report["tenant_remove_newest"] == false);
+  }
+  f.opt.tenant_remove_newest = true;
+  auto q = f.make();
+  fill(*q);
+  REQUIRE(q->sync());
+  CHECK(removed == std::vector<std::string>{"k8s.io/newest"});
+  CHECK(q->stats().tenant_removals == 1);
+  EventQuery eq;
+  eq.type = "containerd_tenant_removed";
+  auto ev = f.store->eventLog().events(eq);
+  REQUIRE(ev);
+  REQUIRE(ev->size() == 1);
+  CHECK(ev->front().event.detail["container"] == "k8s.io/newest");
+  CHECK(ev->front().event.detail["tenant"] == "team-a");
+  // Its delete comes back through the watch; the tenant is still full at the
+  // next read (the snapshot's blocks not yet gone): nothing more until the
+  // cool-down of three intervals has passed.
+  q->onContainerDelete("k8s.io", "newest");
+  REQUIRE(q->sync());
+  CHECK(removed.size() == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // A failed removal is counted and degrades /healthz until one succeeds.
+  answer = Error{EIO, "containerd said no"};
+  REQUIRE(q->sync());
+  CHECK(removed.back() == "k8s.io/mid");
+  CHECK(q->stats().tenant_removal_errors == 1);
+  auto h = q->health();
+  REQUIRE(h.degraded.size() == 1);
+  CHECK(h.degraded[0].find("k8s.io/mid") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  answer = Status{};
+  REQUIRE(q->sync());
+  CHECK(removed.back() == "k8s.io/mid");
+  CHECK(q->stats().tenant_removals == 2);
+  CHECK(q->health().degraded.empty());
+  // Below the limit: nothing removed, however long it waits.
+  q->onContainerDelete("k8s.io", "mid");
+  f.kernel.usage[500].bytes = 1 << 20;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  REQUIRE(q->sync());
+  CHECK(removed.size() == 3);
 }

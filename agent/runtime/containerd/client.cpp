@@ -282,6 +282,7 @@ void Client::fill(const cs::Container& c, Item& it) {
   it.image = c.image();
   it.snapshotter = c.snapshotter();
   it.snapshot_key = c.snapshot_key();
+  if (c.has_created_at()) it.created_ns = int64_t(c.created_at().seconds()) * 1000000000 + c.created_at().nanos();
   for (const auto& [k, v] : c.labels()) it.labels[k] = v;
 }
 
@@ -448,6 +449,7 @@ void Client::emit(Item& it) {
   e.task_state = it.task_state;
   e.n_labels = uint32_t(kv.size());
   e.labels = kv.data();
+  e.created_ns = it.created_ns;
   if (on_event_) on_event_(ctx_, &e);
   count([](dq_ctrd_stats& s) { s.events_delivered++; });
 }

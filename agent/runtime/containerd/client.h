@@ -35,7 +35,7 @@ struct Item {
   uint32_t kind = 0;
   std::string ns, id, image, snapshotter, snapshot_key, upper_dir, upper_error, upper_reason;
   uint32_t pid = 0, exit_status = 0, task_state = DQ_CTRD_STATE_NONE;
-  int64_t timestamp_ns = 0, received_ns = 0;
+  int64_t timestamp_ns = 0, received_ns = 0, created_ns = 0;
   std::map<std::string, std::string> labels;
 };
 
