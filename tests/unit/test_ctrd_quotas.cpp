@@ -3,6 +3,8 @@
 // (own, label, tenant), id allocation and recycling in a real Store, the
 // kernel check before an id is taken, reconcile after a restart, limit events.
 #include <filesystem>
+#include <random>
+#include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -351,4 +353,76 @@ TEST_CASE("ctrd tenant at its limit: off by default; on, its newest container re
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   REQUIRE(q->sync());
   CHECK(removed.size() == 3);
+}
+
+// The churn of vm_containerd_quotas at the size the issue asks (500 cycles),
+// without a kernel: the agent "killed" (its object dropped, the Store kept)
+// at random points, containers deleted while it is down, restarts that
+// reconcile as the watch does (every live container announced again, then
+// the reconcile's end). Afterwards the rows are exactly the live containers
+// and tenants, ids distinct, and every released id has its limit cleared.
+TEST_CASE("ctrd churn: 500 cycles with restarts at random points, no leaked id, no stale row", "[ctrd-quota]") {
+  Fixture f;
+  f.opt.id_max = 1499;
+  std::mt19937 rnd(15);
+  auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rnd) < p; };
+  struct Live {
+    std::string upper;
+    std::map<std::string, std::string> labels;
+  };
+  std::map<std::string, Live> live;  // what containerd holds
+  auto q = f.make();
+  auto restart = [&] {
+    q.reset();                                                   // kill -9: whatever it held in memory is gone
+    if (chance(0.5) && !live.empty()) live.erase(live.begin());  // deleted while it was down
+    q = f.make();
+    std::vector<CtrdContainer> listed;
+    for (const auto& [id, c] : live) {
+      q->onRootfs("k8s.io", id, c.labels, c.upper);
+      listed.push_back(Fixture::live(id, c.upper, c.labels));
+    }
+    q->onReconcileEnd("k8s.io", listed);
+  };
+  int kills = 0;
+  for (int i = 0; i < 500; i++) {
+    const std::string id = "ch" + std::to_string(i);
+    Live c{f.upper(std::to_string(i)), {}};
+    if (chance(0.2)) c.labels["io.kubernetes.pod.namespace"] = chance(0.5) ? "team-a" : "team-b";
+    live[id] = c;
+    if (chance(0.15)) {  // killed before it saw the create
+      kills++;
+      restart();
+    } else {
+      q->onRootfs("k8s.io", id, c.labels, c.upper);
+    }
+    if (chance(0.15)) {  // killed between the create and the delete
+      kills++;
+      restart();
+    }
+    if (live.count(id) && chance(0.8)) {
+      live.erase(id);
+      q->onContainerDelete("k8s.io", id);
+    }
+  }
+  restart();
+  kills++;
+  std::set<std::string> want;
+  for (const auto& [id, c] : live) {
+    auto t = c.labels.find("io.kubernetes.pod.namespace");
+    want.insert(t != c.labels.end() ? std::string(kCtrdTenantKind) + ":" + t->second
+                                    : std::string(kCtrdKind) + ":k8s.io/" + id);
+  }
+  const auto rows = f.rows();
+  std::set<std::string> got;
+  std::set<uint32_t> ids;
+  for (const auto& [owner, pid] : rows) {
+    got.insert(owner);
+    ids.insert(pid);
+  }
+  INFO(kills << " kills, " << live.size() << " live");
+  CHECK(kills > 100);
+  CHECK(got == want);
+  CHECK(ids.size() == rows.size());
+  for (const auto& [pid, limit] : f.kernel.limits)
+    if (!ids.count(pid)) CHECK(limit == 0);  // released: cleared for the next owner
 }
