@@ -22,9 +22,10 @@ bytes written by the container's first command):
     t2's 16 MiB stops at the tenant's 24 MiB, and then t1 cannot write either;
     GET /api/v1/containerd/tenants and /metrics show the tenant;
   - containerd_limit_reached events for dflt, lbl and the tenant;
-  - with containerd_tenant_remove_newest, team-c filled by c-old then c-new:
-    c-new (the newest) removed, one containerd_tenant_removed event, c-old
-    kept and writing again once the snapshot is gone;
+  - with containerd_tenant_remove_newest (the agent restarted with it):
+    team-a, still full, loses t2 (its newest); team-c filled by c-old then
+    c-new loses c-new; one containerd_tenant_removed event each; t1 and
+    c-old kept, c-old writing again once c-new's snapshot is gone;
   - every container deleted: ids released; new containers get the same ids;
   - churn: DQ_CTRD_CHURN create/delete cycles (default 12) with the agent
     killed (-9) at random points and restarted: afterwards the rows in
@@ -111,18 +112,21 @@ def first_write(env, ctrd, fs):
     """The container's first instruction writes past its limit: the limit
     must already hold (the rootfs is tagged at the container's create)."""
     limit = 4
+    # dd's status and complaint go to /dev/shm (a tmpfs): the full rootfs
+    # could not hold them.
     ctrd.ctr("run", "-d", "--label", "dockquota.limit=%dM" % limit, ctw.IMAGE, "first", "sh", "-c",
-             "dd if=/dev/zero of=/first bs=1048576 count=16 conv=fsync 2>/first.err; echo $? >/first.rc; "
+             "dd if=/dev/zero of=/first bs=1048576 count=16 conv=fsync 2>/dev/shm/err; echo $? >/dev/shm/rc; "
              "sleep 100000")
     c = harness.wait_for("first tagged", lambda: (lambda x: x if x and x.get("project_id") else None)(
         figures(env).get("first")), timeout=60)
     if not c:
         raise AssertionError("first: no project after 60 s: " + json.dumps(figures(env).get("first")))
-    rc_path = os.path.join(c["upper_dir"], "first.rc")
-    check(harness.wait_for("first's dd done", lambda: os.path.exists(rc_path) and os.path.getsize(rc_path) > 0,
-                           timeout=60), fs + ": first's dd ended")
-    with open(os.path.join(c["upper_dir"], "first.err"), errors="replace") as f:
-        err = f.read()
+    def shm(name):
+        return ctrd.ctr("task", "exec", "--exec-id", "r%d" % random.randrange(1 << 30), "first", "cat",
+                        "/dev/shm/" + name, check=False).stdout.strip()
+    rc = harness.wait_for("first's dd done", lambda: shm("rc"), timeout=60)
+    err = shm("err")
+    check(rc not in (None, "", "0"), "%s: first's dd ended with an error (%r)" % (fs, rc))
     got = size(c, "first")
     check(stopped(1, err), "%s: first's own first command was stopped: %s" % (fs, err.strip()[-100:]))
     check(got <= limit * MIB, "%s: first wrote %d bytes at its start: none past its %d MiB" % (fs, got, limit))
@@ -187,9 +191,9 @@ def tenant_remove(env, ctrd, fs):
     """containerd_tenant_remove_newest on: a tenant filled to its limit loses
     its newest container (and that one only); the older one writes again
     once the removed snapshot has left the project."""
+    since = max([e["id"] for e in events(env, "containerd_tenant_removed")] or [0])
     env.stop_agent()
     start_agent(env, ctrd, containerd_tenant_remove_newest=True)
-    since = max([e["id"] for e in events(env, "containerd_tenant_removed")] or [0])
     old = run_tagged(env, ctrd, "c-old", TENANT + "=team-c")
     new = run_tagged(env, ctrd, "c-new", TENANT + "=team-c")
     check(old["project_id"] == new["project_id"], fs + ": c-old and c-new share team-c's project")
@@ -201,13 +205,17 @@ def tenant_remove(env, ctrd, fs):
     gone = harness.wait_for("c-new removed", lambda: "c-new" not in ctrd.containers(), timeout=60)
     took = time.time() - t0
     removed = [e for e in events(env, "containerd_tenant_removed") if e["id"] > since]
-    check(gone and "c-old" in ctrd.containers(), "%s: the newest container of the full tenant removed after %.1f s, "
-          "the older one kept: %s" % (fs, took, sorted(ctrd.containers())))
-    check([e["detail"]["container"] for e in removed] == [NS + "/c-new"],
-          "%s: one containerd_tenant_removed event, for c-new: %s" % (fs, [e["detail"] for e in removed]))
+    # team-a is still full from tenant_limit: at the first usage read with
+    # removal on, its newest (t2) goes too, and t1 stays.
+    left = ctrd.containers()
+    check(gone and "c-old" in left and "t1" in left and "t2" not in left,
+          "%s: the newest container of each full tenant removed (c-new after %.1f s, t2), the older ones kept: %s" % (
+              fs, took, sorted(left)))
+    check(sorted(e["detail"]["container"] for e in removed) == [NS + "/c-new", NS + "/t2"],
+          "%s: one containerd_tenant_removed event each for t2 and c-new: %s" % (fs, [e["detail"] for e in removed]))
     q = quotas(env)
-    check(q["counters"]["tenant_removals"] == 1 and q["tenant_remove_newest"] is True,
-          "%s: tenant_removals 1 (%s)" % (fs, q["counters"]))
+    check(q["counters"]["tenant_removals"] == 2 and q["tenant_remove_newest"] is True,
+          "%s: tenant_removals 2 (%s)" % (fs, q["counters"]))
     # containerd's GC removes the snapshot: the tenant has room again.
     room = harness.wait_for("team-c below its limit", lambda: any(
         t["tenant"] == "team-c" and t["used_bytes"] < (TENANT_MIB - 4) * MIB
@@ -215,8 +223,8 @@ def tenant_remove(env, ctrd, fs):
     rc3, err3 = write(ctrd, "c-old", "c", 4)
     check(room and rc3 == 0, "%s: c-old writes again once c-new's snapshot is gone (%d %s)" % (fs, rc3, err3[-60:]))
     time.sleep(16)  # past the cool-down of 3 usage reads: nothing else goes
-    check("c-old" in ctrd.containers() and quotas(env)["counters"]["tenant_removals"] == 1,
-          "%s: below its limit, team-c keeps c-old" % fs)
+    check("c-old" in ctrd.containers() and "t1" in ctrd.containers() and
+          quotas(env)["counters"]["tenant_removals"] == 2, "%s: below their limits, the tenants keep c-old and t1" % fs)
     delete(ctrd, "c-old")
     env.stop_agent()
     start_agent(env, ctrd)
