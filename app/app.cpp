@@ -167,7 +167,8 @@ void App::attachProbes() {
 // Live growth of running containers' layers: an early signal to re-read
 // project quotas. Needs Docker's client for inspect.
 void App::attachGrowth() {
-  if (!config_.growth_probe) return;
+  // It watches Docker's containers only: nothing to watch on a containerd-only node.
+  if (!config_.growth_probe || !config_.runtimeEnabled("docker")) return;
   GrowthProbe::Options gopt;
   gopt.hook = config_.growth_probe_hook;
   auto g = GrowthProbe::open(gopt);
@@ -379,7 +380,13 @@ void App::onEventsLost(const std::string& why) {
 
 Status App::start() {
   attributor_->start();
-  events_->start();
+  // Without Docker in `runtime` (a containerd node) Docker's event stream,
+  // its usage measures and its data root's project quotas stay off: they
+  // would only log that docker.sock is missing and degrade /healthz.
+  if (config_.runtimeEnabled("docker"))
+    events_->start();
+  else
+    LOG_NOTICE(kSub, "runtime without docker: Docker's events, usage and project quotas are off");
   if (growth_) growth_->start();
   quota_->start();
   enforcement_->start();
@@ -516,7 +523,9 @@ json App::dockerHealth(std::vector<std::string>& reasons) {
   const bool connected = events_->connected();
   if (!connected && config_.runtimeEnabled("docker"))
     reasons.push_back("not connected to Docker at " + config_.docker_socket);
-  return {{"socket", config_.docker_socket},      {"connected", connected},
+  return {{"enabled", config_.runtimeEnabled("docker")},
+          {"socket", config_.docker_socket},
+          {"connected", connected},
           {"api_version", docker_->apiVersion()}, {"reconnects", events_->reconnects()},
           {"reconciled", reconciled_.load()},     {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
 }

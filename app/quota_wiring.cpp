@@ -84,7 +84,8 @@ Result<std::unique_ptr<QuotaServices>> QuotaServices::create(const Config& confi
   auto book = QuotaBook::load(store);
   if (!book) return book.error();
   q->quotas_ = std::move(*book);
-  if (config.project_quotas != "off") {
+  q->docker_ = config.runtimeEnabled("docker");  // off: Docker's side idles (App::start)
+  if (config.project_quotas != "off" && q->docker_) {
     auto p = openProjectQuotas(config, store, *q->quotas_, *q->inspect_client_);
     if (!p) return p.error();
     q->project_client_ = std::move(p->second);
@@ -139,7 +140,7 @@ QuotaServices::~QuotaServices() { stop(); }
 
 void QuotaServices::start() {
   if (projects_) projects_->start();
-  usage_->start();
+  if (docker_) usage_->start();
   devices_.devices->start();
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -204,7 +205,7 @@ void QuotaServices::runDefaults() {
   auto docker_next = Clock::now(), devices_next = Clock::now();
   while (!stop_) {
     const auto now = Clock::now();
-    if (now >= docker_next && (usage_->snapshot()->measured || now >= docker_deadline)) {
+    if (docker_ && now >= docker_next && (usage_->snapshot()->measured || now >= docker_deadline)) {
       l.unlock();
       if (auto n = applyDefaultsNow(); !n) LOG_WARN(kSub, "default quotas: %s", n.error().message.c_str());
       l.lock();

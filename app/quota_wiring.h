@@ -79,6 +79,7 @@ class QuotaServices {
   std::unique_ptr<UsageAccountant> usage_;
   std::unique_ptr<DockerClient> project_client_;  // inspect for layer roots, never behind a slow /system/df
   std::unique_ptr<ProjectQuotas> projects_;
+  bool docker_ = true;  // Docker in the config's runtime: its usage measures run
   DeviceServices devices_;
   std::unique_ptr<QmanContext> ctx_;
   std::function<void()> on_usage_;

@@ -476,6 +476,20 @@ def safe_health(env):
         return None
 
 
+def containerd_only(env):
+    """runtime: containerd (no Docker on a Kubernetes node): Docker's side is
+    off, so nothing of it degrades /healthz or fills the log."""
+    h = env.health()
+    docker_side = [r for r in h.get("degraded", []) if any(w in r.lower() for w in (
+        "docker", "project quotas", "growth"))]
+    check(h["docker"]["enabled"] is False and not docker_side,
+          "runtime containerd: Docker's side is off and degrades nothing: %s" % docker_side)
+    check(h["project_quotas"]["state"] == "off", "no project quotas on Docker's data root: %s" % h["project_quotas"])
+    with open(env.agent_log, errors="replace") as f:
+        noise = [ln.strip() for ln in f if " warning " in ln and ("docker:" in ln or "usage:" in ln or "prjquota:" in ln)]
+    check(not noise, "no Docker warnings in the agent's log: %s" % noise[:3])
+
+
 def run(env):
     ctrd = Containerd(os.path.join(env.dir, "ctrd"))
     try:
@@ -485,6 +499,7 @@ def run(env):
         ctrd.ctr("image", "import", tar)
         check(IMAGE in ctrd.ctr("image", "ls", "-q").stdout, "image imported with ctr image import")
         start_agent(env, ctrd)
+        containerd_only(env)
         for step in (created_and_seen, deleted_and_seen, unsupported_snapshotter, enforcement_calls, agent_restart,
                      containerd_restart):
             try:
