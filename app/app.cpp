@@ -526,8 +526,10 @@ json App::dockerHealth(std::vector<std::string>& reasons) {
   return {{"enabled", config_.runtimeEnabled("docker")},
           {"socket", config_.docker_socket},
           {"connected", connected},
-          {"api_version", docker_->apiVersion()}, {"reconnects", events_->reconnects()},
-          {"reconciled", reconciled_.load()},     {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
+          {"api_version", docker_->apiVersion()},
+          {"reconnects", events_->reconnects()},
+          {"reconciled", reconciled_.load()},
+          {"last_error", derr.empty() ? json(nullptr) : json(derr)}};
 }
 
 json App::health() {
