@@ -465,6 +465,83 @@ def quotas_degraded(env, ctrd):
     check(status == 200 and body == {"tenants": []}, "GET /api/v1/containerd/tenants: %s %s" % (status, body))
 
 
+class SlowHandshake:
+    """A unix-socket proxy in front of containerd that holds containerd's
+    first bytes (its HTTP/2 SETTINGS frame) for `delay` s on every
+    connection: a loaded node's containerd."""
+
+    def __init__(self, target, path, delay):
+        import socket
+        import threading
+        self.target, self.path, self.delay = target, path, delay
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(64)
+        self.stop = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        import socket
+        import threading
+        while not self.stop:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            u.connect(self.target)
+            threading.Thread(target=self.pipe, args=(c, u, 0), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(u, c, self.delay), daemon=True).start()
+
+    @staticmethod
+    def pipe(src, dst, delay):
+        first = True
+        try:
+            while True:
+                b = src.recv(65536)
+                if not b:
+                    break
+                if first and delay:
+                    time.sleep(delay)
+                first = False
+                dst.sendall(b)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop = True
+        self.srv.close()
+
+
+def slow_handshake(env, ctrd):
+    """containerd answers its handshake 0.5 s late (a loaded node): the agent
+    must still connect, at its first attempt. gRPC gives an attempt only
+    GRPC_ARG_MIN_RECONNECT_BACKOFF_MS to finish it; at 100 ms it never did."""
+    env.stop_agent()
+    proxy = SlowHandshake(ctrd.sock, os.path.join(env.dir, "slow.sock"), 0.5)
+    try:
+        cfg = env.write_config(runtime="containerd", containerd_address=proxy.path, containerd_namespaces=[NS],
+                               containerd_module=module_path(env.agent_bin), containerd_quotas=False)
+        log = open(env.agent_log, "a")
+        env.agent = subprocess.Popen([env.agent_bin, "--config", cfg], stdout=log, stderr=log)
+        t0 = time.time()
+        up = harness.wait_for("connected through the slow proxy", lambda: connected(env), timeout=30)
+        took = time.time() - t0
+        c = ctrd_health(env)
+        check(bool(up) and c["counters"]["connect_failures"] == 0,
+              "connected to a containerd 0.5 s slow to handshake in %.1f s, %d failed attempts (%s)" % (
+                  took, c["counters"]["connect_failures"], c.get("last_error")))
+    finally:
+        env.stop_agent()
+        proxy.close()
+    start_agent(env, ctrd)
+
+
 def ctw_metric_ok(env, want):
     return metric(env, "dockquota_containerd_quota_degraded_total") == want
 
@@ -509,6 +586,7 @@ def run(env):
         cycles(env, ctrd, harness.ARGS.cycles)
         undecodable_event(env, ctrd)
         metrics_and_latency(env)
+        slow_handshake(env, ctrd)  # after the counters' checks: it restarts the agent
         quotas_degraded(env, ctrd)
         missing_module(env, ctrd)
     finally:

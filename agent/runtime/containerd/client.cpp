@@ -83,8 +83,12 @@ Client::Client(const dq_ctrd_config& c)
   // The channel's own reconnect backoff (default up to 120 s) would keep our
   // retries failing long after containerd is back: ours (with jitter) rules.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Not only a backoff: gRPC gives each connection attempt this long to
+  // finish its HTTP/2 handshake (MIN_CONNECT_TIMEOUT). At 100 ms a containerd
+  // slow to send its SETTINGS frame (a loaded node: 15 attempts in a row
+  // failed in the systemd VM) was never reached. As long as a call may take.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, int(std::max<int64_t>(call_timeout_.count(), 1000)));
   // The event stream has no deadline (it lasts as long as containerd): a
   // containerd that hangs without closing the socket is found by keepalive
   // pings. 6 min: containerd's gRPC server (grpc-go defaults, no policy set)
