@@ -32,12 +32,12 @@ if $main; then
   cmake --build "$build" -j"$jobs"
   echo "==> gcc build: $(($(date +%s) - bstart))s"
 fi
-# The clang build: fuzz and asan need it. With the gcc suites it is made in
-# the background at nice 19 while they run: the kernel, dockerd and VM tests
-# leave a core idle ~40 % of the time (vmstat over ctest -L vm) and the
-# build takes only that, so it costs CI's 90 minutes nearly nothing. Alone
-# (tests/run.sh fuzz asan) it is made when its first suite comes. A failed
-# build fails fuzz and asan only; the gcc suites still run and report.
+# The clang build: fuzz and asan need it. With the VM suite it is made in
+# the background at nice 19 while the guests run (one TCG guest left the
+# host ~70 % idle, vmstat over ctest -L vm), so it costs CI's 90 minutes
+# little. Otherwise (no vm label, or tests/run.sh fuzz asan) it is made when
+# its first suite comes. A failed build fails fuzz and asan only; the gcc
+# suites still run and report.
 clang_state=none  # none | ok | failed
 build_clang() {
   # A cache made by another compiler cannot be switched: start over then.
@@ -65,16 +65,20 @@ clang_log=$(mktemp)
 trap 'rm -f "$summary" "$clang_log" "$clang_log.rc"' EXIT
 
 clang_bg=""
-case " $labels " in
-  *" fuzz "* | *" asan "*)
-    if $main; then
-      # renice the subshell itself before it forks: cmake, make and clang inherit it.
-      (renice -n 19 -p "$(exec sh -c 'echo $PPID')" >/dev/null; build_clang >"$clang_log" 2>&1; echo $? >"$clang_log.rc") &
-      clang_bg=$!
-      echo "==> clang ASan+UBSan build: in the background at nice 19 (log at the first clang suite)"
-    fi
-    ;;
-esac
+# start_clang_bg: when the VM suite starts (its guests leave the cores partly
+# idle; the host's bpf and e2e suites, which time things on the host, run
+# before it without a compile next to them).
+start_clang_bg() {
+  case " $labels " in
+    *" fuzz "* | *" asan "*) ;;
+    *) return 0 ;;
+  esac
+  [ -z "$clang_bg" ] && [ "$clang_state" = none ] || return 0
+  # renice the subshell itself before it forks: cmake, make and clang inherit it.
+  (renice -n 19 -p "$(exec sh -c 'echo $PPID')" >/dev/null; build_clang >"$clang_log" 2>&1; echo $? >"$clang_log.rc") &
+  clang_bg=$!
+  echo "==> clang ASan+UBSan build: in the background at nice 19 (its log at the first clang suite)"
+}
 # wait_clang: the background build's end; its log, then ok or failed.
 wait_clang() {
   wait "$clang_bg" || true
@@ -98,6 +102,10 @@ for label in $labels; do
         failed="$failed $label"
         continue
       fi
+      ;;
+    vm)
+      dir=$build
+      start_clang_bg
       ;;
     *) dir=$build ;;
   esac
