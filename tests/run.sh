@@ -7,7 +7,7 @@
 # unit, bpf, e2e and vm are ctest labels of the default build ($BUILD_DIR, build/:
 # gcc, RelWithDebInfo). fuzz and asan run from a second build configured with
 # clang, ASan+UBSan and the libFuzzer targets ($ASAN_BUILD_DIR, build-asan/):
-#   fuzz   every committed fuzz input, then DOCKQUOTA_FUZZ_SECONDS (50) of fuzzing per target
+#   fuzz   every committed fuzz input, then DOCKQUOTA_FUZZ_SECONDS (30) of fuzzing per target
 #   asan   the unit and bpf suites built with -fsanitize=address,undefined
 # Real-kernel and end-to-end tests need root; with CI=true a test that cannot
 # run fails instead of skipping.

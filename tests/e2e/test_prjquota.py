@@ -162,7 +162,7 @@ def per_user(env, fstype):
     b = run_writer(env, "bob", "bob-w", "bob-img:1", 100, gate=True)
     check(harness.wait_for("bob's writer watched", lambda: env.health()["probes"]["growth"].get("watched", 0) > watched,
                            timeout=60), "%s: the growth probe watches bob's writer" % fstype)
-    env.docker("root", "exec", b, "touch", "/go")
+    env.docker("root", "exec", b, "sh", "-c", ": >/go")  # the image has sh and dd, no touch
     rc, out = finish(env, b)
     check(rc == 0, "%s: bob's container wrote 100 MiB unhindered (rc %d: %s)" % (fstype, rc, out))
     time.sleep(2.5)
