@@ -110,8 +110,9 @@ for label in $labels; do
     *) dir=$build ;;
   esac
   log=$(mktemp)
-  # -j: the short suites (unit, fuzz, asan) share the cores; the kernel, dockerd
-  # and VM tests are RUN_SERIAL and still run one at a time.
+  # -j: the short suites (unit, fuzz, asan) share the cores, and VM tests run
+  # two at a time; the kernel and dockerd tests, and the VM tests with a
+  # wall-clock bound in the guest, are RUN_SERIAL: one at a time.
   # sh has no pipefail: ctest's status goes through a file past tee.
   (cd "$dir" && ctest -j"$jobs" --output-on-failure --no-tests=error -L "^$label\$"; echo $? >"$log.rc") 2>&1 | tee "$log"
   [ "$(cat "$log.rc")" = 0 ] || failed="$failed $label"
