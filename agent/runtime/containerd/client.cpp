@@ -201,6 +201,7 @@ bool Client::session() {
   for (const auto& ns : namespaces_) req.add_filters("namespace==" + ns);
   auto reader = events_->Subscribe(&ctx, req);
   bool established = false;
+  described_.clear();  // events were missed while the stream was down
   if (auto o = reconcileAll(); !o) {
     count([](dq_ctrd_stats& s) { s.connect_failures++; });
     log(DQ_CTRD_LOG_DEBUG, o.message);
@@ -397,6 +398,17 @@ bool Client::decodeContainer(const es::Envelope& env, Item& it) {
   return true;
 }
 
+// A task create's description from its container create's (same container,
+// same snapshot: containers do not change snapshots).
+void Client::fromDescribed(const Item& d, Item& it) {
+  it.image = d.image;
+  it.snapshotter = d.snapshotter;
+  it.snapshot_key = d.snapshot_key;
+  it.labels = d.labels;
+  it.created_ns = d.created_ns;
+  it.upper_dir = d.upper_dir;
+}
+
 void Client::handle(const es::Envelope& env, int64_t received_ns) {
   count([](dq_ctrd_stats& s) { s.events_received++; });
   Item it;
@@ -425,8 +437,23 @@ void Client::handle(const es::Envelope& env, int64_t received_ns) {
   // rootfs mount, then the process) comes only after, so a quota stage can
   // tag the snapshot before anything is mounted on it or written to it.
   // Again at task create, for clients that prepare it later.
-  if (it.kind == DQ_CTRD_TASK_CREATE) describe(it.ns, it.id, it, /*resolve_upper=*/true, /*warn=*/true);
-  if (it.kind == DQ_CTRD_CONTAINER_CREATE) describe(it.ns, it.id, it, /*resolve_upper=*/true, /*warn=*/false);
+  const auto key = std::make_pair(it.ns, it.id);
+  if (it.kind == DQ_CTRD_TASK_CREATE) {
+    auto d = described_.find(key);
+    if (d != described_.end()) {
+      fromDescribed(d->second, it);
+    } else {
+      describe(it.ns, it.id, it, /*resolve_upper=*/true, /*warn=*/true);
+    }
+  }
+  if (it.kind == DQ_CTRD_CONTAINER_CREATE) {
+    describe(it.ns, it.id, it, /*resolve_upper=*/true, /*warn=*/false);
+    if (!it.upper_dir.empty()) {
+      if (described_.size() >= kDescribedMax) described_.clear();  // only a cost: task creates describe again
+      described_[key] = it;
+    }
+  }
+  if (it.kind == DQ_CTRD_CONTAINER_DELETE) described_.erase(key);
   emit(it);
 }
 
