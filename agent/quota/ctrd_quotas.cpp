@@ -237,12 +237,9 @@ void CtrdQuotas::onReconcileEnd(const std::string& ns, const std::vector<CtrdCon
 
 CtrdHooks CtrdQuotas::hooks(const ContainerdWatch& watch) {
   return CtrdHooks{
-      .on_rootfs =
-          [this, &watch](const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
-                         const std::string& upper) {
-            const auto c = watch.find(ns, id);  // hooks run with the watch unlocked
-            onRootfs(ns, id, labels, upper, c ? c->created_ns : 0);
-          },
+      .on_rootfs = [this](const std::string& ns, const std::string& id,
+                          const std::map<std::string, std::string>& labels, const std::string& upper,
+                          int64_t created_ns) { onRootfs(ns, id, labels, upper, created_ns); },
       .on_container_delete = [this](const std::string& ns, const std::string& id) { onContainerDelete(ns, id); },
       .on_reconcile_end = [this, &watch](const std::string& ns) { onReconcileEnd(ns, watch.containers()); },
   };

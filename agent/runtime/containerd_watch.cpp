@@ -73,16 +73,17 @@ void ContainerdWatch::hookRootfs(CtrdContainer& c, const char* stage, int64_t ev
   c.hooked_upper = c.upper_dir;
   hook_calls_[std::string("rootfs_at_") + stage]++;
   if (!hooks_.on_rootfs) return;
-  calls.push_back([this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir, event_ns] {
-    hooks_.on_rootfs(ns, id, labels, upper);
-    const int64_t done = realtimeNs();
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = live_.find({ns, id});
-    if (it != live_.end() && it->second.hooked_upper == upper) it->second.hooked_done_ns = done;
-    if (event_ns <= 0) return;
-    hooked_ms_.push_back(double(done - event_ns) / 1e6);
-    if (hooked_ms_.size() > kLatencies) hooked_ms_.pop_front();
-  });
+  calls.push_back(
+      [this, ns = c.ns, id = c.id, labels = c.labels, upper = c.upper_dir, created = c.created_ns, event_ns] {
+        hooks_.on_rootfs(ns, id, labels, upper, created);
+        const int64_t done = realtimeNs();
+        std::lock_guard<std::mutex> l(mu_);
+        auto it = live_.find({ns, id});
+        if (it != live_.end() && it->second.hooked_upper == upper) it->second.hooked_done_ns = done;
+        if (event_ns <= 0) return;
+        hooked_ms_.push_back(double(done - event_ns) / 1e6);
+        if (hooked_ms_.size() > kLatencies) hooked_ms_.pop_front();
+      });
 }
 
 // The snapshot is prepared before the container is created (ctr, nerdctl,
@@ -281,9 +282,7 @@ nlohmann::json ContainerdWatch::report() const {
           // on_rootfs returned -> containerd started the task: > 0 means the
           // limit held before the container's first instruction; min is the tightest
           {"hook_done_before_task_start_ms",
-           {{"samples", lead.size()},
-            {"min", lead.empty() ? 0.0 : *std::min_element(lead.begin(), lead.end())},
-            {"p50", percentile(lead, 0.5)}}},
+           {{"samples", lead.size()}, {"min", percentile(lead, 0.0)}, {"p50", percentile(lead, 0.5)}}},
           {"tasks_started_before_hook", started_before_hook_}};
 }
 

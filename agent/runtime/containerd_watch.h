@@ -46,7 +46,7 @@ struct CtrdContainer {
 
 struct CtrdHooks {
   std::function<void(const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
-                     const std::string& upper_dir)>
+                     const std::string& upper_dir, int64_t created_ns)>
       on_rootfs;
   std::function<void(const std::string& ns, const std::string& id)> on_container_delete;
   // A reconcile of `ns` ended: the watch now holds exactly what containerd

@@ -59,7 +59,7 @@ struct Recorder {
     return CtrdHooks{
         .on_rootfs =
             [this](const std::string& ns, const std::string& id, const std::map<std::string, std::string>& labels,
-                   const std::string& upper) {
+                   const std::string& upper, int64_t) {
               auto it = labels.find("io.kubernetes.pod.namespace");
               calls.push_back("create " + ns + "/" + id + " " + upper +
                               (it != labels.end() ? " tenant=" + it->second : ""));
@@ -185,7 +185,7 @@ TEST_CASE("containerd watch: hooks run after the set is updated, unlocked", "[co
   ContainerdWatch w;
   bool seen_inside = false;
   w.setHooks(CtrdHooks{.on_rootfs = [&](const std::string& ns, const std::string& id,
-                                        const std::map<std::string, std::string>&, const std::string&) {
+                                        const std::map<std::string, std::string>&, const std::string&, int64_t) {
     seen_inside = w.find(ns, id).has_value();  // would deadlock if called under the watch's lock
   }});
   feed(w, taskCreate("c9", "/snap/9/fs"));
