@@ -283,11 +283,13 @@ Outcome Client::listNamespace(const std::string& ns, std::vector<Item>& out) {
   return {};
 }
 
+static int64_t unixNs(const google::protobuf::Timestamp& t) { return int64_t(t.seconds()) * 1000000000 + t.nanos(); }
+
 void Client::fill(const cs::Container& c, Item& it) {
   it.image = c.image();
   it.snapshotter = c.snapshotter();
   it.snapshot_key = c.snapshot_key();
-  if (c.has_created_at()) it.created_ns = int64_t(c.created_at().seconds()) * 1000000000 + c.created_at().nanos();
+  if (c.has_created_at()) it.created_ns = unixNs(c.created_at());
   for (const auto& [k, v] : c.labels()) it.labels[k] = v;
 }
 
@@ -430,7 +432,7 @@ void Client::handle(const es::Envelope& env, int64_t received_ns) {
     return;
   }
   it.ns = env.namespace_();
-  it.timestamp_ns = int64_t(env.timestamp().seconds()) * 1000000000 + env.timestamp().nanos();
+  it.timestamp_ns = unixNs(env.timestamp());
   it.received_ns = received_ns;
   // The upper dir at container create too: clients (ctr, nerdctl, CRI)
   // prepare the snapshot before they create the container, and the task (the
